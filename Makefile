@@ -1,0 +1,29 @@
+# dema-lab: `make test` and `make demo` work on a fresh clone (they install what they need).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -c constraints.txt
+STAMP  := $(VENV)/.installed
+# Debian packages: EGL/OSMesa for headless MuJoCo rendering.
+APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6
+
+.PHONY: test venv apt clean-venv
+
+venv: $(STAMP)
+
+# (Re)install when the dependency declarations change. torch==2.13.0 comes from constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --quiet --upgrade pip setuptools wheel
+	$(PIP) --quiet torch==2.13.0
+	$(PIP) --quiet -e '.[dev]'
+	touch $(STAMP)
+
+apt:
+	./scripts/ensure-apt.sh $(APT_PKGS)
+
+test: apt $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

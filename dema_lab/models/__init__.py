@@ -1,0 +1,22 @@
+"""Decision Mamba and the Decision Transformer baseline, with one data interface."""
+
+from .base import TrajectoryModel
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .config import ARCHS, LAYOUTS, ModelConfig
+from .cost import cost_summary, count_parameters, forward_macs, step_macs
+from .dema import DecisionMamba
+from .dt import DecisionTransformer
+from .policy import MODES, Policy
+
+
+def build_model(cfg: ModelConfig) -> TrajectoryModel:
+    """The model a config describes."""
+    return DecisionMamba(cfg) if cfg.arch == "dema" else DecisionTransformer(cfg)
+
+
+__all__ = [
+    "ARCHS", "LAYOUTS", "MODES", "Checkpoint", "CheckpointError", "DecisionMamba",
+    "DecisionTransformer", "ModelConfig", "Policy", "TrajectoryModel", "build_model",
+    "cost_summary", "count_parameters", "forward_macs", "load_checkpoint", "load_weights",
+    "save_checkpoint", "step_macs",
+]

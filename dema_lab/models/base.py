@@ -1,0 +1,49 @@
+"""What DeMa and DT share: tokens in, actions out, attention maps on request.
+
+A model maps a window of T steps to T action predictions:
+    states (b, T, state_dim), actions (b, T, act_dim), returns_to_go (b, T, 1),
+    timesteps (b, T) int  ->  actions_pred (b, T, act_dim) in [-1, 1]
+Windows are right-padded: both backbones are causal, so padding after the real steps never
+changes the predictions for them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..ssm import aggregate_channels
+from .config import ModelConfig
+from .embedding import TrajectoryEmbedding
+
+
+class TrajectoryModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = TrajectoryEmbedding(cfg)
+        self.predict_action = nn.Sequential(nn.Linear(cfg.d_model, cfg.act_dim), nn.Tanh())
+
+    def backbone(self, tokens, return_attention=False):
+        """tokens (b, L, d) -> hidden (b, L, d) [, list of per-layer attention maps]."""
+        raise NotImplementedError
+
+    def forward(self, states, actions, returns_to_go, timesteps, return_attention=False):
+        tokens = self.embed(states, actions, returns_to_go, timesteps)       # (b, L, d)
+        out = self.backbone(tokens, return_attention)
+        hidden, attn = out if return_attention else (out, None)
+        pred = self.predict_action(hidden[:, self.embed.action_positions(states.shape[1])])
+        return (pred, attn) if return_attention else pred
+
+    @torch.no_grad()
+    def attention(self, states, actions, returns_to_go, timesteps, aggregate: str | None = "minmax"):
+        """Per-layer token-to-token attention for a window, a list of n_layer tensors:
+        (b, channels, L, L) with aggregate=None, else (b, L, L) aggregated over channels
+        (DeMa: the d_inner channels of the hidden attention; DT: the heads)."""
+        _, attn = self(states, actions, returns_to_go, timesteps, return_attention=True)
+        if aggregate is None:
+            return attn
+        return [aggregate_channels(a, aggregate) for a in attn]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,137 @@
+"""Checkpoints: one safetensors file with the model config, the weights and run metadata.
+
+Loading never executes code (safetensors holds tensors and a str->str header only), and works
+on any device: a checkpoint trained on CUDA loads on CPU and the other way round.
+
+    header metadata: format="dema-lab-checkpoint", version, arch, model_config (JSON), meta (JSON)
+    tensors:         "model.<name>" weights, "extra.<name>" extra arrays (e.g. state_mean)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+
+FORMAT = "dema-lab-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, foreign, or for another model."""
+
+
+@dataclass
+class Checkpoint:
+    model: torch.nn.Module
+    config: ModelConfig
+    meta: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)   # name -> tensor
+    path: Path | None = None
+
+
+def atomic_write(path, write) -> None:
+    """Call write(tmp_path), then move tmp_path onto path: readers see the old or new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path, model, meta: dict | None = None, extra: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extra or {}).items():
+        tensors[f"extra.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    header = {"format": FORMAT, "version": str(VERSION), "arch": model.cfg.arch,
+              "model_config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta or {})}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    return Path(path)
+
+
+def read_header(path) -> dict:
+    """The checkpoint's metadata header, validated; raises CheckpointError with what is wrong."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({e}); it may be "
+                              f"truncated or corrupt, or a file of another kind (e.g. a torch .pt "
+                              f"pickle): re-save it with dema_lab.models.save_checkpoint") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a dema-lab checkpoint (its header "
+                              f"has format={header.get('format')!r}); load its weights yourself and "
+                              f"save them with dema_lab.models.save_checkpoint")
+    if int(header.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer dema-lab (format version "
+                              f"{header['version']} > {VERSION}); upgrade dema-lab to read it")
+    return header
+
+
+def load_checkpoint(path, map_location="cpu", expect: ModelConfig | None = None) -> Checkpoint:
+    """Rebuild the model from a checkpoint on `map_location`. With `expect`, also check that it
+    has that architecture and config."""
+    from safetensors.torch import load_file
+
+    from . import build_model
+
+    path = Path(path)
+    header = read_header(path)
+    try:
+        config = ModelConfig.from_dict(json.loads(header["model_config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: its model config cannot be read ({e})") from None
+    if expect is not None:
+        if expect.arch != config.arch:
+            raise CheckpointError(f"{path} holds a {config.arch!r} model, but a {expect.arch!r} model "
+                                  f"was expected")
+        diff = {k: (v, expect.to_dict()[k]) for k, v in config.to_dict().items() if expect.to_dict()[k] != v}
+        if diff:
+            raise CheckpointError(f"{path} was trained with another config: "
+                                  + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items()))
+    device = torch.device(map_location)
+    tensors = load_file(str(path), device=str(device))
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    model = build_model(config).to(device)
+    load_weights(model, weights, source=str(path))
+    return Checkpoint(model=model, config=config, meta=json.loads(header.get("meta", "{}")),
+                      extra=extra, path=path)
+
+
+def load_weights(model, state_dict, source="state dict") -> None:
+    """load_state_dict(strict=True) with one readable error listing every mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state_dict)) if own[k].shape != state_dict[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} weights (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append("shape mismatches: " + "; ".join(shapes[:3]))
+        raise CheckpointError(f"{source} does not fit a {model.cfg.arch!r} model with this config: "
+                              + "; ".join(parts) + ". It was written for another architecture or config.")
+    model.load_state_dict(state_dict, strict=True)

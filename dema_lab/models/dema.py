@@ -1,0 +1,69 @@
+"""Decision Mamba: DT's trajectory tokens through pre-norm residual Mamba blocks.
+
+    tokens -> [x + Mamba(RMSNorm(x))] x n_layer -> RMSNorm -> tanh(Linear) at the state tokens
+
+Two ways to act in an environment (see dema_lab.models.policy):
+    Transformer-like: re-run forward() on the last K steps at every env step;
+    RNN-like: feed each new token once through step(), carrying every layer's conv and SSM state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..ssm import Mamba, MambaState
+from .base import TrajectoryModel
+from .config import ModelConfig
+
+
+class Block(nn.Module):
+    """Pre-norm residual block with mamba_ssm's Block names: `norm`, `mixer`."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.norm = nn.RMSNorm(cfg.d_model, eps=1e-5)
+        self.mixer = Mamba(cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+                           layer_idx=layer_idx)
+
+    def forward(self, x, return_attention=False):
+        if return_attention:
+            y, alpha = self.mixer(self.norm(x), return_attention=True)
+            return x + y, alpha
+        return x + self.mixer(self.norm(x))
+
+    def step(self, x, state: MambaState):
+        return x + self.mixer.step(self.norm(x), state)
+
+
+class DecisionMamba(TrajectoryModel):
+    def __init__(self, cfg: ModelConfig):
+        if cfg.arch != "dema":
+            raise ValueError(f"DecisionMamba needs arch='dema', got {cfg.arch!r}")
+        super().__init__(cfg)
+        self.layers = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
+        self.norm_f = nn.RMSNorm(cfg.d_model, eps=1e-5)
+
+    def backbone(self, tokens, return_attention=False):
+        x, attn = tokens, []
+        for block in self.layers:
+            if return_attention:
+                x, alpha = block(x, return_attention=True)    # alpha (b, d_inner, L, L)
+                attn.append(alpha)
+            else:
+                x = block(x)
+        x = self.norm_f(x)
+        return (x, attn) if return_attention else x
+
+    # ------------------------------------------------------------ recurrent inference
+    def allocate_state(self, batch_size: int, device=None) -> list[MambaState]:
+        return [block.mixer.allocate_state(batch_size, device=device) for block in self.layers]
+
+    @torch.no_grad()
+    def step(self, tokens, state: list[MambaState]):
+        """Feed tokens (b, n, d) one at a time; returns the hidden output of the last, (b, d)."""
+        for i in range(tokens.shape[1]):
+            x = tokens[:, i:i + 1]
+            for block, s in zip(self.layers, state):
+                x = block.step(x, s)
+        return self.norm_f(x)[:, 0]

@@ -1,0 +1,102 @@
+"""Hidden attention of a selective scan (Ali, Zimerman & Wolf, 2024).
+
+The scan is a causal linear operator on u, one matrix per channel:
+
+    y_i[d] = sum_{j<=i} alpha[d, i, j] * u_j[d]  +  D[d] * u_i[d]
+
+    alpha[d, i, j] = sum_n C_i[n] * prod_{k=j+1..i} exp(delta_k[d] A[d, n]) * delta_j[d] B_j[n]
+
+The product over k is exp(S[d, n, i, j]) with S the segment sum of log(Abar) = delta * A,
+S[i, j] = sum_{k=j+1..i} delta_k A (j <= i), -inf above the diagonal. It is computed as a
+masked cumulative sum, never as exp(cumsum_i) * exp(-cumsum_j), which overflows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .scan import _as_grouped
+
+AGGREGATIONS = ("minmax", "abs", "mean")
+
+
+def segsum(x: torch.Tensor) -> torch.Tensor:
+    """Stable segment sum. x (..., L) -> S (..., L, L), S[i, j] = sum_{k=j+1..i} x_k for j <= i,
+    -inf for j > i. Every entry is a sum of its own terms: no difference of large cumsums."""
+    L = x.shape[-1]
+    xx = x[..., None, :].expand(*x.shape, L).transpose(-1, -2)      # xx[..., i, j] = x_i
+    strict = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)
+    xx = xx.masked_fill(~strict, 0.0)                               # keep x_i for i > j
+    S = torch.cumsum(xx, dim=-2)                                    # S[i, j] = sum_{j<k<=i} x_k
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(0)
+    return S.masked_fill(~causal, float("-inf"))
+
+
+def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chunk_channels=None):
+    """Exact hidden-attention matrices alpha, (batch, d_inner, L, L), zero above the diagonal.
+
+    Arguments have selective_scan's layout: delta (batch, d_inner, L), A (d_inner, d_state),
+    B, C (batch, d_state, L) or grouped (batch, groups, d_state, L).
+    With u the scan input, (alpha @ u[..., None])[..., 0] + D u, gated by silu(z), equals
+    selective_scan(u, delta, A, B, C, D, z, ...). Computed in float32 (float64 for float64).
+    `chunk_channels` bounds memory: the (d_inner, d_state, L, L) intermediate is built that
+    many channels at a time.
+    """
+    compute = torch.float64 if delta.dtype == torch.float64 else torch.float32
+    delta = delta.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, L = delta.shape
+    A = A.to(compute)
+    Bg = _as_grouped(B, delta).to(compute)                            # (b, g, n, L)
+    Cg = _as_grouped(C, delta).to(compute)
+    heads = dim // Bg.shape[1]
+    chunk = chunk_channels or dim
+    alpha = delta.new_empty(batch, dim, L, L)
+    for d0 in range(0, dim, chunk):
+        d1 = min(dim, d0 + chunk)
+        g_idx = torch.arange(d0, d1, device=delta.device) // heads
+        Bc, Cc = Bg[:, g_idx], Cg[:, g_idx]                           # (b, dc, n, L)
+        logA = delta[:, d0:d1, None, :] * A[None, d0:d1, :, None]     # (b, dc, n, L)
+        decay = torch.exp(segsum(logA))                               # (b, dc, n, L, L), 0 above diag
+        # alpha[i, j] = sum_n C_i[n] decay[n, i, j] B_j[n] delta_j
+        a = torch.einsum("bdni,bdnij,bdnj->bdij", Cc, decay, Bc)
+        alpha[:, d0:d1] = a * delta[:, d0:d1, None, :]
+    return alpha
+
+
+def apply_attention(alpha, u, D=None, z=None):
+    """y = alpha @ u + D u, gated by silu(z): selective_scan's output rebuilt from alpha.
+    alpha (b, d, L, L); u, z (b, d, L); D (d,)."""
+    y = torch.einsum("bdij,bdj->bdi", alpha, u.to(alpha.dtype))
+    if D is not None:
+        y = y + u.to(alpha.dtype) * D.to(alpha.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(alpha.dtype))
+    return y
+
+
+def aggregate_channels(alpha: torch.Tensor, method: str = "minmax") -> torch.Tensor:
+    """Collapse the channel dim of alpha (..., d_inner, L, L) -> (..., L, L).
+
+    "minmax": |alpha| min-max normalised per channel over its causal entries, then averaged
+              (the reference display of Ali et al.);
+    "abs":    mean of |alpha| over channels;
+    "mean":   signed mean over channels.
+    """
+    if method == "mean":
+        return alpha.mean(-3)
+    if method == "abs":
+        return alpha.abs().mean(-3)
+    if method == "minmax":
+        L = alpha.shape[-1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=alpha.device).tril()
+        a = alpha.abs()
+        lo = a.masked_fill(~causal, float("inf")).amin((-2, -1), keepdim=True)
+        hi = a.masked_fill(~causal, float("-inf")).amax((-2, -1), keepdim=True)
+        norm = ((a - lo) / (hi - lo).clamp_min(torch.finfo(a.dtype).tiny)).masked_fill(~causal, 0.0)
+        return norm.mean(-3)
+    raise ValueError(f"unknown channel aggregation {method!r}; choose one of {', '.join(AGGREGATIONS)}")

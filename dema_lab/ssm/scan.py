@@ -1,0 +1,283 @@
+"""The selective scan, with mamba_ssm's `selective_scan_fn` signature and semantics.
+
+    h_t[d, n] = exp(delta_t[d] * A[d, n]) * h_{t-1}[d, n] + delta_t[d] * B_t[n] * u_t[d]
+    y_t[d]    = sum_n C_t[n] * h_t[d, n]  (+ D[d] * u_t[d])  (* silu(z_t[d]))
+
+with delta = softplus(delta + delta_bias) when asked. Layout, as in mamba_ssm:
+    u, delta, z : (batch, d_inner, L)
+    A           : (d_inner, d_state)          real; A = -exp(A_log) in Mamba
+    B, C        : (batch, d_state, L), (batch, groups, d_state, L) or (d_inner, d_state)
+    D, delta_bias: (d_inner,)
+
+Backends (see `backend_for` / `use_backend`):
+    "cuda"      mamba_ssm's fused kernels (CUDA tensors, mamba_ssm importable)
+    "numba"     the project's compiled CPU kernel (dema_lab.ssm.cpu_kernel): default on CPU
+    "torch"     a PyTorch autograd Function with a hand-written reverse-time backward;
+                runs on any device, the fallback on CUDA without mamba_ssm
+    "reference" plain autograd through a per-step loop; the float64 reference for tests
+
+Only the recurrence (u, delta, A, B, C) -> sum_n C h is in the custom kernels; softplus,
+the D skip and the silu gate are ordinary elementwise torch ops around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("cuda", "numba", "torch", "reference")
+_ENV_VAR = "DEMA_LAB_SCAN_BACKEND"
+_forced = threading.local()
+last_backend: str | None = None  # the backend the most recent call used (visible for logs)
+
+
+# ----------------------------------------------------------------------------- backends
+
+def _mamba_ssm_fn():
+    """mamba_ssm's selective_scan_fn, or None. Any failure (no CUDA, ABI mismatch) -> None."""
+    global _MAMBA_SSM
+    if _MAMBA_SSM is _UNSET:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+            _MAMBA_SSM = selective_scan_fn
+        except Exception:  # noqa: BLE001 - a broken CUDA build raises anything
+            _MAMBA_SSM = None
+    return _MAMBA_SSM
+
+
+_UNSET = object()
+_MAMBA_SSM = _UNSET
+
+
+def mamba_ssm_available() -> bool:
+    return _mamba_ssm_fn() is not None
+
+
+def forced_backend() -> str | None:
+    name = getattr(_forced, "name", None) or os.environ.get(_ENV_VAR) or None
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {name!r} (from use_backend or "
+                         f"${_ENV_VAR}); choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def backend_for(device: torch.device | str) -> str:
+    """The backend `selective_scan` uses for tensors on `device`."""
+    device = torch.device(device)
+    name = forced_backend()
+    if name is not None:
+        if name == "cuda" and (device.type != "cuda" or not mamba_ssm_available()):
+            raise RuntimeError("scan backend 'cuda' was forced but needs CUDA tensors and an "
+                               "importable mamba_ssm (pip install 'dema-lab[cuda]' on a GPU host)")
+        if name == "numba" and device.type != "cpu":
+            raise RuntimeError(f"scan backend 'numba' runs on CPU only, tensors are on {device}")
+        return name
+    if device.type == "cuda" and mamba_ssm_available():
+        return "cuda"
+    return "numba" if device.type == "cpu" else "torch"
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Force a backend inside a `with` block (thread-local). None restores automatic choice."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    previous = getattr(_forced, "name", None)
+    _forced.name = name
+    try:
+        yield
+    finally:
+        _forced.name = previous
+
+
+# ----------------------------------------------------------------------------- public op
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """Drop-in replacement for mamba_ssm's `selective_scan_fn` (same arguments, same result).
+
+    Returns out (batch, d_inner, L) in u's dtype, and with return_last_state also the final
+    state (batch, d_inner, d_state) in float32 (float64 for float64 inputs).
+    """
+    global last_backend
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    backend = backend_for(u.device)
+    last_backend = backend
+    if backend == "cuda":
+        return _mamba_ssm_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "reference":
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    dtype_in = u.dtype
+    compute = torch.float64 if dtype_in == torch.float64 else torch.float32
+    u_c, delta_c = u.to(compute), delta.to(compute)
+    if delta_bias is not None:
+        delta_c = delta_c + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta_c = F.softplus(delta_c)
+    Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)
+    scan = _NumbaScan if backend == "numba" else _TorchScan
+    y, last_state = scan.apply(u_c, delta_c, A.to(compute), Bg, Cg)
+    if D is not None:
+        y = y + u_c * D.to(compute)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    out = y.to(dtype_in)
+    return (out, last_state) if return_last_state else out
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """Autograd through a per-step loop: the slow, obviously-correct reference.
+
+    Follows mamba_ssm's selective_scan_ref, but keeps float64 inputs in float64.
+    """
+    dtype_in = u.dtype
+    compute = torch.float64 if dtype_in == torch.float64 else torch.float32
+    u, delta = u.to(compute), delta.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)   # (b, g, n, L)
+    batch, dim, L = u.shape
+    heads = dim // Bg.shape[1]
+    Bd = Bg.repeat_interleave(heads, dim=1)                                   # (b, d, n, L)
+    Cd = Cg.repeat_interleave(heads, dim=1)
+    deltaA = torch.exp(delta[:, :, None, :] * A.to(compute)[None, :, :, None])  # (b, d, n, L)
+    deltaB_u = delta[:, :, None, :] * Bd * u[:, :, None, :]                     # (b, d, n, L)
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(L):
+        h = deltaA[..., t] * h + deltaB_u[..., t]
+        ys.append((h * Cd[..., t]).sum(-1))
+    y = torch.stack(ys, dim=2)                                                # (b, d, L)
+    if D is not None:
+        y = y + u * D.to(compute)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    out = y.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, d_inner, L), got shape {tuple(u.shape)}")
+    batch, dim, L = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (d_inner={dim}, d_state), got {tuple(A.shape)}")
+    if A.is_complex():
+        raise ValueError("complex A is not supported by dema-lab's scan; use a real A = -exp(A_log)")
+    n = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        ok = ((M.dim() == 2 and tuple(M.shape) == (dim, n))
+              or (M.dim() == 3 and tuple(M.shape) == (batch, n, L))
+              or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (n, L) and dim % M.shape[1] == 0))
+        if not ok:
+            raise ValueError(f"{name} must be (batch, d_state, L), (batch, groups, d_state, L) or "
+                             f"(d_inner, d_state) for u {tuple(u.shape)} and d_state {n}; "
+                             f"got {tuple(M.shape)}")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (dim,):
+            raise ValueError(f"{name} must be (d_inner={dim},), got {tuple(v.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+
+
+def _as_grouped(M, u):
+    """B or C as (batch, groups, d_state, L). A constant (d_inner, d_state) matrix becomes
+    one group per channel, broadcast over batch and time."""
+    batch, dim, L = u.shape
+    if M.dim() == 2:
+        return M[None, :, :, None].expand(batch, dim, M.shape[1], L)
+    if M.dim() == 3:
+        return M[:, None]
+    return M
+
+
+# ----------------------------------------------------------------------------- the CPU kernel
+
+class _NumbaScan(torch.autograd.Function):
+    """y = scan(u, delta, A, B, C) on CPU with the compiled kernels of cpu_kernel.
+
+    Forward keeps no per-step states; backward recomputes them per (batch, channel) in a
+    small cache-resident buffer, then runs the reverse-time recurrence for the gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        from . import cpu_kernel
+        # u, delta: (b, d, L); A: (d, n); B, C: (b, g, n, L) -> kernel layout (b, g, L, n)
+        Bt = B.transpose(-1, -2).contiguous()
+        Ct = C.transpose(-1, -2).contiguous()
+        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
+        y, last = cpu_kernel.forward(u, delta, A, Bt, Ct)
+        ctx.save_for_backward(u, delta, A, Bt, Ct)
+        ctx.B_shape = B.shape
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        from . import cpu_kernel
+        u, delta, A, Bt, Ct = ctx.saved_tensors
+        du, ddelta, dA, dBt, dCt = cpu_kernel.backward(u, delta, A, Bt, Ct, dy, dlast)
+        dB = dBt.transpose(-1, -2)
+        dC = dCt.transpose(-1, -2)
+        return du, ddelta, dA, dB, dC
+
+
+class _TorchScan(torch.autograd.Function):
+    """y = scan(u, delta, A, B, C) with vectorised torch ops over (batch, channel, state),
+    a loop over time, and a hand-written reverse-time backward. Any device."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        batch, dim, L = u.shape
+        heads = dim // B.shape[1]
+        Bd = B.repeat_interleave(heads, dim=1)                     # (b, d, n, L)
+        Cd = C.repeat_interleave(heads, dim=1)
+        dA = torch.exp(delta[:, :, None, :] * A[None, :, :, None])  # (b, d, n, L)
+        dBu = (delta * u)[:, :, None, :] * Bd                      # (b, d, n, L)
+        hs = torch.empty_like(dA)                                  # h_t for every t
+        h = u.new_zeros(batch, dim, A.shape[1])
+        for t in range(L):
+            h = dA[..., t] * h + dBu[..., t]
+            hs[..., t] = h
+        y = (hs * Cd).sum(2)                                        # (b, d, L)
+        ctx.save_for_backward(u, delta, A, B, C, hs, dA)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, delta, A, B, C, hs, dA = ctx.saved_tensors
+        batch, dim, L = u.shape
+        groups, heads = B.shape[1], dim // B.shape[1]
+        Bd = B.repeat_interleave(heads, dim=1)
+        Cd = C.repeat_interleave(heads, dim=1)
+        dh_all = dy[:, :, None, :] * Cd                              # d y_t / d h_t, (b, d, n, L)
+        g = torch.zeros_like(hs[..., 0])
+        if dlast is not None:
+            g = g + dlast
+        dh = torch.empty_like(hs)                                    # total grad wrt h_t
+        for t in range(L - 1, -1, -1):
+            g = g + dh_all[..., t]
+            dh[..., t] = g
+            g = g * dA[..., t]
+        h_prev = torch.cat([torch.zeros_like(hs[..., :1]), hs[..., :-1]], dim=-1)
+        dh_dA = dh * h_prev * dA                                      # (b, d, n, L)
+        ddelta = (dh_dA * A[None, :, :, None]).sum(2) + (dh * Bd).sum(2) * u
+        dA_grad = (dh_dA * delta[:, :, None, :]).sum((0, 3))
+        du = (dh * Bd).sum(2) * delta
+        dBd = dh * (delta * u)[:, :, None, :]
+        dCd = dy[:, :, None, :] * hs
+        dB = dBd.view(batch, groups, heads, *dBd.shape[2:]).sum(2)
+        dC = dCd.view(batch, groups, heads, *dCd.shape[2:]).sum(2)
+        return du, ddelta, dA_grad, dB, dC

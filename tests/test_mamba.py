@@ -1,0 +1,65 @@
+"""The mixer against mamba_ssm's layout and an independent implementation (mambapy)."""
+
+import math
+
+import pytest
+import torch
+from mambapy.mamba import MambaBlock, MambaConfig
+
+from dema_lab.models import load_weights
+from dema_lab.ssm import Mamba
+
+
+def mamba_ssm_layout(d_model, d_state=16, d_conv=4, expand=2):
+    """Names and shapes of mamba_ssm.modules.mamba_simple.Mamba's state dict (bias=False,
+    conv_bias=True), written out from its source."""
+    di, r = expand * d_model, math.ceil(d_model / 16)
+    return {"A_log": (di, d_state), "D": (di,), "in_proj.weight": (2 * di, d_model),
+            "conv1d.weight": (di, 1, d_conv), "conv1d.bias": (di,),
+            "x_proj.weight": (r + 2 * d_state, di), "dt_proj.weight": (di, r), "dt_proj.bias": (di,),
+            "out_proj.weight": (d_model, di)}
+
+
+def test_state_dict_has_mamba_ssm_names_and_shapes():
+    m = Mamba(48, d_state=8)
+    assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == mamba_ssm_layout(48, d_state=8)
+
+
+def test_initialisation_matches_mamba_ssm():
+    m = Mamba(32, d_state=8, dt_min=0.001, dt_max=0.1)
+    torch.testing.assert_close(-torch.exp(m.A_log), -torch.arange(1, 9.0).repeat(64, 1))
+    assert torch.equal(m.D, torch.ones(64))
+    dt = torch.nn.functional.softplus(m.dt_proj.bias)
+    assert dt.min() >= 0.001 - 1e-6 and dt.max() <= 0.1 + 1e-6
+
+
+def test_strict_load_both_ways_with_same_outputs():
+    torch.manual_seed(0)
+    theirs = MambaBlock(MambaConfig(d_model=32, n_layers=1, d_state=8, pscan=False))
+    ours = Mamba(32, d_state=8)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 23, 32)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+    back = MambaBlock(MambaConfig(d_model=32, n_layers=1, d_state=8, pscan=False))
+    back.load_state_dict(Mamba(32, d_state=8).state_dict(), strict=True)
+
+
+def test_step_matches_forward():
+    torch.manual_seed(0)
+    m = Mamba(24, d_state=6, d_conv=4).eval()
+    x = torch.randn(3, 15, 24)
+    state = m.allocate_state(3)
+    with torch.no_grad():
+        steps = torch.cat([m.step(x[:, t:t + 1], state) for t in range(15)], dim=1)
+        full = m(x)
+    torch.testing.assert_close(steps, full, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one token"):
+        m.step(x[:, :2], state)
+
+
+def test_foreign_state_dict_is_rejected_clearly():
+    from dema_lab.models import ModelConfig, build_model, CheckpointError
+    model = build_model(ModelConfig(arch="dema", d_model=32, d_state=8))
+    theirs = build_model(ModelConfig(arch="dt", d_model=32)).state_dict()
+    with pytest.raises(CheckpointError, match="another architecture or config"):
+        load_weights(model, theirs)
