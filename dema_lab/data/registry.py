@@ -1,0 +1,145 @@
+"""Resolve a dataset spec to a :class:`TrajectoryDataset`.
+
+A spec is one of
+
+    hopper-medium            an embedded dataset: built on first use from the
+                             shipped policies into the cache dir, reused after
+    path/to/file.hdf5        a D4RL-layout file
+    minari:<dataset id>      a dataset in the local Minari directory
+
+The cache dir is ``$DEMA_LAB_DATA`` or ``~/.cache/dema-lab/datasets``. A
+cached file is rebuilt when the builder version or the policy weights it was
+built from have changed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dema_lab.data import builder
+from dema_lab.data.builder import BUILDER_VERSION, QUALITIES, build_dataset
+from dema_lab.data.d4rl import load_d4rl
+from dema_lab.data.policy import policy_path
+from dema_lab.data.trajectory import DatasetError, TrajectoryDataset
+from dema_lab.envs import ENV_SPECS
+
+__all__ = [
+    "DEFAULT_DATASET",
+    "data_dir",
+    "embedded_names",
+    "parse_embedded",
+    "embedded_path",
+    "ensure_embedded",
+    "load_dataset",
+    "list_datasets",
+]
+
+DEFAULT_DATASET = "hopper-medium"
+
+
+def data_dir() -> Path:
+    """Where embedded datasets are cached (``$DEMA_LAB_DATA`` overrides)."""
+    env = os.environ.get("DEMA_LAB_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dema-lab" / "datasets"
+
+
+def embedded_names() -> list[str]:
+    """All ``<env>-<quality>`` names the builder can make."""
+    return [f"{e}-{q}" for e in ENV_SPECS for q in QUALITIES]
+
+
+def parse_embedded(name: str) -> tuple[str, str] | None:
+    """``hopper-medium-replay`` -> (``hopper``, ``medium-replay``); None if not embedded."""
+    for e in ENV_SPECS:
+        if name.startswith(e + "-") and name[len(e) + 1 :] in QUALITIES:
+            return e, name[len(e) + 1 :]
+    return None
+
+
+def embedded_path(name: str, seed: int = 0, transitions: int | None = None) -> Path:
+    """Cache file for an embedded dataset built with these settings."""
+    n = transitions or builder.DEFAULT_TRANSITIONS
+    suffix = "" if (seed == 0 and n == builder.DEFAULT_TRANSITIONS) else f"-s{seed}-n{n}"
+    return data_dir() / f"{name}{suffix}.hdf5"
+
+
+def _is_current(path: Path, env: str, quality: str) -> bool:
+    """True if the cached file exists and was built by this builder from these weights."""
+    import h5py
+
+    from dema_lab.data.builder import _file_digest
+
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("builder_version", -1))
+            digest = f.attrs.get("policy_digest", "")
+    except (OSError, ValueError):
+        return False
+    if isinstance(digest, bytes):
+        digest = digest.decode()
+    want = "" if quality == "random" else _file_digest(policy_path(env))
+    return version == BUILDER_VERSION and digest == want
+
+
+def ensure_embedded(name: str, seed: int = 0, transitions: int | None = None, progress: bool = True) -> Path:
+    """Path to the cached embedded dataset, building it first if needed."""
+    parsed = parse_embedded(name)
+    if parsed is None:
+        raise DatasetError(f"{name!r} is not an embedded dataset; choose one of {', '.join(embedded_names())}")
+    env, quality = parsed
+    path = embedded_path(name, seed, transitions)
+    if not _is_current(path, env, quality):
+        if progress:
+            print(f"building {name} into {path} (once; reused afterwards)", flush=True)
+        build_dataset(env, quality, path, seed=seed, transitions=transitions, progress=progress)
+    return path
+
+
+def load_dataset(spec, env: str | None = None, progress: bool = True) -> TrajectoryDataset:
+    """Load a dataset from an embedded name, an ``.hdf5`` path or ``minari:<id>``."""
+    if isinstance(spec, TrajectoryDataset):
+        return spec
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec:
+        raise DatasetError(f"dataset spec must be a name, path or minari:<id>, got {spec!r}")
+    if spec.startswith("minari:"):
+        from dema_lab.data.minari_source import load_minari
+
+        return load_minari(spec[len("minari:") :], env=env)
+    parsed = parse_embedded(spec)
+    if parsed is not None and not Path(spec).exists():
+        ds = load_d4rl(ensure_embedded(spec, progress=progress), env=env)
+        return ds
+    path = Path(spec).expanduser()
+    if path.exists() or path.suffix.lower() in (".hdf5", ".h5", ".he5"):
+        return load_d4rl(path, env=env)
+    raise DatasetError(
+        f"unknown dataset {spec!r}: not a file, not minari:<id>, not an embedded name "
+        f"({', '.join(embedded_names())})"
+    )
+
+
+def list_datasets() -> list[dict]:
+    """Embedded datasets and the cache state of each: name, path, cached, current."""
+    rows = []
+    for name in embedded_names():
+        env, quality = parse_embedded(name)
+        path = embedded_path(name)
+        rows.append(
+            {
+                "name": name,
+                "path": str(path),
+                "cached": path.exists(),
+                "current": path.exists() and _is_current(path, env, quality),
+                "policy": policy_path(env).exists() or quality == "random",
+            }
+        )
+    # other files in the cache dir (other seeds/sizes, user copies)
+    known = {r["path"] for r in rows}
+    if data_dir().exists():
+        for p in sorted(data_dir().glob("*.hdf5")):
+            if str(p) not in known:
+                rows.append({"name": p.stem, "path": str(p), "cached": True, "current": None, "policy": None})
+    return rows

@@ -1,0 +1,151 @@
+"""Training windows of K timesteps, sampled as Decision Transformer does.
+
+A window starts at a step chosen uniformly inside a trajectory, and
+trajectories are chosen in proportion to their length. Both at once: draw
+one flat index uniformly over all N transitions; its episode is then chosen
+with probability T_e / N and the start is uniform within it.
+
+Windows are RIGHT-padded: the real steps come first, from the window's real
+start, and zeros with ``mask`` False fill the rest. A causal model cannot let
+padding after a token change that token, and inference on the last
+min(t, K) steps needs no padding at all. Windows that start near an
+episode's end are short, as in DT.
+
+Everything is precomputed into flat arrays with episode offsets, so a batch
+is one fancy-index of a (B, K) index grid; no Python loop over the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dema_lab.data.trajectory import DatasetError, TrajectoryDataset
+
+__all__ = ["ReturnScale", "WindowSampler", "flat_returns_to_go"]
+
+
+@dataclass(frozen=True)
+class ReturnScale:
+    """How returns enter the model: divided by ``rtg_scale`` (DeMa/DT: 1000
+    for MuJoCo); rewards likewise by ``reward_scale``."""
+
+    rtg_scale: float = 1000.0
+    reward_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.rtg_scale > 0 or not self.reward_scale > 0:
+            raise ValueError(f"scales must be positive, got {self}")
+
+    def scale_return(self, g):
+        return g / self.rtg_scale
+
+    def unscale_return(self, g):
+        return g * self.rtg_scale
+
+    def scale_reward(self, r):
+        return r / self.reward_scale
+
+
+def flat_returns_to_go(rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Undiscounted returns-to-go for concatenated episodes.
+
+    rewards: (N,); starts/ends: (E,) episode [start, end) offsets.
+    Returns (N,) float64 with rtg[i] = sum of rewards from i to its episode's end,
+    by one reversed cumulative sum minus each episode's tail.
+    """
+    r = rewards.astype(np.float64)
+    rev = np.cumsum(r[::-1])[::-1]  # rev[i] = sum r[i:]
+    tail = np.append(rev, 0.0)[ends]  # (E,) sum r[end:]
+    lengths = ends - starts
+    return rev - np.repeat(tail, lengths)
+
+
+class WindowSampler:
+    """Random K-step windows from a :class:`TrajectoryDataset`.
+
+    ``sample(B)`` returns a dict of torch tensors:
+
+        states        (B, K, obs) float32  (s - state_mean) / state_std, 0 in padding
+        actions       (B, K, act) float32
+        returns_to_go (B, K, 1)   float32  undiscounted return-to-go / rtg_scale
+        rewards       (B, K, 1)   float32  reward / reward_scale
+        timesteps     (B, K)      int64    step index within the episode
+        mask          (B, K)      bool     True for real steps (a prefix of each row)
+    """
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        K: int,
+        rtg_scale: float = 1000.0,
+        seed: int = 0,
+        reward_scale: float = 1.0,
+        state_mean: np.ndarray | None = None,
+        state_std: np.ndarray | None = None,
+    ):
+        if K < 1:
+            raise ValueError(f"K must be >= 1, got {K}")
+        self.K = int(K)
+        self.scale = ReturnScale(rtg_scale, reward_scale)
+        self.dataset = dataset
+        self.rng = np.random.default_rng(seed)
+        self.state_mean = np.asarray(dataset.state_mean if state_mean is None else state_mean, np.float32)
+        self.state_std = np.asarray(dataset.state_std if state_std is None else state_std, np.float32)
+        if self.state_mean.shape != (dataset.obs_dim,) or self.state_std.shape != (dataset.obs_dim,):
+            raise DatasetError(
+                f"state_mean/std must have shape ({dataset.obs_dim},), got "
+                f"{self.state_mean.shape}/{self.state_std.shape}"
+            )
+        lengths = dataset.lengths  # (E,)
+        self.ends = np.cumsum(lengths)  # (E,) exclusive
+        self.starts = self.ends - lengths  # (E,)
+        self.N = int(self.ends[-1])
+        trajs = dataset.trajectories
+        obs = np.concatenate([t.observations for t in trajs]).astype(np.float32)  # (N, obs)
+        # flat tables with one zero row appended at index N: padding gathers it
+        self._states = np.zeros((self.N + 1, dataset.obs_dim), np.float32)
+        self._states[: self.N] = (obs - self.state_mean) / self.state_std
+        self._actions = np.zeros((self.N + 1, dataset.act_dim), np.float32)
+        self._actions[: self.N] = np.concatenate([t.actions for t in trajs])
+        rewards = np.concatenate([t.rewards for t in trajs]).astype(np.float64)  # (N,)
+        self._rewards = np.zeros(self.N + 1, np.float32)
+        self._rewards[: self.N] = rewards / reward_scale
+        self._rtg = np.zeros(self.N + 1, np.float32)
+        self._rtg[: self.N] = flat_returns_to_go(rewards, self.starts, self.ends) / rtg_scale
+        episode_of = np.repeat(np.arange(len(lengths)), lengths)  # (N,)
+        self._ep_end = self.ends[episode_of]  # (N,) end of each step's episode
+        self._timestep = np.arange(self.N) - self.starts[episode_of]  # (N,)
+        self._ar = np.arange(self.K)
+
+    @property
+    def rtg_scale(self) -> float:
+        return self.scale.rtg_scale
+
+    def sample_indices(self, batch_size: int) -> np.ndarray:
+        """(B,) flat start indices: episode proportional to length, start uniform in it."""
+        return self.rng.integers(0, self.N, size=batch_size)
+
+    def windows(self, starts: np.ndarray) -> dict:
+        """Windows beginning at the given flat indices (B,)."""
+        import torch  # imported here so that `import dema_lab.data` stays light
+
+        starts = np.asarray(starts, dtype=np.int64)
+        idx = starts[:, None] + self._ar[None, :]  # (B, K)
+        mask = idx < self._ep_end[starts][:, None]  # (B, K) real steps: a prefix
+        gather = np.where(mask, idx, self.N)  # padding reads the zero row
+        ts = np.where(mask, self._timestep[starts][:, None] + self._ar[None, :], 0)
+        return {
+            "states": torch.from_numpy(self._states[gather]),
+            "actions": torch.from_numpy(self._actions[gather]),
+            "returns_to_go": torch.from_numpy(self._rtg[gather][..., None]),
+            "rewards": torch.from_numpy(self._rewards[gather][..., None]),
+            "timesteps": torch.from_numpy(ts.astype(np.int64)),
+            "mask": torch.from_numpy(mask),
+        }
+
+    def sample(self, batch_size: int) -> dict:
+        """A batch of ``batch_size`` random windows (see class docstring)."""
+        return self.windows(self.sample_indices(batch_size))
+
