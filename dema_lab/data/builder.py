@@ -235,7 +235,7 @@ def build_dataset(
     from tqdm.auto import tqdm
 
     total = budget if budget is not None else None
-    bar = tqdm(total=total, unit="step", desc=f"{spec.name}-{quality}", disable=not progress, leave=False)
+    bar = tqdm(total=total, unit="step", desc=f"{spec.name}-{quality}", disable=not progress, leave=False, mininterval=1.0)
     try:
         if quality == "random":
             parts = [(lambda k: _random_actor(spec.act_dim), budget, episodes, qcode)]

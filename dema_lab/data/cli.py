@@ -51,11 +51,11 @@ def _build(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     ds = load_d4rl(path)
-    s = ds.summary()
+    a = ds.attrs
     print(
-        f"wrote {path}\n  {s['episodes']} episodes, {s['transitions']} transitions, "
-        f"return {s['return_mean']:.1f} ± {s['return_std']:.1f} "
-        f"(normalized {s['normalized_mean']:.1f}), {time.perf_counter() - t0:.1f} s"
+        f"wrote {path}\n  {len(ds)} episodes ({a['complete_episodes']} complete), {ds.num_transitions} transitions, "
+        f"return {a['episode_return_mean']:.1f} ± {a['episode_return_std']:.1f} over complete episodes "
+        f"(normalized {a['normalized_score_mean']:.1f}), {time.perf_counter() - t0:.1f} s"
     )
     return 0
 

@@ -19,6 +19,7 @@ unterminated episode. ``d4rl`` itself is not needed: h5py reads the file.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -243,7 +244,7 @@ def write_d4rl(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # unique per writer
     try:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("observations", data=np.asarray(observations, np.float32), compression=compression)
