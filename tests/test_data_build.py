@@ -185,3 +185,14 @@ def test_register_adds_data_command():
     assert args.func.__name__ == "_build" and args.seed == 3 and args.transitions == 10
     args = p.parse_args(["data", "train-policies", "hopper", "--minutes", "0.5"])
     assert args.func.__name__ == "_train" and args.minutes == 0.5
+
+
+@pytest.mark.parametrize("env", [e for e in SHIPPED if e != "hopper"])
+def test_other_envs_rise_from_random_to_medium_to_expert(env, tmp_path):
+    means = []
+    for q in ("random", "medium", "expert"):
+        path = build_dataset(env, q, tmp_path / f"{q}.hdf5", transitions=2000, progress=False)
+        with h5py.File(path, "r") as f:
+            means.append(f.attrs["episode_return_mean"])
+            assert f["observations"].shape == (2000, env_spec(env).obs_dim)
+    assert means[0] < means[1] < means[2], means
