@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrars():
     """The subcommands contributed by the library's modules."""
-    return []
+    from .data.cli import register as data
+    from .train_cli import register as train
+
+    return [data, train]
 
 
 def main(argv=None) -> int:

@@ -60,19 +60,29 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
 
 def test_save_is_atomic(tmp_path, monkeypatch):
     """A write that dies halfway leaves the previous checkpoint intact and no temp files behind."""
-    import safetensors.torch
+    from pathlib import Path
 
     path = tmp_path / "ck.safetensors"
     save_checkpoint(path, build_model(small()))
     before = path.read_bytes()
+    real_write = Path.write_bytes
 
-    def dying_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a checkpoint")
+    def dying_write(self, data):
+        real_write(self, data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", dying_save)
+    monkeypatch.setattr(Path, "write_bytes", dying_write)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, build_model(small(K=9)))
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]
+
+
+def test_checkpoint_bytes_load_like_files():
+    from dema_lab.models import checkpoint_bytes
+    model = build_model(small("dt"))
+    ck = load_checkpoint(checkpoint_bytes(model, meta={"step": 3}))
+    assert ck.meta == {"step": 3} and ck.config.arch == "dt"
+    with pytest.raises(CheckpointError, match="checkpoint bytes is not a readable"):
+        load_checkpoint(b"garbage that is not safetensors")

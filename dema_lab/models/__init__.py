@@ -1,7 +1,8 @@
 """Decision Mamba and the Decision Transformer baseline, with one data interface."""
 
 from .base import TrajectoryModel
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint, load_weights,
+                         save_checkpoint)
 from .config import ARCHS, LAYOUTS, ModelConfig
 from .cost import cost_summary, count_parameters, forward_macs, step_macs
 from .dema import DecisionMamba
@@ -16,7 +17,7 @@ def build_model(cfg: ModelConfig) -> TrajectoryModel:
 
 __all__ = [
     "ARCHS", "LAYOUTS", "MODES", "Checkpoint", "CheckpointError", "DecisionMamba",
-    "DecisionTransformer", "ModelConfig", "Policy", "TrajectoryModel", "build_model",
+    "DecisionTransformer", "ModelConfig", "checkpoint_bytes", "Policy", "TrajectoryModel", "build_model",
     "cost_summary", "count_parameters", "forward_macs", "load_checkpoint", "load_weights",
     "save_checkpoint", "step_macs",
 ]

@@ -50,69 +50,91 @@ def atomic_write(path, write) -> None:
         raise
 
 
-def save_checkpoint(path, model, meta: dict | None = None, extra: dict | None = None) -> Path:
-    from safetensors.torch import save_file
+def checkpoint_bytes(model, meta: dict | None = None, extra: dict | None = None) -> bytes:
+    """The checkpoint as bytes (what save_checkpoint writes; the run store keeps these)."""
+    from safetensors.torch import save
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for k, v in (extra or {}).items():
         tensors[f"extra.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     header = {"format": FORMAT, "version": str(VERSION), "arch": model.cfg.arch,
               "model_config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta or {})}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    return save(tensors, metadata=header)
+
+
+def save_checkpoint(path, model, meta: dict | None = None, extra: dict | None = None) -> Path:
+    data = checkpoint_bytes(model, meta, extra)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return Path(path)
 
 
-def read_header(path) -> dict:
-    """The checkpoint's metadata header, validated; raises CheckpointError with what is wrong."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+def _header_of(source) -> tuple[dict, str]:
+    """(metadata header, a name for messages) of a checkpoint path or bytes."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = bytes(source), "checkpoint bytes"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        data, name = path.read_bytes(), str(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({e}); it may be "
+        # safetensors layout: u64 little-endian header size, then a JSON header
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or n <= 0 or 8 + n > len(data):
+            raise ValueError("bad header size")
+        header = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{name} is not a readable safetensors checkpoint ({e}); it may be "
                               f"truncated or corrupt, or a file of another kind (e.g. a torch .pt "
                               f"pickle): re-save it with dema_lab.models.save_checkpoint") from None
+    return header, name
+
+
+def read_header(source) -> dict:
+    """The checkpoint's metadata header, validated; raises CheckpointError with what is wrong."""
+    header, name = _header_of(source)
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a dema-lab checkpoint (its header "
+        raise CheckpointError(f"{name} is a safetensors file but not a dema-lab checkpoint (its header "
                               f"has format={header.get('format')!r}); load its weights yourself and "
                               f"save them with dema_lab.models.save_checkpoint")
     if int(header.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path} was written by a newer dema-lab (format version "
+        raise CheckpointError(f"{name} was written by a newer dema-lab (format version "
                               f"{header['version']} > {VERSION}); upgrade dema-lab to read it")
     return header
 
 
-def load_checkpoint(path, map_location="cpu", expect: ModelConfig | None = None) -> Checkpoint:
-    """Rebuild the model from a checkpoint on `map_location`. With `expect`, also check that it
-    has that architecture and config."""
-    from safetensors.torch import load_file
+def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = None) -> Checkpoint:
+    """Rebuild the model from a checkpoint (a path, or bytes from the run store) on
+    `map_location`. With `expect`, also check that it has that architecture and config."""
+    from safetensors.torch import load
 
     from . import build_model
 
-    path = Path(path)
-    header = read_header(path)
+    is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    path = None if is_bytes else Path(source)
+    header, name = read_header(source), ("checkpoint bytes" if is_bytes else str(path))
     try:
         config = ModelConfig.from_dict(json.loads(header["model_config"]))
     except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: its model config cannot be read ({e})") from None
+        raise CheckpointError(f"{name}: its model config cannot be read ({e})") from None
     if expect is not None:
         if expect.arch != config.arch:
-            raise CheckpointError(f"{path} holds a {config.arch!r} model, but a {expect.arch!r} model "
+            raise CheckpointError(f"{name} holds a {config.arch!r} model, but a {expect.arch!r} model "
                                   f"was expected")
         diff = {k: (v, expect.to_dict()[k]) for k, v in config.to_dict().items() if expect.to_dict()[k] != v}
         if diff:
-            raise CheckpointError(f"{path} was trained with another config: "
+            raise CheckpointError(f"{name} was trained with another config: "
                                   + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items()))
     device = torch.device(map_location)
-    tensors = load_file(str(path), device=str(device))
+    try:
+        tensors = load(bytes(source) if is_bytes else path.read_bytes())
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{name}: its tensors cannot be read ({e}); the file is corrupt") from None
+    tensors = {k: v.to(device) for k, v in tensors.items()}
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     model = build_model(config).to(device)
-    load_weights(model, weights, source=str(path))
+    load_weights(model, weights, source=name)
     return Checkpoint(model=model, config=config, meta=json.loads(header.get("meta", "{}")),
                       extra=extra, path=path)
 

@@ -32,8 +32,11 @@ class Block(nn.Module):
             return x + y, alpha
         return x + self.mixer(self.norm(x))
 
-    def step(self, x, state: MambaState):
-        return x + self.mixer.step(self.norm(x), state)
+    def step(self, x, state: MambaState, record: list | None = None):
+        h = self.norm(x)
+        if record is not None:
+            record.append(h)        # the mixer's input, to rebuild hidden attention later
+        return x + self.mixer.step(h, state)
 
 
 class DecisionMamba(TrajectoryModel):
@@ -60,10 +63,23 @@ class DecisionMamba(TrajectoryModel):
         return [block.mixer.allocate_state(batch_size, device=device) for block in self.layers]
 
     @torch.no_grad()
-    def step(self, tokens, state: list[MambaState]):
-        """Feed tokens (b, n, d) one at a time; returns the hidden output of the last, (b, d)."""
+    def step(self, tokens, state: list[MambaState], record: list[list] | None = None):
+        """Feed tokens (b, n, d) one at a time; returns the hidden output of the last, (b, d).
+        With `record` (one list per layer), each layer's mixer input per token is appended."""
         for i in range(tokens.shape[1]):
             x = tokens[:, i:i + 1]
-            for block, s in zip(self.layers, state):
-                x = block.step(x, s)
+            for layer, (block, s) in enumerate(zip(self.layers, state)):
+                x = block.step(x, s, None if record is None else record[layer])
         return self.norm_f(x)[:, 0]
+
+    @torch.no_grad()
+    def recorded_attention(self, record: list[list], n: int) -> list[torch.Tensor]:
+        """Exact hidden attention among the last n tokens fed through step(), from the recorded
+        mixer inputs: alpha[i, j] depends only on tokens j..i (and the conv's d_conv - 1
+        inputs before them), so the rest of the episode is not needed. n_layer x (b, d_inner, n, n)."""
+        out = []
+        for block, inputs in zip(self.layers, record):
+            seq = torch.cat(inputs[-(n + block.mixer.d_conv - 1):], dim=1)   # (b, n + d_conv - 1, d)
+            alpha = block.mixer.attention_inputs(seq)["alpha"]
+            out.append(alpha[..., -n:, -n:])
+        return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..ssm import aggregate_channels
 from .base import TrajectoryModel
 
 MODES = ("transformer", "rnn")
@@ -21,7 +22,10 @@ MODES = ("transformer", "rnn")
 
 class Policy:
     def __init__(self, model: TrajectoryModel, mode: str = "transformer", state_mean=None,
-                 state_std=None, rtg_scale: float = 1000.0, device=None):
+                 state_std=None, rtg_scale: float = 1000.0, device=None, attention: str | None = None):
+        """attention: None, or a channel aggregation ("minmax", "abs", "mean"): then after each
+        act() `self.attention` holds (n_layer, n, n), the aggregated attention among the n
+        tokens of the current window that end with the current state token."""
         if mode not in MODES:
             raise ValueError(f"inference mode {mode!r} is unknown; choose 'transformer' or 'rnn'")
         if mode == "rnn" and model.cfg.arch != "dema":
@@ -35,6 +39,9 @@ class Policy:
         self.state_mean = np.zeros(sd, np.float32) if state_mean is None else np.asarray(state_mean, np.float32)
         self.state_std = np.ones(sd, np.float32) if state_std is None else np.asarray(state_std, np.float32)
         self.rtg_scale = float(rtg_scale)
+        self.attention_method = attention
+        if attention is not None:
+            aggregate_channels(torch.zeros(1, 1, 1, 1), attention)   # fail early on a bad name
         self.reset(0.0)
 
     def reset(self, target_return: float):
@@ -45,6 +52,8 @@ class Policy:
         self.actions: list[np.ndarray] = []
         self.rtgs: list[float] = []
         self.rnn_state = self.model.allocate_state(1, device=self.device) if self.mode == "rnn" else None
+        self.record = [[] for _ in range(self.cfg.n_layer)] if self.mode == "rnn" and self.attention_method else None
+        self.attention: np.ndarray | None = None
 
     def _tensor(self, x, dtype=torch.float32):
         return torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)
@@ -70,14 +79,30 @@ class Policy:
         s = (obs - self.state_mean) / self.state_std
         self.states.append(s)
         self.rtgs.append(self.rtg)
+        # tokens of the current window, up to and including the current state token
+        T = min(len(self.states), self.cfg.K)
+        n = 3 * T - 1 if self.cfg.layout == "B3LD" else T
         if self.mode == "transformer":
-            pred = self.model(*self.window())[0, -1]
+            if self.attention_method:
+                preds, attn = self.model(*self.window(), return_attention=True)
+                attn = [a[..., :n, :n] for a in attn]      # drop the placeholder a_t token
+            else:
+                preds, attn = self.model(*self.window()), None
+            pred = preds[0, -1]
         else:
             prev = self.actions[-1] if self.actions else np.zeros(self.cfg.act_dim, np.float32)
             tokens = self.model.embed.step_tokens(self._tensor(s)[None], self._tensor(prev)[None],
                                                   self._tensor([[self.rtg]]), self._tensor([self.t], torch.long),
                                                   first=self.t == 0)
-            pred = self.model.predict_action(self.model.step(tokens, self.rnn_state))[0]
+            pred = self.model.predict_action(self.model.step(tokens, self.rnn_state, self.record))[0]
+            attn = None
+            if self.record is not None:
+                keep = 3 * self.cfg.K + self.cfg.d_conv
+                self.record = [r[-keep:] for r in self.record]
+                attn = self.model.recorded_attention(self.record, n)
+        if attn is not None:
+            self.attention = np.stack([aggregate_channels(a, self.attention_method)[0].float().cpu().numpy()
+                                       for a in attn])
         action = pred.float().cpu().numpy()
         self.actions.append(action)
         return action

@@ -1,0 +1,206 @@
+"""Policy rollouts in the environment: the step stream, recorded episodes, and evaluation.
+
+    rollout_steps(policy, env, target, seed)   yields one StepRecord per env step (live dashboards)
+    record_episode(...)                        one episode as an xarray Dataset (the run store's
+                                               rollout/<name> group): frames, observations,
+                                               actions, rewards, returns-to-go, hidden attention
+    evaluate(...)                              returns by (mode, target, episode), plus recordings
+    replay_attention(...)                      the attention at a recorded step, recomputed from a
+                                               checkpoint (other aggregations, or to verify the log)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from .analysis import lag_profile, right_align, token_coords, window_tokens
+from .models import Policy
+from .ssm import AGGREGATIONS
+
+
+@dataclass
+class StepRecord:
+    t: int
+    observation: np.ndarray          # (obs_dim,) the observation acted on
+    action: np.ndarray               # (act_dim,)
+    reward: float
+    return_to_go: float              # the conditioning return-to-go at this step, env units
+    done: bool
+    frame: np.ndarray | None         # (H, W, 3) uint8, the scene the action was chosen in
+    attention: np.ndarray | None     # (n_layer, n, n) aggregated, window ending at s_t
+    act_seconds: float               # time to choose the action (model + attention)
+
+
+def rollout_steps(policy: Policy, env, target: float, seed: int, render: bool = False, max_steps: int | None = None):
+    """Run one episode, yielding a StepRecord after every env step. Stop early by closing the generator."""
+    policy.reset(target)
+    obs, _ = env.reset(seed=int(seed))
+    limit = max_steps or getattr(env.spec, "max_episode_steps", None) or 1000
+    for t in range(limit):
+        frame = env.render() if render else None
+        rtg = policy.rtg * policy.rtg_scale
+        start = time.perf_counter()
+        action = policy.act(obs)
+        act_seconds = time.perf_counter() - start
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        policy.observe(reward)
+        done = bool(terminated or truncated) or t == limit - 1
+        yield StepRecord(t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame,
+                         policy.attention, act_seconds)
+        obs = next_obs
+        if done:
+            return
+
+
+def record_episode(policy: Policy, env, target: float, seed: int, render_size: int | None = None,
+                   max_steps: int | None = None, attrs: dict | None = None) -> xr.Dataset:
+    """One episode as a Dataset with dims step, layer, query, key, lag (+ y, x, rgb with frames)."""
+    cfg = policy.cfg
+    steps = list(rollout_steps(policy, env, target, seed, render=render_size is not None, max_steps=max_steps))
+    return steps_to_dataset(steps, cfg, attrs={"target": float(target), "seed": int(seed), "mode": policy.mode,
+                                               "aggregation": policy.attention_method or "", **(attrs or {})})
+
+
+def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) -> xr.Dataset:
+    T = len(steps)
+    L = window_tokens(cfg)
+    data = {
+        "observation": (("step", "obs_dim"), np.stack([s.observation for s in steps])),
+        "action": (("step", "act_dim"), np.stack([s.action for s in steps]).astype(np.float32)),
+        "reward": ("step", np.array([s.reward for s in steps], np.float32)),
+        "return_to_go": ("step", np.array([s.return_to_go for s in steps], np.float32)),
+        "act_seconds": ("step", np.array([s.act_seconds for s in steps], np.float32)),
+    }
+    coords = {"step": np.arange(T)}
+    if steps and steps[0].frame is not None:
+        data["frames"] = (("step", "y", "x", "rgb"), np.stack([s.frame for s in steps]))
+    if steps and steps[0].attention is not None:
+        att = np.stack([right_align(s.attention, L) for s in steps])            # (T, layer, L, L)
+        data["attention"] = (("step", "layer", "query", "key"), att)
+        data["attention_by_lag"] = (("step", "layer", "lag"), lag_profile(att))
+        coords.update(layer=np.arange(att.shape[1]), lag=np.arange(L),
+                      **token_coords(cfg, "query"), **token_coords(cfg, "key"))
+    ds = xr.Dataset(data, coords=coords)
+    ret = float(ds.reward.sum()) if T else 0.0
+    ds.attrs = {"return": ret, "length": T, **(attrs or {})}
+    ds["return_to_go"].attrs = {"long_name": "return-to-go conditioning", "units": "env reward"}
+    if "attention" in ds:
+        ds["attention"].attrs = {"long_name": "hidden attention, channels aggregated",
+                                 "layout": "right-aligned: the last query is the current state token",
+                                 "aggregation": ds.attrs.get("aggregation", "")}
+        ds["attention_by_lag"].attrs = {"long_name": "current state token's attention by lag",
+                                        "lag_unit": "tokens"}
+    return ds
+
+
+def rollout_encoding(ds: xr.Dataset) -> dict:
+    """Zarr v3 encoding for a rollout: Zstd, 50-step chunks, one shard per variable."""
+    from zarr.codecs import ZstdCodec
+
+    enc = {}
+    T = max(1, ds.sizes.get("step", 1))
+    for name, var in ds.data_vars.items():
+        if "step" not in var.dims:
+            continue
+        chunk = tuple(min(50, T) if d == "step" else ds.sizes[d] for d in var.dims)
+        shard = tuple(-(-T // chunk[0]) * chunk[0] if d == "step" else ds.sizes[d] for d in var.dims)
+        enc[name] = {"chunks": chunk, "shards": shard, "compressors": (ZstdCodec(level=3),)}
+    return enc
+
+
+def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",), rtg_scale: float = 1000.0,
+             state_mean=None, state_std=None, seed: int = 0, record: int = 1, render_size: int | None = 128,
+             attention: str | None = "minmax", max_steps: int | None = None, on_episode=None, scorer=None):
+    """Evaluate a model: `episodes` episodes per (mode, target).
+
+    The first `record` episodes of each (mode, target) are recorded (frames, attention);
+    the others run without logging. Returns (results Dataset with dims (mode, target,
+    episode), {name: recorded episode Dataset}). Episode seeds are shared across modes.
+    scorer(returns) gives normalized scores (default: D4RL's reference returns for the env).
+    """
+    from .data import normalized_score
+    from .envs import env_spec, make_env
+
+    spec = env_spec(env_name)
+    scorer = scorer or (lambda r: normalized_score(spec.name, r))
+    targets = [float(x) for x in targets]
+    returns = np.full((len(modes), len(targets), episodes), np.nan)
+    lengths = np.zeros_like(returns, dtype=np.int64)
+    recordings = {}
+    plain = make_env(spec.name)
+    rendering = make_env(spec.name, render_size=render_size) if record and render_size else None
+    try:
+        for m, mode in enumerate(modes):
+            for i, target in enumerate(targets):
+                for e in range(episodes):
+                    ep_seed = seed + 10_000 * i + e
+                    logged = e < record
+                    policy = Policy(model, mode, state_mean, state_std, rtg_scale,
+                                    attention=attention if logged else None)
+                    if logged:
+                        ds = record_episode(policy, rendering or plain, target, ep_seed,
+                                            render_size=render_size if rendering else None, max_steps=max_steps,
+                                            attrs={"env": spec.name, "episode": e})
+                        ds.attrs["normalized_score"] = float(scorer(ds.attrs["return"]))
+                        recordings[f"{mode}-t{i}-e{e}"] = ds
+                        ret, length = ds.attrs["return"], ds.attrs["length"]
+                    else:
+                        rewards = [s.reward for s in rollout_steps(policy, plain, target, ep_seed, max_steps=max_steps)]
+                        ret, length = float(np.sum(rewards)), len(rewards)
+                    returns[m, i, e], lengths[m, i, e] = ret, length
+                    if on_episode:
+                        on_episode(mode, target, e, ret, length)
+    finally:
+        plain.close()
+        if rendering is not None:
+            rendering.close()
+    results = xr.Dataset(
+        {"return": (("mode", "target", "episode"), returns),
+         "length": (("mode", "target", "episode"), lengths),
+         "normalized_score": (("mode", "target", "episode"), np.asarray(scorer(returns), np.float64))},
+        coords={"mode": list(modes), "target": targets, "episode": np.arange(episodes)},
+        attrs={"env": spec.name, "rtg_scale": rtg_scale},
+    )
+    results["normalized_score"].attrs = {"long_name": "D4RL normalized score", "units": "0-100"}
+    return results, recordings
+
+
+def replay_attention(model, rollout: xr.Dataset, step: int, method: str = "minmax", state_mean=None,
+                     state_std=None, rtg_scale: float = 1000.0, aggregate: bool = True):
+    """The attention at `step` of a recorded episode, recomputed by replaying its observations
+    and rewards through a fresh policy of the same mode. Returns (n_layer, n, n) aggregated with
+    `method`, or with aggregate=False a list of per-channel (d_inner|heads, n, n) arrays."""
+    if method not in AGGREGATIONS:
+        raise ValueError(f"unknown channel aggregation {method!r}; choose one of {', '.join(AGGREGATIONS)}")
+    mode = rollout.attrs.get("mode", "transformer")
+    obs = rollout["observation"].values
+    rewards = rollout["reward"].values
+    policy = Policy(model, mode, state_mean, state_std, rtg_scale, attention=method)
+    policy.reset(float(rollout.attrs["target"]))
+    if mode == "transformer":
+        # only the window matters: rebuild the history up to `step` without running the model
+        for t in range(step):
+            policy.states.append((obs[t] - policy.state_mean) / policy.state_std)
+            policy.rtgs.append(policy.rtg)
+            policy.actions.append(rollout["action"].values[t])
+            policy.observe(rewards[t])
+        policy.act(obs[step])
+    else:
+        for t in range(step + 1):
+            policy.act(obs[t])
+            if t < step:
+                policy.observe(rewards[t])
+    if aggregate:
+        return policy.attention
+    import torch
+    with torch.no_grad():
+        T = min(step + 1, model.cfg.K)
+        n = 3 * T - 1 if model.cfg.layout == "B3LD" else T
+        if mode == "transformer":
+            _, attn = model(*policy.window(), return_attention=True)
+            return [a[0, :, :n, :n].float().cpu().numpy() for a in attn]
+        return [a[0].float().cpu().numpy() for a in model.recorded_attention(policy.record, n)]

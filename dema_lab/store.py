@@ -1,0 +1,337 @@
+"""The run store: many runs in one Zarr v3 hierarchy, read through xarray.
+
+    <store>/                         attrs: dema_lab = {kind: "store", version}
+      runs/<run_id>/                 attrs: dema_lab = {kind: "run"}, config, provenance, status,
+                                            published = {kind: [names]}
+        train/<segment>              training metrics by step
+        eval/<name>                  returns by (mode, target, episode) for one checkpoint
+        rollout/<name>               one logged episode: frames, actions, rewards, attention by step
+        decay/<name>                 attention mass by lag and its exponential fit, per layer
+        checkpoint/<name>            a safetensors checkpoint as a uint8 array
+        resume/<name>                optimiser and RNG state to continue a killed run
+
+Publishing protocol (readers never see partial data): a writer writes a whole group under a
+fresh name, then appends the name to its run's `published` attribute. The attribute lives in
+the run group's zarr.json, which the store replaces atomically (write to a temp file, rename).
+Readers open only published groups. Each run has a single writer, so there is no
+read-modify-write race on that attribute; runs never touch each other's groups.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+STORE_VERSION = 1
+DEFAULT_STORE = os.environ.get("DEMA_LAB_STORE", "store")
+KINDS = ("train", "eval", "rollout", "decay", "checkpoint", "resume")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class StoreError(ValueError):
+    """A store or run that is missing, not a dema-lab store, or unreadable."""
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _jsonable(x):
+    """attrs must survive zarr's JSON: numpy scalars/arrays become Python values."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+class RunStore:
+    """A dema-lab store at a local path or fsspec URL.
+
+    mode "r": it must exist and be a dema-lab store. mode "a": created when missing.
+    """
+
+    def __init__(self, path=None, mode: str = "r"):
+        self.path = str(path if path is not None else DEFAULT_STORE)
+        self.mode = mode
+        if not _is_url(self.path):
+            self.path = str(Path(self.path).expanduser())
+        self.root = self._open_root(mode)
+
+    def _open_root(self, mode):
+        local = None if _is_url(self.path) else Path(self.path)
+        if local is not None and (not local.exists() or (local.is_dir() and _only_placeholders(local))):
+            if mode == "r":
+                raise StoreError(f"no dema-lab store at {self.path}: it is empty. Create a run with "
+                                 f"`dema-lab train` (or `make demo`), or point to another store")
+            root = zarr.open_group(self.path, mode="a", zarr_format=3)
+            root.attrs["dema_lab"] = {"kind": "store", "version": STORE_VERSION, "created": _now()}
+            root.require_group("runs")
+            return root
+        if local is not None and local.is_file():
+            raise StoreError(f"{self.path} is a file, not a dema-lab store (a directory)")
+        try:
+            root = zarr.open_group(self.path, mode="r" if mode == "r" else "a", zarr_format=3)
+        except Exception as e:  # noqa: BLE001 - zarr raises many kinds here
+            raise StoreError(f"{self.path} is not a dema-lab store: it cannot be opened as a Zarr v3 "
+                             f"group ({type(e).__name__}: {e}). Use an empty directory or a store "
+                             f"created by `dema-lab train`") from None
+        meta = root.attrs.get("dema_lab")
+        if not isinstance(meta, dict) or meta.get("kind") != "store":
+            raise StoreError(f"{self.path} is a Zarr group but not a dema-lab store (no dema_lab "
+                             f"store marker in its attributes); choose another path")
+        if meta.get("version", 0) > STORE_VERSION:
+            raise StoreError(f"{self.path} was written by a newer dema-lab (store version "
+                             f"{meta['version']}); upgrade dema-lab to read it")
+        return root
+
+    # ---------------------------------------------------------------- runs
+    def run_ids(self) -> list[str]:
+        """Runs in the store, oldest first (a run is listed once its group is created)."""
+        try:
+            runs = self.root["runs"]
+        except KeyError:
+            return []
+        found = []
+        for name, group in runs.groups():
+            meta = group.attrs.get("dema_lab")
+            if isinstance(meta, dict) and meta.get("kind") == "run":
+                found.append((group.attrs.get("provenance", {}).get("created", ""), name))
+        return [name for _, name in sorted(found)]
+
+    def run(self, run_id: str) -> "Run":
+        if run_id not in self.run_ids():
+            known = ", ".join(self.run_ids()) or "none yet"
+            raise StoreError(f"run {run_id!r} is not in store {self.path} (runs: {known})")
+        return Run(self, run_id)
+
+    def create_run(self, run_id: str, config: dict, provenance: dict) -> "Run":
+        if self.mode == "r":
+            raise StoreError(f"store {self.path} was opened read-only")
+        if not _RUN_ID.match(run_id):
+            raise StoreError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
+        if run_id in self.run_ids():
+            raise StoreError(f"run {run_id!r} already exists in {self.path}; resume it with "
+                             f"--resume or choose another run id")
+        attrs = {"dema_lab": {"kind": "run", "version": STORE_VERSION},
+                 "config": _jsonable(config), "provenance": _jsonable({**provenance, "created": _now()}),
+                 "status": "running", "published": {k: [] for k in KINDS}}
+        # the group and its attributes appear in one write of its zarr.json
+        self.root.require_group("runs").create_group(run_id, attributes=attrs)
+        return Run(self, run_id)
+
+    def summary(self) -> xr.Dataset:
+        """One row per run: what it is and how far it got (dim `run`)."""
+        rows = []
+        for run_id in self.run_ids():
+            try:
+                rows.append(Run(self, run_id).summary_row())
+            except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
+                rows.append({"run": run_id, "status": f"unreadable: {e}"})
+        keys = ["arch", "dataset", "env", "K", "layout", "timestep_embedding", "seed", "status",
+                "steps_done", "best_score", "parameters", "created"]
+        data = {k: ("run", [r.get(k, "") if k in ("arch", "dataset", "env", "layout", "status", "created")
+                            else r.get(k, np.nan) for r in rows]) for k in keys}
+        for k in ("arch", "dataset", "env", "layout", "status", "created", "timestep_embedding"):
+            data[k] = ("run", np.array([str(v) for v in data[k][1]], dtype=object))
+        return xr.Dataset(data, coords={"run": [r["run"] for r in rows]}, attrs={"store": self.path})
+
+
+def _portable_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Fixed-width numpy strings have no Zarr v3 spec; variable-length ones ("string") do."""
+    fixes = {name: var.astype(object) for name, var in ds.variables.items() if var.dtype.kind == "U"}
+    return ds.assign_coords({k: v for k, v in fixes.items() if k in ds.coords}).assign(
+        {k: v for k, v in fixes.items() if k not in ds.coords})
+
+
+def _only_placeholders(path: Path) -> bool:
+    return all(p.name in ("README.md", ".gitignore", ".gitkeep") for p in path.iterdir())
+
+
+class Run:
+    """One run: its attributes, its published groups, and (for the trainer) writing them."""
+
+    def __init__(self, store: RunStore, run_id: str):
+        self.store = store
+        self.run_id = run_id
+        self.prefix = f"runs/{run_id}"
+
+    @property
+    def group(self):
+        return zarr.open_group(self.store.path, path=self.prefix, mode="r" if self.store.mode == "r" else "a",
+                               zarr_format=3)
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def config(self) -> dict:
+        return self.attrs.get("config", {})
+
+    def published(self, kind: str) -> list[str]:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+        return list(self.attrs.get("published", {}).get(kind, []))
+
+    # ---------------------------------------------------------------- writing
+    def _publish(self, kind: str, name: str, remove: tuple[str, ...] = ()):
+        group = self.group
+        published = dict(group.attrs.get("published", {}))
+        names = [n for n in published.get(kind, []) if n != name and n not in remove]
+        published[kind] = names + [name]
+        group.attrs["published"] = published
+
+    def unpublish(self, kind: str, names) -> None:
+        group = self.group
+        published = dict(group.attrs.get("published", {}))
+        published[kind] = [n for n in published.get(kind, []) if n not in set(names)]
+        group.attrs["published"] = published
+
+    def write(self, kind: str, name: str, ds: xr.Dataset, encoding: dict | None = None) -> None:
+        """Write a whole dataset as <kind>/<name>, then publish it."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+        ds = _portable_strings(ds.assign_attrs(_jsonable(dict(ds.attrs))))
+        ds.to_zarr(self.store.path, group=f"{self.prefix}/{kind}/{name}", mode="w", zarr_format=3,
+                   consolidated=False, encoding=encoding or {})
+        self._publish(kind, name)
+
+    def write_bytes(self, kind: str, name: str, data: bytes, attrs: dict | None = None,
+                    replace: tuple[str, ...] = ()) -> None:
+        """Store a blob (a checkpoint) as a uint8 array, publish it, then drop `replace`d ones."""
+        buf = np.frombuffer(data, dtype=np.uint8)
+        arr = zarr.create_array(self.store.path, name=f"{self.prefix}/{kind}/{name}", shape=buf.shape,
+                                dtype="uint8", chunks=(max(1, min(len(buf), 1 << 24)),),
+                                attributes=_jsonable(attrs or {}), overwrite=True, zarr_format=3)
+        arr[:] = buf
+        self._publish(kind, name, remove=replace)
+        for old in replace:
+            if old != name:
+                try:
+                    del self.group[kind][old]
+                except KeyError:
+                    pass
+
+    def set_attrs(self, **attrs) -> None:
+        group = self.group
+        for k, v in attrs.items():
+            group.attrs[k] = _jsonable(v)
+
+    # ---------------------------------------------------------------- reading
+    def open(self, kind: str, name: str) -> xr.Dataset:
+        if name not in self.published(kind):
+            raise StoreError(f"{kind}/{name} is not published in run {self.run_id}")
+        return xr.open_zarr(self.store.path, group=f"{self.prefix}/{kind}/{name}", consolidated=False,
+                            zarr_format=3)
+
+    def read_bytes(self, kind: str, name: str) -> bytes:
+        if name not in self.published(kind):
+            raise StoreError(f"{kind}/{name} is not published in run {self.run_id} "
+                             f"(published: {', '.join(self.published(kind)) or 'none'})")
+        arr = zarr.open_array(self.store.path, path=f"{self.prefix}/{kind}/{name}", mode="r", zarr_format=3)
+        return arr[:].tobytes()
+
+    def train_metrics(self) -> xr.Dataset:
+        """All published training metrics, by step (a later segment wins on repeated steps)."""
+        parts = [self.open("train", n).load() for n in self.published("train")]
+        if not parts:
+            return xr.Dataset(coords={"step": np.zeros(0, np.int64)})
+        ds = xr.concat(parts, dim="step")
+        _, last = np.unique(ds.step.values[::-1], return_index=True)
+        keep = np.sort(len(ds.step) - 1 - last)
+        return ds.isel(step=keep)
+
+    def evals(self) -> xr.Dataset:
+        """Evaluation returns by (checkpoint, mode, target, episode)."""
+        parts = [self.open("eval", n).load() for n in self.published("eval")]
+        if not parts:
+            return xr.Dataset()
+        return xr.concat(parts, dim="checkpoint", join="outer").sortby("checkpoint")
+
+    def decay(self) -> xr.Dataset:
+        """Decay statistics by (checkpoint, layer, lag)."""
+        parts = [self.open("decay", n).load() for n in self.published("decay")]
+        if not parts:
+            return xr.Dataset()
+        return xr.concat(parts, dim="checkpoint", join="outer").sortby("checkpoint")
+
+    def rollouts(self) -> list[str]:
+        return self.published("rollout")
+
+    def checkpoints(self) -> list[int]:
+        return sorted(int(n.split("_")[-1]) for n in self.published("checkpoint"))
+
+    def checkpoint_bytes(self, step: int | None = None) -> bytes:
+        steps = self.checkpoints()
+        if not steps:
+            raise StoreError(f"run {self.run_id} has no checkpoint yet")
+        step = steps[-1] if step is None else step
+        return self.read_bytes("checkpoint", checkpoint_name(step))
+
+    def tree(self) -> xr.DataTree:
+        """The run as an xarray DataTree: attrs at the root, one node per published group."""
+        children = {}
+        for kind in ("train", "eval", "decay"):
+            getter = {"train": self.train_metrics, "eval": self.evals, "decay": self.decay}[kind]
+            children[kind] = xr.DataTree(getter())
+        rollouts = {name: xr.DataTree(self.open("rollout", name)) for name in self.rollouts()}
+        children["rollout"] = xr.DataTree(children=rollouts)
+        attrs = self.attrs
+        root = xr.Dataset(attrs={"run_id": self.run_id, "config": attrs.get("config", {}),
+                                 "provenance": attrs.get("provenance", {}), "status": attrs.get("status", "")})
+        return xr.DataTree(root, children=children)
+
+    def summary_row(self) -> dict:
+        attrs = self.attrs
+        cfg = attrs.get("config", {})
+        prov = attrs.get("provenance", {})
+        evals = self.evals()
+        best = float(evals["normalized_score"].mean(("episode",)).max()) if "normalized_score" in evals else np.nan
+        return {"run": self.run_id, "arch": cfg.get("arch", ""), "dataset": cfg.get("dataset", ""),
+                "env": prov.get("env", ""), "K": cfg.get("K", np.nan), "layout": cfg.get("layout", ""),
+                "timestep_embedding": prov.get("timestep_embedding", cfg.get("timestep_embedding", "")),
+                "seed": cfg.get("seed", np.nan), "status": attrs.get("status", ""),
+                "steps_done": attrs.get("steps_done", 0), "best_score": best,
+                "parameters": prov.get("parameters", np.nan), "created": prov.get("created", "")}
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{int(step):08d}"
+
+
+def open_store(path=None) -> xr.Dataset:
+    """The runs of a store as an xarray Dataset with one row per run (dim `run`)."""
+    return RunStore(path, mode="r").summary()
+
+
+def open_run(path=None, run_id: str | None = None) -> xr.DataTree:
+    """One run as an xarray DataTree (train, eval, decay, rollout/<name>). Without run_id, the newest."""
+    store = RunStore(path, mode="r")
+    ids = store.run_ids()
+    if run_id is None:
+        if not ids:
+            raise StoreError(f"store {store.path} has no runs yet; create one with `dema-lab train`")
+        run_id = ids[-1]
+    return store.run(run_id).tree()
+
+
+def dumps(obj) -> str:
+    return json.dumps(_jsonable(obj), indent=2, sort_keys=True)

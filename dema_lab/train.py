@@ -1,0 +1,407 @@
+"""Train DeMa or DT on an offline dataset; every run lands in the Zarr run store.
+
+One dataclass config, one visible loop (in the spirit of CORL):
+
+    sample K-step windows -> predict actions -> masked MSE -> AdamW (linear warm-up, clipping)
+    every log_every steps:        publish the training metrics since the last flush
+    every checkpoint_every steps: publish a checkpoint and the optimiser state (for --resume)
+    every eval_every steps:       evaluate in the env (each target and inference mode),
+                                  record episodes (frames, hidden attention) and decay statistics
+
+`dema-lab train --help` lists every field of TrainConfig as a flag; `--config FILE` reads a
+JSON or TOML file first. `--resume RUN_ID` continues a killed run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .models import ModelConfig, build_model, count_parameters, forward_macs, step_macs
+from .models.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
+from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name
+
+# The official evaluation targets (return-to-go at the start), DeMa and DT papers.
+DEFAULT_TARGETS = {"hopper": [3600.0, 1800.0], "halfcheetah": [12000.0, 6000.0], "walker2d": [5000.0, 2500.0]}
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "hopper-medium"     # embedded name, D4RL .hdf5 path, or minari:<id>
+    # model
+    arch: str = "dema"                 # dema | dt
+    K: int = 20
+    layout: str = "B3LD"               # B3LD | BL3D
+    n_layer: int = 3
+    d_model: int = 128
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    n_head: int = 1
+    dropout: float = 0.1
+    timestep_embedding: bool | None = None   # None: off for DeMa, on for DT
+    max_ep_len: int = 1000
+    # optimisation
+    steps: int = 10_000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 1_000
+    grad_clip: float = 0.25
+    rtg_scale: float = 1000.0
+    seed: int = 0
+    device: str = "auto"               # auto: CUDA when present
+    threads: int = 0                   # torch CPU threads; 0 = torch's default
+    # evaluation and logging
+    eval_every: int = 0                # 0: evaluate only at the end
+    eval_episodes: int = 5
+    eval_targets: list[float] | None = None   # None: the paper's targets for the env
+    eval_modes: list[str] | None = None       # None: transformer and rnn (DeMa), transformer (DT)
+    eval_max_steps: int = 1000
+    record_episodes: int = 1           # recorded (frames + attention) episodes per (mode, target)
+    render_size: int = 128             # frame size; 0 = no frames
+    attention: str = "minmax"          # channel aggregation of the logged attention
+    decay_windows: int = 64            # dataset windows for the decay statistics
+    log_every: int = 100
+    checkpoint_every: int = 1_000
+    # where
+    store: str = DEFAULT_STORE
+    run_id: str = ""                   # default: <arch>-<dataset>-K<K>-s<seed>-<time>
+
+    def __post_init__(self):
+        problems = []
+        for name in ("steps", "batch_size", "K", "log_every", "checkpoint_every", "eval_episodes"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "warmup_steps", "record_episodes", "render_size", "decay_windows", "threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            problems.append(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def model_config(self, state_dim: int, act_dim: int) -> ModelConfig:
+        return ModelConfig(arch=self.arch, state_dim=state_dim, act_dim=act_dim, K=self.K, d_model=self.d_model,
+                           n_layer=self.n_layer, layout=self.layout, timestep_embedding=self.timestep_embedding,
+                           max_ep_len=self.max_ep_len, d_state=self.d_state, d_conv=self.d_conv,
+                           expand=self.expand, n_head=self.n_head, dropout=self.dropout)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path) -> "TrainConfig":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        text = path.read_text()
+        if path.suffix == ".toml":
+            import tomllib
+            return cls.from_dict(tomllib.loads(text))
+        return cls.from_dict(json.loads(text))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def masked_mse(pred, target, mask):
+    """Mean squared error over the real (unpadded) steps. pred, target (b, K, a); mask (b, K)."""
+    err = ((pred - target) ** 2).sum(-1)                  # (b, K)
+    return (err * mask).sum() / (mask.sum().clamp_min(1) * target.shape[-1])
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """AdamW; no weight decay on biases, norms, embeddings' 1-d params, A_log and D."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    warmup = max(1, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    return opt, sched
+
+
+def train_step(model, batch, opt, sched, grad_clip: float) -> tuple[float, float]:
+    """One optimisation step on a batch of windows; returns (loss, grad norm)."""
+    model.train()
+    pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"])
+    loss = masked_mse(pred, batch["actions"], batch["mask"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    return loss.item(), float(gnorm)
+
+
+def full_windows(sampler, n: int, seed: int = 0) -> dict:
+    """n windows of exactly K real steps (no padding), the same ones for a given seed, so that
+    statistics at different checkpoints are computed on the same data."""
+    K = sampler.K
+    starts = np.concatenate([np.arange(s, e - K + 1) for s, e in zip(sampler.starts, sampler.ends) if e - s >= K]
+                            or [np.zeros(0, np.int64)])
+    if not len(starts):
+        raise ValueError(f"no episode in the dataset is at least K={K} steps long; use a smaller K")
+    pick = np.random.default_rng(seed).choice(starts, size=min(n, len(starts)), replace=False)
+    return sampler.windows(np.sort(pick))
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _default_run_id(cfg: TrainConfig, dataset_name: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = Path(dataset_name).stem if dataset_name.endswith((".hdf5", ".h5")) else dataset_name.replace(":", "-")
+    return f"{cfg.arch}-{name}-K{cfg.K}-s{cfg.seed}-{stamp}"
+
+
+class Trainer:
+    """Holds the pieces of one run; `run()` is the loop."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print):
+        from .data import WindowSampler, load_dataset
+        from .envs import env_spec
+        from .ssm import backend_for
+
+        self.log = log
+        self.progress = progress
+        self.store = RunStore(cfg.store, mode="a")
+        if resume:
+            run = self.store.run(resume)
+            saved = TrainConfig.from_dict(run.config)
+            # the command line may extend a run (more steps, other eval settings) but not change what it is
+            fixed = ("dataset", "arch", "K", "layout", "n_layer", "d_model", "d_state", "d_conv", "expand",
+                     "n_head", "timestep_embedding", "max_ep_len", "seed", "batch_size", "lr", "rtg_scale")
+            changed = [k for k in fixed if getattr(cfg, k) != getattr(saved, k)
+                       and getattr(cfg, k) != getattr(TrainConfig(), k)]
+            if changed:
+                raise ValueError(f"--resume {resume}: cannot change {', '.join(changed)} of an existing run")
+            cfg = dataclasses.replace(saved, steps=cfg.steps if cfg.steps != TrainConfig().steps else saved.steps,
+                                      store=cfg.store, run_id=resume)
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+        self.dataset = load_dataset(cfg.dataset, progress=progress)
+        if not self.dataset.env:
+            raise ValueError(f"dataset {cfg.dataset!r} does not say which environment it comes from, so it "
+                             f"cannot be evaluated; give a D4RL file whose attrs name the env")
+        self.env = env_spec(self.dataset.env).name
+        self.sampler = WindowSampler(self.dataset, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed)
+        self.model_cfg = cfg.model_config(self.dataset.obs_dim, self.dataset.act_dim)
+        self.model = build_model(self.model_cfg).to(self.device)
+        self.opt, self.sched = make_optimizer(self.model, cfg)
+        self.targets = cfg.eval_targets or DEFAULT_TARGETS.get(self.env, [float(self.dataset.returns.max())])
+        self.modes = cfg.eval_modes or (["transformer", "rnn"] if cfg.arch == "dema" else ["transformer"])
+        self.step = 0
+        self.metrics: dict[str, list] = {k: [] for k in ("step", "loss", "lr", "grad_norm", "steps_per_second")}
+        self.wall = 0.0                      # training seconds, summed over resumes
+
+        if resume:
+            self.run = run
+            self._load_resume_state()
+        else:
+            run_id = cfg.run_id or _default_run_id(cfg, self.dataset.name)
+            self.cfg = cfg = dataclasses.replace(cfg, run_id=run_id)
+            provenance = {
+                "dataset": self.dataset.name, "dataset_source": str(self.dataset.source or ""),
+                "dataset_attrs": {k: v for k, v in self.dataset.attrs.items() if isinstance(v, (str, int, float, bool))},
+                "env": self.env, "episodes": len(self.dataset), "transitions": self.dataset.num_transitions,
+                "code_version": __version__, "git_commit": _git_commit(), "device": str(self.device),
+                "backend": backend_for(self.device) if self.model_cfg.arch == "dema" else "attention",
+                "torch": torch.__version__, "host": socket.gethostname(), "python": platform.python_version(),
+                "model_config": self.model_cfg.to_dict(), "timestep_embedding": self.model_cfg.timestep_embedding,
+                "parameters": count_parameters(self.model), "forward_macs": forward_macs(self.model_cfg),
+                "step_macs": {m: step_macs(self.model_cfg, m) for m in self.modes},
+                "eval_targets": list(self.targets), "eval_modes": list(self.modes),
+            }
+            self.run = self.store.create_run(run_id, asdict(cfg), provenance)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _extra(self):
+        return {"state_mean": torch.as_tensor(self.sampler.state_mean), "state_std": torch.as_tensor(self.sampler.state_std)}
+
+    def checkpoint(self):
+        meta = {"step": self.step, "run_id": self.run.run_id, "env": self.env, "rtg_scale": self.cfg.rtg_scale,
+                "dataset": self.dataset.name, "device": str(self.device)}
+        name = checkpoint_name(self.step)
+        self.run.write_bytes("checkpoint", name, checkpoint_bytes(self.model, meta, self._extra()), attrs=meta)
+        buf = io.BytesIO()
+        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "step": self.step, "wall": self.wall}, buf)
+        old = self.run.published("resume")
+        self.run.write_bytes("resume", name, buf.getvalue(),
+                             attrs={"step": self.step, "sampler_rng": self.sampler.rng.bit_generator.state},
+                             replace=tuple(old))
+        self.run.set_attrs(steps_done=self.step, wall_seconds=round(self.wall, 2))
+
+    def _load_resume_state(self):
+        names = self.run.published("resume")
+        if not names:
+            raise StoreError(f"run {self.run.run_id} has no checkpoint to resume from; start it again "
+                             f"without --resume (under a new run id)")
+        name = names[-1]
+        try:
+            ck = load_checkpoint(self.run.read_bytes("checkpoint", name), map_location=self.device,
+                                 expect=self.model_cfg)
+            self.model.load_state_dict(ck.model.state_dict())
+            state = torch.load(io.BytesIO(self.run.read_bytes("resume", name)), map_location=self.device,
+                               weights_only=True)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"run {self.run.run_id}: checkpoint {name} cannot be read ({e})") from None
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.wall = int(state["step"]), float(state["wall"])
+        attrs = self._blob_attrs("resume", name)
+        self.sampler.rng.bit_generator.state = attrs["sampler_rng"]
+        # metrics logged after the checkpoint belong to steps that will be trained again
+        later = [n for n in self.run.published("train") if int(n.split("_")[-2]) > self.step]
+        self.run.unpublish("train", later)
+        self.run.set_attrs(status="running")
+        self.log(f"resuming run {self.run.run_id} from step {self.step}")
+
+    def _blob_attrs(self, kind, name) -> dict:
+        import zarr
+        arr = zarr.open_array(self.store.path, path=f"{self.run.prefix}/{kind}/{name}", mode="r", zarr_format=3)
+        return dict(arr.attrs)
+
+    # ------------------------------------------------------------------ logging
+    def flush_metrics(self):
+        import xarray as xr
+
+        if not self.metrics["step"]:
+            return
+        m = self.metrics
+        ds = xr.Dataset({k: ("step", np.asarray(v, np.float64)) for k, v in m.items() if k != "step"},
+                        coords={"step": np.asarray(m["step"], np.int64)})
+        ds["loss"].attrs = {"long_name": "masked action MSE"}
+        self.run.write("train", f"steps_{m['step'][0]:08d}_{m['step'][-1]:08d}", ds)
+        self.metrics = {k: [] for k in m}
+
+    def evaluate(self):
+        """Evaluate the current weights, record episodes and decay statistics, publish them."""
+        from .analysis import decay_statistics
+        from .rollout import evaluate, rollout_encoding
+
+        name = checkpoint_name(self.step)
+        start = time.perf_counter()
+        results, recordings = evaluate(
+            self.model, self.env, self.targets, self.cfg.eval_episodes, self.modes, self.cfg.rtg_scale,
+            self.sampler.state_mean, self.sampler.state_std, seed=self.cfg.seed, record=self.cfg.record_episodes,
+            render_size=self.cfg.render_size or None, attention=self.cfg.attention,
+            max_steps=self.cfg.eval_max_steps, scorer=self.dataset.normalized_score)
+        for rec_name, ds in recordings.items():
+            ds.attrs.update(checkpoint=self.step, run_id=self.run.run_id)
+            self.run.write("rollout", f"{name}-{rec_name}", ds, encoding=rollout_encoding(ds))
+        results.attrs.update(seconds=round(time.perf_counter() - start, 2))
+        self.run.write("eval", name, results.expand_dims(checkpoint=[self.step]))
+        if self.cfg.decay_windows:
+            batch = {k: v.to(self.device) for k, v in full_windows(self.sampler, self.cfg.decay_windows,
+                                                                     self.cfg.seed).items()}
+            self.run.write("decay", name, decay_statistics(self.model, batch, checkpoint=self.step))
+        score = results["normalized_score"].mean("episode")
+        summary = ", ".join(f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}"
+                            for m in results.mode.values for t in results.target.values)
+        self.log(f"step {self.step}: normalized score {summary} ({time.perf_counter() - start:.0f} s)")
+        return results
+
+    # ------------------------------------------------------------------ the loop
+    def run_loop(self):
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        if self.step >= cfg.steps:
+            self.log(f"run {self.run.run_id} has already trained {self.step} of {cfg.steps} steps")
+        evaluated = set(int(n.split("_")[-1]) for n in self.run.published("eval"))
+        if self.step and self.step not in evaluated and self._is_eval_step(self.step):
+            self.evaluate()                       # killed between its checkpoint and its evaluation
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc=self.run.run_id,
+                   unit="step", dynamic_ncols=True)
+        tick, tick_step = time.perf_counter(), self.step
+        try:
+            while self.step < cfg.steps:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in self.sampler.sample(cfg.batch_size).items()}
+                t0 = time.perf_counter()
+                loss, gnorm = train_step(self.model, batch, self.opt, self.sched, cfg.grad_clip)
+                self.wall += time.perf_counter() - t0
+                self.step += 1
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+                now = time.perf_counter()
+                rate = (self.step - tick_step) / max(now - tick, 1e-9)
+                for k, v in (("step", self.step), ("loss", loss), ("lr", self.sched.get_last_lr()[0]),
+                             ("grad_norm", gnorm), ("steps_per_second", rate)):
+                    self.metrics[k].append(v)
+                tick, tick_step = now, self.step
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                last = self.step == cfg.steps
+                if self.step % cfg.log_every == 0 or last:
+                    self.flush_metrics()
+                if self.step % cfg.checkpoint_every == 0 or last or self._is_eval_step(self.step):
+                    self.flush_metrics()
+                    self.checkpoint()
+                if self._is_eval_step(self.step) or last:
+                    self.evaluate()
+        except BaseException:
+            bar.close()
+            self.flush_metrics_safely()
+            self.run.set_attrs(status="interrupted", steps_done=self.step)
+            raise
+        bar.close()
+        self.run.set_attrs(status="finished", steps_done=self.step, wall_seconds=round(self.wall, 2))
+        return self.run
+
+    def flush_metrics_safely(self):
+        try:
+            # metrics past the last checkpoint are dropped on resume anyway; keep them for inspection
+            self.flush_metrics()
+        except Exception:  # noqa: BLE001 - never mask the original error
+            pass
+
+    def _is_eval_step(self, step: int) -> bool:
+        return bool(self.cfg.eval_every) and step % self.cfg.eval_every == 0
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print) -> Run:
+    """Train (or resume) a run; returns it once finished."""
+    return Trainer(cfg, resume=resume, progress=progress, log=log).run_loop()

@@ -1,0 +1,102 @@
+"""`dema-lab train` and `dema-lab runs`: the trainer's and the store's commands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from .train import TrainConfig
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field, typed from its annotation; defaults stay None so that
+    only what the user typed overrides the config file."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        kw: dict = {"default": None, "help": f"(default: {f.default if f.default is not dataclasses.MISSING else None})"}
+        if typing.get_origin(base) is list:
+            kw.update(type=typing.get_args(base)[0], nargs="+")
+        elif base is bool:
+            kw.update(type=_parse_bool, metavar="BOOL")
+        else:
+            kw.update(type=base)
+        parser.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", **kw)
+
+
+def config_from_args(args) -> TrainConfig:
+    base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    overrides = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f"cfg_{f.name}") is not None}
+    return dataclasses.replace(base, **overrides)
+
+
+def _train(args) -> int:
+    from .models import CheckpointError
+    from .store import StoreError
+    from .train import train
+
+    try:
+        cfg = config_from_args(args)
+        run = train(cfg, resume=args.resume, progress=not args.quiet)
+    except (ValueError, FileNotFoundError, StoreError, CheckpointError, RuntimeError) as e:
+        print(f"dema-lab train: {e}", file=sys.stderr)
+        return 2
+    print(f"run {run.run_id} finished; store: {run.store.path}")
+    print(f"  open it:   python -c \"import dema_lab; print(dema_lab.open_run('{run.store.path}', '{run.run_id}'))\"")
+    print(f"  dashboard: panel serve dashboards/attention.py --args --store {run.store.path}")
+    return 0
+
+
+def _runs(args) -> int:
+    from .store import RunStore, StoreError
+
+    try:
+        summary = RunStore(args.store, mode="r").summary()
+    except StoreError as e:
+        print(f"dema-lab runs: {e}", file=sys.stderr)
+        return 2
+    if not summary.sizes.get("run"):
+        print(f"store {args.store} has no runs yet; create one with `dema-lab train`")
+        return 0
+    cols = ["arch", "dataset", "K", "layout", "status", "steps_done", "best_score", "parameters"]
+    rows = [[str(r)] + [_fmt(summary[c].values[i]) for c in cols] for i, r in enumerate(summary.run.values)]
+    header = ["run"] + cols
+    widths = [max(len(h), *(len(row[j]) for row in rows)) for j, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "-" if v != v else (f"{v:.1f}" if abs(v) < 1e5 else f"{v:.0f}")
+    return str(v)
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train DeMa or DT; the run is logged into the store",
+                                  description="Train a Decision Mamba or Decision Transformer. Every flag "
+                                              "overrides the matching TrainConfig field (and --config FILE).")
+    train.add_argument("--config", help="a JSON or TOML file of TrainConfig fields")
+    train.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(train)
+    train.set_defaults(func=_train)
+    runs = subparsers.add_parser("runs", help="list the runs in a store")
+    runs.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
+    runs.set_defaults(func=_runs)
