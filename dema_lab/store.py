@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,11 @@ class RunStore:
         except KeyError:
             return []
         found = []
-        for name, group in runs.groups():
+        with warnings.catch_warnings():
+            # a run being created by another process is a directory without zarr.json yet
+            warnings.simplefilter("ignore", category=UserWarning)
+            groups = list(runs.groups())
+        for name, group in groups:
             meta = group.attrs.get("dema_lab")
             if isinstance(meta, dict) and meta.get("kind") == "run":
                 found.append((group.attrs.get("provenance", {}).get("created", ""), name))

@@ -1,0 +1,191 @@
+"""The trainer and the run store: a real tiny run, reopened, resumed, read while written."""
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import dema_lab
+from dema_lab.analysis import window_tokens
+from dema_lab.models import CheckpointError, load_checkpoint
+from dema_lab.rollout import replay_attention
+from dema_lab.store import RunStore, StoreError, open_run, open_store
+from dema_lab.train import TrainConfig, train
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "dema_lab.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_tiny_run_trains_evaluates_logs_and_reopens_in_a_new_process(tiny_config):
+    run = train(tiny_config, progress=False, log=lambda *_: None)
+    assert run.attrs["status"] == "finished" and run.attrs["steps_done"] == 20
+    code = f"""
+import json, dema_lab
+summary = dema_lab.open_store({tiny_config.store!r})
+tree = dema_lab.open_run({tiny_config.store!r}, "tiny")
+out = {{"runs": list(summary.run.values), "train": dict(tree["train"].ds.sizes),
+       "eval": dict(tree["eval"].ds.sizes), "decay": dict(tree["decay"].ds.sizes),
+       "rollouts": {{k: dict(v.ds.sizes) for k, v in tree["rollout"].children.items()}},
+       "loss_finite": bool(tree["train"].ds.loss.notnull().all()),
+       "config": tree.attrs["config"]["K"], "backend": tree.attrs["provenance"]["backend"]}}
+print(json.dumps(out))
+"""
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["runs"] == ["tiny"] and out["config"] == 3 and out["loss_finite"]
+    assert out["train"] == {"step": 20}
+    assert out["eval"] == {"checkpoint": 1, "mode": 2, "target": 2, "episode": 1}
+    L = 3 * 3 - 1
+    assert out["decay"] == {"checkpoint": 1, "layer": 1, "query_kind": 3, "lag": 9}
+    assert sorted(out["rollouts"]) == sorted(f"step_00000020-{m}-t{i}-e0" for m in ("transformer", "rnn") for i in (0, 1))
+    for sizes in out["rollouts"].values():
+        assert sizes["query"] == sizes["key"] == sizes["lag"] == L and sizes["layer"] == 1
+        assert sizes["y"] == sizes["x"] == 32 and sizes["rgb"] == 3 and 1 <= sizes["step"] <= 25
+    assert out["backend"] in ("numba", "torch")
+    listing = cli("runs", "--store", tiny_config.store)
+    assert listing.returncode == 0 and "tiny" in listing.stdout and "finished" in listing.stdout
+
+
+def test_rollout_contents_are_consistent(tiny_config):
+    run = train(tiny_config, progress=False, log=lambda *_: None)
+    ro = run.open("rollout", "step_00000020-transformer-t0-e0").load()
+    assert ro.attrs["return"] == pytest.approx(float(ro.reward.sum()), rel=1e-5)
+    # returns-to-go fall by exactly the rewards received
+    np.testing.assert_allclose(ro.return_to_go.values[1:], ro.return_to_go.values[:-1] - ro.reward.values[:-1],
+                               rtol=1e-5, atol=1e-3)
+    assert ro.return_to_go.values[0] == pytest.approx(3600.0)
+    assert ro.frames.dtype == np.uint8 and ro.frames.std() > 0
+    # window grows until K then stays; attention rows of the current token are finite there
+    diag = np.diagonal(ro.attention.isel(layer=0).values, axis1=-2, axis2=-1)   # (step, L)
+    n_real = np.isfinite(diag).sum(-1)
+    assert list(n_real[:4]) == [2, 5, 8, 8]
+    np.testing.assert_array_equal(ro.attention_by_lag.values[:, :, 0], ro.attention.values[:, :, -1, -1])
+    assert list(ro.query_label.values) == ["R-2", "s-2", "a-2", "R-1", "s-1", "a-1", "R0", "s0"]
+
+
+def test_stored_attention_equals_attention_recomputed_from_the_checkpoint(tiny_config):
+    run = train(tiny_config, progress=False, log=lambda *_: None)
+    ck = load_checkpoint(run.checkpoint_bytes(20))
+    L = window_tokens(ck.config)
+    for mode in ("transformer", "rnn"):
+        ro = run.open("rollout", f"step_00000020-{mode}-t0-e0").load()
+        for step in (0, 1, ro.sizes["step"] - 1):
+            again = replay_attention(ck.model, ro, step, "minmax", ck.extra["state_mean"].numpy(),
+                                     ck.extra["state_std"].numpy(), ck.meta["rtg_scale"])
+            n = again.shape[-1]
+            stored = ro.attention.isel(step=step).values[:, L - n:, L - n:]
+            np.testing.assert_allclose(stored, again, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_killed_midway_resumes_to_the_same_result(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, steps=300, eval_every=0, checkpoint_every=25, log_every=5)
+    args = ["train", "--quiet"] + [f"--{k}={v}" for k, v in dataclasses.asdict(cfg).items()
+                                   if v is not None and not isinstance(v, list)]
+    proc = subprocess.Popen([sys.executable, "-m", "dema_lab.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if RunStore(cfg.store).run("tiny").checkpoints():
+                break
+        except StoreError:
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = RunStore(cfg.store).run("tiny")
+    assert killed.attrs["status"] == "running" and 25 <= killed.attrs["steps_done"] < 300
+    resumed = cli("train", "--quiet", "--store", cfg.store, "--resume", "tiny")
+    assert resumed.returncode == 0, resumed.stderr
+    run = RunStore(cfg.store).run("tiny")
+    assert run.attrs["status"] == "finished" and run.attrs["steps_done"] == 300
+    metrics = run.train_metrics()
+    assert list(metrics.step.values) == list(range(1, 301))
+    # the same run without interruption ends with the same weights
+    straight = train(dataclasses.replace(cfg, store=str(tmp_path / "straight")), progress=False, log=lambda *_: None)
+    a = load_checkpoint(run.checkpoint_bytes(300)).model.state_dict()
+    b = load_checkpoint(straight.checkpoint_bytes(300)).model.state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(metrics.loss.values, straight.train_metrics().loss.values, rtol=1e-4)
+
+
+WRITER = """
+import sys, numpy as np, xarray as xr
+from dema_lab.store import RunStore
+run = RunStore(sys.argv[1], mode="a").create_run("w", {"arch": "dema"}, {"env": "hopper"})
+for i in range(int(sys.argv[2])):
+    data = np.random.default_rng(i).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    ds = xr.Dataset({"frames": (("step", "y", "x", "rgb"), data), "value": ("step", np.full(40, i, np.float64))},
+                    attrs={"checksum": int(data.astype(np.int64).sum()), "i": i})
+    run.write("rollout", f"g{i:04d}", ds)
+print("done")
+"""
+
+
+def test_a_reader_polling_while_a_writer_appends_sees_only_whole_groups(tmp_path):
+    store = str(tmp_path / "store")
+    RunStore(store, mode="a")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, store, "60"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    checked, polls = set(), 0
+    while True:
+        finished = writer.poll() is not None
+        s = RunStore(store)
+        if "w" in s.run_ids():
+            run = s.run("w")
+            for name in run.rollouts():
+                ds = run.open("rollout", name).load()          # any error here fails the test
+                i = ds.attrs["i"]
+                assert int(ds.frames.values.astype(np.int64).sum()) == ds.attrs["checksum"]
+                assert (ds.value.values == i).all() and ds.sizes["step"] == 40
+                checked.add(name)
+        polls += 1
+        if finished:
+            break
+    assert writer.returncode == 0, writer.stderr.read()
+    assert len(checked) == 60 and polls > 3
+
+
+def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
+    # an empty store, a directory of other files, a zarr group of another tool, a file
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StoreError, match="is empty"):
+        open_store(empty)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("hi")
+    with pytest.raises(StoreError, match="not a dema-lab store"):
+        open_store(other)
+    import zarr
+    zarr.open_group(str(tmp_path / "foreign"), mode="w", zarr_format=3)
+    (tmp_path / "foreign" / "x").mkdir()
+    with pytest.raises(StoreError, match="not a dema-lab store"):
+        open_store(tmp_path / "foreign")
+    out = cli("runs", "--store", str(other))
+    assert out.returncode == 2 and "not a dema-lab store" in out.stderr and "Traceback" not in out.stderr
+    # unknown dataset, unknown run, bad config values
+    out = cli("train", "--store", str(tmp_path / "s"), "--dataset", "hopper-excellent", "--steps", "2")
+    assert out.returncode == 2 and "unknown dataset 'hopper-excellent'" in out.stderr
+    out = cli("train", "--store", str(tmp_path / "s"), "--resume", "nope")
+    assert out.returncode == 2 and "run 'nope' is not in store" in out.stderr
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown training config keys \\['kk'\\]"):
+        TrainConfig.from_dict({"kk": 1})
+    # a run whose checkpoint is corrupt cannot be resumed, and says which
+    run = train(tiny_config, progress=False, log=lambda *_: None)
+    run.write_bytes("checkpoint", "step_00000020", b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        train(dataclasses.replace(tiny_config, steps=30), resume="tiny", progress=False, log=lambda *_: None)
+    # a run id that already exists is not overwritten
+    with pytest.raises(StoreError, match="already exists"):
+        train(tiny_config, progress=False, log=lambda *_: None)
