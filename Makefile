@@ -4,8 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -c constraints.txt
 STAMP  := $(VENV)/.installed
-# Debian packages: EGL/OSMesa for headless MuJoCo rendering.
-APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6
+# Debian packages: EGL/OSMesa for headless MuJoCo rendering, Chromium for the browser tests.
+APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6 chromium fonts-dejavu-core
 
 .PHONY: test venv apt clean-venv
 
