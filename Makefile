@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages: EGL/OSMesa for headless MuJoCo rendering, Chromium for the browser tests.
 APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6 chromium fonts-dejavu-core
 
-.PHONY: test venv apt clean-venv
+.PHONY: test demo venv apt clean-venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ apt:
 
 test: apt $(STAMP)
 	$(PY) -m pytest -q
+
+# The main job: default dataset, a small DeMa, a small K sweep, then the dashboard (Ctrl-C stops it).
+demo: apt $(STAMP)
+	$(VENV)/bin/dema-lab demo --store store
 
 clean-venv:
 	rm -rf $(VENV)

@@ -44,8 +44,9 @@ def _registrars():
     """The subcommands contributed by the library's modules."""
     from .data.cli import register as data
     from .train_cli import register as train
+    from .train_cli import register_demo as demo
 
-    return [data, train]
+    return [data, train, demo]
 
 
 def main(argv=None) -> int:

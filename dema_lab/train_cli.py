@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 import typing
 
 from .train import TrainConfig
@@ -100,3 +101,33 @@ def register(subparsers) -> None:
     runs = subparsers.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
     runs.set_defaults(func=_runs)
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+    from .store import StoreError
+
+    start = time.perf_counter()
+    try:
+        ids = run_demo(args.store, sweep=not args.no_sweep,
+                       on_progress=lambda message, fraction: print(f"[demo {fraction:4.0%}] {message}", flush=True))
+    except (ValueError, StoreError, RuntimeError) as e:
+        print(f"dema-lab demo: {e}", file=sys.stderr)
+        return 2
+    print(f"demo runs ready in {time.perf_counter() - start:.0f} s: {', '.join(ids)} (store: {args.store})")
+    if args.no_serve:
+        print(f"  open them: panel serve dashboards/attention.py --args --store {args.store}")
+        return 0
+    from .viz import serve
+    serve(args.store, port=args.port, address="127.0.0.1", presentation=args.presentation)
+    return 0
+
+
+def register_demo(subparsers) -> None:
+    demo = subparsers.add_parser("demo", help="train the demo runs (default dataset, small DeMa, K sweep) and serve the dashboard")
+    demo.add_argument("--store", default=TrainConfig().store, help="store path (default: %(default)s)")
+    demo.add_argument("--no-sweep", action="store_true", help="only the main demo run, no K sweep")
+    demo.add_argument("--no-serve", action="store_true", help="do not serve the dashboard afterwards")
+    demo.add_argument("--port", type=int, default=5006)
+    demo.add_argument("--presentation", action="store_true", help="full-screen template with large fonts")
+    demo.set_defaults(func=_demo)
