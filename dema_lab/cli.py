@@ -43,10 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _registrars():
     """The subcommands contributed by the library's modules."""
     from .data.cli import register as data
-    from .train_cli import register as train
-    from .train_cli import register_demo as demo
+    from .commands import register as train
+    from .commands import register_demo as demo
+    from .commands import register_study as study
 
-    return [data, train, demo]
+    return [data, train, demo, study]
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from .train import TrainConfig, train
+from .train import TrainConfig, ensure_trained
 
 # A DeMa at a quarter of the paper's width and a short context: it learns hopper-medium in a
 # couple of minutes on 2 cores. lr is raised (and warm-up shortened) for the short schedule.
@@ -44,7 +44,6 @@ def run_demo(store: str = "store", sweep: bool = True, on_progress=None, progres
     Returns the run ids.
     """
     from .data import DEFAULT_DATASET, ensure_embedded
-    from .store import RunStore
 
     report = on_progress or (lambda message, fraction: None)
     report(f"building the default dataset {DEFAULT_DATASET}", 0.0)
@@ -52,28 +51,15 @@ def run_demo(store: str = "store", sweep: bool = True, on_progress=None, progres
     configs = demo_runs(store, sweep)
     total = sum(c.steps for c in configs)
     done = 0
-    ids = []
     for cfg in configs:
-        existing = RunStore(store, mode="a")
-        resume = None
-        if cfg.run_id in existing.run_ids():
-            run = existing.run(cfg.run_id)
-            if run.attrs.get("status") == "finished":
-                done += cfg.steps
-                ids.append(cfg.run_id)
-                continue
-            resume = cfg.run_id if run.published("resume") else None
-            if resume is None:   # killed before its first checkpoint: nothing to keep
-                del existing.root["runs"][cfg.run_id]
         report(f"training {cfg.run_id} ({cfg.steps} steps)", done / total)
         start = time.perf_counter()
 
         def log(message, _done=done, _cfg=cfg):
             report(f"{_cfg.run_id}: {message}", _done / total)
 
-        train(cfg, resume=resume, progress=progress, log=log)
+        _, what = ensure_trained(cfg, progress=progress, log=log)
         done += cfg.steps
-        ids.append(cfg.run_id)
-        report(f"{cfg.run_id} finished in {time.perf_counter() - start:.0f} s", done / total)
+        report(f"{cfg.run_id} {what} in {time.perf_counter() - start:.0f} s", done / total)
     report("demo runs ready", 1.0)
-    return ids
+    return [c.run_id for c in configs]

@@ -7,6 +7,7 @@
         eval/<name>                  returns by (mode, target, episode) for one checkpoint
         rollout/<name>               one logged episode: frames, actions, rewards, attention by step
         decay/<name>                 attention mass by lag and its exponential fit, per layer
+        ablation/<name>              scores with the hidden attention zeroed or randomised
         checkpoint/<name>            a safetensors checkpoint as a uint8 array
         resume/<name>                optimiser and RNG state to continue a killed run
 
@@ -32,7 +33,7 @@ import zarr
 
 STORE_VERSION = 1
 DEFAULT_STORE = os.environ.get("DEMA_LAB_STORE", "store")
-KINDS = ("train", "eval", "rollout", "decay", "checkpoint", "resume")
+KINDS = ("train", "eval", "rollout", "decay", "ablation", "checkpoint", "resume")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

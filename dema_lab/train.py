@@ -81,6 +81,7 @@ class TrainConfig:
     # where
     store: str = DEFAULT_STORE
     run_id: str = ""                   # default: <arch>-<dataset>-K<K>-s<seed>-<time>
+    sweep: str = ""                    # the sweep this run belongs to, if any
 
     def __post_init__(self):
         problems = []
@@ -405,3 +406,20 @@ class Trainer:
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print) -> Run:
     """Train (or resume) a run; returns it once finished."""
     return Trainer(cfg, resume=resume, progress=progress, log=log).run_loop()
+
+
+def ensure_trained(cfg: TrainConfig, progress: bool = True, log=print) -> tuple[Run, str]:
+    """Make sure the run `cfg.run_id` is finished: skip it if it is, resume it from its last
+    checkpoint if it was interrupted, start it otherwise. Returns (run, "skipped" | "resumed" |
+    "trained"). A run killed before its first checkpoint holds nothing to keep and restarts."""
+    if not cfg.run_id:
+        raise ValueError("ensure_trained needs a fixed run_id, so that a rerun finds the run again")
+    store = RunStore(cfg.store, mode="a")
+    if cfg.run_id in store.run_ids():
+        run = store.run(cfg.run_id)
+        if run.attrs.get("status") == "finished" and run.attrs.get("steps_done", 0) >= cfg.steps:
+            return run, "skipped"
+        if run.published("resume"):
+            return train(cfg, resume=cfg.run_id, progress=progress, log=log), "resumed"
+        del store.root["runs"][cfg.run_id]
+    return train(cfg, progress=progress, log=log), "trained"

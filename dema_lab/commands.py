@@ -1,4 +1,4 @@
-"""`dema-lab train` and `dema-lab runs`: the trainer's and the store's commands."""
+"""The trainer's and the store's commands: train, runs, demo, sweep, report."""
 
 from __future__ import annotations
 
@@ -131,3 +131,90 @@ def register_demo(subparsers) -> None:
     demo.add_argument("--port", type=int, default=5006)
     demo.add_argument("--presentation", action="store_true", help="full-screen template with large fonts")
     demo.set_defaults(func=_demo)
+
+
+def _parse_set(items) -> dict:
+    """KEY=VALUE pairs for TrainConfig fields, typed like the fields."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        if key not in hints:
+            raise ValueError(f"--set {key}: not a training config field (see dema-lab train --help)")
+        hint = hints[key]
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if typing.get_args(hint) else hint
+        if typing.get_origin(base) is list:
+            out[key] = [typing.get_args(base)[0](v) for v in text.split(",")]
+        elif base is bool:
+            out[key] = _parse_bool(text)
+        else:
+            out[key] = base(text)
+    return out
+
+
+def _sweep(args) -> int:
+    from .models import CheckpointError
+    from .store import StoreError
+    from .sweep import SweepConfig, run_sweep
+
+    try:
+        base = TrainConfig.from_file(args.base_config) if args.base_config else TrainConfig()
+        base = dataclasses.replace(base, store=args.store, **_parse_set(args.set))
+        sweep = SweepConfig(name=args.name, datasets=args.datasets, K=args.K, layouts=args.layouts,
+                            timestep_embedding=[_parse_bool(v) for v in args.timestep_embedding], archs=args.archs,
+                            seeds=args.seeds, eval_modes=args.eval_modes, ablations=not args.no_ablations,
+                            ablation_episodes=args.ablation_episodes, workers=args.workers, base=base)
+        results = run_sweep(sweep)
+    except (ValueError, FileNotFoundError, StoreError, CheckpointError) as e:
+        print(f"dema-lab sweep: {e}", file=sys.stderr)
+        return 2
+    failed = [r for r in results if r["what"].startswith("failed")]
+    print(f"sweep {args.name}: {len(results) - len(failed)} of {len(results)} runs ready; "
+          f"report: dema-lab report --store {args.store} --sweep {args.name}")
+    return 1 if failed else 0
+
+
+def _report(args) -> int:
+    from .report import build_report
+    from .store import StoreError
+
+    try:
+        text = build_report(args.store, args.sweep, latency=not args.no_latency).to_markdown()
+    except StoreError as e:
+        print(f"dema-lab report: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"report written to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def register_study(subparsers) -> None:
+    sweep = subparsers.add_parser("sweep", help="the paper's study: a grid of runs (K, layout, timestep "
+                                  "embedding, DeMa/DT, seeds), resumable, in parallel processes")
+    sweep.add_argument("--name", default="sweep", help="sweep name, the prefix of its run ids (default: %(default)s)")
+    sweep.add_argument("--store", default=TrainConfig().store)
+    sweep.add_argument("--datasets", nargs="+", default=["hopper-medium"], metavar="DATASET")
+    sweep.add_argument("--K", nargs="+", type=int, default=[5, 10, 20, 40])
+    sweep.add_argument("--layouts", nargs="+", default=["B3LD"], choices=["B3LD", "BL3D"])
+    sweep.add_argument("--timestep-embedding", nargs="+", default=["off"], metavar="off|on")
+    sweep.add_argument("--archs", nargs="+", default=["dema"], choices=["dema", "dt"])
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
+    sweep.add_argument("--eval-modes", nargs="+", default=["transformer", "rnn"], choices=["transformer", "rnn"])
+    sweep.add_argument("--no-ablations", action="store_true", help="skip the hidden-attention ablations")
+    sweep.add_argument("--ablation-episodes", type=int, default=5)
+    sweep.add_argument("--workers", type=int, default=0, help="parallel runs (default: one per core)")
+    sweep.add_argument("--base-config", help="JSON/TOML TrainConfig for everything the grid does not set")
+    sweep.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="TrainConfig fields, e.g. steps=3000 d_model=64")
+    sweep.set_defaults(func=_sweep)
+    report = subparsers.add_parser("report", help="the sweep's tables and which of the paper's findings hold")
+    report.add_argument("--store", default=TrainConfig().store)
+    report.add_argument("--sweep", help="only the runs of this sweep (default: every finished run)")
+    report.add_argument("--out", help="write Markdown here instead of printing it")
+    report.add_argument("--no-latency", action="store_true", help="skip the per-step latency measurement")
+    report.set_defaults(func=_report)

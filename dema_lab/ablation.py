@@ -1,0 +1,78 @@
+"""Evaluation-time ablations of DeMa's hidden attention, as in the paper: replace the hidden
+attention of every layer with zeros or with random weights, and measure the score drop.
+
+The ablation acts on the sequence (Transformer-like) path; RNN-like inference has no explicit
+attention matrix to replace, so ablations are evaluated Transformer-like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import xarray as xr
+
+from .ssm import Mamba
+
+ABLATIONS = ("none", "zeros", "random")
+
+
+@contextlib.contextmanager
+def ablate_hidden_attention(model, kind: str, seed: int = 0):
+    """Inside the block, every Mamba mixer of `model` uses the ablated hidden attention."""
+    if kind not in ABLATIONS:
+        raise ValueError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
+    mixers = [m for m in model.modules() if isinstance(m, Mamba)]
+    if kind != "none" and not mixers:
+        raise ValueError("hidden-attention ablations need a DeMa model (this one has no Mamba mixer)")
+    saved = [m.ablation for m in mixers]
+    for m in mixers:
+        m.ablation = None if kind == "none" else (kind, seed)
+    try:
+        yield model
+    finally:
+        for m, a in zip(mixers, saved):
+            m.ablation = a
+
+
+def evaluate_ablations(run, checkpoint: int | None = None, kinds=ABLATIONS, episodes: int = 5,
+                       targets=None, max_steps: int = 1000, seed: int = 0, publish: bool = True) -> xr.Dataset:
+    """Scores of a run's checkpoint with each ablation (Transformer-like inference).
+    Returns dims (checkpoint, ablation, target, episode); published as ablation/<checkpoint>
+    when `publish` (the run must not be training at the same time)."""
+    from .models import load_checkpoint
+    from .rollout import evaluate
+    from .store import checkpoint_name
+
+    steps = run.checkpoints()
+    checkpoint = steps[-1] if checkpoint is None else checkpoint
+    ck = load_checkpoint(run.checkpoint_bytes(checkpoint))
+    if ck.config.arch != "dema":
+        raise ValueError(f"run {run.run_id} is a {ck.config.arch!r} model; ablations need DeMa")
+    prov = run.attrs.get("provenance", {})
+    targets = targets or prov.get("eval_targets")
+    parts = []
+    for kind in kinds:
+        with ablate_hidden_attention(ck.model, kind, seed):
+            res, _ = evaluate(ck.model, prov["env"], targets, episodes, ("transformer",), ck.meta["rtg_scale"],
+                              ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy(), seed=seed, record=0,
+                              render_size=None, attention=None, max_steps=max_steps)
+        parts.append(res.sel(mode="transformer", drop=True).expand_dims(ablation=[kind]))
+    ds = xr.concat(parts, dim="ablation").expand_dims(checkpoint=[checkpoint])
+    ds.attrs.update(mode="transformer", description="hidden attention replaced by zeros or by random causal "
+                    "weights with each channel's std; 'none' is the unablated model")
+    if publish:
+        run.write("ablation", checkpoint_name(checkpoint), ds)
+    return ds
+
+
+def ablation_table(run) -> xr.Dataset:
+    """The published ablations of a run, by (checkpoint, ablation, target, episode)."""
+    parts = [run.open("ablation", n).load() for n in run.published("ablation")]
+    return xr.concat(parts, dim="checkpoint") if parts else xr.Dataset()
+
+
+def score_drop(ds: xr.Dataset) -> xr.DataArray:
+    """Mean normalized score of each ablation minus the unablated one, per checkpoint."""
+    mean = ds["normalized_score"].mean(("target", "episode"))
+    return mean - mean.sel(ablation="none")
+

@@ -1,0 +1,257 @@
+"""The sweep report: the paper's tables from the runs in a store, and which findings hold.
+
+    run_table(store, sweep)   one row per run (xarray Dataset, dim `run`): what it is, its cost,
+                              its final scores per inference mode, per-step latency, the state it
+                              carries between steps, decay fits per layer, ablation scores
+    build_report(...)         the tables (pandas DataFrames, cells "mean ± std" over seeds) and
+                              the findings, as plain statements with their numbers
+    Report.to_markdown()      all of it as Markdown (for `dema-lab report`, notebooks, notes)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .store import RunStore
+
+
+def _latency(model, mode: str, steps: int = 40) -> float:
+    """Median seconds per env step for `mode` after a warm-up, on random observations
+    (steady state: the window is full)."""
+    from .models import Policy
+
+    policy = Policy(model, mode)
+    policy.reset(1000.0)
+    rng = np.random.default_rng(0)
+    times = []
+    for t in range(model.cfg.K + steps):
+        obs = rng.normal(size=model.cfg.state_dim).astype(np.float32)
+        start = time.perf_counter()
+        policy.act(obs)
+        if t >= model.cfg.K:
+            times.append(time.perf_counter() - start)
+        policy.observe(0.0)
+    return float(np.median(times))
+
+
+def carried_state_bytes(cfg, mode: str) -> int:
+    """What inference keeps between env steps: RNN-like, each layer's conv and SSM state;
+    Transformer-like, the last K steps of (R, s, a, t)."""
+    if mode == "rnn":
+        d_inner = cfg.expand * cfg.d_model
+        return cfg.n_layer * d_inner * (cfg.d_conv + cfg.d_state) * 4
+    return cfg.K * (cfg.state_dim + cfg.act_dim + 2) * 4
+
+
+def run_table(store, sweep: str | None = None, latency: bool = True) -> xr.Dataset:
+    """One row per finished run of `sweep` (all finished runs when None)."""
+    from .ablation import ablation_table
+    from .models import load_checkpoint
+
+    rs = RunStore(store)
+    rows = []
+    for run_id in rs.run_ids():
+        run = rs.run(run_id)
+        attrs = run.attrs
+        cfg = attrs.get("config", {})
+        if (sweep and cfg.get("sweep") != sweep) or attrs.get("status") != "finished":
+            continue
+        prov = attrs.get("provenance", {})
+        row = {"run": run_id, "dataset": prov.get("dataset", cfg.get("dataset")), "arch": cfg["arch"],
+               "layout": cfg["layout"], "timestep_embedding": bool(prov.get("timestep_embedding")),
+               "K": int(cfg["K"]), "seed": int(cfg["seed"]), "parameters": prov.get("parameters", np.nan),
+               "forward_macs": prov.get("forward_macs", np.nan), "train_seconds": attrs.get("wall_seconds", np.nan)}
+        step_macs = prov.get("step_macs", {})
+        evals = run.evals()
+        if "normalized_score" in evals:
+            last = evals.isel(checkpoint=-1)
+            for mode in last.mode.values:
+                row[f"score_{mode}"] = float(last["normalized_score"].sel(mode=mode).mean())
+                row[f"macs_per_step_{mode}"] = step_macs.get(str(mode), np.nan)
+        decay = run.decay()
+        if "r2" in decay:
+            d = decay.isel(checkpoint=-1)
+            kind = "s" if "s" in d.query_kind.values else str(d.query_kind.values[0])
+            for layer in d.layer.values:
+                row[f"r2_layer{layer}"] = float(d["r2"].sel(layer=layer, query_kind=kind))
+                row[f"half_life_steps_layer{layer}"] = float(d["half_life_steps"].sel(layer=layer, query_kind=kind))
+        abl = ablation_table(run)
+        if "normalized_score" in abl:
+            a = abl.isel(checkpoint=-1)["normalized_score"].mean(("target", "episode"))
+            for kind in a.ablation.values:
+                row[f"ablation_{kind}"] = float(a.sel(ablation=kind))
+        if latency and run.checkpoints():
+            ck = load_checkpoint(run.checkpoint_bytes())
+            for mode in (["transformer", "rnn"] if ck.config.arch == "dema" else ["transformer"]):
+                row[f"latency_ms_{mode}"] = 1e3 * _latency(ck.model, mode)
+                row[f"state_bytes_{mode}"] = carried_state_bytes(ck.config, mode)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return xr.Dataset(coords={"run": np.array([], dtype=object)})
+    return xr.Dataset.from_dataframe(df.set_index("run"))
+
+
+def _cell(values) -> str:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if not len(v):
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.1f}"
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+def _count(x) -> str:
+    return "–" if not np.isfinite(x) else (f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k")
+
+
+def _table(df: pd.DataFrame, index, columns, value, fmt=_cell) -> pd.DataFrame:
+    if value not in df or df.empty:
+        return pd.DataFrame()
+    out = df.groupby(index + columns, dropna=False)[value].apply(lambda s: fmt(s.values))
+    return out.unstack(columns) if columns else out.to_frame(value)
+
+
+@dataclass
+class Report:
+    runs: pd.DataFrame
+    tables: dict = field(default_factory=dict)       # title -> DataFrame
+    findings: list = field(default_factory=list)     # (finding, verdict, evidence)
+
+    def to_markdown(self) -> str:
+        lines = [f"# Sweep report ({len(self.runs)} runs)", ""]
+        lines += ["## Findings", "", "| paper's finding | on this data | evidence |", "|---|---|---|"]
+        lines += [f"| {f} | {v} | {e} |" for f, v, e in self.findings]
+        for title, table in self.tables.items():
+            lines += ["", f"## {title}", ""]
+            lines += [_markdown(table) if not table.empty else "(no runs for this table)"]
+        return "\n".join(lines) + "\n"
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    df = df.reset_index()
+    cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        out.append("| " + " | ".join(str(v) for v in r.values) + " |")
+    return "\n".join(out)
+
+
+def build_report(store, sweep: str | None = None, latency: bool = True) -> Report:
+    table = run_table(store, sweep, latency)
+    df = table.to_dataframe().reset_index() if table.sizes.get("run") else pd.DataFrame()
+    rep = Report(runs=df)
+    if df.empty:
+        rep.findings.append(("(no finished runs)", "not measured", f"store {store}, sweep {sweep or 'any'}"))
+        return rep
+    dema = df[df.arch == "dema"]
+    main = dema[(dema.layout == "B3LD") & (~dema.timestep_embedding)]
+    key = ["dataset"]
+
+    rep.tables["Normalized score against K (DeMa, B3LD, Transformer-like)"] = _table(main, key, ["K"], "score_transformer")
+    cost = main.groupby("K")[[c for c in ("parameters", "forward_macs", "macs_per_step_transformer",
+                                          "macs_per_step_rnn") if c in main]].first().T
+    cost.index.name = "quantity"
+    rep.tables["Parameters and MACs against K (DeMa, B3LD)"] = cost.map(_count) if not cost.empty else cost
+    both = df[(df.layout == "B3LD") & (~df.timestep_embedding | (df.arch == "dt"))]
+    if set(both.arch) >= {"dema", "dt"}:
+        sc = _table(both, key + ["K"], ["arch"], "score_transformer")
+        params = both.groupby(["arch"])["parameters"].first().map(_count)
+        macs = both.groupby(["arch", "K"])["forward_macs"].first().map(_count).unstack("arch")
+        rep.tables["DeMa against DT: score"] = sc
+        rep.tables["DeMa against DT: parameters"] = params.to_frame("parameters")
+        rep.tables["DeMa against DT: MACs per forward, by K"] = macs
+    if len(set(dema.layout)) > 1:
+        rep.tables["B3LD against BL3D (DeMa, Transformer-like)"] = _table(dema[~dema.timestep_embedding], key + ["K"],
+                                                                          ["layout"], "score_transformer")
+    if len(set(dema.timestep_embedding)) > 1:
+        rep.tables["Timestep embedding off against on (DeMa, B3LD)"] = _table(
+            dema[dema.layout == "B3LD"], key + ["K"], ["timestep_embedding"], "score_transformer")
+    abl_cols = [c for c in ("ablation_none", "ablation_zeros", "ablation_random") if c in dema]
+    if abl_cols:
+        rep.tables["Hidden-attention ablations (normalized score, Transformer-like)"] = pd.concat(
+            [_table(main, key + ["K"], [], c) for c in abl_cols], axis=1)
+    if "score_rnn" in main:
+        cols = [_table(main, key + ["K"], [], c) for c in ("score_transformer", "score_rnn")]
+        for c in ("latency_ms_transformer", "latency_ms_rnn"):
+            if c in main:
+                cols.append(_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v):.2f}"))
+        for c in ("state_bytes_transformer", "state_bytes_rnn"):
+            if c in main:
+                cols.append(_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v) / 1024:.1f} KiB"))
+        rep.tables["RNN-like against Transformer-like: score, latency per step (ms), state carried between steps"] = \
+            pd.concat(cols, axis=1)
+    decay_cols = sorted(c for c in main if c.startswith(("r2_layer", "half_life_steps_layer")))
+    if decay_cols:
+        rep.tables["Decay statistics (last checkpoint, state tokens): R² of the exponential fit, half-life in steps"] = \
+            pd.concat([_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v):.2f}") for c in decay_cols], axis=1)
+    rep.findings = findings(df)
+    return rep
+
+
+def _mean_std(x) -> tuple[float, float]:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return (float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0) if len(x) else (np.nan, np.nan)
+
+
+def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Each of the paper's findings with a verdict on this data and the numbers behind it.
+    A difference counts when it exceeds the pooled spread over seeds (or 1 point with one seed)."""
+    out = []
+    dema = df[df.arch == "dema"]
+    main = dema[(dema.layout == "B3LD") & (~dema.timestep_embedding)]
+
+    def compare(a, b, claim, name_a, name_b, higher_is_claim=True):
+        (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
+        if not (np.isfinite(ma) and np.isfinite(mb)):
+            out.append((claim, "not measured", f"needs runs of both {name_a} and {name_b}"))
+            return
+        margin = max(1.0, float(np.hypot(sa, sb)))
+        diff = ma - mb
+        verdict = "holds" if (diff > -margin if higher_is_claim else diff < margin) else "does not hold"
+        out.append((claim, verdict, f"{name_a} {ma:.1f} ± {sa:.1f} vs {name_b} {mb:.1f} ± {sb:.1f}"))
+
+    if "score_rnn" in main:
+        compare(main.score_transformer, main.score_rnn, "Transformer-like DeMa beats RNN-like DeMa",
+                "Transformer-like", "RNN-like")
+    if main.K.nunique() > 1:
+        by_k = main.groupby("K")["score_transformer"].mean()
+        short = by_k[by_k.index <= 20]
+        best, best_short = by_k.max(), (short.max() if len(short) else np.nan)
+        spread = float(main.groupby("K")["score_transformer"].std().mean()) if main.seed.nunique() > 1 else 1.0
+        verdict = "holds" if np.isfinite(best_short) and best_short >= best - max(1.0, spread) else "does not hold"
+        out.append(("A short K (8–20) is enough", verdict,
+                    "mean score by K: " + ", ".join(f"K={k}: {v:.1f}" for k, v in by_k.items())))
+    if "ablation_zeros" in main and "ablation_none" in main:
+        for kind in ("zeros", "random"):
+            col = f"ablation_{kind}"
+            if col in main:
+                compare(main.ablation_none, main[col], f"Hidden attention matters (replaced by {kind}, the score drops)",
+                        "unablated", kind)
+    if dema.timestep_embedding.nunique() > 1:
+        b3 = dema[dema.layout == "B3LD"]
+        compare(b3[~b3.timestep_embedding].score_transformer, b3[b3.timestep_embedding].score_transformer,
+                "No position (timestep) embedding is needed", "without", "with")
+    r2 = main[[c for c in main if c.startswith("r2_layer")]].to_numpy().ravel() if len(main) else []
+    r2 = np.asarray(r2, float)
+    r2 = r2[np.isfinite(r2)]
+    if len(r2):
+        med = float(np.median(r2))
+        out.append(("Hidden attention decays roughly exponentially with lag", "holds" if med >= 0.8 else "does not hold",
+                    f"median R² of the log-linear fit over runs and layers: {med:.2f}"))
+    dt = df[(df.arch == "dt") & (df.layout == "B3LD")]
+    if len(dt) and len(main):
+        common = sorted(set(dt.K) & set(main.K))
+        if common:
+            compare(main[main.K.isin(common)].score_transformer, dt[dt.K.isin(common)].score_transformer,
+                    "DeMa matches or beats DT", "DeMa", "DT")
+            ratio = float(main.parameters.median() / dt.parameters.median())
+            out.append(("DeMa needs far fewer parameters than DT", "holds" if ratio <= 0.5 else "does not hold",
+                        f"DeMa/DT parameters: {ratio:.2f}"))
+    return out

@@ -1,0 +1,109 @@
+"""`dema-lab sweep`: the paper's study as one command.
+
+A grid over datasets x K x token layout x timestep embedding x model x seed; every grid point
+is one run in the store, with a run id derived from the point, so a rerun finds it again:
+finished runs are skipped, interrupted ones resumed from their last checkpoint. The inference
+modes (Transformer-like, RNN-like) are evaluated inside each DeMa run. After training, each
+DeMa run's last checkpoint is evaluated with its hidden attention zeroed and randomised.
+
+Runs execute in parallel worker processes, one per core by default, each with one thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+from .train import TrainConfig
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    datasets: list[str] = field(default_factory=lambda: ["hopper-medium"])
+    K: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
+    layouts: list[str] = field(default_factory=lambda: ["B3LD"])
+    timestep_embedding: list[bool] = field(default_factory=lambda: [False])
+    archs: list[str] = field(default_factory=lambda: ["dema"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval_modes: list[str] = field(default_factory=lambda: ["transformer", "rnn"])
+    ablations: bool = True               # zero / random hidden attention on each DeMa run
+    ablation_episodes: int = 5
+    workers: int = 0                     # 0: one per core
+    base: TrainConfig = field(default_factory=TrainConfig)   # everything else (steps, sizes, store, ...)
+
+    def __post_init__(self):
+        for name in ("datasets", "K", "layouts", "timestep_embedding", "archs", "seeds", "eval_modes"):
+            if not getattr(self, name):
+                raise ValueError(f"sweep dimension {name} is empty; give at least one value")
+
+
+def grid(sweep: SweepConfig) -> list[TrainConfig]:
+    """One TrainConfig per grid point, with a stable run id."""
+    configs = []
+    for dataset, K, layout, ts, arch, seed in itertools.product(sweep.datasets, sweep.K, sweep.layouts,
+                                                                sweep.timestep_embedding, sweep.archs, sweep.seeds):
+        short = os.path.splitext(os.path.basename(dataset))[0].replace(":", "-")
+        run_id = f"{sweep.name}-{short}-{arch}-{layout}-ts{int(ts)}-K{K}-s{seed}"
+        modes = [m for m in sweep.eval_modes if arch == "dema" or m == "transformer"]
+        configs.append(dataclasses.replace(sweep.base, dataset=dataset, K=K, layout=layout, timestep_embedding=ts,
+                                           arch=arch, seed=seed, eval_modes=modes, run_id=run_id, sweep=sweep.name))
+    return configs
+
+
+def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int) -> dict:
+    """One grid point, in a worker process: train (or resume, or skip), then the ablations."""
+    import torch
+
+    from .ablation import evaluate_ablations
+    from .train import ensure_trained
+
+    torch.set_num_threads(max(1, cfg.threads or 1))
+    start = time.perf_counter()
+    run, what = ensure_trained(cfg, progress=False, log=lambda *_: None)
+    if ablations and cfg.arch == "dema":
+        done = {int(n.split("_")[-1]) for n in run.published("ablation")}
+        last = run.checkpoints()[-1]
+        if last not in done:
+            evaluate_ablations(run, last, episodes=ablation_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed)
+    return {"run_id": cfg.run_id, "what": what, "seconds": time.perf_counter() - start}
+
+
+def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
+    """Run every grid point (in parallel processes) and return what happened to each."""
+    from .data import embedded_names, ensure_embedded
+    from .store import RunStore
+
+    configs = grid(sweep)
+    RunStore(sweep.base.store, mode="a")              # create the store once, before the workers
+    for name in sorted(set(sweep.datasets) & set(embedded_names())):
+        ensure_embedded(name, progress=False)         # build shared datasets once, not in each worker
+    workers = sweep.workers or os.cpu_count() or 1
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    configs = [dataclasses.replace(c, threads=threads) for c in configs]
+    log(f"sweep {sweep.name}: {len(configs)} runs, {workers} worker(s) x {threads} thread(s), store {sweep.base.store}")
+    results = []
+    if workers == 1:
+        for cfg in configs:
+            results.append(_work(cfg, sweep.ablations, sweep.ablation_episodes))
+            log(_line(results[-1], len(results), len(configs)))
+        return results
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_work, cfg, sweep.ablations, sweep.ablation_episodes): cfg for cfg in configs}
+        for fut in as_completed(futures):
+            cfg = futures[fut]
+            try:
+                results.append(fut.result())
+            except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep
+                results.append({"run_id": cfg.run_id, "what": f"failed: {type(e).__name__}: {e}", "seconds": 0.0})
+            log(_line(results[-1], len(results), len(configs)))
+    return results
+
+
+def _line(r: dict, i: int, n: int) -> str:
+    return f"[{i}/{n}] {r['run_id']}: {r['what']} ({r['seconds']:.0f} s)"
