@@ -139,6 +139,7 @@ def train_ars(
     out: str | Path | None = None,
     target_return: float | None = None,
     log: Callable[[str], None] | None = print,
+    max_iterations: int | None = None,
 ) -> PolicySet:
     """Train linear policies for ``env`` for ``minutes`` of wall time.
 
@@ -146,7 +147,7 @@ def train_ars(
     the best candidates are re-evaluated on ``final_eval_episodes`` fresh
     episodes to choose the expert, and the snapshot closest to a third of the
     expert's return becomes the medium policy. Stops early if the evaluated
-    return reaches ``target_return``. Writes the ``.npz`` to ``out`` (default:
+    return reaches ``target_return``, or after ``max_iterations``. Writes the ``.npz`` to ``out`` (default:
     the package's shipped file) and returns the :class:`PolicySet`.
     """
     spec = env_spec(env)
@@ -177,7 +178,7 @@ def train_ars(
 
     try:
         s = snapshot(0.0)
-        while time.perf_counter() - t0 < minutes * 60:
+        while time.perf_counter() - t0 < minutes * 60 and (max_iterations is None or it < max_iterations):
             it += 1
             W_before = W.copy()  # the policy these rollouts perturbed
             deltas = rng.standard_normal((N, spec.act_dim, spec.obs_dim))  # (N, act, obs)
