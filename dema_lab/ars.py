@@ -300,6 +300,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--target-return", type=float, default=None)
+    p.add_argument("--max-iterations", type=int, default=None)
     for f in ("n_directions", "top_directions", "step_size", "noise", "eval_every"):
         p.add_argument("--" + f.replace("_", "-"), type=type(getattr(ARSConfig(), f)), default=None)
     a = p.parse_args(argv)
@@ -307,7 +308,10 @@ def main(argv=None) -> int:
     cfg = DEFAULT_CONFIGS.get(spec.name, ARSConfig())
     over = {f: getattr(a, f) for f in ("n_directions", "top_directions", "step_size", "noise", "eval_every")}
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
-    train_ars(spec.name, a.minutes, a.seed, cfg, a.out, a.target_return, log=lambda m: print(m, flush=True))
+    train_ars(
+        spec.name, a.minutes, a.seed, cfg, a.out, a.target_return,
+        log=lambda m: print(m, flush=True), max_iterations=a.max_iterations,
+    )
     return 0
 
 

@@ -104,7 +104,10 @@ def _train(args) -> int:
         "noise": args.ars_noise,
     }
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
-    train_ars(spec.name, args.minutes, args.seed, cfg, args.out, args.target_return, log=lambda m: print(m, flush=True))
+    train_ars(
+        spec.name, args.minutes, args.seed, cfg, args.out, args.target_return,
+        log=lambda m: print(m, flush=True), max_iterations=args.max_iterations,
+    )
     return 0
 
 
@@ -140,6 +143,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, help="output .npz (default: the package's shipped file)")
     t.add_argument("--target-return", type=float, default=None, help="stop once evaluation reaches it")
+    t.add_argument("--max-iterations", type=int, default=None, help="stop after this many ARS iterations")
     t.add_argument("--directions", type=int, default=None, help="ARS N")
     t.add_argument("--top", type=int, default=None, help="ARS b")
     t.add_argument("--step-size", type=float, default=None, help="ARS alpha")
