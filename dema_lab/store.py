@@ -112,15 +112,32 @@ class RunStore:
         except KeyError:
             return []
         found = []
+        self.unreadable = {}
         with warnings.catch_warnings():
             # a run being created by another process is a directory without zarr.json yet
             warnings.simplefilter("ignore", category=UserWarning)
-            groups = list(runs.groups())
+            try:
+                groups = list(runs.groups())
+            except Exception:  # noqa: BLE001 - one corrupt run: read the others one by one
+                groups = self._groups_one_by_one(runs)
         for name, group in groups:
             meta = group.attrs.get("dema_lab")
             if isinstance(meta, dict) and meta.get("kind") == "run":
                 found.append((group.attrs.get("provenance", {}).get("created", ""), name))
         return [name for _, name in sorted(found)]
+
+    def _groups_one_by_one(self, runs) -> list:
+        """The readable run groups of a local store whose listing failed; the others go to
+        `self.unreadable` as {run_id: reason} (dashboards show them as messages)."""
+        if _is_url(self.path):
+            raise
+        groups = []
+        for child in sorted(p for p in (Path(self.path) / "runs").iterdir() if p.is_dir()):
+            try:
+                groups.append((child.name, runs[child.name]))
+            except Exception as e:  # noqa: BLE001
+                self.unreadable[child.name] = f"{type(e).__name__}: {e}"
+        return groups
 
     def run(self, run_id: str) -> "Run":
         if run_id not in self.run_ids():

@@ -1,0 +1,13 @@
+"""The attention explorer (with the sequence-length comparison and live rollouts as tabs).
+
+    panel serve dashboards/attention.py [--args --store PATH] [--args --presentation]
+
+The logic lives in dema_lab.dashboard; this file only builds the page.
+"""
+
+import panel as pn
+
+from dema_lab.dashboard.app import attention_app
+
+pn.extension("tabulator", notifications=False)
+attention_app().servable(title="dema-lab · attention")

@@ -1,0 +1,337 @@
+"""The served apps: a template around the components, the empty-store page, and `serve`.
+
+    attention_app(store)   the explorer, with the sequence-length comparison and live rollouts as tabs
+    compare_app(store)     the comparison alone;   live_app(store)   live rollouts alone
+    serve(store)           all three on 127.0.0.1 (``dema-lab serve``)
+
+Store path: ``--args --store PATH`` on ``panel serve``, else $DEMA_LAB_STORE, else "store".
+Presentation mode (full screen, larger fonts): ``?presentation=1`` or ``--args --presentation``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import panel as pn
+import param
+
+from ..store import StoreError
+from .data import StoreIndex, friendly_error
+
+PRESENTATION_CSS = """
+body, .bk-root, .markdown, .bk-input, .bk-btn, label { font-size: 21px !important; }
+#header { min-height: 70px; }
+.title { font-size: 2em !important; }
+"""
+
+
+def app_options(argv: list[str] | None = None) -> dict:
+    """Store path and presentation flag from `--args` of `panel serve`, the URL and the env."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    store = os.environ.get("DEMA_LAB_STORE", "store")
+    presentation = False
+    for i, a in enumerate(argv):
+        if a == "--store" and i + 1 < len(argv):
+            store = argv[i + 1]
+        elif a.startswith("--store="):
+            store = a.split("=", 1)[1]
+        elif a == "--presentation":
+            presentation = True
+    try:
+        arg = pn.state.session_args.get("presentation") if pn.state.curdoc else None
+        if arg:
+            presentation = arg[0].decode().lower() not in ("0", "false", "no", "")
+        s = pn.state.session_args.get("store") if pn.state.curdoc else None
+        if s and _allow_store_arg():
+            store = s[0].decode()
+    except Exception:  # noqa: BLE001 - not in a server session
+        pass
+    return {"store": store, "presentation": presentation}
+
+
+def _allow_store_arg() -> bool:
+    return os.environ.get("DEMA_LAB_ALLOW_STORE_ARG") == "1"
+
+
+# ---------------------------------------------------------------------- the demo job
+class DemoJob(param.Parameterized):
+    """The demo runs being trained into a store, shared by every session of the process."""
+
+    message = param.String(default="")
+    fraction = param.Number(default=0.0)
+    running = param.Boolean(default=False)
+    error = param.String(default="")
+    finished = param.Boolean(default=False)
+
+    _jobs: dict = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, path: str) -> "DemoJob":
+        key = os.path.abspath(path) if "://" not in path else path
+        with cls._lock:
+            job = cls._jobs.get(key)
+            if job is None:
+                job = cls._jobs[key] = cls(path=path)
+            return job
+
+    def __init__(self, path: str, **params):
+        super().__init__(**params)
+        self.path = path
+        self._thread = None
+
+    def start(self):
+        with self._lock:
+            if self.running:
+                return
+            self.running, self.error, self.finished = True, "", False
+            self.message, self.fraction = "starting the demo runs", 0.0
+            self._thread = threading.Thread(target=self._run, daemon=True, name="dema-demo")
+            self._thread.start()
+
+    def _progress(self, message: str, fraction: float):
+        self.message, self.fraction = message, float(fraction)
+
+    def _run(self):
+        from ..demo import run_demo
+
+        try:
+            run_demo(self.path, on_progress=self._progress, progress=False)
+            self.finished = True
+        except Exception as e:  # noqa: BLE001 - shown on the page
+            self.error = friendly_error(e)
+        finally:
+            self.running = False
+
+    def detail(self) -> str:
+        """Finer progress than the callback gives: training steps of the demo runs so far."""
+        from ..demo import demo_runs
+
+        try:
+            idx = StoreIndex(self.path)
+            ids = idx.run_ids()
+            done, total, parts = 0, 0, []
+            for cfg in demo_runs(self.path):
+                total += cfg.steps
+                if cfg.run_id in ids:
+                    info = idx.info(cfg.run_id)
+                    done += min(info.steps_done, cfg.steps)
+                    parts.append(f"{cfg.run_id}: {info.steps_done}/{cfg.steps} steps ({info.status})")
+            return done / max(total, 1), "; ".join(parts)
+        except Exception:  # noqa: BLE001 - the store may be being created
+            return self.fraction, ""
+
+
+class EmptyStorePage(pn.viewable.Viewer):
+    """What an empty store shows: how to create a run, and a button that trains the demo runs."""
+
+    def __init__(self, store: str, on_ready=None, **params):
+        super().__init__(**params)
+        self.store = store
+        self.job = DemoJob.for_store(store)
+        self.on_ready = on_ready
+        self._button = pn.widgets.Button(name="Start the demo run", button_type="primary", icon="player-play",
+                                         css_classes=["dema-demo-button"], width=260, height=48)
+        self._button.on_click(lambda *_: self.start())
+        self._bar = pn.indicators.Progress(value=0, max=1000, sizing_mode="stretch_width", visible=False,
+                                           bar_color="primary", css_classes=["dema-demo-progress"])
+        self._status = pn.pane.Markdown("", css_classes=["dema-demo-status"], sizing_mode="stretch_width")
+        self._cb = None
+        if self.job.running:
+            self._watch()
+
+    def start(self):
+        self.job.start()
+        self._watch()
+
+    def _watch(self):
+        self._bar.visible = True
+        self._button.disabled = True
+        self._button.name = "Demo running…"
+        self._update()
+        if self._cb is None:
+            self._cb = pn.state.add_periodic_callback(self._update, period=1000)
+
+    def _update(self):
+        job = self.job
+        fine, detail = job.detail()
+        frac = max(job.fraction, fine)
+        self._bar.value = int(1000 * min(1.0, frac))
+        text = f"**{100 * frac:.0f}%** · {job.message}"
+        if detail:
+            text += f"  \n{detail}"
+        if job.error:
+            text = f"The demo failed: {job.error}"
+            self._button.disabled, self._button.name = False, "Try again"
+        self._status.object = text
+        ready = False
+        try:
+            ready = not StoreIndex(self.store).is_empty()
+        except StoreError:
+            ready = False
+        if ready and self.on_ready is not None:
+            self.on_ready()
+        if (ready or job.error or not job.running) and self._cb is not None and (job.finished or job.error):
+            self._cb.stop()
+            self._cb = None
+
+    def __panel__(self):
+        path = os.path.abspath(self.store) if "://" not in self.store else self.store
+        text = f"""
+## This store has no runs yet
+
+The dashboards read runs from the store at `{path}`. Create one:
+
+* **Here:** start the demo run. It builds the default dataset (hopper-medium), trains a small
+  Decision Mamba (K = 10, 2000 steps) and two shorter runs with K = 5 and K = 20, evaluating and
+  recording episodes with their hidden attention. It takes several minutes on two CPU cores; the
+  explorer opens as soon as the first run appears.
+* **From a terminal:** `make demo`, or `dema-lab train --store {self.store} --dataset hopper-medium --K 20`
+  (see `dema-lab train --help`), then reload this page.
+* **Another store:** `panel serve dashboards/attention.py --args --store PATH`, or set `DEMA_LAB_STORE`.
+"""
+        return pn.Column(pn.pane.Markdown(text, sizing_mode="stretch_width", css_classes=["dema-empty-store"]),
+                         self._button, self._bar, self._status, sizing_mode="stretch_width", max_width=1000)
+
+
+# ---------------------------------------------------------------------- templates
+def _template(title: str, main, sidebar=None, presentation: bool = False):
+    tmpl = pn.template.FastListTemplate(
+        title=title, sidebar=[sidebar] if sidebar is not None else [], main=[main],
+        accent="#1f6feb", header_background="#1f3b57", collapsed_sidebar=False, sidebar_width=310,
+        main_layout=None, theme_toggle=False,
+        # no web fonts: the pages work offline (the default font comes from Google Fonts)
+        font="system-ui, -apple-system, 'Segoe UI', 'DejaVu Sans', sans-serif", font_url="",
+    )
+    if presentation:
+        tmpl.config.raw_css.append(PRESENTATION_CSS)
+        tmpl.sidebar_width = 380
+    return tmpl
+
+
+def _guarded(build, title: str):
+    """Build a page; a failure becomes a message, never a traceback."""
+    try:
+        return build()
+    except Exception as e:  # noqa: BLE001
+        return pn.pane.Alert(f"**{title} cannot be shown:** {friendly_error(e)}", alert_type="danger",
+                             sizing_mode="stretch_width")
+
+
+def attention_app(store: str | None = None, presentation: bool | None = None):
+    """The main app: the attention explorer, with comparison and live rollouts as tabs; the
+    empty-store page (and demo button) until the store has a run."""
+    opts = app_options()
+    store = store or opts["store"]
+    presentation = opts["presentation"] if presentation is None else presentation
+    main = pn.Column(sizing_mode="stretch_width")
+    sidebar = pn.Column(sizing_mode="stretch_width")
+    tmpl = _template("dema-lab · hidden attention explorer", main, sidebar, presentation)
+    demo = DemoJob.for_store(store)
+    state = {"shown": None}
+
+    def show_explorer():
+        if state["shown"] == "explorer":
+            return
+        from .compare import SequenceComparison
+        from .explorer import AttentionExplorer
+        from .live import LiveRollout
+
+        index = StoreIndex(store)
+        explorer = AttentionExplorer(index, presentation=presentation)
+        state["shown"] = "explorer"
+        state["explorer"] = explorer
+        tabs = pn.Tabs(
+            ("Attention explorer", explorer.views()),
+            ("Sequence length", _guarded(lambda: SequenceComparison(index, presentation=presentation).views(),
+                                         "The comparison")),
+            ("Live rollout", _guarded(lambda: _live_tab(index, presentation), "Live rollouts")),
+            dynamic=True, sizing_mode="stretch_width",
+        )
+        controls = explorer.controls()
+        tabs.param.watch(lambda e: setattr(controls, "visible", e.new == 0), "active")
+        sidebar[:] = [controls]
+        main[:] = [tabs]
+        if demo.running:
+            _keep_refreshing(explorer, demo)
+
+    def show_empty():
+        state["shown"] = "empty"
+        sidebar[:] = [pn.pane.Markdown("No runs yet.")]
+        main[:] = [EmptyStorePage(store, on_ready=show_explorer)]
+
+    try:
+        empty = StoreIndex(store).is_empty()
+        if empty:
+            show_empty()
+        else:
+            show_explorer()
+    except Exception as e:  # noqa: BLE001 - a store that is not one, unreadable, ...
+        main[:] = [pn.pane.Alert(f"**The store cannot be opened:** {friendly_error(e)}", alert_type="danger",
+                                 sizing_mode="stretch_width")]
+    return tmpl
+
+
+def _live_tab(index, presentation):
+    from .live import LiveRollout
+
+    live = LiveRollout(index, presentation=presentation)
+    return pn.Row(pn.Column(live.controls(), width=300), live.views(), sizing_mode="stretch_width")
+
+
+def _keep_refreshing(explorer, demo: DemoJob):
+    """While the demo trains, pick up its new runs and episodes every few seconds."""
+    def tick():
+        explorer.refresh()
+        if not demo.running and cb is not None:
+            cb.stop()
+    cb = pn.state.add_periodic_callback(tick, period=5000)
+
+
+def compare_app(store: str | None = None, presentation: bool | None = None):
+    from .compare import SequenceComparison
+
+    opts = app_options()
+    store = store or opts["store"]
+    presentation = opts["presentation"] if presentation is None else presentation
+
+    def build():
+        comp = SequenceComparison(store, presentation=presentation)
+        return comp.controls(), comp.views()
+    try:
+        controls, views = build()
+    except Exception as e:  # noqa: BLE001
+        controls, views = None, pn.pane.Alert(f"**The store cannot be read:** {friendly_error(e)}",
+                                              alert_type="danger")
+    return _template("dema-lab · sequence length", views, controls, presentation)
+
+
+def live_app(store: str | None = None, presentation: bool | None = None):
+    from .live import LiveRollout
+
+    opts = app_options()
+    store = store or opts["store"]
+    presentation = opts["presentation"] if presentation is None else presentation
+    try:
+        live = LiveRollout(store, presentation=presentation)
+        controls, views = live.controls(), live.views()
+    except Exception as e:  # noqa: BLE001
+        controls, views = None, pn.pane.Alert(f"**Live rollouts cannot start:** {friendly_error(e)}",
+                                              alert_type="danger")
+    return _template("dema-lab · live rollout", views, controls, presentation)
+
+
+def serve(store: str = "store", port: int = 5006, address: str = "127.0.0.1", show: bool = False,
+          presentation: bool = False, **kwargs):
+    """Serve the apps (/attention, /compare, /live) on `address` (127.0.0.1 by default).
+    Blocks until interrupted; kwargs go to pn.serve (e.g. threaded=True, websocket_origin)."""
+    apps = {
+        "attention": lambda: attention_app(store, presentation),
+        "compare": lambda: compare_app(store, presentation),
+        "live": lambda: live_app(store, presentation),
+    }
+    kwargs.setdefault("websocket_origin", [f"{address}:{port}", f"localhost:{port}"])
+    return pn.serve(apps, port=port, address=address, show=show, title="dema-lab", **kwargs)

@@ -1,0 +1,210 @@
+"""Sequence-length comparison: runs that differ in K (and layout, timestep embedding, DeMa vs DT).
+
+    runs_table(index)            one row per readable run (pandas DataFrame) and the unreadable ones
+    SequenceComparison(store)    score, parameters / MACs, training time, decay curves and
+                                 half-life against K, one line per family of runs
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from .data import StoreIndex, friendly_error
+from .views import PALETTE
+
+
+def _family(cfg: dict, prov: dict) -> str:
+    te = prov.get("timestep_embedding", cfg.get("timestep_embedding"))
+    arch = {"dema": "DeMa", "dt": "DT"}.get(cfg.get("arch", ""), cfg.get("arch", "?"))
+    return f"{arch} {cfg.get('layout', '')}{' +t-emb' if te else ''}"
+
+
+def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFrame, dict[str, str]]:
+    """One row per readable run: K, family, score at the last evaluated checkpoint, cost, time,
+    half-life (layer mean, state tokens). Unreadable runs come back as {run_id: message}."""
+    rows, bad = [], {}
+    ids = index.run_ids()
+    bad.update({r: f"its metadata cannot be read ({m})" for r, m in index.unreadable.items()})
+    for run_id in ids:
+        try:
+            info = index.info(run_id)
+            run = index.run(run_id)
+            cfg, prov = info.config, info.provenance
+            evals = run.evals()
+            score = np.nan
+            if "normalized_score" in evals and evals.sizes.get("checkpoint"):
+                last = evals["normalized_score"].isel(checkpoint=-1).mean("episode")
+                if "mode" in last.dims:
+                    last = last.sel(mode=mode) if mode in last["mode"].values else last.isel(mode=0)
+                score = float(last.max())            # the better of the targets
+            decay = run.decay()
+            half = np.nan
+            if "half_life_steps" in decay and decay.sizes.get("checkpoint"):
+                hl = decay["half_life_steps"].isel(checkpoint=-1)
+                kind = "s" if "s" in hl["query_kind"].values else hl["query_kind"].values[0]
+                vals = hl.sel(query_kind=kind).values
+                vals = vals[np.isfinite(vals)]
+                half = float(np.median(vals)) if vals.size else np.nan
+            metrics = run.train_metrics()
+            sps = float(np.nanmedian(metrics["steps_per_second"].values)) if "steps_per_second" in metrics else np.nan
+            macs = prov.get("step_macs", {}) or {}
+            rows.append(dict(
+                run=run_id, family=_family(cfg, prov), K=int(cfg.get("K", 0)), arch=cfg.get("arch", ""),
+                layout=cfg.get("layout", ""), status=info.status, steps=info.steps_done,
+                score=score, parameters=float(prov.get("parameters", np.nan)),
+                forward_macs=float(prov.get("forward_macs", np.nan)),
+                step_macs=float(macs.get(mode, next(iter(macs.values()), np.nan)) if macs else np.nan),
+                train_seconds=info.wall_seconds, steps_per_second=sps, half_life_steps=half))
+        except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
+            bad[run_id] = friendly_error(e)
+    cols = ["run", "family", "K", "arch", "layout", "status", "steps", "score", "parameters", "forward_macs",
+            "step_macs", "train_seconds", "steps_per_second", "half_life_steps"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["family", "K"]).reset_index(drop=True), bad
+
+
+def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = False, width=430, height=300):
+    if df.empty or df[y].isna().all():
+        return hv.Curve([], "K", y).opts(title=f"{title} (no data yet)", width=width, height=height)
+    layers = []
+    for i, (fam, part) in enumerate(df.dropna(subset=[y]).groupby("family", sort=True)):
+        part = part.sort_values("K")
+        c = PALETTE[i % len(PALETTE)]
+        layers.append(hv.Curve(part, "K", (y, ylabel), label=fam).opts(color=c))
+        layers.append(hv.Scatter(part, "K", [(y, ylabel), "run"], label=fam).opts(color=c, size=9, tools=["hover"]))
+    return hv.Overlay(layers).opts(title=title, width=width, height=height, logy=logy, show_grid=True,
+                                   legend_position="top_left", toolbar="above")
+
+
+class SequenceComparison(pn.viewable.Viewer):
+    """How the context length K (and the architecture variants) change score, cost and memory."""
+
+    runs = param.ListSelector(default=[], objects=[], doc="runs compared (default: all readable ones)")
+    mode = param.Selector(objects=["transformer", "rnn"], default="transformer", doc="inference mode of scores/MACs")
+    layer = param.Selector(objects=["mean"], default="mean", doc="layer of the decay curves")
+    query_kind = param.Selector(objects=["s", "R", "a", "t"], default="s", doc="query tokens of the decay curves")
+    message = param.String(default="")
+
+    def __init__(self, store="store", presentation: bool = False, **params):
+        self.index = store if isinstance(store, StoreIndex) else StoreIndex(store)
+        self.presentation = presentation
+        super().__init__(**params)
+        self.refresh()
+
+    def refresh(self):
+        try:
+            df, bad = runs_table(self.index, self.mode)
+        except Exception as e:  # noqa: BLE001
+            df, bad = pd.DataFrame(columns=["run", "family", "K"]), {"(store)": friendly_error(e)}
+        self._all, self.bad = df, bad
+        ids = list(df["run"]) if not df.empty else []
+        self.param.runs.objects = ids
+        self.runs = [r for r in self.runs if r in ids] or ids
+        layers = ["mean"]
+        for r in ids:
+            try:
+                d = self.index.run(r).decay()
+                layers = ["mean"] + [int(x) for x in d["layer"].values] if "layer" in d.dims else layers
+                break
+            except Exception:  # noqa: BLE001
+                continue
+        self.param.layer.objects = layers
+        self.message = "\n\n".join(f"Run **{r}** cannot be read: {m}" for r, m in bad.items())
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self._all[self._all["run"].isin(self.runs)] if not self._all.empty else self._all
+
+    def _size(self):
+        return (560, 380) if self.presentation else (430, 300)
+
+    @param.depends("runs", "mode")
+    def score_plot(self):
+        w, h = self._size()
+        return _by_family(self.table, "score", "normalized score", f"Normalized score vs K ({self.mode})",
+                          width=w, height=h)
+
+    @param.depends("runs", "mode")
+    def cost_plot(self):
+        w, h = self._size()
+        df = self.table
+        return (_by_family(df, "parameters", "parameters", "Parameters vs K", width=w, height=h)
+                + _by_family(df, "step_macs", "MACs per env step", f"MACs per env step vs K ({self.mode})",
+                             logy=True, width=w, height=h)).cols(2)
+
+    @param.depends("runs")
+    def time_plot(self):
+        w, h = self._size()
+        df = self.table
+        if df.empty:
+            return hv.Bars([], "run", "train_seconds").opts(title="Training time (no runs)", width=w, height=h)
+        bars = hv.Bars(df.assign(label=[f"{r} (K={k})" for r, k in zip(df.run, df.K)]), "label",
+                       [("train_seconds", "training time (s)"), "steps_per_second", "steps"])
+        return bars.opts(title="Training time", width=w, height=h, xrotation=30, tools=["hover"], color=PALETTE[0],
+                         xlabel="run")
+
+    @param.depends("runs", "layer", "query_kind")
+    def decay_plot(self):
+        w, h = self._size()
+        layers = []
+        for i, r in enumerate(self.table["run"] if not self.table.empty else []):
+            try:
+                d = self.index.run(r).decay()
+                if "mass" not in d or not d.sizes.get("checkpoint"):
+                    continue
+                m = d["mass"].isel(checkpoint=-1)
+                kinds = list(m["query_kind"].values)
+                kind = self.query_kind if self.query_kind in kinds else kinds[0]
+                m = m.sel(query_kind=kind)
+                m = m.mean("layer") if self.layer == "mean" else m.sel(layer=self.layer)
+                x = d["lag_steps"].values if "lag_steps" in d.coords else d["lag"].values
+                ok = np.isfinite(m.values) & (m.values > 0)
+                layers.append(hv.Curve((x[ok], m.values[ok]), ("lag_steps", "lag (env steps)"),
+                                       ("mass", "attention mass"), label=r).opts(color=PALETTE[i % len(PALETTE)]))
+            except Exception as e:  # noqa: BLE001
+                self.bad[r] = friendly_error(e)
+        if not layers:
+            return hv.Curve([], "lag_steps", "mass").opts(title="Decay curves (none logged yet)", width=w, height=h)
+        return hv.Overlay(layers).opts(title=f"Attention by lag ({self.query_kind} tokens, layer {self.layer})",
+                                       logy=True, width=w, height=h, legend_position="top_right", show_grid=True,
+                                       toolbar="above")
+
+    @param.depends("runs")
+    def half_life_plot(self):
+        w, h = self._size()
+        return _by_family(self.table, "half_life_steps", "half-life (env steps)", "Half-life of attention vs K",
+                          width=w, height=h)
+
+    @param.depends("runs", "mode")
+    def table_view(self):
+        df = self.table.copy()
+        return pn.widgets.Tabulator(df, show_index=False, disabled=True, sizing_mode="stretch_width", height=220,
+                                    formatters={}, layout="fit_data_table") if not df.empty else \
+            pn.pane.Markdown("No readable runs in this store yet.")
+
+    def controls(self):
+        w = pn.widgets
+        refresh = w.Button(name="Reload store", button_type="light")
+        refresh.on_click(lambda *_: self.refresh())
+        return pn.Column(
+            w.MultiSelect.from_param(self.param.runs, name="Runs", size=8),
+            w.RadioButtonGroup.from_param(self.param.mode, button_type="primary", button_style="outline"),
+            w.Select.from_param(self.param.layer, name="Decay curves: layer"),
+            w.Select.from_param(self.param.query_kind, name="Decay curves: query tokens"),
+            refresh, sizing_mode="stretch_width")
+
+    def views(self):
+        alert = pn.pane.Alert(self.param.message, alert_type="warning", visible=self.param.message.rx.bool(),
+                              sizing_mode="stretch_width")
+        return pn.Column(
+            alert,
+            pn.Row(pn.pane.HoloViews(self.score_plot), pn.pane.HoloViews(self.half_life_plot),
+                   pn.pane.HoloViews(self.decay_plot)),
+            pn.Row(pn.pane.HoloViews(self.cost_plot), pn.pane.HoloViews(self.time_plot)),
+            self.table_view, sizing_mode="stretch_width")
+
+    def __panel__(self):
+        return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

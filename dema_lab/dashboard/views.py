@@ -1,0 +1,154 @@
+"""HoloViews elements for the dashboards: pure functions of numpy data (no Panel, no store).
+
+    frame_view          the env frame (hv.RGB)
+    attention_view      hidden attention among the window's tokens (hv.Image, R/s/a tick labels)
+    lag_view            one token's attention by lag, its fitted exponential and half-life
+    trace_view          reward and return-to-go over an episode; cursor_view marks a step
+"""
+
+from __future__ import annotations
+
+import math
+
+import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401 - registers the renderer (options need it)
+import numpy as np
+
+from ..analysis import fit_decay
+
+FRAME_SIZE = 340
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf"]
+
+
+def rgba(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) uint32 RGBA, bottom row first (Bokeh's image_rgba layout)."""
+    h, w = frame.shape[:2]
+    out = np.empty((h, w, 4), np.uint8)
+    out[..., :3] = frame[::-1]
+    out[..., 3] = 255
+    return out.view(np.uint32)[..., 0]
+
+
+def frame_view(frame: np.ndarray | None, title: str = "", size: int = FRAME_SIZE) -> hv.RGB:
+    """An (H, W, 3) uint8 frame; a blank one when the episode has no frames."""
+    if frame is None:
+        frame = np.full((16, 16, 3), 235, np.uint8)
+    h, w = frame.shape[:2]
+    return hv.RGB(frame, bounds=(0, 0, w, h)).opts(
+        title=title, xaxis=None, yaxis=None, toolbar=None, width=size, height=size, data_aspect=1,
+        default_tools=[], active_tools=[])
+
+
+def attention_view(att: np.ndarray | None, key_labels: list[str], query_labels: list[str], title: str = "",
+                   signed: bool = False, size: int = 420) -> hv.Image:
+    """att (L, L): rows are query tokens (oldest at the top), columns key tokens; the window is
+    right-aligned, NaN where it has no token yet. Ticks carry the token labels (R/s/a, step)."""
+    if att is None or not len(key_labels):
+        key_labels, query_labels, att = ["-"], ["-"], np.full((1, 1), np.nan)
+    L = len(key_labels)
+    a = np.asarray(att, dtype=np.float64)
+    return hv.Image(a, bounds=(0, 0, L, L), kdims=["key", "query"], vdims=["attention"]).opts(
+        title=title, cmap="RdBu_r" if signed else "viridis", clim=attention_clim(a, signed), colorbar=True,
+        xticks=[(j + 0.5, lab) for j, lab in enumerate(key_labels)],
+        yticks=[(L - i - 0.5, lab) for i, lab in enumerate(query_labels)], xrotation=90,
+        tools=["hover", "tap"], width=size + 90, height=size, clipping_colors={"NaN": "#f2f2f2"},
+        xlabel="key token (kind, step relative to now)", ylabel="query token", default_tools=[], toolbar="above")
+
+
+def attention_clim(att: np.ndarray, signed: bool) -> tuple[float, float]:
+    finite = att[np.isfinite(att)]
+    if signed:
+        lim = float(np.abs(finite).max()) if finite.size else 1.0
+        lim = lim if lim > 0 else 1.0
+        return (-lim, lim)
+    hi = float(finite.max()) if finite.size else 1.0
+    return (0.0, hi if hi > 0 else 1.0)
+
+
+def lag_profile_of(att: np.ndarray, query: int) -> np.ndarray:
+    """Row `query` of a right-aligned (L, L) attention by lag: entry l is att[query, query - l]."""
+    row = att[query, : query + 1][::-1]
+    return np.asarray(row, dtype=np.float64)
+
+
+def lag_data(mass: np.ndarray, tokens_per_step: int, reference: np.ndarray | None = None) -> dict:
+    """What the lag plot draws: the share of the token's attention at each lag (|attention|
+    normalised over the row), its exponential fit (analysis.fit_decay), the half-life, and
+    an optional reference profile. Arrays are (lag, share) pairs, empty where not drawable."""
+    m = np.abs(np.asarray(mass, dtype=np.float64))
+    total = np.nansum(m)
+    share = m / total if total > 0 else m
+    fit = fit_decay(share, tokens_per_step)
+    lags = np.arange(len(share), dtype=np.float64)
+    ok = np.isfinite(share) & (share > 0)
+    out = {"points": (lags[ok], share[ok]), "fit": fit, "ref": (np.zeros(0), np.zeros(0)),
+           "fit_curve": (np.zeros(0), np.zeros(0)), "half_life": -10.0,
+           "text": half_life_text(fit, tokens_per_step), "n": len(share)}
+    if reference is not None:
+        r = np.asarray(reference, dtype=np.float64)
+        rok = np.isfinite(r) & (r > 0)
+        out["ref"] = (np.arange(len(r), dtype=np.float64)[rok], r[rok])
+    if np.isfinite(fit["rate"]):
+        xs = np.linspace(0, max(1.0, lags[ok].max()), 60)
+        out["fit_curve"] = (xs, fit["amplitude"] * np.exp(-fit["rate"] * xs))
+        if 0 < fit["half_life"] < 4 * len(share):
+            out["half_life"] = float(fit["half_life"])
+    lo = min([v.min() for v in (out["points"][1], out["ref"][1]) if len(v)] or [1e-3])
+    out["ylim"] = (max(lo * 0.5, 1e-12), 1.5)
+    out["xlim"] = (-0.5, max(1.5, len(share) - 0.5))
+    return out
+
+
+def lag_view(mass: np.ndarray, tokens_per_step: int, title: str = "", reference: np.ndarray | None = None,
+             width: int = 520, height: int = 320) -> hv.Overlay:
+    """Attention share by lag (log scale) with amplitude*exp(-rate*lag) and the half-life marked.
+
+    reference: an optional dataset-average profile (analysis.decay_statistics) drawn dotted.
+    Always the same five layers (line, points, reference, fit, half-life), some maybe empty.
+    """
+    d = lag_data(mass, tokens_per_step, reference)
+    kd, vd = "lag", "share"
+    layers = [
+        hv.Curve(d["points"], kd, vd, label="this step").opts(color=PALETTE[0]),
+        hv.Scatter(d["points"], kd, vd).opts(size=7, color=PALETTE[0], tools=["hover"]),
+        hv.Curve(d["ref"], kd, vd, label="dataset average").opts(color="#888888", line_dash="dotted"),
+        hv.Curve(d["fit_curve"], kd, vd, label="exp fit").opts(color=PALETTE[3], line_dash="dashed"),
+        hv.VLine(d["half_life"]).opts(color=PALETTE[3], line_width=1.5, line_dash="dotted"),
+    ]
+    return hv.Overlay(layers).opts(
+        title=lag_title(title, d), logy=True, width=width, height=height, xlabel="lag (tokens back)",
+        ylabel="share of attention (log)", legend_position="top_right", ylim=d["ylim"], xlim=d["xlim"],
+        toolbar="above", show_grid=True)
+
+
+def lag_title(title: str, d: dict) -> str:
+    return f"{title} · {d['text']}" if title else d["text"]
+
+
+def half_life_text(fit: dict, tokens_per_step: int) -> str:
+    hl = fit.get("half_life", np.nan)
+    if not np.isfinite(fit.get("rate", np.nan)):
+        return "half-life: too few lags to fit"
+    if not math.isfinite(hl):
+        return "no decay (rate <= 0)"
+    steps = f" = {hl / tokens_per_step:.2f} steps" if tokens_per_step > 1 else ""
+    return f"half-life {hl:.2f} tokens{steps}, R² {fit.get('r2', np.nan):.2f}"
+
+
+def trace_view(reward: np.ndarray, return_to_go: np.ndarray, width: int | None = None, height: int = 240) -> hv.Overlay:
+    """Return-to-go and the return so far (env units), and the reward per step (right axis)."""
+    steps = np.arange(len(reward))
+    ret = np.cumsum(reward)
+    rtg = hv.Curve((steps, return_to_go), "step", ("value", "return"), label="return-to-go").opts(color=PALETTE[0])
+    got = hv.Curve((steps, ret), "step", ("value", "return"), label="return so far").opts(color=PALETTE[2])
+    rew = hv.Curve((steps, reward), "step", ("reward", "reward per step"), label="reward").opts(
+        color=PALETTE[1], alpha=0.8)
+    size = dict(width=width) if width else dict(responsive=True, min_width=400)
+    return (rtg * got * rew).opts(multi_y=True, height=height, legend_position="top_left", **size,
+                                  tools=["tap"], toolbar="above", title="Reward and return-to-go (click to jump)",
+                                  show_grid=True)
+
+
+def cursor_view(step: int) -> hv.VLine:
+    return hv.VLine(float(step)).opts(color="#d62728", line_width=2)
