@@ -83,14 +83,16 @@ class RunStore:
             if mode == "r":
                 raise StoreError(f"no dema-lab store at {self.path}: it is empty. Create a run with "
                                  f"`dema-lab train` (or `make demo`), or point to another store")
-            root = zarr.open_group(self.path, mode="a", zarr_format=3)
-            root.attrs["dema_lab"] = {"kind": "store", "version": STORE_VERSION, "created": _now()}
+            # the marker is in the group's first zarr.json: no reader sees an unmarked store
+            root = zarr.open_group(self.path, mode="a", zarr_format=3, attributes={
+                "dema_lab": {"kind": "store", "version": STORE_VERSION, "created": _now()}})
             root.require_group("runs")
             return root
         if local is not None and local.is_file():
             raise StoreError(f"{self.path} is a file, not a dema-lab store (a directory)")
         try:
-            root = zarr.open_group(self.path, mode="r" if mode == "r" else "a", zarr_format=3)
+            # validate read-only first: never write into a directory that is not ours
+            root = zarr.open_group(self.path, mode="r", zarr_format=3)
         except Exception as e:  # noqa: BLE001 - zarr raises many kinds here
             raise StoreError(f"{self.path} is not a dema-lab store: it cannot be opened as a Zarr v3 "
                              f"group ({type(e).__name__}: {e}). Use an empty directory or a store "
@@ -102,7 +104,7 @@ class RunStore:
         if meta.get("version", 0) > STORE_VERSION:
             raise StoreError(f"{self.path} was written by a newer dema-lab (store version "
                              f"{meta['version']}); upgrade dema-lab to read it")
-        return root
+        return root if mode == "r" else zarr.open_group(self.path, mode="a", zarr_format=3)
 
     # ---------------------------------------------------------------- runs
     def run_ids(self) -> list[str]:

@@ -353,7 +353,7 @@ class Trainer:
         if self.step >= cfg.steps:
             self.log(f"run {self.run.run_id} has already trained {self.step} of {cfg.steps} steps")
         evaluated = set(int(n.split("_")[-1]) for n in self.run.published("eval"))
-        if self.step and self.step not in evaluated and self._is_eval_step(self.step):
+        if self.step and self.step not in evaluated and (self._is_eval_step(self.step) or self.step >= cfg.steps):
             self.evaluate()                       # killed between its checkpoint and its evaluation
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc=self.run.run_id,
                    unit="step", dynamic_ncols=True)

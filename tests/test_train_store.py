@@ -170,6 +170,9 @@ def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
     (tmp_path / "foreign" / "x").mkdir()
     with pytest.raises(StoreError, match="not a dema-lab store"):
         open_store(tmp_path / "foreign")
+    with pytest.raises(StoreError, match="not a dema-lab store"):
+        RunStore(other, mode="a")                      # and it wrote nothing there
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     out = cli("runs", "--store", str(other))
     assert out.returncode == 2 and "not a dema-lab store" in out.stderr and "Traceback" not in out.stderr
     # unknown dataset, unknown run, bad config values
