@@ -147,8 +147,10 @@ def train_ars(
     the best candidates are re-evaluated on ``final_eval_episodes`` fresh
     episodes to choose the expert, and the snapshot closest to a third of the
     expert's return becomes the medium policy. Stops early if the evaluated
-    return reaches ``target_return``, or after ``max_iterations``. Writes the ``.npz`` to ``out`` (default:
-    the package's shipped file) and returns the :class:`PolicySet`.
+    return reaches ``target_return``, or after ``max_iterations`` (with a
+    seed, an iteration budget gives the same run on any machine; a time
+    budget depends on the machine's load). Writes the ``.npz`` to ``out``
+    (default: the package's shipped file) and returns the :class:`PolicySet`.
     """
     spec = env_spec(env)
     cfg = config or DEFAULT_CONFIGS.get(spec.name, ARSConfig())

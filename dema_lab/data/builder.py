@@ -235,7 +235,9 @@ def build_dataset(
     from tqdm.auto import tqdm
 
     total = budget if budget is not None else None
-    bar = tqdm(total=total, unit="step", desc=f"{spec.name}-{quality}", disable=not progress, leave=False, mininterval=1.0)
+    bar = tqdm(
+        total=total, unit="step", desc=f"{spec.name}-{quality}", disable=not progress, leave=False, mininterval=1.0
+    )
     try:
         if quality == "random":
             parts = [(lambda k: _random_actor(spec.act_dim), budget, episodes, qcode)]
@@ -249,9 +251,10 @@ def build_dataset(
             hb = None if budget is None else budget // 2
             he = None if episodes is None else max(1, episodes // 2)
             # each half is the start of the same-seed medium / expert dataset
+            rest = None if budget is None else budget - hb
             parts = [
                 (lambda k: _linear_actor(ps.medium, noise), hb, he, QUALITIES.index("medium")),
-                (lambda k: _linear_actor(ps.expert, noise), None if budget is None else budget - hb, he, QUALITIES.index("expert")),
+                (lambda k: _linear_actor(ps.expert, noise), rest, he, QUALITIES.index("expert")),
             ]
         chunks, returns, complete = [], [], []
         for actors, b, ep, stream in parts:
