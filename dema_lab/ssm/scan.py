@@ -16,8 +16,9 @@ Backends (see `backend_for` / `use_backend`):
                 runs on any device, the fallback on CUDA without mamba_ssm
     "reference" plain autograd through a per-step loop; the float64 reference for tests
 
-Only the recurrence (u, delta, A, B, C) -> sum_n C h is in the custom kernels; softplus,
-the D skip and the silu gate are ordinary elementwise torch ops around it.
+The numba kernels fuse the whole op (softplus of delta + bias, the recurrence, the D skip
+and the silu gate), forward and backward. In the "torch" backend only the recurrence
+(u, delta, A, B, C) -> sum_n C h is custom; softplus, D and the gate are torch ops around it.
 """
 
 from __future__ import annotations
@@ -114,14 +115,20 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
+    if backend == "numba":   # softplus, D and the gate are fused into the kernels
+        cast = lambda t: None if t is None else t.to(compute)   # noqa: E731
+        out, last_state = _NumbaScan.apply(cast(u), cast(delta), cast(A), cast(_as_grouped(B, u)),
+                                           cast(_as_grouped(C, u)), cast(D), cast(z), cast(delta_bias),
+                                           bool(delta_softplus))
+        out = out.to(dtype_in)
+        return (out, last_state) if return_last_state else out
     u_c, delta_c = u.to(compute), delta.to(compute)
     if delta_bias is not None:
         delta_c = delta_c + delta_bias.to(compute)[:, None]
     if delta_softplus:
         delta_c = F.softplus(delta_c)
     Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)
-    scan = _NumbaScan if backend == "numba" else _TorchScan
-    y, last_state = scan.apply(u_c, delta_c, A.to(compute), Bg, Cg)
+    y, last_state = _TorchScan.apply(u_c, delta_c, A.to(compute), Bg, Cg)
     if D is not None:
         y = y + u_c * D.to(compute)[:, None]
     if z is not None:
@@ -206,32 +213,41 @@ def _as_grouped(M, u):
 # ----------------------------------------------------------------------------- the CPU kernel
 
 class _NumbaScan(torch.autograd.Function):
-    """y = scan(u, delta, A, B, C) on CPU with the compiled kernels of cpu_kernel.
+    """out = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus) on CPU with the
+    fused compiled kernels of cpu_kernel (softplus, D skip and silu gate included).
 
     Forward keeps no per-step states; backward recomputes them per (batch, channel) in a
     small cache-resident buffer, then runs the reverse-time recurrence for the gradients.
+    Returns (out, last_state).
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         from . import cpu_kernel
-        # u, delta: (b, d, L); A: (d, n); B, C: (b, g, n, L) -> kernel layout (b, g, L, n)
+        # u, delta, z: (b, d, L); A: (d, n); B, C: (b, g, n, L) -> kernel layout (b, g, L, n)
+        # u, delta, z are read in place when contiguous or transposed views of (b, L, d)
+        # memory (Mamba's delta and z are); anything else is copied once.
         Bt = B.transpose(-1, -2).contiguous()
         Ct = C.transpose(-1, -2).contiguous()
-        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
-        y, last = cpu_kernel.forward(u, delta, A, Bt, Ct)
-        ctx.save_for_backward(u, delta, A, Bt, Ct)
-        ctx.B_shape = B.shape
-        return y, last
+        u, delta, z = (None if t is None else cpu_kernel.readable(t) for t in (u, delta, z))
+        A = A.contiguous()
+        D = D.contiguous() if D is not None else None
+        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
+        out, last = cpu_kernel.forward(u, delta, A, Bt, Ct, D, z, delta_bias, delta_softplus)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return out, last
 
     @staticmethod
-    def backward(ctx, dy, dlast):
+    def backward(ctx, dout, dlast):
         from . import cpu_kernel
-        u, delta, A, Bt, Ct = ctx.saved_tensors
-        du, ddelta, dA, dBt, dCt = cpu_kernel.backward(u, delta, A, Bt, Ct, dy, dlast)
-        dB = dBt.transpose(-1, -2)
-        dC = dCt.transpose(-1, -2)
-        return du, ddelta, dA, dB, dC
+        u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(u)
+        du, ddelta, dA, dBt, dCt, dD, dz, ddb = cpu_kernel.backward(
+            u, delta, A, Bt, Ct, D, z, delta_bias, ctx.delta_softplus, cpu_kernel.readable(dout), dlast)
+        return (du, ddelta, dA, dBt.transpose(-1, -2), dCt.transpose(-1, -2),
+                dD if D is not None else None, dz, ddb if delta_bias is not None else None, None)
 
 
 class _TorchScan(torch.autograd.Function):
