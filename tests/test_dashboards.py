@@ -183,7 +183,7 @@ class Server:
         apps = [str(ROOT / "dashboards" / f"{a}.py") for a in ("attention", "compare", "live")]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "panel", "serve", *apps, "--address", "127.0.0.1", "--port", str(self.port),
-             "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--args", "--store", store],
+             "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--liveness", "--args", "--store", store],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"})
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -245,8 +245,8 @@ class Page:
 
 
 def _probe(page, css=".dema-probe span") -> dict:
-    el = page.locator(css)
-    return {k: el.get_attribute(f"data-{k}") for k in ("step", "frame", "heatmap", "return")}
+    data = page.locator(css).evaluate("e => Object.assign({}, e.dataset)", timeout=2000)   # one consistent read
+    return {k: data.get(k) for k in ("step", "frame", "heatmap", "return")}
 
 
 def _wait_probe(page, predicate, css=".dema-probe span", timeout=30.0) -> dict:
@@ -293,8 +293,9 @@ def test_browser_presentation_mode_and_comparison(server, browser):
     p.check_clean()
     p.page.close()
     p = Page(browser, server.url("compare"))
-    p.page.get_by_text("Normalized score vs K").first.wait_for(timeout=60_000)
-    p.page.wait_for_timeout(1000)
+    p.page.get_by_text("tiny-K5").first.wait_for(timeout=60_000)          # the runs table
+    p.page.get_by_text("cannot be read").first.wait_for(timeout=10_000)   # the broken run's message
+    p.page.wait_for_timeout(1500)
     p.shot("sequence-length")
     p.check_clean()
     p.page.close()

@@ -133,7 +133,7 @@ class EmptyStorePage(pn.viewable.Viewer):
         self.store = store
         self.job = DemoJob.for_store(store)
         self.on_ready = on_ready
-        self._button = pn.widgets.Button(name="Start the demo run", button_type="primary", icon="player-play",
+        self._button = pn.widgets.Button(name="Start the demo run", button_type="primary",
                                          css_classes=["dema-demo-button"], width=260, height=48)
         self._button.on_click(lambda *_: self.start())
         self._bar = pn.indicators.Progress(value=0, max=1000, sizing_mode="stretch_width", visible=False,
@@ -199,12 +199,11 @@ The dashboards read runs from the store at `{path}`. Create one:
 
 # ---------------------------------------------------------------------- templates
 def _template(title: str, main, sidebar=None, presentation: bool = False):
-    tmpl = pn.template.FastListTemplate(
+    # Bootstrap: its resources are bundled with Panel (the Fast design always pulls a web font),
+    # so the pages work offline
+    tmpl = pn.template.BootstrapTemplate(
         title=title, sidebar=[sidebar] if sidebar is not None else [], main=[main],
-        accent="#1f6feb", header_background="#1f3b57", collapsed_sidebar=False, sidebar_width=310,
-        main_layout=None, theme_toggle=False,
-        # no web fonts: the pages work offline (the default font comes from Google Fonts)
-        font="system-ui, -apple-system, 'Segoe UI', 'DejaVu Sans', sans-serif", font_url="",
+        header_background="#1f3b57", collapsed_sidebar=False, sidebar_width=310,
     )
     if presentation:
         tmpl.config.raw_css.append(PRESENTATION_CSS)

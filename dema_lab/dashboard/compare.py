@@ -119,7 +119,7 @@ class SequenceComparison(pn.viewable.Viewer):
         return self._all[self._all["run"].isin(self.runs)] if not self._all.empty else self._all
 
     def _size(self):
-        return (560, 380) if self.presentation else (430, 300)
+        return (540, 370) if self.presentation else (395, 290)
 
     @param.depends("runs", "mode")
     def score_plot(self):
