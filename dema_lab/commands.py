@@ -118,12 +118,29 @@ def _demo(args) -> int:
     if args.no_serve:
         print(f"  open them: panel serve dashboards/attention.py --args --store {args.store}")
         return 0
-    from .viz import serve
+    from .dashboard import serve
+    print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live); "
+          f"Ctrl-C stops it", flush=True)
     serve(args.store, port=args.port, address="127.0.0.1", presentation=args.presentation)
     return 0
 
 
+def _serve(args) -> int:
+    from .dashboard import serve
+
+    print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live); "
+          f"store {args.store}; Ctrl-C stops it", flush=True)
+    serve(args.store, port=args.port, address=args.address, presentation=args.presentation)
+    return 0
+
+
 def register_demo(subparsers) -> None:
+    serve = subparsers.add_parser("serve", help="serve the dashboards (attention explorer, comparison, live rollouts)")
+    serve.add_argument("--store", default=TrainConfig().store, help="store path (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=5006)
+    serve.add_argument("--address", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    serve.add_argument("--presentation", action="store_true", help="full-screen template with large fonts")
+    serve.set_defaults(func=_serve)
     demo = subparsers.add_parser("demo", help="train the demo runs (default dataset, small DeMa, K sweep) and serve the dashboard")
     demo.add_argument("--store", default=TrainConfig().store, help="store path (default: %(default)s)")
     demo.add_argument("--no-sweep", action="store_true", help="only the main demo run, no K sweep")
