@@ -263,10 +263,15 @@ class LiveRollout(pn.viewable.Viewer):
             self.message = f"Saving failed: {friendly_error(e)}"
 
     # ------------------------------------------------------------------ streaming views
-    def _figure(self, element, stretch=False):
+    def _figure(self, element, stretch=False, follow_y=True):
+        from bokeh.models import DataRange1d
+
         fig = hv.render(element, backend="bokeh")
-        if stretch:
+        if stretch:          # streaming traces: ranges follow the data as it arrives
             fig.sizing_mode = "stretch_width"
+            fig.x_range = DataRange1d()
+            if follow_y:
+                fig.y_range = DataRange1d()
         return fig
 
     def _build(self):
@@ -307,7 +312,7 @@ class LiveRollout(pn.viewable.Viewer):
                                                             title=f"Hidden attention · layer {self.layer} · "
                                                                   f"{self.aggregation}", size=size))
             self._ret.object = self._figure(self._return_element(), stretch=True)
-            self._act.object = self._figure(self._action_element(cfg.act_dim), stretch=True)
+            self._act.object = self._figure(self._action_element(cfg.act_dim), stretch=True, follow_y=False)
 
     def _tick(self):
         """Show what the worker produced since the last tick (the newest frame and attention)."""
