@@ -443,7 +443,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         p = self._panes
         alert = pn.pane.Alert(self.param.message, alert_type="warning", visible=self.param.message.rx.bool(),
                               sizing_mode="stretch_width")
-        return pn.Column(alert, self._info_pane, pn.Row(p["frame"], p["heatmap"], p["lag"]), p["traces"],
+        return pn.Column(alert, self._info_pane, pn.FlexBox(p["frame"], p["heatmap"], p["lag"]), p["traces"],
                          sizing_mode="stretch_width")
 
     def __panel__(self):
