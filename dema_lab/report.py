@@ -24,18 +24,20 @@ def _latency(model, mode: str, steps: int = 40) -> float:
     """Median seconds per env step for `mode` after a warm-up, on random observations
     (steady state: the window is full)."""
     from .models import Policy
+    from .rollout import single_threaded
 
     policy = Policy(model, mode)
     policy.reset(1000.0)
     rng = np.random.default_rng(0)
     times = []
-    for t in range(model.cfg.K + steps):
-        obs = rng.normal(size=model.cfg.state_dim).astype(np.float32)
-        start = time.perf_counter()
-        policy.act(obs)
-        if t >= model.cfg.K:
-            times.append(time.perf_counter() - start)
-        policy.observe(0.0)
+    with single_threaded():          # as the evaluation runs
+        for t in range(model.cfg.K + steps):
+            obs = rng.normal(size=model.cfg.state_dim).astype(np.float32)
+            start = time.perf_counter()
+            policy.act(obs)
+            if t >= model.cfg.K:
+                times.append(time.perf_counter() - start)
+            policy.observe(0.0)
     return float(np.median(times))
 
 

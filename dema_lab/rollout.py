@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -112,6 +113,22 @@ def rollout_encoding(ds: xr.Dataset) -> dict:
     return enc
 
 
+@contextlib.contextmanager
+def single_threaded():
+    """Run torch (and so the numba scan, which follows torch's thread count) on one thread.
+    Acting is batch 1: its ops are far too small to split, and on a busy machine idle-spinning
+    thread pools made each step 20-50x slower. torch's thread count is process-wide, so use
+    this only where nothing else in the process is computing (the trainer's evaluation)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",), rtg_scale: float = 1000.0,
              state_mean=None, state_std=None, seed: int = 0, record: int = 1, render_size: int | None = 128,
              attention: str | None = "minmax", max_steps: int | None = None, on_episode=None, scorer=None):
@@ -131,9 +148,12 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
     returns = np.full((len(modes), len(targets), episodes), np.nan)
     lengths = np.zeros_like(returns, dtype=np.int64)
     recordings = {}
-    plain = make_env(spec.name)
-    rendering = make_env(spec.name, render_size=render_size) if record and render_size else None
-    try:
+    with single_threaded(), contextlib.ExitStack() as cleanup:
+        plain = make_env(spec.name)
+        cleanup.callback(plain.close)
+        rendering = make_env(spec.name, render_size=render_size) if record and render_size else None
+        if rendering is not None:
+            cleanup.callback(rendering.close)
         for m, mode in enumerate(modes):
             for i, target in enumerate(targets):
                 for e in range(episodes):
@@ -154,10 +174,6 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
                     returns[m, i, e], lengths[m, i, e] = ret, length
                     if on_episode:
                         on_episode(mode, target, e, ret, length)
-    finally:
-        plain.close()
-        if rendering is not None:
-            rendering.close()
     results = xr.Dataset(
         {"return": (("mode", "target", "episode"), returns),
          "length": (("mode", "target", "episode"), lengths),
