@@ -33,7 +33,11 @@ def segsum(x: torch.Tensor) -> torch.Tensor:
     return S.masked_fill(~causal, float("-inf"))
 
 
-def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chunk_channels=None):
+IMPLS = ("auto", "segsum", "numba")
+
+
+def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chunk_channels=None,
+                     impl="auto"):
     """Exact hidden-attention matrices alpha, (batch, d_inner, L, L), zero above the diagonal.
 
     Arguments have selective_scan's layout: delta (batch, d_inner, L), A (d_inner, d_state),
@@ -42,7 +46,14 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
     selective_scan(u, delta, A, B, C, D, z, ...). Computed in float32 (float64 for float64).
     `chunk_channels` bounds memory: the (d_inner, d_state, L, L) intermediate is built that
     many channels at a time.
+
+    impl: "segsum" is the reference (torch, differentiable, any device); "numba" the compiled
+    CPU kernel of dema_lab.ssm.attention_kernel (same segment sums, accumulated per source
+    token, without the (b, d, n, L, L) intermediate; not differentiable); "auto" (default)
+    takes the kernel for CPU tensors when no gradient is being recorded, else the reference.
     """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown hidden-attention impl {impl!r}; choose one of {', '.join(IMPLS)}")
     compute = torch.float64 if delta.dtype == torch.float64 else torch.float32
     delta = delta.to(compute)
     if delta_bias is not None:
@@ -53,6 +64,15 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
     A = A.to(compute)
     Bg = _as_grouped(B, delta).to(compute)                            # (b, g, n, L)
     Cg = _as_grouped(C, delta).to(compute)
+    if impl == "auto":
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (delta, A, Bg, Cg))
+        impl = "numba" if delta.device.type == "cpu" and not recording else "segsum"
+    if impl == "numba":
+        if delta.device.type != "cpu":
+            raise RuntimeError(f"hidden-attention impl 'numba' runs on CPU only, tensors are on {delta.device}")
+        from . import attention_kernel
+        with torch.no_grad():
+            return attention_kernel.alpha(delta, A, Bg, Cg)
     heads = dim // Bg.shape[1]
     chunk = chunk_channels or dim
     alpha = delta.new_empty(batch, dim, L, L)
