@@ -1,0 +1,76 @@
+"""Shared pieces of the benchmark suite: the training step, timers, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from dema_lab.models import ModelConfig, build_model
+
+
+def make_batch(cfg: ModelConfig, batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    K = cfg.K
+    mask = torch.ones(batch, K)
+    # a few right-padded windows, as the sampler produces at episode ends
+    for i in range(0, batch, 8):
+        mask[i, K - 1 - (i // 8) % K:] = 0
+    return dict(states=torch.randn(batch, K, cfg.state_dim, generator=g),
+                actions=torch.rand(batch, K, cfg.act_dim, generator=g) * 2 - 1,
+                returns_to_go=torch.rand(batch, K, 1, generator=g),
+                timesteps=torch.randint(0, cfg.max_ep_len - K, (batch, 1), generator=g) + torch.arange(K)), mask
+
+
+def make_trainer(cfg: ModelConfig, batch: int, seed: int = 0):
+    """A closure running one training step: forward, masked action MSE, backward, clip, AdamW."""
+    torch.manual_seed(seed)
+    model = build_model(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    inputs, mask = make_batch(cfg, batch, seed)
+    m = mask[..., None]
+    target = inputs["actions"]
+
+    def step():
+        pred = model(**inputs)
+        loss = (((pred - target) ** 2) * m).sum() / (m.sum() * cfg.act_dim)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        opt.step()
+        return loss
+
+    return model, step
+
+
+def timeit(fn, repeat: int = 10, warmup: int = 2, min_time: float = 0.0):
+    """Per-call seconds: list of `repeat` samples (after `warmup` untimed calls)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
