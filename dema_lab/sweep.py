@@ -83,6 +83,9 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     RunStore(sweep.base.store, mode="a")              # create the store once, before the workers
     for name in sorted(set(sweep.datasets) & set(embedded_names())):
         ensure_embedded(name, progress=False)         # build shared datasets once, not in each worker
+    if "dema" in sweep.archs:
+        from .ssm import cpu_kernel
+        cpu_kernel.warm_up()                          # compile the scan into numba's cache once, too
     workers = sweep.workers or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // workers)
     configs = [dataclasses.replace(c, threads=threads) for c in configs]
