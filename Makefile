@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages: EGL/OSMesa for headless MuJoCo rendering, Chromium for the browser tests.
 APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6 chromium fonts-dejavu-core
 
-.PHONY: test demo venv apt clean-venv
+.PHONY: test demo bench venv apt clean-venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test: apt $(STAMP)
 # The main job: default dataset, a small DeMa, a small K sweep, then the dashboard (Ctrl-C stops it).
 demo: apt $(STAMP)
 	$(VENV)/bin/dema-lab demo --store store
+
+# Speed and memory figures (not tests): writes benchmarks/RESULTS.md.
+bench: apt $(STAMP)
+	$(PY) benchmarks/run_all.py
 
 clean-venv:
 	rm -rf $(VENV)
