@@ -198,10 +198,16 @@ KS = (5, 10, 20, 40, 80)
 
 def bench_inference(steps: int) -> dict:
     """Per-step latency (s) of Policy.act + observe at steady state (t >= K), batch 1, for
-    both modes at the demo model size and K in KS."""
+    both modes at the demo model size and K in KS; single-threaded, as evaluation runs."""
     import numpy as np
     import torch
     from dema_lab.models import ModelConfig, Policy, build_model
+    from dema_lab.rollout import single_threaded
+    with single_threaded():
+        return _bench_inference(steps, np, torch, ModelConfig, Policy, build_model)
+
+
+def _bench_inference(steps, np, torch, ModelConfig, Policy, build_model) -> dict:
     rng = np.random.default_rng(0)
     out = {}
     models = {}
@@ -244,7 +250,13 @@ def bench_inference(steps: int) -> dict:
 def bench_attention(repeat: int) -> dict:
     """Hidden attention of one rollout step at the demo config: all layers over the context
     window (K 10, 30 tokens), batch 1, as the dashboards ask for it; fast kernel vs the
-    segment-sum reference."""
+    segment-sum reference. Single-threaded, as evaluation runs."""
+    from dema_lab.rollout import single_threaded
+    with single_threaded():
+        return _bench_attention(repeat)
+
+
+def _bench_attention(repeat: int) -> dict:
     import torch
     from dema_lab.models import ModelConfig, build_model
     import importlib
