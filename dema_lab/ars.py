@@ -47,6 +47,8 @@ class ARSConfig:
     eval_every: int = 5  # iterations between evaluations of the current policy
     eval_episodes: int = 3
     final_eval_episodes: int = 10  # re-evaluation of the expert/medium candidates
+    expert_candidates: int = 8  # best training evaluations re-evaluated to choose the expert
+    select_noise: float | None = None  # action noise when choosing the expert; None = the builder's
     shift: float | None = None  # survival bonus to subtract; None = the env's healthy reward
     max_replay_snapshots: int = 200
 
@@ -92,9 +94,13 @@ def rollout(
     horizon: int = 1000,
     shift: float = 0.0,
     keep_states: bool = False,
+    action_noise: float = 0.0,
+    rng: np.random.Generator | None = None,
 ):
     """One episode of a linear policy on a raw (unwrapped) MuJoCo env.
 
+    action_noise: std of Gaussian noise added to each action before clipping
+    (as the dataset builder does), drawn from ``rng``.
     Returns (return, shifted_return, length, states (T, obs) or None).
     """
     u = env.unwrapped
@@ -107,6 +113,8 @@ def rollout(
         if keep_states:
             states[t] = obs
         a = W @ ((obs - mean) * inv_std)
+        if action_noise > 0:
+            a += action_noise * rng.standard_normal(a.shape)
         np.clip(a, -1.0, 1.0, out=a)
         obs, r, terminated, _, _ = u.step(a)
         total += r
@@ -116,9 +124,13 @@ def rollout(
     return total, total - shift * t, t, (states[:t] if keep_states else None)
 
 
-def evaluate(env, policy: LinearPolicy, seeds, horizon: int = 1000) -> np.ndarray:
-    """Returns (len(seeds),) of deterministic episodes."""
-    return np.array([rollout(env, policy.W, policy.mean, policy.std, s, horizon)[0] for s in seeds])
+def evaluate(env, policy: LinearPolicy, seeds, horizon: int = 1000, action_noise: float = 0.0) -> np.ndarray:
+    """Returns (len(seeds),) of episodes; deterministic unless ``action_noise`` > 0
+    (then the noise stream is seeded from ``seeds`` too, so every policy meets the same noise)."""
+    rng = np.random.default_rng([int(s) for s in seeds])
+    return np.array(
+        [rollout(env, policy.W, policy.mean, policy.std, s, horizon, action_noise=action_noise, rng=rng)[0] for s in seeds]
+    )
 
 
 @dataclass
@@ -245,16 +257,23 @@ def _select(e, snaps: list[_Snapshot], history, cfg: ARSConfig, name: str, log) 
     The replay snapshots are the policies each training iteration perturbed,
     from the first up to the medium policy, with their mean rollout length.
     """
+    from dema_lab.data.builder import ACTION_NOISE
+
+    noise = ACTION_NOISE.get(name, 0.1) if cfg.select_noise is None else cfg.select_noise
     eval_seeds = np.arange(10_000, 10_000 + cfg.final_eval_episodes)  # same episodes for every candidate
     by_return = sorted(snaps, key=lambda s: -s.eval_return)
-    expert_scores = [(evaluate(e, s.policy, eval_seeds, cfg.horizon).mean(), s) for s in by_return[:5]]
-    expert_return, expert = max(expert_scores, key=lambda x: x[0])
+    # the expert must stay good under the action noise the datasets are collected with
+    # (a HalfCheetah policy can be fast yet flip over when perturbed)
+    noisy = [(evaluate(e, s.policy, eval_seeds, cfg.horizon, noise).mean(), s) for s in by_return[: cfg.expert_candidates]]
+    expert_return_noisy, expert = max(noisy, key=lambda x: x[0])
+    expert_return = float(evaluate(e, expert.policy, eval_seeds, cfg.horizon).mean())
     target = expert_return / 3.0
     # medium: among snapshots before the expert, those nearest to a third of its return
     before = [s for s in snaps if s.iteration <= expert.iteration] or snaps
     near = sorted(before, key=lambda s: abs(s.eval_return - target))[:5]
     medium_scores = [(evaluate(e, s.policy, eval_seeds, cfg.horizon).mean(), s) for s in near]
     medium_return, medium = min(medium_scores, key=lambda x: abs(x[0] - target))
+    medium_return_noisy = float(evaluate(e, medium.policy, eval_seeds, cfg.horizon, noise).mean())
     replay = [h for h in history if h[0] < medium.iteration] or history[:1]
     if len(replay) > cfg.max_replay_snapshots:
         keep = np.unique(np.linspace(0, len(replay) - 1, cfg.max_replay_snapshots).round().astype(int))
@@ -262,8 +281,9 @@ def _select(e, snaps: list[_Snapshot], history, cfg: ARSConfig, name: str, log) 
     lens = np.maximum(np.array([h[2] for h in replay], dtype=np.float64), 1.0)
     if log:
         log(
-            f"[ars {name}] expert it {expert.iteration} -> {expert_return:.1f}; "
-            f"medium it {medium.iteration} -> {medium_return:.1f} (target {target:.1f})"
+            f"[ars {name}] expert it {expert.iteration} -> {expert_return:.1f} ({expert_return_noisy:.1f} with "
+            f"action noise {noise}); medium it {medium.iteration} -> {medium_return:.1f} (target {target:.1f}; "
+            f"{medium_return_noisy:.1f} with noise)"
         )
     return PolicySet(
         env=name,
@@ -275,6 +295,10 @@ def _select(e, snaps: list[_Snapshot], history, cfg: ARSConfig, name: str, log) 
         replay_mean_len=lens,
         noise=cfg.noise,
         meta={
+            "selection": "expert = best mean return under action noise among the top training evaluations",
+            "select_noise": noise,
+            "expert_return_noisy": float(expert_return_noisy),
+            "medium_return_noisy": medium_return_noisy,
             "expert_iteration": expert.iteration,
             "medium_iteration": medium.iteration,
             "iteration": np.array([s.iteration for s in snaps], dtype=np.int64),
