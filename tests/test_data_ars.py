@@ -45,3 +45,19 @@ def test_short_training_run_improves_and_writes_loadable_weights(tmp_path):
     assert len(curve) == 4 and again.meta["iterations"] == 12 and again.meta["train_env_steps"] > 0
     assert ps.expert_return > curve[0]  # better than the zero policy it started from
     assert again.meta["config"]["shift"] == 1.0  # hopper's survival bonus removed in training
+
+
+def test_noisy_evaluation_is_seeded_and_differs_from_deterministic():
+    from dema_lab.ars import evaluate
+
+    ps = load_policy_set("hopper")
+    e = make_env("hopper")
+    try:
+        clean = evaluate(e, ps.expert, [5, 6])
+        noisy = evaluate(e, ps.expert, [5, 6], action_noise=0.3)
+        again = evaluate(e, ps.expert, [5, 6], action_noise=0.3)
+    finally:
+        e.close()
+    np.testing.assert_array_equal(noisy, again)  # the noise stream is seeded
+    assert not np.allclose(noisy, clean)
+    assert clean.mean() > 0.8 * ps.expert_return
