@@ -96,11 +96,28 @@ class DemoJob(param.Parameterized):
         self.message, self.fraction = message, float(fraction)
 
     def _run(self):
-        from ..demo import run_demo
+        """Train in a child process (`dema-lab demo --no-serve`): the server keeps its GIL and
+        its single-threaded acting for the live rollouts, and a crash cannot take it down.
+        Progress comes from the child's "[demo NN%] message" lines."""
+        import atexit
+        import re
+        import subprocess
 
+        cmd = [sys.executable, "-m", "dema_lab.cli", "demo", "--no-serve", "--store", self.path]
+        tail = []
         try:
-            run_demo(self.path, on_progress=self._progress, progress=False)
-            self.finished = True
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                    env={**os.environ, "TQDM_DISABLE": "1"})
+            atexit.register(proc.terminate)       # the server stopping stops the training
+            for line in proc.stdout:
+                tail = (tail + [line.rstrip()])[-5:]
+                m = re.search(r"\[demo\s+(\d+)%\] (.*)", line.split("\r")[-1].strip())
+                if m:
+                    self._progress(m.group(2), int(m.group(1)) / 100)
+            if proc.wait() != 0:
+                self.error = "the demo runs failed: " + " / ".join(t for t in tail if t)
+            else:
+                self.finished = True
         except Exception as e:  # noqa: BLE001 - shown on the page
             self.error = friendly_error(e)
         finally:
