@@ -13,6 +13,7 @@ whose lag profile is shown.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import holoviews as hv
@@ -24,13 +25,29 @@ from bokeh.models import Div, Span
 from ..analysis import right_align
 from ..store import StoreError
 from .data import AttentionReplayer, EpisodeData, RunInfo, StoreIndex, friendly_error
-from .views import (attention_clim, attention_view, cursor_view, frame_view, lag_data, lag_profile_of, lag_title,
+from .views import (attention_clim, attention_view, frame_view, lag_data, lag_profile_of, lag_title,
                     lag_view, rgba, trace_view)
 
 AGGREGATION_LABELS = {
     "minmax (stored)": "minmax", "abs (mean |α|)": "abs", "mean (signed)": "mean", "one channel": "channel",
 }
 MEAN_LAYERS = -1
+
+# Plot sizes (px) at a 1600x1000 window. Normal: frame, heatmap and lag curve side by side (the lag
+# curve takes the width left), the traces below. Presentation (larger): frame and heatmap, then the
+# lag curve beside the traces. The served layout is plain Rows and Columns of Bokeh figures: a
+# Bokeh figure inside a pn.FlexBox (ReactiveHTML) is never laid out (an empty canvas) and the page
+# never reports itself ready to Panel, which then drops held updates (the step text stood still).
+SIZES = {
+    False: dict(frame=300, heatmap=340, lag=(420, 330), lag_width=(360, 720), traces=260),
+    True: dict(frame=380, heatmap=380, lag=(540, 320), lag_width=None, traces=320),
+}
+
+
+def hold():
+    """pn.io.hold() once the browser has reported the document ready; before that, no hold (Panel
+    drops the model changes held in a session it does not yet count as connected)."""
+    return pn.io.hold() if pn.state.loaded else contextlib.nullcontext()
 
 
 def _crc(a) -> str:
@@ -227,9 +244,8 @@ class AttentionExplorer(pn.viewable.Viewer):
     def frame(self):
         ep = self._ep
         frame = None if ep is None or ep.frames is None else ep.frames[min(self.step, ep.n_steps - 1)]
-        size = 440 if self.presentation else 300
         title = "" if ep is None else f"step {self.step}"
-        return frame_view(frame, title=title, size=size)
+        return frame_view(frame, title=title, size=self._size("frame"))
 
     @param.depends("step", "revision", "layer", "aggregation", "channel")
     def heatmap(self):
@@ -241,13 +257,13 @@ class AttentionExplorer(pn.viewable.Viewer):
         layer = "mean of layers" if self.layer == MEAN_LAYERS else f"layer {self.layer}"
         return attention_view(m, ep.key_label, ep.query_label, title=f"Hidden attention · {layer} · {agg}",
                               signed=self.aggregation in ("mean", "channel"),
-                              size=500 if self.presentation else 340)
+                              size=self._size("heatmap"))
 
     @param.depends("step", "revision", "layer", "aggregation", "channel", "query")
     def lag(self):
         ep = self._ep
         m = self.matrix()
-        w, h = (620, 470) if self.presentation else (420, 330)
+        w, h = self._size("lag")
         if ep is None or m is None:
             return lag_view(np.full(3, np.nan), 1, title="no attention recorded", width=w, height=h)
         q = ep.query_label.index(self.query) if self.query in ep.query_label else len(ep.query_label) - 1
@@ -281,17 +297,17 @@ class AttentionExplorer(pn.viewable.Viewer):
         except Exception:  # noqa: BLE001
             return None
 
-    @param.depends("revision")
+    @param.depends("step", "revision")
     def traces(self):
+        """Return-to-go and return so far (left axis), reward per step (right axis), the step cursor."""
         ep = self._ep
-        h = 300 if self.presentation else 240
+        h = self._size("traces")
         if ep is None:
-            return trace_view(np.zeros(1), np.zeros(1), height=h)
-        return trace_view(ep.reward, ep.return_to_go, height=h)
+            return trace_view(np.zeros(1), np.zeros(1), height=h, cursor=self.step)
+        return trace_view(ep.reward, ep.return_to_go, height=h, cursor=self.step)
 
-    @param.depends("step")
-    def cursor(self):
-        return cursor_view(self.step)
+    def _size(self, view: str):
+        return SIZES[bool(self.presentation)][view]
 
     @param.depends("step", "revision", "layer", "aggregation", "channel", "message", watch=True, on_init=False)
     def _update_probe(self):
@@ -313,11 +329,13 @@ class AttentionExplorer(pn.viewable.Viewer):
     # patches the figures' data in place: a scrub costs a few numpy copies, not a HoloViews
     # re-render (see benchmarks/bench_dashboard.py). Any other change re-renders the figure.
 
-    def _render(self, element, tap=None, stretch=False):
+    def _render(self, element, tap=None, stretch=False, width=None):
         fig = hv.render(element, backend="bokeh")
         self._spans[id(fig)] = fig.select_one({"type": Span})
         if stretch:
             fig.sizing_mode = "stretch_width"
+        if width is not None:            # stretched between these widths
+            fig.update(sizing_mode="stretch_width", min_width=width[0], max_width=width[1])
         if tap is not None:
             from bokeh.events import Tap
             fig.on_event(Tap, tap)
@@ -328,31 +346,31 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._panes = {
             "frame": pn.pane.Bokeh(self._render(self.frame())),
             "heatmap": pn.pane.Bokeh(self._render(self.heatmap(), tap=self._on_tap_heatmap)),
-            "lag": pn.pane.Bokeh(self._render(self.lag())),
-            "traces": pn.pane.Bokeh(self._render(self.traces() * self.cursor(), tap=self._on_tap_trace,
-                                                 stretch=True), sizing_mode="stretch_width"),
+            "lag": pn.pane.Bokeh(self._render(self.lag(), width=self._size("lag_width"))),
+            "traces": pn.pane.Bokeh(self._render(self.traces(), tap=self._on_tap_trace, stretch=True),
+                                    sizing_mode="stretch_width"),
         }
-        self._info_div = Div(text=self._info_text(), styles={"font-size": "1.05em"}, sizing_mode="stretch_width")
+        self._info_div = Div(text=self._info_text(), styles={"font-size": "1.05em"}, sizing_mode="stretch_width",
+                             css_classes=["dema-step-info"])
         self._info_pane = pn.pane.Bokeh(self._info_div, sizing_mode="stretch_width", margin=(0, 10))
         self.param.watch(self._on_step, ["step"])
         self.param.watch(self._on_view_change, ["revision", "layer", "aggregation", "channel", "query"])
 
     def _on_view_change(self, *events):
         names = {e.name for e in events}
-        with pn.io.hold():
+        with hold():
             if "revision" in names:
                 self._panes["frame"].object = self._render(self.frame())
-                self._panes["traces"].object = self._render(self.traces() * self.cursor(), tap=self._on_tap_trace,
-                                                            stretch=True)
+                self._panes["traces"].object = self._render(self.traces(), tap=self._on_tap_trace, stretch=True)
             if names - {"query"}:
                 self._panes["heatmap"].object = self._render(self.heatmap(), tap=self._on_tap_heatmap)
-            self._panes["lag"].object = self._render(self.lag())
+            self._panes["lag"].object = self._render(self.lag(), width=self._size("lag_width"))
             self._info_div.text = self._info_text()
 
     def _on_step(self, *_):
         """The scrub fast path: new data into the existing figures."""
         ep = self._ep
-        with pn.io.hold():
+        with hold():
             self._info_div.text = self._info_text()
             self._spans[id(self._panes["traces"].object)].location = float(self.step)
             if ep is None:
@@ -443,8 +461,11 @@ class AttentionExplorer(pn.viewable.Viewer):
         p = self._panes
         alert = pn.pane.Alert(self.param.message, alert_type="warning", visible=self.param.message.rx.bool(),
                               sizing_mode="stretch_width")
-        return pn.Column(alert, self._info_pane, pn.FlexBox(p["frame"], p["heatmap"], p["lag"]), p["traces"],
-                         sizing_mode="stretch_width")
+        if self.presentation:
+            plots = [pn.Row(p["frame"], p["heatmap"]), pn.Row(p["lag"], p["traces"], sizing_mode="stretch_width")]
+        else:
+            plots = [pn.Row(p["frame"], p["heatmap"], p["lag"], sizing_mode="stretch_width"), p["traces"]]
+        return pn.Column(alert, self._info_pane, *plots, sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

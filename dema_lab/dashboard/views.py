@@ -19,6 +19,7 @@ from ..analysis import fit_decay
 FRAME_SIZE = 340
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
+RETURN = ("value", "return")            # the return axis of the traces (and of the step cursor on it)
 
 
 def rgba(frame: np.ndarray) -> np.ndarray:
@@ -119,7 +120,7 @@ def lag_view(mass: np.ndarray, tokens_per_step: int, title: str = "", reference:
     return hv.Overlay(layers).opts(
         title=lag_title(title, d), logy=True, width=width, height=height, xlabel="lag (tokens back)",
         ylabel="share of attention (log)", legend_position="top_right", ylim=d["ylim"], xlim=d["xlim"],
-        toolbar="above", show_grid=True)
+        toolbar="right", show_grid=True)    # right: the long title keeps the width
 
 
 def lag_title(title: str, d: dict) -> str:
@@ -136,19 +137,27 @@ def half_life_text(fit: dict, tokens_per_step: int) -> str:
     return f"half-life {hl:.2f} tokens{steps}, R² {fit.get('r2', np.nan):.2f}"
 
 
-def trace_view(reward: np.ndarray, return_to_go: np.ndarray, width: int | None = None, height: int = 240) -> hv.Overlay:
-    """Return-to-go and the return so far (env units), and the reward per step (right axis)."""
+def trace_view(reward: np.ndarray, return_to_go: np.ndarray, width: int | None = None, height: int = 240,
+               cursor: float | None = None) -> hv.Overlay:
+    """Return-to-go and the return so far (env units, left axis), the reward per step (its own
+    axis, right), and the step cursor if given.
+
+    The options (multi_y: one y-axis per value dimension) are on this overlay: overlaying it
+    again (``trace_view(...) * cursor_view(t)``) makes a new overlay without them, where the
+    reward shares the return axis (a flat line). Pass ``cursor`` instead.
+    """
     steps = np.arange(len(reward))
     ret = np.cumsum(reward)
-    rtg = hv.Curve((steps, return_to_go), "step", ("value", "return"), label="return-to-go").opts(color=PALETTE[0])
-    got = hv.Curve((steps, ret), "step", ("value", "return"), label="return so far").opts(color=PALETTE[2])
+    rtg = hv.Curve((steps, return_to_go), "step", RETURN, label="return-to-go").opts(color=PALETTE[0])
+    got = hv.Curve((steps, ret), "step", RETURN, label="return so far").opts(color=PALETTE[2])
     rew = hv.Curve((steps, reward), "step", ("reward", "reward per step"), label="reward").opts(
         color=PALETTE[1], alpha=0.8)
+    layers = [rtg, got, rew] + ([cursor_view(cursor)] if cursor is not None else [])
     size = dict(width=width) if width else dict(responsive=True, min_width=400)
-    return (rtg * got * rew).opts(multi_y=True, height=height, legend_position="top_left", **size,
-                                  tools=["tap"], toolbar="above", title="Reward and return-to-go (click to jump)",
-                                  show_grid=True)
+    return hv.Overlay(layers).opts(multi_y=True, height=height, legend_position="right", **size, tools=["tap"],
+                                   toolbar="above", title="Reward and return-to-go (click to jump)", show_grid=True)
 
 
-def cursor_view(step: int) -> hv.VLine:
-    return hv.VLine(float(step)).opts(color="#d62728", line_width=2)
+def cursor_view(step: float) -> hv.VLine:
+    """The step cursor; on the return axis when overlaid on trace_view."""
+    return hv.VLine(float(step), kdims=["step", RETURN]).opts(color="#d62728", line_width=2)
