@@ -127,13 +127,21 @@ class SequenceComparison(pn.viewable.Viewer):
         return _by_family(self.table, "score", "normalized score", f"Normalized score vs K ({self.mode})",
                           width=w, height=h)
 
+    @param.depends("runs")
+    def parameters_plot(self):
+        w, h = self._size()
+        return _by_family(self.table, "parameters", "parameters", "Parameters vs K", width=w, height=h)
+
+    @param.depends("runs", "mode")
+    def macs_plot(self):
+        w, h = self._size()
+        return _by_family(self.table, "step_macs", "MACs per env step", f"MACs per step vs K ({self.mode})",
+                          logy=True, width=w, height=h)
+
     @param.depends("runs", "mode")
     def cost_plot(self):
-        w, h = self._size()
-        df = self.table
-        return (_by_family(df, "parameters", "parameters", "Parameters vs K", width=w, height=h)
-                + _by_family(df, "step_macs", "MACs per env step", f"MACs per env step vs K ({self.mode})",
-                             logy=True, width=w, height=h)).cols(2)
+        """Parameters and MACs per env step against K, side by side."""
+        return (self.parameters_plot() + self.macs_plot()).cols(2)
 
     @param.depends("runs")
     def time_plot(self):
@@ -168,7 +176,7 @@ class SequenceComparison(pn.viewable.Viewer):
                 self.bad[r] = friendly_error(e)
         if not layers:
             return hv.Curve([], "lag_steps", "mass").opts(title="Decay curves (none logged yet)", width=w, height=h)
-        return hv.Overlay(layers).opts(title=f"Attention by lag ({self.query_kind} tokens, layer {self.layer})",
+        return hv.Overlay(layers).opts(title=f"Attention by lag ({self.query_kind}, layer {self.layer})",
                                        logy=True, width=w, height=h, legend_position="top_right", show_grid=True,
                                        toolbar="above")
 
@@ -197,14 +205,15 @@ class SequenceComparison(pn.viewable.Viewer):
             refresh, sizing_mode="stretch_width")
 
     def views(self):
+        """Six plots, three to a row (two in presentation mode: larger), then the runs table. Plain
+        Rows: a pn.FlexBox leaves Bokeh figures unrendered."""
         alert = pn.pane.Alert(self.param.message, alert_type="warning", visible=self.param.message.rx.bool(),
                               sizing_mode="stretch_width")
-        return pn.Column(
-            alert,
-            pn.Row(pn.pane.HoloViews(self.score_plot), pn.pane.HoloViews(self.half_life_plot),
-                   pn.pane.HoloViews(self.decay_plot)),
-            pn.Row(pn.pane.HoloViews(self.cost_plot), pn.pane.HoloViews(self.time_plot)),
-            self.table_view, sizing_mode="stretch_width")
+        plots = [pn.pane.HoloViews(p) for p in (self.score_plot, self.half_life_plot, self.decay_plot,
+                                                self.parameters_plot, self.macs_plot, self.time_plot)]
+        n = 2 if self.presentation else 3
+        rows = [pn.Row(*plots[i:i + n]) for i in range(0, len(plots), n)]
+        return pn.Column(alert, *rows, self.table_view, sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

@@ -23,6 +23,7 @@ from bokeh.models import Div
 
 from ..envs import known_envs
 from .data import StoreIndex, friendly_error
+from .explorer import hold
 from .views import PALETTE, attention_view, attention_clim, frame_view, rgba
 
 
@@ -286,14 +287,14 @@ class LiveRollout(pn.viewable.Viewer):
         e = np.zeros(0)
         return (hv.Curve((e, e), "step", ("value", "return"), label="return so far").opts(color=PALETTE[2])
                 * hv.Curve((e, e), "step", ("value", "return"), label="return-to-go").opts(color=PALETTE[0])).opts(
-            title="Return", responsive=True, height=220, legend_position="top_left", show_grid=True,
+            title="Return", responsive=True, height=250, legend_position="top_left", show_grid=True,
             toolbar=None)
 
     def _action_element(self, act_dim: int):
         e = np.zeros(0)
         return hv.Overlay([hv.Curve((e, e), "step", ("action", "action"), label=f"a[{i}]").opts(
             color=PALETTE[i % len(PALETTE)]) for i in range(act_dim)]).opts(
-            title="Actions", responsive=True, height=220, legend_position="top_left", show_grid=True, toolbar=None,
+            title="Actions", responsive=True, height=250, legend_position="top_left", show_grid=True, toolbar=None,
             ylim=(-1.05, 1.05))
 
     def _reset_figures(self):
@@ -304,7 +305,7 @@ class LiveRollout(pn.viewable.Viewer):
         labels = token_labels(cfg)["label"]
         self._labels = labels
         L = len(labels)
-        with pn.io.hold():
+        with hold():
             size = 420 if self.presentation else 320
             self._frame.object = self._figure(frame_view(np.zeros((self.render_size, self.render_size, 3), np.uint8),
                                                          title="step 0", size=size))
@@ -325,7 +326,7 @@ class LiveRollout(pn.viewable.Viewer):
         if n > self._shown:
             new = w.records[self._shown:n]
             rec = new[-1]
-            with pn.io.hold():
+            with hold():
                 fig = self._frame.object
                 if rec.frame is not None:
                     fig.renderers[0].data_source.data.update(image=[rgba(rec.frame)])
