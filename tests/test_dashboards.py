@@ -1,10 +1,17 @@
 """The dashboards (issue 6): components on a store made by a small real run, then the served
-apps in real headless Chromium (screenshots under test-artifacts/)."""
+apps in real headless Chromium (screenshots under test-artifacts/).
+
+The browser tests check what a person sees, not only the server's state: every main plot is laid
+out at a usable size inside the window, drawn, not overlapping another, and the step text follows
+the slider. With DEMA_LAB_SCREENSHOTS=docs/screenshots they also write the README's screenshots
+there (1600x1000, under 400 KB each)."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,6 +28,8 @@ from conftest import TINY_RUN
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("DEMA_LAB_SCREENSHOTS")          # e.g. docs/screenshots (relative to the repo)
+SCREENSHOT_MAX_BYTES = 400_000
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -65,14 +74,18 @@ def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     import holoviews as hv
     import panel as pn
     from bokeh.document import Document
+    from bokeh.models import Span
 
     from dema_lab.dashboard import AttentionExplorer
 
     ex = AttentionExplorer(dash_store)
     assert ex.run == "tiny-K5" and "broken" in ex.message and ex.episode.startswith("step_00000020")
     assert isinstance(ex.frame(), hv.RGB) and isinstance(ex.heatmap(), hv.Image)
-    assert isinstance(ex.lag(), hv.Overlay) and isinstance(ex.traces() * ex.cursor(), hv.Overlay)
+    assert isinstance(ex.lag(), hv.Overlay) and isinstance(ex.traces(), hv.Overlay)
     pn.panel(ex).get_root(Document())                       # what a notebook or server renders
+    traces = ex._panes["traces"].object                     # reward on its own axis, not flat on the return's
+    assert [a.axis_label for a in traces.yaxis] == ["return", "reward per step"]
+    assert set(traces.extra_y_ranges) == {"reward"} and traces.select_one({"type": Span}).location == 0
     before = ex.state()
     heat_fig = ex._panes["heatmap"].object
     img_before = heat_fig.renderers[0].data_source.data["image"][0].copy()
@@ -87,6 +100,7 @@ def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     frame = hv.render(ex.frame()).renderers[0].data_source.data["image"][0]
     np.testing.assert_array_equal(ex._panes["frame"].object.renderers[0].data_source.data["image"][0], frame)
     assert "12" in ex._probe_div.text and after["frame"] in ex._probe_div.text
+    assert "step <b>12</b>" in ex._info_div.text and traces.select_one({"type": Span}).location == 12
     # the trace's click moves the step; a heatmap click picks the query token
     ex._on_tap_trace(type("E", (), {"x": 5.2})())
     assert ex.step == 5
@@ -240,8 +254,15 @@ class Page:
         assert not self.errors, self.errors
         assert not self.external, f"requests outside 127.0.0.1 (the page must work offline): {self.external}"
 
-    def shot(self, name: str):
-        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    def shot(self, name: str, docs: bool = False):
+        """test-artifacts/NAME.png; with docs, also $DEMA_LAB_SCREENSHOTS/NAME.png if that is set."""
+        self.page.evaluate(SCROLL_TOP_JS)
+        png = self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        if docs and SCREENSHOTS:
+            out = ROOT / SCREENSHOTS / f"{name}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(png)
+            assert len(png) < SCREENSHOT_MAX_BYTES, f"{out}: {len(png)} bytes"
 
 
 def _probe(page, css=".dema-probe span") -> dict:
@@ -263,42 +284,176 @@ def _wait_probe(page, predicate, css=".dema-probe span", timeout=30.0) -> dict:
         page.wait_for_timeout(100)
 
 
+# Every Bokeh figure shown: its box on the page and its plot area (the frame inside the axes, as
+# BokehJS laid it out; 0x0 when a figure is never laid out, although its box may look right).
+FIGURES_JS = """() => {
+  const out = [];
+  for (const v of Bokeh.index.all_views()) {
+    if (v.model.type !== 'Figure' || !v.el.isConnected || !v.el.checkVisibility()) continue;
+    const r = v.el.getBoundingClientRect(), f = v.frame.bbox;
+    const labels = [];
+    for (const axis of [...v.model.below, ...v.model.left]) {
+      const o = axis.major_label_overrides;
+      if (o instanceof Map) labels.push(...o.values()); else if (o) labels.push(...Object.values(o));
+    }
+    out.push({title: v.model.title ? v.model.title.text : '', x: r.x, y: r.y, w: r.width, h: r.height,
+              fx: r.x + f.x, fy: r.y + f.y, fw: f.width, fh: f.height, labels: labels.map(String)});
+  }
+  return {figures: out, width: document.documentElement.clientWidth,
+          idle: Bokeh.documents.length > 0 && Bokeh.documents.every(d => d.is_idle)};
+}"""
+SCROLL_TOP_JS = "() => { for (const e of document.querySelectorAll('*')) if (e.scrollTop) e.scrollTop = 0; " \
+                "window.scrollTo(0, 0); }"
+MIN_PX = 150
+EXPLORER_PLOTS = [r"step \d+", r"Hidden attention · .*", r".* by lag · .*", r"Reward and return-to-go .*"]
+COMPARISON_PLOTS = [r"Normalized score vs K .*", r"Half-life of attention vs K", r"Attention by lag .*",
+                    r"Parameters vs K", r"MACs per step vs K .*", r"Training time"]
+LIVE_PLOTS = [r"step \d+", r"Hidden attention · .*", r"Return", r"Actions"]
+
+
+def _figures(page, expected: list[str], timeout: float = 30.0) -> dict[str, dict]:
+    """The page's figures by expected title (regex): each shown once, at a usable size, inside the
+    window's width, not overlapping another, its plot area laid out."""
+    deadline = time.time() + timeout
+    while not (got := page.evaluate(FIGURES_JS))["idle"] and time.time() < deadline:
+        page.wait_for_timeout(200)
+    figs = got["figures"]
+    assert got["idle"], "BokehJS never finished rendering the page (and Panel then drops held updates)"
+    titles = [f["title"] for f in figs]
+    byname = {}
+    for pattern in expected:
+        hits = [f for f in figs if re.fullmatch(pattern, f["title"])]
+        assert len(hits) == 1, f"plot {pattern!r}: {len(hits)} of the figures shown {titles}"
+        byname[pattern] = hits[0]
+    assert len(figs) == len(expected), f"unexpected figures: {titles}"
+    for f in figs:
+        what = f"{f['title']!r} at x {f['x']:.0f} y {f['y']:.0f}, {f['w']:.0f}x{f['h']:.0f}"
+        assert f["w"] > MIN_PX and f["h"] > MIN_PX, f"{what}: too small"
+        assert f["fw"] > MIN_PX and f["fh"] > MIN_PX, \
+            f"{what}: its plot area is {f['fw']:.0f}x{f['fh']:.0f} (not laid out)"
+        assert f["x"] >= 0 and f["x"] + f["w"] <= got["width"] + 0.5, \
+            f"{what}: outside the window's width {got['width']}"
+    for i, a in enumerate(figs):
+        for b in figs[i + 1:]:
+            dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+            dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+            assert dx <= 1 or dy <= 1, f"{a['title']!r} and {b['title']!r} overlap by {dx:.0f}x{dy:.0f} px"
+    return byname
+
+
+def _assert_drawn(page, figures: dict[str, dict]):
+    """Each plot area, as the screen shows it, holds a drawing (not one flat colour)."""
+    import imageio.v3 as iio
+
+    for name, f in figures.items():
+        page.evaluate("t => { for (const v of Bokeh.index.all_views()) if (v.model.type === 'Figure' && "
+                      "v.model.title && v.model.title.text === t) v.el.scrollIntoView({block: 'nearest'}); }",
+                      f["title"])
+        f = next(g for g in page.evaluate(FIGURES_JS)["figures"] if g["title"] == f["title"])
+        img = iio.imread(io.BytesIO(page.screenshot(clip={"x": f["fx"], "y": f["fy"], "width": f["fw"],
+                                                           "height": f["fh"]})))[..., :3]
+        px = img.reshape(-1, 3)
+        colours, counts = np.unique(px, axis=0, return_counts=True)
+        ink = 1 - counts.max() / len(px)               # share of pixels not in the commonest colour
+        assert len(colours) >= 8 and ink > 0.01, f"plot {f['title']!r} looks blank ({len(colours)} colours, " \
+                                                  f"{100 * ink:.1f}% not background)"
+    page.evaluate(SCROLL_TOP_JS)
+
+
+def _shown_steps(page) -> dict:
+    """The step as the slider, the text above the plots and the frame's title show it."""
+    slider = page.locator(".dema-step-slider .bk-slider-value").inner_text(timeout=5000)
+    info = page.locator(".dema-step-info .bk-clearfix").inner_text(timeout=5000)
+    m = re.search(r"^step (\d+) ·", info, re.M)
+    frame = [f["title"] for f in page.evaluate(FIGURES_JS)["figures"] if re.fullmatch(r"step \d+", f["title"])]
+    return {"slider": slider.strip(), "text": m and m.group(1), "frame": frame[0][5:] if frame else None}
+
+
+def _wait_steps_agree(page, step: int | None = None, timeout: float = 20.0) -> int:
+    """Wait until the step text and the frame's title show the slider's step (that step, if given)."""
+    deadline = time.time() + timeout
+    while True:
+        shown = _shown_steps(page)
+        if len(set(shown.values())) == 1 and (step is None or shown["slider"] == str(step)):
+            return int(shown["slider"])
+        if time.time() > deadline:
+            raise AssertionError(f"the step shown does not follow the slider{'' if step is None else f' ({step})'}:"
+                                 f" {shown}")
+        page.wait_for_timeout(100)
+
+
+def _scrub_to(page, step: int):
+    """Move the slider with the keyboard, as a person does."""
+    handle = page.locator(".dema-step-slider .noUi-handle")
+    handle.focus()
+    for _ in range(200):
+        now = round(float(handle.get_attribute("aria-valuenow")))
+        if now == step:
+            return
+        page.keyboard.press("ArrowRight" if now < step else "ArrowLeft")
+    raise AssertionError(f"the slider did not reach step {step}")
+
+
+def _middle_step(page) -> int:
+    """A step in the middle of the episode (its attention window is full there)."""
+    return round(float(page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuemax"))) // 2
+
+
 def test_browser_explorer_loads_scrubs_and_plays(server, browser):
     p = Page(browser, server.url("attention"))
     page = p.page
     first = _wait_probe(page, lambda s: s["step"] == "0" and s["heatmap"] not in (None, "none"), timeout=60)
     page.get_by_text("cannot be read").first.wait_for(timeout=10_000)       # the broken run's message
-    handle = page.locator(".dema-step-slider .noUi-handle")
-    handle.focus()
-    for _ in range(6):
-        page.keyboard.press("ArrowRight")
-    moved = _wait_probe(page, lambda s: s["step"] not in ("0", None))
+    figures = _figures(page, EXPLORER_PLOTS)
+    _assert_drawn(page, figures)
+    heat = figures[EXPLORER_PLOTS[1]]
+    assert {"R0", "s0", "a-1", "s-1"} <= set(heat["labels"]), heat["labels"]      # R/s/a token ticks
+    _scrub_to(page, 6)
+    moved = _wait_probe(page, lambda s: s["step"] == "6")
     assert moved["frame"] != first["frame"] and moved["heatmap"] != first["heatmap"]
-    page.wait_for_timeout(500)
-    p.shot("attention-explorer")
-    # the player advances the step on its own
+    _wait_steps_agree(page, 6)
+    # the player advances the step on its own; the text follows it
     page.locator(".dema-player button").nth(5).click()          # ▶ play
     played = _wait_probe(page, lambda s: int(s["step"]) >= int(moved["step"]) + 3)
     assert played["frame"] != moved["frame"]
     page.locator(".dema-player button").nth(4).click()          # ⏸ pause
+    assert _wait_steps_agree(page) >= 9
+    # the middle of the episode: the window of tokens is full, the heatmap filled
+    middle = _middle_step(page)
+    _scrub_to(page, middle)
+    _wait_probe(page, lambda s: s["step"] == str(middle))
+    _wait_steps_agree(page, middle)
+    _assert_drawn(page, _figures(page, EXPLORER_PLOTS))
+    page.wait_for_timeout(300)
+    p.shot("attention-explorer", docs=True)
     p.check_clean()
     page.close()
 
 
 def test_browser_presentation_mode_and_comparison(server, browser):
     p = Page(browser, server.url("attention") + "?presentation=1")
-    _wait_probe(p.page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
-    p.page.wait_for_timeout(500)
-    p.shot("attention-presentation")
+    page = p.page
+    _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
+    middle = _middle_step(page)
+    _scrub_to(page, middle)
+    _wait_probe(page, lambda s: s["step"] == str(middle))
+    _wait_steps_agree(page, middle)
+    _assert_drawn(page, _figures(page, EXPLORER_PLOTS))
+    page.wait_for_timeout(300)
+    p.shot("attention-presentation", docs=True)
     p.check_clean()
-    p.page.close()
-    p = Page(browser, server.url("compare"))
-    p.page.get_by_text("tiny-K5").first.wait_for(timeout=60_000)          # the runs table
-    p.page.get_by_text("cannot be read").first.wait_for(timeout=10_000)   # the broken run's message
-    p.page.wait_for_timeout(1500)
-    p.shot("sequence-length")
-    p.check_clean()
-    p.page.close()
+    page.close()
+    for url in (server.url("compare"), server.url("compare") + "?presentation=1"):
+        p = Page(browser, url)
+        page = p.page
+        page.get_by_text("tiny-K5").first.wait_for(timeout=60_000)          # the runs table
+        page.get_by_text("cannot be read").first.wait_for(timeout=10_000)   # the broken run's message
+        page.wait_for_timeout(1000)
+        _assert_drawn(page, _figures(page, COMPARISON_PLOTS))
+        if "presentation" not in url:
+            p.shot("sequence-length", docs=True)
+        p.check_clean()
+        page.close()
 
 
 def test_browser_live_rollout_streams_changing_frames(server, browser):
@@ -309,7 +464,11 @@ def test_browser_live_rollout_streams_changing_frames(server, browser):
     a = _wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 2, css=css, timeout=60)
     b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 5, css=css)
     assert a["frame"] != b["frame"] and float(b["return"]) != float(a["return"])
-    p.shot("live-rollout")
+    _wait_probe(page, lambda s: int(s["step"]) >= 15, css=css)      # some way into the episode
+    p.shot("live-rollout", docs=True)
+    page.locator(".dema-live-pause button").click()             # hold it still for the checks
+    page.locator(".dema-live-status").get_by_text("paused").wait_for(timeout=20_000)
+    _assert_drawn(page, _figures(page, LIVE_PLOTS))
     page.locator(".dema-live-stop button").click()
     page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
     p.check_clean()
