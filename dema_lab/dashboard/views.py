@@ -120,7 +120,7 @@ def lag_view(mass: np.ndarray, tokens_per_step: int, title: str = "", reference:
     return hv.Overlay(layers).opts(
         title=lag_title(title, d), logy=True, width=width, height=height, xlabel="lag (tokens back)",
         ylabel="share of attention (log)", legend_position="top_right", ylim=d["ylim"], xlim=d["xlim"],
-        toolbar="right", show_grid=True)    # right: the long title keeps the width
+        toolbar="right", show_grid=True, fontsize={"title": "10.5pt"})   # a long title: the width, smaller
 
 
 def lag_title(title: str, d: dict) -> str:
