@@ -39,8 +39,10 @@ __all__ = ["QUALITIES", "BUILDER_VERSION", "DEFAULT_TRANSITIONS", "ACTION_NOISE"
 BUILDER_VERSION = 1
 QUALITIES = ("random", "medium", "expert", "medium-replay", "medium-expert")
 DEFAULT_TRANSITIONS = 100_000
-# std of the Gaussian noise added to medium/expert actions (actions live in [-1, 1])
-ACTION_NOISE = {"hopper": 0.1, "halfcheetah": 0.1, "walker2d": 0.1}
+# std of the Gaussian noise added to medium/expert actions (actions live in [-1, 1]).
+# HalfCheetah's linear policies flip onto their back under larger noise (at 0.1
+# about 40% of expert episodes did; at 0.03 about 3%), so it gets less.
+ACTION_NOISE = {"hopper": 0.1, "halfcheetah": 0.03, "walker2d": 0.1}
 
 
 class _Buffer:
