@@ -14,9 +14,8 @@ masked cumulative sum, never as exp(cumsum_i) * exp(-cumsum_j), which overflows.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .scan import _as_grouped
+from .scan import _as_grouped, effective_delta, skip_and_gate
 
 AGGREGATIONS = ("minmax", "abs", "mean")
 
@@ -55,11 +54,7 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
     if impl not in IMPLS:
         raise ValueError(f"unknown hidden-attention impl {impl!r}; choose one of {', '.join(IMPLS)}")
     compute = torch.float64 if delta.dtype == torch.float64 else torch.float32
-    delta = delta.to(compute)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    delta = effective_delta(delta, delta_bias, delta_softplus, compute)
     batch, dim, L = delta.shape
     A = A.to(compute)
     Bg = _as_grouped(B, delta).to(compute)                            # (b, g, n, L)
@@ -92,11 +87,7 @@ def apply_attention(alpha, u, D=None, z=None):
     """y = alpha @ u + D u, gated by silu(z): selective_scan's output rebuilt from alpha.
     alpha (b, d, L, L); u, z (b, d, L); D (d,)."""
     y = torch.einsum("bdij,bdj->bdi", alpha, u.to(alpha.dtype))
-    if D is not None:
-        y = y + u.to(alpha.dtype) * D.to(alpha.dtype)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(alpha.dtype))
-    return y
+    return skip_and_gate(y, u.to(alpha.dtype), D, z)
 
 
 def aggregate_channels(alpha: torch.Tensor, method: str = "minmax") -> torch.Tensor:

@@ -122,18 +122,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                                            bool(delta_softplus))
         out = out.to(dtype_in)
         return (out, last_state) if return_last_state else out
-    u_c, delta_c = u.to(compute), delta.to(compute)
-    if delta_bias is not None:
-        delta_c = delta_c + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        delta_c = F.softplus(delta_c)
+    u_c, delta_c = u.to(compute), effective_delta(delta, delta_bias, delta_softplus, compute)
     Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)
     y, last_state = _TorchScan.apply(u_c, delta_c, A.to(compute), Bg, Cg)
-    if D is not None:
-        y = y + u_c * D.to(compute)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    out = y.to(dtype_in)
+    out = skip_and_gate(y, u_c, D, z).to(dtype_in)
     return (out, last_state) if return_last_state else out
 
 
@@ -145,11 +137,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     """
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
-    u, delta = u.to(compute), delta.to(compute)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, delta = u.to(compute), effective_delta(delta, delta_bias, delta_softplus, compute)
     Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)   # (b, g, n, L)
     batch, dim, L = u.shape
     heads = dim // Bg.shape[1]
@@ -163,15 +151,28 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         h = deltaA[..., t] * h + deltaB_u[..., t]
         ys.append((h * Cd[..., t]).sum(-1))
     y = torch.stack(ys, dim=2)                                                # (b, d, L)
-    if D is not None:
-        y = y + u * D.to(compute)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    out = y.to(dtype_in)
+    out = skip_and_gate(y, u, D, z).to(dtype_in)
     return (out, h) if return_last_state else out
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def effective_delta(delta, delta_bias, delta_softplus, compute):
+    """delta as the recurrence uses it: softplus(delta + delta_bias) when asked, in `compute`."""
+    delta = delta.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def skip_and_gate(y, u, D, z):
+    """y + D u, gated by silu(z) (each term only when given)."""
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
     if u.dim() != 3:
