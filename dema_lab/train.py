@@ -95,6 +95,7 @@ class TrainConfig:
             problems.append(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+        self.model_config(1, 1)        # the model's fields (arch, layout, sizes) fail here, before any work
 
     def model_config(self, state_dim: int, act_dim: int) -> ModelConfig:
         return ModelConfig(arch=self.arch, state_dim=state_dim, act_dim=act_dim, K=self.K, d_model=self.d_model,
