@@ -63,6 +63,16 @@ def test_ablation_context_restores_the_model():
             pass
 
 
+def test_paired_verdicts():
+    from dema_lab.report import paired_verdict
+    assert paired_verdict([5.0, 6.0, 4.0, 5.5])[0] == "holds"
+    assert paired_verdict([-5.0, -6.0, -4.0])[0] == "does not hold"
+    assert paired_verdict([5.0, -6.0, 4.0, -3.0])[0] == "inconclusive"
+    assert paired_verdict([0.5])[0] == "inconclusive" and paired_verdict([2.0])[0] == "holds"
+    assert paired_verdict([np.nan])[0] == "not measured"
+    assert "+5.1" in paired_verdict([5.0, 6.0, 4.0, 5.5])[1]
+
+
 def test_grid_run_ids_are_stable_and_cover_the_grid(tiny_config):
     sweep = SweepConfig(name="g", datasets=["hopper-medium"], K=[5, 10], layouts=["B3LD", "BL3D"],
                         timestep_embedding=[False, True], archs=["dema", "dt"], seeds=[0, 1], base=tiny_config)
@@ -97,7 +107,8 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     for part in ("DeMa against DT", "ablations", "RNN-like against Transformer-like", "Decay statistics"):
         assert part in titles
     verdicts = {f: v for f, v, _ in rep.findings}
-    assert set(verdicts.values()) <= {"holds", "does not hold", "not measured"}
+    assert set(verdicts.values()) <= {"holds", "does not hold", "inconclusive", "not measured",
+                                      "holds (no significant difference)"}
     assert "Transformer-like DeMa beats RNN-like DeMa" in verdicts and "DeMa matches or beats DT" in verdicts
     md = rep.to_markdown()
     assert md.startswith("# Sweep report (2 runs)") and "| paper's finding |" in md
