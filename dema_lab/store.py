@@ -217,12 +217,13 @@ class Run:
         return list(self.attrs.get("published", {}).get(kind, []))
 
     # ---------------------------------------------------------------- writing
-    def _publish(self, kind: str, name: str, remove: tuple[str, ...] = ()):
+    def _publish(self, kind: str, name: str, remove: tuple[str, ...] = (), run_attrs: dict | None = None):
+        """List `name` under `kind` (and set `run_attrs`) in one atomic write of the run's zarr.json."""
         group = self.group
         published = dict(group.attrs.get("published", {}))
         names = [n for n in published.get(kind, []) if n != name and n not in remove]
         published[kind] = names + [name]
-        group.attrs["published"] = published
+        group.update_attributes({"published": published, **_jsonable(run_attrs or {})})
 
     def unpublish(self, kind: str, names) -> None:
         group = self.group
@@ -240,14 +241,15 @@ class Run:
         self._publish(kind, name)
 
     def write_bytes(self, kind: str, name: str, data: bytes, attrs: dict | None = None,
-                    replace: tuple[str, ...] = ()) -> None:
-        """Store a blob (a checkpoint) as a uint8 array, publish it, then drop `replace`d ones."""
+                    replace: tuple[str, ...] = (), run_attrs: dict | None = None) -> None:
+        """Store a blob (a checkpoint) as a uint8 array, publish it (with `run_attrs` set on the run
+        in the same write), then drop `replace`d ones."""
         buf = np.frombuffer(data, dtype=np.uint8)
         arr = zarr.create_array(self.store.path, name=f"{self.prefix}/{kind}/{name}", shape=buf.shape,
                                 dtype="uint8", chunks=(max(1, min(len(buf), 1 << 24)),),
                                 attributes=_jsonable(attrs or {}), overwrite=True, zarr_format=3)
         arr[:] = buf
-        self._publish(kind, name, remove=replace)
+        self._publish(kind, name, remove=replace, run_attrs=run_attrs)
         for old in replace:
             if old != name:
                 try:

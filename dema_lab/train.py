@@ -268,10 +268,10 @@ class Trainer:
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                     "torch_rng": torch.get_rng_state(), "step": self.step, "wall": self.wall}, buf)
         old = self.run.published("resume")
+        # the resume state completes the checkpoint; steps_done moves with it, in the same write
         self.run.write_bytes("resume", name, buf.getvalue(),
                              attrs={"step": self.step, "sampler_rng": self.sampler.rng.bit_generator.state},
-                             replace=tuple(old))
-        self.run.set_attrs(steps_done=self.step, wall_seconds=round(self.wall, 2))
+                             replace=tuple(old), run_attrs={"steps_done": self.step, "wall_seconds": round(self.wall, 2)})
 
     def _load_resume_state(self):
         names = self.run.published("resume")
