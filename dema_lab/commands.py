@@ -119,7 +119,7 @@ def _demo(args) -> int:
         print(f"  open them: panel serve dashboards/attention.py --args --store {args.store}")
         return 0
     from .dashboard import serve
-    print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live); "
+    print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live, /study); "
           f"Ctrl-C stops it", flush=True)
     serve(args.store, port=args.port, address="127.0.0.1", presentation=args.presentation)
     return 0
@@ -128,7 +128,7 @@ def _demo(args) -> int:
 def _serve(args) -> int:
     from .dashboard import serve
 
-    print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live); "
+    print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live, /study); "
           f"store {args.store}; Ctrl-C stops it", flush=True)
     serve(args.store, port=args.port, address=args.address, presentation=args.presentation)
     return 0

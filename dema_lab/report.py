@@ -1,11 +1,15 @@
 """The sweep report: the paper's tables from the runs in a store, and which findings hold.
 
+    sweep_names(store)        the sweeps with finished runs in a store
     run_table(store, sweep)   one row per run (xarray Dataset, dim `run`): what it is, its cost,
                               its final scores per inference mode, per-step latency, the state it
                               carries between steps, decay fits per layer, ablation scores
     build_report(...)         the tables (pandas DataFrames, cells "mean ± std" over seeds) and
                               the findings, as plain statements with their numbers
     Report.to_markdown()      all of it as Markdown (for `dema-lab report`, notebooks, notes)
+    Report.score_plot()       normalized score against K, one line per dataset and family (HoloViews)
+
+The dashboard's "Study report" tab (dema_lab.dashboard.StudyReport) and notebook 04 show the same.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .store import RunStore
+from .store import Run, RunStore
 
 
 def _latency(model, mode: str, steps: int = 40) -> float:
@@ -41,6 +45,25 @@ def _latency(model, mode: str, steps: int = 40) -> float:
     return float(np.median(times))
 
 
+_COST: dict = {}       # (store, run, checkpoint step) -> inference cost; a published checkpoint never changes
+
+
+def _inference_cost(rs: RunStore, run) -> dict:
+    """Latency per env step (ms) and the state carried between steps (bytes) for each inference
+    mode of the run's last checkpoint, measured once per process."""
+    from .models import load_checkpoint
+
+    key = (str(rs.path), run.run_id, run.checkpoints()[-1])
+    if key not in _COST:
+        ck = load_checkpoint(run.checkpoint_bytes())
+        cost = {}
+        for mode in (["transformer", "rnn"] if ck.config.arch == "dema" else ["transformer"]):
+            cost[f"latency_ms_{mode}"] = 1e3 * _latency(ck.model, mode)
+            cost[f"state_bytes_{mode}"] = carried_state_bytes(ck.config, mode)
+        _COST[key] = cost
+    return dict(_COST[key])
+
+
 def carried_state_bytes(cfg, mode: str) -> int:
     """What inference keeps between env steps: RNN-like, each layer's conv and SSM state;
     Transformer-like, the last K steps of (R, s, a, t)."""
@@ -50,53 +73,78 @@ def carried_state_bytes(cfg, mode: str) -> int:
     return cfg.K * (cfg.state_dim + cfg.act_dim + 2) * 4
 
 
-def run_table(store, sweep: str | None = None, latency: bool = True) -> xr.Dataset:
-    """One row per finished run of `sweep` (all finished runs when None)."""
-    from .ablation import ablation_table
-    from .models import load_checkpoint
-
-    rs = RunStore(store)
-    rows = []
+def sweep_names(store) -> list[str]:
+    """The names of the sweeps that have at least one finished run in `store`, sorted."""
+    rs = RunStore(store, mode="r")
+    names = set()
     for run_id in rs.run_ids():
-        run = rs.run(run_id)
-        attrs = run.attrs
-        cfg = attrs.get("config", {})
-        if (sweep and cfg.get("sweep") != sweep) or attrs.get("status") != "finished":
+        try:
+            attrs = Run(rs, run_id).attrs
+        except Exception:  # noqa: BLE001 - run_table names the unreadable runs
             continue
-        prov = attrs.get("provenance", {})
-        row = {"run": run_id, "dataset": prov.get("dataset", cfg.get("dataset")), "arch": cfg["arch"],
-               "layout": cfg["layout"], "timestep_embedding": bool(prov.get("timestep_embedding")),
-               "K": int(cfg["K"]), "seed": int(cfg["seed"]), "parameters": prov.get("parameters", np.nan),
-               "forward_macs": prov.get("forward_macs", np.nan), "train_seconds": attrs.get("wall_seconds", np.nan)}
-        step_macs = prov.get("step_macs", {})
-        evals = run.evals()
-        if "normalized_score" in evals:
-            last = evals.isel(checkpoint=-1)
-            for mode in last.mode.values:
-                row[f"score_{mode}"] = float(last["normalized_score"].sel(mode=mode).mean())
-                row[f"macs_per_step_{mode}"] = step_macs.get(str(mode), np.nan)
-        decay = run.decay()
-        if "r2" in decay:
-            d = decay.isel(checkpoint=-1)
-            kind = "s" if "s" in d.query_kind.values else str(d.query_kind.values[0])
-            for layer in d.layer.values:
-                row[f"r2_layer{layer}"] = float(d["r2"].sel(layer=layer, query_kind=kind))
-                row[f"half_life_steps_layer{layer}"] = float(d["half_life_steps"].sel(layer=layer, query_kind=kind))
-        abl = ablation_table(run)
-        if "normalized_score" in abl:
-            a = abl.isel(checkpoint=-1)["normalized_score"].mean(("target", "episode"))
-            for kind in a.ablation.values:
-                row[f"ablation_{kind}"] = float(a.sel(ablation=kind))
-        if latency and run.checkpoints():
-            ck = load_checkpoint(run.checkpoint_bytes())
-            for mode in (["transformer", "rnn"] if ck.config.arch == "dema" else ["transformer"]):
-                row[f"latency_ms_{mode}"] = 1e3 * _latency(ck.model, mode)
-                row[f"state_bytes_{mode}"] = carried_state_bytes(ck.config, mode)
-        rows.append(row)
+        if attrs.get("status") == "finished" and attrs.get("config", {}).get("sweep"):
+            names.add(attrs["config"]["sweep"])
+    return sorted(names)
+
+
+def run_table(store, sweep: str | None = None, latency: bool = True) -> xr.Dataset:
+    """One row per finished run of `sweep` (all finished runs when None). Runs that cannot be
+    read are left out and named, with the reason, in attrs["skipped"]."""
+    rs = RunStore(store, mode="r")
+    run_ids = rs.run_ids()
+    rows, skipped = [], {r: f"its metadata cannot be read ({m})" for r, m in getattr(rs, "unreadable", {}).items()}
+    for run_id in run_ids:
+        try:
+            row = _run_row(rs, Run(rs, run_id), sweep, latency)
+        except Exception as e:  # noqa: BLE001 - one broken run must not hide the others
+            skipped[run_id] = f"{type(e).__name__}: {e}"
+            continue
+        if row is not None:
+            rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
-        return xr.Dataset(coords={"run": np.array([], dtype=object)})
-    return xr.Dataset.from_dataframe(df.set_index("run"))
+        out = xr.Dataset(coords={"run": np.array([], dtype=object)})
+    else:
+        out = xr.Dataset.from_dataframe(df.set_index("run"))
+    out.attrs.update(store=str(store), sweep=sweep or "", skipped=skipped)
+    return out
+
+
+def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None:
+    """The report's row for one run; None for a run outside `sweep` or not finished."""
+    from .ablation import ablation_table
+
+    attrs = run.attrs
+    cfg = attrs.get("config", {})
+    if (sweep and cfg.get("sweep") != sweep) or attrs.get("status") != "finished":
+        return None
+    prov = attrs.get("provenance", {})
+    row = {"run": run.run_id, "dataset": prov.get("dataset", cfg.get("dataset")), "arch": cfg["arch"],
+           "layout": cfg["layout"], "timestep_embedding": bool(prov.get("timestep_embedding")),
+           "K": int(cfg["K"]), "seed": int(cfg["seed"]), "parameters": prov.get("parameters", np.nan),
+           "forward_macs": prov.get("forward_macs", np.nan), "train_seconds": attrs.get("wall_seconds", np.nan)}
+    step_macs = prov.get("step_macs", {})
+    evals = run.evals()
+    if "normalized_score" in evals:
+        last = evals.isel(checkpoint=-1)
+        for mode in last.mode.values:
+            row[f"score_{mode}"] = float(last["normalized_score"].sel(mode=mode).mean())
+            row[f"macs_per_step_{mode}"] = step_macs.get(str(mode), np.nan)
+    decay = run.decay()
+    if "r2" in decay:
+        d = decay.isel(checkpoint=-1)
+        kind = "s" if "s" in d.query_kind.values else str(d.query_kind.values[0])
+        for layer in d.layer.values:
+            row[f"r2_layer{layer}"] = float(d["r2"].sel(layer=layer, query_kind=kind))
+            row[f"half_life_steps_layer{layer}"] = float(d["half_life_steps"].sel(layer=layer, query_kind=kind))
+    abl = ablation_table(run)
+    if "normalized_score" in abl:
+        a = abl.isel(checkpoint=-1)["normalized_score"].mean(("target", "episode"))
+        for kind in a.ablation.values:
+            row[f"ablation_{kind}"] = float(a.sel(ablation=kind))
+    if latency and run.checkpoints():
+        row.update(_inference_cost(rs, run))
+    return row
 
 
 def _cell(values) -> str:
@@ -124,9 +172,43 @@ class Report:
     runs: pd.DataFrame
     tables: dict = field(default_factory=dict)       # title -> DataFrame
     findings: list = field(default_factory=list)     # (finding, verdict, evidence)
+    skipped: dict = field(default_factory=dict)      # run -> why it could not be read
+
+    def findings_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.findings, columns=["paper's finding", "on this data", "evidence"])
+
+    def score_plot(self, mode: str = "transformer", width: int = 520, height: int = 320):
+        """Normalized score against K: a line per dataset and family (DeMa / DT, layout, timestep
+        embedding), points at each run's mean over seeds, error bars at ± one std over seeds."""
+        import holoviews as hv
+
+        col = f"score_{mode}"
+        title = f"normalized score against K ({mode}-like)"
+        if self.runs.empty or col not in self.runs:
+            return hv.Curve([], "K", "normalized score").opts(title=f"{title}: no runs", width=width, height=height)
+        df = self.runs.dropna(subset=[col]).copy()
+        df["family"] = (df.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(df.arch) + " " + df.layout
+                        + np.where(df.timestep_embedding, " +t-emb", ""))
+        stats = df.groupby(["dataset", "family", "K"])[col].agg(["mean", "std", "count"]).reset_index()
+        stats["std"] = stats["std"].fillna(0.0)
+        layers = []
+        for (dataset, family), part in stats.groupby(["dataset", "family"]):
+            label = f"{dataset} · {family}"
+            layers.append(hv.Curve(part, "K", ("mean", "normalized score"), label=label))
+            layers.append(hv.Scatter(part, "K", [("mean", "normalized score"), "count"], label=label)
+                          .opts(size=7, tools=["hover"]))
+            if (part["count"] > 1).any():
+                layers.append(hv.ErrorBars(part, "K", [("mean", "normalized score"), "std"]))
+        ks = sorted(stats.K.unique())
+        return hv.Overlay(layers).opts(title=title, width=width, height=height, logx=len(ks) > 2 and ks[-1] >= 4 * ks[0],
+                                       xticks=[int(k) for k in ks], show_grid=True, legend_position="right",
+                                       toolbar="above")
 
     def to_markdown(self) -> str:
         lines = [f"# Sweep report ({len(self.runs)} runs)", ""]
+        if self.skipped:
+            lines += ["Runs left out because they cannot be read: "
+                      + "; ".join(f"{r} ({why})" for r, why in self.skipped.items()), ""]
         lines += ["## Findings", "", "| paper's finding | on this data | evidence |", "|---|---|---|"]
         lines += [f"| {f} | {v} | {e} |" for f, v, e in self.findings]
         for title, table in self.tables.items():
@@ -147,7 +229,7 @@ def _markdown(df: pd.DataFrame) -> str:
 def build_report(store, sweep: str | None = None, latency: bool = True) -> Report:
     table = run_table(store, sweep, latency)
     df = table.to_dataframe().reset_index() if table.sizes.get("run") else pd.DataFrame()
-    rep = Report(runs=df)
+    rep = Report(runs=df, skipped=dict(table.attrs.get("skipped", {})))
     if df.empty:
         rep.findings.append(("(no finished runs)", "not measured", f"store {store}, sweep {sweep or 'any'}"))
         return rep

@@ -151,6 +151,31 @@ def test_comparison_table_and_plots(dash_store):
         hv.render(plot)
 
 
+def test_study_report_lists_findings_tables_and_the_unreadable_run(dash_store):
+    import holoviews as hv
+    import panel as pn
+
+    from dema_lab.dashboard import StudyReport
+    from dema_lab.dashboard.study import ALL_RUNS
+
+    study = StudyReport(dash_store, latency=False)
+    assert study.param.sweep.objects == [ALL_RUNS] and study.sweep == ALL_RUNS      # no sweep: every finished run
+    rep = study.report()
+    assert sorted(rep.runs.run) == ["tiny-K3", "tiny-K5"] and "broken" in rep.skipped
+    summary = study._summary()
+    text = " ".join(str(p.object) for p in summary.objects if isinstance(p, (pn.pane.Markdown, pn.pane.HTML)))
+    assert "2 finished runs" in text and "broken" in text
+    assert "Transformer-like DeMa beats RNN-like DeMa" in text and "A short K (8–20) is enough" in text
+    plot = next(p.object for p in summary.objects if isinstance(p, pn.pane.HoloViews))
+    hv.render(plot)
+    assert plot.get(0).data["K"].tolist() == [3, 5]
+    frames = [p.object for p in study._tables().objects if isinstance(p, pn.pane.DataFrame)]
+    assert len(frames) == len(rep.tables) >= 4
+    by_k = frames[0]
+    assert list(by_k.columns) == ["dataset", "3", "5"], by_k.columns
+    assert by_k.iloc[0]["3"] == f"{rep.runs.set_index('run').loc['tiny-K3', 'score_transformer']:.1f}"
+
+
 def test_live_worker_streams_changing_frames_and_closes_its_env(dash_store):
     from dema_lab.dashboard import LiveRollout, RolloutWorker, StoreIndex
 
@@ -194,7 +219,7 @@ class Server:
     def __init__(self, store: str, log: Path):
         self.port = _free_port()
         self.log = open(log, "w")
-        apps = [str(ROOT / "dashboards" / f"{a}.py") for a in ("attention", "compare", "live")]
+        apps = [str(ROOT / "dashboards" / f"{a}.py") for a in ("attention", "compare", "live", "study")]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "panel", "serve", *apps, "--address", "127.0.0.1", "--port", str(self.port),
              "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--liveness", "--args", "--store", store],
@@ -471,6 +496,24 @@ def test_browser_live_rollout_streams_changing_frames(server, browser):
     _assert_drawn(page, _figures(page, LIVE_PLOTS))
     page.locator(".dema-live-stop button").click()
     page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
+    p.check_clean()
+    page.close()
+
+
+STUDY_PLOTS = [r"normalized score against K \(transformer-like\)"]
+
+
+def test_browser_study_report(server, browser):
+    p = Page(browser, server.url("study"))
+    page = p.page
+    page.get_by_text("Which of the paper's findings hold").wait_for(timeout=90_000)
+    page.get_by_text("2 finished runs").first.wait_for(timeout=10_000)
+    page.locator(".dema-study-findings").get_by_text("Transformer-like DeMa beats RNN-like DeMa").wait_for(timeout=10_000)
+    page.get_by_text("is left out").first.wait_for(timeout=10_000)          # the broken run, named
+    page.locator(".dema-study-table table").first.wait_for(timeout=30_000)
+    assert page.locator(".dema-study-table table").count() >= 4
+    _assert_drawn(page, _figures(page, STUDY_PLOTS))
+    p.shot("study-report", docs=True)
     p.check_clean()
     page.close()
 

@@ -1,8 +1,10 @@
 """The served apps: a template around the components, the empty-store page, and `serve`.
 
-    attention_app(store)   the explorer, with the sequence-length comparison and live rollouts as tabs
+    attention_app(store)   the explorer, with the sequence-length comparison, live rollouts and the
+                           study report as tabs
     compare_app(store)     the comparison alone;   live_app(store)   live rollouts alone
-    serve(store)           all three on 127.0.0.1 (``dema-lab serve``)
+    study_app(store)       the study report alone (the paper's tables for a sweep)
+    serve(store)           all four on 127.0.0.1 (``dema-lab serve``)
 
 Store path: ``--args --store PATH`` on ``panel serve``, else $DEMA_LAB_STORE, else "store".
 Presentation mode (full screen, larger fonts): ``?presentation=1`` or ``--args --presentation``.
@@ -265,6 +267,7 @@ def attention_app(store: str | None = None, presentation: bool | None = None):
             ("Sequence length", _guarded(lambda: SequenceComparison(index, presentation=presentation).views(),
                                          "The comparison")),
             ("Live rollout", _guarded(lambda: _live_tab(index, presentation), "Live rollouts")),
+            ("Study report", _guarded(lambda: _study_tab(index, presentation), "The study report")),
             dynamic=True, sizing_mode="stretch_width",
         )
         controls = explorer.controls()
@@ -296,6 +299,12 @@ def _live_tab(index, presentation):
 
     live = LiveRollout(index, presentation=presentation)
     return pn.Row(pn.Column(live.controls(), width=300), live.views(), sizing_mode="stretch_width")
+
+
+def _study_tab(index, presentation):
+    from .study import StudyReport
+
+    return StudyReport(index, presentation=presentation).__panel__()
 
 
 def _keep_refreshing(explorer, demo: DemoJob):
@@ -340,14 +349,30 @@ def live_app(store: str | None = None, presentation: bool | None = None):
     return _template("dema-lab · live rollout", views, controls, presentation)
 
 
+def study_app(store: str | None = None, presentation: bool | None = None):
+    from .study import StudyReport
+
+    opts = app_options()
+    store = store or opts["store"]
+    presentation = opts["presentation"] if presentation is None else presentation
+    try:
+        study = StudyReport(store, presentation=presentation)
+        controls, views = study.controls(), study.views()
+    except Exception as e:  # noqa: BLE001
+        controls, views = None, pn.pane.Alert(f"**The study report cannot be built:** {friendly_error(e)}",
+                                              alert_type="danger")
+    return _template("dema-lab · study report", views, controls, presentation)
+
+
 def serve(store: str = "store", port: int = 5006, address: str = "127.0.0.1", show: bool = False,
           presentation: bool = False, **kwargs):
-    """Serve the apps (/attention, /compare, /live) on `address` (127.0.0.1 by default).
+    """Serve the apps (/attention, /compare, /live, /study) on `address` (127.0.0.1 by default).
     Blocks until interrupted; kwargs go to pn.serve (e.g. threaded=True, websocket_origin)."""
     apps = {
         "attention": lambda: attention_app(store, presentation),
         "compare": lambda: compare_app(store, presentation),
         "live": lambda: live_app(store, presentation),
+        "study": lambda: study_app(store, presentation),
     }
     kwargs.setdefault("websocket_origin", [f"{address}:{port}", f"localhost:{port}"])
     return pn.serve(apps, port=port, address=address, show=show, title="dema-lab", **kwargs)

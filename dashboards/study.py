@@ -1,0 +1,8 @@
+"""The study report (the paper's tables for a sweep): `panel serve dashboards/study.py [--args --store PATH]`."""
+
+import panel as pn
+
+from dema_lab.dashboard.app import study_app
+
+pn.extension()
+study_app().servable(title="dema-lab · study report")
