@@ -59,7 +59,7 @@ def evaluate_ablations(run, checkpoint: int | None = None, kinds=ABLATIONS, epis
         parts.append(res.sel(mode="transformer", drop=True).expand_dims(ablation=[kind]))
     ds = xr.concat(parts, dim="ablation").expand_dims(checkpoint=[checkpoint])
     ds.attrs.update(mode="transformer", description="hidden attention replaced by zeros or by random causal "
-                    "weights with each channel's std; 'none' is the unablated model")
+                    "weights at each channel's root-mean-square scale; 'none' is the unablated model")
     if publish:
         run.write("ablation", checkpoint_name(checkpoint), ds)
     return ds

@@ -31,18 +31,19 @@ class MambaState:
 
 def ablated_attention(alpha, kind: str, seed: int = 0, layer: int = 0):
     """alpha (b, d_inner, L, L) replaced for an ablation: "zeros", or "random": causal Gaussian
-    weights with each channel's std of the real alpha, from a generator seeded by
-    (seed, layer, L) so that repeated calls agree."""
+    weights at each channel's scale (the root mean square of its causal alphas: defined for
+    every L, including a window of one token), from a generator seeded by (seed, layer, L) so
+    that repeated calls agree."""
     if kind == "zeros":
         return torch.zeros_like(alpha)
     if kind != "random":
         raise ValueError(f"unknown hidden-attention ablation {kind!r}; use 'zeros' or 'random'")
     L = alpha.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool, device=alpha.device).tril()
-    std = alpha.masked_select(causal).view(*alpha.shape[:2], -1).std(-1)             # (b, d_inner)
+    scale = alpha.masked_select(causal).view(*alpha.shape[:2], -1).pow(2).mean(-1).sqrt()   # (b, d_inner)
     gen = torch.Generator(device="cpu").manual_seed(hash((seed, layer, L)) % (2 ** 63))
     noise = torch.randn(alpha.shape, generator=gen, dtype=alpha.dtype).to(alpha.device)
-    return (noise * std[..., None, None]).masked_fill(~causal, 0.0)
+    return (noise * scale[..., None, None]).masked_fill(~causal, 0.0)
 
 
 class Mamba(nn.Module):
