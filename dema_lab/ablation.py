@@ -58,8 +58,9 @@ def evaluate_ablations(run, checkpoint: int | None = None, kinds=ABLATIONS, epis
                               render_size=None, attention=None, max_steps=max_steps)
         parts.append(res.sel(mode="transformer", drop=True).expand_dims(ablation=[kind]))
     ds = xr.concat(parts, dim="ablation").expand_dims(checkpoint=[checkpoint])
-    ds.attrs.update(mode="transformer", random_scale="rms", description="hidden attention replaced by zeros or by random causal "
-                    "weights at each channel's root-mean-square scale; 'none' is the unablated model")
+    ds.attrs.update(mode="transformer", random_scale="rms",
+                    description="hidden attention replaced by zeros or by random causal weights at each "
+                                "channel's root-mean-square scale; 'none' is the unablated model")
     if publish:
         run.write("ablation", checkpoint_name(checkpoint), ds)
     return ds
