@@ -1,8 +1,14 @@
-"""Evaluation-time ablations of DeMa's hidden attention, as in the paper: replace the hidden
-attention of every layer with zeros or with random weights, and measure the score drop.
+"""Evaluation-time ablations, as in the paper: replace DeMa's hidden attention of every layer
+with zeros or with random weights ("zeros", "random"), or remove the timestep embedding from a
+model trained with one ("no_timestep", DeMa or DT); measure the score against "none".
 
-The ablation acts on the sequence (Transformer-like) path; RNN-like inference has no explicit
-attention matrix to replace, so ablations are evaluated Transformer-like.
+    ablations_for(model)              the kinds that apply to a model
+    ablate(model, kind)               a context in which the model runs ablated
+    evaluate_ablations(run, ...)      scores of a run's checkpoint per kind, published in the run
+    ablation_table(run), score_drop   what was published
+
+The hidden-attention ablations act on the sequence (Transformer-like) path; RNN-like inference
+has no explicit attention matrix to replace, so ablations are evaluated Transformer-like.
 """
 
 from __future__ import annotations
@@ -13,7 +19,37 @@ import xarray as xr
 
 from .ssm import Mamba
 
-ABLATIONS = ("none", "zeros", "random")
+ABLATIONS = ("none", "zeros", "random")          # hidden attention
+NO_TIMESTEP = "no_timestep"                      # the timestep embedding removed at evaluation
+
+
+def ablations_for(model) -> tuple[str, ...]:
+    """'none', the hidden-attention kinds for a model with Mamba mixers, and 'no_timestep' for a
+    model with a timestep embedding."""
+    kinds = ["none"]
+    if any(isinstance(m, Mamba) for m in model.modules()):
+        kinds += ["zeros", "random"]
+    if getattr(model.embed, "embed_timestep", None) is not None:
+        kinds.append(NO_TIMESTEP)
+    return tuple(kinds)
+
+
+@contextlib.contextmanager
+def ablate(model, kind: str, seed: int = 0):
+    """Inside the block, `model` runs with ablation `kind` (one of ablations_for(model))."""
+    if kind != NO_TIMESTEP:
+        with ablate_hidden_attention(model, kind, seed):
+            yield model
+        return
+    saved = getattr(model.embed, "embed_timestep", None)
+    if saved is None:
+        raise ValueError("the 'no_timestep' ablation needs a model trained with a timestep embedding "
+                         "(this one has none)")
+    model.embed.embed_timestep = None
+    try:
+        yield model
+    finally:
+        model.embed.embed_timestep = saved
 
 
 @contextlib.contextmanager
@@ -34,11 +70,11 @@ def ablate_hidden_attention(model, kind: str, seed: int = 0):
             m.ablation = a
 
 
-def evaluate_ablations(run, checkpoint: int | None = None, kinds=ABLATIONS, episodes: int = 5,
+def evaluate_ablations(run, checkpoint: int | None = None, kinds=None, episodes: int = 5,
                        targets=None, max_steps: int = 1000, seed: int = 0, publish: bool = True) -> xr.Dataset:
-    """Scores of a run's checkpoint with each ablation (Transformer-like inference).
-    Returns dims (checkpoint, ablation, target, episode); published as ablation/<checkpoint>
-    when `publish` (the run must not be training at the same time)."""
+    """Scores of a run's checkpoint with each ablation (Transformer-like inference; default: every
+    kind that applies to the model). Returns dims (checkpoint, ablation, target, episode);
+    published as ablation/<checkpoint> when `publish` (the run must not be training at the same time)."""
     from .models import load_checkpoint
     from .rollout import evaluate
     from .store import checkpoint_name
@@ -46,13 +82,18 @@ def evaluate_ablations(run, checkpoint: int | None = None, kinds=ABLATIONS, epis
     steps = run.checkpoints()
     checkpoint = steps[-1] if checkpoint is None else checkpoint
     ck = load_checkpoint(run.checkpoint_bytes(checkpoint))
-    if ck.config.arch != "dema":
-        raise ValueError(f"run {run.run_id} is a {ck.config.arch!r} model; ablations need DeMa")
+    possible = ablations_for(ck.model)
+    kinds = possible if kinds is None else tuple(kinds)
+    wrong = [k for k in kinds if k not in possible]
+    if wrong:
+        raise ValueError(f"ablation {', '.join(wrong)} does not apply to run {run.run_id} (a {ck.config.arch} "
+                         f"model{' with' if NO_TIMESTEP in possible else ' without'} a timestep embedding); "
+                         f"it has: {', '.join(possible)}")
     prov = run.attrs.get("provenance", {})
     targets = targets or prov.get("eval_targets")
     parts = []
     for kind in kinds:
-        with ablate_hidden_attention(ck.model, kind, seed):
+        with ablate(ck.model, kind, seed):
             res, _ = evaluate(ck.model, prov["env"], targets, episodes, ("transformer",), ck.meta["rtg_scale"],
                               ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy(), seed=seed, record=0,
                               render_size=None, attention=None, max_steps=max_steps)
@@ -60,7 +101,8 @@ def evaluate_ablations(run, checkpoint: int | None = None, kinds=ABLATIONS, epis
     ds = xr.concat(parts, dim="ablation").expand_dims(checkpoint=[checkpoint])
     ds.attrs.update(mode="transformer", random_scale="rms",
                     description="hidden attention replaced by zeros or by random causal weights at each "
-                                "channel's root-mean-square scale; 'none' is the unablated model")
+                                "channel's root-mean-square scale, or the timestep embedding removed "
+                                "(no_timestep); 'none' is the unablated model")
     if publish:
         run.write("ablation", checkpoint_name(checkpoint), ds)
     return ds

@@ -219,7 +219,8 @@ def register_study(subparsers) -> None:
     sweep.add_argument("--datasets", nargs="+", default=["hopper-medium"], metavar="DATASET")
     sweep.add_argument("--K", nargs="+", type=int, default=[5, 10, 20, 40])
     sweep.add_argument("--layouts", nargs="+", default=["B3LD"], choices=["B3LD", "BL3D"])
-    sweep.add_argument("--timestep-embedding", nargs="+", default=["off"], metavar="off|on")
+    sweep.add_argument("--timestep-embedding", nargs="+", default=["off"], metavar="off|on",
+                       help="DeMa with and/or without a timestep embedding (DT always has its own)")
     sweep.add_argument("--archs", nargs="+", default=["dema"], choices=["dema", "dt"])
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
     sweep.add_argument("--eval-modes", nargs="+", default=["transformer", "rnn"], choices=["transformer", "rnn"])

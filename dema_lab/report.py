@@ -260,6 +260,12 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
     if abl_cols:
         rep.tables["Hidden-attention ablations (normalized score, Transformer-like)"] = pd.concat(
             [_table(main, key + ["K"], [], c) for c in abl_cols], axis=1)
+    if "ablation_no_timestep" in df:
+        with_te = df[df.ablation_no_timestep.notna()].assign(
+            model=lambda d: d.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(d.arch))
+        rep.tables["Timestep embedding removed at evaluation (models trained with one; normalized score)"] = \
+            pd.concat([_table(with_te, key + ["model", "K"], [], c) for c in ("ablation_none", "ablation_no_timestep")],
+                      axis=1)
     if "score_rnn" in main:
         cols = [_table(main, key + ["K"], [], c) for c in ("score_transformer", "score_rnn")]
         for c in ("latency_ms_transformer", "latency_ms_rnn"):
@@ -342,6 +348,11 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     across("No timestep embedding is needed (without scores at least as well)",
            b3[~b3.timestep_embedding][pair_key + ["score_transformer"]],
            b3[b3.timestep_embedding][pair_key + ["score_transformer"]], "without", "with")
+    if "ablation_no_timestep" in dema and dema.ablation_no_timestep.notna().any():
+        te = dema[dema.ablation_no_timestep.notna()]
+        verdict, evidence = paired_verdict(te.ablation_no_timestep - te.ablation_none)
+        out[-1] = (out[-1][0], out[-1][1], out[-1][2] + f"; removing it at evaluation from DeMa trained with it: "
+                   f"{evidence} ({te.ablation_none.mean():.1f} → {te.ablation_no_timestep.mean():.1f})")
     r2 = main[[c for c in main if c.startswith("r2_layer")]].to_numpy().ravel() if len(main) else []
     r2 = np.asarray(r2, float)
     r2 = r2[np.isfinite(r2)]

@@ -32,7 +32,7 @@ class SweepConfig:
     archs: list[str] = field(default_factory=lambda: ["dema"])
     seeds: list[int] = field(default_factory=lambda: [0])
     eval_modes: list[str] = field(default_factory=lambda: ["transformer", "rnn"])
-    ablations: bool = True               # zero / random hidden attention on each DeMa run
+    ablations: bool = True               # zero / random hidden attention (DeMa), timestep embedding removed (when trained with one)
     ablation_episodes: int = 5
     workers: int = 0                     # 0: one per core
     base: TrainConfig = field(default_factory=TrainConfig)   # everything else (steps, sizes, store, ...)
@@ -44,10 +44,15 @@ class SweepConfig:
 
 
 def grid(sweep: SweepConfig) -> list[TrainConfig]:
-    """One TrainConfig per grid point, with a stable run id."""
-    configs = []
+    """One TrainConfig per grid point, with a stable run id. The timestep-embedding dimension is
+    DeMa's: DT always has its timestep embedding, as in the paper (one DT run per other point)."""
+    configs, seen = [], set()
     for dataset, K, layout, ts, arch, seed in itertools.product(sweep.datasets, sweep.K, sweep.layouts,
                                                                 sweep.timestep_embedding, sweep.archs, sweep.seeds):
+        ts = True if arch == "dt" else ts
+        if (dataset, K, layout, ts, arch, seed) in seen:
+            continue
+        seen.add((dataset, K, layout, ts, arch, seed))
         short = os.path.splitext(os.path.basename(dataset))[0].replace(":", "-")
         run_id = f"{sweep.name}-{short}-{arch}-{layout}-ts{int(ts)}-K{K}-s{seed}"
         modes = [m for m in sweep.eval_modes if arch == "dema" or m == "transformer"]
@@ -66,7 +71,8 @@ def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int) -> dict:
     torch.set_num_threads(max(1, cfg.threads or 1))
     start = time.perf_counter()
     run, what = ensure_trained(cfg, progress=False, log=lambda *_: None)
-    if ablations and cfg.arch == "dema":
+    # hidden attention (DeMa) and the timestep embedding (when the model has one)
+    if ablations and (cfg.arch == "dema" or cfg.timestep_embedding is not False):
         done = {int(n.split("_")[-1]) for n in run.published("ablation")}
         last = run.checkpoints()[-1]
         if last not in done:

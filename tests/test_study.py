@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dema_lab.ablation import ablate_hidden_attention, score_drop
+from dema_lab.ablation import ablate, ablate_hidden_attention, ablations_for, score_drop
 from dema_lab.models import ModelConfig, build_model
 from dema_lab.report import build_report
 from dema_lab.ssm import Mamba, hidden_attention
@@ -67,6 +67,29 @@ def test_ablation_context_restores_the_model():
             pass
 
 
+def test_timestep_embedding_ablation_removes_it_and_restores_it():
+    x = dict(states=torch.randn(1, 3, 5), actions=torch.zeros(1, 3, 2), returns_to_go=torch.ones(1, 3, 1),
+             timesteps=torch.tensor([[400, 401, 402]]))
+    dt = build_model(ModelConfig(arch="dt", state_dim=5, act_dim=2, K=3, d_model=16)).eval()
+    dema_te = build_model(ModelConfig(state_dim=5, act_dim=2, K=3, d_model=16, d_state=4,
+                                      timestep_embedding=True)).eval()
+    dema = build_model(ModelConfig(state_dim=5, act_dim=2, K=3, d_model=16, d_state=4)).eval()
+    assert ablations_for(dt) == ("none", "no_timestep")
+    assert ablations_for(dema_te) == ("none", "zeros", "random", "no_timestep")
+    assert ablations_for(dema) == ("none", "zeros", "random")
+    for model in (dt, dema_te):
+        base = model(**x)
+        with ablate(model, "no_timestep"):
+            ablated = model(**x)
+            # without the embedding the timesteps no longer matter
+            torch.testing.assert_close(model(**{**x, "timesteps": torch.tensor([[0, 1, 2]])}), ablated)
+        assert not torch.allclose(ablated, base)
+        torch.testing.assert_close(model(**x), base)
+    with pytest.raises(ValueError, match="needs a model trained with a timestep embedding"):
+        with ablate(dema, "no_timestep"):
+            pass
+
+
 def test_paired_verdicts():
     from dema_lab.report import paired_verdict
     assert paired_verdict([5.0, 6.0, 4.0, 5.5])[0] == "holds"
@@ -81,7 +104,8 @@ def test_grid_run_ids_are_stable_and_cover_the_grid(tiny_config):
     sweep = SweepConfig(name="g", datasets=["hopper-medium"], K=[5, 10], layouts=["B3LD", "BL3D"],
                         timestep_embedding=[False, True], archs=["dema", "dt"], seeds=[0, 1], base=tiny_config)
     configs = grid(sweep)
-    assert len(configs) == 2 * 2 * 2 * 2 * 2
+    assert len(configs) == 2 * 2 * 2 * 2 + 2 * 2 * 2          # DeMa: ts off and on; DT: always with its embedding
+    assert all(c.timestep_embedding for c in configs if c.arch == "dt")
     assert len({c.run_id for c in configs}) == len(configs)
     assert configs[0].run_id == "g-hopper-medium-dema-B3LD-ts0-K5-s0"
     assert all(c.eval_modes == ["transformer"] for c in configs if c.arch == "dt")
@@ -107,8 +131,11 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     assert len(rep.runs) == 2 and set(rep.runs.arch) == {"dema", "dt"}
     assert (rep.runs.latency_ms_transformer > 0).all()
     assert rep.runs.loc[rep.runs.arch == "dema", "ablation_zeros"].notna().all()
+    assert rep.runs.loc[rep.runs.arch == "dt", "ablation_no_timestep"].notna().all()     # DT has one
+    assert rep.runs.loc[rep.runs.arch == "dema", "ablation_no_timestep"].isna().all()    # this DeMa has none
     titles = " ".join(rep.tables)
-    for part in ("DeMa against DT", "ablations", "RNN-like against Transformer-like", "Decay statistics"):
+    for part in ("DeMa against DT", "ablations", "RNN-like against Transformer-like", "Decay statistics",
+                 "Timestep embedding removed at evaluation"):
         assert part in titles
     verdicts = {f: v for f, v, _ in rep.findings}
     assert set(verdicts.values()) <= {"holds", "does not hold", "inconclusive", "not measured",
