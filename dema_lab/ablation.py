@@ -5,6 +5,8 @@ model trained with one ("no_timestep", DeMa or DT); measure the score against "n
     ablations_for(model)              the kinds that apply to a model
     ablate(model, kind)               a context in which the model runs ablated
     evaluate_ablations(run, ...)      scores of a run's checkpoint per kind, published in the run
+    complete_ablations(run, ...)      evaluate only the kinds a run's published ablations lack
+                                      (what a rerun of `dema-lab sweep` does)
     ablation_table(run), score_drop   what was published
 
 The hidden-attention ablations act on the sequence (Transformer-like) path; RNN-like inference
@@ -106,6 +108,39 @@ def evaluate_ablations(run, checkpoint: int | None = None, kinds=None, episodes:
     if publish:
         run.write("ablation", checkpoint_name(checkpoint), ds)
     return ds
+
+
+def complete_ablations(run, checkpoint: int | None = None, episodes: int = 5, max_steps: int = 1000,
+                       seed: int = 0) -> tuple[xr.Dataset | None, tuple[str, ...]]:
+    """Make the published ablations of a run's checkpoint complete: evaluate the kinds that apply
+    to the model and are missing (or were computed by an older method: "random" scaled by the
+    std instead of the RMS), keep the others, publish the merged group. Returns it (None for a
+    model with no ablation) and the kinds evaluated now."""
+    from .models import load_checkpoint
+    from .store import checkpoint_name
+
+    steps = run.checkpoints()
+    checkpoint = steps[-1] if checkpoint is None else checkpoint
+    possible = ablations_for(load_checkpoint(run.checkpoint_bytes(checkpoint)).model)
+    if possible == ("none",):
+        return None, ()
+    name = checkpoint_name(checkpoint)
+    old = run.open("ablation", name).load() if name in run.published("ablation") else None
+    have = set() if old is None else {str(k) for k in old.ablation.values}
+    if old is not None and old.attrs.get("random_scale") != "rms":
+        have.discard("random")
+    missing = tuple(k for k in possible if k not in have)
+    if not missing:
+        return old, ()
+    if old is not None:
+        episodes = old.sizes["episode"]                 # the new kinds line up with the old ones
+    new = evaluate_ablations(run, checkpoint, kinds=missing, episodes=episodes, max_steps=max_steps, seed=seed,
+                             publish=False)
+    if old is not None:
+        kept = [k for k in old.ablation.values if str(k) in have]
+        new = xr.concat([old.sel(ablation=kept), new], dim="ablation").assign_attrs(new.attrs)
+    run.write("ablation", name, new)
+    return new, missing
 
 
 def ablation_table(run) -> xr.Dataset:

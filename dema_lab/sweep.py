@@ -65,18 +65,16 @@ def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int) -> dict:
     """One grid point, in a worker process: train (or resume, or skip), then the ablations."""
     import torch
 
-    from .ablation import evaluate_ablations
+    from .ablation import complete_ablations
     from .train import ensure_trained
 
     torch.set_num_threads(max(1, cfg.threads or 1))
     start = time.perf_counter()
     run, what = ensure_trained(cfg, progress=False, log=lambda *_: None)
-    # hidden attention (DeMa) and the timestep embedding (when the model has one)
-    if ablations and (cfg.arch == "dema" or cfg.timestep_embedding is not False):
-        done = {int(n.split("_")[-1]) for n in run.published("ablation")}
-        last = run.checkpoints()[-1]
-        if last not in done:
-            evaluate_ablations(run, last, episodes=ablation_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed)
+    if ablations:       # hidden attention (DeMa), the timestep embedding (when the model has one)
+        _, kinds = complete_ablations(run, episodes=ablation_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed)
+        if kinds and what == "skipped":
+            what = f"ablations added ({', '.join(kinds)})"
     return {"run_id": cfg.run_id, "what": what, "seconds": time.perf_counter() - start}
 
 

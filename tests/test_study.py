@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import xarray as xr
 
 from dema_lab.ablation import ablate, ablate_hidden_attention, ablations_for, score_drop
 from dema_lab.models import ModelConfig, build_model
@@ -123,6 +124,22 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     assert sorted(r["what"] for r in first) == ["trained"] * 2
     again = run_sweep(sweep, log=lambda *_: None)
     assert [r["what"] for r in again] == ["skipped"] * 2
+    # a rerun completes ablations that are missing or were made by an older method, keeping the rest
+    from dema_lab.store import RunStore
+    rs = RunStore(base.store, mode="a")
+    dema_run, dt_run = rs.run("t-hopper-medium-small-dema-B3LD-ts0-K2-s0"), rs.run("t-hopper-medium-small-dt-B3LD-ts1-K2-s0")
+    name = dema_run.published("ablation")[-1]
+    before = dema_run.open("ablation", name).load()
+    old_method = before.copy(deep=True)
+    old_method.attrs.pop("random_scale")
+    old_method["normalized_score"].loc[{"ablation": "random"}] = -99.0
+    dema_run.write("ablation", name, old_method)
+    dt_run.unpublish("ablation", dt_run.published("ablation"))
+    added = {r["run_id"]: r["what"] for r in run_sweep(sweep, log=lambda *_: None)}
+    assert added == {dema_run.run_id: "ablations added (random)", dt_run.run_id: "ablations added (none, no_timestep)"}
+    after = dema_run.open("ablation", name).load()
+    xr.testing.assert_identical(after["normalized_score"], before["normalized_score"])      # same seed, same scores
+    assert list(dt_run.open("ablation", dt_run.published("ablation")[-1]).ablation.values) == ["none", "no_timestep"]
     # extending the sweep's steps resumes every run from its last checkpoint
     longer = dataclasses.replace(sweep, base=dataclasses.replace(base, steps=18))
     assert [r["what"] for r in run_sweep(longer, log=lambda *_: None)] == ["resumed"] * 2
@@ -143,7 +160,6 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     assert "Transformer-like DeMa beats RNN-like DeMa" in verdicts and "DeMa matches or beats DT" in verdicts
     md = rep.to_markdown()
     assert md.startswith("# Sweep report (2 runs)") and "| paper's finding |" in md
-    from dema_lab.store import RunStore
     from dema_lab.ablation import ablation_table
     drop = score_drop(ablation_table(RunStore(base.store).run("t-hopper-medium-small-dema-B3LD-ts0-K2-s0")))
     assert float(drop.sel(ablation="none").max()) == 0.0
