@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages: EGL/OSMesa for headless MuJoCo rendering, Chromium for the browser tests.
 APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6 chromium fonts-dejavu-core
 
-.PHONY: test demo bench venv apt clean-venv
+.PHONY: test demo bench study venv apt clean-venv
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: apt $(STAMP)
 # Speed and memory figures (not tests): writes benchmarks/RESULTS.md.
 bench: apt $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# The paper's study on the embedded suite (hours on 2 cores; resumable): docs/study-report.md.
+study: apt $(STAMP)
+	./scripts/study.sh
 
 clean-venv:
 	rm -rf $(VENV)
