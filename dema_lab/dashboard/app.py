@@ -316,52 +316,35 @@ def _keep_refreshing(explorer, demo: DemoJob):
     cb = pn.state.add_periodic_callback(tick, period=5000)
 
 
-def compare_app(store: str | None = None, presentation: bool | None = None):
+def _component_app(component: str, title: str, failure: str, store: str | None, presentation: bool | None):
+    """A page of one component (controls in the sidebar, views in the main area); a component that
+    cannot be built becomes a message naming why."""
     from .compare import SequenceComparison
+    from .live import LiveRollout
+    from .study import StudyReport
 
+    cls = {"compare": SequenceComparison, "live": LiveRollout, "study": StudyReport}[component]
     opts = app_options()
     store = store or opts["store"]
     presentation = opts["presentation"] if presentation is None else presentation
-
-    def build():
-        comp = SequenceComparison(store, presentation=presentation)
-        return comp.controls(), comp.views()
     try:
-        controls, views = build()
+        view = cls(store, presentation=presentation)
+        controls, views = view.controls(), view.views()
     except Exception as e:  # noqa: BLE001
-        controls, views = None, pn.pane.Alert(f"**The store cannot be read:** {friendly_error(e)}",
-                                              alert_type="danger")
-    return _template("dema-lab · sequence length", views, controls, presentation)
+        controls, views = None, pn.pane.Alert(f"**{failure}:** {friendly_error(e)}", alert_type="danger")
+    return _template(f"dema-lab · {title}", views, controls, presentation)
+
+
+def compare_app(store: str | None = None, presentation: bool | None = None):
+    return _component_app("compare", "sequence length", "The store cannot be read", store, presentation)
 
 
 def live_app(store: str | None = None, presentation: bool | None = None):
-    from .live import LiveRollout
-
-    opts = app_options()
-    store = store or opts["store"]
-    presentation = opts["presentation"] if presentation is None else presentation
-    try:
-        live = LiveRollout(store, presentation=presentation)
-        controls, views = live.controls(), live.views()
-    except Exception as e:  # noqa: BLE001
-        controls, views = None, pn.pane.Alert(f"**Live rollouts cannot start:** {friendly_error(e)}",
-                                              alert_type="danger")
-    return _template("dema-lab · live rollout", views, controls, presentation)
+    return _component_app("live", "live rollout", "Live rollouts cannot start", store, presentation)
 
 
 def study_app(store: str | None = None, presentation: bool | None = None):
-    from .study import StudyReport
-
-    opts = app_options()
-    store = store or opts["store"]
-    presentation = opts["presentation"] if presentation is None else presentation
-    try:
-        study = StudyReport(store, presentation=presentation)
-        controls, views = study.controls(), study.views()
-    except Exception as e:  # noqa: BLE001
-        controls, views = None, pn.pane.Alert(f"**The study report cannot be built:** {friendly_error(e)}",
-                                              alert_type="danger")
-    return _template("dema-lab · study report", views, controls, presentation)
+    return _component_app("study", "study report", "The study report cannot be built", store, presentation)
 
 
 def serve(store: str = "store", port: int = 5006, address: str = "127.0.0.1", show: bool = False,
