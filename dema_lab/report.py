@@ -160,11 +160,23 @@ def _count(x) -> str:
     return "–" if not np.isfinite(x) else (f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k")
 
 
-def _table(df: pd.DataFrame, index, columns, value, fmt=_cell) -> pd.DataFrame:
+def _table(df: pd.DataFrame, index, columns, value, fmt=_cell, paired: bool = False) -> pd.DataFrame:
+    """Cells fmt(values over seeds) of `value`, rows `index`, columns `columns`. A missing cell
+    shows "–"; with `paired`, only the rows where every column has runs (a comparison)."""
     if value not in df or df.empty:
         return pd.DataFrame()
     out = df.groupby(index + columns, dropna=False)[value].apply(lambda s: fmt(s.values))
-    return out.unstack(columns) if columns else out.to_frame(value)
+    out = out.unstack(columns) if columns else out.to_frame(_LABELS.get(value, value))
+    if paired:
+        out = out.dropna()
+    return out.fillna("–")
+
+
+_LABELS = {"score_transformer": "Transformer-like", "score_rnn": "RNN-like",
+           "latency_ms_transformer": "ms/step Transformer-like", "latency_ms_rnn": "ms/step RNN-like",
+           "state_bytes_transformer": "state Transformer-like", "state_bytes_rnn": "state RNN-like",
+           "ablation_none": "none", "ablation_zeros": "zeros", "ablation_random": "random",
+           "ablation_no_timestep": "no timestep embedding"}
 
 
 @dataclass
@@ -244,18 +256,20 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
     rep.tables["Parameters and MACs against K (DeMa, B3LD)"] = cost.map(_count) if not cost.empty else cost
     both = df[(df.layout == "B3LD") & (~df.timestep_embedding | (df.arch == "dt"))]
     if set(both.arch) >= {"dema", "dt"}:
-        sc = _table(both, key + ["K"], ["arch"], "score_transformer")
+        sc = _table(both, key + ["K"], ["arch"], "score_transformer", paired=True)
         params = both.groupby(["arch"])["parameters"].first().map(_count)
-        macs = both.groupby(["arch", "K"])["forward_macs"].first().map(_count).unstack("arch")
+        macs = both.groupby(["arch", "K"])["forward_macs"].first().map(_count).unstack("arch").dropna()
         rep.tables["DeMa against DT: score"] = sc
         rep.tables["DeMa against DT: parameters"] = params.to_frame("parameters")
         rep.tables["DeMa against DT: MACs per forward, by K"] = macs
     if len(set(dema.layout)) > 1:
         rep.tables["B3LD against BL3D (DeMa, Transformer-like)"] = _table(dema[~dema.timestep_embedding], key + ["K"],
-                                                                          ["layout"], "score_transformer")
+                                                                          ["layout"], "score_transformer", paired=True)
     if len(set(dema.timestep_embedding)) > 1:
+        te = dema[dema.layout == "B3LD"].assign(
+            timestep_embedding=lambda d: d.timestep_embedding.map({False: "off", True: "on"}))
         rep.tables["Timestep embedding off against on (DeMa, B3LD)"] = _table(
-            dema[dema.layout == "B3LD"], key + ["K"], ["timestep_embedding"], "score_transformer")
+            te, key + ["K"], ["timestep_embedding"], "score_transformer", paired=True)
     abl_cols = [c for c in ("ablation_none", "ablation_zeros", "ablation_random") if c in dema]
     if abl_cols:
         rep.tables["Hidden-attention ablations (normalized score, Transformer-like)"] = pd.concat(
@@ -278,8 +292,12 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
             pd.concat(cols, axis=1)
     decay_cols = sorted(c for c in main if c.startswith(("r2_layer", "half_life_steps_layer")))
     if decay_cols:
+        decay = pd.concat([_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v):.2f}") for c in decay_cols],
+                          axis=1)
+        decay.columns = [c.replace("r2_layer", "R² layer ").replace("half_life_steps_layer", "half-life layer ")
+                         for c in decay.columns]
         rep.tables["Decay statistics (last checkpoint, state tokens): R² of the exponential fit, half-life in steps"] = \
-            pd.concat([_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v):.2f}") for c in decay_cols], axis=1)
+            decay
     rep.findings = findings(df)
     return rep
 
