@@ -376,8 +376,13 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     r2 = r2[np.isfinite(r2)]
     if len(r2):
         med = float(np.median(r2))
+        evidence = f"median R² of the log-linear fit over runs and layers: {med:.2f} (bar: 0.8)"
+        hl_cols = [c for c in main if c.startswith("half_life_steps_layer")]
+        if hl_cols and main.K.nunique() > 1:
+            hl = main.assign(hl=main[hl_cols].median(axis=1)).groupby("K")["hl"].median()
+            evidence += "; median half-life by K: " + ", ".join(f"K={k}: {v:.1f} steps" for k, v in hl.items())
         out.append(("Hidden attention decays roughly exponentially with lag", "holds" if med >= 0.8 else "does not hold",
-                    f"median R² of the log-linear fit over runs and layers: {med:.2f} (bar: 0.8)"))
+                    evidence))
     dt = df[(df.arch == "dt") & (df.layout == "B3LD")]
     across("DeMa matches or beats DT", main[pair_key + ["score_transformer"]],
            dt[pair_key + ["score_transformer"]], "DeMa", "DT")
