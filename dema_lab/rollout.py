@@ -47,6 +47,10 @@ def rollout_steps(policy: Policy, env, target: float, seed: int, render: bool = 
         start = time.perf_counter()
         action = policy.act(obs)
         act_seconds = time.perf_counter() - start
+        if not np.isfinite(action).all():
+            raise FloatingPointError(f"the policy produced a non-finite action at step {t} ({action}); its weights "
+                                     f"or inputs hold NaN or inf: check the checkpoint and the dataset's state "
+                                     f"statistics")
         next_obs, reward, terminated, truncated, _ = env.step(action)
         policy.observe(reward)
         done = bool(terminated or truncated) or t == limit - 1

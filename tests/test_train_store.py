@@ -192,3 +192,16 @@ def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
     # a run id that already exists is not overwritten
     with pytest.raises(StoreError, match="already exists"):
         train(tiny_config, progress=False, log=lambda *_: None)
+
+
+def test_a_model_with_nan_weights_fails_evaluation_clearly():
+    import torch
+
+    from dema_lab.models import ModelConfig, build_model
+    from dema_lab.rollout import evaluate
+
+    model = build_model(ModelConfig(state_dim=11, act_dim=3, K=3, d_model=16, d_state=4)).eval()
+    with torch.no_grad():
+        model.predict_action[0].weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite action at step 0"):
+        evaluate(model, "Hopper-v5", [3600.0], 1, record=0, render_size=None, attention=None, max_steps=5)
