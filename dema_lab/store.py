@@ -16,6 +16,12 @@ fresh name, then appends the name to its run's `published` attribute. The attrib
 the run group's zarr.json, which the store replaces atomically (write to a temp file, rename).
 Readers open only published groups. Each run has a single writer, so there is no
 read-modify-write race on that attribute; runs never touch each other's groups.
+
+Rewriting a published name (merged ablations, an evaluation repeated after a resume) never
+touches the group readers are using: each name has a ring of slots (<name>, <name>.slot1,
+<name>.slot2); the new version is written whole into the next slot, and the run's `slots`
+attribute switches to it in the same atomic write that publishes it. A reader that looked up
+the old slot can still read it until two more versions have been written.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import zarr
 
 STORE_VERSION = 1
 DEFAULT_STORE = os.environ.get("DEMA_LAB_STORE", "store")
+SLOTS = 3                 # versions of a rewritten name kept on disk (see the publishing protocol)
 KINDS = ("train", "eval", "rollout", "decay", "ablation", "checkpoint", "resume")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -217,45 +224,77 @@ class Run:
         return list(self.attrs.get("published", {}).get(kind, []))
 
     # ---------------------------------------------------------------- writing
-    def _publish(self, kind: str, name: str, remove: tuple[str, ...] = (), run_attrs: dict | None = None):
-        """List `name` under `kind` (and set `run_attrs`) in one atomic write of the run's zarr.json."""
+    def location(self, kind: str, name: str, attrs: dict | None = None) -> str:
+        """The group path that holds the published `kind/name` (see the module's protocol)."""
+        attrs = self.attrs if attrs is None else attrs
+        slot = attrs.get("slots", {}).get(f"{kind}/{name}", name)
+        return f"{self.prefix}/{kind}/{slot}"
+
+    def _free_slot(self, kind: str, name: str) -> str:
+        """Where to write a new version of `kind/name`: its own name when it is not published yet,
+        else whichever of its two slots readers are not using."""
+        attrs = self.attrs
+        if name not in attrs.get("published", {}).get(kind, []):
+            return name
+        current = attrs.get("slots", {}).get(f"{kind}/{name}", name)
+        n = (int(current.rsplit(".slot", 1)[1]) if current != name else 0) + 1
+        return f"{name}.slot{n}" if n < SLOTS else name
+
+    def _publish(self, kind: str, name: str, remove: tuple[str, ...] = (), run_attrs: dict | None = None,
+                 slot: str | None = None):
+        """List `name` under `kind` (written in `slot`; set `run_attrs`) in one atomic write of the
+        run's zarr.json."""
         group = self.group
         published = dict(group.attrs.get("published", {}))
         names = [n for n in published.get(kind, []) if n != name and n not in remove]
         published[kind] = names + [name]
-        group.update_attributes({"published": published, **_jsonable(run_attrs or {})})
+        slots = {k: v for k, v in group.attrs.get("slots", {}).items()
+                 if k not in {f"{kind}/{n}" for n in (name, *remove)}}
+        if slot not in (None, name):
+            slots[f"{kind}/{name}"] = slot
+        group.update_attributes({"published": published, "slots": slots, **_jsonable(run_attrs or {})})
 
     def unpublish(self, kind: str, names) -> None:
         group = self.group
+        names = set(names)
         published = dict(group.attrs.get("published", {}))
-        published[kind] = [n for n in published.get(kind, []) if n not in set(names)]
-        group.attrs["published"] = published
+        published[kind] = [n for n in published.get(kind, []) if n not in names]
+        slots = {k: v for k, v in group.attrs.get("slots", {}).items() if k not in {f"{kind}/{n}" for n in names}}
+        group.update_attributes({"published": published, "slots": slots})
 
     def write(self, kind: str, name: str, ds: xr.Dataset, encoding: dict | None = None) -> None:
         """Write a whole dataset as <kind>/<name>, then publish it."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
         ds = _portable_strings(ds.assign_attrs(_jsonable(dict(ds.attrs))))
-        ds.to_zarr(self.store.path, group=f"{self.prefix}/{kind}/{name}", mode="w", zarr_format=3,
+        slot = self._free_slot(kind, name)
+        ds.to_zarr(self.store.path, group=f"{self.prefix}/{kind}/{slot}", mode="w", zarr_format=3,
                    consolidated=False, encoding=encoding or {})
-        self._publish(kind, name)
+        self._publish(kind, name, slot=slot)
 
     def write_bytes(self, kind: str, name: str, data: bytes, attrs: dict | None = None,
                     replace: tuple[str, ...] = (), run_attrs: dict | None = None) -> None:
         """Store a blob (a checkpoint) as a uint8 array, publish it (with `run_attrs` set on the run
         in the same write), then drop `replace`d ones."""
         buf = np.frombuffer(data, dtype=np.uint8)
-        arr = zarr.create_array(self.store.path, name=f"{self.prefix}/{kind}/{name}", shape=buf.shape,
+        slot = self._free_slot(kind, name)
+        gone = [self.location(kind, old).rsplit("/", 1)[-1] for old in replace if old != name]
+        arr = zarr.create_array(self.store.path, name=f"{self.prefix}/{kind}/{slot}", shape=buf.shape,
                                 dtype="uint8", chunks=(max(1, min(len(buf), 1 << 24)),),
                                 attributes=_jsonable(attrs or {}), overwrite=True, zarr_format=3)
         arr[:] = buf
-        self._publish(kind, name, remove=replace, run_attrs=run_attrs)
-        for old in replace:
-            if old != name:
-                try:
-                    del self.group[kind][old]
-                except KeyError:
-                    pass
+        self._publish(kind, name, remove=replace, run_attrs=run_attrs, slot=slot)
+        for old in gone:
+            try:
+                del self.group[kind][old]
+            except KeyError:
+                pass
+
+    def blob_attrs(self, kind: str, name: str) -> dict:
+        """The attributes stored with a published blob (a checkpoint's step, a resume state's RNG)."""
+        self._check_published(kind, name)
+        arr = zarr.open_array(self.store.path, path=self.location(kind, name), mode="r", zarr_format=3)
+        return dict(arr.attrs)
 
     def set_attrs(self, **attrs) -> None:
         group = self.group
@@ -263,17 +302,22 @@ class Run:
             group.attrs[k] = _jsonable(v)
 
     # ---------------------------------------------------------------- reading
+    def _check_published(self, kind: str, name: str) -> dict:
+        attrs = self.attrs
+        names = attrs.get("published", {}).get(kind, [])
+        if name not in names:
+            raise StoreError(f"{kind}/{name} is not published in run {self.run_id} "
+                             f"(published: {', '.join(names) or 'none'})")
+        return attrs
+
     def open(self, kind: str, name: str) -> xr.Dataset:
-        if name not in self.published(kind):
-            raise StoreError(f"{kind}/{name} is not published in run {self.run_id}")
-        return xr.open_zarr(self.store.path, group=f"{self.prefix}/{kind}/{name}", consolidated=False,
+        attrs = self._check_published(kind, name)
+        return xr.open_zarr(self.store.path, group=self.location(kind, name, attrs), consolidated=False,
                             zarr_format=3)
 
     def read_bytes(self, kind: str, name: str) -> bytes:
-        if name not in self.published(kind):
-            raise StoreError(f"{kind}/{name} is not published in run {self.run_id} "
-                             f"(published: {', '.join(self.published(kind)) or 'none'})")
-        arr = zarr.open_array(self.store.path, path=f"{self.prefix}/{kind}/{name}", mode="r", zarr_format=3)
+        attrs = self._check_published(kind, name)
+        arr = zarr.open_array(self.store.path, path=self.location(kind, name, attrs), mode="r", zarr_format=3)
         return arr[:].tobytes()
 
     def train_metrics(self) -> xr.Dataset:

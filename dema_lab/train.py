@@ -293,18 +293,13 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = int(state["step"]), float(state["wall"])
-        attrs = self._blob_attrs("resume", name)
+        attrs = self.run.blob_attrs("resume", name)
         self.sampler.rng.bit_generator.state = attrs["sampler_rng"]
         # metrics logged after the checkpoint belong to steps that will be trained again
         later = [n for n in self.run.published("train") if int(n.split("_")[-2]) > self.step]
         self.run.unpublish("train", later)
         self.run.set_attrs(status="running")
         self.log(f"resuming run {self.run.run_id} from step {self.step}")
-
-    def _blob_attrs(self, kind, name) -> dict:
-        import zarr
-        arr = zarr.open_array(self.store.path, path=f"{self.run.prefix}/{kind}/{name}", mode="r", zarr_format=3)
-        return dict(arr.attrs)
 
     # ------------------------------------------------------------------ logging
     def flush_metrics(self):

@@ -126,32 +126,42 @@ for i in range(int(sys.argv[2])):
     ds = xr.Dataset({"frames": (("step", "y", "x", "rgb"), data), "value": ("step", np.full(40, i, np.float64))},
                     attrs={"checksum": int(data.astype(np.int64).sum()), "i": i})
     run.write("rollout", f"g{i:04d}", ds)
+    run.write("ablation", "latest", ds)           # a published name rewritten again and again
 print("done")
 """
 
 
-def test_a_reader_polling_while_a_writer_appends_sees_only_whole_groups(tmp_path):
+def test_a_reader_polling_while_a_writer_appends_and_rewrites_sees_only_whole_groups(tmp_path):
     store = str(tmp_path / "store")
     RunStore(store, mode="a")
     writer = subprocess.Popen([sys.executable, "-c", WRITER, store, "60"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    checked, polls = set(), 0
+    def check(ds):
+        assert int(ds.frames.values.astype(np.int64).sum()) == ds.attrs["checksum"]
+        assert (ds.value.values == ds.attrs["i"]).all() and ds.sizes["step"] == 40
+
+    checked, versions, polls = set(), set(), 0
     while True:
         finished = writer.poll() is not None
         s = RunStore(store)
         if "w" in s.run_ids():
             run = s.run("w")
             for name in run.rollouts():
-                ds = run.open("rollout", name).load()          # any error here fails the test
-                i = ds.attrs["i"]
-                assert int(ds.frames.values.astype(np.int64).sum()) == ds.attrs["checksum"]
-                assert (ds.value.values == i).all() and ds.sizes["step"] == 40
+                check(run.open("rollout", name).load())         # any error here fails the test
                 checked.add(name)
+            if "latest" in run.published("ablation"):
+                latest = run.open("ablation", "latest").load()
+                check(latest)
+                versions.add(latest.attrs["i"])
         polls += 1
         if finished:
             break
     assert writer.returncode == 0, writer.stderr.read()
     assert len(checked) == 60 and polls > 3
+    assert len(versions) > 3 and max(versions) == 59           # the reader saw the rewrites, whole
+    # old versions do not pile up: the rewritten name keeps its ring of slots, no more
+    assert sorted(p.name for p in (tmp_path / "store/runs/w/ablation").iterdir() if p.is_dir()) == \
+        ["latest", "latest.slot1", "latest.slot2"]
 
 
 def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
