@@ -8,6 +8,7 @@
 
 Store path: ``--args --store PATH`` on ``panel serve``, else $DEMA_LAB_STORE, else "store".
 Presentation mode (full screen, larger fonts): ``?presentation=1`` or ``--args --presentation``.
+The single-component pages take their settings from the URL too: ``/live?env=hopper&mode=rnn&fps=10``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,29 @@ def app_options(argv: list[str] | None = None) -> dict:
     except Exception:  # noqa: BLE001 - not in a server session
         pass
     return {"store": store, "presentation": presentation}
+
+
+def url_settings(cls: type[param.Parameterized]) -> dict:
+    """A component's settings given in the page's URL (`/live?env=hopper&fps=10&mode=rnn`), so a
+    demo can be bookmarked: numbers, integers, choices and text, by parameter name."""
+    try:
+        args = dict(pn.state.session_args) if pn.state.curdoc else {}
+    except Exception:  # noqa: BLE001 - not in a server session
+        return {}
+    out = {}
+    for name, values in args.items():
+        p = cls.param.objects().get(name)
+        if p is None or name in ("name", "status", "message") or not values:
+            continue
+        text = values[0].decode()
+        try:
+            value = int(text) if isinstance(p, param.Integer) else float(text) if isinstance(p, param.Number) \
+                else text if isinstance(p, (param.String, param.Selector)) else None
+        except ValueError:
+            raise ValueError(f"URL setting {name}={text!r} is not a number") from None
+        if value is not None:
+            out[name] = value                # out-of-range values fail in the component, naming the parameter
+    return out
 
 
 def _allow_store_arg() -> bool:
@@ -328,7 +352,7 @@ def _component_app(component: str, title: str, failure: str, store: str | None, 
     store = store or opts["store"]
     presentation = opts["presentation"] if presentation is None else presentation
     try:
-        view = cls(store, presentation=presentation)
+        view = cls(store, presentation=presentation, **url_settings(cls))
         controls, views = view.controls(), view.views()
     except Exception as e:  # noqa: BLE001
         controls, views = None, pn.pane.Alert(f"**{failure}:** {friendly_error(e)}", alert_type="danger")
