@@ -1,6 +1,6 @@
 """The attention explorer (with the sequence-length comparison and live rollouts as tabs).
 
-    panel serve dashboards/attention.py [--args --store PATH] [--args --presentation]
+    panel serve dashboards/attention.py --address 127.0.0.1 [--args --store PATH] [--args --presentation]
 
 The logic lives in dema_lab.dashboard; this file only builds the page.
 """

@@ -1,4 +1,4 @@
-"""Sequence-length comparison: `panel serve dashboards/compare.py [--args --store PATH]`."""
+"""Sequence-length comparison: `panel serve dashboards/compare.py --address 127.0.0.1 [--args --store PATH]`."""
 
 import panel as pn
 

@@ -1,4 +1,4 @@
-"""Live rollouts: `panel serve dashboards/live.py [--args --store PATH]`."""
+"""Live rollouts: `panel serve dashboards/live.py --address 127.0.0.1 [--args --store PATH]`."""
 
 import panel as pn
 

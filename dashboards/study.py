@@ -1,4 +1,4 @@
-"""The study report (the paper's tables for a sweep): `panel serve dashboards/study.py [--args --store PATH]`."""
+"""The study report (the paper's tables for a sweep): `panel serve dashboards/study.py --address 127.0.0.1 [--args --store PATH]`."""
 
 import panel as pn
 

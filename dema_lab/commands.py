@@ -58,7 +58,7 @@ def _train(args) -> int:
         return 2
     print(f"run {run.run_id} finished; store: {run.store.path}")
     print(f"  open it:   python -c \"import dema_lab; print(dema_lab.open_run('{run.store.path}', '{run.run_id}'))\"")
-    print(f"  dashboard: panel serve dashboards/attention.py --args --store {run.store.path}")
+    print(f"  dashboard: panel serve dashboards/attention.py --address 127.0.0.1 --args --store {run.store.path}")
     return 0
 
 
@@ -116,7 +116,7 @@ def _demo(args) -> int:
         return 2
     print(f"demo runs ready in {time.perf_counter() - start:.0f} s: {', '.join(ids)} (store: {args.store})")
     if args.no_serve:
-        print(f"  open them: panel serve dashboards/attention.py --args --store {args.store}")
+        print(f"  open them: panel serve dashboards/attention.py --address 127.0.0.1 --args --store {args.store}")
         return 0
     from .dashboard import serve
     print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live, /study); "

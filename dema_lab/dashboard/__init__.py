@@ -9,8 +9,8 @@ Components (param.Parameterized / pn.viewable.Viewer; display them in a notebook
     StudyReport(store)           the paper's tables for a sweep and which of its findings hold
     EmptyStorePage(store)        how to create a run, with a button that trains the demo runs
 
-``serve(store)`` serves the apps on 127.0.0.1; ``panel serve dashboards/attention.py`` serves
-the main one.
+``serve(store)`` serves the apps on 127.0.0.1; ``panel serve dashboards/attention.py --address
+127.0.0.1`` serves the main one (without --address, panel listens on every interface).
 """
 
 from .app import EmptyStorePage, attention_app, compare_app, live_app, serve, study_app

@@ -234,7 +234,7 @@ The dashboards read runs from the store at `{path}`. Create one:
   explorer opens as soon as the first run appears.
 * **From a terminal:** `make demo`, or `dema-lab train --store {self.store} --dataset hopper-medium --K 20`
   (see `dema-lab train --help`), then reload this page.
-* **Another store:** `panel serve dashboards/attention.py --args --store PATH`, or set `DEMA_LAB_STORE`.
+* **Another store:** `panel serve dashboards/attention.py --address 127.0.0.1 --args --store PATH`, or set `DEMA_LAB_STORE`.
 """
         return pn.Column(pn.pane.Markdown(text, sizing_mode="stretch_width", css_classes=["dema-empty-store"]),
                          self._button, self._bar, self._status, sizing_mode="stretch_width", max_width=1000)
