@@ -39,10 +39,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
-    overrides = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f"cfg_{f.name}") is not None}
-    return dataclasses.replace(base, **overrides)
+    """TrainConfig defaults < the --config file < the flags typed. With --resume, the run's saved
+    config takes the defaults' place: only what is given explicitly changes."""
+    from .store import DEFAULT_STORE
+    from .train import resumed_config
+
+    given = TrainConfig.read_file(args.config) if args.config else {}
+    given.update({f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(TrainConfig)
+                  if getattr(args, f"cfg_{f.name}") is not None})
+    if getattr(args, "resume", None):
+        store = given.pop("store", DEFAULT_STORE)
+        return resumed_config(store, args.resume, given)
+    return dataclasses.replace(TrainConfig(), **given)
 
 
 def _train(args) -> int:

@@ -112,15 +112,41 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def from_file(cls, path) -> "TrainConfig":
+    def read_file(cls, path) -> dict:
+        """The fields a JSON or TOML config file sets (checked: unknown keys and bad values fail)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"config file {path} does not exist")
         text = path.read_text()
-        if path.suffix == ".toml":
-            import tomllib
-            return cls.from_dict(tomllib.loads(text))
-        return cls.from_dict(json.loads(text))
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+                d = tomllib.loads(text)
+            else:
+                d = json.loads(text)
+        except ValueError as e:      # JSONDecodeError and TOMLDecodeError are ValueErrors
+            raise ValueError(f"config file {path} cannot be parsed ({e}); it must be JSON or TOML "
+                             f"(.toml) with TrainConfig's field names as keys") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"config file {path} must hold a table of TrainConfig fields, not {type(d).__name__}")
+        cls.from_dict(d)
+        return d
+
+    @classmethod
+    def from_file(cls, path) -> "TrainConfig":
+        return cls.from_dict(cls.read_file(path))
+
+
+# What a run is: a resume cannot change these (it may change the rest, e.g. steps or evaluation).
+RESUME_FIXED = ("dataset", "arch", "K", "layout", "n_layer", "d_model", "d_state", "d_conv", "expand", "n_head",
+                "dropout", "timestep_embedding", "max_ep_len", "seed", "batch_size", "lr", "weight_decay",
+                "warmup_steps", "grad_clip", "rtg_scale")
+
+
+def resumed_config(store, run_id: str, overrides: dict | None = None) -> TrainConfig:
+    """The config a run was trained with, with `overrides` (more steps, other evaluation settings)."""
+    saved = TrainConfig.from_dict(RunStore(store, mode="r").run(run_id).config)
+    return dataclasses.replace(saved, store=str(store), **(overrides or {}))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -204,15 +230,13 @@ class Trainer:
         if resume:
             run = self.store.run(resume)
             saved = TrainConfig.from_dict(run.config)
-            # the command line may extend a run (more steps, other eval settings) but not change what it is
-            fixed = ("dataset", "arch", "K", "layout", "n_layer", "d_model", "d_state", "d_conv", "expand",
-                     "n_head", "timestep_embedding", "max_ep_len", "seed", "batch_size", "lr", "rtg_scale")
-            changed = [k for k in fixed if getattr(cfg, k) != getattr(saved, k)
-                       and getattr(cfg, k) != getattr(TrainConfig(), k)]
+            # a resume may extend a run (more steps, other evaluation settings) but not change what it is
+            changed = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})" for k in RESUME_FIXED
+                       if getattr(cfg, k) != getattr(saved, k)]
             if changed:
-                raise ValueError(f"--resume {resume}: cannot change {', '.join(changed)} of an existing run")
-            cfg = dataclasses.replace(saved, steps=cfg.steps if cfg.steps != TrainConfig().steps else saved.steps,
-                                      store=cfg.store, run_id=resume)
+                raise ValueError(f"--resume {resume}: cannot change {', '.join(changed)} of an existing run; "
+                                 f"train a new run for that")
+            cfg = dataclasses.replace(cfg, run_id=resume, sweep=saved.sweep)
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -224,7 +248,11 @@ class Trainer:
         if not self.dataset.env:
             raise ValueError(f"dataset {cfg.dataset!r} does not say which environment it comes from, so it "
                              f"cannot be evaluated; give a D4RL file whose attrs name the env")
-        self.env = env_spec(self.dataset.env).name
+        try:
+            self.env = env_spec(self.dataset.env).name
+        except ValueError as e:
+            raise ValueError(f"dataset {cfg.dataset!r} was recorded in env {self.dataset.env!r}, which cannot be "
+                             f"evaluated here: {e}") from None
         self.sampler = WindowSampler(self.dataset, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed)
         self.model_cfg = cfg.model_config(self.dataset.obs_dim, self.dataset.act_dim)
         self.model = build_model(self.model_cfg).to(self.device)
@@ -298,7 +326,7 @@ class Trainer:
         # metrics logged after the checkpoint belong to steps that will be trained again
         later = [n for n in self.run.published("train") if int(n.split("_")[-2]) > self.step]
         self.run.unpublish("train", later)
-        self.run.set_attrs(status="running")
+        self.run.set_attrs(status="running", config=asdict(self.cfg))      # what it now continues with
         self.log(f"resuming run {self.run.run_id} from step {self.step}")
 
     # ------------------------------------------------------------------ logging

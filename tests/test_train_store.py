@@ -215,3 +215,75 @@ def test_a_model_with_nan_weights_fails_evaluation_clearly():
         model.predict_action[0].weight[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite action at step 0"):
         evaluate(model, "Hopper-v5", [3600.0], 1, record=0, render_size=None, attention=None, max_steps=5)
+
+
+def test_config_file_flags_and_resume_overrides(tiny_config, tmp_path):
+
+    from dema_lab.commands import config_from_args
+    from dema_lab.cli import build_parser
+
+    def parse(*argv):
+        return config_from_args(build_parser().parse_args(["train", *argv]))
+
+    (tmp_path / "c.json").write_text(json.dumps({"K": 7, "steps": 50, "eval_targets": [100.0]}))
+    (tmp_path / "c.toml").write_text('K = 9\nlayout = "BL3D"\n')
+    cfg = parse("--config", str(tmp_path / "c.json"), "--steps", "60")
+    assert (cfg.K, cfg.steps, cfg.eval_targets, cfg.d_model) == (7, 60, [100.0], TrainConfig().d_model)
+    cfg = parse("--config", str(tmp_path / "c.toml"))
+    assert (cfg.K, cfg.layout) == (9, "BL3D")
+    (tmp_path / "bad.json").write_text("{K: 3")
+    with pytest.raises(ValueError, match="cannot be parsed"):
+        parse("--config", str(tmp_path / "bad.json"))
+    (tmp_path / "typo.toml").write_text("kk = 3\n")
+    with pytest.raises(ValueError, match=r"unknown training config keys \['kk'\]"):
+        parse("--config", str(tmp_path / "typo.toml"))
+
+    # a resume continues with the run's saved config; only what is given changes
+    train(tiny_config, progress=False, log=lambda *_: None)
+    cfg = parse("--store", tiny_config.store, "--resume", "tiny", "--steps", "30", "--eval_episodes", "2")
+    assert (cfg.K, cfg.d_model, cfg.steps, cfg.eval_episodes) == (3, 16, 30, 2)
+    out = cli("train", "--quiet", "--store", tiny_config.store, "--resume", "tiny", "--steps", "30",
+              "--eval_episodes", "2")
+    assert out.returncode == 0, out.stderr
+    run = RunStore(tiny_config.store).run("tiny")
+    assert run.attrs["steps_done"] == 30 and run.attrs["config"]["eval_episodes"] == 2
+    assert run.evals().sel(checkpoint=30).sizes["episode"] == 2
+    out = cli("train", "--quiet", "--store", tiny_config.store, "--resume", "tiny", "--K", "5", "--steps", "40")
+    assert out.returncode == 2 and "cannot change K (3 -> 5)" in out.stderr
+
+
+def test_warm_up_and_gradient_clipping():
+    import torch
+
+    from dema_lab.models import ModelConfig, build_model
+    from dema_lab.train import make_optimizer, masked_mse, train_step
+
+    cfg = TrainConfig(lr=1e-3, warmup_steps=4, grad_clip=0.01)
+    model = build_model(ModelConfig(state_dim=11, act_dim=3, K=3, d_model=16, d_state=4, n_layer=1))
+    opt, sched = make_optimizer(model, cfg)
+    g = torch.Generator().manual_seed(0)
+    batch = dict(states=torch.randn(4, 3, 11, generator=g), actions=torch.rand(4, 3, 3, generator=g) * 2 - 1,
+                 returns_to_go=torch.ones(4, 3, 1), timesteps=torch.arange(3)[None].repeat(4, 1),
+                 mask=torch.ones(4, 3))
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        _, gnorm = train_step(model, batch, opt, sched, cfg.grad_clip)
+        assert gnorm > cfg.grad_clip                                  # the raw norm is reported ...
+        clipped = torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+        assert float(clipped) <= cfg.grad_clip * 1.0001              # ... and the step used the clipped one
+    np.testing.assert_allclose(lrs, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert float(masked_mse(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), torch.tensor([[1.0, 0.0]]))) == 1.0
+
+
+def test_a_dataset_from_an_unknown_env_is_refused_by_name(hopper_small, tmp_path):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "ant.hdf5"
+    shutil.copy(hopper_small, path)
+    with h5py.File(path, "a") as f:
+        f.attrs["env"] = "Ant-v5"
+    out = cli("train", "--store", str(tmp_path / "s"), "--dataset", str(path), "--steps", "2")
+    assert out.returncode == 2 and "recorded in env 'Ant-v5'" in out.stderr and "known envs" in out.stderr
