@@ -56,6 +56,16 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
         load_checkpoint(good, expect=small("dt"))
     with pytest.raises(CheckpointError, match="another config: K=4 \\(expected 8\\)"):
         load_checkpoint(good, expect=ModelConfig(arch="dema", state_dim=5, act_dim=2, K=8, d_model=16, d_state=4))
+    # a dema-lab header whose version or metadata is garbled
+    from safetensors.torch import load_file
+    weights = load_file(str(good))
+    header = {"format": "dema-lab-checkpoint", "arch": "dema", "model_config": json.dumps(model.cfg.to_dict())}
+    for bad, message in (({"version": "one", "meta": "{}"}, "unreadable format version 'one'"),
+                         ({"version": "1", "meta": "{step"}, "its metadata cannot be read")):
+        path = tmp_path / "garbled.safetensors"
+        save_file(weights, str(path), metadata={**header, **bad})
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(path)
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

@@ -97,7 +97,12 @@ def read_header(source) -> dict:
         raise CheckpointError(f"{name} is a safetensors file but not a dema-lab checkpoint (its header "
                               f"has format={header.get('format')!r}); load its weights yourself and "
                               f"save them with dema_lab.models.save_checkpoint")
-    if int(header.get("version", 0)) > VERSION:
+    try:
+        version = int(header.get("version", 0))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{name}: its header has an unreadable format version "
+                              f"{header.get('version')!r}; the file is corrupt") from None
+    if version > VERSION:
         raise CheckpointError(f"{name} was written by a newer dema-lab (format version "
                               f"{header['version']} > {VERSION}); upgrade dema-lab to read it")
     return header
@@ -133,10 +138,13 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
     tensors = {k: v.to(device) for k, v in tensors.items()}
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+    except ValueError as e:
+        raise CheckpointError(f"{name}: its metadata cannot be read ({e}); the file is corrupt") from None
     model = build_model(config).to(device)
     load_weights(model, weights, source=name)
-    return Checkpoint(model=model, config=config, meta=json.loads(header.get("meta", "{}")),
-                      extra=extra, path=path)
+    return Checkpoint(model=model, config=config, meta=meta, extra=extra, path=path)
 
 
 def load_weights(model, state_dict, source="state dict") -> None:
