@@ -97,6 +97,26 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _video(args) -> int:
+    from .rollout import export_video
+    from .store import RunStore, StoreError
+
+    try:
+        run = RunStore(args.store, mode="r").run(args.run)
+        names = run.rollouts()
+        if not names:
+            raise StoreError(f"run {args.run} has no recorded episodes yet")
+        name = args.episode or names[-1]
+        if name not in names:
+            raise StoreError(f"run {args.run} has no episode {name!r}; its episodes: {', '.join(names)}")
+        out = export_video(run.open("rollout", name), args.out or f"{args.run}-{name}.mp4", fps=args.fps)
+    except (ValueError, StoreError, OSError) as e:
+        print(f"dema-lab video: {e}", file=sys.stderr)
+        return 2
+    print(f"episode {name} of run {args.run} written to {out}")
+    return 0
+
+
 def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train DeMa or DT; the run is logged into the store",
                                   description="Train a Decision Mamba or Decision Transformer. Every flag "
@@ -109,6 +129,13 @@ def register(subparsers) -> None:
     runs = subparsers.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
     runs.set_defaults(func=_runs)
+    video = subparsers.add_parser("video", help="export a recorded episode's frames to mp4 (or gif)")
+    video.add_argument("run", help="run id")
+    video.add_argument("episode", nargs="?", help="recorded episode (rollout) name (default: the newest)")
+    video.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
+    video.add_argument("--out", help="output file, .mp4 or .gif (default: RUN-EPISODE.mp4)")
+    video.add_argument("--fps", type=float, default=30.0, help="frames per second (default: %(default)s)")
+    video.set_defaults(func=_video)
 
 
 def _demo(args) -> int:

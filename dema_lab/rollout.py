@@ -7,6 +7,7 @@
     evaluate(...)                              returns by (mode, target, episode), plus recordings
     replay_attention(...)                      the attention at a recorded step, recomputed from a
                                                checkpoint (other aggregations, or to verify the log)
+    export_video(episode, "ep.mp4")            a recorded episode's frames as mp4 or gif
 """
 
 from __future__ import annotations
@@ -100,6 +101,37 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
         ds["attention_by_lag"].attrs = {"long_name": "current state token's attention by lag",
                                         "lag_unit": "tokens"}
     return ds
+
+
+def export_video(episode: xr.Dataset, path, fps: float = 30.0) -> "Path":
+    """Write a recorded episode's frames (the store's rollout/<name> group) to a video file:
+    mp4 (H.264, through imageio's bundled ffmpeg) or, by the suffix, gif. Returns the path."""
+    from pathlib import Path
+
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    if "frames" not in episode:
+        raise ValueError("this episode was recorded without frames (render_size=0); record one with frames "
+                         "(e.g. `dema-lab train --render_size 128`) or save a live rollout")
+    if episode.sizes["step"] == 0:
+        raise ValueError("this episode has no steps to export")
+    if path.suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError(f"cannot write {path.name}: choose a .mp4 or .gif file name")
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = episode["frames"].values                                        # (T, H, W, 3) uint8
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
+        return path
+    # H.264 in yuv420p (what every player opens) needs even sizes: pad an odd edge by one pixel
+    pad = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
+    frames = np.pad(frames, pad, mode="edge") if any(p[1] for p in pad) else frames
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    return path
 
 
 def rollout_encoding(ds: xr.Dataset) -> dict:

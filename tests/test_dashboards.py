@@ -451,6 +451,15 @@ def test_browser_explorer_loads_scrubs_and_plays(server, browser):
     _assert_drawn(page, _figures(page, EXPLORER_PLOTS))
     page.wait_for_timeout(300)
     p.shot("attention-explorer", docs=True)
+    # the episode downloads as an mp4 of its frames
+    import imageio.v3 as iio
+
+    with page.expect_download(timeout=60_000) as got:
+        page.locator(".dema-video button").click()
+    assert re.fullmatch(r"tiny-K\d-step_\d{8}-\w+-t\d-e\d\.mp4", got.value.suggested_filename)
+    got.value.save_as(ARTIFACTS / "explorer-episode.mp4")
+    video = iio.imread(ARTIFACTS / "explorer-episode.mp4")
+    assert video.shape[0] > middle and video.shape[1:] == (96, 96, 3) and video.std() > 0
     p.check_clean()
     page.close()
 

@@ -67,6 +67,21 @@ def test_rollout_contents_are_consistent(tiny_config):
     assert list(n_real[:4]) == [2, 5, 8, 8]
     np.testing.assert_array_equal(ro.attention_by_lag.values[:, :, 0], ro.attention.values[:, :, -1, -1])
     assert list(ro.query_label.values) == ["R-2", "s-2", "a-2", "R-1", "s-1", "a-1", "R0", "s0"]
+    # the episode exports to a video that decodes to its frames (H.264 is lossy: close, not equal)
+    import imageio.v3 as iio
+
+    out = cli("video", "tiny", "step_00000020-transformer-t0-e0", "--store", tiny_config.store,
+              "--out", str(tiny_config.store + "-ep.mp4"), "--fps", "25")
+    assert out.returncode == 0, out.stderr
+    video = iio.imread(tiny_config.store + "-ep.mp4")
+    assert video.shape == ro.frames.shape
+    assert np.abs(video.astype(float) - ro.frames.values).mean() < 6
+    assert iio.immeta(tiny_config.store + "-ep.mp4")["fps"] == 25
+    out = cli("video", "tiny", "nope", "--store", tiny_config.store)
+    assert out.returncode == 2 and "has no episode 'nope'" in out.stderr
+    from dema_lab.rollout import export_video
+    with pytest.raises(ValueError, match="recorded without frames"):
+        export_video(ro.drop_vars("frames"), tiny_config.store + "-x.mp4")
 
 
 def test_stored_attention_equals_attention_recomputed_from_the_checkpoint(tiny_config):

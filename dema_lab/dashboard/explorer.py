@@ -426,6 +426,18 @@ class AttentionExplorer(pn.viewable.Viewer):
                f"return so far {ep.reward[:t + 1].sum():.0f} · action [{act}]")
         return f"{head}<br>{now}"
 
+    def episode_video(self):
+        """The current episode's frames as an mp4 (BytesIO), for the download button."""
+        import io
+        import tempfile
+        from pathlib import Path
+
+        from ..rollout import export_video
+
+        ds = self.index.run(self.run).open("rollout", self.episode)
+        with tempfile.TemporaryDirectory() as tmp:
+            return io.BytesIO(export_video(ds, Path(tmp) / "episode.mp4").read_bytes())
+
     def controls(self) -> pn.Column:
         """The selection widgets, slider and player (a sidebar in the app)."""
         w = pn.widgets
@@ -438,6 +450,11 @@ class AttentionExplorer(pn.viewable.Viewer):
                                         visible=self.param.aggregation.rx() == "channel")
         refresh = w.Button(name="Reload store", button_type="light")
         refresh.on_click(lambda *_: self.refresh())
+        video = w.FileDownload(callback=self.episode_video, label="Download the episode (mp4)", embed=False,
+                               filename=self.param.episode.rx().rx.pipe(lambda e: f"{self.run}-{e}.mp4"),
+                               visible=self.param.revision.rx().rx.pipe(
+                                   lambda _: self._ep is not None and self._ep.frames is not None),
+                               sizing_mode="stretch_width", css_classes=["dema-video"])
         return pn.Column(
             w.Select.from_param(self.param.run, name="Run"),
             w.Select.from_param(self.param.checkpoint, name="Checkpoint"),
@@ -449,7 +466,7 @@ class AttentionExplorer(pn.viewable.Viewer):
                                           orientation="vertical"),
             channel,
             w.Select.from_param(self.param.query, name="Lag profile of token"),
-            slider, player, refresh, self._probe,
+            slider, player, refresh, video, self._probe,
             sizing_mode="stretch_width",
         )
 
