@@ -157,8 +157,11 @@ def decay_statistics(model, batch: dict, checkpoint: int | None = None, max_batc
                "and the least-squares fit of log(mass) = log(amplitude) - rate * lag"},
     )
     ds["mass"].attrs = {"long_name": "attention mass by lag", "units": "fraction of row"}
-    ds["half_life"].attrs = {"units": "tokens"}
-    ds["half_life_steps"].attrs = {"units": "env steps"}
+    ds["half_life"].attrs = {"long_name": "half-life of the fitted exponential", "units": "tokens"}
+    ds["half_life_steps"].attrs = {"long_name": "half-life of the fitted exponential", "units": "env steps"}
+    ds["rate"].attrs = {"long_name": "fitted exponential decay rate", "units": "1/token"}
+    ds["amplitude"].attrs = {"long_name": "fitted exponential's mass at lag 0", "units": "fraction of row"}
+    ds["r2"].attrs = {"long_name": "R² of the exponential fit (in log space)"}
     if checkpoint is not None:
         ds = ds.expand_dims(checkpoint=[int(checkpoint)])
     return ds

@@ -84,6 +84,8 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
     coords = {"step": np.arange(T)}
     if steps and steps[0].frame is not None:
         data["frames"] = (("step", "y", "x", "rgb"), np.stack([s.frame for s in steps]))
+        h, w = steps[0].frame.shape[:2]
+        coords.update(y=np.arange(h), x=np.arange(w), rgb=["r", "g", "b"])
     if steps and steps[0].attention is not None:
         att = np.stack([right_align(s.attention, L) for s in steps])            # (T, layer, L, L)
         data["attention"] = (("step", "layer", "query", "key"), att)
@@ -94,6 +96,12 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
     ret = float(ds.reward.sum()) if T else 0.0
     ds.attrs = {"return": ret, "length": T, **(attrs or {})}
     ds["return_to_go"].attrs = {"long_name": "return-to-go conditioning", "units": "env reward"}
+    ds["reward"].attrs = {"long_name": "env reward", "units": "env reward"}
+    ds["action"].attrs = {"long_name": "action taken (tanh head)", "range": [-1.0, 1.0]}
+    ds["observation"].attrs = {"long_name": "observation acted on (not normalised)"}
+    ds["act_seconds"].attrs = {"long_name": "time to choose the action (model + attention)", "units": "s"}
+    if "frames" in ds:
+        ds["frames"].attrs = {"long_name": "rendered env frame, before the action", "export": "dema-lab video"}
     if "attention" in ds:
         ds["attention"].attrs = {"long_name": "hidden attention, channels aggregated",
                                  "layout": "right-aligned: the last query is the current state token",
@@ -218,6 +226,8 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
         attrs={"env": spec.name, "rtg_scale": rtg_scale},
     )
     results["normalized_score"].attrs = {"long_name": "D4RL normalized score", "units": "0-100"}
+    results["return"].attrs = {"long_name": "episode return", "units": "env reward"}
+    results["length"].attrs = {"long_name": "episode length", "units": "env steps"}
     return results, recordings
 
 

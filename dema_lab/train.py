@@ -338,7 +338,11 @@ class Trainer:
         m = self.metrics
         ds = xr.Dataset({k: ("step", np.asarray(v, np.float64)) for k, v in m.items() if k != "step"},
                         coords={"step": np.asarray(m["step"], np.int64)})
-        ds["loss"].attrs = {"long_name": "masked action MSE"}
+        ds["loss"].attrs = {"long_name": "masked action MSE", "units": "action units squared"}
+        ds["lr"].attrs = {"long_name": "learning rate (AdamW, linear warm-up)"}
+        ds["grad_norm"].attrs = {"long_name": "gradient norm before clipping", "clip": self.cfg.grad_clip}
+        ds["steps_per_second"].attrs = {"long_name": "training throughput", "units": "steps/s"}
+        ds.attrs = {"run_id": self.run.run_id, "batch_size": self.cfg.batch_size}
         self.run.write("train", f"steps_{m['step'][0]:08d}_{m['step'][-1]:08d}", ds)
         self.metrics = {k: [] for k in m}
 

@@ -50,6 +50,12 @@ print(json.dumps(out))
     assert out["backend"] in ("numba", "torch")
     listing = cli("runs", "--store", tiny_config.store)
     assert listing.returncode == 0 and "tiny" in listing.stdout and "finished" in listing.stdout
+    # xarray conventions: every stored variable says what it is, every frame axis is labelled
+    groups = {kind: run.open(kind, run.published(kind)[0]) for kind in ("train", "eval", "decay", "rollout")}
+    for kind, ds in groups.items():
+        for name, var in ds.data_vars.items():
+            assert var.attrs.get("long_name"), f"{kind}/{name} has no long_name"
+    assert list(groups["rollout"].rgb.values) == ["r", "g", "b"] and groups["rollout"].sizes["y"] == 32
 
 
 def test_rollout_contents_are_consistent(tiny_config):
