@@ -29,9 +29,14 @@ test: apt $(STAMP)
 demo: apt $(STAMP)
 	$(VENV)/bin/dema-lab demo --store store
 
-# Speed and memory figures (not tests): writes benchmarks/RESULTS.md.
+# Speed and memory figures (not tests): benchmarks/RESULTS.md (scan, training, inference, attention,
+# memory), RESULTS-logging.md (logging overhead, store size per episode) and RESULTS-dashboard.md
+# (server time of one scrub step on the demo run, which it trains first if the store lacks it).
 bench: apt $(STAMP)
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_logging.py > benchmarks/RESULTS-logging.md
+	$(VENV)/bin/dema-lab demo --no-serve --no-sweep --store store
+	$(PY) benchmarks/bench_dashboard.py --store store > benchmarks/RESULTS-dashboard.md
 
 # The paper's study on the embedded suite (hours on 2 cores; resumable): docs/study-report.md.
 study: apt $(STAMP)
