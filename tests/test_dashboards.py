@@ -218,11 +218,14 @@ class Server:
 
     def __init__(self, store: str, log: Path):
         self.port = _free_port()
+        self.log_path = log
         self.log = open(log, "w")
         apps = [str(ROOT / "dashboards" / f"{a}.py") for a in ("attention", "compare", "live", "study")]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "panel", "serve", *apps, "--address", "127.0.0.1", "--port", str(self.port),
-             "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--liveness", "--args", "--store", store],
+             "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--liveness",
+             # a closed browser tab's session is destroyed within about 2 s (default: 15-30 s)
+             "--check-unused-sessions", "1000", "--unused-session-lifetime", "1000", "--args", "--store", store],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"})
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -236,6 +239,10 @@ class Server:
 
     def url(self, app: str) -> str:
         return f"http://127.0.0.1:{self.port}/{app}"
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
 
     def stop(self):
         self.proc.terminate()
@@ -257,7 +264,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(dash_store):
-    s = Server(dash_store, ARTIFACTS / "dashboards-server.log" if ARTIFACTS.exists() else Path(os.devnull))
+    ARTIFACTS.mkdir(exist_ok=True)
+    s = Server(dash_store, ARTIFACTS / "dashboards-server.log")
     yield s
     s.stop()
 
@@ -516,6 +524,34 @@ def test_browser_live_rollout_streams_changing_frames(server, browser):
     status.get_by_text("stopped").wait_for(timeout=20_000)
     p.check_clean()
     page.close()
+
+
+def test_browser_live_sessions_run_side_by_side_and_a_closed_one_stops(server, browser):
+    # two browser sessions, each with its own rollout (3 steps a second: the episodes outlast the test)
+    pages = [Page(browser, server.url("live") + "?fps=3") for _ in range(2)]
+    css = ".dema-live-probe span"
+    for p in pages:
+        p.page.locator(".dema-live-start button").click(timeout=60_000)
+    for p in pages:
+        a = _wait_probe(p.page, lambda s: s["step"] is not None and int(s["step"]) >= 1, css=css, timeout=60)
+        _wait_probe(p.page, lambda s, a=a: int(s["step"]) >= int(a["step"]) + 2, css=css)
+    stopped = "closed: its live rollout stopped after"
+    before = server.log_text().count(stopped)
+    pages[0].page.close()
+    # the server destroys the closed session: its rollout stops and its env is closed ...
+    deadline = time.time() + 60
+    while server.log_text().count(stopped) == before:
+        assert time.time() < deadline, "closing the tab did not stop its rollout:\n" + server.log_text()[-2000:]
+        time.sleep(0.3)
+    line = [ln for ln in server.log_text().splitlines() if stopped in ln][-1]
+    assert line.endswith("env closed: True"), line
+    # ... while the other session's rollout goes on
+    now = _probe(pages[1].page, css)
+    _wait_probe(pages[1].page, lambda s: int(s["step"]) >= int(now["step"]) + 2, css=css)
+    pages[1].page.locator(".dema-live-stop button").click()
+    pages[1].page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
+    pages[1].check_clean()
+    pages[1].page.close()
 
 
 STUDY_PLOTS = [r"normalized score against K \(transformer-like\)"]

@@ -12,6 +12,7 @@ model copy, env and thread, so sessions run side by side; closing a session stop
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import threading
 import time
 
@@ -25,6 +26,11 @@ from ..envs import known_envs
 from .data import StoreIndex, friendly_error
 from .explorer import hold
 from .views import PALETTE, attention_view, attention_clim, frame_view, rgba
+
+
+log = logging.getLogger(__name__)
+if log.level == logging.NOTSET:
+    log.setLevel(logging.INFO)       # `panel serve` leaves the root logger at WARNING; sessions are news
 
 
 class RolloutWorker(threading.Thread):
@@ -122,11 +128,18 @@ class LiveRollout(pn.viewable.Viewer):
         super().__init__(**params)
         self.refresh()
         self._build()
-        try:
-            if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-                pn.state.on_session_destroyed(lambda ctx: self.stop())
-        except Exception:  # noqa: BLE001 - not served (notebook, tests)
-            pass
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            # bokeh checks the callback's argument name: it must be `session_context`
+            pn.state.on_session_destroyed(self._session_closed)
+
+    def _session_closed(self, session_context):
+        """The browser session is gone: stop its rollout, close its env, say so in the server log."""
+        w = self.worker
+        running = w is not None and not w.done
+        self.stop()
+        if w is not None:
+            log.info("session %s closed: its live rollout %s after %d steps; env closed: %s",
+                     getattr(session_context, "id", "?"), "stopped" if running else "had ended", len(w.records), w.env_closed)
 
     # ------------------------------------------------------------------ choices
     def refresh(self):
