@@ -23,7 +23,7 @@ apt:
 	./scripts/ensure-apt.sh $(APT_PKGS)
 
 test: apt $(STAMP)
-	$(PY) -m pytest -q
+	DEMA_LAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q
 
 # The main job: default dataset, a small DeMa, a small K sweep, then the dashboard (Ctrl-C stops it).
 demo: apt $(STAMP)

@@ -252,9 +252,14 @@ class Server:
 
 @pytest.fixture(scope="module")
 def browser():
-    pw_api = pytest.importorskip("playwright.sync_api")
+    # `make test` installs Chromium and sets DEMA_LAB_REQUIRE_BROWSER=1: there a missing browser fails
+    required = os.environ.get("DEMA_LAB_REQUIRE_BROWSER") == "1"
+    try:
+        import playwright.sync_api as pw_api
+    except ImportError:
+        (pytest.fail if required else pytest.skip)("playwright is not installed (pip install -e '.[dev]')")
     if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (make apt)")
+        (pytest.fail if required else pytest.skip)(f"{CHROMIUM} is missing (make apt installs Debian's chromium)")
     ARTIFACTS.mkdir(exist_ok=True)
     with pw_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
