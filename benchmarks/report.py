@@ -85,7 +85,7 @@ def write_report(runs: dict, mem: dict, path: Path, cmd: str, total_s: float) ->
         worst = max(v for k, v in acc["rel_err"].items() if k != "out")
         met = acc["gradcheck"] and worst <= 1e-4
         verdicts["gradients"] = met
-        rows.append(("Fast scan float32 gradients vs float64 reference loop (b8, d256, n16, L60)",
+        rows.append(("Fast scan float32 gradients vs float64 reference loop (b64, d256, n16, L60: the benchmark size)",
                      f"max rel. err {worst:.1e}", "", "float64 autograd loop", f"out {acc['rel_err']['out']:.1e}", "",
                      "gradcheck passes, <= 1e-4", _ok(met) + (" (gradcheck passed)" if acc["gradcheck"] else " (gradcheck FAILED)")))
     # --- inference
@@ -127,7 +127,8 @@ def write_report(runs: dict, mem: dict, path: Path, cmd: str, total_s: float) ->
         f"Measured {datetime.date.today().isoformat()} on **{machine}**, {tag}; "
         f"suite took {total_s / 60:.1f} min.",
         "",
-        "Reproduce (writes this file): `" + cmd + "`, i.e. `.venv/bin/python benchmarks/run_all.py`.",
+        f"Reproduce (writes this file): `make bench` (every benchmark), or `.venv/bin/{cmd}` alone"
+        + (" (--quick: fewer repeats)." if "--quick" in cmd else "."),
         "",
         "Each figure is a median over interleaved repeats; every ratio is between two figures measured",
         "in the same process, interleaved. Two columns per figure: glibc's **default** allocator, and",
