@@ -35,6 +35,7 @@ demo: apt $(STAMP)
 bench: apt $(STAMP)
 	$(PY) benchmarks/run_all.py
 	$(PY) benchmarks/bench_logging.py > benchmarks/RESULTS-logging.md
+	$(PY) benchmarks/bench_data.py > benchmarks/RESULTS-data.md
 	$(VENV)/bin/dema-lab demo --no-serve --no-sweep --store store
 	$(PY) benchmarks/bench_dashboard.py --store store > benchmarks/RESULTS-dashboard.md
 
