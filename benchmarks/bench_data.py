@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def main() -> int:
                 load_s=load_s,
             )
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(row), file=sys.stderr, flush=True)      # progress; the tables go to stdout
     # sampler speed on the last dataset built
     s = WindowSampler(ds, 20)
     s.sample(64)
