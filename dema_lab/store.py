@@ -232,7 +232,7 @@ class Run:
 
     def _free_slot(self, kind: str, name: str) -> str:
         """Where to write a new version of `kind/name`: its own name when it is not published yet,
-        else whichever of its two slots readers are not using."""
+        else the slot after the one readers use now, round the ring of SLOTS."""
         attrs = self.attrs
         if name not in attrs.get("published", {}).get(kind, []):
             return name
@@ -292,8 +292,8 @@ class Run:
 
     def blob_attrs(self, kind: str, name: str) -> dict:
         """The attributes stored with a published blob (a checkpoint's step, a resume state's RNG)."""
-        self._check_published(kind, name)
-        arr = zarr.open_array(self.store.path, path=self.location(kind, name), mode="r", zarr_format=3)
+        attrs = self._check_published(kind, name)
+        arr = zarr.open_array(self.store.path, path=self.location(kind, name, attrs), mode="r", zarr_format=3)
         return dict(arr.attrs)
 
     def set_attrs(self, **attrs) -> None:
