@@ -101,6 +101,25 @@ def test_paired_verdicts():
     assert "+5.1" in paired_verdict([5.0, 6.0, 4.0, 5.5])[1]
 
 
+def test_short_k_finding_compares_k_over_the_same_datasets():
+    import pandas as pd
+    from dema_lab.report import short_k_finding
+    rows = [("easy", k, 0, 30.0 + k / 10) for k in (5, 10, 20, 40)]           # K=40 a little better
+    rows += [("easy2", k, 0, 40.0 - abs(k - 20) / 10) for k in (5, 10, 20, 40)]
+    rows += [("hard", k, 0, 1.0) for k in (5, 20)]                           # swept at fewer K
+    rows += [("easy", 20, 1, 90.0)]                                          # a second seed at one K only
+    df = pd.DataFrame(rows, columns=["dataset", "K", "seed", "score_transformer"])
+    claim, verdict, evidence = short_k_finding(df)
+    # an unpaired mean by K would read K=10: 35, K=20: 40.2 against K=40: 36 (or K=5: 23 with "hard");
+    # over easy and easy2 only, K=20 (36.0) against K=40 (36.0): no difference
+    assert verdict == "holds (no significant difference)", evidence
+    assert "2 dataset(s) run at every K (easy, easy2)" in evidence
+    assert "K=20: 36.0" in evidence and "K=40: 36.0" in evidence and "K=20 against K=40" in evidence
+    worse = df.assign(score_transformer=df.score_transformer + (df.K == 40) * np.where(df.dataset == "easy", 8.0, 9.0))
+    assert short_k_finding(worse)[1] == "does not hold"
+    assert short_k_finding(df[df.K <= 20])[1] == "not measured"
+
+
 def test_grid_run_ids_are_stable_and_cover_the_grid(tiny_config):
     sweep = SweepConfig(name="g", datasets=["hopper-medium"], K=[5, 10], layouts=["B3LD", "BL3D"],
                         timestep_embedding=[False, True], archs=["dema", "dt"], seeds=[0, 1], base=tiny_config)
