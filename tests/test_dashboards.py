@@ -206,6 +206,38 @@ def test_live_worker_streams_changing_frames_and_closes_its_env(dash_store):
     assert live.message == ""
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"   # a zombie has exited
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("guarded", [True, False])
+def test_the_demo_child_dies_with_the_server_however_it_dies(guarded):
+    # the dashboard trains the demo in a child process; a server stopped by SIGTERM runs no
+    # atexit hooks, so the kernel has to stop the child (the unguarded case shows the difference)
+    code = ("import subprocess, sys, time\n"
+            + ("from dema_lab.dashboard.app import stop_with_parent\n" if guarded else "") +
+            f"p = subprocess.Popen(['sleep', '120'], preexec_fn={'stop_with_parent()' if guarded else 'None'})\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        parent.terminate()
+        parent.wait(10)
+        deadline = time.time() + 5
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert _alive(child) != guarded
+    finally:
+        if _alive(child):
+            os.kill(child, 15)
+
+
 # ---------------------------------------------------------------------------- the browser
 def _free_port() -> int:
     with socket.socket() as s:
@@ -590,3 +622,44 @@ def test_browser_empty_store_page(browser, tmp_path):
         p.check_clean()
     finally:
         s.stop()
+
+
+def _processes_with(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_browser_demo_button_trains_shows_progress_and_stops_with_the_server(browser, tmp_path):
+    empty = tmp_path / "button-store"
+    empty.mkdir()
+    s = Server(str(empty), tmp_path / "server.log")
+    try:
+        p = Page(browser, s.url("attention"))
+        page = p.page
+        page.locator(".dema-demo-button button").click(timeout=60_000)
+        # "NN% · what it is doing" (Panel's panes live in shadow roots: get_by_text pierces them)
+        status = page.get_by_text(re.compile(r"\d+% · (starting the demo runs|building the default dataset|"
+                                             r"training demo-dema-K10)"))
+        status.first.wait_for(timeout=60_000)
+        text = status.first.inner_text()
+        p.shot("demo-button-progress")
+        trainer = _processes_with(f"demo --no-serve --store {empty}")
+        assert len(trainer) == 1, trainer                   # the training runs in a child process
+        # the explorer replaces the page as soon as the first run is in the store
+        page.get_by_text("This store has no runs yet").wait_for(state="detached", timeout=240_000)
+        page.locator("option", has_text="demo-dema-K10").first.wait_for(state="attached", timeout=60_000)
+        p.check_clean()
+    finally:
+        s.stop()
+    # the server gone (SIGTERM, no atexit hooks), its demo training stops too
+    deadline = time.time() + 10
+    while _processes_with(f"demo --no-serve --store {empty}") and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_with(f"demo --no-serve --store {empty}"), "the demo training outlived the server"
+    assert "%" in text

@@ -82,6 +82,21 @@ def _allow_store_arg() -> bool:
     return os.environ.get("DEMA_LAB_ALLOW_STORE_ARG") == "1"
 
 
+def stop_with_parent():
+    """A preexec_fn for subprocess.Popen that has Linux send the child SIGTERM when its parent
+    dies, however it dies (`panel serve` stopped by SIGTERM runs no atexit hooks, and a child
+    that is evaluating prints nothing for minutes, so a broken pipe would not stop it either).
+    None where prctl is missing."""
+    try:
+        import ctypes
+        import signal
+
+        prctl, sigterm = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGTERM)   # resolved before the fork
+        return lambda: prctl(1, sigterm)                      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return None
+
+
 # ---------------------------------------------------------------------- the demo job
 class DemoJob(param.Parameterized):
     """The demo runs being trained into a store, shared by every session of the process."""
@@ -133,7 +148,7 @@ class DemoJob(param.Parameterized):
         tail = []
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    env={**os.environ, "TQDM_DISABLE": "1"})
+                                    env={**os.environ, "TQDM_DISABLE": "1"}, preexec_fn=stop_with_parent())
             atexit.register(proc.terminate)       # the server stopping stops the training
             for line in proc.stdout:
                 tail = (tail + [line.rstrip()])[-5:]
