@@ -609,21 +609,6 @@ def test_browser_study_report(server, browser):
     page.close()
 
 
-def test_browser_empty_store_page(browser, tmp_path):
-    empty = tmp_path / "empty-store"
-    empty.mkdir()
-    s = Server(str(empty), tmp_path / "server.log")
-    try:
-        p = Page(browser, s.url("attention"))
-        p.page.get_by_text("This store has no runs yet").wait_for(timeout=60_000)
-        assert p.page.locator(".dema-demo-button button").is_visible()
-        assert "Traceback" not in p.page.content()
-        p.shot("empty-store")
-        p.check_clean()
-    finally:
-        s.stop()
-
-
 def _processes_with(text: str) -> list[int]:
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -635,13 +620,19 @@ def _processes_with(text: str) -> list[int]:
     return pids
 
 
-def test_browser_demo_button_trains_shows_progress_and_stops_with_the_server(browser, tmp_path):
-    empty = tmp_path / "button-store"
+def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
+    empty = tmp_path / "empty-store"
     empty.mkdir()
     s = Server(str(empty), tmp_path / "server.log")
     try:
         p = Page(browser, s.url("attention"))
         page = p.page
+        page.get_by_text("This store has no runs yet").wait_for(timeout=60_000)
+        assert page.locator(".dema-demo-button button").is_visible()
+        assert "Traceback" not in page.content()
+        p.shot("empty-store")
+        p.check_clean()
+        # the button trains the demo runs in a child process and shows its progress
         page.locator(".dema-demo-button button").click(timeout=60_000)
         # "NN% · what it is doing" (Panel's panes live in shadow roots: get_by_text pierces them)
         status = page.get_by_text(re.compile(r"\d+% · (starting the demo runs|building the default dataset|"
