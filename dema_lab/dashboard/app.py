@@ -183,6 +183,52 @@ class DemoJob(param.Parameterized):
             return self.fraction, ""
 
 
+class DemoProgress(pn.viewable.Viewer):
+    """The demo job's progress bar and status line, updated every second while it runs;
+    on_update(job) is called after each update."""
+
+    def __init__(self, job: DemoJob, on_update=None, **params):
+        super().__init__(**params)
+        self.job, self.on_update = job, on_update
+        self._bar = pn.indicators.Progress(value=0, max=1000, sizing_mode="stretch_width", visible=False,
+                                           bar_color="primary", css_classes=["dema-demo-progress"])
+        self._status = pn.pane.Markdown("", css_classes=["dema-demo-status"], sizing_mode="stretch_width")
+        self._cb = None
+
+    def watch(self):
+        self._bar.visible = True
+        if self._cb is None and self.job.running:
+            self._cb = pn.state.add_periodic_callback(self.update, period=1000)
+        self.update()
+
+    def update(self):
+        job = self.job
+        fine, detail = job.detail()
+        frac = max(job.fraction, fine)
+        self._bar.value = int(1000 * min(1.0, frac))
+        text = f"**{100 * frac:.0f}%** · {job.message}"
+        if detail:
+            text += f"  \n{detail}"
+        if job.error:
+            text = f"The demo failed: {job.error}"
+        elif job.finished:
+            text = "The demo runs are ready."
+        self._status.object = text
+        if self.on_update is not None:
+            self.on_update(job)
+        if not job.running:
+            self.stop()
+
+    def stop(self):
+        """Stop updating (the job goes on)."""
+        if self._cb is not None:
+            self._cb.stop()
+            self._cb = None
+
+    def __panel__(self):
+        return pn.Column(self._bar, self._status, sizing_mode="stretch_width")
+
+
 class EmptyStorePage(pn.viewable.Viewer):
     """What an empty store shows: how to create a run, and a button that trains the demo runs."""
 
@@ -194,10 +240,7 @@ class EmptyStorePage(pn.viewable.Viewer):
         self._button = pn.widgets.Button(name="Start the demo run", button_type="primary",
                                          css_classes=["dema-demo-button"], width=260, height=48)
         self._button.on_click(lambda *_: self.start())
-        self._bar = pn.indicators.Progress(value=0, max=1000, sizing_mode="stretch_width", visible=False,
-                                           bar_color="primary", css_classes=["dema-demo-progress"])
-        self._status = pn.pane.Markdown("", css_classes=["dema-demo-status"], sizing_mode="stretch_width")
-        self._cb = None
+        self._progress = DemoProgress(self.job, on_update=self._updated)
         if self.job.running:
             self._watch()
 
@@ -206,35 +249,21 @@ class EmptyStorePage(pn.viewable.Viewer):
         self._watch()
 
     def _watch(self):
-        self._bar.visible = True
         self._button.disabled = True
         self._button.name = "Demo running…"
-        self._update()
-        if self._cb is None:
-            self._cb = pn.state.add_periodic_callback(self._update, period=1000)
+        self._progress.watch()
 
-    def _update(self):
-        job = self.job
-        fine, detail = job.detail()
-        frac = max(job.fraction, fine)
-        self._bar.value = int(1000 * min(1.0, frac))
-        text = f"**{100 * frac:.0f}%** · {job.message}"
-        if detail:
-            text += f"  \n{detail}"
+    def _updated(self, job: DemoJob):
         if job.error:
-            text = f"The demo failed: {job.error}"
             self._button.disabled, self._button.name = False, "Try again"
-        self._status.object = text
-        ready = False
         try:
             ready = not StoreIndex(self.store).is_empty()
         except StoreError:
             ready = False
-        if ready and self.on_ready is not None:
-            self.on_ready()
-        if (ready or job.error or not job.running) and self._cb is not None and (job.finished or job.error):
-            self._cb.stop()
-            self._cb = None
+        if ready:
+            self._progress.stop()               # the explorer, taking over, shows its own
+            if self.on_ready is not None:
+                self.on_ready()
 
     def __panel__(self):
         path = os.path.abspath(self.store) if "://" not in self.store else self.store
@@ -252,7 +281,7 @@ The dashboards read runs from the store at `{path}`. Create one:
 * **Another store:** `panel serve dashboards/attention.py --address 127.0.0.1 --args --store PATH`, or set `DEMA_LAB_STORE`.
 """
         return pn.Column(pn.pane.Markdown(text, sizing_mode="stretch_width", css_classes=["dema-empty-store"]),
-                         self._button, self._bar, self._status, sizing_mode="stretch_width", max_width=1000)
+                         self._button, self._progress, sizing_mode="stretch_width", max_width=1000)
 
 
 # ---------------------------------------------------------------------- templates
@@ -313,7 +342,10 @@ def attention_app(store: str | None = None, presentation: bool | None = None):
         tabs.param.watch(lambda e: setattr(controls, "visible", e.new == 0), "active")
         sidebar[:] = [controls]
         main[:] = [tabs]
-        if demo.running:
+        if demo.running:                    # the demo goes on training: its progress above the tabs
+            progress = DemoProgress(demo)
+            main.insert(0, progress)
+            progress.watch()
             _keep_refreshing(explorer, demo)
 
     def show_empty():
