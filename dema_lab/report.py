@@ -123,6 +123,10 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
            "layout": cfg["layout"], "timestep_embedding": bool(prov.get("timestep_embedding")),
            "K": int(cfg["K"]), "seed": int(cfg["seed"]), "parameters": prov.get("parameters", np.nan),
            "forward_macs": prov.get("forward_macs", np.nan), "train_seconds": attrs.get("wall_seconds", np.nan)}
+    for key in ("steps", "batch_size", "d_model", "n_layer", "d_state", "eval_episodes"):
+        row[key] = cfg.get(key, np.nan)
+    targets = cfg.get("eval_targets") or prov.get("eval_targets") or []
+    row["eval_targets"] = " ".join(f"{float(t):g}" for t in targets) or "the env's defaults"
     step_macs = prov.get("step_macs", {})
     evals = run.evals()
     if "normalized_score" in evals:
@@ -142,6 +146,7 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
         a = abl.isel(checkpoint=-1)["normalized_score"].mean(("target", "episode"))
         for kind in a.ablation.values:
             row[f"ablation_{kind}"] = float(a.sel(ablation=kind))
+        row["ablation_episodes"] = int(abl.sizes["episode"])
     if latency and run.checkpoints():
         row.update(_inference_cost(rs, run))
     return row
@@ -185,6 +190,23 @@ class Report:
     tables: dict = field(default_factory=dict)       # title -> DataFrame
     findings: list = field(default_factory=list)     # (finding, verdict, evidence)
     skipped: dict = field(default_factory=dict)      # run -> why it could not be read
+    source: str = ""                                 # the command that rebuilds it
+
+    def settings(self) -> list[str]:
+        """How the runs were made: each training and evaluation setting with its values."""
+        out = []
+        for col, label in (("steps", "training steps"), ("batch_size", "batch size"), ("d_model", "d_model"),
+                           ("n_layer", "layers"), ("d_state", "d_state (DeMa)"), ("eval_episodes",
+                           "evaluation episodes per target and mode"), ("eval_targets", "target returns"),
+                           ("ablation_episodes", "episodes per ablation")):
+            if col in self.runs and self.runs[col].notna().any():
+                part = self.runs if col != "d_state" else self.runs[self.runs.arch == "dema"]
+                by = part.groupby("arch")[col].unique() if col == "d_model" else {"": part[col].unique()}
+                vals = " / ".join(f"{a + ' ' if a else ''}{', '.join(sorted(map(str, v)))}" for a, v in by.items())
+                out.append(f"{label}: {vals}")
+        if "train_seconds" in self.runs:
+            out.append(f"training time: {self.runs.train_seconds.sum() / 3600:.1f} h over {len(self.runs)} runs")
+        return out
 
     def findings_table(self) -> pd.DataFrame:
         return pd.DataFrame(self.findings, columns=["paper's finding", "on this data", "evidence"])
@@ -218,6 +240,12 @@ class Report:
 
     def to_markdown(self) -> str:
         lines = [f"# Sweep report ({len(self.runs)} runs)", ""]
+        if self.source:
+            lines += [f"Made by `{self.source}`.", ""]
+        if len(self.runs):
+            lines += ["Settings: " + "; ".join(self.settings()) + ". Each score is a mean over the "
+                      "evaluation episodes of the run's last checkpoint; with few episodes, differences of a "
+                      "few points are within the noise, which the paired verdicts take into account.", ""]
         if self.skipped:
             lines += ["Runs left out because they cannot be read: "
                       + "; ".join(f"{r} ({why})" for r, why in self.skipped.items()), ""]
@@ -241,7 +269,8 @@ def _markdown(df: pd.DataFrame) -> str:
 def build_report(store, sweep: str | None = None, latency: bool = True) -> Report:
     table = run_table(store, sweep, latency)
     df = table.to_dataframe().reset_index() if table.sizes.get("run") else pd.DataFrame()
-    rep = Report(runs=df, skipped=dict(table.attrs.get("skipped", {})))
+    rep = Report(runs=df, skipped=dict(table.attrs.get("skipped", {})),
+                 source=f"dema-lab report --store {store}" + (f" --sweep {sweep}" if sweep else ""))
     if df.empty:
         rep.findings.append(("(no finished runs)", "not measured", f"store {store}, sweep {sweep or 'any'}"))
         return rep

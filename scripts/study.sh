@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's study on the embedded suite (hopper, halfcheetah, walker2d; medium and medium-replay),
-# sized for 2 CPU cores: `make study` (about 2.5 hours on 2 cores). Resumable: rerun it after an
+# sized for 2 CPU cores: `make study` (about 4 hours on 2 cores). Resumable: rerun it after an
 # interruption and finished runs are skipped, interrupted ones resumed, missing ablations added.
 # Writes the report to docs/study-report.md.
 #   STORE=store WORKERS=2 scripts/study.sh

@@ -179,6 +179,8 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     assert "Transformer-like DeMa beats RNN-like DeMa" in verdicts and "DeMa matches or beats DT" in verdicts
     md = rep.to_markdown()
     assert md.startswith("# Sweep report (2 runs)") and "| paper's finding |" in md
+    assert f"Made by `dema-lab report --store {base.store} --sweep t`" in md
+    assert "training steps: 18;" in md and "d_model: dema 16 / dt 16;" in md and "episodes per ablation: 1;" in md
     from dema_lab.ablation import ablation_table
     drop = score_drop(ablation_table(RunStore(base.store).run("t-hopper-medium-small-dema-B3LD-ts0-K2-s0")))
     assert float(drop.sel(ablation="none").max()) == 0.0
