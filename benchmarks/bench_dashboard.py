@@ -75,6 +75,10 @@ def main() -> int:
            "frame": list(ex._ep.frames.shape[1:3]) if ex._ep.frames is not None else None,
            "samples": len(ms), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
            "max_ms": float(ms.max()), "target_ms": 50.0, "load_average": os.getloadavg()[0]}
+    print(f"# Server-side time of one scrub step in the attention explorer ({time.strftime('%Y-%m-%d')})\n")
+    print("Reproduce: `make bench`, or `.venv/bin/python benchmarks/bench_dashboard.py --store STORE` on a store "
+          "holding the demo run. Each sample sets the step as the slider does and serialises the document "
+          "patch the server sends.\n")
     print("| run | K | d_model | layers | frame | samples | median ms | p90 ms | target |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {run} | {row['K']} | {row['d_model']} | {row['n_layer']} | {row['frame']} | {row['samples']} | "
