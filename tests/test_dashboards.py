@@ -151,6 +151,34 @@ def test_comparison_table_and_plots(dash_store):
         hv.render(plot)
 
 
+def test_comparison_of_dema_dt_and_layouts(tiny_config):
+    # the comparison page on runs that differ in model, layout and timestep embedding, not only K
+    import holoviews as hv
+
+    from dema_lab.dashboard import SequenceComparison
+    from dema_lab.train import train
+
+    cfg = dataclasses.replace(tiny_config, eval_modes=["transformer"], render_size=0)
+    for change in (dict(run_id="dema-K3"), dict(run_id="dema-K5", K=5), dict(run_id="dema-bl3d", layout="BL3D"),
+                   dict(run_id="dt-K3", arch="dt")):
+        train(dataclasses.replace(cfg, **change), progress=False, log=lambda *_: None)
+    comp = SequenceComparison(cfg.store)
+    df = comp.table.set_index("run")
+    assert not comp.bad and comp.message == ""
+    assert df.family.to_dict() == {"dema-K3": "DeMa B3LD", "dema-K5": "DeMa B3LD", "dema-bl3d": "DeMa BL3D",
+                                   "dt-K3": "DT B3LD +t-emb"}
+    assert df.loc["dt-K3", "parameters"] > df.loc["dema-K3", "parameters"]
+    assert np.isfinite(df.score).all() and np.isfinite(df.step_macs).all()
+    assert np.isfinite(df.half_life_steps).all()          # DT's is from its softmax attention (heads)
+    score = comp.score_plot()
+    labels = {el.label for el in score}
+    assert labels == {"DeMa B3LD", "DeMa BL3D", "DT B3LD +t-emb"}
+    decay = comp.decay_plot()                             # hidden attention and DT's overlaid
+    assert {el.label for el in decay} == {"dema-K3", "dema-K5", "dema-bl3d", "dt-K3"} and not comp.bad
+    for plot in (score, comp.cost_plot(), comp.time_plot(), decay, comp.half_life_plot()):
+        hv.render(plot)
+
+
 def test_study_report_lists_findings_tables_and_the_unreadable_run(dash_store):
     import holoviews as hv
     import panel as pn
