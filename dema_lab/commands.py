@@ -162,7 +162,15 @@ def _demo(args) -> int:
 
 def _serve(args) -> int:
     from .dashboard import serve
+    from .store import EmptyStoreError, RunStore, StoreError
 
+    try:
+        RunStore(args.store, mode="r")
+    except EmptyStoreError:
+        pass                                   # served: the page says how to create a run
+    except StoreError as e:
+        print(f"dema-lab serve: {e}", file=sys.stderr)
+        return 2
     print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live, /study); "
           f"store {args.store}; Ctrl-C stops it", flush=True)
     serve(args.store, port=args.port, address=args.address, presentation=args.presentation)

@@ -48,6 +48,10 @@ class StoreError(ValueError):
     """A store or run that is missing, not a dema-lab store, or unreadable."""
 
 
+class EmptyStoreError(StoreError):
+    """A store path that does not exist yet, or an empty directory: no runs, nothing wrong."""
+
+
 def _is_url(path: str) -> bool:
     return "://" in path
 
@@ -88,8 +92,9 @@ class RunStore:
         local = None if _is_url(self.path) else Path(self.path)
         if local is not None and (not local.exists() or (local.is_dir() and _only_placeholders(local))):
             if mode == "r":
-                raise StoreError(f"no dema-lab store at {self.path}: it is empty. Create a run with "
-                                 f"`dema-lab train` (or `make demo`), or point to another store")
+                what = "it is empty" if local.exists() else "the path does not exist"
+                raise EmptyStoreError(f"no dema-lab store at {self.path}: {what}. Create a run with "
+                                      f"`dema-lab train` (or `make demo`), or point to another store")
             # the marker is in the group's first zarr.json: no reader sees an unmarked store
             root = zarr.open_group(self.path, mode="a", zarr_format=3, attributes={
                 "dema_lab": {"kind": "store", "version": STORE_VERSION, "created": _now()}})

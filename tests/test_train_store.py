@@ -206,6 +206,15 @@ def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     out = cli("runs", "--store", str(other))
     assert out.returncode == 2 and "not a dema-lab store" in out.stderr and "Traceback" not in out.stderr
+    from dema_lab.store import EmptyStoreError
+    with pytest.raises(EmptyStoreError, match="the path does not exist"):
+        open_store(tmp_path / "nowhere")
+    # serving a store that is not one fails at once, by name (a missing or empty one is served:
+    # its page says how to create a run)
+    (tmp_path / "a-file").write_text("x")
+    for bad, why in ((other, "not a dema-lab store"), (tmp_path / "a-file", "is a file, not a dema-lab store")):
+        out = cli("serve", "--store", str(bad), "--port", "1", timeout=60)   # a regression would serve: timeout
+        assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, out.stderr
     # unknown dataset, unknown run, bad config values
     out = cli("train", "--store", str(tmp_path / "s"), "--dataset", "hopper-excellent", "--steps", "2")
     assert out.returncode == 2 and "unknown dataset 'hopper-excellent'" in out.stderr
