@@ -154,9 +154,19 @@ class RunStore:
         return groups
 
     def run(self, run_id: str) -> "Run":
-        if run_id not in self.run_ids():
-            known = ", ".join(self.run_ids()) or "none yet"
-            raise StoreError(f"run {run_id!r} is not in store {self.path} (runs: {known})")
+        ids = self.run_ids()
+        if run_id not in ids:
+            import difflib
+
+            close = difflib.get_close_matches(run_id, ids, n=3, cutoff=0.6)
+            if close:
+                hint = f"did you mean {' or '.join(close)}? `dema-lab runs --store {self.path}` lists all {len(ids)}"
+            elif len(ids) > 8:
+                hint = (f"runs: {', '.join(ids[:8])} and {len(ids) - 8} more; "
+                        f"`dema-lab runs --store {self.path}` lists them")
+            else:
+                hint = f"runs: {', '.join(ids) or 'none yet'}"
+            raise StoreError(f"run {run_id!r} is not in store {self.path} ({hint})")
         return Run(self, run_id)
 
     def create_run(self, run_id: str, config: dict, provenance: dict) -> "Run":

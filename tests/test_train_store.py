@@ -317,3 +317,13 @@ def test_a_dataset_from_an_unknown_env_is_refused_by_name(hopper_small, tmp_path
         f.attrs["env"] = "Ant-v5"
     out = cli("train", "--store", str(tmp_path / "s"), "--dataset", str(path), "--steps", "2")
     assert out.returncode == 2 and "recorded in env 'Ant-v5'" in out.stderr and "known envs" in out.stderr
+
+
+def test_an_unknown_run_names_the_closest_ones(tmp_path):
+    rs = RunStore(tmp_path / "s", mode="a")
+    for k in (5, 10, 20, 40, 80, 160, 320, 640, 1280):
+        rs.create_run(f"sweep-K{k}", {"K": k}, {})
+    with pytest.raises(StoreError, match=r"'sweep-K2O' is not in store .*did you mean sweep-K20 .*lists all 9"):
+        rs.run("sweep-K2O")
+    with pytest.raises(StoreError, match=r"runs: sweep-K10, .* and 1 more; `dema-lab runs --store"):
+        rs.run("zzz")

@@ -29,10 +29,10 @@ def _build(args) -> int:
     try:
         spec = env_spec(args.env)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"dema-lab data build: {err}", file=sys.stderr)
         return 2
     if args.quality not in QUALITIES:
-        print(f"error: unknown quality {args.quality!r}; choose one of {', '.join(QUALITIES)}", file=sys.stderr)
+        print(f"dema-lab data build: unknown quality {args.quality!r}; choose one of {', '.join(QUALITIES)}", file=sys.stderr)
         return 2
     out = args.out or embedded_path(f"{spec.name}-{args.quality}", args.seed, args.transitions)
     t0 = time.perf_counter()
@@ -48,7 +48,7 @@ def _build(args) -> int:
             progress=not args.quiet,
         )
     except (DatasetError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"dema-lab data build: {err}", file=sys.stderr)
         return 1
     ds = load_d4rl(path)
     a = ds.attrs
@@ -81,7 +81,7 @@ def _info(args) -> int:
     try:
         ds = load_dataset(args.spec, env=args.env)
     except (DatasetError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"dema-lab data info: {err}", file=sys.stderr)
         return 1
     s = ds.summary()
     s["attrs"] = {k: v for k, v in ds.attrs.items()}
