@@ -80,13 +80,16 @@ def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int) -> dict:
 
 def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     """Run every grid point (in parallel processes) and return what happened to each."""
-    from .data import embedded_names, ensure_embedded
+    from .data import embedded_names, ensure_embedded, load_dataset
     from .store import RunStore
 
     configs = grid(sweep)
+    for name in dict.fromkeys(sweep.datasets):
+        if name in embedded_names():
+            ensure_embedded(name, progress=False)     # build shared datasets once, not in each worker
+        else:
+            load_dataset(name, progress=False)        # a missing or malformed file fails here, not in every run
     RunStore(sweep.base.store, mode="a")              # create the store once, before the workers
-    for name in sorted(set(sweep.datasets) & set(embedded_names())):
-        ensure_embedded(name, progress=False)         # build shared datasets once, not in each worker
     if "dema" in sweep.archs:
         from .ssm import cpu_kernel
         cpu_kernel.warm_up()                          # compile the scan into numba's cache once, too

@@ -1,6 +1,7 @@
 """The paper's study: ablations, the resumable sweep, and the report."""
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -132,6 +133,12 @@ def test_grid_run_ids_are_stable_and_cover_the_grid(tiny_config):
     assert [c.run_id for c in grid(sweep)] == [c.run_id for c in configs]
     with pytest.raises(ValueError, match="sweep dimension K is empty"):
         SweepConfig(K=[])
+    # a dataset that cannot be read fails the sweep before any run starts, and writes no store
+    from dema_lab.data import DatasetError
+    bad = dataclasses.replace(sweep, datasets=[tiny_config.dataset, tiny_config.dataset + ".missing.hdf5"])
+    with pytest.raises(DatasetError, match="no such file"):
+        run_sweep(bad, log=lambda *_: None)
+    assert not os.path.exists(tiny_config.store)
 
 
 def test_sweep_runs_resumes_skips_and_reports(tiny_config):
