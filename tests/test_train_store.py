@@ -215,6 +215,9 @@ def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
     for bad, why in ((other, "not a dema-lab store"), (tmp_path / "a-file", "is a file, not a dema-lab store")):
         out = cli("serve", "--store", str(bad), "--port", "1", timeout=60)   # a regression would serve: timeout
         assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = cli("demo", "--no-serve", "--store", str(tmp_path / "a-file"), timeout=300)
+    assert out.returncode == 2 and "is a file, not a dema-lab store" in out.stderr
+    assert "[demo" not in out.stdout                      # refused before building or training anything
     # unknown dataset, unknown run, bad config values
     out = cli("train", "--store", str(tmp_path / "s"), "--dataset", "hopper-excellent", "--steps", "2")
     assert out.returncode == 2 and "unknown dataset 'hopper-excellent'" in out.stderr
