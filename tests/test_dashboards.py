@@ -70,6 +70,19 @@ def test_store_index_lists_runs_and_reports_the_unreadable_one(dash_store):
     assert ep.frames.shape[1:] == (96, 96, 3) and ep.attention.shape[2:] == (8, 8) and ep.tokens_per_step == 3
 
 
+def test_store_index_of_a_missing_or_empty_store_is_empty_and_of_a_file_an_error(tmp_path):
+    from dema_lab.dashboard import StoreIndex
+    from dema_lab.store import StoreError
+
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "missing", tmp_path / "empty"):
+        index = StoreIndex(str(path))
+        assert index.is_empty() and index.run_ids() == [] and not index.unreadable
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        StoreIndex(str(tmp_path / "a-file")).is_empty()
+
+
 def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     import holoviews as hv
     import panel as pn
@@ -652,8 +665,8 @@ def _processes_with(text: str) -> list[int]:
 
 
 def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
-    empty = tmp_path / "empty-store"
-    empty.mkdir()
+    empty = tmp_path / "no-store-yet"                      # a path that does not exist yet (`dema-lab serve` on
+    assert not empty.exists()                              # a fresh clone): the same page as an empty directory
     s = Server(str(empty), tmp_path / "server.log")
     try:
         p = Page(browser, s.url("attention"))

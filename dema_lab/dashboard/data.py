@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..store import RunStore, StoreError
+from ..store import EmptyStoreError, RunStore, StoreError
 
 # rollout names written by the trainer: step_00002000-transformer-t0-e0
 _ROLLOUT = re.compile(r"^step_(?P<ckpt>\d+)-(?P<mode>[a-z]+)-t(?P<target>\d+)-e(?P<episode>\d+)$")
@@ -115,27 +115,23 @@ class StoreIndex:
 
     # ------------------------------------------------------------------ the store
     def open(self) -> RunStore:
-        """The store (raises StoreError with 'is empty' for an empty or missing store)."""
+        """The store (raises EmptyStoreError for an empty or missing store, StoreError otherwise)."""
         return RunStore(self.path, mode="r")
 
     def is_empty(self) -> bool:
         try:
             return not self.open().run_ids()
-        except StoreError as e:
-            if "is empty" in str(e):
-                return True
-            raise
+        except EmptyStoreError:
+            return True
 
     def run_ids(self) -> list[str]:
         """Readable runs; `self.unreadable` holds {run_id: reason} for the runs that are not."""
         try:
             store = self.open()
             ids = store.run_ids()
-        except StoreError as e:
-            if "is empty" in str(e):
-                self.unreadable = {}
-                return []
-            raise
+        except EmptyStoreError:
+            self.unreadable = {}
+            return []
         self.unreadable = dict(getattr(store, "unreadable", {}))
         return ids
 
