@@ -227,7 +227,7 @@ def _sweep(args) -> int:
                             seeds=args.seeds, eval_modes=args.eval_modes, ablations=not args.no_ablations,
                             ablation_episodes=args.ablation_episodes, workers=args.workers, base=base)
         results = run_sweep(sweep)
-    except (ValueError, FileNotFoundError, StoreError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, StoreError, CheckpointError, ImportError) as e:
         print(f"dema-lab sweep: {e}", file=sys.stderr)
         return 2
     failed = [r for r in results if r["what"].startswith("failed")]

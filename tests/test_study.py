@@ -139,6 +139,11 @@ def test_grid_run_ids_are_stable_and_cover_the_grid(tiny_config):
     with pytest.raises(DatasetError, match="no such file"):
         run_sweep(bad, log=lambda *_: None)
     assert not os.path.exists(tiny_config.store)
+    from dema_lab.store import StoreError
+    a_file = os.path.join(os.path.dirname(tiny_config.store), "a-file")
+    open(a_file, "w").close()
+    with pytest.raises(StoreError, match="is a file"):                    # before any dataset is loaded
+        run_sweep(dataclasses.replace(bad, base=dataclasses.replace(tiny_config, store=a_file)), log=lambda *_: None)
 
 
 def test_sweep_runs_resumes_skips_and_reports(tiny_config):
