@@ -201,8 +201,8 @@ class Report:
                            ("ablation_episodes", "episodes per ablation")):
             if col in self.runs and self.runs[col].notna().any():
                 part = self.runs if col != "d_state" else self.runs[self.runs.arch == "dema"]
-                by = part.groupby("arch")[col].unique() if col == "d_model" else {"": part[col].unique()}
-                vals = " / ".join(f"{a + ' ' if a else ''}{', '.join(sorted(map(str, v)))}" for a, v in by.items())
+                by = dict(part.groupby("arch")[col].unique()) if col == "d_model" else {"": part[col].unique()}
+                vals = " / ".join(f"{a + ' ' if a else ''}{_values(v)}" for a, v in by.items())
                 out.append(f"{label}: {vals}")
         if "train_seconds" in self.runs:
             out.append(f"training time: {self.runs.train_seconds.sum() / 3600:.1f} h over {len(self.runs)} runs")
@@ -255,6 +255,14 @@ class Report:
             lines += ["", f"## {title}", ""]
             lines += [_markdown(table) if not table.empty else "(no runs for this table)"]
         return "\n".join(lines) + "\n"
+
+
+def _values(values) -> str:
+    """Distinct setting values, numbers in numeric order without a trailing .0; missing ones left out."""
+    vals = [v for v in values if not (isinstance(v, float) and np.isnan(v))]
+    nums = [v for v in vals if isinstance(v, (int, float, np.number))]
+    text = [f"{float(v):g}" for v in sorted(nums)] + sorted(str(v) for v in vals if v not in nums)
+    return ", ".join(dict.fromkeys(text)) or "–"
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -351,23 +359,27 @@ def paired_verdict(diffs) -> tuple[str, str]:
 
 def short_k_finding(main: pd.DataFrame) -> tuple[str, str, str]:
     """"A short K (8-20) is enough": the best short K against the best K above 20, paired by
-    dataset and seed. Means by K are taken over the datasets run at every K only, so that a
-    dataset swept at fewer K (a hard one, say) cannot tilt the comparison."""
+    dataset and seed. Means by K are taken over the datasets run at every K only (else over the
+    K values every dataset has), so that a dataset swept at fewer K (a hard one, say) cannot tilt
+    which K looks best; the pairs are then every (dataset, seed) run at both chosen K."""
     claim = "A short K (8–20) is enough"
     grid = main.pivot_table(index=["dataset", "seed"], columns="K", values="score_transformer", aggfunc="mean")
     full = grid.dropna()                                    # datasets (and seeds) run at every K
-    if full.empty:
+    if not full.empty:
+        names = sorted(set(full.index.get_level_values("dataset")))
+        over = f"over the {len(names)} dataset(s) run at every K ({', '.join(names)})"
+    else:
         full = grid.dropna(axis=1)                          # else the K values every dataset has
-    datasets = sorted(set(full.index.get_level_values("dataset")))
+        over = "over the K values every dataset has"
     by_k = full.mean()
+    evidence = f"mean score by K {over}: " + (", ".join(f"K={k}: {v:.1f}" for k, v in by_k.items()) or "none")
     short = by_k[(by_k.index >= 8) & (by_k.index <= 20)]
     longer = by_k[by_k.index > 20]
-    evidence = (f"mean score by K over the {len(datasets)} dataset(s) run at every K ({', '.join(datasets)}): "
-                + ", ".join(f"K={k}: {v:.1f}" for k, v in by_k.items()))
     if not len(short) or not len(longer):
-        return claim, "not measured", evidence + "; needs a K in 8–20 and a K above 20"
+        return claim, "not measured", evidence + "; needs a K in 8–20 and a K above 20 on the same datasets"
     k_short, k_long = int(short.idxmax()), int(longer.idxmax())
-    verdict, paired = paired_verdict(full[k_short] - full[k_long])
+    both = grid[[k_short, k_long]].dropna()
+    verdict, paired = paired_verdict(both[k_short] - both[k_long])
     if verdict == "inconclusive":
         verdict = "holds (no significant difference)"
     return claim, verdict, f"{evidence}; K={k_short} against K={k_long}: {paired}"

@@ -119,6 +119,15 @@ def test_short_k_finding_compares_k_over_the_same_datasets():
     worse = df.assign(score_transformer=df.score_transformer + (df.K == 40) * np.where(df.dataset == "easy", 8.0, 9.0))
     assert short_k_finding(worse)[1] == "does not hold"
     assert short_k_finding(df[df.K <= 20])[1] == "not measured"
+    # the pairs are every (dataset, seed) run at both chosen K, not only those run at every K
+    seeds = pd.DataFrame([("d", k, sd, 30.0 + sd) for k in (10, 40) for sd in (0, 1, 2)] + [("d", 5, 0, 1.0)],
+                         columns=df.columns)
+    assert "K=10 against K=40: mean paired difference +0.0 ± 0.0 (s.e.) over 3 pairs" in short_k_finding(seeds)[2]
+    # no dataset run at every K: the K values every dataset has (here K=10 only: nothing to compare)
+    disjoint = pd.DataFrame([("a", 10, 0, 1.0), ("a", 40, 0, 1.0), ("b", 10, 0, 2.0), ("b", 60, 0, 0.0)],
+                            columns=df.columns)
+    _, verdict, evidence = short_k_finding(disjoint)
+    assert verdict == "not measured" and "over the K values every dataset has: K=10: 1.5;" in evidence
 
 
 def test_grid_run_ids_are_stable_and_cover_the_grid(tiny_config):
