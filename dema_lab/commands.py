@@ -162,12 +162,10 @@ def _demo(args) -> int:
 
 def _serve(args) -> int:
     from .dashboard import serve
-    from .store import EmptyStoreError, RunStore, StoreError
+    from .store import StoreError, check_store
 
     try:
-        RunStore(args.store, mode="r")
-    except EmptyStoreError:
-        pass                                   # served: the page says how to create a run
+        check_store(args.store)                # missing or empty is served: the page says how to create a run
     except StoreError as e:
         print(f"dema-lab serve: {e}", file=sys.stderr)
         return 2

@@ -44,9 +44,9 @@ def run_demo(store: str = "store", sweep: bool = True, on_progress=None, progres
     Returns the run ids.
     """
     from .data import DEFAULT_DATASET, ensure_embedded
-    from .store import RunStore
+    from .store import check_store
 
-    RunStore(store, mode="a")                 # a path that is not a store fails now, not after the build
+    check_store(store)                        # a path that is not a store fails now, not after the build
     report = on_progress or (lambda message, fraction: None)
     report(f"building the default dataset {DEFAULT_DATASET}", 0.0)
     ensure_embedded(DEFAULT_DATASET, progress=progress)

@@ -52,6 +52,15 @@ class EmptyStoreError(StoreError):
     """A store path that does not exist yet, or an empty directory: no runs, nothing wrong."""
 
 
+def check_store(path) -> None:
+    """Raise StoreError unless `path` is a dema-lab store or nothing yet (missing, or an empty
+    directory: one is created there on the first write). For commands that write or serve later."""
+    try:
+        RunStore(path, mode="r")
+    except EmptyStoreError:
+        pass
+
+
 def _is_url(path: str) -> bool:
     return "://" in path
 

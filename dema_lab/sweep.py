@@ -81,15 +81,13 @@ def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int) -> dict:
 def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     """Run every grid point (in parallel processes) and return what happened to each."""
     from .data import embedded_names, ensure_embedded, load_dataset
-    from .store import EmptyStoreError, RunStore
+    from .store import RunStore, check_store
 
     configs = grid(sweep)
-    try:
-        RunStore(sweep.base.store, mode="r")          # a path that is not a store fails first
-    except EmptyStoreError:
-        pass                                          # created below, once the datasets are known good
+    check_store(sweep.base.store)                     # a path that is not a store fails first
+    embedded = set(embedded_names())
     for name in dict.fromkeys(sweep.datasets):
-        if name in embedded_names():
+        if name in embedded:
             ensure_embedded(name, progress=False)     # build shared datasets once, not in each worker
         else:
             load_dataset(name, progress=False)        # a missing or malformed file fails here, not in every run

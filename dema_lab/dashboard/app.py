@@ -21,7 +21,6 @@ import time
 import panel as pn
 import param
 
-from ..store import StoreError
 from .data import StoreIndex, friendly_error
 
 PRESENTATION_CSS = """
@@ -164,8 +163,9 @@ class DemoJob(param.Parameterized):
         finally:
             self.running = False
 
-    def detail(self) -> str:
-        """Finer progress than the callback gives: training steps of the demo runs so far."""
+    def detail(self) -> tuple[float, str, int]:
+        """Finer progress than the callback gives: the fraction of the demo runs' training steps
+        done, a line per run, and how many runs the store holds (any, not only the demo's)."""
         from ..demo import demo_runs
 
         try:
@@ -178,14 +178,14 @@ class DemoJob(param.Parameterized):
                     info = idx.info(cfg.run_id)
                     done += min(info.steps_done, cfg.steps)
                     parts.append(f"{cfg.run_id}: {info.steps_done}/{cfg.steps} steps ({info.status})")
-            return done / max(total, 1), "; ".join(parts)
+            return done / max(total, 1), "; ".join(parts), len(ids)
         except Exception:  # noqa: BLE001 - the store may be being created
-            return self.fraction, ""
+            return self.fraction, "", 0
 
 
 class DemoProgress(pn.viewable.Viewer):
     """The demo job's progress bar and status line, updated every second while it runs;
-    on_update(job) is called after each update."""
+    on_update(job, runs) is called after each update, with the number of runs in the store."""
 
     def __init__(self, job: DemoJob, on_update=None, **params):
         super().__init__(**params)
@@ -203,7 +203,7 @@ class DemoProgress(pn.viewable.Viewer):
 
     def update(self):
         job = self.job
-        fine, detail = job.detail()
+        fine, detail, runs = job.detail()
         frac = max(job.fraction, fine)
         self._bar.value = int(1000 * min(1.0, frac))
         text = f"**{100 * frac:.0f}%** · {job.message}"
@@ -215,7 +215,7 @@ class DemoProgress(pn.viewable.Viewer):
             text = "The demo runs are ready."
         self._status.object = text
         if self.on_update is not None:
-            self.on_update(job)
+            self.on_update(job, runs)
         if not job.running:
             self.stop()
 
@@ -253,14 +253,10 @@ class EmptyStorePage(pn.viewable.Viewer):
         self._button.name = "Demo running…"
         self._progress.watch()
 
-    def _updated(self, job: DemoJob):
+    def _updated(self, job: DemoJob, runs: int):
         if job.error:
             self._button.disabled, self._button.name = False, "Try again"
-        try:
-            ready = not StoreIndex(self.store).is_empty()
-        except StoreError:
-            ready = False
-        if ready:
+        if runs:
             self._progress.stop()               # the explorer, taking over, shows its own
             if self.on_ready is not None:
                 self.on_ready()
