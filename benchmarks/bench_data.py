@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -84,6 +85,9 @@ def main() -> int:
         s.sample(64)
     sample_ms = (time.perf_counter() - t0) / 500 * 1e3
 
+    print("# Embedded datasets: build time, returns and normalized scores (issue 3)\n")
+    print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} "
+          "at the end) with `make bench`, or `.venv/bin/python benchmarks/bench_data.py` alone.")
     print("\n| env | quality | transitions | episodes | mean return ± std | normalized | build s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
