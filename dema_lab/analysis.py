@@ -26,20 +26,29 @@ from .ssm import aggregate_channels
 
 def window_tokens(cfg) -> int:
     """Tokens in a full acting window, up to and including the current state token."""
-    return cfg.K * 3 - 1 if cfg.layout == "B3LD" else cfg.K
+    return cfg.window_tokens()
 
 
 def token_labels(cfg) -> dict:
-    """Labels of the right-aligned window positions: kind (R/s/a or t) and relative step."""
+    """Labels of the right-aligned window positions: kind (R/s/a or t) and the step each token
+    belongs to, relative to now. The a token of RAS step t holds a_{t-1}: it is labelled a-1
+    like RSA's a_{t-1} token, so a label always names the action's own step."""
     L = window_tokens(cfg)
     if cfg.layout == "B3LD":
-        # sequence ... R_{-1} s_{-1} a_{-1} R_0 s_0 ; position L-1 is s_0
+        # RSA: ... R_{-1} s_{-1} a_{-1} R_0 s_0   (position L-1 is s_0)
+        # RAS: ... R_{-1} a_{-2} s_{-1} R_0 a_{-1} s_0
+        order = "RSA" if cfg.token_order == "RSA" else "RAS"
         kinds, steps = [], []
         for p in range(L):
-            back = L - 1 - p              # tokens back from s_0
-            q = back + 1                  # tokens back from a virtual a_0
-            kinds.append(["a", "s", "R"][q % 3])
-            steps.append(-(q // 3))
+            back = L - 1 - p                       # tokens back from s_0
+            if order == "RSA":
+                q = back + 1                       # tokens back from a virtual a_0
+                kind, step = ["a", "s", "R"][q % 3], -(q // 3)
+            else:
+                kind, step = ["s", "a", "R"][back % 3], -(back // 3)
+                step -= kind == "a"                # the RAS action token holds the previous step's action
+            kinds.append(kind)
+            steps.append(step)
     else:
         kinds = ["t"] * L
         steps = [-(L - 1 - p) for p in range(L)]

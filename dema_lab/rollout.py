@@ -260,9 +260,39 @@ def replay_attention(model, rollout: xr.Dataset, step: int, method: str = "minma
         return policy.attention
     import torch
     with torch.no_grad():
-        T = min(step + 1, model.cfg.K)
-        n = 3 * T - 1 if model.cfg.layout == "B3LD" else T
         if mode == "transformer":
-            _, attn = model(*policy.window(), return_attention=True)
+            n = model.cfg.window_tokens(model.cfg.acting_steps(step))
+            _, attn = model(**policy.window(), return_attention=True)
             return [a[0, :, :n, :n].float().cpu().numpy() for a in attn]
+        n = model.cfg.window_tokens(min(step + 1, model.cfg.K))
         return [a[0].float().cpu().numpy() for a in model.recorded_attention(policy.record, n)]
+
+
+def replay_windows(model, rollout: xr.Dataset, steps, state_mean=None, state_std=None,
+                   rtg_scale: float = 1000.0) -> list[dict]:
+    """The Transformer-like inputs the policy acted on at `steps` of a recorded episode: for each
+    step (ascending), what `Policy.window()` builds there (the model's keyword arguments, batch
+    1), rebuilt from the recorded observations, actions and rewards without running the model
+    (as replay_attention does)."""
+    mode = rollout.attrs.get("mode", "transformer")
+    if mode != "transformer":
+        raise ValueError(f"episode was recorded {mode}-like; Transformer-like windows replay only a "
+                         f"Transformer-like episode (mode 'transformer')")
+    steps = sorted(int(s) for s in steps)
+    n = int(rollout.sizes["step"])
+    if steps and not 0 <= steps[0] <= steps[-1] < n:
+        raise ValueError(f"steps {steps[0]}..{steps[-1]} are outside the episode's {n} steps")
+    obs = rollout["observation"].values
+    act = rollout["action"].values
+    rewards = rollout["reward"].values
+    policy = Policy(model, "transformer", state_mean, state_std, rtg_scale)
+    policy.reset(float(rollout.attrs["target"]))
+    out, want = [], set(steps)
+    for t in range(steps[-1] + 1 if steps else 0):
+        policy.states.append((obs[t] - policy.state_mean) / policy.state_std)
+        policy.rtgs.append(policy.rtg)
+        if t in want:
+            out.append(policy.window())
+        policy.actions.append(act[t])
+        policy.observe(rewards[t])
+    return out

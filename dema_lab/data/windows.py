@@ -73,6 +73,7 @@ class WindowSampler:
         rewards       (B, K, 1)   float32  reward / reward_scale
         timesteps     (B, K)      int64    step index within the episode
         mask          (B, K)      bool     True for real steps (a prefix of each row)
+        prev_action   (B, act)    float32  the action before the window (0 at an episode's start)
     """
 
     def __init__(
@@ -143,6 +144,9 @@ class WindowSampler:
             "rewards": torch.from_numpy(self._rewards[gather][..., None]),
             "timesteps": torch.from_numpy(ts.astype(np.int64)),
             "mask": torch.from_numpy(mask),
+            "prev_action": torch.from_numpy(
+                np.where((self._timestep[starts] > 0)[:, None], self._actions[np.maximum(starts - 1, 0)], 0.0)
+                .astype(np.float32)),
         }
 
     def sample(self, batch_size: int) -> dict:

@@ -2,9 +2,9 @@
 
 A model maps a window of T steps to T action predictions:
     states (b, T, state_dim), actions (b, T, act_dim), returns_to_go (b, T, 1),
-    timesteps (b, T) int  ->  actions_pred (b, T, act_dim) in [-1, 1]
-Windows are right-padded: both backbones are causal, so padding after the real steps never
-changes the predictions for them.
+    timesteps (b, T) int  [, prev_action (b, act_dim)]  ->  actions_pred (b, T, act_dim) in [-1, 1]
+Training windows are right-padded: both backbones are causal, so padding after the real steps
+never changes the predictions for them. At inference a config may left-pad (window_padding).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from .embedding import TrajectoryEmbedding
 
 
 class TrajectoryModel(nn.Module):
+    """Embedding -> backbone -> tanh action head at the state tokens; DeMa and DT fill in `backbone`."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -28,19 +30,22 @@ class TrajectoryModel(nn.Module):
         """tokens (b, L, d) -> hidden (b, L, d) [, list of per-layer attention maps]."""
         raise NotImplementedError
 
-    def forward(self, states, actions, returns_to_go, timesteps, return_attention=False):
-        tokens = self.embed(states, actions, returns_to_go, timesteps)       # (b, L, d)
+    def forward(self, states, actions, returns_to_go, timesteps, return_attention=False, prev_action=None):
+        """Action predictions (b, T, act_dim) for a window [, per-layer attention maps].
+        prev_action (b, act_dim): the action before the window (token order RAS; default zeros)."""
+        tokens = self.embed(states, actions, returns_to_go, timesteps, prev_action)   # (b, L, d)
         out = self.backbone(tokens, return_attention)
         hidden, attn = out if return_attention else (out, None)
         pred = self.predict_action(hidden[:, self.embed.action_positions(states.shape[1])])
         return (pred, attn) if return_attention else pred
 
     @torch.no_grad()
-    def attention(self, states, actions, returns_to_go, timesteps, aggregate: str | None = "minmax"):
+    def attention(self, states, actions, returns_to_go, timesteps, aggregate: str | None = "minmax",
+                  prev_action=None):
         """Per-layer token-to-token attention for a window, a list of n_layer tensors:
         (b, channels, L, L) with aggregate=None, else (b, L, L) aggregated over channels
         (DeMa: the d_inner channels of the hidden attention; DT: the heads)."""
-        _, attn = self(states, actions, returns_to_go, timesteps, return_attention=True)
+        _, attn = self(states, actions, returns_to_go, timesteps, return_attention=True, prev_action=prev_action)
         if aggregate is None:
             return attn
         return [aggregate_channels(a, aggregate) for a in attn]

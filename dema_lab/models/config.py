@@ -1,4 +1,14 @@
-"""ModelConfig: everything needed to rebuild a DecisionMamba or a DecisionTransformer."""
+"""ModelConfig: everything needed to rebuild a DecisionMamba or a DecisionTransformer.
+
+Two DeMa flavours share one model class (see README, "Checkpoints from the official DeMa code"):
+
+    dema-lab's own (the defaults)        official DeMa (AndssY/dema, `Mamba_mujoco`; preset "official")
+    token_order  "RSA": R_t, s_t, a_t     "RAS": R_t, a_{t-1}, s_t   (a_{-1} = 0)
+    embed_dim    0: tokens are d_model    128, projected to d_model 64 by a Linear (embed.embed_token)
+    embed_norm   "layernorm"              "none"
+    window_padding "none": shorter        "left": zero-padded to K steps; the pads go through the model
+                 windows early in an episode
+"""
 
 from __future__ import annotations
 
@@ -6,17 +16,28 @@ from dataclasses import asdict, dataclass, fields
 
 ARCHS = ("dema", "dt")
 LAYOUTS = ("B3LD", "BL3D")
+TOKEN_ORDERS = ("RSA", "RAS")
+EMBED_NORMS = ("layernorm", "none")
+WINDOW_PADDINGS = ("none", "left")
+ACTIVATIONS = ("gelu", "relu")
 
 
 @dataclass
 class ModelConfig:
+    """Everything that defines a DeMa or DT model: built by `build_model(cfg)`, saved in every
+    checkpoint's header, validated on construction (a bad field fails here, by name)."""
+
     arch: str = "dema"                # "dema" (Decision Mamba) or "dt" (Decision Transformer)
     state_dim: int = 11
     act_dim: int = 3
     K: int = 20                       # context length in timesteps
     d_model: int = 128                # token width (embedding size)
     n_layer: int = 3
-    layout: str = "B3LD"              # B3LD: (R, s, a) tokens, 3K long; BL3D: one token per step
+    layout: str = "B3LD"              # B3LD: three tokens per step, 3K long; BL3D: one token per step
+    token_order: str = "RSA"          # RSA: (R_t, s_t, a_t), DT's; RAS: (R_t, a_{t-1}, s_t), official DeMa's
+    embed_dim: int = 0                # 0: embeddings are d_model wide; N: N wide, projected to d_model
+    embed_norm: str = "layernorm"     # LayerNorm on the tokens (DT, dema-lab) or "none" (official DeMa)
+    window_padding: str = "none"      # Transformer-like inference: "none" or "left" (zeros to K steps)
     timestep_embedding: bool | None = None  # None: off for DeMa, on for DT (as in the papers)
     max_ep_len: int = 1000            # size of the timestep embedding table
     # Mamba mixer
@@ -26,6 +47,7 @@ class ModelConfig:
     # Transformer
     n_head: int = 1
     dropout: float = 0.1
+    activation: str = "gelu"          # DT's MLP: gelu (nanoGPT) or relu (the DT and DeMa repositories)
 
     def __post_init__(self):
         if self.timestep_embedding is None:
@@ -36,8 +58,12 @@ class ModelConfig:
         problems = []
         if self.arch not in ARCHS:
             problems.append(f"arch {self.arch!r} is unknown (choose {' or '.join(ARCHS)})")
-        if self.layout not in LAYOUTS:
-            problems.append(f"layout {self.layout!r} is unknown (choose {' or '.join(LAYOUTS)})")
+        for name, allowed in (("layout", LAYOUTS), ("token_order", TOKEN_ORDERS), ("embed_norm", EMBED_NORMS),
+                              ("window_padding", WINDOW_PADDINGS), ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} {getattr(self, name)!r} is unknown (choose {' or '.join(allowed)})")
+        if not isinstance(self.embed_dim, int) or isinstance(self.embed_dim, bool) or self.embed_dim < 0:
+            problems.append(f"embed_dim must be 0 (= d_model) or a positive integer, got {self.embed_dim!r}")
         for name in ("state_dim", "act_dim", "K", "d_model", "n_layer", "max_ep_len", "d_state",
                      "d_conv", "expand", "n_head"):
             value = getattr(self, name)
@@ -54,6 +80,23 @@ class ModelConfig:
     @property
     def tokens_per_step(self) -> int:
         return 3 if self.layout == "B3LD" else 1
+
+    @property
+    def token_width(self) -> int:
+        """Width of the return, state and action embeddings (before any projection to d_model)."""
+        return self.embed_dim or self.d_model
+
+    def window_tokens(self, T: int | None = None) -> int:
+        """Tokens of a T-step acting window (default K) up to and including the current state
+        token: B3LD-RSA ends with s_t (the a_t slot is not fed), B3LD-RAS with s_t, BL3D one a step."""
+        T = self.K if T is None else T
+        if self.layout == "BL3D":
+            return T
+        return 3 * T - 1 if self.token_order == "RSA" else 3 * T
+
+    def acting_steps(self, t: int) -> int:
+        """Steps in the Transformer-like window at episode step t (0-based): left padding fills it to K."""
+        return self.K if self.window_padding == "left" else min(t + 1, self.K)
 
     def to_dict(self) -> dict:
         return asdict(self)

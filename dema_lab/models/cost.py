@@ -13,11 +13,14 @@ from .config import ModelConfig
 
 
 def _embed_macs(cfg: ModelConfig) -> int:
-    """Per env step: the three embeddings (+ BL3D's token projection)."""
-    d = cfg.d_model
-    macs = d * (1 + cfg.state_dim + cfg.act_dim)
+    """Per env step: the three embeddings (+ the projection to d_model: BL3D's, or the official
+    DeMa's from 128-wide embeddings)."""
+    w = cfg.token_width
+    macs = w * (1 + cfg.state_dim + cfg.act_dim)
     if cfg.layout == "BL3D":
-        macs += 3 * d * d
+        macs += 3 * w * cfg.d_model
+    elif w != cfg.d_model:
+        macs += 3 * w * cfg.d_model
     return macs
 
 

@@ -40,6 +40,10 @@ class Block(nn.Module):
 
 
 class DecisionMamba(TrajectoryModel):
+    """DeMa: trajectory tokens through pre-norm residual Mamba blocks and a final RMSNorm.
+    The official DeMa (AndssY/dema `Mamba_mujoco`) is this class with token_order "RAS",
+    embed_dim 128 projected to d_model, embed_norm "none" and window_padding "left"."""
+
     def __init__(self, cfg: ModelConfig):
         if cfg.arch != "dema":
             raise ValueError(f"DecisionMamba needs arch='dema', got {cfg.arch!r}")

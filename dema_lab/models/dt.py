@@ -1,5 +1,6 @@
 """Decision Transformer: the same trajectory tokens through GPT-style causal self-attention
-(nanoGPT's blocks; no position embedding beyond DT's timestep embedding)."""
+(nanoGPT's blocks; no position embedding beyond DT's timestep embedding). The MLP's activation
+is GELU (nanoGPT) or ReLU (`cfg.activation`: the DT and DeMa repositories' GPT-2 uses ReLU)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from .config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; with return_attention also the softmax weights."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head = cfg.n_head
@@ -42,17 +45,22 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """d -> 4d -> d with GELU or ReLU."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.act = F.relu if cfg.activation == "relu" else F.gelu
         self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
+    """Pre-norm transformer block (GPT-2 names: ln_1, attn, ln_2, mlp)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.d_model)
@@ -70,6 +78,8 @@ class Block(nn.Module):
 
 
 class DecisionTransformer(TrajectoryModel):
+    """DT (Chen et al. 2021): trajectory tokens through causal self-attention blocks."""
+
     def __init__(self, cfg: ModelConfig):
         if cfg.arch != "dt":
             raise ValueError(f"DecisionTransformer needs arch='dt', got {cfg.arch!r}")

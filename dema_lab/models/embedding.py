@@ -1,10 +1,18 @@
 """Trajectory tokens shared by DeMa and DT: return-to-go, state and action embeddings,
-an optional timestep embedding, and the two token layouts.
+an optional timestep embedding, the token order, and the two token layouts.
 
-B3LD: tokens (R_0, s_0, a_0, R_1, s_1, a_1, ...), (b, 3K, d); a_t is predicted from s_t's token.
-BL3D: token_t = W [R_t ; s_t ; a_{t-1}], (b, K, d); a_t is predicted from token_t. The action
-      slot holds the *previous* action (zeros at t = 0) so that no token ever sees the action
-      it has to predict.
+Token order (`cfg.token_order`), per step t:
+    RSA (DT, dema-lab's DeMa): R_t, s_t, a_t      a_t is predicted from s_t's token
+    RAS (official DeMa):       R_t, a_{t-1}, s_t  a_t is predicted from s_t's token, the step's last;
+                               a_{-1} = 0, and the action before a window comes in as `prev_action`
+Layout (`cfg.layout`):
+    B3LD: the three tokens of every step in sequence, (b, 3T, d)
+    BL3D: one token per step, a Linear over the three embeddings side by side, (b, T, d); the action
+          slot holds the previous action (zeros at the window's start for RSA, `prev_action` for RAS)
+          so that no token sees the action it has to predict.
+Widths: embeddings are `cfg.token_width` wide; `embed_token` projects them to d_model when they
+differ or for BL3D (the official DeMa's `backbone.embedding`). `embed_ln` normalises the tokens
+unless embed_norm is "none" (the official DeMa has no norm there).
 """
 
 from __future__ import annotations
@@ -16,16 +24,19 @@ from .config import ModelConfig
 
 
 class TrajectoryEmbedding(nn.Module):
+    """(states, actions, returns-to-go, timesteps) of a window -> the backbone's token sequence."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        d = cfg.d_model
-        self.embed_return = nn.Linear(1, d)
-        self.embed_state = nn.Linear(cfg.state_dim, d)
-        self.embed_action = nn.Linear(cfg.act_dim, d)
-        self.embed_timestep = nn.Embedding(cfg.max_ep_len, d) if cfg.timestep_embedding else None
-        self.embed_token = nn.Linear(3 * d, d) if cfg.layout == "BL3D" else None
-        self.embed_ln = nn.LayerNorm(d)
+        w = cfg.token_width
+        self.embed_return = nn.Linear(1, w)
+        self.embed_state = nn.Linear(cfg.state_dim, w)
+        self.embed_action = nn.Linear(cfg.act_dim, w)
+        self.embed_timestep = nn.Embedding(cfg.max_ep_len, w) if cfg.timestep_embedding else None
+        width_in = 3 * w if cfg.layout == "BL3D" else w
+        self.embed_token = nn.Linear(width_in, cfg.d_model) if width_in != cfg.d_model or cfg.layout == "BL3D" else None
+        self.embed_ln = nn.LayerNorm(cfg.d_model) if cfg.embed_norm == "layernorm" else None
 
     def check_inputs(self, states, actions, returns_to_go, timesteps):
         cfg = self.cfg
@@ -42,50 +53,74 @@ class TrajectoryEmbedding(nn.Module):
             raise ValueError(f"timesteps must be ({b}, {T}), got {tuple(timesteps.shape)}")
 
     def _embed(self, layer, x, timesteps):
-        """layer(x) (b, T, d), plus the embedding of each token's own timestep when enabled."""
+        """layer(x) (b, T, w), plus the embedding of each token's own timestep when enabled."""
         e = layer(x)
         if self.embed_timestep is not None:
             e = e + self.embed_timestep(timesteps.clamp(0, self.cfg.max_ep_len - 1))
         return e
 
-    def forward(self, states, actions, returns_to_go, timesteps):
-        """Sequence of tokens (b, T * tokens_per_step, d) for a window of T steps."""
+    def _tokens(self, r, a_slot, s):
+        """Embeddings (b, T, w) of one step's three tokens -> the token sequence (b, L, d_model)."""
+        b, T, _ = r.shape
+        parts = [r, a_slot, s] if self.cfg.token_order == "RAS" else [r, s, a_slot]
+        if self.cfg.layout == "B3LD":
+            tokens = torch.stack(parts, dim=2).reshape(b, 3 * T, -1)          # (b, 3T, w)
+        else:
+            tokens = torch.cat(parts, dim=-1)                                 # (b, T, 3w)
+        return self._finish(tokens)
+
+    def _finish(self, tokens):
+        """Token embeddings (b, L, w or 3w) -> projected to d_model and normalised, (b, L, d_model)."""
+        if self.embed_token is not None:
+            tokens = self.embed_token(tokens)
+        return self.embed_ln(tokens) if self.embed_ln is not None else tokens
+
+    def previous_actions(self, actions, prev_action=None):
+        """(b, T, act) a_0..a_{T-1} -> the a_{t-1} slot of each step, (b, T, act). The first slot is
+        `prev_action` (b, act) with RAS (the action before the window; zeros at an episode's
+        start), zeros otherwise."""
+        b = actions.shape[0]
+        first = actions.new_zeros(b, 1, actions.shape[-1])
+        if prev_action is not None and self.cfg.token_order == "RAS":
+            first = prev_action.reshape(b, 1, -1).to(actions.dtype)
+        return torch.cat([first, actions[:, :-1]], dim=1)
+
+    def forward(self, states, actions, returns_to_go, timesteps, prev_action=None):
+        """Sequence of tokens (b, T * tokens_per_step, d_model) for a window of T steps.
+        prev_action (b, act_dim): the action before the window's first step (RAS only)."""
         self.check_inputs(states, actions, returns_to_go, timesteps)
-        b, T, _ = states.shape
         if returns_to_go.dim() == 2:
             returns_to_go = returns_to_go[..., None]
-        if self.cfg.layout == "BL3D":   # the action slot of step t holds a_{t-1}
-            actions = torch.cat([actions.new_zeros(b, 1, actions.shape[-1]), actions[:, :-1]], dim=1)
-        r = self._embed(self.embed_return, returns_to_go, timesteps)      # (b, T, d)
+        if self.cfg.layout == "BL3D" or self.cfg.token_order == "RAS":   # the action slot holds a_{t-1}
+            actions = self.previous_actions(actions, prev_action)
+        r = self._embed(self.embed_return, returns_to_go, timesteps)      # (b, T, w)
         s = self._embed(self.embed_state, states, timesteps)
         a = self._embed(self.embed_action, actions, timesteps)
-        if self.cfg.layout == "B3LD":
-            tokens = torch.stack([r, s, a], dim=2).reshape(b, 3 * T, -1)   # (b, 3T, d)
-        else:
-            tokens = self.embed_token(torch.cat([r, s, a], dim=-1))        # (b, T, d)
-        return self.embed_ln(tokens)
+        return self._tokens(r, a, s)
 
     def action_positions(self, T: int) -> slice:
-        """Indices of the tokens that predict a_0..a_{T-1}."""
-        return slice(1, 3 * T, 3) if self.cfg.layout == "B3LD" else slice(0, T)
+        """Indices of the tokens that predict a_0..a_{T-1}: the state tokens."""
+        if self.cfg.layout == "BL3D":
+            return slice(0, T)
+        return slice(1, 3 * T, 3) if self.cfg.token_order == "RSA" else slice(2, 3 * T, 3)
 
     def step_tokens(self, state, prev_action, return_to_go, timestep, first: bool):
         """The new tokens one env step adds, for recurrent (RNN-like) inference.
 
         state (b, state_dim), prev_action (b, act_dim), return_to_go (b, 1), timestep (b,).
-        B3LD: [a_{t-1} (unless first), R_t, s_t] -> (b, 2 or 3, d); the last one predicts a_t.
-        BL3D: [token_t] -> (b, 1, d).
+        B3LD-RSA: [a_{t-1} (unless first), R_t, s_t] -> (b, 2 or 3, d); a_{t-1} keeps step t-1's
+                  timestep embedding, as in the sequence.
+        B3LD-RAS: [R_t, a_{t-1}, s_t] -> (b, 3, d), a_{-1} = 0 (the official `get_action`).
+        BL3D:     [token_t] -> (b, 1, d).
+        The last token predicts a_t.
         """
         t = timestep[:, None]                                              # (b, 1)
-        r = self._embed(self.embed_return, return_to_go[:, None], t)       # (b, 1, d)
-        s = self._embed(self.embed_state, state[:, None], t)
         if first:
             prev_action = torch.zeros_like(prev_action)
-        if self.cfg.layout == "B3LD":
-            # a_{t-1} is a token of step t-1, with that step's timestep embedding
+        r = self._embed(self.embed_return, return_to_go[:, None], t)       # (b, 1, w)
+        s = self._embed(self.embed_state, state[:, None], t)
+        if self.cfg.layout == "B3LD" and self.cfg.token_order == "RSA":
             parts = [r, s] if first else [self._embed(self.embed_action, prev_action[:, None], t - 1), r, s]
-            tokens = torch.cat(parts, dim=1)
-        else:
-            a = self._embed(self.embed_action, prev_action[:, None], t)
-            tokens = self.embed_token(torch.cat([r, s, a], dim=-1))
-        return self.embed_ln(tokens)
+            return self._finish(torch.cat(parts, dim=1))
+        a = self._embed(self.embed_action, prev_action[:, None], t)
+        return self._tokens(r, a, s)

@@ -1,12 +1,14 @@
 """Acting in an environment with a trained model, in either inference mode.
 
     Transformer-like ("transformer"): at step t re-run the model on steps max(0, t-K+1)..t.
-        Early in the episode the window is simply shorter: no padding, so the first tokens
-        start from the zero state exactly as in training (windows are right-padded there).
+        window_padding "none" (dema-lab): early in the episode the window is simply shorter, so
+        the first tokens start from the zero state exactly as in training (right-padded there),
+        and for t < K both modes see the same tokens and act the same.
+        window_padding "left" (the official DeMa's `get_action2`): the window is zero-padded on
+        the left to K steps (states, actions, returns-to-go, timesteps 0) and the padded tokens go
+        through the model.
     RNN-like ("rnn", DeMa only): feed the step's new tokens once, carrying each layer's conv
-        and SSM state through the whole episode; constant cost per step.
-
-For t < K both modes see the same tokens from the same zero state, so they act the same.
+        and SSM state through the whole episode; constant cost per step (the official `get_action`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ MODES = ("transformer", "rnn")
 
 
 class Policy:
+    """A model acting step by step: act(obs) -> action, observe(reward); see the module docstring."""
+
     def __init__(self, model: TrajectoryModel, mode: str = "transformer", state_mean=None,
                  state_std=None, rtg_scale: float = 1000.0, device=None, attention: str | None = None):
         """attention: None, or a channel aggregation ("minmax", "abs", "mean"): then after each
@@ -58,16 +62,27 @@ class Policy:
     def _tensor(self, x, dtype=torch.float32):
         return torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)
 
-    def window(self):
-        """The Transformer-like input for the current step: the last min(t+1, K) steps, as
-        tensors of batch 1 (the current step's action slot is zero)."""
-        lo = max(0, len(self.states) - self.cfg.K)
+    def window(self) -> dict:
+        """The Transformer-like input for the current step, as the model's keyword arguments
+        (batch 1): the last min(t+1, K) steps, left-padded with zeros to K steps when the config
+        says so; the current step's action slot is zero, `prev_action` is the action before the
+        window (zeros at the episode's start)."""
+        cfg = self.cfg
+        lo = max(0, len(self.states) - cfg.K)
         T = len(self.states) - lo
-        actions = self.actions[lo:] + [np.zeros(self.cfg.act_dim, np.float32)] * (T - len(self.actions[lo:]))
-        return (self._tensor(np.stack(self.states[lo:]))[None],
-                self._tensor(np.stack(actions))[None],
-                self._tensor(self.rtgs[lo:])[None, :, None],
-                self._tensor(np.arange(lo, lo + T), torch.long)[None])
+        zero = np.zeros(cfg.act_dim, np.float32)
+        actions = self.actions[lo:] + [zero] * (T - len(self.actions[lo:]))
+        states, rtgs, steps = list(self.states[lo:]), list(self.rtgs[lo:]), list(range(lo, lo + T))
+        pad = cfg.acting_steps(len(self.states) - 1) - T
+        if pad > 0:
+            states = [np.zeros(cfg.state_dim, np.float32)] * pad + states
+            actions = [zero] * pad + actions
+            rtgs, steps = [0.0] * pad + rtgs, [0] * pad + steps
+        return {"states": self._tensor(np.stack(states))[None],                 # (1, T, state_dim)
+                "actions": self._tensor(np.stack(actions))[None],               # (1, T, act_dim)
+                "returns_to_go": self._tensor(rtgs)[None, :, None],             # (1, T, 1)
+                "timesteps": self._tensor(steps, torch.long)[None],             # (1, T)
+                "prev_action": self._tensor(self.actions[lo - 1] if lo > 0 else zero)[None]}   # (1, act_dim)
 
     @torch.no_grad()
     def act(self, obs) -> np.ndarray:
@@ -79,15 +94,14 @@ class Policy:
         s = (obs - self.state_mean) / self.state_std
         self.states.append(s)
         self.rtgs.append(self.rtg)
-        # tokens of the current window, up to and including the current state token
-        T = min(len(self.states), self.cfg.K)
-        n = 3 * T - 1 if self.cfg.layout == "B3LD" else T
         if self.mode == "transformer":
+            # tokens of the current window, up to and including the current state token
+            n = self.cfg.window_tokens(self.cfg.acting_steps(self.t))
             if self.attention_method:
-                preds, attn = self.model(*self.window(), return_attention=True)
-                attn = [a[..., :n, :n] for a in attn]      # drop the placeholder a_t token
+                preds, attn = self.model(**self.window(), return_attention=True)
+                attn = [a[..., :n, :n] for a in attn]      # RSA: drop the placeholder a_t token
             else:
-                preds, attn = self.model(*self.window()), None
+                preds, attn = self.model(**self.window()), None
             pred = preds[0, -1]
         else:
             prev = self.actions[-1] if self.actions else np.zeros(self.cfg.act_dim, np.float32)
@@ -99,7 +113,7 @@ class Policy:
             if self.record is not None:
                 keep = 3 * self.cfg.K + self.cfg.d_conv
                 self.record = [r[-keep:] for r in self.record]
-                attn = self.model.recorded_attention(self.record, n)
+                attn = self.model.recorded_attention(self.record, self.cfg.window_tokens(min(self.t + 1, self.cfg.K)))
         if attn is not None:
             self.attention = np.stack([aggregate_channels(a, self.attention_method)[0].float().cpu().numpy()
                                        for a in attn])
