@@ -161,3 +161,29 @@ def test_train_with_the_official_preset_from_the_cli(hopper_small, tmp_path):
     step = 6
     want = replay_attention(ck.model, ep, step, "minmax", ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy())
     np.testing.assert_allclose(ep.attention.isel(step=step).values, want, atol=1e-5)
+
+
+def test_left_padded_training_windows_are_the_official_get_batch(hopper_small):
+    """padding='left' puts a short window's real steps last, with the official pad values: raw zero
+    states (normalised: -mean/std), actions -10, returns-to-go and timesteps 0."""
+    from dema_lab.data import WindowSampler, load_dataset
+
+    ds = load_dataset(str(hopper_small), progress=False)
+    K = 6
+    left = WindowSampler(ds, K, padding="left")
+    right = WindowSampler(ds, K)
+    end = int(left.ends[0])
+    starts = np.array([end - 2, 0])                   # 2 real steps at the first episode's end; a full window
+    L, R = left.windows(starts), right.windows(starts)
+    assert L["mask"][0].tolist() == [False] * 4 + [True] * 2 and L["mask"][1].all()
+    torch.testing.assert_close(L["states"][0, 4:], R["states"][0, :2])
+    torch.testing.assert_close(L["actions"][0, 4:], R["actions"][0, :2])
+    torch.testing.assert_close(L["returns_to_go"][0, 4:], R["returns_to_go"][0, :2])
+    assert L["timesteps"][0].tolist() == [0, 0, 0, 0] + R["timesteps"][0, :2].tolist()
+    pad_state = torch.as_tensor((0 - left.state_mean) / left.state_std)
+    torch.testing.assert_close(L["states"][0, 0], pad_state)
+    assert torch.all(L["actions"][0, :4] == -10) and torch.all(L["returns_to_go"][0, :4] == 0)
+    for k in ("states", "actions", "returns_to_go", "timesteps", "mask"):
+        torch.testing.assert_close(L[k][1], R[k][1])  # a full window is the same either way
+    with pytest.raises(ValueError, match="padding"):
+        WindowSampler(ds, K, padding="middle")

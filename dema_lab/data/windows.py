@@ -11,6 +11,10 @@ padding after a token change that token, and inference on the last
 min(t, K) steps needs no padding at all. Windows that start near an
 episode's end are short, as in DT.
 
+With ``padding="left"`` windows are left-padded as the official DeMa/DT
+trainers pad them: the real steps last, pad states are raw zeros normalised
+(-mean/std), pad actions -10, returns-to-go and timesteps 0, ``mask`` False.
+
 Everything is precomputed into flat arrays with episode offsets, so a batch
 is one fancy-index of a (B, K) index grid; no Python loop over the batch.
 """
@@ -85,9 +89,13 @@ class WindowSampler:
         reward_scale: float = 1.0,
         state_mean: np.ndarray | None = None,
         state_std: np.ndarray | None = None,
+        padding: str = "right",
     ):
         if K < 1:
             raise ValueError(f"K must be >= 1, got {K}")
+        if padding not in ("right", "left"):
+            raise ValueError(f"padding must be 'right' or 'left' (the official trainers'), got {padding!r}")
+        self.padding = padding
         self.K = int(K)
         self.scale = ReturnScale(rtg_scale, reward_scale)
         self.dataset = dataset
@@ -133,13 +141,19 @@ class WindowSampler:
         import torch  # imported here so that `import dema_lab.data` stays light
 
         starts = np.asarray(starts, dtype=np.int64)
-        idx = starts[:, None] + self._ar[None, :]  # (B, K)
-        mask = idx < self._ep_end[starts][:, None]  # (B, K) real steps: a prefix
-        gather = np.where(mask, idx, self.N)  # padding reads the zero row
-        ts = np.where(mask, self._timestep[starts][:, None] + self._ar[None, :], 0)
+        n_real = np.minimum(self.K, self._ep_end[starts] - starts)  # (B,) real steps per window
+        shift = self.K - n_real if self.padding == "left" else np.zeros_like(n_real)  # (B,) pads first
+        pos = self._ar[None, :] - shift[:, None]  # (B, K) step within the window's real part
+        mask = (pos >= 0) & (pos < n_real[:, None])  # (B, K) real steps
+        gather = np.where(mask, starts[:, None] + pos, self.N)  # padding reads the zero row
+        ts = np.where(mask, self._timestep[starts][:, None] + pos, 0)
+        states, actions = self._states[gather], self._actions[gather]
+        if self.padding == "left":  # the official pad values
+            states[~mask] = -self.state_mean / self.state_std
+            actions[~mask] = -10.0
         return {
-            "states": torch.from_numpy(self._states[gather]),
-            "actions": torch.from_numpy(self._actions[gather]),
+            "states": torch.from_numpy(states),
+            "actions": torch.from_numpy(actions),
             "returns_to_go": torch.from_numpy(self._rtg[gather][..., None]),
             "rewards": torch.from_numpy(self._rewards[gather][..., None]),
             "timesteps": torch.from_numpy(ts.astype(np.int64)),
