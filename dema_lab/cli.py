@@ -46,8 +46,9 @@ def _registrars():
     from .commands import register as train
     from .commands import register_demo as demo
     from .commands import register_study as study
+    from .importer import register as import_official
 
-    return [data, train, demo, study]
+    return [data, train, demo, study, import_official]
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,7 @@ from .config import ARCHS, LAYOUTS, ModelConfig
 from .cost import cost_summary, count_parameters, forward_macs, step_macs
 from .dema import DecisionMamba
 from .dt import DecisionTransformer
+from .official import OfficialCheckpointError, UnsafeCheckpointError, import_official
 from .policy import MODES, Policy
 
 
@@ -17,7 +18,8 @@ def build_model(cfg: ModelConfig) -> TrajectoryModel:
 
 __all__ = [
     "ARCHS", "LAYOUTS", "MODES", "Checkpoint", "CheckpointError", "DecisionMamba",
-    "DecisionTransformer", "ModelConfig", "checkpoint_bytes", "Policy", "TrajectoryModel", "build_model",
+    "DecisionTransformer", "ModelConfig", "OfficialCheckpointError", "UnsafeCheckpointError", "checkpoint_bytes",
+    "Policy", "TrajectoryModel", "build_model", "import_official",
     "cost_summary", "count_parameters", "forward_macs", "load_checkpoint", "load_weights",
     "save_checkpoint", "step_macs",
 ]

@@ -19,6 +19,7 @@ LAYOUTS = ("B3LD", "BL3D")
 TOKEN_ORDERS = ("RSA", "RAS")
 EMBED_NORMS = ("layernorm", "none")
 WINDOW_PADDINGS = ("none", "left")
+WINDOW_ACTIONS = ("own", "previous")
 ACTIVATIONS = ("gelu", "relu")
 
 
@@ -38,6 +39,8 @@ class ModelConfig:
     embed_dim: int = 0                # 0: embeddings are d_model wide; N: N wide, projected to d_model
     embed_norm: str = "layernorm"     # LayerNorm on the tokens (DT, dema-lab) or "none" (official DeMa)
     window_padding: str = "none"      # Transformer-like inference: "none" or "left" (zeros to K steps)
+    window_actions: str = "own"       # RSA windows at inference: step t's action slot holds a_t ("own", as
+                                      # trained) or a_{t-1} ("previous": the DeMa repository's DT evaluation)
     timestep_embedding: bool | None = None  # None: off for DeMa, on for DT (as in the papers)
     max_ep_len: int = 1000            # size of the timestep embedding table
     # Mamba mixer
@@ -59,9 +62,12 @@ class ModelConfig:
         if self.arch not in ARCHS:
             problems.append(f"arch {self.arch!r} is unknown (choose {' or '.join(ARCHS)})")
         for name, allowed in (("layout", LAYOUTS), ("token_order", TOKEN_ORDERS), ("embed_norm", EMBED_NORMS),
-                              ("window_padding", WINDOW_PADDINGS), ("activation", ACTIVATIONS)):
+                              ("window_padding", WINDOW_PADDINGS), ("window_actions", WINDOW_ACTIONS),
+                              ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} {getattr(self, name)!r} is unknown (choose {' or '.join(allowed)})")
+        if self.window_actions == "previous" and self.token_order != "RSA":
+            problems.append("window_actions 'previous' applies to token order RSA (RAS tokens hold a_{t-1} already)")
         if not isinstance(self.embed_dim, int) or isinstance(self.embed_dim, bool) or self.embed_dim < 0:
             problems.append(f"embed_dim must be 0 (= d_model) or a positive integer, got {self.embed_dim!r}")
         for name in ("state_dim", "act_dim", "K", "d_model", "n_layer", "max_ep_len", "d_state",

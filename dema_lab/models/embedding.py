@@ -10,8 +10,8 @@ Layout (`cfg.layout`):
     BL3D: one token per step, a Linear over the three embeddings side by side, (b, T, d); the action
           slot holds the previous action (zeros at the window's start for RSA, `prev_action` for RAS)
           so that no token sees the action it has to predict.
-Widths: embeddings are `cfg.token_width` wide; `embed_token` projects them to d_model when they
-differ or for BL3D (the official DeMa's `backbone.embedding`). `embed_ln` normalises the tokens
+Widths: embeddings are `cfg.token_width` wide; `embed_token` projects them to d_model when
+embed_dim is set (the official DeMa's `backbone.embedding`, even at equal widths) or for BL3D. `embed_ln` normalises the tokens
 unless embed_norm is "none" (the official DeMa has no norm there).
 """
 
@@ -35,7 +35,7 @@ class TrajectoryEmbedding(nn.Module):
         self.embed_action = nn.Linear(cfg.act_dim, w)
         self.embed_timestep = nn.Embedding(cfg.max_ep_len, w) if cfg.timestep_embedding else None
         width_in = 3 * w if cfg.layout == "BL3D" else w
-        self.embed_token = nn.Linear(width_in, cfg.d_model) if width_in != cfg.d_model or cfg.layout == "BL3D" else None
+        self.embed_token = nn.Linear(width_in, cfg.d_model) if cfg.embed_dim or cfg.layout == "BL3D" else None
         self.embed_ln = nn.LayerNorm(cfg.d_model) if cfg.embed_norm == "layernorm" else None
 
     def check_inputs(self, states, actions, returns_to_go, timesteps):

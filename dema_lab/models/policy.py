@@ -7,6 +7,8 @@
         window_padding "left" (the official DeMa's `get_action2`): the window is zero-padded on
         the left to K steps (states, actions, returns-to-go, timesteps 0) and the padded tokens go
         through the model.
+        window_actions "previous" (the DeMa repository's DT evaluation, `evaluate_episode_rtg`):
+        step t's action slot holds a_{t-1} instead of a_t, one step off from how DT was trained.
     RNN-like ("rnn", DeMa only): feed the step's new tokens once, carrying each layer's conv
         and SSM state through the whole episode; constant cost per step (the official `get_action`).
 """
@@ -72,6 +74,8 @@ class Policy:
         T = len(self.states) - lo
         zero = np.zeros(cfg.act_dim, np.float32)
         actions = self.actions[lo:] + [zero] * (T - len(self.actions[lo:]))
+        if cfg.window_actions == "previous":        # the DeMa repository's DT loop: slot t holds a_{t-1}
+            actions = [self.actions[lo - 1] if lo > 0 else zero] + self.actions[lo:]
         states, rtgs, steps = list(self.states[lo:]), list(self.rtgs[lo:]), list(range(lo, lo + T))
         pad = cfg.acting_steps(len(self.states) - 1) - T
         if pad > 0:

@@ -1,0 +1,242 @@
+"""`dema-lab import`: a checkpoint of the official DeMa code as a dema-lab checkpoint file, or as a
+run in the store that the explorer, the sequence-length page and /live open like any other.
+
+    dema-lab import model_iter9.pkl --dataset hopper-medium --out official.safetensors
+    dema-lab import model_iter9.pkl --dataset hopper-medium --store store [--run_id ID] [--eval-episodes 5]
+
+The store variant creates a run (config: a TrainConfig describing the imported model and the
+official training settings; provenance: source "official", the file, its sha256, the env,
+parameters), publishes the checkpoint, then evaluates it as the trainer does: every (mode,
+target) with one recorded episode each (frames, hidden attention), eval/, rollout/ and decay/
+groups, and status "finished". Reading the pickle executes nothing (dema_lab.models.official).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import platform
+import re
+import socket
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .models import CheckpointError, count_parameters, forward_macs, save_checkpoint, step_macs
+from .models.checkpoint import checkpoint_bytes
+from .models.official import OFFICIAL_K, OFFICIAL_N_HEAD, OfficialCheckpointError, import_official
+from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name
+
+# How the official gym/experiment.py trains (recorded in the imported run's config; nothing is trained here).
+OFFICIAL_TRAINING = dict(lr=1e-4, weight_decay=1e-4, warmup_steps=10_000, grad_clip=0.25, batch_size=64,
+                         decay_all=True)
+
+
+def default_run_id(ck, dataset_name: str, source: Path) -> str:
+    """official-<dema|dt>-<dataset>-iter<N> (the file's stem when it is not model_iter<N>.pkl)."""
+    name = Path(dataset_name).stem if dataset_name.endswith((".hdf5", ".h5")) else dataset_name
+    tail = f"iter{ck.meta['iteration']}" if ck.meta.get("iteration") is not None else source.stem
+    run_id = re.sub(r"[^A-Za-z0-9._-]+", "-", f"official-{ck.config.arch}-{name}-{tail}").strip("-.")
+    return run_id[:128]
+
+
+def train_config_for(ck, dataset: str, **fields):
+    """The TrainConfig that describes an imported model (its ModelConfig fields, the official
+    optimiser settings) with `fields` (store, run_id, evaluation settings) on top."""
+    from .train import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = ck.config.to_dict()
+    model_fields = {k: v for k, v in cfg.items() if k in known and k not in ("state_dim", "act_dim")}
+    missing = sorted(k for k in cfg if k not in known and k not in ("state_dim", "act_dim"))
+    if missing:
+        raise ValueError(f"this dema-lab's TrainConfig cannot describe the imported model (no field for "
+                         f"{', '.join(missing)}); update dema-lab")
+    extra = dict(OFFICIAL_TRAINING)
+    if ck.config.arch == "dema" and ck.config.token_order == "RAS":
+        extra["rtg_form"] = "previous"          # the official trainer's R_{t-1} with s_t (`del_r`)
+    extra = {k: v for k, v in extra.items() if k in known}
+    steps = max(1, int(ck.meta.get("step") or 0))
+    return TrainConfig(dataset=dataset, steps=steps, rtg_scale=float(ck.meta["rtg_scale"]), device="cpu",
+                       **model_fields, **extra, **fields)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def import_to_store(path, store=DEFAULT_STORE, *, dataset: str, env: str | None = None, run_id: str = "",
+                    K: int = OFFICIAL_K, n_head: int = OFFICIAL_N_HEAD, rtg_scale: float = 1000.0,
+                    eval_episodes: int = 5, eval_targets=None, eval_modes=None, eval_max_steps: int = 1000,
+                    record_episodes: int = 1, render_size: int = 128, attention: str = "minmax",
+                    decay_windows: int = 64, seed: int = 0, log=print) -> Run:
+    """Import an official checkpoint as a finished run of `store` and evaluate it like the trainer.
+
+    Returns the run. Raises OfficialCheckpointError / UnsafeCheckpointError (the file), DatasetError
+    or ValueError (dataset, env, settings), StoreError (the store, an existing run id)."""
+    from .data import load_dataset
+    from .train import DEFAULT_TARGETS
+
+    path = Path(path).expanduser()
+    ds = load_dataset(dataset, progress=False)
+    ck = import_official(path, env=env, dataset=ds, rtg_scale=rtg_scale, K=K, n_head=n_head)
+    env_name = ck.meta["env"]
+    if not env_name:
+        raise ValueError(f"dataset {dataset!r} does not say which environment it comes from; give --env")
+    rs = RunStore(store, mode="a")
+    run_id = run_id or default_run_id(ck, ds.name, path)
+    if run_id in rs.run_ids():
+        raise StoreError(f"run {run_id!r} already exists in {rs.path}; choose another --run_id (or delete that run)")
+    modes = list(eval_modes or (["transformer", "rnn"] if ck.config.arch == "dema" else ["transformer"]))
+    targets = [float(t) for t in (eval_targets or DEFAULT_TARGETS.get(env_name, [float(ds.returns.max())]))]
+    cfg = train_config_for(ck, str(dataset), store=str(store), run_id=run_id, seed=seed,
+                           eval_episodes=eval_episodes, eval_targets=targets, eval_modes=modes,
+                           eval_max_steps=eval_max_steps, record_episodes=record_episodes, render_size=render_size,
+                           attention=attention, decay_windows=decay_windows)
+    step = int(ck.meta["step"])
+    meta = {**ck.meta, "run_id": run_id}
+    provenance = {
+        "source": "official", "source_path": meta["source_path"], "source_sha256": _sha256(path),
+        "official_class": meta["official_class"], "iteration": meta["iteration"],
+        "dropped_tensors": meta["dropped"], "optimizer_steps": meta.get("optimizer_steps"),
+        "dataset": ds.name, "dataset_source": str(ds.source or ""),
+        "dataset_attrs": {k: v for k, v in ds.attrs.items() if isinstance(v, (str, int, float, bool))},
+        "env": env_name, "episodes": len(ds), "transitions": ds.num_transitions,
+        "code_version": __version__, "device": "cpu", "backend": _backend(ck.config.arch),
+        "torch": torch.__version__, "host": socket.gethostname(), "python": platform.python_version(),
+        "model_config": ck.config.to_dict(), "timestep_embedding": ck.config.timestep_embedding,
+        "parameters": count_parameters(ck.model), "forward_macs": forward_macs(ck.config),
+        "step_macs": {m: step_macs(ck.config, m) for m in modes}, "eval_targets": targets, "eval_modes": modes,
+        "state_normalisation": "dataset mean and std + 1e-6 over all observations (as the official code)",
+    }
+    run = rs.create_run(run_id, asdict(cfg), provenance)
+    try:
+        run.write_bytes("checkpoint", checkpoint_name(step), checkpoint_bytes(ck.model, meta, ck.extra), attrs=meta)
+        run.set_attrs(steps_done=step)
+        evaluate_into(run, ck, ds, cfg, log=log)
+    except BaseException:
+        run.set_attrs(status="interrupted")
+        raise
+    run.set_attrs(status="finished", steps_done=step, wall_seconds=0.0)
+    return run
+
+
+def _backend(arch: str) -> str:
+    from .ssm import backend_for
+
+    return backend_for(torch.device("cpu")) if arch == "dema" else "attention"
+
+
+def evaluate_into(run: Run, ck, ds, cfg, log=print):
+    """Evaluate an imported checkpoint as Trainer.evaluate does and publish eval/, rollout/, decay/
+    (and the paper's attention display where this dema-lab has it) under its checkpoint name."""
+    from .analysis import decay_statistics
+    from .data import WindowSampler
+    from .rollout import evaluate, rollout_encoding
+    from .train import full_windows
+
+    step = int(ck.meta["step"])
+    name = checkpoint_name(step)
+    mean, std = ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy()
+    start = time.perf_counter()
+    results, recordings = evaluate(
+        ck.model, ck.meta["env"], cfg.eval_targets, cfg.eval_episodes, cfg.eval_modes, cfg.rtg_scale, mean, std,
+        seed=cfg.seed, record=cfg.record_episodes, render_size=cfg.render_size or None, attention=cfg.attention,
+        max_steps=cfg.eval_max_steps, scorer=ds.normalized_score)
+    for rec_name, rec in recordings.items():
+        rec.attrs.update(checkpoint=step, run_id=run.run_id)
+        run.write("rollout", f"{name}-{rec_name}", rec, encoding=rollout_encoding(rec))
+    results.attrs.update(seconds=round(time.perf_counter() - start, 2), source="official")
+    run.write("eval", name, results.expand_dims(checkpoint=[step]))
+    if cfg.decay_windows:
+        sampler = WindowSampler(ds, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed, state_mean=mean, state_std=std)
+        try:
+            batch = full_windows(sampler, cfg.decay_windows, cfg.seed)
+        except ValueError as e:
+            log(f"no decay statistics: {e}")
+        else:
+            run.write("decay", name, decay_statistics(ck.model, batch, checkpoint=step))
+    try:
+        from .analysis import publish_paper_attention
+    except ImportError:
+        publish_paper_attention = None
+    if publish_paper_attention is not None:
+        publish_paper_attention(run, step, ck.model, mean, std, cfg.rtg_scale, if_short="skip", log=log)
+    score = results["normalized_score"].mean("episode")
+    log(f"{run.run_id}: normalized score " + ", ".join(
+        f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}" for m in results.mode.values
+        for t in results.target.values) + f" ({time.perf_counter() - start:.0f} s)")
+    return results
+
+
+def _import(args) -> int:
+    from .data import DatasetError
+
+    try:
+        if bool(args.out) == bool(args.store):
+            raise ValueError("give either --out FILE.safetensors (a checkpoint file) or --store STORE (a run)")
+        if args.run_id and not args.store:
+            raise ValueError("--run_id names a run in a store: give --store too")
+        if args.eval_episodes < 1:
+            raise ValueError(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+        if args.out:
+            out = Path(args.out)
+            if out.suffix != ".safetensors":
+                raise ValueError(f"--out {out}: the checkpoint is a safetensors file; name it *.safetensors")
+            ck = import_official(args.path, env=args.env, dataset=args.dataset, K=args.K, n_head=args.n_head,
+                                 rtg_scale=args.rtg_scale)
+            save_checkpoint(out, ck.model, ck.meta, ck.extra)
+            print(f"{ck.meta['official_class']} from {args.path} written to {out} ({ck.config.arch}, "
+                  f"{count_parameters(ck.model)} parameters, env {ck.meta['env'] or '?'}); open it in /live or "
+                  f"with dema_lab.models.load_checkpoint")
+            return 0
+        log = (lambda *a, **k: None) if args.quiet else print
+        run = import_to_store(args.path, args.store, dataset=args.dataset, env=args.env, run_id=args.run_id or "",
+                              K=args.K, n_head=args.n_head, rtg_scale=args.rtg_scale,
+                              eval_episodes=args.eval_episodes, eval_targets=args.targets, eval_modes=args.modes,
+                              eval_max_steps=args.eval_max_steps, render_size=args.render_size, log=log)
+    except (OfficialCheckpointError, CheckpointError, DatasetError, StoreError, ValueError, FileNotFoundError) as e:
+        print(f"dema-lab import: {e}", file=sys.stderr)
+        return 2
+    print(f"run {run.run_id} imported into {run.store.path}; open it in the dashboard "
+          f"(dema-lab serve --store {run.store.path}) or with dema_lab.open_run('{run.store.path}', '{run.run_id}')")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `dema-lab import`."""
+    p = subparsers.add_parser(
+        "import", help="import a checkpoint of the official DeMa code (model_iter*.pkl) as a file or a run",
+        description="Import a checkpoint trained with the official DeMa code (github AndssY/dema: Mamba_mujoco "
+                    "or its DecisionTransformer). The pickle is read without executing anything; the "
+                    "architecture comes from the tensors' names and shapes, the state normalisation from "
+                    "the dataset (mean, std + 1e-6).")
+    p.add_argument("path", help="the official checkpoint, e.g. models/model_iter9.pkl")
+    p.add_argument("--dataset", required=True, help="the dataset it was trained on (embedded name, .hdf5 path, "
+                                                      "minari:<id>): state normalisation and env")
+    p.add_argument("--env", help="the env (default: the dataset's)")
+    p.add_argument("--K", type=int, default=OFFICIAL_K, help="context length it was trained with (not in the "
+                                                            "weights; default: the official %(default)s)")
+    p.add_argument("--n_head", type=int, default=OFFICIAL_N_HEAD, help="DT's attention heads (not in the "
+                                                                      "weights; default: the official %(default)s)")
+    p.add_argument("--rtg_scale", type=float, default=1000.0, help="return-to-go scale (default: %(default)s)")
+    where = p.add_argument_group("where to (one of)")
+    where.add_argument("--out", metavar="FILE.safetensors", help="write a dema-lab checkpoint file")
+    where.add_argument("--store", help="create a run in this store and evaluate it")
+    p.add_argument("--run_id", help="run id in the store (default: official-<dema|dt>-<dataset>-iter<N>)")
+    p.add_argument("--eval-episodes", type=int, default=5, help="episodes per (mode, target) (default: %(default)s)")
+    p.add_argument("--eval-max-steps", type=int, default=1000, help="episode length cap (default: %(default)s)")
+    p.add_argument("--targets", type=float, nargs="+", help="target returns (default: the paper's for the env)")
+    p.add_argument("--modes", nargs="+", choices=["transformer", "rnn"],
+                   help="inference modes (default: both for DeMa, transformer for DT)")
+    p.add_argument("--render-size", type=int, default=128, help="frame size of recorded episodes; 0: no frames")
+    p.add_argument("--quiet", action="store_true", help="print only the result")
+    p.set_defaults(func=_import)

@@ -1,0 +1,550 @@
+"""Checkpoints trained with the official DeMa code (github AndssY/dema), as dema-lab checkpoints.
+
+    import_official("model_iter9.pkl", dataset="hopper-medium") -> Checkpoint
+
+What the official `gym/experiment.py` saves is a torch pickle
+`{'model': state_dict, 'optimizer': <AdamW object>, 'optimizer_state_dict': ...}`; the repository's
+Decision Transformer is saved the same way (its loader reads 'model_state_dict', also accepted), and
+a bare state_dict is accepted too. Two models are recognised, from the tensors' names and shapes:
+
+    Mamba_mujoco (gym/decision_transformer/models/ssm.py)     -> arch "dema", token_order "RAS",
+        embed_norm "none", window_padding "left", embed_dim = ret_emb's width; layout from
+        backbone.embedding's input width (embed_dim: B3LD, 3 * embed_dim: BL3D)
+    DecisionTransformer (gym/decision_transformer/models/decision_transformer.py, GPT-2 blocks of
+        trajectory_gpt2.py)                                    -> arch "dt", activation "relu",
+        Conv1D weights (in, out) transposed to nn.Linear's (out, in)
+
+Safety: the pickle is read by `RestrictedUnpickler`, which rebuilds tensors, storages and plain
+containers, stands an inert stub in for every class under `torch.optim` (the pickled AdamW), and
+refuses every other global before anything is called, so a file whose `__reduce__` would run a
+command fails with `UnsafeCheckpointError` and runs nothing.
+
+What the weights cannot say: K (the context length; official default 20) and DT's n_head (official
+default 1) are keywords; the state normalisation comes from the dataset (mean, std + 1e-6, over all
+observations, as the official code computes it) or from the values given.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import builtins
+import collections
+import io
+import math
+import pickle
+import re
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, CheckpointError, load_weights
+from .config import ModelConfig
+
+OFFICIAL_K = 20            # gym/experiment.py --K
+OFFICIAL_N_HEAD = 1        # gym/experiment.py --n_head
+OFFICIAL_MAX_EP_LEN = 1000
+
+__all__ = ["OfficialCheckpointError", "UnsafeCheckpointError", "RestrictedUnpickler", "read_official",
+           "official_state_dict", "infer_official", "import_official"]
+
+
+class OfficialCheckpointError(CheckpointError):
+    """An official checkpoint that is missing, not a torch pickle, or of a layout dema-lab cannot map."""
+
+
+class UnsafeCheckpointError(OfficialCheckpointError):
+    """A pickle naming a global that is neither a tensor rebuild function, a plain container nor a
+    torch.optim class: it could run code on load, so it is refused before anything is called."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The restricted unpickler
+# ------------------------------------------------------------------------------------------------
+
+class InertObject:
+    """Stands in for a class a checkpoint names under torch.optim (the pickled AdamW): it keeps what
+    the pickle gives it (`args`, `state`) and runs nothing."""
+
+    _qualname = "torch.optim.?"
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.args, self.kwargs, self.state = (), {}, state
+
+    def __repr__(self):
+        return f"<inert stand-in for {self._qualname}>"
+
+
+_STUBS: dict[tuple[str, str], type] = {}
+
+
+def _stub(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _STUBS:
+        _STUBS[key] = type(name, (InertObject,), {"_qualname": f"{module}.{name}", "__module__": __name__})
+    return _STUBS[key]
+
+
+def _load_from_bytes(data: bytes):
+    """torch.storage._load_from_bytes for plain (non-torch.save) pickles of tensors, read restrictedly."""
+    return restricted_torch_load(io.BytesIO(data), "an embedded storage")
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    """(module, name) -> what find_class hands out: rebuild functions that only make tensors, numpy
+    arrays and plain containers; nothing that imports, evaluates, opens or runs."""
+    import torch._tensor
+    import torch._utils
+
+    allowed: dict[tuple[str, str], object] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("collections", "defaultdict"): collections.defaultdict,
+        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+        ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
+        ("torch._tensor", "Tensor"): torch.Tensor,
+        ("torch", "Tensor"): torch.Tensor,
+        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+        ("torch", "Size"): torch.Size,
+        ("torch", "device"): torch.device,
+        ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+        ("_codecs", "encode"): __import__("_codecs").encode,     # protocol-2 pickles of bytes
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str",
+                 "bytes", "bytearray", "slice"):
+        allowed[("builtins", name)] = getattr(builtins, name)
+    return allowed
+
+
+_ALLOWED: dict | None = None
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An Unpickler whose find_class hands out only tensor/storage rebuild functions, plain
+    containers, torch dtypes and devices, and inert stubs for classes under torch.optim; any
+    other global raises UnsafeCheckpointError before it could be called. torch.load's
+    UnpicklerWrapper subclasses it (`pickle_module=RESTRICTED_PICKLE`) and defers to this
+    find_class for everything but the storage types, which it maps to plain dtype holders."""
+
+    source = "the checkpoint"
+
+    def find_class(self, module, name):
+        global _ALLOWED
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)   # protocol 2: __builtin__ -> builtins
+        if _ALLOWED is None:
+            _ALLOWED = _allowed_globals()
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)                               # torch.float32, ...
+        if module == "torch.optim" or module.startswith("torch.optim."):
+            return _stub(module, name)                                # the pickled AdamW (never run)
+        raise UnsafeCheckpointError(
+            f"{self.source} refuses global {module}.{name}: an official checkpoint holds only tensors, "
+            f"plain containers and a torch.optim optimizer, so this file is not a plain checkpoint. "
+            f"Nothing in it was run. If you trust it and it holds a whole model object, load it where "
+            f"that class exists and re-save {{'model': model.state_dict()}}")
+
+
+def _module_like(source: str) -> types.SimpleNamespace:
+    """A `pickle_module` for torch.load: its Unpickler is restricted and names `source` in errors."""
+    unpickler = type("RestrictedUnpickler", (RestrictedUnpickler,), {"source": source})
+
+    def load(f, **kw):
+        return unpickler(f, **kw).load()
+
+    return types.SimpleNamespace(__name__="dema_lab_restricted_pickle", Unpickler=unpickler, load=load,
+                                 Pickler=pickle.Pickler, dump=pickle.dump, UnpicklingError=pickle.UnpicklingError)
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def restricted_torch_load(f, source: str):
+    """torch.load(f) on CPU through the restricted unpickler (zip and legacy torch formats, and plain
+    pickles of tensors). Raises UnsafeCheckpointError for a forbidden global."""
+    data = f.read() if hasattr(f, "read") else Path(f).read_bytes()
+    module = _module_like(source)
+    if data[:4] != b"PK\x03\x04":
+        first = module.load(io.BytesIO(data))          # a plain pickle, or a legacy torch file's magic number
+        if not (isinstance(first, int) and first == _LEGACY_MAGIC):
+            return first
+    return torch.load(io.BytesIO(data), map_location="cpu", pickle_module=module, weights_only=False)
+
+
+def read_official(path) -> dict:
+    """The object an official checkpoint file holds (usually a dict), read without executing
+    anything. Raises OfficialCheckpointError (missing, not a pickle) or UnsafeCheckpointError."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise OfficialCheckpointError(f"official checkpoint {path} does not exist")
+    if not path.is_file():
+        raise OfficialCheckpointError(f"official checkpoint {path} is not a file (give the model_iter*.pkl file)")
+    data = path.read_bytes()
+    if not data:
+        raise OfficialCheckpointError(f"official checkpoint {path} is empty")
+    try:
+        return restricted_torch_load(io.BytesIO(data), str(path))
+    except UnsafeCheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch and pickle raise many kinds for a foreign file
+        hint = ""
+        if _looks_like_safetensors(data):
+            hint = (" It is a safetensors file: a dema-lab checkpoint opens with "
+                    "dema_lab.models.load_checkpoint, no import needed.")
+        elif zipfile.is_zipfile(io.BytesIO(data)):
+            hint = " It is a zip archive but not one torch.save wrote (or a TorchScript archive)."
+        raise OfficialCheckpointError(
+            f"{path} is not a torch checkpoint (pickle) that can be read: {type(e).__name__}: {e}.{hint} "
+            f"Give the model_iter*.pkl file the official gym/experiment.py saved") from None
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    return 0 < n < len(data) and data[8:9] == b"{"
+
+
+# ------------------------------------------------------------------------------------------------
+# Architecture inference and key mapping
+# ------------------------------------------------------------------------------------------------
+
+DROPPED_DEMA = ("predict_state.", "predict_return.")
+DROPPED_DT = ("predict_state.", "predict_return.", "transformer.wte.")
+DROPPED_DT_SUFFIX = (".attn.bias", ".attn.masked_bias")
+
+
+def official_state_dict(obj, source: str = "the checkpoint") -> tuple[dict, dict]:
+    """(state_dict of tensors, info) from what an official file holds: {'model': sd, ...},
+    {'model_state_dict': sd, ...} or a bare state_dict. info: optimizer_steps (from the pickled
+    optimizer state, when there), container ("model", "model_state_dict" or "state_dict")."""
+    info: dict = {}
+    if not isinstance(obj, dict):
+        raise OfficialCheckpointError(f"{source} holds a {type(obj).__name__}, not a dict: expected "
+                                      f"{{'model': state_dict, 'optimizer': ..., ...}} or a state_dict")
+    for key in ("model", "model_state_dict", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            sd, info["container"] = obj[key], key
+            break
+    else:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            sd, info["container"] = obj, "state_dict"
+        else:
+            kinds = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:8])
+            raise OfficialCheckpointError(
+                f"{source} holds no model weights: expected a dict with 'model' (or 'model_state_dict') "
+                f"holding a state_dict, or a state_dict; found {{{kinds}}}")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise OfficialCheckpointError(f"{source}: its state_dict has non-tensor entries {bad[:5]}")
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v.detach().clone() for k, v in sd.items()}
+    steps = _optimizer_steps(obj.get("optimizer_state_dict")) or _optimizer_steps(
+        getattr(obj.get("optimizer"), "state", None))
+    if steps:
+        info["optimizer_steps"] = steps
+    return sd, info
+
+
+def _optimizer_steps(state) -> int | None:
+    """AdamW's step count from an optimizer state dict ({'state': {i: {'step': ...}}})."""
+    try:
+        per_param = state["state"]
+        steps = [s["step"] for s in per_param.values() if isinstance(s, dict) and "step" in s]
+        return int(max(float(s) for s in steps)) if steps else None
+    except (TypeError, KeyError, AttributeError, ValueError):
+        return None
+
+
+def describe_layout(sd: dict, limit: int = 40) -> str:
+    """The state dict in brief: key patterns (layer indices as {i}, with how many) and shapes."""
+    groups: dict[str, list] = {}
+    for k, v in sd.items():
+        pattern = re.sub(r"\.\d+\.", ".{i}.", k)
+        groups.setdefault(pattern, []).append(tuple(v.shape))
+    parts = [f"{p} {shapes[0]}" + (f" x{len(shapes)}" if len(shapes) > 1 else "") for p, shapes in groups.items()]
+    more = f", ... ({len(parts) - limit} more)" if len(parts) > limit else ""
+    return f"{len(sd)} tensors: " + ", ".join(parts[:limit]) + more
+
+
+def _shape(sd, key):
+    return tuple(sd[key].shape) if key in sd else None
+
+
+def _layer_count(sd, prefix) -> int:
+    idx = {int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
+    if idx and idx != set(range(max(idx) + 1)):
+        raise OfficialCheckpointError(f"layers {sorted(idx)} under {prefix} are not numbered 0..n-1")
+    return len(idx)
+
+
+def infer_official(sd: dict, *, K: int = OFFICIAL_K, n_head: int = OFFICIAL_N_HEAD,
+                   source: str = "the checkpoint") -> tuple[ModelConfig, str]:
+    """(ModelConfig, official class name) from an official state dict's names and shapes.
+    Raises OfficialCheckpointError listing what was found for a layout it does not recognise."""
+    keys = set(sd)
+
+    def fail(why: str):
+        raise OfficialCheckpointError(f"{source}: {why}. Found {describe_layout(sd)}")
+
+    if any(k.startswith("state_encoder.0.") for k in keys) or "head.weight" in keys:
+        fail("this looks like an Atari checkpoint of the official code (atari/models/mamba.py: a CNN state "
+             "encoder and a logits head); dema-lab imports the MuJoCo models (Mamba_mujoco and the "
+             "DecisionTransformer of gym/); Atari belongs to a later release")
+    if any(k.startswith("backbone.layers.") for k in keys) and "ret_emb.weight" in keys:
+        return _infer_dema(sd, K, fail), "Mamba_mujoco"
+    if any(k.startswith("transformer.h.") for k in keys) and "embed_return.weight" in keys:
+        return _infer_dt(sd, K, n_head, fail), "DecisionTransformer"
+    fail("not a layout of the official DeMa code: expected Mamba_mujoco's (ret_emb, state_encoder, "
+         "action_embeddings, backbone.embedding, backbone.layers.{i}.mixer.*, predict_action.0) or the "
+         "DecisionTransformer's (embed_return, embed_state, embed_action, transformer.h.{i}.*, predict_action.0)")
+
+
+def _need(sd, fail, *keys):
+    missing = [k for k in keys if k not in sd]
+    if missing:
+        fail(f"missing {', '.join(missing)}")
+
+
+def _infer_dema(sd, K, fail) -> ModelConfig:
+    _need(sd, fail, "ret_emb.weight", "state_encoder.weight", "action_embeddings.weight",
+          "backbone.embedding.weight", "backbone.norm_f.weight", "predict_action.0.weight")
+    E = sd["ret_emb.weight"].shape[0]                                  # ret_emb: Linear(1, E)
+    state_dim = sd["state_encoder.weight"].shape[1]
+    act_dim = sd["action_embeddings.weight"].shape[1]
+    D, width_in = sd["backbone.embedding.weight"].shape                # Linear(E or 3E, D)
+    if width_in == E:
+        layout = "B3LD"
+    elif width_in == 3 * E:
+        layout = "BL3D"
+    else:
+        fail(f"backbone.embedding takes {width_in} inputs, neither the embedding width {E} (B3LD) "
+             f"nor 3 x {E} (BL3D)")
+    n_layer = _layer_count(sd, "backbone.layers.")
+    if n_layer == 0:
+        fail("backbone.layers holds no layer")
+    if any(k.endswith(("norm.bias", "norm_f.bias")) for k in sd):
+        fail("the blocks' norms have a bias (LayerNorm, rms_norm=False); dema-lab's DeMa uses RMSNorm as "
+             "the official default (rms_norm=True)")
+    if any(k.endswith(("in_proj.bias", "out_proj.bias")) for k in sd):
+        fail("the mixers have in_proj/out_proj biases (bias=True); dema-lab's Mamba has none, as the default")
+    p = "backbone.layers.0.mixer."
+    _need(sd, fail, *(p + n for n in ("in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
+                                     "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight")))
+    d_inner2, d_model_in = sd[p + "in_proj.weight"].shape
+    d_inner = d_inner2 // 2
+    d_state = sd[p + "A_log"].shape[1]
+    d_conv = sd[p + "conv1d.weight"].shape[-1]
+    dt_rank = sd[p + "dt_proj.weight"].shape[1]
+    if d_model_in != D or d_inner % D:
+        fail(f"in_proj is {tuple(sd[p + 'in_proj.weight'].shape)}: expected (2 * expand * {D}, {D})")
+    expand = d_inner // D
+    if dt_rank != math.ceil(D / 16):
+        fail(f"dt_rank is {dt_rank}, but dema-lab's Mamba uses dt_rank = ceil(d_model / 16) = "
+             f"{math.ceil(D / 16)} (mamba_ssm's 'auto'); a checkpoint with another dt_rank cannot be mapped")
+    if sd[p + "x_proj.weight"].shape != (dt_rank + 2 * d_state, d_inner):
+        fail(f"x_proj is {tuple(sd[p + 'x_proj.weight'].shape)}, expected ({dt_rank + 2 * d_state}, {d_inner})")
+    has_time = "embed_timestep.weight" in sd
+    max_ep_len = sd["embed_timestep.weight"].shape[0] if has_time else OFFICIAL_MAX_EP_LEN
+    try:
+        return ModelConfig(arch="dema", state_dim=state_dim, act_dim=act_dim, K=K, d_model=D, n_layer=n_layer,
+                           layout=layout, token_order="RAS", embed_dim=E, embed_norm="none",
+                           window_padding="left", timestep_embedding=has_time, max_ep_len=max_ep_len,
+                           d_state=d_state, d_conv=d_conv, expand=expand, dropout=0.0)
+    except (TypeError, ValueError) as e:
+        fail(f"the inferred config is not valid ({e})")
+
+
+def _infer_dt(sd, K, n_head, fail) -> ModelConfig:
+    _need(sd, fail, "embed_return.weight", "embed_state.weight", "embed_action.weight", "embed_ln.weight",
+          "transformer.ln_f.weight", "predict_action.0.weight")
+    H = sd["embed_return.weight"].shape[0]
+    state_dim = sd["embed_state.weight"].shape[1]
+    act_dim = sd["embed_action.weight"].shape[1]
+    n_layer = _layer_count(sd, "transformer.h.")
+    if n_layer == 0:
+        fail("transformer.h holds no block")
+    if any(k.startswith("transformer.h.0.attn.") and k.split(".")[-2] in ("conv1d", "x_proj", "dt_proj")
+           for k in sd) or "transformer.h.0.attn.A_log" in sd:
+        fail("this DecisionTransformer was trained with attn_type='s6' (an S6 layer in place of attention); "
+             "dema-lab imports the attention DT (attn_type='attn') only")
+    if "transformer.wpe.weight" in sd:
+        fail("the GPT-2 has position embeddings (transformer.wpe), which the DT of the official code removed")
+    p = "transformer.h.0."
+    _need(sd, fail, *(p + n for n in ("ln_1.weight", "attn.c_attn.weight", "attn.c_proj.weight", "ln_2.weight",
+                                     "mlp.c_fc.weight", "mlp.c_proj.weight")))
+    if _shape(sd, p + "attn.c_attn.weight") != (H, 3 * H):            # Conv1D: (in, out)
+        fail(f"attn.c_attn.weight is {_shape(sd, p + 'attn.c_attn.weight')}, expected GPT-2's Conv1D ({H}, {3 * H})")
+    n_inner = sd[p + "mlp.c_fc.weight"].shape[1]
+    if n_inner != 4 * H:
+        fail(f"the MLP is {H} -> {n_inner}; dema-lab's DT has n_inner = 4 * {H} = {4 * H}, as the official code")
+    if H % n_head:
+        fail(f"n_head={n_head} does not divide the width {H}")
+    has_time = "embed_timestep.weight" in sd
+    max_ep_len = sd["embed_timestep.weight"].shape[0] if has_time else OFFICIAL_MAX_EP_LEN
+    # window_padding "none": the official DT left-pads its window to K but gives the pads attention mask
+    # 0, i.e. -1e4 added to their logits, so exp() of them underflows to exactly 0 for every real query
+    # and the pads never reach a real token; running the real steps alone is the same computation.
+    # window_actions "previous": the repository's evaluate_episode_rtg starts its action list with a
+    # zero row and appends each action after acting, so step t's action slot holds a_{t-1} (DT was
+    # trained with a_t there); this reproduces that evaluation exactly.
+    try:
+        return ModelConfig(arch="dt", state_dim=state_dim, act_dim=act_dim, K=K, d_model=H, n_layer=n_layer,
+                           layout="B3LD", token_order="RSA", embed_dim=0, embed_norm="layernorm",
+                           window_padding="none", timestep_embedding=has_time, max_ep_len=max_ep_len,
+                           n_head=n_head, dropout=0.1, activation="relu", window_actions="previous")
+    except (TypeError, ValueError) as e:
+        fail(f"the inferred config is not valid ({e})")
+
+
+def map_official(sd: dict, cfg: ModelConfig) -> tuple[dict, list[str]]:
+    """(dema-lab state dict, names of the official tensors dropped) for a state dict whose config
+    `infer_official` gave. DT's Conv1D weights (in, out) are transposed to nn.Linear's (out, in)."""
+    out, dropped = {}, []
+    if cfg.arch == "dema":
+        prefixes = [("ret_emb.", "embed.embed_return."), ("state_encoder.", "embed.embed_state."),
+                    ("action_embeddings.", "embed.embed_action."), ("embed_timestep.", "embed.embed_timestep."),
+                    ("backbone.embedding.", "embed.embed_token."), ("backbone.layers.", "layers."),
+                    ("backbone.norm_f.", "norm_f."), ("predict_action.", "predict_action.")]
+        for k, v in sd.items():
+            if k.startswith(DROPPED_DEMA):
+                dropped.append(k)
+                continue
+            new = next((n + k[len(o):] for o, n in prefixes if k.startswith(o)), None)
+            if new is None:
+                dropped.append(k)
+            else:
+                out[new] = v
+        return out, dropped
+    conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+    prefixes = [("embed_return.", "embed.embed_return."), ("embed_state.", "embed.embed_state."),
+                ("embed_action.", "embed.embed_action."), ("embed_timestep.", "embed.embed_timestep."),
+                ("embed_ln.", "embed.embed_ln."), ("transformer.h.", "layers."), ("transformer.ln_f.", "ln_f."),
+                ("predict_action.", "predict_action.")]
+    for k, v in sd.items():
+        if k.startswith(DROPPED_DT) or k.endswith(DROPPED_DT_SUFFIX):
+            dropped.append(k)
+            continue
+        new = next((n + k[len(o):] for o, n in prefixes if k.startswith(o)), None)
+        if new is None:
+            dropped.append(k)
+            continue
+        out[new] = v.t().contiguous() if k.endswith(conv1d) else v
+    return out, dropped
+
+
+# ------------------------------------------------------------------------------------------------
+# import_official
+# ------------------------------------------------------------------------------------------------
+
+def _iteration(path: Path) -> int | None:
+    m = re.search(r"model_iter(\d+)", path.name)
+    return int(m.group(1)) if m else None
+
+
+def normalisation(dataset=None, state_mean=None, state_std=None, state_dim: int | None = None):
+    """(state_mean, state_std) float32 arrays: the values given, else the dataset's (mean and std over
+    all observations, std + 1e-6, as the official experiment.py)."""
+    if (state_mean is None) != (state_std is None):
+        raise OfficialCheckpointError("give both state_mean and state_std, or neither (then they come "
+                                      "from the dataset)")
+    if state_mean is None:
+        if dataset is None:
+            raise OfficialCheckpointError(
+                "the state normalisation is not in an official checkpoint: give the dataset it was trained "
+                "on (dataset=...; mean and std + 1e-6 over its observations, as the official code) or "
+                "state_mean= and state_std=")
+        mean, std = np.asarray(dataset.state_mean, np.float64), np.asarray(dataset.state_std, np.float64)
+    else:
+        mean, std = np.asarray(state_mean, np.float64).reshape(-1), np.asarray(state_std, np.float64).reshape(-1)
+    if state_dim is not None and (mean.shape != (state_dim,) or std.shape != (state_dim,)):
+        raise OfficialCheckpointError(f"state_mean/state_std have {mean.size}/{std.size} entries; the checkpoint "
+                                      f"takes {state_dim}-dim states")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise OfficialCheckpointError("state_mean/state_std must be finite and the std positive")
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def import_official(path, *, env: str | None = None, dataset=None, state_mean=None, state_std=None,
+                    rtg_scale: float = 1000.0, K: int = OFFICIAL_K, n_head: int = OFFICIAL_N_HEAD) -> Checkpoint:
+    """A checkpoint of the official DeMa code (`model_iter{N}.pkl`: Mamba_mujoco or its
+    DecisionTransformer) as a dema-lab Checkpoint, read without executing anything.
+
+    dataset: a name/path for dema_lab.data.load_dataset, or a loaded dataset: the state
+        normalisation (mean, std + 1e-6) and the env come from it. Or give state_mean/state_std
+        (and env). env: validated with dema_lab.envs.env_spec; must agree with the dataset's.
+    K: the context length (not in the weights; the official default 20). n_head: DT's heads (not
+        inferable from shapes; the official default 1). rtg_scale: the official 1000.
+    The result's meta has the keys of a trainer checkpoint (step, run_id, env, rtg_scale, dataset,
+    device) plus source="official", source_path, official_class, iteration (N of model_iter{N}),
+    dropped (official tensors dema-lab does not use), optimizer_steps when the file has them.
+    """
+    path = Path(path).expanduser()
+    obj = read_official(path)
+    sd, info = official_state_dict(obj, str(path))
+    cfg, cls = infer_official(sd, K=K, n_head=n_head, source=str(path))
+    weights, dropped = map_official(sd, cfg)
+
+    ds = None
+    if dataset is not None:
+        from ..data import load_dataset
+
+        ds = load_dataset(dataset, progress=False)
+        if ds.obs_dim != cfg.state_dim or ds.act_dim != cfg.act_dim:
+            raise OfficialCheckpointError(
+                f"{path} takes {cfg.state_dim}-dim states and {cfg.act_dim}-dim actions, but dataset "
+                f"{ds.name} has {ds.obs_dim} and {ds.act_dim}: it was trained on another environment")
+    mean, std = normalisation(ds if state_mean is None else None, state_mean, state_std, cfg.state_dim)
+    env_name = _resolve_env(env, ds)
+
+    from . import build_model
+
+    model = build_model(cfg)
+    try:
+        load_weights(model, weights, source=f"{path} (mapped from {cls})")
+    except CheckpointError as e:
+        raise OfficialCheckpointError(f"{e} Found {describe_layout(sd)}") from None
+    model.eval()
+    iteration = _iteration(path)
+    step = info.get("optimizer_steps") or 0
+    meta = {"step": int(step), "run_id": "", "env": env_name, "rtg_scale": float(rtg_scale),
+            "dataset": ds.name if ds is not None else "", "device": "cpu", "source": "official",
+            "source_path": str(path.resolve()), "official_class": cls, "iteration": iteration,
+            "dropped": sorted(dropped), "container": info.get("container", "")}
+    if "optimizer_steps" in info:
+        meta["optimizer_steps"] = info["optimizer_steps"]
+    extra = {"state_mean": torch.as_tensor(mean, dtype=torch.float32),
+             "state_std": torch.as_tensor(std, dtype=torch.float32)}
+    return Checkpoint(model=model, config=cfg, meta=meta, extra=extra, path=None)
+
+
+def _resolve_env(env, ds) -> str:
+    from ..envs import env_spec
+
+    ds_env = None
+    if ds is not None and ds.env:
+        try:
+            ds_env = env_spec(ds.env).name
+        except ValueError:
+            ds_env = None
+    if env is None:
+        return ds_env or ""
+    try:
+        name = env_spec(env).name
+    except ValueError as e:
+        raise OfficialCheckpointError(str(e)) from None
+    if ds_env and name != ds_env:
+        raise OfficialCheckpointError(f"env {env!r} is not the dataset's env {ds_env!r}")
+    return name
