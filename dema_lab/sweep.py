@@ -4,7 +4,10 @@ A grid over datasets x K x token layout x timestep embedding x model x seed; eve
 is one run in the store, with a run id derived from the point, so a rerun finds it again:
 finished runs are skipped, interrupted ones resumed from their last checkpoint. The inference
 modes (Transformer-like, RNN-like) are evaluated inside each DeMa run. After training, each
-DeMa run's last checkpoint is evaluated with its hidden attention zeroed and randomised.
+DeMa run's last checkpoint is evaluated with its hidden attention ablated by the paper's method
+(mixer parameters set to zeros or U[0,1)) and by dema-lab's (alpha set to zeros or random), all
+layers at once (each layer on its own too with ablation_layers=["all", "each"]); a model trained
+with a timestep embedding also without it (see dema_lab.ablation).
 
 Runs execute in parallel worker processes, one per core by default, each with one thread.
 """
@@ -32,8 +35,9 @@ class SweepConfig:
     archs: list[str] = field(default_factory=lambda: ["dema"])
     seeds: list[int] = field(default_factory=lambda: [0])
     eval_modes: list[str] = field(default_factory=lambda: ["transformer", "rnn"])
-    ablations: bool = True               # zero / random hidden attention (DeMa), timestep embedding removed (when trained with one)
+    ablations: bool = True               # hidden attention ablated (DeMa), timestep embedding removed (if trained with one)
     ablation_episodes: int = 5
+    ablation_layers: list[str] = field(default_factory=lambda: ["all"])   # "all", "each" (every layer alone), or N
     workers: int = 0                     # 0: one per core
     base: TrainConfig = field(default_factory=TrainConfig)   # everything else (steps, sizes, store, ...)
 
@@ -41,6 +45,10 @@ class SweepConfig:
         for name in ("datasets", "K", "layouts", "timestep_embedding", "archs", "seeds", "eval_modes"):
             if not getattr(self, name):
                 raise ValueError(f"sweep dimension {name} is empty; give at least one value")
+        self.ablation_layers = [str(v).lower() for v in self.ablation_layers] or ["all"]
+        bad = [v for v in self.ablation_layers if v not in ("all", "each") and not v.isdigit()]
+        if bad:
+            raise ValueError(f"ablation layers {', '.join(bad)}: use 'all', 'each' or a layer index")
 
 
 def grid(sweep: SweepConfig) -> list[TrainConfig]:
@@ -61,7 +69,7 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
     return configs
 
 
-def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int) -> dict:
+def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int, ablation_layers=("all",)) -> dict:
     """One grid point, in a worker process: train (or resume, or skip), then the ablations."""
     import torch
 
@@ -72,7 +80,8 @@ def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int) -> dict:
     start = time.perf_counter()
     run, what = ensure_trained(cfg, progress=False, log=lambda *_: None)
     if ablations:       # hidden attention (DeMa), the timestep embedding (when the model has one)
-        _, kinds = complete_ablations(run, episodes=ablation_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed)
+        _, kinds = complete_ablations(run, episodes=ablation_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed,
+                                      layers=ablation_layers)
         if kinds and what == "skipped":
             what = f"ablations added ({', '.join(kinds)})"
     return {"run_id": cfg.run_id, "what": what, "seconds": time.perf_counter() - start}
@@ -102,11 +111,12 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     results = []
     if workers == 1:
         for cfg in configs:
-            results.append(_work(cfg, sweep.ablations, sweep.ablation_episodes))
+            results.append(_work(cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers))
             log(_line(results[-1], len(results), len(configs)))
         return results
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_work, cfg, sweep.ablations, sweep.ablation_episodes): cfg for cfg in configs}
+        futures = {pool.submit(_work, cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers): cfg
+                   for cfg in configs}
         for fut in as_completed(futures):
             cfg = futures[fut]
             try:
