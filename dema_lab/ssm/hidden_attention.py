@@ -83,6 +83,30 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
     return alpha
 
 
+def hidden_attention_row(delta, A, B, C, row: int = -1, delta_bias=None, delta_softplus=False):
+    """One query row of the hidden attention: alpha[:, :, row, :], (batch, d_inner, L), zero
+    after `row` (causal). Same arguments and definition as hidden_attention, at O(L) instead of
+    O(L^2) per channel and state: the segment sum S[row, j] = A * sum_{k=j+1..row} delta_k is a
+    suffix sum of delta, accumulated from `row` backwards (each entry a sum of its own terms)."""
+    compute = torch.float64 if delta.dtype == torch.float64 else torch.float32
+    delta = effective_delta(delta, delta_bias, delta_softplus, compute)
+    batch, dim, L = delta.shape
+    i = row % L
+    A = A.to(compute)
+    Bg = _as_grouped(B, delta).to(compute)                            # (b, g, n, L)
+    Cg = _as_grouped(C, delta).to(compute)
+    g_idx = torch.arange(dim, device=delta.device) // (dim // Bg.shape[1])
+    d = delta[..., : i + 1]                                           # (b, dim, i+1)
+    # suffix[j] = sum_{k=j+1..i} delta_k: reverse cumulative sum of delta_{1..i}, then 0 at j = i
+    suffix = torch.cat([d[..., 1:].flip(-1).cumsum(-1).flip(-1), d.new_zeros(batch, dim, 1)], dim=-1)
+    decay = torch.exp(A[None, :, :, None] * suffix[:, :, None, :])    # (b, dim, n, i+1)
+    decay.mul_(Bg[:, g_idx, :, : i + 1]).mul_(Cg[:, g_idx, :, i, None])   # C_i[n] decay[n, j] B_j[n]
+    row_ = decay.sum(2) * d                                            # (b, dim, i+1)
+    out = delta.new_zeros(batch, dim, L)
+    out[..., : i + 1] = row_
+    return out
+
+
 def apply_attention(alpha, u, D=None, z=None):
     """y = alpha @ u + D u, gated by silu(z): selective_scan's output rebuilt from alpha.
     alpha (b, d, L, L); u, z (b, d, L); D (d,)."""
