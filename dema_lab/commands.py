@@ -39,12 +39,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    """TrainConfig defaults < the --config file < the flags typed. With --resume, the run's saved
-    config takes the defaults' place: only what is given explicitly changes."""
+    """TrainConfig defaults < the --preset < the --config file < the flags typed. With --resume, the
+    run's saved config takes the defaults' place: only what is given explicitly changes."""
     from .store import DEFAULT_STORE
-    from .train import resumed_config
+    from .train import PRESETS, resumed_config
 
-    given = TrainConfig.read_file(args.config) if args.config else {}
+    preset = getattr(args, "preset", None)
+    if preset and getattr(args, "resume", None):
+        raise ValueError("--preset starts a new run; --resume continues a run with its own saved config")
+    given = dict(PRESETS[preset]) if preset else {}
+    given.update(TrainConfig.read_file(args.config) if args.config else {})
     given.update({f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(TrainConfig)
                   if getattr(args, f"cfg_{f.name}") is not None})
     if getattr(args, "resume", None):
@@ -71,6 +75,7 @@ def _train(args) -> int:
 
 
 def _runs(args) -> int:
+    from .scoring import METHOD_TEXT, SCORE_TEXT
     from .store import RunStore, StoreError
 
     try:
@@ -81,13 +86,15 @@ def _runs(args) -> int:
     if not summary.sizes.get("run"):
         print(f"store {args.store} has no runs yet; create one with `dema-lab train`")
         return 0
-    cols = ["arch", "dataset", "K", "layout", "status", "steps_done", "best_score", "parameters"]
+    cols = ["arch", "dataset", "K", "layout", "status", "steps_done", "score_mode", "last_score", "best_score",
+            "parameters"]
     rows = [[str(r)] + [_fmt(summary[c].values[i]) for c in cols] for i, r in enumerate(summary.run.values)]
     header = ["run"] + cols
     widths = [max(len(h), *(len(row[j]) for row in rows)) for j, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print(f"scores: normalized, in score_mode; {SCORE_TEXT}; {METHOD_TEXT['last']}; {METHOD_TEXT['best']}")
     return 0
 
 
@@ -121,6 +128,11 @@ def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train DeMa or DT; the run is logged into the store",
                                   description="Train a Decision Mamba or Decision Transformer. Every flag "
                                               "overrides the matching TrainConfig field (and --config FILE).")
+    from .train import PRESETS
+
+    train.add_argument("--preset", choices=sorted(PRESETS),
+                       help="start from a named preset: 'official' is the official DeMa's MuJoCo model and "
+                            "training (AndssY/dema); --config and flags override it")
     train.add_argument("--config", help="a JSON or TOML file of TrainConfig fields")
     train.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -223,7 +235,8 @@ def _sweep(args) -> int:
         sweep = SweepConfig(name=args.name, datasets=args.datasets, K=args.K, layouts=args.layouts,
                             timestep_embedding=[_parse_bool(v) for v in args.timestep_embedding], archs=args.archs,
                             seeds=args.seeds, eval_modes=args.eval_modes, ablations=not args.no_ablations,
-                            ablation_episodes=args.ablation_episodes, workers=args.workers, base=base)
+                            ablation_episodes=args.ablation_episodes, ablation_layers=args.ablation_layers,
+                            workers=args.workers, base=base)
         results = run_sweep(sweep)
     except (ValueError, FileNotFoundError, StoreError, CheckpointError, ImportError) as e:
         print(f"dema-lab sweep: {e}", file=sys.stderr)
@@ -252,6 +265,52 @@ def _report(args) -> int:
     return 0
 
 
+def _ablate(args) -> int:
+    """`dema-lab ablate`: one ablation of a run's checkpoint, published in the run, printed next to
+    the unablated score (evaluated too when the run has none with this checkpoint, seed and episodes)."""
+    from .ablation import ablation_table, episodes_published, evaluate_ablations
+    from .models import CheckpointError
+    from .store import RunStore, StoreError
+
+    try:
+        run = RunStore(args.store, mode="r").run(args.run)           # a missing store or run: no write
+        run = RunStore(args.store, mode="a").run(args.run)
+        source = RunStore(args.store, mode="r").run(args.swap_from) if args.swap_from else None
+        if source is not None and args.method != "swap":
+            raise ValueError(f"--swap-from goes with --method swap, not {args.method}")
+        if args.method in ("none", "no_timestep") and str(args.layers).lower() != "all":
+            raise ValueError(f"--method {args.method} acts on the whole model; leave out --layers (or use all)")
+        ds = evaluate_ablations(run, [args.method], args.layers, checkpoint=args.checkpoint, episodes=args.episodes,
+                                max_steps=args.max_steps, seed=args.seed, swap_from=source)
+        step = int(ds.checkpoint.values[0])
+        table = ablation_table(run)
+        if episodes_published(table, step, args.seed, "none") < args.episodes:
+            evaluate_ablations(run, ["none"], checkpoint=step, episodes=args.episodes, max_steps=args.max_steps,
+                               seed=args.seed)
+            table = ablation_table(run)
+    except (ValueError, StoreError, CheckpointError) as e:
+        print(f"dema-lab ablate: {e}", file=sys.stderr)
+        return 2
+    layers = str(ds.layers.values[0])
+    scores = table["normalized_score"].sel(checkpoint=step, seed=args.seed).isel(episode=slice(0, args.episodes))
+    print(f"run {run.run_id}, checkpoint {step}, seed {args.seed}, {args.episodes} episode(s) per target "
+          f"({', '.join(f'{t:g}' for t in ds.target.values)}), Transformer-like; D4RL normalized score, mean ± std:")
+    base_mean = float(scores.sel(ablation="none", layers="all").mean())
+    for label, method, lay in (("unablated", "none", "all"),
+                               (f"{args.method}, {'all layers' if layers == 'all' else 'layer ' + layers}",
+                                args.method, layers)):
+        s = scores.sel(ablation=method, layers=lay).values
+        s = s[s == s]
+        drop = "" if method == "none" else f"   drop {s.mean() - base_mean:+.1f}"
+        family = str(table.family.sel(ablation=method).item())
+        print(f"  {label:<28} {s.mean():6.1f} ± {s.std(ddof=1 if len(s) > 1 else 0):5.1f}{drop}   [{family}]")
+    if args.method == "swap":
+        print(f"  (mixer parameters from run {args.swap_from})")
+    print(f"published in run {run.run_id} (ablation group); all of them: dema-lab report, or "
+          f"dema_lab.ablation.ablation_table(run)")
+    return 0
+
+
 def register_study(subparsers) -> None:
     sweep = subparsers.add_parser("sweep", help="the paper's study: a grid of runs (K, layout, timestep "
                                   "embedding, DeMa/DT, seeds), resumable, in parallel processes")
@@ -265,8 +324,12 @@ def register_study(subparsers) -> None:
     sweep.add_argument("--archs", nargs="+", default=["dema"], choices=["dema", "dt"])
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
     sweep.add_argument("--eval-modes", nargs="+", default=["transformer", "rnn"], choices=["transformer", "rnn"])
-    sweep.add_argument("--no-ablations", action="store_true", help="skip the hidden-attention ablations")
+    sweep.add_argument("--no-ablations", action="store_true", help="skip the ablations (hidden attention, "
+                       "timestep embedding)")
     sweep.add_argument("--ablation-episodes", type=int, default=5)
+    sweep.add_argument("--ablation-layers", nargs="+", default=["all"], metavar="all|each|N",
+                       help="hidden-attention ablations of all layers at once (all), of every layer on its own "
+                            "(each), or of layer N (default: all)")
     sweep.add_argument("--workers", type=int, default=0, help="parallel runs (default: one per core)")
     sweep.add_argument("--base-config", help="JSON/TOML TrainConfig for everything the grid does not set")
     sweep.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="TrainConfig fields, e.g. steps=3000 d_model=64")
@@ -277,3 +340,25 @@ def register_study(subparsers) -> None:
     report.add_argument("--out", help="write Markdown here instead of printing it")
     report.add_argument("--no-latency", action="store_true", help="skip the per-step latency measurement")
     report.set_defaults(func=_report)
+    from .ablation import METHODS
+    ablate = subparsers.add_parser(
+        "ablate", help="evaluate a run with its hidden attention ablated (the paper's or dema-lab's method)",
+        description="Evaluate a run's checkpoint with one ablation and publish the scores in the run. The paper's "
+                    "method (merge_exp.py) edits the mixer parameters except in_proj/out_proj: mixer-zeros, "
+                    "mixer-random (U[0,1), seeded), swap (from --swap-from RUN_ID, same mixer shapes); "
+                    "dema-lab's replaces the hidden attention inside the scan: alpha-zeros, alpha-random; "
+                    "no_timestep drops the timestep embedding.")
+    ablate.add_argument("run", help="run id")
+    ablate.add_argument("--method", required=True, metavar="METHOD", help=f"one of: {', '.join(METHODS)}")
+    ablate.add_argument("--layers", default="all", metavar="all|N",
+                        help="all layers at once, or layer N (default: all)")
+    ablate.add_argument("--swap-from", metavar="RUN_ID", help="with --method swap: the run whose mixer parameters "
+                        "(last checkpoint) replace this run's")
+    ablate.add_argument("--checkpoint", type=int, metavar="STEP", help="checkpoint step (default: the last)")
+    ablate.add_argument("--episodes", type=int, default=5, help="episodes per target (default: %(default)s)")
+    ablate.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the episodes "
+                        "(default: %(default)s)")
+    ablate.add_argument("--max-steps", type=int, default=1000,
+                        help="env steps per episode at most (default: %(default)s)")
+    ablate.add_argument("--store", default=TrainConfig().store, help="store path (default: %(default)s)")
+    ablate.set_defaults(func=_ablate)

@@ -2,10 +2,12 @@
 
     sweep_names(store)        the sweeps with finished runs in a store
     run_table(store, sweep)   one row per run (xarray Dataset, dim `run`): what it is, its cost,
-                              its final scores per inference mode, per-step latency, the state it
-                              carries between steps, decay fits per layer, ablation scores
-    build_report(...)         the tables (pandas DataFrames, cells "mean ± std" over seeds) and
-                              the findings, as plain statements with their numbers
+                              its scores per inference mode at the last and the best checkpoint
+                              (dema_lab.scoring), per-step latency, the state it carries between
+                              steps, decay fits per layer, ablation scores
+    build_report(...)         the tables (pandas DataFrames, cells "mean ± std" over seeds; the
+                              aggregate over datasets "IQM [95% bootstrap CI]") and the findings,
+                              as plain statements with their numbers (paired t intervals)
     Report.to_markdown()      all of it as Markdown (for `dema-lab report`, notebooks, notes)
     Report.score_plot()       normalized score against K, one line per dataset and family (HoloViews)
 
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .scoring import METHOD_TEXT, METHODS, SCORE_TEXT, format_interval, iqm_interval, run_scores, t_interval
 from .store import Run, RunStore
 
 
@@ -89,7 +92,9 @@ def sweep_names(store) -> list[str]:
 
 def run_table(store, sweep: str | None = None, latency: bool = True) -> xr.Dataset:
     """One row per finished run of `sweep` (all finished runs when None). Runs that cannot be
-    read are left out and named, with the reason, in attrs["skipped"]."""
+    read are left out and named, with the reason, in attrs["skipped"]. Scores (dema_lab.scoring,
+    mean over targets): `score_<mode>` at the last checkpoint, `best_score_<mode>` at each
+    target's best checkpoint."""
     rs = RunStore(store, mode="r")
     run_ids = rs.run_ids()
     rows, skipped = [], {r: f"its metadata cannot be read ({m})" for r, m in getattr(rs, "unreadable", {}).items()}
@@ -130,9 +135,10 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
     step_macs = prov.get("step_macs", {})
     evals = run.evals()
     if "normalized_score" in evals:
-        last = evals.isel(checkpoint=-1)
-        for mode in last.mode.values:
-            row[f"score_{mode}"] = float(last["normalized_score"].sel(mode=mode).mean())
+        scores = run_scores(evals)
+        for mode in scores.mode.values:
+            row[f"score_{mode}"] = float(scores["last"].sel(mode=mode))
+            row[f"best_score_{mode}"] = float(scores["best"].sel(mode=mode))
             row[f"macs_per_step_{mode}"] = step_macs.get(str(mode), np.nan)
     decay = run.decay()
     if "r2" in decay:
@@ -143,13 +149,69 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
             row[f"half_life_steps_layer{layer}"] = float(d["half_life_steps"].sel(layer=layer, query_kind=kind))
     abl = ablation_table(run)
     if "normalized_score" in abl:
-        a = abl.isel(checkpoint=-1)["normalized_score"].mean(("target", "episode"))
-        for kind in a.ablation.values:
-            row[f"ablation_{kind}"] = float(a.sel(ablation=kind))
-        row["ablation_episodes"] = int(abl.sizes["episode"])
+        row.update(ablation_scores(abl))
     if latency and run.checkpoints():
         row.update(_inference_cost(rs, run))
     return row
+
+
+def ablation_column(method: str, layers: str = "all") -> str:
+    """The run table's column of one ablation: ablation_<method>, or ablation_<method>@<layer>."""
+    return f"ablation_{method}" if str(layers) == "all" else f"ablation_{method}@{layers}"
+
+
+def ablation_scores(abl: xr.Dataset) -> dict:
+    """A run's ablation scores for its row (ablation_table's form in): per (method, layers), the
+    mean normalized score at the last ablated checkpoint, Transformer-like, over targets and
+    episodes, then over seeds; and the episodes per ablation."""
+    last = abl.isel(checkpoint=-1)["normalized_score"]
+    if "mode" in last.dims:
+        last = last.sel(mode="transformer" if "transformer" in last.mode.values else last.mode.values[0])
+    mean = last.mean(("target", "episode")).mean("seed")            # (ablation, layers); NaN: not evaluated
+    row = {}
+    for method in mean.ablation.values:
+        for layers in mean.layers.values:
+            value = float(mean.sel(ablation=method, layers=layers))
+            if np.isfinite(value):
+                row[ablation_column(str(method), str(layers))] = value
+    row["ablation_episodes"] = int(last.notnull().any([d for d in last.dims if d != "episode"]).sum())
+    return row
+
+
+# The hidden-attention finding, one verdict per method: the paper's (parameter-level) and dema-lab's (α-level)
+ABLATION_FINDINGS = (("mixer-zeros", "mixer parameters (conv1d, x_proj, dt_proj, A_log, D) set to zeros"),
+                     ("mixer-random", "mixer parameters set to U[0,1)"),
+                     ("alpha-zeros", "hidden attention α set to zeros"),
+                     ("alpha-random", "hidden attention α replaced by random weights"))
+
+
+def ablation_methods_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Method × layers, by dataset: the normalized score under each ablation and its drop against
+    the unablated score of the same run (cells mean ± std over runs), with the method's family
+    (the paper's parameter-level ablation or dema-lab's α-level one) and the number of runs."""
+    from .ablation import FAMILY
+    from .ablation import METHODS as ABLATION_METHODS
+
+    cols = []
+    for col in runs.columns:
+        if col.startswith("ablation_") and col != "ablation_episodes" and runs[col].notna().any():
+            method, _, layers = col[len("ablation_"):].partition("@")
+            if method in ABLATION_METHODS and method != "no_timestep":
+                order = (ABLATION_METHODS.index(method), -1 if not layers else int(layers))
+                cols.append((*order, method, layers or "all", col))
+    rows = []
+    for dataset, part in runs.groupby("dataset"):
+        for _, _, method, layers, col in sorted(cols):
+            values = part[col]
+            if values.notna().any():
+                drop = values - part["ablation_none"] if "ablation_none" in part else values * np.nan
+                rows.append({"dataset": dataset, "family": FAMILY[method], "method": method, "layers": layers,
+                             "normalized score": _cell(values.values),
+                             "drop against unablated": "–" if method == "none" else _cell(drop.values),
+                             "runs": int(values.notna().sum())})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index(["dataset", "family", "method", "layers"])
 
 
 def _cell(values) -> str:
@@ -177,7 +239,47 @@ def _table(df: pd.DataFrame, index, columns, value, fmt=_cell, paired: bool = Fa
     return out.fillna("–")
 
 
+def _last_best(df: pd.DataFrame, index, columns, mode: str = "transformer", paired: bool = False) -> pd.DataFrame:
+    """_table of the `mode` score at the last and at the best checkpoint, side by side: columns
+    (*columns, "last" / "best"), "mean ± std" over seeds."""
+    parts = {m: _table(df, index, columns, f"score_{mode}" if m == "last" else f"best_score_{mode}", paired=paired)
+             for m in METHODS}
+    parts = {m: t for m, t in parts.items() if not t.empty}
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, axis=1, names=["checkpoint"]).fillna("–")       # columns (method, *columns)
+    if columns:
+        out.columns = out.columns.reorder_levels([*range(1, out.columns.nlevels), 0])
+    else:
+        out.columns = out.columns.get_level_values(0)
+        return out
+    order = sorted(out.columns, key=lambda c: (c[:-1], METHODS.index(c[-1])))
+    return out[order]
+
+
+def aggregate_table(df: pd.DataFrame, mode: str = "transformer", confidence: float = 0.95) -> pd.DataFrame:
+    """The aggregate over datasets, as RL papers report it: per model and K, the IQM
+    (dema_lab.scoring.iqm) of the `mode` score of every (dataset, seed) run, at the last and the
+    best checkpoint, each with its percentile-bootstrap interval ("IQM [low, high]"), and how
+    many runs and datasets it covers. Rows (model, K)."""
+    cols = {m: f"score_{mode}" if m == "last" else f"best_score_{mode}" for m in METHODS}
+    if df.empty or cols["last"] not in df:
+        return pd.DataFrame()
+    model = df.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(df.arch)
+    rows = []
+    for (name, k), part in df.assign(model=model).groupby(["model", "K"]):
+        row = {"model": name, "K": k}
+        for m, col in cols.items():
+            centre, low, high = iqm_interval(part[col] if col in part else [], confidence=confidence)
+            row[m] = "–" if not np.isfinite(centre) else f"{centre:.1f} {format_interval(low, high)}"
+        row["runs"] = int(part[cols["last"]].notna().sum())
+        row["datasets"] = int(part.loc[part[cols["last"]].notna(), "dataset"].nunique())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["model", "K"])
+
+
 _LABELS = {"score_transformer": "Transformer-like", "score_rnn": "RNN-like",
+           "best_score_transformer": "Transformer-like, best", "best_score_rnn": "RNN-like, best",
            "latency_ms_transformer": "ms/step Transformer-like", "latency_ms_rnn": "ms/step RNN-like",
            "state_bytes_transformer": "state Transformer-like", "state_bytes_rnn": "state RNN-like",
            "ablation_none": "none", "ablation_zeros": "zeros", "ablation_random": "random",
@@ -208,16 +310,30 @@ class Report:
             out.append(f"training time: {self.runs.train_seconds.sum() / 3600:.1f} h over {len(self.runs)} runs")
         return out
 
+    @staticmethod
+    def methods() -> str:
+        """How the scores, tables and verdicts are made (dema_lab.scoring), in one paragraph."""
+        return (f"Scores: {SCORE_TEXT} (normalized, 0-100); {METHOD_TEXT['last']}; {METHOD_TEXT['best']}. "
+                "Each table says which it shows. Cells are the mean ± std over seeds; the aggregate over "
+                "datasets is the IQM (interquartile mean) of every (dataset, seed) run with its 95% "
+                "percentile-bootstrap interval. The findings compare last-checkpoint scores in pairs (same run, "
+                "or same dataset, K and seed) with a 95% Student-t interval on the mean paired difference: "
+                "holds when the interval lies above 0, does not hold when below, inconclusive when it contains 0 "
+                "or there is a single pair.")
+
     def findings_table(self) -> pd.DataFrame:
         return pd.DataFrame(self.findings, columns=["paper's finding", "on this data", "evidence"])
 
-    def score_plot(self, mode: str = "transformer", width: int = 520, height: int = 320):
-        """Normalized score against K: a line per dataset and family (DeMa / DT, layout, timestep
-        embedding), points at each run's mean over seeds, error bars at ± one std over seeds."""
+    def score_plot(self, mode: str = "transformer", width: int = 520, height: int = 320, method: str = "last"):
+        """Normalized score against K at the `method` ("last" or "best") checkpoint: a line per
+        dataset and family (DeMa / DT, layout, timestep embedding), points at each run's mean over
+        seeds, error bars at ± one std over seeds."""
         import holoviews as hv
 
-        col = f"score_{mode}"
-        title = f"normalized score against K ({mode}-like)"
+        if method not in METHODS:
+            raise ValueError(f"unknown score method {method!r}; use one of {', '.join(METHODS)}")
+        col = f"score_{mode}" if method == "last" else f"best_score_{mode}"
+        title = f"normalized score against K ({mode}-like, {method} checkpoint)"
         if self.runs.empty or col not in self.runs:
             return hv.Curve([], "K", "normalized score").opts(title=f"{title}: no runs", width=width, height=height)
         df = self.runs.dropna(subset=[col]).copy()
@@ -243,9 +359,7 @@ class Report:
         if self.source:
             lines += [f"Made by `{self.source}`.", ""]
         if len(self.runs):
-            lines += ["Settings: " + "; ".join(self.settings()) + ". Each score is a mean over the "
-                      "evaluation episodes of the run's last checkpoint; with few episodes, differences of a "
-                      "few points are within the noise, which the paired verdicts take into account.", ""]
+            lines += ["Settings: " + "; ".join(self.settings()) + ".", "", self.methods(), ""]
         if self.skipped:
             lines += ["Runs left out because they cannot be read: "
                       + "; ".join(f"{r} ({why})" for r, why in self.skipped.items()), ""]
@@ -267,7 +381,7 @@ def _values(values) -> str:
 
 def _markdown(df: pd.DataFrame) -> str:
     df = df.reset_index()
-    cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    cols = [" / ".join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c) for c in df.columns]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         out.append("| " + " | ".join(str(v) for v in r.values) + " |")
@@ -286,31 +400,34 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
     main = dema[(dema.layout == "B3LD") & (~dema.timestep_embedding)]
     key = ["dataset"]
 
-    rep.tables["Normalized score against K (DeMa, B3LD, Transformer-like)"] = _table(main, key, ["K"], "score_transformer")
+    rep.tables["Normalized score against K (DeMa, B3LD, Transformer-like; last and best checkpoint)"] = \
+        _last_best(main, key, ["K"])
     cost = main.groupby("K")[[c for c in ("parameters", "forward_macs", "macs_per_step_transformer",
                                           "macs_per_step_rnn") if c in main]].first().T
     cost.index.name = "quantity"
     rep.tables["Parameters and MACs against K (DeMa, B3LD)"] = cost.map(_count) if not cost.empty else cost
     both = df[(df.layout == "B3LD") & (~df.timestep_embedding | (df.arch == "dt"))]
+    rep.tables["Aggregate over datasets: IQM [95% bootstrap CI] of the normalized score over every (dataset, seed) "
+               "run (B3LD, Transformer-like; last and best checkpoint)"] = aggregate_table(both)
     if set(both.arch) >= {"dema", "dt"}:
-        sc = _table(both, key + ["K"], ["arch"], "score_transformer", paired=True)
+        sc = _last_best(both, key + ["K"], ["arch"], paired=True)
         params = both.groupby(["arch"])["parameters"].first().map(_count)
         macs = both.groupby(["arch", "K"])["forward_macs"].first().map(_count).unstack("arch").dropna()
-        rep.tables["DeMa against DT: score"] = sc
+        rep.tables["DeMa against DT: score (Transformer-like; last and best checkpoint)"] = sc
         rep.tables["DeMa against DT: parameters"] = params.to_frame("parameters")
         rep.tables["DeMa against DT: MACs per forward, by K"] = macs
     if len(set(dema.layout)) > 1:
-        rep.tables["B3LD against BL3D (DeMa, Transformer-like)"] = _table(dema[~dema.timestep_embedding], key + ["K"],
-                                                                          ["layout"], "score_transformer", paired=True)
+        rep.tables["B3LD against BL3D (DeMa, Transformer-like, last checkpoint)"] = _table(
+            dema[~dema.timestep_embedding], key + ["K"], ["layout"], "score_transformer", paired=True)
     if len(set(dema.timestep_embedding)) > 1:
         te = dema[dema.layout == "B3LD"].assign(
             timestep_embedding=lambda d: d.timestep_embedding.map({False: "off", True: "on"}))
-        rep.tables["Timestep embedding off against on (DeMa, B3LD)"] = _table(
+        rep.tables["Timestep embedding off against on (DeMa, B3LD, Transformer-like, last checkpoint)"] = _table(
             te, key + ["K"], ["timestep_embedding"], "score_transformer", paired=True)
-    abl_cols = [c for c in ("ablation_none", "ablation_zeros", "ablation_random") if c in dema]
-    if abl_cols:
-        rep.tables["Hidden-attention ablations (normalized score, Transformer-like)"] = pd.concat(
-            [_table(main, key + ["K"], [], c) for c in abl_cols], axis=1)
+    methods = ablation_methods_table(main)
+    if not methods.empty:
+        rep.tables["Hidden-attention ablations, method × layers (DeMa, B3LD, Transformer-like, last checkpoint; "
+                   "runs of every K and seed; drop = ablated − unablated, paired within each run)"] = methods
     if "ablation_no_timestep" in df:
         with_te = df[df.ablation_no_timestep.notna()].assign(
             model=lambda d: d.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(d.arch))
@@ -325,7 +442,8 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
         for c in ("state_bytes_transformer", "state_bytes_rnn"):
             if c in main:
                 cols.append(_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v) / 1024:.1f} KiB"))
-        rep.tables["RNN-like against Transformer-like: score, latency per step (ms), state carried between steps"] = \
+        rep.tables["RNN-like against Transformer-like: score (last checkpoint), latency per step (ms), state carried "
+                   "between steps"] = \
             pd.concat(cols, axis=1)
     decay_cols = sorted(c for c in main if c.startswith(("r2_layer", "half_life_steps_layer")))
     if decay_cols:
@@ -339,55 +457,62 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
     return rep
 
 
-def paired_verdict(diffs) -> tuple[str, str]:
+def paired_verdict(diffs, confidence: float = 0.95) -> tuple[str, str]:
     """Verdict on "A beats B" from paired differences A - B (same run, or same dataset, K and
-    seed): holds if the mean difference is positive by more than two standard errors,
-    does not hold if negative by as much, inconclusive otherwise. With a single pair, a
-    difference of more than 1 point decides."""
-    d = np.asarray([x for x in diffs if np.isfinite(x)], dtype=float)
-    if not len(d):
+    seed), from the Student-t interval on their mean (paired_interval): holds if the interval
+    lies above 0, does not hold if below, inconclusive if it contains 0 or cannot be formed (a
+    single pair). Returns (verdict, evidence with the interval)."""
+    mean, low, high, n = paired_interval(diffs, confidence)
+    if not n:
         return "not measured", "no paired runs"
-    mean = float(d.mean())
-    if len(d) == 1:
-        bar, spread = 1.0, "one pair"
-    else:
-        se = float(d.std(ddof=1) / np.sqrt(len(d)))
-        bar, spread = 2 * se, f"± {se:.1f} (s.e.) over {len(d)} pairs"
-    verdict = "holds" if mean > bar else ("does not hold" if mean < -bar else "inconclusive")
-    return verdict, f"mean paired difference {mean:+.1f} {spread}"
+    if n == 1:
+        return "inconclusive", f"one pair, difference {mean:+.1f}: too few for an interval"
+    verdict = "holds" if low > 0 else ("does not hold" if high < 0 else "inconclusive")
+    return verdict, (f"mean paired difference {mean:+.1f}, {confidence:.0%} t-interval "
+                     f"{format_interval(low, high, signed=True)} over {n} pairs")
+
+
+def paired_interval(diffs, confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, low, high, n): the mean of the finite paired differences with its Student-t
+    interval (dema_lab.scoring.t_interval); NaN bounds with fewer than two pairs."""
+    return t_interval(diffs, confidence)
+
+
+SHORT_K_COMPARISONS = ((20, 40), (5, 20))   # fixed in advance: the first decides, the second is reported
 
 
 def short_k_finding(main: pd.DataFrame) -> tuple[str, str, str]:
-    """"A short K (8-20) is enough": the best short K against the best K above 20, paired by
-    dataset and seed. Means by K are taken over the datasets run at every K only (else over the
-    K values every dataset has), so that a dataset swept at fewer K (a hard one, say) cannot tilt
-    which K looks best; the pairs are then every (dataset, seed) run at both chosen K."""
+    """"A short K (8-20) is enough", from two comparisons fixed in advance (no K is chosen by its
+    score): K=20 against K=40 decides (holds when K=20 scores better, "holds (no significant
+    difference)" when the interval contains 0, does not hold when K=40 scores better); K=5
+    against K=20 says whether an even shorter K loses score, and is reported without changing
+    the verdict. Each comparison pairs every (dataset, seed) run at both K (last-checkpoint,
+    Transformer-like scores)."""
     claim = "A short K (8–20) is enough"
     grid = main.pivot_table(index=["dataset", "seed"], columns="K", values="score_transformer", aggfunc="mean")
-    full = grid.dropna()                                    # datasets (and seeds) run at every K
-    if not full.empty:
-        names = sorted(set(full.index.get_level_values("dataset")))
-        over = f"over the {len(names)} dataset(s) run at every K ({', '.join(names)})"
-    else:
-        full = grid.dropna(axis=1)                          # else the K values every dataset has
-        over = "over the K values every dataset has"
-    by_k = full.mean()
-    evidence = f"mean score by K {over}: " + (", ".join(f"K={k}: {v:.1f}" for k, v in by_k.items()) or "none")
-    short = by_k[(by_k.index >= 8) & (by_k.index <= 20)]
-    longer = by_k[by_k.index > 20]
-    if not len(short) or not len(longer):
-        return claim, "not measured", evidence + "; needs a K in 8–20 and a K above 20 on the same datasets"
-    k_short, k_long = int(short.idxmax()), int(longer.idxmax())
-    both = grid[[k_short, k_long]].dropna()
-    verdict, paired = paired_verdict(both[k_short] - both[k_long])
-    if verdict == "inconclusive":
-        verdict = "holds (no significant difference)"
-    return claim, verdict, f"{evidence}; K={k_short} against K={k_long}: {paired}"
+    parts, verdict = [], "not measured"
+    for i, (k_a, k_b) in enumerate(SHORT_K_COMPARISONS):
+        role = "decides" if i == 0 else "reported"
+        if k_a not in grid or k_b not in grid or grid[[k_a, k_b]].dropna().empty:
+            parts.append(f"K={k_a} against K={k_b} ({role}): no (dataset, seed) run at both")
+            continue
+        both = grid[[k_a, k_b]].dropna()
+        v, paired = paired_verdict(both[k_a] - both[k_b])
+        names = sorted(set(both.index.get_level_values("dataset")))
+        parts.append(f"K={k_a} against K={k_b} ({role}; {len(both)} pair(s) on {', '.join(names)}): "
+                     f"{both[k_a].mean():.1f} vs {both[k_b].mean():.1f}, {paired}")
+        if i == 0:   # "no difference" needs an interval: one pair stays inconclusive
+            verdict = "holds (no significant difference)" if v == "inconclusive" and len(both) > 1 else v
+    if verdict == "not measured":
+        parts[0] += "; run K=20 and K=40 on the same datasets and seeds"
+    return claim, verdict, "; ".join(parts)
 
 
 def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     """Each of the paper's findings with a verdict on this data and the numbers behind it.
-    Comparisons are paired (within a run, or across runs of the same dataset, K and seed)."""
+    Comparisons are paired (within a run, or across runs of the same dataset, K and seed), on
+    last-checkpoint scores, with a Student-t interval on the mean difference (paired_verdict);
+    the short-K finding compares fixed K values (short_k_finding)."""
     out = []
     dema = df[df.arch == "dema"]
     main = dema[(dema.layout == "B3LD") & (~dema.timestep_embedding)]
@@ -407,7 +532,7 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
             out.append((claim, "not measured", f"needs runs of {label_a} and {label_b} with the same dataset, K, seed"))
             return
         verdict, evidence = paired_verdict(joined.score_transformer_a - joined.score_transformer_b)
-        if verdict == "inconclusive":
+        if verdict == "inconclusive" and len(joined) > 1:       # one pair has no interval: stays inconclusive
             verdict = "holds (no significant difference)"
         out.append((claim, verdict, f"{evidence}; {label_a} {joined.score_transformer_a.mean():.1f} vs "
                                     f"{label_b} {joined.score_transformer_b.mean():.1f}"))
@@ -416,9 +541,10 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
            "Transformer-like", "RNN-like")
     if main.K.nunique() > 1:
         out.append(short_k_finding(main))
-    for kind in ("zeros", "random"):
-        within(f"Hidden attention matters (replaced by {kind}, the score drops)", "ablation_none",
-               f"ablation_{kind}", "unablated", kind)
+    from .ablation import FAMILY
+    for method, what in ABLATION_FINDINGS:
+        within(f"Hidden attention matters: {what}, the score drops ({FAMILY[method]})", "ablation_none",
+               ablation_column(method), "unablated", method)
     b3 = dema[dema.layout == "B3LD"]
     across("No timestep embedding is needed (without scores at least as well)",
            b3[~b3.timestep_embedding][pair_key + ["score_transformer"]],

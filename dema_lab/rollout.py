@@ -276,8 +276,9 @@ def replay_windows(model, rollout: xr.Dataset, steps, state_mean=None, state_std
     (as replay_attention does)."""
     mode = rollout.attrs.get("mode", "transformer")
     if mode != "transformer":
-        raise ValueError(f"episode was recorded {mode}-like; Transformer-like windows replay only a "
-                         f"Transformer-like episode (mode 'transformer')")
+        what = "RNN-like" if mode == "rnn" else f"in mode {mode!r}"
+        raise ValueError(f"the episode was recorded {what}; Transformer-like windows (and the paper's attention "
+                         f"display) replay only a Transformer-like episode (mode 'transformer')")
     steps = sorted(int(s) for s in steps)
     n = int(rollout.sizes["step"])
     if steps and not 0 <= steps[0] <= steps[-1] < n:

@@ -7,7 +7,9 @@
         eval/<name>                  returns by (mode, target, episode) for one checkpoint
         rollout/<name>               one logged episode: frames, actions, rewards, attention by step
         decay/<name>                 attention mass by lag and its exponential fit, per layer
-        ablation/<name>              scores with the hidden attention zeroed or randomised
+        paper_attention/<name>       the paper's display: the current token's mean |α| by decision
+                                     step and lag, its means and exponential fits (per key kind too)
+        ablation/<name>              scores under one ablation (dema_lab.ablation: method, layers, seed)
         checkpoint/<name>            a safetensors checkpoint as a uint8 array
         resume/<name>                optimiser and RNG state to continue a killed run
 
@@ -37,10 +39,12 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from .scoring import METHOD_TEXT, METHODS, SCORE_TEXT, headline
+
 STORE_VERSION = 1
 DEFAULT_STORE = os.environ.get("DEMA_LAB_STORE", "store")
 SLOTS = 3                 # versions of a rewritten name kept on disk (see the publishing protocol)
-KINDS = ("train", "eval", "rollout", "decay", "ablation", "checkpoint", "resume")
+KINDS = ("train", "eval", "rollout", "decay", "paper_attention", "ablation", "checkpoint", "resume")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -194,7 +198,8 @@ class RunStore:
         return Run(self, run_id)
 
     def summary(self) -> xr.Dataset:
-        """One row per run: what it is and how far it got (dim `run`)."""
+        """One row per run: what it is, how far it got and its headline scores, last and best
+        checkpoint side by side (dim `run`; see dema_lab.scoring)."""
         rows = []
         for run_id in self.run_ids():
             try:
@@ -202,12 +207,18 @@ class RunStore:
             except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
                 rows.append({"run": run_id, "status": f"unreadable: {e}"})
         keys = ["arch", "dataset", "env", "K", "layout", "timestep_embedding", "seed", "status",
-                "steps_done", "best_score", "parameters", "created"]
-        data = {k: ("run", [r.get(k, "") if k in ("arch", "dataset", "env", "layout", "status", "created")
-                            else r.get(k, np.nan) for r in rows]) for k in keys}
-        for k in ("arch", "dataset", "env", "layout", "status", "created", "timestep_embedding"):
+                "steps_done", "score_mode", "last_score", "best_score", "parameters", "created"]
+        text = ("arch", "dataset", "env", "layout", "status", "created", "score_mode")
+        data = {k: ("run", [r.get(k, "") if k in text else r.get(k, np.nan) for r in rows]) for k in keys}
+        for k in text + ("timestep_embedding",):
             data[k] = ("run", np.array([str(v) for v in data[k][1]], dtype=object))
-        return xr.Dataset(data, coords={"run": [r["run"] for r in rows]}, attrs={"store": self.path})
+        out = xr.Dataset(data, coords={"run": [r["run"] for r in rows]},
+                         attrs={"store": self.path, "score": SCORE_TEXT})
+        out["score_mode"].attrs = {"long_name": "inference mode of the headline scores"}
+        for m in METHODS:
+            out[f"{m}_score"].attrs = {"long_name": f"normalized score, {m} checkpoint, mean over targets",
+                                       "units": "0-100", "method": METHOD_TEXT[m]}
+        return out
 
 
 def _portable_strings(ds: xr.Dataset) -> xr.Dataset:
@@ -368,6 +379,14 @@ class Run:
             return xr.Dataset()
         return xr.concat(parts, dim="checkpoint", join="outer").sortby("checkpoint")
 
+    def paper_attention(self) -> xr.Dataset:
+        """The paper's attention display (analysis.paper_attention) by (checkpoint, layer,
+        decision_step, lag); decision steps past a checkpoint's episode are NaN."""
+        parts = [self.open("paper_attention", n).load() for n in self.published("paper_attention")]
+        if not parts:
+            return xr.Dataset()
+        return xr.concat(parts, dim="checkpoint", join="outer", combine_attrs="drop_conflicts").sortby("checkpoint")
+
     def rollouts(self) -> list[str]:
         return self.published("rollout")
 
@@ -384,8 +403,9 @@ class Run:
     def tree(self) -> xr.DataTree:
         """The run as an xarray DataTree: attrs at the root, one node per published group."""
         children = {}
-        for kind in ("train", "eval", "decay"):
-            getter = {"train": self.train_metrics, "eval": self.evals, "decay": self.decay}[kind]
+        for kind in ("train", "eval", "decay", "paper_attention"):
+            getter = {"train": self.train_metrics, "eval": self.evals, "decay": self.decay,
+                      "paper_attention": self.paper_attention}[kind]
             children[kind] = xr.DataTree(getter())
         rollouts = {name: xr.DataTree(self.open("rollout", name)) for name in self.rollouts()}
         children["rollout"] = xr.DataTree(children=rollouts)
@@ -395,16 +415,19 @@ class Run:
         return xr.DataTree(root, children=children)
 
     def summary_row(self) -> dict:
+        """What the run is and how far it got; its headline scores (dema_lab.scoring.headline):
+        last_score and best_score in score_mode, NaN before the first evaluation."""
         attrs = self.attrs
         cfg = attrs.get("config", {})
         prov = attrs.get("provenance", {})
         evals = self.evals()
-        best = float(evals["normalized_score"].mean(("episode",)).max()) if "normalized_score" in evals else np.nan
+        score = headline(evals) if "normalized_score" in evals else headline(xr.Dataset())
         return {"run": self.run_id, "arch": cfg.get("arch", ""), "dataset": cfg.get("dataset", ""),
                 "env": prov.get("env", ""), "K": cfg.get("K", np.nan), "layout": cfg.get("layout", ""),
                 "timestep_embedding": prov.get("timestep_embedding", cfg.get("timestep_embedding", "")),
                 "seed": cfg.get("seed", np.nan), "status": attrs.get("status", ""),
-                "steps_done": attrs.get("steps_done", 0), "best_score": best,
+                "steps_done": attrs.get("steps_done", 0), "score_mode": score["mode"] or "",
+                "last_score": score["last"], "best_score": score["best"],
                 "parameters": prov.get("parameters", np.nan), "created": prov.get("created", "")}
 
 

@@ -46,6 +46,11 @@ class TrainConfig:
     arch: str = "dema"                 # dema | dt
     K: int = 20
     layout: str = "B3LD"               # B3LD | BL3D
+    token_order: str = "RSA"           # RSA (DT's R_t, s_t, a_t) | RAS (official DeMa's R_t, a_{t-1}, s_t)
+    embed_dim: int = 0                 # 0: embeddings are d_model wide; N: N wide, projected to d_model
+    embed_norm: str = "layernorm"      # layernorm | none (official DeMa)
+    window_padding: str = "none"       # Transformer-like inference: none | left (official: zeros to K steps)
+    activation: str = "gelu"           # DT's MLP: gelu | relu (the DT and DeMa repositories)
     n_layer: int = 3
     d_model: int = 128
     d_state: int = 16
@@ -56,6 +61,10 @@ class TrainConfig:
     timestep_embedding: bool | None = None   # None: off for DeMa, on for DT
     max_ep_len: int = 1000
     # optimisation
+    rtg_form: str = "current"          # training tokens: current (R_t, as at evaluation) | previous (the
+                                       # official trainer's R_{t-1} with s_t, its `del_r`; RAS only)
+    decay_all: bool = False            # weight decay on every parameter (official) or on matrices only
+    train_padding: str = "right"       # short training windows: right-padded, or left (the official trainer's)
     steps: int = 10_000
     batch_size: int = 64
     lr: float = 1e-4
@@ -91,6 +100,12 @@ class TrainConfig:
         for name in ("eval_every", "warmup_steps", "record_episodes", "render_size", "decay_windows", "threads"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.rtg_form not in ("current", "previous"):
+            problems.append(f"rtg_form must be 'current' or 'previous', got {self.rtg_form!r}")
+        elif self.rtg_form == "previous" and self.token_order != "RAS":
+            problems.append("rtg_form 'previous' is the official DeMa's training form and needs token_order RAS")
+        if self.train_padding not in ("right", "left"):
+            problems.append(f"train_padding must be 'right' or 'left', got {self.train_padding!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             problems.append(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if problems:
@@ -101,7 +116,16 @@ class TrainConfig:
         return ModelConfig(arch=self.arch, state_dim=state_dim, act_dim=act_dim, K=self.K, d_model=self.d_model,
                            n_layer=self.n_layer, layout=self.layout, timestep_embedding=self.timestep_embedding,
                            max_ep_len=self.max_ep_len, d_state=self.d_state, d_conv=self.d_conv,
-                           expand=self.expand, n_head=self.n_head, dropout=self.dropout)
+                           expand=self.expand, n_head=self.n_head, dropout=self.dropout,
+                           token_order=self.token_order, embed_dim=self.embed_dim, embed_norm=self.embed_norm,
+                           window_padding=self.window_padding, activation=self.activation)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TrainConfig":
+        """The config of a named preset (PRESETS) with `overrides` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -137,10 +161,26 @@ class TrainConfig:
         return cls.from_dict(cls.read_file(path))
 
 
+# Named presets: `dema-lab train --preset NAME` (flags and --config still override them).
+PRESETS = {
+    # The official MuJoCo DeMa (github AndssY/dema, gym/experiment.py + Mamba_mujoco): tokens
+    # (R, a, s), 128-wide embeddings projected to a 64-wide backbone without a LayerNorm, d_state 64,
+    # left-padded Transformer-like inference; AdamW with weight decay on every parameter, lr 1e-4,
+    # wd 1e-4, 10k warm-up steps, clip 0.25, batch 64, K 20, 10 x 10k steps, evaluated after each 10k
+    # (experiment.py: 100 episodes, Transformer-like) and reported as the best evaluation.
+    "official": dict(arch="dema", K=20, layout="B3LD", token_order="RAS", embed_dim=128, d_model=64, n_layer=3,
+                     d_state=64, d_conv=4, expand=2, embed_norm="none", window_padding="left",
+                     timestep_embedding=False, rtg_form="previous", decay_all=True, train_padding="left",
+                     lr=1e-4, weight_decay=1e-4,
+                     warmup_steps=10_000, grad_clip=0.25, batch_size=64, steps=100_000, rtg_scale=1000.0,
+                     eval_every=10_000, eval_episodes=100, eval_modes=["transformer"], checkpoint_every=10_000),
+}
+
 # What a run is: a resume cannot change these (it may change the rest, e.g. steps or evaluation).
-RESUME_FIXED = ("dataset", "arch", "K", "layout", "n_layer", "d_model", "d_state", "d_conv", "expand", "n_head",
-                "dropout", "timestep_embedding", "max_ep_len", "seed", "batch_size", "lr", "weight_decay",
-                "warmup_steps", "grad_clip", "rtg_scale")
+RESUME_FIXED = ("dataset", "arch", "K", "layout", "token_order", "embed_dim", "embed_norm", "window_padding",
+                "activation", "n_layer", "d_model", "d_state", "d_conv", "expand", "n_head", "dropout",
+                "timestep_embedding", "max_ep_len", "seed", "batch_size", "lr", "weight_decay", "warmup_steps",
+                "grad_clip", "rtg_scale", "rtg_form", "decay_all", "train_padding")
 
 
 def resumed_config(store, run_id: str, overrides: dict | None = None) -> TrainConfig:
@@ -164,10 +204,11 @@ def masked_mse(pred, target, mask):
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    """AdamW; no weight decay on biases, norms, embeddings' 1-d params, A_log and D."""
+    """AdamW with linear warm-up. Weight decay on matrices only (no decay on biases, norms, A_log
+    and D), or with decay_all on every parameter, as the official DeMa trainer does."""
     decay, no_decay = [], []
     for p in model.parameters():
-        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+        (no_decay if not cfg.decay_all and (p.dim() < 2 or getattr(p, "_no_weight_decay", False)) else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     warmup = max(1, cfg.warmup_steps)
@@ -175,10 +216,28 @@ def make_optimizer(model, cfg: TrainConfig):
     return opt, sched
 
 
-def train_step(model, batch, opt, sched, grad_clip: float) -> tuple[float, float]:
+def training_form(batch: dict, rtg_form: str = "current") -> dict:
+    """The model's inputs and targets for a batch of K-step windows.
+
+    current:  step t is (R_t, s_t, a_t) or (R_t, a_{t-1}, s_t), as at evaluation; K predictions.
+    previous: the official DeMa trainer's form (`del_r`): step t is (R_{t-1}, a_{t-1}, s_t) with
+              step t-1's timestep, for t = 1..K-1 of the window; K-1 predictions of a_1..a_{K-1}.
+    """
+    if rtg_form == "current":
+        return batch
+    if rtg_form != "previous":
+        raise ValueError(f"rtg_form must be 'current' or 'previous', got {rtg_form!r}")
+    return {"states": batch["states"][:, 1:], "actions": batch["actions"][:, 1:],
+            "returns_to_go": batch["returns_to_go"][:, :-1], "timesteps": batch["timesteps"][:, :-1],
+            "mask": batch["mask"][:, 1:], "prev_action": batch["actions"][:, 0]}
+
+
+def train_step(model, batch, opt, sched, grad_clip: float, rtg_form: str = "current") -> tuple[float, float]:
     """One optimisation step on a batch of windows; returns (loss, grad norm)."""
     model.train()
-    pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"])
+    batch = training_form(batch, rtg_form)
+    pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
+                 prev_action=batch.get("prev_action"))
     loss = masked_mse(pred, batch["actions"], batch["mask"])
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -253,7 +312,8 @@ class Trainer:
         except ValueError as e:
             raise ValueError(f"dataset {cfg.dataset!r} was recorded in env {self.dataset.env!r}, which cannot be "
                              f"evaluated here: {e}") from None
-        self.sampler = WindowSampler(self.dataset, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed)
+        self.sampler = WindowSampler(self.dataset, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed,
+                                     padding=cfg.train_padding)
         self.model_cfg = cfg.model_config(self.dataset.obs_dim, self.dataset.act_dim)
         self.model = build_model(self.model_cfg).to(self.device)
         self.opt, self.sched = make_optimizer(self.model, cfg)
@@ -347,8 +407,9 @@ class Trainer:
         self.metrics = {k: [] for k in m}
 
     def evaluate(self):
-        """Evaluate the current weights, record episodes and decay statistics, publish them."""
-        from .analysis import decay_statistics
+        """Evaluate the current weights, record episodes, decay statistics and the paper's attention
+        display, publish them."""
+        from .analysis import decay_statistics, publish_paper_attention
         from .rollout import evaluate, rollout_encoding
 
         name = checkpoint_name(self.step)
@@ -367,6 +428,8 @@ class Trainer:
             batch = {k: v.to(self.device) for k, v in full_windows(self.sampler, self.cfg.decay_windows,
                                                                      self.cfg.seed).items()}
             self.run.write("decay", name, decay_statistics(self.model, batch, checkpoint=self.step))
+        publish_paper_attention(self.run, self.step, self.model, self.sampler.state_mean, self.sampler.state_std,
+                                self.cfg.rtg_scale, if_short="skip", log=self.log)
         score = results["normalized_score"].mean("episode")
         summary = ", ".join(f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}"
                             for m in results.mode.values for t in results.target.values)
@@ -390,7 +453,7 @@ class Trainer:
             while self.step < cfg.steps:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in self.sampler.sample(cfg.batch_size).items()}
                 t0 = time.perf_counter()
-                loss, gnorm = train_step(self.model, batch, self.opt, self.sched, cfg.grad_clip)
+                loss, gnorm = train_step(self.model, batch, self.opt, self.sched, cfg.grad_clip, cfg.rtg_form)
                 self.wall += time.perf_counter() - t0
                 self.step += 1
                 if not math.isfinite(loss):

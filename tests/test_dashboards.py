@@ -157,7 +157,12 @@ def test_comparison_table_and_plots(dash_store):
     comp = SequenceComparison(dash_store)
     df = comp.table
     assert list(df["K"]) == [3, 5] and (df["parameters"] > 0).all() and (df["train_seconds"] > 0).all()
-    assert np.isfinite(df["score"]).all() and np.isfinite(df["step_macs"]).all()
+    assert np.isfinite(df["last_score"]).all() and np.isfinite(df["step_macs"]).all()
+    # the scores are dema_lab.scoring's: mean over targets of the episodes' mean, last and best checkpoint
+    for _, row in df.iterrows():
+        ns = comp.index.run(row.run).evals()["normalized_score"].sel(mode="transformer").mean("episode")
+        assert row.last_score == pytest.approx(float(ns.isel(checkpoint=-1).mean()))
+        assert row.best_score == pytest.approx(float(ns.max("checkpoint").mean()))
     assert "broken" in comp.message
     for plot in (comp.score_plot(), comp.cost_plot(), comp.time_plot(), comp.decay_plot(), comp.half_life_plot()):
         assert isinstance(plot, (hv.Overlay, hv.Layout, hv.Bars)), type(plot)
@@ -181,11 +186,11 @@ def test_comparison_of_dema_dt_and_layouts(tiny_config):
     assert df.family.to_dict() == {"dema-K3": "DeMa B3LD", "dema-K5": "DeMa B3LD", "dema-bl3d": "DeMa BL3D",
                                    "dt-K3": "DT B3LD +t-emb"}
     assert df.loc["dt-K3", "parameters"] > df.loc["dema-K3", "parameters"]
-    assert np.isfinite(df.score).all() and np.isfinite(df.step_macs).all()
+    assert np.isfinite(df.last_score).all() and np.isfinite(df.best_score).all() and np.isfinite(df.step_macs).all()
     assert np.isfinite(df.half_life_steps).all()          # DT's is from its softmax attention (heads)
     score = comp.score_plot()
     labels = {el.label for el in score}
-    assert labels == {"DeMa B3LD", "DeMa BL3D", "DT B3LD +t-emb"}
+    assert labels == {f"{f} · {m}" for f in ("DeMa B3LD", "DeMa BL3D", "DT B3LD +t-emb") for m in ("last", "best")}
     decay = comp.decay_plot()                             # hidden attention and DT's overlaid
     assert {el.label for el in decay} == {"dema-K3", "dema-K5", "dema-bl3d", "dt-K3"} and not comp.bad
     for plot in (score, comp.cost_plot(), comp.time_plot(), decay, comp.half_life_plot()):
@@ -205,7 +210,7 @@ def test_study_report_lists_findings_tables_and_the_unreadable_run(dash_store):
     assert sorted(rep.runs.run) == ["tiny-K3", "tiny-K5"] and "broken" in rep.skipped
     summary = study._summary()
     text = " ".join(str(p.object) for p in summary.objects if isinstance(p, (pn.pane.Markdown, pn.pane.HTML)))
-    assert "2 finished runs" in text and "broken" in text
+    assert "2 finished runs" in text and "broken" in text and "each target's best checkpoint" in text
     assert "Transformer-like DeMa beats RNN-like DeMa" in text and "A short K (8–20) is enough" in text
     plot = next(p.object for p in summary.objects if isinstance(p, pn.pane.HoloViews))
     hv.render(plot)
@@ -213,8 +218,10 @@ def test_study_report_lists_findings_tables_and_the_unreadable_run(dash_store):
     frames = [p.object for p in study._tables().objects if isinstance(p, pn.pane.DataFrame)]
     assert len(frames) == len(rep.tables) >= 4
     by_k = frames[0]
-    assert list(by_k.columns) == ["dataset", "3", "5"], by_k.columns
-    assert by_k.iloc[0]["3"] == f"{rep.runs.set_index('run').loc['tiny-K3', 'score_transformer']:.1f}"
+    assert list(by_k.columns) == ["dataset", "3 / last", "3 / best", "5 / last", "5 / best"], by_k.columns
+    runs = rep.runs.set_index("run")
+    assert by_k.iloc[0]["3 / last"] == f"{runs.loc['tiny-K3', 'score_transformer']:.1f}"
+    assert by_k.iloc[0]["5 / best"] == f"{runs.loc['tiny-K5', 'best_score_transformer']:.1f}"
 
 
 def test_live_worker_streams_changing_frames_and_closes_its_env(dash_store):
@@ -416,7 +423,8 @@ FIGURES_JS = """() => {
 SCROLL_TOP_JS = "() => { for (const e of document.querySelectorAll('*')) if (e.scrollTop) e.scrollTop = 0; " \
                 "window.scrollTo(0, 0); }"
 MIN_PX = 150
-EXPLORER_PLOTS = [r"step \d+", r"Hidden attention · .*", r".* by lag · .*", r"Reward and return-to-go .*"]
+EXPLORER_PLOTS = [r"step \d+", r"Hidden attention · .*", r".* by lag · .*", r"Reward and return-to-go .*",
+                  r"Paper's method · (layer \d+|mean of layers)", r"Paper's curve · .*", r"By key kind .*"]
 COMPARISON_PLOTS = [r"Normalized score vs K .*", r"Half-life of attention vs K", r"Attention by lag .*",
                     r"Parameters vs K", r"MACs per step vs K .*", r"Training time"]
 LIVE_PLOTS = [r"step \d+", r"Hidden attention · .*", r"Return", r"Actions"]
@@ -607,6 +615,39 @@ def test_browser_live_rollout_streams_changing_frames(server, browser):
     page.close()
 
 
+def test_browser_live_runs_a_checkpoint_imported_from_the_official_code(server, browser, hopper_small, tmp_path):
+    """A model_iter*.pkl written as the official DeMa code writes it (AdamW object included),
+    imported with `dema-lab import --out`, typed into /live's file field, runs: frames change, and
+    the heatmap's tokens follow its (R, a, s) order."""
+    from test_official import official_dema_sd, save_official
+
+    from dema_lab.cli import main
+
+    pkl = save_official(official_dema_sd(seed=7), tmp_path / "model_iter9.pkl")
+    out = tmp_path / "official.safetensors"
+    assert main(["import", str(pkl), "--dataset", str(hopper_small), "--K", "4", "--out", str(out)]) == 0
+    p = Page(browser, server.url("live") + "?fps=4")
+    page = p.page
+    page.get_by_text(re.compile(r"Max steps per second:\s*4(\.0)?$")).first.wait_for(timeout=60_000)
+    field = page.get_by_placeholder("/path/to/checkpoint.safetensors")
+    field.fill(str(out))
+    field.press("Enter")
+    page.locator(".dema-live-start button").click(timeout=60_000)
+    css = ".dema-live-probe span"
+    a = _wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
+    b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 2, css=css)
+    assert a["frame"] != b["frame"]
+    page.locator(".dema-live-pause button").click()
+    page.locator(".dema-live-status").get_by_text("paused").wait_for(timeout=20_000)
+    figs = _figures(page, LIVE_PLOTS)
+    labels = set(figs[r"Hidden attention · .*"]["labels"])
+    assert {"R0", "a-1", "s0"} <= labels, sorted(labels)
+    page.locator(".dema-live-stop button").click()
+    page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
+    p.check_clean()
+    page.close()
+
+
 def test_browser_live_sessions_run_side_by_side_and_a_closed_one_stops(server, browser):
     # two browser sessions, each with its own rollout (3 steps a second: the episodes outlast the test)
     pages = [Page(browser, server.url("live") + "?fps=3") for _ in range(2)]
@@ -635,7 +676,7 @@ def test_browser_live_sessions_run_side_by_side_and_a_closed_one_stops(server, b
     pages[1].page.close()
 
 
-STUDY_PLOTS = [r"normalized score against K \(transformer-like\)"]
+STUDY_PLOTS = [r"normalized score against K \(transformer-like, last checkpoint\)"]
 
 
 def test_browser_study_report(server, browser):

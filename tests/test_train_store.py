@@ -42,7 +42,7 @@ print(json.dumps(out))
     assert out["train"] == {"step": 20}
     assert out["eval"] == {"checkpoint": 1, "mode": 2, "target": 2, "episode": 1}
     L = 3 * 3 - 1
-    assert out["decay"] == {"checkpoint": 1, "layer": 1, "query_kind": 3, "lag": 9}
+    assert out["decay"] == {"checkpoint": 1, "layer": 1, "query_kind": 3, "lag": 9, "key_kind": 3, "step_lag": 3}
     assert sorted(out["rollouts"]) == sorted(f"step_00000020-{m}-t{i}-e0" for m in ("transformer", "rnn") for i in (0, 1))
     for sizes in out["rollouts"].values():
         assert sizes["query"] == sizes["key"] == sizes["lag"] == L and sizes["layer"] == 1
@@ -50,6 +50,15 @@ print(json.dumps(out))
     assert out["backend"] in ("numba", "torch")
     listing = cli("runs", "--store", tiny_config.store)
     assert listing.returncode == 0 and "tiny" in listing.stdout and "finished" in listing.stdout
+    # the headline scores, last and best side by side: Transformer-like, mean over targets of the
+    # episodes' mean (one checkpoint here, so last = best)
+    summary = open_store(tiny_config.store)
+    want = float(run.evals()["normalized_score"].isel(checkpoint=-1).sel(mode="transformer").mean("episode").mean())
+    assert summary.score_mode.item() == "transformer"
+    assert summary.last_score.item() == pytest.approx(want) and summary.best_score.item() == pytest.approx(want)
+    assert summary.best_score.attrs["method"].startswith("best: each target's best checkpoint")
+    assert "last_score" in listing.stdout and "best_score" in listing.stdout
+    assert "last: the final checkpoint" in listing.stdout and f"{want:.1f}" in listing.stdout
     # xarray conventions: every stored variable says what it is, every frame axis is labelled
     groups = {kind: run.open(kind, run.published(kind)[0]) for kind in ("train", "eval", "decay", "rollout")}
     for kind, ds in groups.items():

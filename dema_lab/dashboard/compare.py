@@ -1,8 +1,9 @@
 """Sequence-length comparison: runs that differ in K (and layout, timestep embedding, DeMa vs DT).
 
     runs_table(index)            one row per readable run (pandas DataFrame) and the unreadable ones
-    SequenceComparison(store)    score, parameters / MACs, training time, decay curves and
-                                 half-life against K, one line per family of runs
+    SequenceComparison(store)    score (last and best checkpoint, dema_lab.scoring), parameters /
+                                 MACs, training time, decay curves and half-life against K, one
+                                 line per family of runs
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from ..scoring import METHODS, headline_mode, run_scores
 from .data import StoreIndex, friendly_error
 from .views import PALETTE
 
@@ -24,8 +26,10 @@ def _family(cfg: dict, prov: dict) -> str:
 
 
 def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFrame, dict[str, str]]:
-    """One row per readable run: K, family, score at the last evaluated checkpoint, cost, time,
-    half-life (layer mean, state tokens). Unreadable runs come back as {run_id: message}."""
+    """One row per readable run: K, family, its scores in `mode` (the run's headline mode when it
+    was not evaluated in `mode`) at the last and at the best checkpoint (dema_lab.scoring:
+    mean over targets; best per target), cost, time, half-life (layer mean, state tokens).
+    Unreadable runs come back as {run_id: message}."""
     rows, bad = [], {}
     ids = index.run_ids()
     bad.update({r: f"its metadata cannot be read ({m})" for r, m in index.unreadable.items()})
@@ -35,12 +39,12 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
             run = index.run(run_id)
             cfg, prov = info.config, info.provenance
             evals = run.evals()
-            score = np.nan
+            scores = {m: np.nan for m in METHODS}
             if "normalized_score" in evals and evals.sizes.get("checkpoint"):
-                last = evals["normalized_score"].isel(checkpoint=-1).mean("episode")
-                if "mode" in last.dims:
-                    last = last.sel(mode=mode) if mode in last["mode"].values else last.isel(mode=0)
-                score = float(last.max())            # the better of the targets
+                rs = run_scores(evals)
+                modes = [str(m) for m in rs["mode"].values]
+                used = mode if mode in modes else headline_mode(modes)
+                scores = {m: float(rs[m].sel(mode=used)) for m in METHODS}
             decay = run.decay()
             half = np.nan
             if "half_life_steps" in decay and decay.sizes.get("checkpoint"):
@@ -55,14 +59,14 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
             rows.append(dict(
                 run=run_id, family=_family(cfg, prov), K=int(cfg.get("K", 0)), arch=cfg.get("arch", ""),
                 layout=cfg.get("layout", ""), status=info.status, steps=info.steps_done,
-                score=score, parameters=float(prov.get("parameters", np.nan)),
+                last_score=scores["last"], best_score=scores["best"], parameters=float(prov.get("parameters", np.nan)),
                 forward_macs=float(prov.get("forward_macs", np.nan)),
                 step_macs=float(macs.get(mode, next(iter(macs.values()), np.nan)) if macs else np.nan),
                 train_seconds=info.wall_seconds, steps_per_second=sps, half_life_steps=half))
         except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
             bad[run_id] = friendly_error(e)
-    cols = ["run", "family", "K", "arch", "layout", "status", "steps", "score", "parameters", "forward_macs",
-            "step_macs", "train_seconds", "steps_per_second", "half_life_steps"]
+    cols = ["run", "family", "K", "arch", "layout", "status", "steps", "last_score", "best_score", "parameters",
+            "forward_macs", "step_macs", "train_seconds", "steps_per_second", "half_life_steps"]
     return pd.DataFrame(rows, columns=cols).sort_values(["family", "K"]).reset_index(drop=True), bad
 
 
@@ -76,6 +80,27 @@ def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = F
         layers.append(hv.Curve(part, "K", (y, ylabel), label=fam).opts(color=c))
         layers.append(hv.Scatter(part, "K", [(y, ylabel), "run"], label=fam).opts(color=c, size=9, tools=["hover"]))
     return hv.Overlay(layers).opts(title=title, width=width, height=height, logy=logy, show_grid=True,
+                                   legend_position="top_left", toolbar="above")
+
+
+def _score_by_family(df: pd.DataFrame, title: str, width=430, height=300):
+    """last_score (solid) and best_score (dashed) against K, one colour per family."""
+    cols = [f"{m}_score" for m in METHODS]
+    if df.empty or df[cols].isna().all().all():
+        return hv.Curve([], "K", "last_score").opts(title=f"{title} (no data yet)", width=width, height=height)
+    layers = []
+    for i, (fam, part) in enumerate(df.groupby("family", sort=True)):
+        c = PALETTE[i % len(PALETTE)]
+        for m, dash in zip(METHODS, ("solid", "dashed")):
+            p = part.dropna(subset=[f"{m}_score"]).sort_values("K").rename(columns={f"{m}_score": "score"})
+            if p.empty:
+                continue
+            label = f"{fam} · {m}"
+            layers.append(hv.Curve(p, "K", ("score", "normalized score"), label=label).opts(color=c, line_dash=dash))
+            layers.append(hv.Scatter(p, "K", [("score", "normalized score"), "run"], label=label)
+                          .opts(color=c, size=9 if m == "last" else 6, tools=["hover"],
+                                marker="circle" if m == "last" else "triangle"))
+    return hv.Overlay(layers).opts(title=title, width=width, height=height, show_grid=True,
                                    legend_position="top_left", toolbar="above")
 
 
@@ -123,9 +148,11 @@ class SequenceComparison(pn.viewable.Viewer):
 
     @param.depends("runs", "mode")
     def score_plot(self):
+        """Normalized score against K per family: the last checkpoint (solid) and the best
+        (dashed), side by side."""
         w, h = self._size()
-        return _by_family(self.table, "score", "normalized score", f"Normalized score vs K ({self.mode})",
-                          width=w, height=h)
+        return _score_by_family(self.table, f"Normalized score vs K ({self.mode}; last solid, best dashed)",
+                                width=w, height=h)
 
     @param.depends("runs")
     def parameters_plot(self):
@@ -189,8 +216,11 @@ class SequenceComparison(pn.viewable.Viewer):
     @param.depends("runs", "mode")
     def table_view(self):
         df = self.table.copy()
+        # the score columns say how they are made (dema_lab.scoring), in their titles
+        titles = {"last_score": "last score (final checkpoint)",
+                  "best_score": "best score (each target's best checkpoint)"}
         return pn.widgets.Tabulator(df, show_index=False, disabled=True, sizing_mode="stretch_width", height=220,
-                                    formatters={}, layout="fit_data_table") if not df.empty else \
+                                    formatters={}, titles=titles, layout="fit_data_table") if not df.empty else \
             pn.pane.Markdown("No readable runs in this store yet.")
 
     def controls(self):

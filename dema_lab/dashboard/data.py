@@ -6,6 +6,7 @@ Everything here is plain Python/numpy (no Panel), so it can be tested and reused
     StoreIndex.info(run_id)      RunInfo: config, provenance, checkpoints, recorded episodes
     StoreIndex.episode(...)      EpisodeData: one recorded episode in memory (numpy arrays)
     StoreIndex.checkpoint(...)   the model of a checkpoint, loaded once on the CPU
+    StoreIndex.paper_attention   the paper's attention display of a checkpoint, if published
     AttentionReplayer            the attention of a recorded step under another channel
                                  aggregation (or one channel), replayed incrementally
 """
@@ -109,6 +110,7 @@ class StoreIndex:
         self._lock = threading.RLock()
         self._episodes: OrderedDict = OrderedDict()
         self._models: OrderedDict = OrderedDict()
+        self._paper: OrderedDict = OrderedDict()         # (run_id, checkpoint) -> paper's display
         self._max_episodes, self._max_models = max_episodes, max_models
         self.errors: dict[str, str] = {}
         self.unreadable: dict[str, str] = {}
@@ -209,6 +211,35 @@ class StoreIndex:
                 self._models.popitem(last=False)
         return ck
 
+    # ------------------------------------------------------------------ the paper's display
+    def paper_attention(self, run_id: str, step: int):
+        """The paper's attention display of a checkpoint (analysis.paper_attention) as a loaded
+        Dataset without the checkpoint dim, or None when the run has none for it (a checkpoint
+        whose episodes were too short, or a store written before it existed: see
+        analysis.publish_paper_attention). Cached once found."""
+        from ..store import checkpoint_name
+
+        key = (run_id, int(step))
+        with self._lock:
+            cache = self._paper
+            if key in cache:
+                return cache[key]
+        run = self.run(run_id)
+        name = checkpoint_name(int(step))
+        if name not in run.published("paper_attention"):
+            return None
+        try:
+            ds = run.open("paper_attention", name).load()
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(f"the paper's attention display of checkpoint {step} of run {run_id} cannot be "
+                             f"read: {friendly_error(e)}") from None
+        ds = ds.isel(checkpoint=0, drop=True) if "checkpoint" in ds.dims else ds
+        with self._lock:
+            cache[key] = ds
+            while len(cache) > self._max_episodes:
+                cache.popitem(last=False)
+        return ds
+
 
 def _load_episode(run_id: str, name: str, ds) -> EpisodeData:
     has_att = "attention" in ds
@@ -265,9 +296,8 @@ class AttentionReplayer:
         step = int(step)
         with self._lock, torch.no_grad():
             cfg = self.ck.model.cfg
-            T = min(step + 1, cfg.K)
-            n = 3 * T - 1 if cfg.layout == "B3LD" else T
             if self.mode == "transformer":
+                n = cfg.window_tokens(cfg.acting_steps(step))
                 policy = self._new_policy()
                 rewards = self.episode.reward
                 for t in range(step):
@@ -277,7 +307,7 @@ class AttentionReplayer:
                     policy.observe(rewards[t])
                 policy.states.append((self._obs[step] - policy.state_mean) / policy.state_std)
                 policy.rtgs.append(policy.rtg)
-                _, attn = self.ck.model(*policy.window(), return_attention=True)
+                _, attn = self.ck.model(**policy.window(), return_attention=True)
                 return [a[0, :, :n, :n].float().cpu().numpy() for a in attn]
             # RNN-like: advance a policy to `step`
             if self._policy is None or self._t > step:
@@ -294,6 +324,7 @@ class AttentionReplayer:
                 policy.act(self._obs[self._t])
                 if self._t % self.snapshot_every == 0 and self._t not in self._snapshots:
                     self._snapshots[self._t] = self._copy(policy)
+            n = cfg.window_tokens(min(step + 1, cfg.K))
             return [a[0].float().cpu().numpy() for a in self.ck.model.recorded_attention(policy.record, n)]
 
     def attention(self, step: int, method: str, channel: int | None = None) -> np.ndarray:

@@ -7,8 +7,10 @@
 Views (HoloViews DynamicMaps, updated in place when a parameter changes): the env frame,
 the hidden-attention heatmap over the window's R/s/a tokens, one token's attention by lag
 with its fitted exponential and half-life, and the reward / return-to-go traces with a
-cursor. Clicking the traces moves the step; clicking a heatmap row picks the query token
-whose lag profile is shown.
+cursor; below them the checkpoint's paper's attention display (analysis.paper_attention: the
+surface of decision step x lag, its curve with the exponential fit, and the fit per key kind).
+Clicking the traces moves the step; clicking a heatmap row picks the query token whose lag
+profile is shown.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import panel as pn
 import param
 from bokeh.models import Div, Span
 
-from ..analysis import right_align
+from ..analysis import DEMA_LAB_METHOD, PAPER_METHOD, paper_selection, right_align
 from ..store import StoreError
 from .data import AttentionReplayer, EpisodeData, RunInfo, StoreIndex, friendly_error
-from .views import (attention_clim, attention_view, frame_view, lag_data, lag_profile_of, lag_title,
-                    lag_view, rgba, trace_view)
+from .views import (attention_clim, attention_view, frame_view, kind_lag_view, lag_data, lag_profile_of, lag_title,
+                    lag_view, paper_curve_view, paper_surface_view, rgba, trace_view)
 
 AGGREGATION_LABELS = {
     "minmax (stored)": "minmax", "abs (mean |α|)": "abs", "mean (signed)": "mean", "one channel": "channel",
@@ -39,8 +41,10 @@ MEAN_LAYERS = -1
 # Bokeh figure inside a pn.FlexBox (ReactiveHTML) is never laid out (an empty canvas) and the page
 # never reports itself ready to Panel, which then drops held updates (the step text stood still).
 SIZES = {
-    False: dict(frame=300, heatmap=340, lag=(420, 330), lag_width=(360, 720), traces=260),
-    True: dict(frame=380, heatmap=380, lag=(540, 320), lag_width=None, traces=320),
+    False: dict(frame=300, heatmap=340, lag=(420, 330), lag_width=(360, 720), traces=260, paper=(420, 300),
+                paper_width=(300, 600)),
+    True: dict(frame=380, heatmap=380, lag=(540, 320), lag_width=None, traces=320, paper=(480, 340),
+               paper_width=(300, 700)),
 }
 
 
@@ -297,6 +301,64 @@ class AttentionExplorer(pn.viewable.Viewer):
         except Exception:  # noqa: BLE001
             return None
 
+    # ------------------------------------------------------------------ the paper's display
+    def paper_data(self) -> dict | None:
+        """The checkpoint's paper's attention display for the layer shown (analysis.paper_selection;
+        the mean of layers is the paper's own), or None when the run has none for it."""
+        if self.run is None or self.checkpoint is None:
+            return None
+        try:
+            ds = self.index.paper_attention(self.run, int(self.checkpoint))
+        except StoreError:
+            return None
+        if ds is None:
+            return None
+        layer = None if self.layer in (None, MEAN_LAYERS) else int(self.layer)
+        return paper_selection(ds, layer if layer is None or layer in ds["layer"].values else None)
+
+    def _paper_title(self, what: str) -> str:
+        layer = "mean of layers" if self.layer in (None, MEAN_LAYERS) else f"layer {self.layer}"
+        return f"Paper's method · {what} · {layer}" if what else f"Paper's method · {layer}"
+
+    @param.depends("revision", "layer")
+    def paper_surface(self):
+        """The paper's surface: decision step x lag of the current token's mean |α| (not normalised)."""
+        d = self.paper_data()
+        w, h = self._size("paper")
+        if d is None:
+            return paper_surface_view(None, [], title="Paper's method: none for this checkpoint", width=w, height=h)
+        return paper_surface_view(d["surface"], d["decision_steps"], d["lag_labels"],
+                                  title=self._paper_title(""), width=w, height=h)
+
+    @param.depends("revision", "layer")
+    def paper_curve(self):
+        """The paper's curve (mean over decision steps) with its exponential fit and half-life."""
+        d = self.paper_data()
+        w, h = self._size("paper")
+        if d is None:
+            return paper_curve_view(None, {}, 1, title="Paper's method: none for this checkpoint", width=w, height=h)
+        return paper_curve_view(d["curve"], d["fit"], d["tokens_per_step"], title="Paper's curve", width=w, height=h)
+
+    @param.depends("revision", "layer")
+    def paper_kinds(self):
+        """The paper's curve split by key kind, lags in env steps, each kind with its own fit."""
+        d = self.paper_data()
+        w, h = self._size("paper")
+        if d is None:
+            return kind_lag_view({}, {}, title="Paper's method: none for this checkpoint", width=w, height=h)
+        return kind_lag_view(d["by_kind"], d["kind_fits"], title="By key kind (lags in env steps)", width=w,
+                             height=h)
+
+    def _paper_note(self) -> str:
+        missing = "" if self.paper_data() is not None else (
+            " *This checkpoint has none: its Transformer-like episodes end before step 20, or the store predates "
+            "it (`dema_lab.analysis.publish_paper_attention(run, checkpoint)` adds it).*")
+        return (f"**The paper's attention display**, per decision step and lag (left), its curve with an exponential "
+                f"fit (middle) and the fits by key kind, lags in env steps (right). Method: {PAPER_METHOD}."
+                f"{missing}<br>"
+                f"The lag plot above is dema-lab's own: the current step's row normalised to sum 1 (solid), and the "
+                f"dataset average (dotted) by {DEMA_LAB_METHOD.removeprefix('dema-lab: ')}.")
+
     @param.depends("step", "revision")
     def traces(self):
         """Return-to-go and return so far (left axis), reward per step (right axis), the step cursor."""
@@ -353,6 +415,12 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._info_div = Div(text=self._info_text(), styles={"font-size": "1.05em"}, sizing_mode="stretch_width",
                              css_classes=["dema-step-info"])
         self._info_pane = pn.pane.Bokeh(self._info_div, sizing_mode="stretch_width", margin=(0, 10))
+        self._panes.update(
+            paper_surface=pn.pane.Bokeh(self._render(self.paper_surface(), width=self._size("paper_width"))),
+            paper_curve=pn.pane.Bokeh(self._render(self.paper_curve(), width=self._size("paper_width"))),
+            paper_kinds=pn.pane.Bokeh(self._render(self.paper_kinds(), width=self._size("paper_width"))),
+            paper_note=pn.pane.Markdown(self._paper_note(), sizing_mode="stretch_width"),
+        )
         self.param.watch(self._on_step, ["step"])
         self.param.watch(self._on_view_change, ["revision", "layer", "aggregation", "channel", "query"])
 
@@ -366,6 +434,10 @@ class AttentionExplorer(pn.viewable.Viewer):
                 self._panes["heatmap"].object = self._render(self.heatmap(), tap=self._on_tap_heatmap)
             self._panes["lag"].object = self._render(self.lag(), width=self._size("lag_width"))
             self._info_div.text = self._info_text()
+            if names & {"revision", "layer"}:
+                for view in ("paper_surface", "paper_curve", "paper_kinds"):
+                    self._panes[view].object = self._render(getattr(self, view)(), width=self._size("paper_width"))
+                self._panes["paper_note"].object = self._paper_note()
 
     def _on_step(self, *_):
         """The scrub fast path: new data into the existing figures."""
@@ -482,7 +554,9 @@ class AttentionExplorer(pn.viewable.Viewer):
             plots = [pn.Row(p["frame"], p["heatmap"]), pn.Row(p["lag"], p["traces"], sizing_mode="stretch_width")]
         else:
             plots = [pn.Row(p["frame"], p["heatmap"], p["lag"], sizing_mode="stretch_width"), p["traces"]]
-        return pn.Column(alert, self._info_pane, *plots, sizing_mode="stretch_width")
+        paper = [p["paper_note"], pn.Row(p["paper_surface"], p["paper_curve"], p["paper_kinds"],
+                                         sizing_mode="stretch_width")]
+        return pn.Column(alert, self._info_pane, *plots, *paper, sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

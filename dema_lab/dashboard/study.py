@@ -91,6 +91,8 @@ class StudyReport(pn.viewable.Viewer):
         n = len(rep.runs)
         what = f" of sweep **{self.sweep}**" if self.sweep != ALL_RUNS else ""
         head = f"### Which of the paper's findings hold\n{n} finished run{'s' * (n != 1)}{what} in `{self.store}`."
+        if n:
+            head += "\n\n" + rep.methods()
         if rep.skipped:
             head += "\n\n" + "\n".join(f"* Run **{r}** is left out: {why}" for r, why in rep.skipped.items())
         if not n:

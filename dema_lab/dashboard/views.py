@@ -4,6 +4,8 @@
     attention_view      hidden attention among the window's tokens (hv.Image, R/s/a tick labels)
     lag_view            one token's attention by lag, its fitted exponential and half-life
     trace_view          reward and return-to-go over an episode; cursor_view marks a step
+    paper_surface_view  the paper's display: decision step x lag (hv.Image)
+    paper_curve_view    the paper's curve with its exponential fit; kind_lag_view: by key kind
 """
 
 from __future__ import annotations
@@ -161,3 +163,97 @@ def trace_view(reward: np.ndarray, return_to_go: np.ndarray, width: int | None =
 def cursor_view(step: float) -> hv.VLine:
     """The step cursor; on the return axis when overlaid on trace_view."""
     return hv.VLine(float(step), kdims=["step", RETURN]).opts(color="#d62728", line_width=2)
+
+
+# ------------------------------------------------------------------ the paper's attention display
+
+def paper_surface_view(surface: np.ndarray | None, decision_steps, lag_labels: list[str] | None = None,
+                       title: str = "", width: int = 520, height: int = 320) -> hv.Image:
+    """The paper's surface (analysis.paper_attention): the current token's mean |α| over
+    channels, not normalised, at each decision step (x) and lag in tokens (y, 0 = the current
+    state token at the bottom). surface (decision_step, lag); NaN where the window has no key."""
+    s = None if surface is None else np.asarray(surface, dtype=np.float64)
+    if s is None or s.ndim != 2 or not s.size:
+        return hv.Image(np.full((1, 1), np.nan), kdims=["decision step", "lag"], vdims=["mean |α|"]).opts(
+            title=title or "no paper's display for this checkpoint", width=width, height=height, toolbar=None)
+    steps = np.asarray(decision_steps, dtype=np.float64)
+    lags = np.arange(s.shape[1], dtype=np.float64)
+    img = hv.Image((steps, lags, s.T), kdims=["decision step", "lag"], vdims=["mean |α|"])   # rows: lags
+    ticks = None
+    if lag_labels is not None and len(lag_labels) == s.shape[1]:
+        every = max(1, len(lag_labels) // 12)
+        ticks = [(float(i), lab) for i, lab in enumerate(lag_labels) if i % every == 0]
+    finite = s[np.isfinite(s)]
+    hi = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    from bokeh.palettes import Turbo256        # low values dark blue, high dark red, as the paper's plots
+
+    return img.opts(title=title, cmap=list(Turbo256), colorbar=True, clim=(0.0, hi), width=width, height=height,
+                    tools=["hover"], xlabel="decision step (env step)", ylabel="lag (key token)",
+                    clipping_colors={"NaN": "#f2f2f2"}, toolbar="above", default_tools=[],
+                    **({"yticks": ticks} if ticks else {}))
+
+
+def fit_curve(fit: dict, n: int, points: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """amplitude * exp(-rate * lag) over lags 0..n-1 from a fit_decay result; empty without a fit."""
+    if not np.isfinite(fit.get("rate", np.nan)) or not np.isfinite(fit.get("amplitude", np.nan)):
+        return np.zeros(0), np.zeros(0)
+    xs = np.linspace(0.0, max(1.0, n - 1.0), points)
+    return xs, fit["amplitude"] * np.exp(-fit["rate"] * xs)
+
+
+def paper_curve_view(curve: np.ndarray | None, fit: dict, tokens_per_step: int, title: str = "",
+                     width: int = 520, height: int = 320) -> hv.Overlay:
+    """The paper's curve (mean |α| by lag in tokens, not normalised; log scale) with its stored
+    exponential fit (dashed) and the half-life marked: curve, points, fit, half-life."""
+    c = np.full(1, np.nan) if curve is None else np.asarray(curve, dtype=np.float64)
+    lags = np.arange(len(c), dtype=np.float64)
+    ok = np.isfinite(c) & (c > 0)
+    xs, ys = fit_curve(fit, len(c))
+    hl = float(fit.get("half_life", np.nan))
+    kd, vd = "lag", ("value", "mean |α|")
+    layers = [
+        hv.Curve((lags[ok], c[ok]), kd, vd, label="paper's curve").opts(color=PALETTE[4]),
+        hv.Scatter((lags[ok], c[ok]), kd, vd).opts(size=6, color=PALETTE[4], tools=["hover"]),
+        hv.Curve((xs, ys), kd, vd, label="exp fit").opts(color=PALETTE[3], line_dash="dashed"),
+        hv.VLine(hl if np.isfinite(hl) and 0 < hl < 4 * len(c) else -10.0).opts(
+            color=PALETTE[3], line_width=1.5, line_dash="dotted"),
+    ]
+    lo = float(c[ok].min()) if ok.any() else 1e-3
+    hi = float(c[ok].max()) if ok.any() else 1.0
+    text = half_life_text(fit, tokens_per_step)
+    return hv.Overlay(layers).opts(
+        title=f"{title} · {text}" if title else text, logy=True, width=width, height=height,
+        xlabel="lag (tokens back)", ylabel="mean |α| (log, not normalised)", legend_position="top_right",
+        ylim=(max(lo * 0.5, 1e-12), hi * 2.0), xlim=(-0.5, max(1.5, len(c) - 0.5)), toolbar="right",
+        show_grid=True, fontsize={"title": "9pt"})
+
+
+def kind_lag_view(by_kind: dict, fits: dict, title: str = "", width: int = 520, height: int = 320) -> hv.Overlay:
+    """Attention on the keys of each kind (R, s, a) by lag in env steps, with each kind's own
+    exponential fit (dashed; half-life in env steps and R² in the legend): the R/s/a sawtooth of
+    the token-lag curve is gone.
+    by_kind {kind: values by step lag}; fits {kind: fit_decay result, lags in env steps}."""
+    layers = []
+    n = max([len(v) for v in by_kind.values()] or [1])
+    colors = {"s": PALETTE[0], "R": PALETTE[2], "a": PALETTE[1]}
+    allv = []
+    for i, (kind, values) in enumerate(by_kind.items()):
+        v = np.asarray(values, dtype=np.float64)
+        lags = np.arange(len(v), dtype=np.float64)
+        ok = np.isfinite(v) & (v > 0)
+        allv.append(v[ok])
+        color = colors.get(kind, PALETTE[(i + 5) % len(PALETTE)])
+        fit = fits.get(kind, {})
+        hl, r2 = fit.get("half_life", np.nan), fit.get("r2", np.nan)
+        label = f"{kind} keys: half-life {hl:.2f}, R² {r2:.2f}" if np.isfinite(hl) else f"{kind} keys: no fit"
+        layers.append(hv.Curve((lags[ok], v[ok]), "lag_steps", ("value", "attention"), label=label).opts(
+            color=color))
+        layers.append(hv.Curve(fit_curve(fit, n), "lag_steps", ("value", "attention")).opts(
+            color=color, line_dash="dashed"))
+    v = np.concatenate(allv) if allv else np.zeros(0)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (1e-3, 1.0)
+    return hv.Overlay(layers or [hv.Curve([], "lag_steps", "value")]).opts(
+        title=title or "By key kind", logy=True, width=width, height=height,
+        xlabel="lag (env steps back)", ylabel="attention (log)", legend_position="top_right",
+        ylim=(max(lo * 0.5, 1e-12), hi * 4.0), xlim=(-0.5, max(1.5, n - 0.5)), toolbar="right", show_grid=True,
+        fontsize={"title": "10pt", "legend": "8pt"})

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .hidden_attention import apply_attention, hidden_attention
+from .hidden_attention import hidden_attention, hidden_attention_row
 from .scan import selective_scan
 
 
@@ -27,23 +27,6 @@ class MambaState:
     """Recurrent state of one mixer: the last d_conv inputs of the conv and the SSM state."""
     conv: torch.Tensor  # (b, d_inner, d_conv)
     ssm: torch.Tensor   # (b, d_inner, d_state), float32
-
-
-def ablated_attention(alpha, kind: str, seed: int = 0, layer: int = 0):
-    """alpha (b, d_inner, L, L) replaced for an ablation: "zeros", or "random": causal Gaussian
-    weights at each channel's scale (the root mean square of its causal alphas: defined for
-    every L, including a window of one token), from a generator seeded by (seed, layer, L) so
-    that repeated calls agree."""
-    if kind == "zeros":
-        return torch.zeros_like(alpha)
-    if kind != "random":
-        raise ValueError(f"unknown hidden-attention ablation {kind!r}; use 'zeros' or 'random'")
-    L = alpha.shape[-1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=alpha.device).tril()
-    scale = alpha.masked_select(causal).view(*alpha.shape[:2], -1).pow(2).mean(-1).sqrt()   # (b, d_inner)
-    gen = torch.Generator(device="cpu").manual_seed(hash((seed, layer, L)) % (2 ** 63))
-    noise = torch.randn(alpha.shape, generator=gen, dtype=alpha.dtype).to(alpha.device)
-    return (noise * scale[..., None, None]).masked_fill(~causal, 0.0)
 
 
 class Mamba(nn.Module):
@@ -89,9 +72,6 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # (d_inner,)
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
-        # Evaluation-time ablation of the hidden attention (dema_lab.ablation): None, or
-        # ("zeros" | "random", seed). Not a parameter; never saved.
-        self.ablation: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ sequence mode
     def _ssm_inputs(self, hidden_states):
@@ -112,23 +92,13 @@ class Mamba(nn.Module):
         """hidden_states (b, L, d_model) -> (b, L, d_model); with return_attention also the
         hidden attention alpha (b, d_inner, L, L) of this call."""
         x, z, dt, B, C, A = self._ssm_inputs(hidden_states)
-        if self.ablation is not None:
-            y = self._ablated(x, z, dt, B, C, A)
-        else:
-            y = selective_scan(x, dt, A, B, C, self.D.float(), z=z,
-                               delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        y = selective_scan(x, dt, A, B, C, self.D.float(), z=z,
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         out = self.out_proj(y.transpose(1, 2))
         if not return_attention:
             return out
         alpha = hidden_attention(dt, A, B, C, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return out, alpha
-
-    def _ablated(self, x, z, dt, B, C, A):
-        """The scan with its hidden attention replaced (the D skip and the gate stay)."""
-        kind, seed = self.ablation
-        alpha = hidden_attention(dt, A, B, C, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        alpha = ablated_attention(alpha, kind, seed, self.layer_idx or 0)
-        return apply_attention(alpha, x, self.D, z).to(x.dtype)
 
     @torch.no_grad()
     def attention_inputs(self, hidden_states):
@@ -136,6 +106,13 @@ class Mamba(nn.Module):
         x, z, dt, B, C, A = self._ssm_inputs(hidden_states)
         alpha = hidden_attention(dt, A, B, C, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return {"u": x, "z": z, "alpha": alpha, "D": self.D}
+
+    @torch.no_grad()
+    def attention_row(self, hidden_states, row: int = -1):
+        """Row `row` of this call's hidden attention, alpha[:, :, row, :] (b, d_inner, L), without
+        building the (L, L) matrices (hidden_attention_row)."""
+        x, z, dt, B, C, A = self._ssm_inputs(hidden_states)
+        return hidden_attention_row(dt, A, B, C, row, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
 
     # ------------------------------------------------------------------ recurrent mode
     def allocate_state(self, batch_size, device=None, dtype=None) -> MambaState:
