@@ -742,3 +742,38 @@ def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
         time.sleep(0.2)
     assert not _processes_with(f"demo --no-serve --store {empty}"), "the demo training outlived the server"
     assert "%" in text
+
+
+def test_components_made_before_the_page_is_rendered_link_the_servers_files():
+    """A component made for a session's page before the server renders the page's HTML (by a
+    background thread, say) takes its stylesheet URLs from the document; Panel falls back to its
+    CDN there, which fails offline. The page builders pin the server's own files first."""
+    import panel as pn
+    from bokeh.document import Document
+    from panel.io.state import set_curdoc
+
+    from dema_lab.dashboard.app import pin_local_resources
+
+    class Request:
+        arguments: dict = {}
+        headers: dict = {}
+        cookies: dict = {}
+        path = "/live"
+
+    class Session:                                   # what a served document has: a session context
+        request = Request()
+        id = "test-session"
+
+    def sheets(pin: bool) -> list[str]:
+        doc = Document()
+        session = Session()
+        doc._session_context = lambda: session        # bokeh keeps a weak reference
+        with set_curdoc(doc):
+            if pin:
+                pin_local_resources()
+            model = pn.widgets.Button(label="x").get_root(doc)
+        return [str(s.url) for s in model.stylesheets if hasattr(s, "url")]
+
+    assert [u for u in sheets(pin=False) if "cdn.holoviz.org" in u]       # Panel's fallback: the test bites
+    pinned = sheets(pin=True)
+    assert pinned and not [u for u in pinned if "cdn.holoviz.org" in u], pinned

@@ -23,6 +23,24 @@ import param
 
 from .data import StoreIndex, friendly_error
 
+
+def pin_local_resources() -> None:
+    """Make every component of the current session's page link this server's static files.
+
+    Panel picks a new component's stylesheet URLs from its document's template variable
+    `dist_url`, falling back to its CDN (https://cdn.holoviz.org) when the variable is not set yet;
+    the server sets it only when it renders the page's HTML. A component created before that by
+    another thread (a periodic refresh, a demo's progress, a live rollout) linked the CDN, which
+    fails offline (seen intermittently as loading.css requests). Setting it first, as the server
+    will, closes that window. Call it at the start of every page builder."""
+    from panel.io.resources import LOCAL_DIST
+
+    doc = pn.state.curdoc
+    if doc is None or doc.session_context is None:
+        return                       # a notebook or a script: Panel's own resource handling applies
+    rel = pn.state.rel_path
+    doc._template_variables.setdefault("dist_url", f"{rel}/{LOCAL_DIST}" if rel else LOCAL_DIST)
+
 PRESENTATION_CSS = """
 body, .bk-root, .markdown, .bk-input, .bk-btn, label { font-size: 21px !important; }
 #header { min-height: 70px; }
@@ -306,6 +324,7 @@ def _guarded(build, title: str):
 def attention_app(store: str | None = None, presentation: bool | None = None):
     """The main app: the attention explorer, with comparison and live rollouts as tabs; the
     empty-store page (and demo button) until the store has a run."""
+    pin_local_resources()
     opts = app_options()
     store = store or opts["store"]
     presentation = opts["presentation"] if presentation is None else presentation
@@ -390,6 +409,7 @@ def _component_app(component: str, title: str, failure: str, store: str | None, 
     from .live import LiveRollout
     from .study import StudyReport
 
+    pin_local_resources()
     cls = {"compare": SequenceComparison, "live": LiveRollout, "study": StudyReport}[component]
     opts = app_options()
     store = store or opts["store"]
