@@ -143,7 +143,7 @@ def decay_statistics(model, batch: dict, checkpoint: int | None = None, max_batc
     """
     cfg = model.cfg
     model.eval()
-    inputs = {k: batch[k] for k in ("states", "actions", "returns_to_go", "timesteps")}
+    inputs = {k: batch[k] for k in ("states", "actions", "returns_to_go", "timesteps", "prev_action") if k in batch}
     n = inputs["states"].shape[0]
     per_layer = None
     for lo in range(0, n, max_batch):

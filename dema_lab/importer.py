@@ -31,9 +31,10 @@ from .models.checkpoint import checkpoint_bytes
 from .models.official import OFFICIAL_K, OFFICIAL_N_HEAD, OfficialCheckpointError, import_official
 from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name
 
-# How the official gym/experiment.py trains (recorded in the imported run's config; nothing is trained here).
-OFFICIAL_TRAINING = dict(lr=1e-4, weight_decay=1e-4, warmup_steps=10_000, grad_clip=0.25, batch_size=64,
-                         decay_all=True)
+# How the official gym/experiment.py trains (recorded in the imported run's config; nothing is trained
+# here): the optimiser and sampling settings of the 'official' preset, which DeMa and DT share there.
+OFFICIAL_TRAINING_FIELDS = ("lr", "weight_decay", "warmup_steps", "grad_clip", "batch_size", "decay_all",
+                            "train_padding")
 
 
 def default_run_id(ck, dataset_name: str, source: Path) -> str:
@@ -56,7 +57,9 @@ def train_config_for(ck, dataset: str, **fields):
     if missing:
         raise ValueError(f"this dema-lab's TrainConfig cannot describe the imported model (no field for "
                          f"{', '.join(missing)}); update dema-lab")
-    extra = dict(OFFICIAL_TRAINING)
+    from .train import PRESETS
+
+    extra = {k: PRESETS["official"][k] for k in OFFICIAL_TRAINING_FIELDS}
     if ck.config.arch == "dema" and ck.config.token_order == "RAS":
         extra["rtg_form"] = "previous"          # the official trainer's R_{t-1} with s_t (`del_r`)
     extra = {k: v for k, v in extra.items() if k in known}

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .models import ModelConfig, build_model, count_parameters, forward_macs, step_macs
+from .models import ModelConfig, build_model, count_parameters, forward_macs, official_init, step_macs
 from .models.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name
 
@@ -51,6 +51,8 @@ class TrainConfig:
     embed_norm: str = "layernorm"      # layernorm | none (official DeMa)
     window_padding: str = "none"       # Transformer-like inference: none | left (official: zeros to K steps)
     activation: str = "gelu"           # DT's MLP: gelu | relu (the DT and DeMa repositories)
+    window_actions: str = "own"        # RSA inference windows: own (a_t in step t's slot) | previous (the
+                                       # DeMa repository's DT evaluation: a_{t-1})
     n_layer: int = 3
     d_model: int = 128
     d_state: int = 16
@@ -65,6 +67,9 @@ class TrainConfig:
                                        # official trainer's R_{t-1} with s_t, its `del_r`; RAS only)
     decay_all: bool = False            # weight decay on every parameter (official) or on matrices only
     train_padding: str = "right"       # short training windows: right-padded, or left (the official trainer's)
+    init: str = "torch"                # initial weights: torch (PyTorch's defaults) | official (mamba_ssm's
+                                       # _init_weights, as Mamba_mujoco: zero Linear biases but dt_proj's,
+                                       # embeddings N(0, 0.02), out_proj scaled by 1/sqrt(n_layer))
     steps: int = 10_000
     batch_size: int = 64
     lr: float = 1e-4
@@ -104,6 +109,13 @@ class TrainConfig:
             problems.append(f"rtg_form must be 'current' or 'previous', got {self.rtg_form!r}")
         elif self.rtg_form == "previous" and self.token_order != "RAS":
             problems.append("rtg_form 'previous' is the official DeMa's training form and needs token_order RAS")
+        elif self.rtg_form == "previous" and self.K < 2:
+            problems.append("rtg_form 'previous' trains on steps 1..K-1 of each window and needs K >= 2")
+        if self.train_padding == "left" and self.token_order == "RAS" and self.rtg_form == "current":
+            problems.append("train_padding 'left' with token_order RAS is the official trainer's and needs its "
+                            "rtg_form 'previous' (with 'current', the first real step would see a pad action)")
+        if self.init not in ("torch", "official"):
+            problems.append(f"init must be 'torch' or 'official', got {self.init!r}")
         if self.train_padding not in ("right", "left"):
             problems.append(f"train_padding must be 'right' or 'left', got {self.train_padding!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -118,7 +130,8 @@ class TrainConfig:
                            max_ep_len=self.max_ep_len, d_state=self.d_state, d_conv=self.d_conv,
                            expand=self.expand, n_head=self.n_head, dropout=self.dropout,
                            token_order=self.token_order, embed_dim=self.embed_dim, embed_norm=self.embed_norm,
-                           window_padding=self.window_padding, activation=self.activation)
+                           window_padding=self.window_padding, activation=self.activation,
+                           window_actions=self.window_actions)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -165,20 +178,21 @@ class TrainConfig:
 PRESETS = {
     # The official MuJoCo DeMa (github AndssY/dema, gym/experiment.py + Mamba_mujoco): tokens
     # (R, a, s), 128-wide embeddings projected to a 64-wide backbone without a LayerNorm, d_state 64,
-    # left-padded Transformer-like inference; AdamW with weight decay on every parameter, lr 1e-4,
+    # mamba_ssm's initial weights, left-padded windows in training (with its pad values) and at
+    # inference, the trainer's (R_{t-1}, a_{t-1}, s_t) tokens; AdamW with weight decay on every parameter, lr 1e-4,
     # wd 1e-4, 10k warm-up steps, clip 0.25, batch 64, K 20, 10 x 10k steps, evaluated after each 10k
     # (experiment.py: 100 episodes, Transformer-like) and reported as the best evaluation.
     "official": dict(arch="dema", K=20, layout="B3LD", token_order="RAS", embed_dim=128, d_model=64, n_layer=3,
                      d_state=64, d_conv=4, expand=2, embed_norm="none", window_padding="left",
                      timestep_embedding=False, rtg_form="previous", decay_all=True, train_padding="left",
-                     lr=1e-4, weight_decay=1e-4,
+                     init="official", lr=1e-4, weight_decay=1e-4,
                      warmup_steps=10_000, grad_clip=0.25, batch_size=64, steps=100_000, rtg_scale=1000.0,
                      eval_every=10_000, eval_episodes=100, eval_modes=["transformer"], checkpoint_every=10_000),
 }
 
 # What a run is: a resume cannot change these (it may change the rest, e.g. steps or evaluation).
 RESUME_FIXED = ("dataset", "arch", "K", "layout", "token_order", "embed_dim", "embed_norm", "window_padding",
-                "activation", "n_layer", "d_model", "d_state", "d_conv", "expand", "n_head", "dropout",
+                "activation", "window_actions", "n_layer", "d_model", "d_state", "d_conv", "expand", "n_head", "dropout",
                 "timestep_embedding", "max_ep_len", "seed", "batch_size", "lr", "weight_decay", "warmup_steps",
                 "grad_clip", "rtg_scale", "rtg_form", "decay_all", "train_padding")
 
@@ -315,7 +329,10 @@ class Trainer:
         self.sampler = WindowSampler(self.dataset, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed,
                                      padding=cfg.train_padding)
         self.model_cfg = cfg.model_config(self.dataset.obs_dim, self.dataset.act_dim)
-        self.model = build_model(self.model_cfg).to(self.device)
+        self.model = build_model(self.model_cfg)
+        if cfg.init == "official" and not resume:
+            official_init(self.model)
+        self.model = self.model.to(self.device)
         self.opt, self.sched = make_optimizer(self.model, cfg)
         self.targets = cfg.eval_targets or DEFAULT_TARGETS.get(self.env, [float(self.dataset.returns.max())])
         self.modes = cfg.eval_modes or (["transformer", "rnn"] if cfg.arch == "dema" else ["transformer"])

@@ -187,3 +187,34 @@ def test_left_padded_training_windows_are_the_official_get_batch(hopper_small):
         torch.testing.assert_close(L[k][1], R[k][1])  # a full window is the same either way
     with pytest.raises(ValueError, match="padding"):
         WindowSampler(ds, K, padding="middle")
+
+
+def test_official_init_is_mamba_ssms_init_weights():
+    """Linear biases zero except dt_proj's, embeddings N(0, 0.02), each mixer's out_proj
+    kaiming-uniform / sqrt(n_layer): bounded by sqrt(6 / ((1 + 5) * fan_in)) / sqrt(n_layer)."""
+    import math
+
+    from dema_lab.models import official_init
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(state_dim=4, act_dim=2, K=3, d_state=8, n_layer=4, timestep_embedding=True, **OFFICIAL)
+    model = build_model(cfg)
+    dt_bias = [b.mixer.dt_proj.bias.clone() for b in model.layers]
+    official_init(model)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and m.bias is not None and not name.endswith("dt_proj"):
+            assert torch.all(m.bias == 0), name
+    for b, before in zip(model.layers, dt_bias):
+        torch.testing.assert_close(b.mixer.dt_proj.bias, before)
+        w = b.mixer.out_proj.weight
+        bound = math.sqrt(6 / (6 * w.shape[1])) / math.sqrt(cfg.n_layer)
+        assert w.abs().max() <= bound + 1e-7 and w.abs().max() > 0.8 * bound
+    assert abs(float(model.embed.embed_timestep.weight.detach().std()) - 0.02) < 0.002
+    assert TrainConfig.from_preset("official").init == "official" and TrainConfig().init == "torch"
+
+
+@pytest.mark.parametrize("bad,match", [(dict(K=1), "K >= 2"), (dict(rtg_form="current"), "needs its rtg_form"),
+                                       (dict(init="xavier"), "init")])
+def test_official_preset_combinations_that_cannot_work_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_preset("official", **bad)

@@ -738,3 +738,17 @@ def test_dema_with_embeddings_as_wide_as_the_backbone_keeps_its_projection(tmp_p
     for mode in ("transformer", "rnn"):
         want = run_reference(RefDeMa(sd, K_TEST), mode, obs, rewards, mean, std, 3600.0)
         np.testing.assert_allclose(run_policy(ck, mode, obs, rewards, 3600.0), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["has_cuda", "_dynamo", "onnx"])
+def test_a_torch_attribute_that_is_not_a_dtype_is_refused_without_being_touched(tmp_path, name):
+    """`ctorch\\n<name>\\n.` must not reach torch's module __getattr__ (which calls functions or
+    imports submodules); only real dtypes found in torch's namespace are allowed."""
+    import sys
+
+    path = tmp_path / "model_iter0.pkl"
+    path.write_bytes(b"ctorch\n" + name.encode() + b"\n.")
+    before = set(sys.modules)
+    with pytest.raises((UnsafeCheckpointError, OfficialCheckpointError), match=f"torch.{name}"):
+        read_official(path)
+    assert not [m for m in set(sys.modules) - before if m.startswith("torch.")]

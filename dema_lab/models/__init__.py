@@ -7,6 +7,7 @@ from .config import ARCHS, LAYOUTS, ModelConfig
 from .cost import cost_summary, count_parameters, forward_macs, step_macs
 from .dema import DecisionMamba
 from .dt import DecisionTransformer
+from .init import official_init
 from .official import OfficialCheckpointError, UnsafeCheckpointError, import_official
 from .policy import MODES, Policy
 
@@ -19,7 +20,7 @@ def build_model(cfg: ModelConfig) -> TrajectoryModel:
 __all__ = [
     "ARCHS", "LAYOUTS", "MODES", "Checkpoint", "CheckpointError", "DecisionMamba",
     "DecisionTransformer", "ModelConfig", "OfficialCheckpointError", "UnsafeCheckpointError", "checkpoint_bytes",
-    "Policy", "TrajectoryModel", "build_model", "import_official",
+    "Policy", "TrajectoryModel", "build_model", "import_official", "official_init",
     "cost_summary", "count_parameters", "forward_macs", "load_checkpoint", "load_weights",
     "save_checkpoint", "step_macs",
 ]

@@ -19,7 +19,7 @@ def _embed_macs(cfg: ModelConfig) -> int:
     macs = w * (1 + cfg.state_dim + cfg.act_dim)
     if cfg.layout == "BL3D":
         macs += 3 * w * cfg.d_model
-    elif w != cfg.d_model:
+    elif cfg.embed_dim:
         macs += 3 * w * cfg.d_model
     return macs
 

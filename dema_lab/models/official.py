@@ -149,8 +149,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             _ALLOWED = _allowed_globals()
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)                               # torch.float32, ...
+        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
+            return vars(torch)[name]                                  # torch.float32, ... (never torch.__getattr__)
         if module == "torch.optim" or module.startswith("torch.optim."):
             return _stub(module, name)                                # the pickled AdamW (never run)
         raise UnsafeCheckpointError(
