@@ -19,7 +19,6 @@ import platform
 import re
 import socket
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -139,45 +138,15 @@ def _backend(arch: str) -> str:
 
 
 def evaluate_into(run: Run, ck, ds, cfg, log=print):
-    """Evaluate an imported checkpoint as Trainer.evaluate does and publish eval/, rollout/, decay/
-    (and the paper's attention display where this dema-lab has it) under its checkpoint name."""
-    from .analysis import decay_statistics
+    """Evaluate an imported checkpoint as the trainer does (train.evaluate_checkpoint) and publish
+    eval/, rollout/, decay/ and paper_attention/ under its checkpoint name."""
     from .data import WindowSampler
-    from .rollout import evaluate, rollout_encoding
-    from .train import full_windows
+    from .train import evaluate_checkpoint
 
-    step = int(ck.meta["step"])
-    name = checkpoint_name(step)
     mean, std = ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy()
-    start = time.perf_counter()
-    results, recordings = evaluate(
-        ck.model, ck.meta["env"], cfg.eval_targets, cfg.eval_episodes, cfg.eval_modes, cfg.rtg_scale, mean, std,
-        seed=cfg.seed, record=cfg.record_episodes, render_size=cfg.render_size or None, attention=cfg.attention,
-        max_steps=cfg.eval_max_steps, scorer=ds.normalized_score)
-    for rec_name, rec in recordings.items():
-        rec.attrs.update(checkpoint=step, run_id=run.run_id)
-        run.write("rollout", f"{name}-{rec_name}", rec, encoding=rollout_encoding(rec))
-    results.attrs.update(seconds=round(time.perf_counter() - start, 2), source="official")
-    run.write("eval", name, results.expand_dims(checkpoint=[step]))
-    if cfg.decay_windows:
-        sampler = WindowSampler(ds, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed, state_mean=mean, state_std=std)
-        try:
-            batch = full_windows(sampler, cfg.decay_windows, cfg.seed)
-        except ValueError as e:
-            log(f"no decay statistics: {e}")
-        else:
-            run.write("decay", name, decay_statistics(ck.model, batch, checkpoint=step))
-    try:
-        from .analysis import publish_paper_attention
-    except ImportError:
-        publish_paper_attention = None
-    if publish_paper_attention is not None:
-        publish_paper_attention(run, step, ck.model, mean, std, cfg.rtg_scale, if_short="skip", log=log)
-    score = results["normalized_score"].mean("episode")
-    log(f"{run.run_id}: normalized score " + ", ".join(
-        f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}" for m in results.mode.values
-        for t in results.target.values) + f" ({time.perf_counter() - start:.0f} s)")
-    return results
+    sampler = WindowSampler(ds, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed, state_mean=mean, state_std=std)
+    return evaluate_checkpoint(run, ck.model, int(ck.meta["step"]), cfg, ck.meta["env"], cfg.eval_targets,
+                               cfg.eval_modes, sampler, ds.normalized_score, log=log, attrs={"source": "official"})
 
 
 def _import(args) -> int:

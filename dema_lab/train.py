@@ -289,6 +289,44 @@ def _default_run_id(cfg: TrainConfig, dataset_name: str) -> str:
     return f"{cfg.arch}-{name}-K{cfg.K}-s{cfg.seed}-{stamp}"
 
 
+def evaluate_checkpoint(run, model, step: int, cfg: TrainConfig, env: str, targets, modes, sampler, scorer,
+                        device=None, log=print, attrs: dict | None = None):
+    """Evaluate a model as the run's checkpoint `step` and publish what the trainer publishes at each
+    evaluation: eval/ (returns and normalized scores by mode, target, episode), rollout/ (the
+    recorded episodes), decay/ (dema-lab's decay statistics on `sampler`'s dataset windows) and
+    paper_attention/ (the paper's display, from a recorded Transformer-like episode of 20+ steps).
+    Used by the trainer and by `dema-lab import`. Returns the eval Dataset."""
+    from .analysis import decay_statistics, publish_paper_attention
+    from .rollout import evaluate, rollout_encoding
+
+    name = checkpoint_name(step)
+    start = time.perf_counter()
+    results, recordings = evaluate(
+        model, env, targets, cfg.eval_episodes, modes, cfg.rtg_scale, sampler.state_mean, sampler.state_std,
+        seed=cfg.seed, record=cfg.record_episodes, render_size=cfg.render_size or None, attention=cfg.attention,
+        max_steps=cfg.eval_max_steps, scorer=scorer)
+    for rec_name, ds in recordings.items():
+        ds.attrs.update(checkpoint=step, run_id=run.run_id)
+        run.write("rollout", f"{name}-{rec_name}", ds, encoding=rollout_encoding(ds))
+    results.attrs.update(seconds=round(time.perf_counter() - start, 2), **(attrs or {}))
+    run.write("eval", name, results.expand_dims(checkpoint=[step]))
+    if cfg.decay_windows:
+        try:
+            batch = full_windows(sampler, cfg.decay_windows, cfg.seed)
+        except ValueError as e:                 # no episode as long as K: no windows to measure on
+            log(f"no decay statistics: {e}")
+        else:
+            batch = {k: v.to(device) if device is not None else v for k, v in batch.items()}
+            run.write("decay", name, decay_statistics(model, batch, checkpoint=step))
+    publish_paper_attention(run, step, model, sampler.state_mean, sampler.state_std, cfg.rtg_scale,
+                            if_short="skip", log=log)
+    score = results["normalized_score"].mean("episode")
+    summary = ", ".join(f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}"
+                        for m in results.mode.values for t in results.target.values)
+    log(f"{run.run_id} step {step}: normalized score {summary} ({time.perf_counter() - start:.0f} s)")
+    return results
+
+
 class Trainer:
     """Holds the pieces of one run; `run()` is the loop."""
 
@@ -426,32 +464,8 @@ class Trainer:
     def evaluate(self):
         """Evaluate the current weights, record episodes, decay statistics and the paper's attention
         display, publish them."""
-        from .analysis import decay_statistics, publish_paper_attention
-        from .rollout import evaluate, rollout_encoding
-
-        name = checkpoint_name(self.step)
-        start = time.perf_counter()
-        results, recordings = evaluate(
-            self.model, self.env, self.targets, self.cfg.eval_episodes, self.modes, self.cfg.rtg_scale,
-            self.sampler.state_mean, self.sampler.state_std, seed=self.cfg.seed, record=self.cfg.record_episodes,
-            render_size=self.cfg.render_size or None, attention=self.cfg.attention,
-            max_steps=self.cfg.eval_max_steps, scorer=self.dataset.normalized_score)
-        for rec_name, ds in recordings.items():
-            ds.attrs.update(checkpoint=self.step, run_id=self.run.run_id)
-            self.run.write("rollout", f"{name}-{rec_name}", ds, encoding=rollout_encoding(ds))
-        results.attrs.update(seconds=round(time.perf_counter() - start, 2))
-        self.run.write("eval", name, results.expand_dims(checkpoint=[self.step]))
-        if self.cfg.decay_windows:
-            batch = {k: v.to(self.device) for k, v in full_windows(self.sampler, self.cfg.decay_windows,
-                                                                     self.cfg.seed).items()}
-            self.run.write("decay", name, decay_statistics(self.model, batch, checkpoint=self.step))
-        publish_paper_attention(self.run, self.step, self.model, self.sampler.state_mean, self.sampler.state_std,
-                                self.cfg.rtg_scale, if_short="skip", log=self.log)
-        score = results["normalized_score"].mean("episode")
-        summary = ", ".join(f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}"
-                            for m in results.mode.values for t in results.target.values)
-        self.log(f"step {self.step}: normalized score {summary} ({time.perf_counter() - start:.0f} s)")
-        return results
+        return evaluate_checkpoint(self.run, self.model, self.step, self.cfg, self.env, self.targets, self.modes,
+                                   self.sampler, self.dataset.normalized_score, device=self.device, log=self.log)
 
     # ------------------------------------------------------------------ the loop
     def run_loop(self):
