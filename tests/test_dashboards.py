@@ -684,7 +684,9 @@ def test_browser_study_report(server, browser):
     page = p.page
     page.get_by_text("Which of the paper's findings hold").wait_for(timeout=90_000)
     page.get_by_text("2 finished runs").first.wait_for(timeout=10_000)
-    page.locator(".dema-study-findings").get_by_text("Transformer-like DeMa beats RNN-like DeMa").wait_for(timeout=10_000)
+    findings = page.locator(".dema-study-findings")
+    for scoring in ("best checkpoint (the paper's scoring)", "last checkpoint (dema-lab's)"):   # side by side
+        findings.get_by_text(f"Transformer-like DeMa beats RNN-like DeMa · {scoring}").wait_for(timeout=10_000)
     page.get_by_text("is left out").first.wait_for(timeout=10_000)          # the broken run, named
     page.locator(".dema-study-table table").first.wait_for(timeout=30_000)
     assert page.locator(".dema-study-table table").count() >= 4
