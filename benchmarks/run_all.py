@@ -41,17 +41,18 @@ def _med(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
-def interleaved(fns: dict, repeat: int, warmup: int = 1) -> dict:
-    """{name: [seconds per call]} with the callables run round-robin."""
+def interleaved(fns: dict, repeat: int, warmup: int = 1, clock=time.perf_counter) -> dict:
+    """{name: [seconds per call]} with the callables run round-robin (clock: wall time, or
+    e.g. time.process_time for CPU time)."""
     for f in fns.values():
         for _ in range(warmup):
             f()
     out = {k: [] for k in fns}
     for _ in range(repeat):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            out[k].append(time.perf_counter() - t0)
+            out[k].append(clock() - t0)
     return out
 
 

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-from .cpu_kernel import _FM, _LOCK, _set_threads, fexp
+from .cpu_kernel import _FM, _LOCK, _set_threads, fexp, in_disk_cache, tell_compiling
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
@@ -58,7 +58,11 @@ def alpha(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
     Bt = B.transpose(-1, -2).contiguous()
     Ct = C.transpose(-1, -2).contiguous()
     out = delta.new_empty(batch, dim, L, L)
+    args = (delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), out.numpy())
+    sig = tuple(numba.typeof(a) for a in args)
     with _LOCK:
         _set_threads()
-        _alpha(delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), out.numpy())
+        if sig not in _alpha.overloads and not in_disk_cache(_alpha, sig):
+            tell_compiling()
+        _alpha(*args)
     return out

@@ -8,27 +8,37 @@ Everything that selective_scan does elementwise (softplus of delta + bias, the D
 silu gate) is fused into the two kernels, so one training step makes one pass over the
 (batch, d_inner, L) tensors forward and one backward, and allocates only the outputs.
 
-Layout inside the kernels (scan.py transposes B and C so that d_state is last and the inner
-loop over n walks contiguous memory):
+Layout inside the kernels (scan.py transposes B and C so that d_state is last):
     u, delta_raw, z, out : (batch, d_inner, L)
     A                    : (d_inner, d_state)
     B, C                 : (batch, groups, L, d_state)
     D, delta_bias        : (d_inner,)
-The forward keeps only the running state h (d_state values, in L1). The backward recomputes
-h_t and exp(delta_t A) for one (b, d) into a per-thread buffer of L x d_state, then runs the
-reverse-time recurrence; nothing of size batch x d_inner x L x d_state is ever allocated.
-Forward parallel over batch x channel, backward over batch (so that the sums over channels
-into dB and dC never race), with per-thread partial sums for dA, dD and d(delta_bias).
+Work is split into tiles of W = 16 channels of one batch row; a tile's (L, W) slices of u, delta,
+z are gathered into per-thread buffers, softplus, the D skip and the gate run on the W lanes.
+The forward runs the recurrence on the W channel lanes too (B_t[n], C_t[n] broadcast; only
+the running state h, d_state x W values, is kept), parallel over tiles. The backward, parallel
+over batch rows (so that the sums over channels into dB and dC never race), takes one channel
+at a time with the loops over d_state innermost and unit-stride: it recomputes exp(delta_t A)
+and h_t into a per-thread (L, d_state) buffer (L1/L2-resident), accumulating dC, then runs the
+reverse-time recurrence, accumulating dB rows and dA directly (no lane-wise partial sums);
+per-thread partial sums for dA, dD and d(delta_bias). Nothing of size batch x d_inner x L x
+d_state is allocated, and the scratch buffers are allocated once and reused between calls.
 
-float32 runs in float32 throughout, with exp and log written as polynomials (Cephes' expf and
-logf, about 1 ulp) that LLVM vectorises over d_state (math.exp would be a scalar libm call:
-there is no SVML here). float64 uses libm's exp/log1p, so it stays exact to ~1e-15.
+float32 runs in float32 throughout: exp(delta A) is 2**(delta A log2 e) with A pre-scaled, by a
+branch-free polynomial (_exp2_f32, relative error < 3e-7) that LLVM vectorises (math.exp would
+be a scalar libm call: there is no SVML here); softplus's exp and log are Cephes' polynomials.
+float64 uses libm's exp/log1p, so it stays exact to ~1e-15 (the tests' reference).
+
+The compiled kernels are cached on disk (numba cache=True: __pycache__ next to this file, or
+numba's user-wide cache dir when the package is read-only); the first run prints one line to
+stderr saying it is compiling, later processes load them in about a second.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 
 import numba
@@ -158,6 +168,45 @@ def _flog1p_impl(x):
     return lambda x: math.log1p(x)
 
 
+LOG2E = 1.4426950408889634   # the kernels' float32 A is pre-scaled by log2(e): exp(x) = 2**(x log2 e)
+
+
+@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _exp2_f32(x):
+    """2**x: x = k + f with k = rint(x), f in [-1/2, 1/2]; 2**f by a degree-5 polynomial (fitted
+    for minimax relative error: 7.5e-8 exactly, < 3e-7 evaluated in float32, see
+    tests/test_perf_paths.py), 2**k put into the exponent bits. Branch-free, so LLVM vectorises
+    it. x is clamped to [-126, 126] (2**x underflows to ~1e-38 instead of 0)."""
+    x = min(max(x, _F(-126.0)), _F(126.0))
+    k = np.rint(x)
+    f = x - k
+    p = _F(1.327644440e-3)
+    p = p * f + _F(9.675537697e-3)
+    p = p * f + _F(5.550713315e-2)
+    p = p * f + _F(2.402211979e-1)
+    p = p * f + _F(6.931469671e-1)
+    p = p * f + _F(1.000000072)
+    return p * _bits_f32((np.int32(k) + 127) << 23)
+
+
+def fexpk(x):
+    """exp of an exponent in the kernels' unit: 2**x for float32 (A pre-scaled by LOG2E),
+    e**x for float64 (libm, exact)."""
+    return math.exp(x)
+
+
+@overload(fexpk, inline="always")
+def _fexpk_impl(x):
+    if x == types.float32:
+        return lambda x: _exp2_f32(x)
+    return lambda x: math.exp(x)
+
+
+def _kscale(dtype) -> float:
+    """The factor the kernels apply to A before fexpk."""
+    return LOG2E if np.dtype(dtype) == np.float32 else 1.0
+
+
 # ----------------------------------------------------------------------------- kernels
 
 W = 16   # channels per tile: one AVX-512 vector of float32 (pad lanes are computed and dropped)
@@ -245,7 +294,10 @@ def _load_tile(u, dr, db, A, D, z, softplus, has_z, b, d0, nw, c, uT, dtT, sgT, 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
 def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last,
-             uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu):
+             uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu, scale):
+    # Vectorised over the W channels of a tile (the lanes): per step t and state n, B_t[n] and
+    # C_t[n] are broadcast, and exp(delta A), the state update and y's sum run on W lanes with
+    # no horizontal sums. (The backward vectorises over d_state instead; see _backward.)
     batch, dim, L = u.shape
     groups = B.shape[1]
     nstate = A.shape[1]
@@ -264,6 +316,7 @@ def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last,
             _load_tile(u, dr, db, A, D, z, softplus, has_z, b, d0, nw, c, uT, dtT, sgT, zT, At, Dt, Bi)
             for n in range(nstate):
                 for w in range(W):
+                    At[c, n, w] = At[c, n, w] * scale
                     h[c, n, w] = 0.0
             for t in range(L):
                 for w in range(W):
@@ -273,11 +326,12 @@ def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last,
                     bn = B[b, g, t, n]
                     cn = C[b, g, t, n]
                     for w in range(W):
-                        hn = fexp(dtT[c, t, w] * At[c, n, w]) * h[c, n, w] + dtu[c, w] * bn
+                        hn = fexpk(dtT[c, t, w] * At[c, n, w]) * h[c, n, w] + dtu[c, w] * bn
                         h[c, n, w] = hn
                         y[c, w] += cn * hn
                 for w in range(W):
                     yT[c, t, w] = y[c, w]
+            # the D skip and the gate
             for t in range(L):
                 for w in range(W):
                     v = yT[c, t, w] + Dt[c, w] * uT[c, t, w]
@@ -294,12 +348,11 @@ def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last,
 @numba.njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
 def _backward(u, dr, db, A, B, C, D, z, softplus, has_z, dout, dlast, has_dlast,
               du, ddr, dz, dB, dC, dA_p, dD_p, ddb_p,
-              uT, dtT, sgT, zT, gy, duT, ddT, At, gr, dAt, hs, ea, dBa, dCa, Dt, Bi, y, dtu, accw, accb,
-              accD, accdb):
+              uT, dtT, sgT, zT, goT, gy, yT, duT, ddT, At, Ak, gr, hs, ea, Dt, Bi, scale):
     # dA_p (nchunk, d_inner, d_state), dD_p, ddb_p (nchunk, d_inner): per-thread partial sums,
-    # written here and reduced by the caller. dB, dC (batch, groups, L, d_state) are written
-    # here: summed over the channels of a group in lane-wise accumulators (dBa, dCa), then
-    # over the lanes. Parallel over batch, so nothing races.
+    # written here and reduced by the caller. dB, dC (batch, groups, L, d_state) are
+    # accumulated here over the channels of a group, row by row (contiguous in d_state).
+    # Parallel over batch, so nothing races.
     batch, dim, L = u.shape
     groups = B.shape[1]
     nstate = A.shape[1]
@@ -307,107 +360,95 @@ def _backward(u, dr, db, A, B, C, D, z, softplus, has_z, dout, dlast, has_dlast,
     tpg = (pg + W - 1) // W
     nchunk = dA_p.shape[0]
     one = u.dtype.type(1.0)
+    zero = u.dtype.type(0.0)
     for c in numba.prange(nchunk):
         for d in range(dim):
-            dD_p[c, d] = 0.0
-            ddb_p[c, d] = 0.0
+            dD_p[c, d] = zero
+            ddb_p[c, d] = zero
             for n in range(nstate):
-                dA_p[c, d, n] = 0.0
+                dA_p[c, d, n] = zero
         for b in range(c * batch // nchunk, (c + 1) * batch // nchunk):
             for g in range(groups):
                 for t in range(L):
                     for n in range(nstate):
-                        for w in range(W):
-                            dBa[c, t, n, w] = 0.0
-                            dCa[c, t, n, w] = 0.0
+                        dB[b, g, t, n] = zero
+                        dC[b, g, t, n] = zero
                 for j in range(tpg):
                     d0 = g * pg + j * W
                     nw = min(W, pg - j * W)
                     _load_tile(u, dr, db, A, D, z, softplus, has_z, b, d0, nw, c, uT, dtT, sgT, zT, At, Dt, Bi)
-                    # recompute the states and the scan output
-                    for n in range(nstate):
-                        for w in range(W):
-                            hs[c, 0, n, w] = 0.0
+                    # gy: the gradient reaching the scan output y (through the gate)
+                    _gather(dout, b, d0, nw, c, goT)
                     for t in range(L):
                         for w in range(W):
-                            y[c, w] = 0.0
-                            dtu[c, w] = dtT[c, t, w] * uT[c, t, w]
-                        for n in range(nstate):
-                            bn = B[b, g, t, n]
-                            cn = C[b, g, t, n]
-                            for w in range(W):
-                                e = fexp(dtT[c, t, w] * At[c, n, w])
-                                ea[c, t, n, w] = e
-                                hn = e * hs[c, t, n, w] + dtu[c, w] * bn
-                                hs[c, t + 1, n, w] = hn
-                                y[c, w] += cn * hn
-                        for w in range(W):
-                            gy[c, t, w] = y[c, w]
-                    # the gate and the D skip (dout goes through duT, transposed)
-                    for w in range(W):
-                        accD[c, w] = 0.0
-                    _gather(dout, b, d0, nw, c, duT)
-                    for t in range(L):
-                        for w in range(W):
-                            go = duT[c, t, w]
-                            ut = uT[c, t, w]
+                            go = goT[c, t, w]
                             if has_z:
                                 zt = zT[c, t, w]
-                                s = one / (one + fexp(-zt))
-                                ddT[c, t, w] = go * (gy[c, t, w] + Dt[c, w] * ut) * s * (one + zt * (one - s))
-                                go = go * zt * s
+                                go = go * (zt / (one + fexp(-zt)))
                             gy[c, t, w] = go
-                            accD[c, w] += go * ut
-                    if has_z:
-                        _scatter(ddT, c, b, d0, nw, dz)
-                    # reverse-time recurrence
-                    for n in range(nstate):
-                        for w in range(W):
-                            gr[c, n, w] = dlast[b, d0 + w, n] if has_dlast and w < nw else 0.0
-                            dAt[c, n, w] = 0.0
-                    for w in range(W):
-                        accdb[c, w] = 0.0
-                    for t in range(L - 1, -1, -1):
-                        for w in range(W):
-                            accw[c, w] = 0.0
-                            accb[c, w] = 0.0
-                            dtu[c, w] = dtT[c, t, w] * uT[c, t, w]
-                        for n in range(nstate):
-                            bn = B[b, g, t, n]
-                            cn = C[b, g, t, n]
-                            for w in range(W):
-                                gyt = gy[c, t, w]
-                                gn = gr[c, n, w] + gyt * cn
-                                dCa[c, t, n, w] += gyt * hs[c, t + 1, n, w]
-                                e = ea[c, t, n, w]
-                                wv = gn * hs[c, t, n, w] * e      # dL/dh_t * d h_t / d log(Abar)
-                                accw[c, w] += wv * At[c, n, w]
-                                dAt[c, n, w] += wv * dtT[c, t, w]
-                                dBa[c, t, n, w] += gn * dtu[c, w]
-                                accb[c, w] += gn * bn
-                                gr[c, n, w] = gn * e
-                        for w in range(W):
-                            ddt = (accw[c, w] + accb[c, w] * uT[c, t, w]) * sgT[c, t, w]
-                            duT[c, t, w] = accb[c, w] * dtT[c, t, w] + gy[c, t, w] * Dt[c, w]
-                            ddT[c, t, w] = ddt
-                            accdb[c, w] += ddt
-                    _scatter(duT, c, b, d0, nw, du)
-                    _scatter(ddT, c, b, d0, nw, ddr)
                     for w in range(nw):
                         d = d0 + w
                         for n in range(nstate):
-                            dA_p[c, d, n] += dAt[c, n, w]
-                        dD_p[c, d] += accD[c, w]
-                        ddb_p[c, d] += accdb[c, w]
-                for t in range(L):
-                    for n in range(nstate):
-                        sb = dBa[c, t, n, 0]
-                        sc = dCa[c, t, n, 0]
-                        for w in range(1, W):
-                            sb += dBa[c, t, n, w]
-                            sc += dCa[c, t, n, w]
-                        dB[b, g, t, n] = sb
-                        dC[b, g, t, n] = sc
+                            Ak[c, n] = A[d, n] * scale
+                            hs[c, 0, n] = zero
+                        # recompute exp(delta_t A) and the states (and y, for dz); dC on the way
+                        for t in range(L):
+                            dt = dtT[c, t, w]
+                            dtu = dt * uT[c, t, w]
+                            gyt = gy[c, t, w]
+                            acc = zero
+                            for n in range(nstate):
+                                e = fexpk(dt * Ak[c, n])
+                                ea[c, t, n] = e
+                                hn = e * hs[c, t, n] + dtu * B[b, g, t, n]
+                                hs[c, t + 1, n] = hn
+                                acc += C[b, g, t, n] * hn
+                                dC[b, g, t, n] += gyt * hn
+                            yT[c, t, w] = acc
+                        # reverse-time recurrence; gr: dL/dh_t carried back
+                        for n in range(nstate):
+                            gr[c, n] = dlast[b, d, n] if has_dlast else zero
+                        for t in range(L - 1, -1, -1):
+                            dt = dtT[c, t, w]
+                            dtu = dt * uT[c, t, w]
+                            gyt = gy[c, t, w]
+                            aw = zero
+                            ab = zero
+                            for n in range(nstate):
+                                gn = gr[c, n] + gyt * C[b, g, t, n]
+                                e = ea[c, t, n]
+                                wv = gn * hs[c, t, n] * e      # dL/dh_t * d h_t / d(delta_t A)
+                                aw += wv * A[d, n]
+                                dA_p[c, d, n] += wv * dt
+                                dB[b, g, t, n] += gn * dtu
+                                ab += gn * B[b, g, t, n]
+                                gr[c, n] = gn * e
+                            ddT[c, t, w] = aw + ab * uT[c, t, w]    # d/d delta (after softplus)
+                            duT[c, t, w] = ab * dt
+                    # the D skip, the gate and softplus, vectorised over the tile's channels
+                    for t in range(L):
+                        for w in range(W):
+                            ut = uT[c, t, w]
+                            duT[c, t, w] = duT[c, t, w] + gy[c, t, w] * Dt[c, w]
+                            ddT[c, t, w] = ddT[c, t, w] * sgT[c, t, w]
+                            if has_z:
+                                # d out / d z = (y + D u) * s * (1 + z (1 - s)), s = sigmoid(z)
+                                zt = zT[c, t, w]
+                                s = one / (one + fexp(-zt))
+                                yT[c, t, w] = goT[c, t, w] * (yT[c, t, w] + Dt[c, w] * ut) * s * (one + zt * (one - s))
+                    for w in range(nw):
+                        d = d0 + w
+                        sD = zero
+                        sdb = zero
+                        for t in range(L):
+                            sD += gy[c, t, w] * uT[c, t, w]
+                            sdb += ddT[c, t, w]
+                        dD_p[c, d] += sD
+                        ddb_p[c, d] += sdb
+                    if has_z:
+                        _scatter(yT, c, b, d0, nw, dz)
+                    _scatter(duT, c, b, d0, nw, du)
+                    _scatter(ddT, c, b, d0, nw, ddr)
 
 
 # ----------------------------------------------------------------------------- signatures
@@ -422,20 +463,44 @@ def _sig(kernel: str, dtype):
     b = types.boolean
     if kernel == "forward":
         return (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3,
-                C(3), C(3), C(3), C(3), C(3), C(3), C(3), C(2), C(2), C(2), C(2))
+                C(3), C(3), C(3), C(3), C(3), C(3), C(3), C(2), C(2), C(2), C(2), f)
     return (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3, b, A3, A3, A3,
-            C(4), C(4), C(3), C(2), C(2)) + (C(3),) * 10 + (C(4),) * 4 + (C(2),) * 8
+            C(4), C(4), C(3), C(2), C(2)) + (C(3),) * 10 + (C(2), C(2), C(3), C(3), C(2), C(2), f)
 
 
 _ENTRY: dict = {}
+COMPILE_MESSAGE = "dema-lab: compiling the CPU scan kernels (first run only, ~30 s)"
+_told = False
+
+
+def in_disk_cache(disp, sig) -> bool:
+    """Whether numba's on-disk cache (cache=True: __pycache__ next to this file, or numba's
+    user-wide cache dir when the package is read-only) holds disp compiled for sig. Reads
+    numba internals; False when unsure, so the compile message shows at worst once too often."""
+    try:
+        cache = disp._cache
+        return cache._index_key(sig, disp.targetctx.codegen()) in cache._cache_file._load_index()
+    except Exception:   # noqa: BLE001 - any numba-internal change: assume not cached
+        return False
+
+
+def tell_compiling() -> None:
+    """Say once per process, on stderr, that the kernels are being compiled (not loaded)."""
+    global _told
+    if not _told:
+        _told = True
+        print(COMPILE_MESSAGE, file=sys.stderr, flush=True)
 
 
 def _kernel(kernel: str, dtype):
-    """The compiled kernel for dtype, as a direct entry point (no dispatch on layouts)."""
+    """The compiled kernel for dtype, as a direct entry point (no dispatch on layouts);
+    loaded from numba's cache after the first run."""
     key = (kernel, np.dtype(dtype))
     if key not in _ENTRY:
         disp = _forward if kernel == "forward" else _backward
         sig = _sig(kernel, dtype)
+        if not in_disk_cache(disp, sig):
+            tell_compiling()
         disp.compile(sig)
         _ENTRY[key] = disp.overloads[sig].entry_point
     return _ENTRY[key]
@@ -528,11 +593,11 @@ def forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=F
     with _LOCK:
         nthreads = _set_threads()
         nchunk = max(1, min(ntile, 4 * nthreads))
-        (uT, dtT, sgT, zT, yT), (At, h), (Dt, Bi, y, dtu) = _tile_buffers(
-            "f_", nchunk, L, nstate, npdt, ("uT", "dtT", "sgT", "zT", "yT"), ("At", "h"), ("Dt", "Bi", "y", "dtu"))
+        lw, nw, ww = _tile_buffers("f_", nchunk, L, nstate, npdt, ("uT", "dtT", "sgT", "zT", "yT"),
+                                   ("At", "h"), ("Dt", "Bi", "y", "dtu"))
         _kernel("forward", npdt)(_np(u), _np(delta), _np(dbv), _np(A), _np(B), _np(C), _np(Dv),
                  _np(z) if z is not None else _dummy("z", npdt), bool(delta_softplus), z is not None,
-                 _np(out), _np(last), uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu)
+                 _np(out), _np(last), *lw, *nw, *ww, _kscale(npdt))
     return out, last
 
 
@@ -557,16 +622,19 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast=No
         dA_p = u.new_empty(nchunk, dim, nstate)
         dD_p = u.new_empty(nchunk, dim)
         ddb_p = u.new_empty(nchunk, dim)
-        lw, nw, ww = _tile_buffers("b_", nchunk, L, nstate, npdt,
-                                   ("uT", "dtT", "sgT", "zT", "gy", "duT", "ddT"), ("At", "gr", "dAt"),
-                                   ("Dt", "Bi", "y", "dtu", "accw", "accb", "accD", "accdb"))
-        hs = _WS.get("b_hs", (nchunk, L + 1, nstate, W), npdt)
-        big = [_WS.get("b_" + k, (nchunk, L, nstate, W), npdt) for k in ("ea", "dBa", "dCa")]
+        lw, (At,), (Dt, Bi) = _tile_buffers("b_", nchunk, L, nstate, npdt,
+                                            ("uT", "dtT", "sgT", "zT", "goT", "gy", "yT", "duT", "ddT"),
+                                            ("At",), ("Dt", "Bi"))
+        # rows padded by 64 bytes: two threads' rows (written every step) never share a cache line
+        Ak, gr = (_WS.get("b_" + k, (nchunk, nstate + 16), npdt) for k in ("Ak", "gr"))
+        hs = _WS.get("b_hs", (nchunk, L + 1, nstate), npdt)
+        ea = _WS.get("b_ea", (nchunk, L, nstate), npdt)
         _kernel("backward", npdt)(_np(u), _np(delta), _np(dbv), _np(A), _np(B), _np(C), _np(Dv),
                   _np(z) if z is not None else _dummy("z", npdt), bool(delta_softplus), z is not None,
                   _np(dout), _np(dlast.contiguous().to(u.dtype)) if dlast is not None else _dummy("dlast", npdt),
                   dlast is not None, _np(du), _np(ddelta), _np(dz) if dz is not None else _dummy("dz", npdt),
-                  _np(dB), _np(dC), _np(dA_p), _np(dD_p), _np(ddb_p), *lw, *nw, hs, *big, *ww)
+                  _np(dB), _np(dC), _np(dA_p), _np(dD_p), _np(ddb_p), *lw, At, Ak, gr, hs, ea, Dt, Bi,
+                  _kscale(npdt))
     return du, ddelta, dA_p.sum(0), dB, dC, dD_p.sum(0), dz, ddb_p.sum(0)
 
 
