@@ -190,7 +190,8 @@ def ablated_attention(alpha, kind: str, seed: int = 0, layer: int = 0):
     """alpha (b, d_inner, L, L) replaced for an α-level ablation: "zeros", or "random": causal
     Gaussian weights at each channel's scale (the root mean square of its causal alphas: defined
     for every L, including a window of one token), from a generator seeded by (seed, layer, L)
-    so that repeated calls agree."""
+    so that repeated calls agree; every row of a batch gets the same noise, the noise it would get
+    alone (batched evaluation scores each episode as a batch of one would)."""
     if kind == "zeros":
         return torch.zeros_like(alpha)
     if kind != "random":
@@ -199,7 +200,7 @@ def ablated_attention(alpha, kind: str, seed: int = 0, layer: int = 0):
     causal = torch.ones(L, L, dtype=torch.bool, device=alpha.device).tril()
     scale = alpha.masked_select(causal).view(*alpha.shape[:2], -1).pow(2).mean(-1).sqrt()   # (b, d_inner)
     gen = torch.Generator(device="cpu").manual_seed(hash((seed, layer, L)) % (2 ** 63))
-    noise = torch.randn(alpha.shape, generator=gen, dtype=alpha.dtype).to(alpha.device)
+    noise = torch.randn(alpha.shape[1:], generator=gen, dtype=alpha.dtype).to(alpha.device)   # (d_inner, L, L)
     return (noise * scale[..., None, None]).masked_fill(~causal, 0.0)
 
 

@@ -4,7 +4,11 @@
     record_episode(...)                        one episode as an xarray Dataset (the run store's
                                                rollout/<name> group): frames, observations,
                                                actions, rewards, returns-to-go, hidden attention
+    rollout_batch(policy, envs, targets, seeds) N episodes in lockstep, one model call per env step
+                                               for the live ones (BatchPolicy): returns and lengths
     evaluate(...)                              returns by (mode, target, episode), plus recordings
+                                               keyed by (mode, target index, episode);
+                                               the unrecorded episodes of a mode run as one batch
     replay_attention(...)                      the attention at a recorded step, recomputed from a
                                                checkpoint (other aggregations, or to verify the log)
     export_video(episode, "ep.mp4")            a recorded episode's frames as mp4 or gif
@@ -20,12 +24,15 @@ import numpy as np
 import xarray as xr
 
 from .analysis import lag_profile, right_align, token_coords, window_tokens
-from .models import Policy
+from .models import BatchPolicy, Policy
 from .ssm import AGGREGATIONS
 
 
 @dataclass
 class StepRecord:
+    """One env step of a rollout as the policy saw it: observation, action, reward, conditioning
+    return-to-go, the frame and the aggregated hidden attention of the window it acted on."""
+
     t: int
     observation: np.ndarray          # (obs_dim,) the observation acted on
     action: np.ndarray               # (act_dim,)
@@ -35,6 +42,13 @@ class StepRecord:
     frame: np.ndarray | None         # (H, W, 3) uint8, the scene the action was chosen in
     attention: np.ndarray | None     # (n_layer, n, n) aggregated, window ending at s_t
     act_seconds: float               # time to choose the action (model + attention)
+
+
+def _check_finite(action: np.ndarray, t: int):
+    if not np.isfinite(action).all():
+        raise FloatingPointError(f"the policy produced a non-finite action at step {t} ({action}); its weights "
+                                 f"or inputs hold NaN or inf: check the checkpoint and the dataset's state "
+                                 f"statistics")
 
 
 def rollout_steps(policy: Policy, env, target: float, seed: int, render: bool = False, max_steps: int | None = None):
@@ -48,10 +62,7 @@ def rollout_steps(policy: Policy, env, target: float, seed: int, render: bool = 
         start = time.perf_counter()
         action = policy.act(obs)
         act_seconds = time.perf_counter() - start
-        if not np.isfinite(action).all():
-            raise FloatingPointError(f"the policy produced a non-finite action at step {t} ({action}); its weights "
-                                     f"or inputs hold NaN or inf: check the checkpoint and the dataset's state "
-                                     f"statistics")
+        _check_finite(action, t)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         policy.observe(reward)
         done = bool(terminated or truncated) or t == limit - 1
@@ -60,6 +71,49 @@ def rollout_steps(policy: Policy, env, target: float, seed: int, render: bool = 
         obs = next_obs
         if done:
             return
+
+
+def rollout_batch(policy: BatchPolicy, envs, targets, seeds, max_steps: int | None = None, on_done=None):
+    """Run len(envs) episodes in lockstep: row i in envs[i], reset with seeds[i], aiming for
+    targets[i]; one policy call per env step for the live rows, a finished episode's row dropped.
+    Episode for episode the same as rollout_steps (same seeds, limit and termination; returns
+    summed as evaluate sums them). on_done(i, return, length) as each ends.
+    Returns (returns (n,) float64, lengths (n,) int64)."""
+    n = len(envs)
+    if not (len(targets) == len(seeds) == n):
+        raise ValueError(f"rollout_batch needs one target and one seed per env, got {len(targets)} targets and "
+                         f"{len(seeds)} seeds for {n} envs")
+    returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+    if n == 0:
+        return returns, lengths
+    policy.reset(targets)
+    obs = np.stack([np.asarray(env.reset(seed=int(sd))[0], np.float32) for env, sd in zip(envs, seeds)])
+    limit = max_steps or getattr(envs[0].spec, "max_episode_steps", None) or 1000
+    live = np.arange(n)                                  # env index of each policy row
+    rewards: list[list[float]] = [[] for _ in range(n)]
+    for t in range(limit):
+        actions = policy.act(obs)                        # (live, act_dim)
+        _check_finite(actions, t)
+        step_rewards, done, next_obs = np.zeros(len(live)), np.zeros(len(live), bool), []
+        for row, i in enumerate(live):
+            o, reward, terminated, truncated, _ = envs[i].step(actions[row])
+            step_rewards[row] = float(reward)
+            rewards[i].append(float(reward))
+            done[row] = bool(terminated or truncated) or t == limit - 1
+            next_obs.append(np.asarray(o, np.float32))
+        policy.observe(step_rewards)
+        for row in np.flatnonzero(done):
+            i = live[row]
+            returns[i], lengths[i] = float(np.sum(rewards[i])), len(rewards[i])   # as evaluate sums one episode
+            if on_done:
+                on_done(int(i), returns[i], int(lengths[i]))
+        if done.all():
+            break
+        if done.any():
+            policy.keep(~done)
+            live = live[~done]
+        obs = np.stack([o for o, d in zip(next_obs, done) if not d])
+    return returns, lengths
 
 
 def record_episode(policy: Policy, env, target: float, seed: int, render_size: int | None = None,
@@ -75,7 +129,9 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
     T = len(steps)
     L = window_tokens(cfg)
     data = {
-        "observation": (("step", "obs_dim"), np.stack([s.observation for s in steps])),
+        # flat (step, obs_dim); Atari's stacked frames as uint8 (they are whole numbers 0..255)
+        "observation": (("step", "obs_dim"), np.stack([s.observation.reshape(-1) for s in steps])
+                        .astype(np.uint8 if getattr(cfg, "obs_shape", ()) else np.float32)),
         "action": (("step", "act_dim"), np.stack([s.action for s in steps]).astype(np.float32)),
         "reward": ("step", np.array([s.reward for s in steps], np.float32)),
         "return_to_go": ("step", np.array([s.return_to_go for s in steps], np.float32)),
@@ -178,10 +234,12 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
              attention: str | None = "minmax", max_steps: int | None = None, on_episode=None, scorer=None):
     """Evaluate a model: `episodes` episodes per (mode, target).
 
-    The first `record` episodes of each (mode, target) are recorded (frames, attention);
-    the others run without logging. Returns (results Dataset with dims (mode, target,
-    episode), {name: recorded episode Dataset}). Episode seeds are shared across modes.
+    The first `record` episodes of each (mode, target) are recorded (frames, attention), one at
+    a time; the others run without logging, all (target, episode) pairs of a mode as one batch
+    (rollout_batch: one model call per env step). Returns (results Dataset with dims (mode,
+    target, episode), {name: recorded episode Dataset}). Episode seeds are shared across modes.
     scorer(returns) gives normalized scores (default: D4RL's reference returns for the env).
+    on_episode(mode, target, episode, return, length) as each episode ends.
     """
     from .data import normalized_score
     from .envs import env_spec, make_env
@@ -192,32 +250,39 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
     returns = np.full((len(modes), len(targets), episodes), np.nan)
     lengths = np.zeros_like(returns, dtype=np.int64)
     recordings = {}
+    batch = [(i, e) for i in range(len(targets)) for e in range(max(0, record), episodes)]   # unrecorded
     with single_threaded(), contextlib.ExitStack() as cleanup:
-        plain = make_env(spec.name)
-        cleanup.callback(plain.close)
+        envs = []
+        for _ in range(max(1, len(batch))):                 # one env per batch row; envs[0] also records
+            envs.append(make_env(spec.name))
+            cleanup.callback(envs[-1].close)
         rendering = make_env(spec.name, render_size=render_size) if record and render_size else None
         if rendering is not None:
             cleanup.callback(rendering.close)
         for m, mode in enumerate(modes):
             for i, target in enumerate(targets):
-                for e in range(episodes):
-                    ep_seed = seed + 10_000 * i + e
-                    logged = e < record
-                    policy = Policy(model, mode, state_mean, state_std, rtg_scale,
-                                    attention=attention if logged else None)
-                    if logged:
-                        ds = record_episode(policy, rendering or plain, target, ep_seed,
-                                            render_size=render_size if rendering else None, max_steps=max_steps,
-                                            attrs={"env": spec.name, "episode": e})
-                        ds.attrs["normalized_score"] = float(scorer(ds.attrs["return"]))
-                        recordings[f"{mode}-t{i}-e{e}"] = ds
-                        ret, length = ds.attrs["return"], ds.attrs["length"]
-                    else:
-                        rewards = [s.reward for s in rollout_steps(policy, plain, target, ep_seed, max_steps=max_steps)]
-                        ret, length = float(np.sum(rewards)), len(rewards)
-                    returns[m, i, e], lengths[m, i, e] = ret, length
+                for e in range(min(max(0, record), episodes)):
+                    policy = Policy(model, mode, state_mean, state_std, rtg_scale, attention=attention)
+                    ds = record_episode(policy, rendering or envs[0], target, seed + 10_000 * i + e,
+                                        render_size=render_size if rendering else None, max_steps=max_steps,
+                                        attrs={"env": spec.name, "episode": e})
+                    ds.attrs["normalized_score"] = float(scorer(ds.attrs["return"]))
+                    recordings[(mode, i, e)] = ds
+                    returns[m, i, e], lengths[m, i, e] = ds.attrs["return"], ds.attrs["length"]
                     if on_episode:
-                        on_episode(mode, target, e, ret, length)
+                        on_episode(mode, target, e, ds.attrs["return"], ds.attrs["length"])
+            if not batch:
+                continue
+
+            def done(row, ret, length, m=m, mode=mode):
+                i, e = batch[row]
+                returns[m, i, e], lengths[m, i, e] = ret, length
+                if on_episode:
+                    on_episode(mode, targets[i], e, ret, length)
+
+            rollout_batch(BatchPolicy(model, mode, state_mean, state_std, rtg_scale), envs[:len(batch)],
+                          [targets[i] for i, _ in batch], [seed + 10_000 * i + e for i, e in batch],
+                          max_steps=max_steps, on_done=done)
     results = xr.Dataset(
         {"return": (("mode", "target", "episode"), returns),
          "length": (("mode", "target", "episode"), lengths),
@@ -238,34 +303,11 @@ def replay_attention(model, rollout: xr.Dataset, step: int, method: str = "minma
     `method`, or with aggregate=False a list of per-channel (d_inner|heads, n, n) arrays."""
     if method not in AGGREGATIONS:
         raise ValueError(f"unknown channel aggregation {method!r}; choose one of {', '.join(AGGREGATIONS)}")
-    mode = rollout.attrs.get("mode", "transformer")
-    obs = rollout["observation"].values
-    rewards = rollout["reward"].values
-    policy = Policy(model, mode, state_mean, state_std, rtg_scale, attention=method)
+    policy = Policy(model, rollout.attrs.get("mode", "transformer"), state_mean, state_std, rtg_scale,
+                    attention=method)
     policy.reset(float(rollout.attrs["target"]))
-    if mode == "transformer":
-        # only the window matters: rebuild the history up to `step` without running the model
-        for t in range(step):
-            policy.states.append((obs[t] - policy.state_mean) / policy.state_std)
-            policy.rtgs.append(policy.rtg)
-            policy.actions.append(rollout["action"].values[t])
-            policy.observe(rewards[t])
-        policy.act(obs[step])
-    else:
-        for t in range(step + 1):
-            policy.act(obs[t])
-            if t < step:
-                policy.observe(rewards[t])
-    if aggregate:
-        return policy.attention
-    import torch
-    with torch.no_grad():
-        if mode == "transformer":
-            n = model.cfg.window_tokens(model.cfg.acting_steps(step))
-            _, attn = model(**policy.window(), return_attention=True)
-            return [a[0, :, :n, :n].float().cpu().numpy() for a in attn]
-        n = model.cfg.window_tokens(min(step + 1, model.cfg.K))
-        return [a[0].float().cpu().numpy() for a in model.recorded_attention(policy.record, n)]
+    policy.replay_to(rollout["observation"].values, rollout["action"].values, rollout["reward"].values, step)
+    return policy.attention if aggregate else policy.channel_attention()
 
 
 def replay_windows(model, rollout: xr.Dataset, steps, state_mean=None, state_std=None,
@@ -297,3 +339,31 @@ def replay_windows(model, rollout: xr.Dataset, steps, state_mean=None, state_std
         policy.actions.append(act[t])
         policy.observe(rewards[t])
     return out
+
+
+def save_rollout(store, run_id: str, step: int, steps: list[StepRecord], cfg, attrs: dict) -> str:
+    """Save an episode played outside training (the live page's) into the run whose checkpoint of
+    `step` played it, as rollout/<rollout_name(step, mode, 0, 0)>-live<time>; returns the name.
+
+    Only a run that no trainer writes is written: a "running" run, or one whose writer lock
+    another process holds, is refused with a StoreError that says to save again once it has
+    finished. The run's lock is held while the episode is written. `attrs` must give "mode"."""
+    import datetime as _dt
+
+    from .store import RunStore, StoreError, rollout_name
+
+    run = RunStore(store, mode="a").run(run_id)
+    status = run.attrs.get("status")
+    if status not in ("finished", "interrupted"):
+        raise StoreError(f"run {run_id} is being trained (status {status}); its trainer is the only writer. "
+                         f"Save again once it has finished.")
+    run.claim()                                   # RunBusyError (a StoreError) naming a live writer
+    try:
+        ds = steps_to_dataset(steps, cfg, attrs={**attrs, "checkpoint": int(step), "run_id": run_id,
+                                                 "source": "live"})
+        stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+        name = rollout_name(step, attrs["mode"], 0, 0, suffix=f"-live{stamp}")
+        run.write("rollout", name, ds, encoding=rollout_encoding(ds))
+    finally:
+        run.release()
+    return name

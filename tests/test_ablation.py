@@ -54,7 +54,10 @@ class _OldAblatedMixer(nn.Module):
         m = self.mixer
         x, z, dt, B, C, A = m._ssm_inputs(h)
         alpha = hidden_attention(dt, A, B, C, delta_bias=m.dt_proj.bias.float(), delta_softplus=True)
-        y = apply_attention(_old_ablated_attention(alpha, self.kind, self.seed, self.layer), x, m.D, z).to(x.dtype)
+        # row by row: evaluation ran it at batch 1, and batched evaluation must score each episode the same
+        alpha = torch.cat([_old_ablated_attention(alpha[r:r + 1], self.kind, self.seed, self.layer)
+                           for r in range(alpha.shape[0])])
+        y = apply_attention(alpha, x, m.D, z).to(x.dtype)
         return m.out_proj(y.transpose(1, 2))
 
 
