@@ -44,7 +44,7 @@ def token_labels(cfg) -> dict:
     if cfg.layout == "B3LD":
         # RSA: ... R_{-1} s_{-1} a_{-1} R_0 s_0   (position L-1 is s_0)
         # RAS: ... R_{-1} a_{-2} s_{-1} R_0 a_{-1} s_0
-        order = "RSA" if cfg.token_order == "RSA" else "RAS"
+        order = getattr(cfg, "token_order", "RSA")       # ARS (Atari): ... a_{-2} R_{-1} s_{-1} a_{-1} R_0 s_0
         kinds, steps = [], []
         for p in range(L):
             back = L - 1 - p                       # tokens back from s_0
@@ -52,8 +52,8 @@ def token_labels(cfg) -> dict:
                 q = back + 1                       # tokens back from a virtual a_0
                 kind, step = ["a", "s", "R"][q % 3], -(q // 3)
             else:
-                kind, step = ["s", "a", "R"][back % 3], -(back // 3)
-                step -= kind == "a"                # the RAS action token holds the previous step's action
+                kind, step = (["s", "a", "R"] if order == "RAS" else ["s", "R", "a"])[back % 3], -(back // 3)
+                step -= kind == "a"                # the RAS/ARS action token holds the previous step's action
             kinds.append(kind)
             steps.append(step)
     else:
@@ -67,6 +67,14 @@ def token_coords(cfg, dim: str) -> dict:
     lab = token_labels(cfg)
     return {dim: np.arange(window_tokens(cfg)), f"{dim}_label": (dim, lab["label"]),
             f"{dim}_kind": (dim, lab["kind"]), f"{dim}_step": (dim, np.asarray(lab["step"]))}
+
+
+def opening_step(n_steps: int, K: int) -> int:
+    """The step a view of a recorded episode opens on: the middle of the episode, and never before
+    the window is full (step K-1), so that the heatmap and the lag profile have a whole window."""
+    if n_steps <= 0:
+        return 0
+    return int(min(n_steps - 1, max(n_steps // 2, K - 1)))
 
 
 def right_align(att: np.ndarray, L: int) -> np.ndarray:
@@ -196,11 +204,6 @@ def decay_statistics(model, batch: dict, checkpoint: int | None = None, max_batc
     if checkpoint is not None:
         ds = ds.expand_dims(checkpoint=[int(checkpoint)])
     return ds
-
-
-def aggregate_window_attention(attn: list[torch.Tensor], method: str) -> np.ndarray:
-    """Per-layer attention of one window (batch 1) -> (n_layer, n, n) aggregated over channels."""
-    return np.stack([aggregate_channels(a, method)[0].float().cpu().numpy() for a in attn])
 
 
 # ---------------------------------------------------------------------------------------------

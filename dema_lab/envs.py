@@ -1,4 +1,4 @@
-"""Environment creation: one place that knows the MuJoCo tasks dema-lab uses.
+"""Environment creation: one place that knows the MuJoCo tasks and Atari games dema-lab uses.
 
 Every other module asks this one for an env (``make_env``) or for its facts
 (``env_spec``: Gymnasium id, observation/action sizes, D4RL score key), so no
@@ -36,7 +36,7 @@ def _route_mujoco_warnings() -> None:
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(lambda msg: _log.debug("MuJoCo warning: %s", str(msg).strip()))
 
-__all__ = ["EnvSpec", "ENV_SPECS", "env_spec", "make_env", "known_envs"]
+__all__ = ["EnvSpec", "ENV_SPECS", "env_spec", "make_env", "known_envs", "ATARI_FRAME_STACK", "ATARI_FRAME_SIZE"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,13 @@ class EnvSpec:
     d4rl_key: str
     healthy_reward: float = 0.0
     max_episode_steps: int = 1000
+    kind: str = "mujoco"              # "mujoco" (continuous actions) or "atari" (discrete, images)
+    obs_shape: tuple[int, ...] = ()   # atari: (4, 84, 84) stacked grey frames; () = (obs_dim,)
+    n_actions: int = 0                # atari: size of the minimal action set; 0 = continuous
+
+    @property
+    def discrete(self) -> bool:
+        return self.n_actions > 0
 
 
 # Gymnasium v5 tasks. Their observation and action sizes equal D4RL's v2
@@ -70,6 +77,20 @@ ENV_SPECS: dict[str, EnvSpec] = {
     "walker2d": EnvSpec("walker2d", "Walker2d-v5", 17, 6, "walker2d", healthy_reward=1.0),
 }
 
+# Atari (ale-py's ROMs, the `atari` extra) with the DQN preprocessing (see make_env). The
+# observation is 4 stacked 84x84 grey frames, the action one index into the minimal action set
+# (act_dim 1, n_actions choices); an episode is capped at 108k frames = 27k agent steps.
+ATARI_FRAME_STACK = 4
+ATARI_FRAME_SIZE = 84
+ATARI_FRAME_SKIP = 4
+ATARI_MAX_FRAMES = 108_000
+_ATARI_OBS = (ATARI_FRAME_STACK, ATARI_FRAME_SIZE, ATARI_FRAME_SIZE)
+for _name, _game, _n in (("breakout", "Breakout", 4), ("pong", "Pong", 6), ("qbert", "Qbert", 6),
+                         ("seaquest", "Seaquest", 18)):
+    ENV_SPECS[_name] = EnvSpec(_name, f"ALE/{_game}-v5", int(np.prod(_ATARI_OBS)), 1, _name,
+                               max_episode_steps=ATARI_MAX_FRAMES // ATARI_FRAME_SKIP, kind="atari",
+                               obs_shape=_ATARI_OBS, n_actions=_n)
+
 _ALIASES = {
     "half_cheetah": "halfcheetah",
     "half-cheetah": "halfcheetah",
@@ -78,9 +99,9 @@ _ALIASES = {
 }
 
 
-def known_envs() -> list[str]:
-    """Short names of the supported envs."""
-    return list(ENV_SPECS)
+def known_envs(kind: str | None = None) -> list[str]:
+    """Short names of the supported envs (of one kind, "mujoco" or "atari", if given)."""
+    return [n for n, s in ENV_SPECS.items() if kind is None or s.kind == kind]
 
 
 def env_spec(env: str | EnvSpec) -> EnvSpec:
@@ -98,6 +119,8 @@ def env_spec(env: str | EnvSpec) -> EnvSpec:
         if key == spec.gym_id:
             return spec
     low = key.lower()
+    if low.startswith("ale/"):                  # "ALE/Breakout-v5" with another version
+        low = low[4:]
     # "Hopper-v4", "hopper-v2", "hopper-medium-v2" style prefixes -> family name
     family = low.split("-")[0]
     family = _ALIASES.get(family, family)
@@ -163,6 +186,8 @@ def make_env(env: str | EnvSpec, render_size: int | None = None, seed: int | Non
     The caller owns the env and must ``close()`` it.
     """
     spec = env_spec(env)
+    if spec.kind == "atari":
+        return _make_atari(spec, render_size, seed)
     _route_mujoco_warnings()
     kwargs: dict = {}
     if render_size is not None:
@@ -173,6 +198,59 @@ def make_env(env: str | EnvSpec, render_size: int | None = None, seed: int | Non
     e = gym.make(spec.gym_id, max_episode_steps=spec.max_episode_steps, **kwargs)
     if render_size is not None:
         e = _FastRender(e)
+    if seed is not None:
+        e.reset(seed=int(seed))
+        e.action_space.seed(int(seed))
+    return e
+
+
+class _ColourFrames(gym.Wrapper):
+    """``render()`` returns the ALE's colour screen (210, 160, 3) uint8, or, with ``size``, that
+    screen resized to (size, size, 3) for videos and dashboards."""
+
+    def __init__(self, env: gym.Env, size: int | None):
+        super().__init__(env)
+        self.size = size
+
+    def step(self, action):
+        """Takes the action as an int or as a policy's (1,) array holding the index."""
+        a = np.asarray(action).reshape(-1)
+        if a.size != 1 or not np.isfinite(a[0]) or a[0] != round(float(a[0])) or not 0 <= a[0] < self.action_space.n:
+            raise ValueError(f"{self.spec.id if self.spec else 'Atari'} takes one action index in "
+                             f"0..{self.action_space.n - 1}, got {action!r}")
+        return self.env.step(int(round(float(a[0]))))
+
+    def render(self):
+        frame = self.env.unwrapped.ale.getScreenRGB()          # (210, 160, 3) uint8
+        if self.size:
+            import cv2
+
+            frame = cv2.resize(frame, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(frame, dtype=np.uint8)
+
+
+def _make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.Env:
+    """An ALE game with the standard DQN preprocessing (Mnih et al. 2015; as the DQN-Replay data):
+    frame skip 4 with the max over the last 2 frames, 84x84 grey, a stack of 4, up to 30 no-ops at
+    reset, no sticky actions (repeat_action_probability 0), the minimal action set, a cap of 108k
+    frames. Observations are (4, 84, 84) uint8; ``render()`` gives the colour screen."""
+    try:
+        import ale_py
+        import cv2  # noqa: F401  (AtariPreprocessing resizes with it)
+    except ImportError as err:
+        raise ImportError(f"Atari envs need the atari extra ({err.name} is missing): "
+                          "pip install -c constraints.txt -e '.[atari]'") from None
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    if render_size is not None and int(render_size) <= 0:
+        raise ValueError(f"render_size must be a positive int, got {render_size!r}")
+    gym.register_envs(ale_py)
+    e = gym.make(spec.gym_id, frameskip=1, repeat_action_probability=0.0, full_action_space=False,
+                 max_num_frames_per_episode=ATARI_MAX_FRAMES)   # the ALE truncates at 108k frames
+    e = AtariPreprocessing(e, noop_max=30, frame_skip=ATARI_FRAME_SKIP, screen_size=ATARI_FRAME_SIZE,
+                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+    e = FrameStackObservation(e, ATARI_FRAME_STACK)
+    e = _ColourFrames(e, None if render_size is None else int(render_size))
     if seed is not None:
         e.reset(seed=int(seed))
         e.action_space.seed(int(seed))

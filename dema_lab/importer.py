@@ -51,8 +51,9 @@ def train_config_for(ck, dataset: str, **fields):
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = ck.config.to_dict()
-    model_fields = {k: v for k, v in cfg.items() if k in known and k not in ("state_dim", "act_dim")}
-    missing = sorted(k for k in cfg if k not in known and k not in ("state_dim", "act_dim"))
+    from_data = ("state_dim", "act_dim", "obs_shape", "n_actions")     # the dataset's, not settings
+    model_fields = {k: v for k, v in cfg.items() if k in known and k not in from_data}
+    missing = sorted(k for k in cfg if k not in known and k not in from_data)
     if missing:
         raise ValueError(f"this dema-lab's TrainConfig cannot describe the imported model (no field for "
                          f"{', '.join(missing)}); update dema-lab")
@@ -76,7 +77,7 @@ def _sha256(path: Path) -> str:
 
 
 def import_to_store(path, store=DEFAULT_STORE, *, dataset: str, env: str | None = None, run_id: str = "",
-                    K: int = OFFICIAL_K, n_head: int = OFFICIAL_N_HEAD, rtg_scale: float = 1000.0,
+                    K: int | None = None, n_head: int = OFFICIAL_N_HEAD, rtg_scale: float | None = None,
                     eval_episodes: int = 5, eval_targets=None, eval_modes=None, eval_max_steps: int = 1000,
                     record_episodes: int = 1, render_size: int = 128, attention: str = "minmax",
                     decay_windows: int = 64, seed: int = 0, log=print) -> Run:
@@ -195,11 +196,12 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", required=True, help="the dataset it was trained on (embedded name, .hdf5 path, "
                                                       "minari:<id>): state normalisation and env")
     p.add_argument("--env", help="the env (default: the dataset's)")
-    p.add_argument("--K", type=int, default=OFFICIAL_K, help="context length it was trained with (not in the "
-                                                            "weights; default: the official %(default)s)")
+    p.add_argument("--K", type=int, default=None, help="context length it was trained with (not in the "
+                                                      f"weights; default: the official {OFFICIAL_K}, Atari 30)")
     p.add_argument("--n_head", type=int, default=OFFICIAL_N_HEAD, help="DT's attention heads (not in the "
                                                                       "weights; default: the official %(default)s)")
-    p.add_argument("--rtg_scale", type=float, default=1000.0, help="return-to-go scale (default: %(default)s)")
+    p.add_argument("--rtg_scale", type=float, default=None, help="return-to-go scale (default: the official "
+                                                                "1000, Atari 1)")
     where = p.add_argument_group("where to (one of)")
     where.add_argument("--out", metavar="FILE.safetensors", help="write a dema-lab checkpoint file")
     where.add_argument("--store", help="create a run in this store and evaluate it")

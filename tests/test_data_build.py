@@ -136,8 +136,8 @@ def test_episodes_mode_and_bad_arguments(tmp_path):
     assert len(ds) == 4 and all(t.terminated or len(t) == 1000 for t in ds)
     with pytest.raises(DatasetError, match="unknown quality 'superb'"):
         build_dataset("hopper", "superb", tmp_path / "x.hdf5")
-    with pytest.raises(ValueError, match="unknown env 'pong'"):
-        build_dataset("pong", "random", tmp_path / "x.hdf5")
+    with pytest.raises(ValueError, match="unknown env 'tetris'"):
+        build_dataset("tetris", "random", tmp_path / "x.hdf5")
 
 
 def test_load_dataset_builds_embedded_once_then_reuses(tmp_path, monkeypatch):
@@ -169,8 +169,8 @@ def test_cli_build_list_info(tmp_path, monkeypatch, capsys):
     assert data_cli(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["transitions"] == 300 and info["attrs"]["quality"] == "random"
-    assert data_cli(["build", "pong", "random"]) == 2
-    assert "unknown env 'pong'" in capsys.readouterr().err
+    assert data_cli(["build", "tetris", "random"]) == 2
+    assert "unknown env 'tetris'" in capsys.readouterr().err
     assert data_cli(["info", str(tmp_path / "missing.hdf5")]) == 1
 
 

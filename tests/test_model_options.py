@@ -125,7 +125,7 @@ def test_decay_all_puts_weight_decay_on_every_parameter():
     assert sum(p.numel() for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]) > 0
     opt, _ = make_optimizer(model, TrainConfig(**{**cfg.__dict__, "decay_all": True}))
     assert all(g["weight_decay"] == 1e-4 for g in opt.param_groups if g["params"])
-    assert sum(p.numel() for g in opt.param_groups if g["weight_decay"] for p in g["params"]) == model.num_parameters()
+    assert sum(p.numel() for g in opt.param_groups if g["weight_decay"] for p in g["params"]) == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("bad,match", [(dict(token_order="SAR"), "token_order"), (dict(embed_dim=-1), "embed_dim"),

@@ -219,6 +219,11 @@ def build_dataset(
     Returns the written path.
     """
     spec = env_spec(env)
+    if spec.kind == "atari":   # epsilon-greedy game policies, frames (dema_lab.data.atari)
+        from dema_lab.data.atari import build_atari_dataset
+
+        return build_atari_dataset(spec.name, quality, out_path, seed=seed, transitions=transitions,
+                                   episodes=episodes, progress=progress)
     if quality not in QUALITIES:
         raise DatasetError(f"unknown quality {quality!r}; choose one of {', '.join(QUALITIES)}")
     if episodes is not None and episodes <= 0:

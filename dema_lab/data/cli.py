@@ -20,7 +20,7 @@ __all__ = ["register", "main"]
 
 
 def _build(args) -> int:
-    from dema_lab.data.builder import QUALITIES, build_dataset
+    from dema_lab.data.builder import build_dataset
     from dema_lab.data.d4rl import load_d4rl
     from dema_lab.data.registry import embedded_path
     from dema_lab.data.trajectory import DatasetError
@@ -31,8 +31,15 @@ def _build(args) -> int:
     except ValueError as err:
         print(f"dema-lab data build: {err}", file=sys.stderr)
         return 2
-    if args.quality not in QUALITIES:
-        print(f"dema-lab data build: unknown quality {args.quality!r}; choose one of {', '.join(QUALITIES)}", file=sys.stderr)
+    from dema_lab.data.registry import qualities_for
+
+    allowed = qualities_for(spec.name)
+    if not allowed:
+        print(f"dema-lab data build: no embedded datasets for {spec.name}; for it, read DQN-Replay files "
+              f"(--dataset dqn-replay:/path/<Game>/1/replay_logs)", file=sys.stderr)
+        return 2
+    if args.quality not in allowed:
+        print(f"dema-lab data build: unknown quality {args.quality!r}; choose one of {', '.join(allowed)}", file=sys.stderr)
         return 2
     out = args.out or embedded_path(f"{spec.name}-{args.quality}", args.seed, args.transitions)
     t0 = time.perf_counter()
@@ -92,7 +99,7 @@ def _info(args) -> int:
 def _train(args) -> int:
     from dataclasses import replace
 
-    from dema_lab.ars import DEFAULT_CONFIGS, ARSConfig, train_ars
+    from dema_lab.data.ars import DEFAULT_CONFIGS, ARSConfig, train_ars
     from dema_lab.envs import env_spec
 
     spec = env_spec(args.env)
@@ -118,8 +125,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     sub.required = True
 
     b = sub.add_parser("build", help="build an embedded dataset in D4RL's HDF5 layout")
-    b.add_argument("env", help="hopper, halfcheetah, walker2d (or a Gymnasium id)")
-    b.add_argument("quality", help="random, medium, expert, medium-replay, medium-expert")
+    b.add_argument("env", help="hopper, halfcheetah, walker2d, breakout, pong (or a Gymnasium id)")
+    b.add_argument("quality", help="random, medium, expert, medium-replay, medium-expert (Atari: random, "
+                   "medium, expert, mixed)")
     b.add_argument("--out", default=None, help="output .hdf5 (default: the dataset cache)")
     b.add_argument("--seed", type=int, default=0)
     size = b.add_mutually_exclusive_group()

@@ -91,8 +91,9 @@ def _validate(path: Path, a: dict[str, np.ndarray]) -> None:
     for key in ("rewards", *_FLAG_KEYS):
         if key in a and a[key].ndim == 2 and a[key].shape[1] == 1:
             a[key] = a[key][:, 0]
+    frames = a["observations"].ndim == 3 and a["observations"].dtype == np.uint8   # Atari: (N, H, W) uint8
     for key, ndim, what in (
-        ("observations", 2, "(N, obs_dim)"),
+        ("observations", 3 if frames else 2, "(N, obs_dim) or uint8 frames (N, H, W)"),
         ("actions", 2, "(N, act_dim)"),
         ("next_observations", 2, "(N, obs_dim)"),
         ("rewards", 1, "(N,)"),
@@ -117,7 +118,7 @@ def _validate(path: Path, a: dict[str, np.ndarray]) -> None:
             f"but 'observations' has {a['observations'].shape[1]}"
         )
     for key in ("observations", "actions", "rewards", "next_observations"):
-        if key not in a:
+        if key not in a or (frames and key in ("observations", "next_observations")):
             continue
         a[key] = np.asarray(a[key], dtype=np.float32)
         bad = ~np.isfinite(a[key])
@@ -185,6 +186,8 @@ def load_d4rl(path: str | Path, env: str | None = None, max_episode_steps: int |
     path = Path(path)
     a, attrs = read_d4rl_arrays(path)
     obs_dim, act_dim = a["observations"].shape[1], a["actions"].shape[1]
+    if a["observations"].ndim == 3:       # frames: a state is attrs frame_stack of them
+        obs_dim = int(attrs.get("frame_stack", 4)) * int(np.prod(a["observations"].shape[1:]))
     spec = _resolve_env(env, attrs, path, obs_dim, act_dim)
     if spec is not None:
         for key, got, want, what in (
@@ -247,7 +250,12 @@ def write_d4rl(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # unique per writer
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("observations", data=np.asarray(observations, np.float32), compression=compression)
+            obs = np.asarray(observations)
+            if obs.dtype == np.uint8 and obs.ndim == 3:   # Atari frames stay uint8, in chunks of frames
+                f.create_dataset("observations", data=obs, compression=compression or "gzip",
+                                 chunks=(min(len(obs), 256), *obs.shape[1:]))
+            else:
+                f.create_dataset("observations", data=np.asarray(obs, np.float32), compression=compression)
             f.create_dataset("actions", data=np.asarray(actions, np.float32), compression=compression)
             f.create_dataset("rewards", data=np.asarray(rewards, np.float32), compression=compression)
             f.create_dataset("terminals", data=np.asarray(terminals, bool))

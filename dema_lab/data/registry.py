@@ -6,6 +6,9 @@ A spec is one of
                              shipped policies into the cache dir, reused after
     path/to/file.hdf5        a D4RL-layout file
     minari:<dataset id>      a dataset in the local Minari directory
+    breakout-mixed           an embedded Atari dataset (:mod:`dema_lab.data.atari`), built likewise
+    dqn-replay:<folder>      a DQN-Replay run folder (``<Game>/<run>/replay_logs``), read with
+                             :mod:`dema_lab.data.dqn_replay`
 
 The cache dir is ``$DEMA_LAB_DATA`` or ``~/.cache/dema-lab/datasets``. A
 cached file is rebuilt when the builder version or the policy weights it was
@@ -28,6 +31,7 @@ __all__ = [
     "DEFAULT_DATASET",
     "data_dir",
     "embedded_names",
+    "qualities_for",
     "parse_embedded",
     "embedded_path",
     "ensure_embedded",
@@ -44,23 +48,43 @@ def data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dema-lab" / "datasets"
 
 
+def qualities_for(env: str) -> tuple[str, ...]:
+    """The qualities the builder makes for an env: the MuJoCo suite's, or the Atari games' that
+    have a behaviour policy (:mod:`dema_lab.data.atari`)."""
+    if ENV_SPECS[env].kind == "atari":
+        from dema_lab.data.atari import ATARI_POLICIES, ATARI_QUALITIES
+
+        return ATARI_QUALITIES if env in ATARI_POLICIES else ()
+    return QUALITIES
+
+
 def embedded_names() -> list[str]:
     """All ``<env>-<quality>`` names the builder can make."""
-    return [f"{e}-{q}" for e in ENV_SPECS for q in QUALITIES]
+    return [f"{e}-{q}" for e in ENV_SPECS for q in qualities_for(e)]
 
 
 def parse_embedded(name: str) -> tuple[str, str] | None:
     """``hopper-medium-replay`` -> (``hopper``, ``medium-replay``); None if not embedded."""
     for e in ENV_SPECS:
-        if name.startswith(e + "-") and name[len(e) + 1 :] in QUALITIES:
+        if name.startswith(e + "-") and name[len(e) + 1 :] in qualities_for(e):
             return e, name[len(e) + 1 :]
     return None
 
 
+def _default_transitions(name: str) -> int:
+    parsed = parse_embedded(name)
+    if parsed is not None and ENV_SPECS[parsed[0]].kind == "atari":
+        from dema_lab.data.atari import ATARI_DEFAULT_TRANSITIONS
+
+        return ATARI_DEFAULT_TRANSITIONS
+    return builder.DEFAULT_TRANSITIONS
+
+
 def embedded_path(name: str, seed: int = 0, transitions: int | None = None) -> Path:
     """Cache file for an embedded dataset built with these settings."""
-    n = transitions or builder.DEFAULT_TRANSITIONS
-    suffix = "" if (seed == 0 and n == builder.DEFAULT_TRANSITIONS) else f"-s{seed}-n{n}"
+    default = _default_transitions(name)
+    n = transitions or default
+    suffix = "" if (seed == 0 and n == default) else f"-s{seed}-n{n}"
     return data_dir() / f"{name}{suffix}.hdf5"
 
 
@@ -78,6 +102,10 @@ def _is_current(path: Path, env: str, quality: str) -> bool:
         return False
     if isinstance(digest, bytes):
         digest = digest.decode()
+    if ENV_SPECS[env].kind == "atari":
+        from dema_lab.data.atari import ATARI_BUILDER_VERSION
+
+        return version == ATARI_BUILDER_VERSION
     want = "" if quality == "random" else _file_digest(policy_path(env))
     return version == BUILDER_VERSION and digest == want
 
@@ -108,6 +136,10 @@ def load_dataset(spec, env: str | None = None, progress: bool = True) -> Traject
         from dema_lab.data.minari_source import load_minari
 
         return load_minari(spec[len("minari:") :], env=env)
+    if spec.startswith("dqn-replay:"):
+        from dema_lab.data.dqn_replay import load_dqn_replay
+
+        return load_dqn_replay(spec[len("dqn-replay:") :], env=env)
     parsed = parse_embedded(spec)
     if parsed is not None and not Path(spec).exists():
         ds = load_d4rl(ensure_embedded(spec, progress=progress), env=env)
@@ -133,7 +165,7 @@ def list_datasets() -> list[dict]:
                 "path": str(path),
                 "cached": path.exists(),
                 "current": path.exists() and _is_current(path, env, quality),
-                "policy": policy_path(env).exists() or quality == "random",
+                "policy": ENV_SPECS[env].kind == "atari" or policy_path(env).exists() or quality == "random",
             }
         )
     # other files in the cache dir (other seeds/sizes, user copies)

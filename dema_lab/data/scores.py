@@ -1,4 +1,4 @@
-"""D4RL normalized scores.
+"""D4RL normalized scores (and Atari's gamer-normalized ones: the same formula, human for expert).
 
     normalized = 100 * (return - random) / (expert - random)
 
@@ -57,6 +57,12 @@ REF_SCORES: dict[str, tuple[float, float]] = {
     "bullet-maze2d-umaze": (32.46, 153.99),
     "bullet-maze2d-medium": (14.87, 238.05),
     "bullet-maze2d-large": (1.82, 285.92),
+    # Atari: gamer-normalized, (random, human) scores of the DQN/DT papers; the same formula
+    # 100 * (score - random) / (human - random) on the same 0-100 scale
+    "breakout": (1.7, 30.5),
+    "pong": (-20.7, 14.6),
+    "qbert": (163.9, 13455.0),
+    "seaquest": (68.4, 42054.7),
 }
 
 
@@ -69,6 +75,7 @@ def score_key(env_or_key: str) -> str:
     """
     name = str(env_or_key).strip().lower().replace("_", "-")
     name = re.sub(r"-v\d+$", "", name)
+    name = name.removeprefix("ale/")  # "ALE/Breakout-v5" -> "breakout"
     name = {"half-cheetah": "halfcheetah", "cheetah": "halfcheetah", "walker": "walker2d"}.get(name, name)
     parts = name.split("-")
     for n in range(len(parts), 0, -1):  # longest known prefix wins

@@ -25,8 +25,10 @@ class DatasetError(ValueError):
 class Trajectory:
     """One episode.
 
-    observations: (T, obs_dim) float32, the state each action was taken in
-    actions:      (T, act_dim) float32
+    observations: (T, obs_dim) float32, the state each action was taken in; or, for Atari,
+                  (T, 84, 84) uint8 single grey frames (stacked by the dataset's
+                  ``frame_stack`` when read: the state at t is frames t-3..t)
+    actions:      (T, act_dim) float32 (discrete actions: (T, 1), the action's index)
     rewards:      (T,) float32
     terminated:   True if the episode ended in a terminal state (the env's
                   ``terminated``); False if it was cut by a time limit or is
@@ -42,9 +44,9 @@ class Trajectory:
 
     def __post_init__(self) -> None:
         T = len(self.rewards)
-        if self.observations.ndim != 2 or self.actions.ndim != 2 or self.rewards.ndim != 1:
+        if self.observations.ndim not in (2, 3) or self.actions.ndim != 2 or self.rewards.ndim != 1:
             raise DatasetError(
-                "Trajectory needs observations (T, obs), actions (T, act), rewards (T,); got shapes "
+                "Trajectory needs observations (T, obs) or frames (T, H, W), actions (T, act), rewards (T,); got shapes "
                 f"{self.observations.shape}, {self.actions.shape}, {self.rewards.shape}"
             )
         if len(self.observations) != T or len(self.actions) != T:
@@ -118,8 +120,29 @@ class TrajectoryDataset:
         return self.trajectories[i]
 
     @property
+    def is_image(self) -> bool:
+        """True for frame datasets (Atari): observations are (T, H, W) uint8 single frames."""
+        return self.trajectories[0].observations.ndim == 3
+
+    @property
+    def frame_stack(self) -> int:
+        """Frames per state for image datasets (attr ``frame_stack``, default 4); 0 otherwise."""
+        return int(self.attrs.get("frame_stack", 4)) if self.is_image else 0
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """Shape of one state: (obs_dim,), or (frame_stack, H, W) for image datasets."""
+        o = self.trajectories[0].observations
+        return (self.frame_stack, *o.shape[1:]) if self.is_image else (int(o.shape[1]),)
+
+    @property
+    def n_actions(self) -> int:
+        """Number of discrete actions (attr ``n_actions``); 0 for continuous actions."""
+        return int(self.attrs.get("n_actions", 0))
+
+    @property
     def obs_dim(self) -> int:
-        return int(self.trajectories[0].observations.shape[1])
+        return int(np.prod(self.obs_shape))
 
     @property
     def act_dim(self) -> int:
@@ -147,6 +170,8 @@ class TrajectoryDataset:
 
     # ---- normalisation -----------------------------------------------------
     def _compute_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._stats is None and self.is_image:   # frames are scaled by the model (x / 255), not here
+            self._stats = (np.zeros(1, np.float32), np.ones(1, np.float32))
         if self._stats is None:
             n = 0
             s = np.zeros(self.obs_dim)
@@ -203,7 +228,3 @@ class TrajectoryDataset:
             out["normalized_mean"] = None
         return out
 
-    def source_path(self) -> Path | None:
-        if self.source and not str(self.source).startswith("minari:"):
-            return Path(self.source)
-        return None

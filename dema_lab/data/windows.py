@@ -27,7 +27,11 @@ import numpy as np
 
 from dema_lab.data.trajectory import DatasetError, TrajectoryDataset
 
-__all__ = ["ReturnScale", "WindowSampler", "flat_returns_to_go"]
+__all__ = ["ReturnScale", "WindowSampler", "check_context_length", "flat_returns_to_go"]
+
+# Training needs whole K-step windows: at least this share of the episodes (and at least one) must be
+# K steps or longer. Shorter ones still train, right- or left-padded.
+MIN_FULL_EPISODES = 0.05
 
 
 @dataclass(frozen=True)
@@ -41,15 +45,6 @@ class ReturnScale:
     def __post_init__(self) -> None:
         if not self.rtg_scale > 0 or not self.reward_scale > 0:
             raise ValueError(f"scales must be positive, got {self}")
-
-    def scale_return(self, g):
-        return g / self.rtg_scale
-
-    def unscale_return(self, g):
-        return g * self.rtg_scale
-
-    def scale_reward(self, r):
-        return r / self.reward_scale
 
 
 def flat_returns_to_go(rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -66,13 +61,33 @@ def flat_returns_to_go(rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray
     return rev - np.repeat(tail, lengths)
 
 
+def check_context_length(dataset: TrajectoryDataset, K: int, min_share: float = MIN_FULL_EPISODES) -> None:
+    """DatasetError, saying which K fits, unless enough episodes of `dataset` (a `min_share` of
+    them, and at least one) are at least K steps long: with fewer, the model would hardly ever
+    train on a whole window, and the decay statistics have no window to measure on."""
+    lengths = np.sort(np.asarray(dataset.lengths))[::-1]  # (E,) longest first
+    need = max(1, int(np.ceil(min_share * len(lengths))))
+    have = int((lengths >= K).sum())
+    if have >= need:
+        return
+    name = getattr(dataset, "name", "") or "the dataset"
+    raise DatasetError(
+        f"K={K} is too long for dataset {name}: {have} of its {len(lengths)} episodes are at least {K} steps "
+        f"long (the longest has {int(lengths[0])}), and training needs {need} (at least {min_share:.0%} of them) "
+        f"to see whole windows; use K <= {int(lengths[need - 1])}, or a dataset with longer episodes"
+    )
+
+
 class WindowSampler:
     """Random K-step windows from a :class:`TrajectoryDataset`.
 
     ``sample(B)`` returns a dict of torch tensors:
 
         states        (B, K, obs) float32  (s - state_mean) / state_std, 0 in padding
-        actions       (B, K, act) float32
+                      image datasets (Atari): (B, K, frame_stack, H, W) uint8, the frames t-3..t
+                      (the episode's first frame repeated before its start, as the env's frame
+                      stack at reset), 0 in padding
+        actions       (B, K, act) float32  (discrete: the action's index; padding 0)
         returns_to_go (B, K, 1)   float32  undiscounted return-to-go / rtg_scale
         rewards       (B, K, 1)   float32  reward / reward_scale
         timesteps     (B, K)      int64    step index within the episode
@@ -102,7 +117,9 @@ class WindowSampler:
         self.rng = np.random.default_rng(seed)
         self.state_mean = np.asarray(dataset.state_mean if state_mean is None else state_mean, np.float32)
         self.state_std = np.asarray(dataset.state_std if state_std is None else state_std, np.float32)
-        if self.state_mean.shape != (dataset.obs_dim,) or self.state_std.shape != (dataset.obs_dim,):
+        self.image = dataset.is_image
+        self.discrete = dataset.n_actions > 0
+        if not self.image and (self.state_mean.shape != (dataset.obs_dim,) or self.state_std.shape != (dataset.obs_dim,)):
             raise DatasetError(
                 f"state_mean/std must have shape ({dataset.obs_dim},), got "
                 f"{self.state_mean.shape}/{self.state_std.shape}"
@@ -112,10 +129,22 @@ class WindowSampler:
         self.starts = self.ends - lengths  # (E,)
         self.N = int(self.ends[-1])
         trajs = dataset.trajectories
-        obs = np.concatenate([t.observations for t in trajs]).astype(np.float32)  # (N, obs)
-        # flat tables with one zero row appended at index N: padding gathers it
-        self._states = np.zeros((self.N + 1, dataset.obs_dim), np.float32)
-        self._states[: self.N] = (obs - self.state_mean) / self.state_std
+        episode_of = np.repeat(np.arange(len(lengths)), lengths)  # (N,)
+        if self.image:
+            # frames (N + 1, H, W) uint8 with a zero frame at N; a state is frame_stack frame indices
+            frames = trajs[0].observations
+            self._frames = np.zeros((self.N + 1, *frames.shape[1:]), np.uint8)
+            self._frames[: self.N] = np.concatenate([t.observations for t in trajs])
+            S = dataset.frame_stack
+            back = np.arange(-(S - 1), 1)                                            # (S,) oldest first
+            idx = np.maximum(np.arange(self.N)[:, None] + back, self.starts[episode_of][:, None])
+            self._stack = np.full((self.N + 1, S), self.N, np.int64)                # (N + 1, S)
+            self._stack[: self.N] = idx
+        else:
+            obs = np.concatenate([t.observations for t in trajs]).astype(np.float32)  # (N, obs)
+            # flat tables with one zero row appended at index N: padding gathers it
+            self._states = np.zeros((self.N + 1, dataset.obs_dim), np.float32)
+            self._states[: self.N] = (obs - self.state_mean) / self.state_std
         self._actions = np.zeros((self.N + 1, dataset.act_dim), np.float32)
         self._actions[: self.N] = np.concatenate([t.actions for t in trajs])
         rewards = np.concatenate([t.rewards for t in trajs]).astype(np.float64)  # (N,)
@@ -123,7 +152,6 @@ class WindowSampler:
         self._rewards[: self.N] = rewards / reward_scale
         self._rtg = np.zeros(self.N + 1, np.float32)
         self._rtg[: self.N] = flat_returns_to_go(rewards, self.starts, self.ends) / rtg_scale
-        episode_of = np.repeat(np.arange(len(lengths)), lengths)  # (N,)
         self._ep_end = self.ends[episode_of]  # (N,) end of each step's episode
         self._timestep = np.arange(self.N) - self.starts[episode_of]  # (N,)
         self._ar = np.arange(self.K)
@@ -147,9 +175,14 @@ class WindowSampler:
         mask = (pos >= 0) & (pos < n_real[:, None])  # (B, K) real steps
         gather = np.where(mask, starts[:, None] + pos, self.N)  # padding reads the zero row
         ts = np.where(mask, self._timestep[starts][:, None] + pos, 0)
-        states, actions = self._states[gather], self._actions[gather]
-        if self.padding == "left":  # the official pad values
+        if self.image:
+            states = self._frames[self._stack[gather]]      # (B, K, S, H, W) uint8, zeros in padding
+        else:
+            states = self._states[gather]
+        actions = self._actions[gather]
+        if self.padding == "left" and not self.image:  # the official pad values
             states[~mask] = -self.state_mean / self.state_std
+        if self.padding == "left" and not self.discrete:
             actions[~mask] = -10.0
         return {
             "states": torch.from_numpy(states),

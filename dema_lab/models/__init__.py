@@ -9,7 +9,7 @@ from .dema import DecisionMamba
 from .dt import DecisionTransformer
 from .init import official_init
 from .official import OfficialCheckpointError, UnsafeCheckpointError, import_official
-from .policy import MODES, Policy
+from .policy import MODES, BatchPolicy, Policy
 
 
 def build_model(cfg: ModelConfig) -> TrajectoryModel:
@@ -18,7 +18,7 @@ def build_model(cfg: ModelConfig) -> TrajectoryModel:
 
 
 __all__ = [
-    "ARCHS", "LAYOUTS", "MODES", "Checkpoint", "CheckpointError", "DecisionMamba",
+    "ARCHS", "LAYOUTS", "MODES", "BatchPolicy", "Checkpoint", "CheckpointError", "DecisionMamba",
     "DecisionTransformer", "ModelConfig", "OfficialCheckpointError", "UnsafeCheckpointError", "checkpoint_bytes",
     "Policy", "TrajectoryModel", "build_model", "import_official", "official_init",
     "cost_summary", "count_parameters", "forward_macs", "load_checkpoint", "load_weights",

@@ -3,6 +3,8 @@
 A model maps a window of T steps to T action predictions:
     states (b, T, state_dim), actions (b, T, act_dim), returns_to_go (b, T, 1),
     timesteps (b, T) int  [, prev_action (b, act_dim)]  ->  actions_pred (b, T, act_dim) in [-1, 1]
+    Atari (cfg.n_actions > 0): states (b, T, 4, 84, 84) uint8 frames (or flattened, (b, T, 4*84*84)),
+    actions (b, T, 1) action indices  ->  logits (b, T, n_actions)
 Training windows are right-padded: both backbones are causal, so padding after the real steps
 never changes the predictions for them. At inference a config may left-pad (window_padding).
 """
@@ -24,7 +26,10 @@ class TrajectoryModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = TrajectoryEmbedding(cfg)
-        self.predict_action = nn.Sequential(nn.Linear(cfg.d_model, cfg.act_dim), nn.Tanh())
+        if cfg.discrete:     # logits over the actions (the official Atari DeMa's `head`: no bias)
+            self.predict_action = nn.Linear(cfg.d_model, cfg.n_actions, bias=False)
+        else:
+            self.predict_action = nn.Sequential(nn.Linear(cfg.d_model, cfg.act_dim), nn.Tanh())
 
     def backbone(self, tokens, return_attention=False):
         """tokens (b, L, d) -> hidden (b, L, d) [, list of per-layer attention maps]."""
@@ -50,5 +55,16 @@ class TrajectoryModel(nn.Module):
             return attn
         return [aggregate_channels(a, aggregate) for a in attn]
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def choose_action(self, pred, sample: bool = True, generator=None):
+        """The action to take from the prediction of the current step, (.., act_dim): continuous
+        actions as predicted; discrete ones (pred: logits (.., n_actions)) drawn from their softmax
+        (as the Atari DT and DeMa evaluate), or the argmax with sample=False, as an index (.., 1)."""
+        if not self.cfg.discrete:
+            return pred
+        if sample:
+            probs = torch.softmax(pred.float(), dim=-1)
+            flat = probs.reshape(-1, probs.shape[-1])
+            idx = torch.multinomial(flat, 1, generator=generator).reshape(*pred.shape[:-1], 1)
+        else:
+            idx = pred.argmax(-1, keepdim=True)
+        return idx.to(pred.dtype)

@@ -8,6 +8,12 @@ Two DeMa flavours share one model class (see README, "Checkpoints from the offic
     embed_norm   "layernorm"              "none"
     window_padding "none": shorter        "left": zero-padded to K steps; the pads go through the model
                  windows early in an episode
+
+Atari (discrete actions, image states): `obs_shape` (4, 84, 84) encodes states with the Nature-DQN
+CNN (models/cnn.py), `n_actions` > 0 embeds actions with nn.Embedding (act_dim 1 holds the index)
+and predicts logits (Linear without bias) for a cross-entropy loss; the return, state and action
+embeddings then end in tanh, as in the Atari DT and DeMa. Token order "ARS" is the official Atari
+DeMa's (a_{t-1}, R_t, s_t) (atari/models/mamba.py).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 ARCHS = ("dema", "dt")
 LAYOUTS = ("B3LD", "BL3D")
-TOKEN_ORDERS = ("RSA", "RAS")
+TOKEN_ORDERS = ("RSA", "RAS", "ARS")
 EMBED_NORMS = ("layernorm", "none")
 WINDOW_PADDINGS = ("none", "left")
 WINDOW_ACTIONS = ("own", "previous")
@@ -51,10 +57,15 @@ class ModelConfig:
     n_head: int = 1
     dropout: float = 0.1
     activation: str = "gelu"          # DT's MLP: gelu (nanoGPT) or relu (the DT and DeMa repositories)
+    # Atari
+    obs_shape: tuple = ()             # image states, e.g. (4, 84, 84): the Nature CNN encodes them; () = vectors
+    n_actions: int = 0                # discrete actions: logits over n_actions, cross-entropy; 0 = continuous
 
     def __post_init__(self):
         if self.timestep_embedding is None:
             self.timestep_embedding = self.arch == "dt"
+        if isinstance(self.obs_shape, list):          # from a JSON header
+            self.obs_shape = tuple(self.obs_shape)
         self.validate()
 
     def validate(self):
@@ -78,10 +89,23 @@ class ModelConfig:
         if isinstance(self.n_head, int) and self.n_head >= 1 and isinstance(self.d_model, int) \
                 and self.d_model % self.n_head:
             problems.append(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        if not isinstance(self.obs_shape, tuple) or (self.obs_shape and (
+                len(self.obs_shape) != 3 or not all(isinstance(x, int) and x > 0 for x in self.obs_shape))):
+            problems.append(f"obs_shape must be () or (channels, height, width), got {self.obs_shape!r}")
+        elif self.obs_shape and self.state_dim != self.obs_shape[0] * self.obs_shape[1] * self.obs_shape[2]:
+            problems.append(f"state_dim {self.state_dim} must be the size of obs_shape {self.obs_shape}")
+        if not isinstance(self.n_actions, int) or isinstance(self.n_actions, bool) or self.n_actions < 0:
+            problems.append(f"n_actions must be 0 (continuous) or the number of discrete actions, got {self.n_actions!r}")
+        elif self.n_actions and self.act_dim != 1:
+            problems.append(f"discrete actions are one index: act_dim must be 1, got {self.act_dim}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def discrete(self) -> bool:
+        return self.n_actions > 0
 
     @property
     def tokens_per_step(self) -> int:

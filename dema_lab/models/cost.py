@@ -12,11 +12,27 @@ import math
 from .config import ModelConfig
 
 
+def _cnn_macs(obs_shape, width: int) -> int:
+    """The Nature CNN (models/cnn.py) on one stacked frame: three convs and the Linear to width."""
+    c, h, w = obs_shape
+    macs = 0
+    for c_out, k, s in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+        h, w = (h - k) // s + 1, (w - k) // s + 1
+        macs += h * w * c_out * k * k * c
+        c = c_out
+    return macs + c * h * w * width
+
+
+def _head_size(cfg: ModelConfig) -> int:
+    return cfg.n_actions or cfg.act_dim
+
+
 def _embed_macs(cfg: ModelConfig) -> int:
     """Per env step: the three embeddings (+ the projection to d_model: BL3D's, or the official
-    DeMa's from 128-wide embeddings)."""
+    DeMa's from 128-wide embeddings). Atari: the CNN on the state; the action is a table lookup."""
     w = cfg.token_width
-    macs = w * (1 + cfg.state_dim + cfg.act_dim)
+    state = _cnn_macs(cfg.obs_shape, w) if cfg.obs_shape else w * cfg.state_dim
+    macs = w * (1 + (0 if cfg.discrete else cfg.act_dim)) + state
     if cfg.layout == "BL3D":
         macs += 3 * w * cfg.d_model
     elif cfg.embed_dim:
@@ -47,7 +63,7 @@ def forward_macs(cfg: ModelConfig, steps: int | None = None) -> int:
     """MACs of one forward pass over a window of `steps` env steps (default K), batch 1."""
     T = cfg.K if steps is None else steps
     L = T * cfg.tokens_per_step
-    macs = T * _embed_macs(cfg) + T * cfg.d_model * cfg.act_dim     # embeddings + head
+    macs = T * _embed_macs(cfg) + T * cfg.d_model * _head_size(cfg)     # embeddings + head
     if cfg.arch == "dema":
         macs += cfg.n_layer * L * _mamba_token_macs(cfg)
     else:
@@ -61,7 +77,7 @@ def step_macs(cfg: ModelConfig, mode: str = "transformer") -> int:
         return forward_macs(cfg)
     if mode != "rnn" or cfg.arch != "dema":
         raise ValueError(f"no {mode!r} inference for arch {cfg.arch!r}")
-    return (_embed_macs(cfg) + cfg.d_model * cfg.act_dim
+    return (_embed_macs(cfg) + cfg.d_model * _head_size(cfg)
             + cfg.n_layer * cfg.tokens_per_step * _mamba_token_macs(cfg))
 
 

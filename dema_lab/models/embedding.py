@@ -4,6 +4,7 @@ an optional timestep embedding, the token order, and the two token layouts.
 Token order (`cfg.token_order`), per step t:
     RSA (DT, dema-lab's DeMa): R_t, s_t, a_t      a_t is predicted from s_t's token
     RAS (official DeMa):       R_t, a_{t-1}, s_t  a_t is predicted from s_t's token, the step's last;
+    ARS (official Atari DeMa): a_{t-1}, R_t, s_t  likewise (everything said of RAS below holds for it);
                                a_{-1} = 0, and the action before a window comes in as `prev_action`
 Layout (`cfg.layout`):
     B3LD: the three tokens of every step in sequence, (b, 3T, d)
@@ -20,7 +21,20 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .cnn import NatureCNN
 from .config import ModelConfig
+
+
+class DiscreteActionEmbedding(nn.Sequential):
+    """Action indices (.., 1), held as numbers in the act_dim-1 action slot -> tanh(Embedding), (.., w)
+    (the official Atari DeMa's `action_embeddings`: indices 0 Embedding, 1 Tanh)."""
+
+    def __init__(self, n_actions: int, width: int):
+        super().__init__(nn.Embedding(n_actions, width), nn.Tanh())
+        nn.init.normal_(self[0].weight, mean=0.0, std=0.02)
+
+    def forward(self, a):
+        return super().forward(a[..., 0].round().long())
 
 
 class TrajectoryEmbedding(nn.Module):
@@ -30,9 +44,13 @@ class TrajectoryEmbedding(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.token_width
-        self.embed_return = nn.Linear(1, w)
-        self.embed_state = nn.Linear(cfg.state_dim, w)
-        self.embed_action = nn.Linear(cfg.act_dim, w)
+        if cfg.discrete:     # the Atari embeddings: all three end in tanh
+            self.embed_return = nn.Sequential(nn.Linear(1, w), nn.Tanh())
+            self.embed_action = DiscreteActionEmbedding(cfg.n_actions, w)
+        else:
+            self.embed_return = nn.Linear(1, w)
+            self.embed_action = nn.Linear(cfg.act_dim, w)
+        self.embed_state = NatureCNN(cfg.obs_shape, w) if cfg.obs_shape else nn.Linear(cfg.state_dim, w)
         self.embed_timestep = nn.Embedding(cfg.max_ep_len, w) if cfg.timestep_embedding else None
         width_in = 3 * w if cfg.layout == "BL3D" else w
         self.embed_token = nn.Linear(width_in, cfg.d_model) if cfg.embed_dim or cfg.layout == "BL3D" else None
@@ -40,10 +58,12 @@ class TrajectoryEmbedding(nn.Module):
 
     def check_inputs(self, states, actions, returns_to_go, timesteps):
         cfg = self.cfg
-        if states.dim() != 3 or states.shape[-1] != cfg.state_dim:
-            raise ValueError(f"states must be (batch, steps, state_dim={cfg.state_dim}), got "
+        image = cfg.obs_shape and states.dim() == 5 and tuple(states.shape[2:]) == tuple(cfg.obs_shape)
+        if not image and (states.dim() != 3 or states.shape[-1] != cfg.state_dim):
+            shape = f"state_dim={cfg.state_dim}" + (f" or {', '.join(map(str, cfg.obs_shape))}" if cfg.obs_shape else "")
+            raise ValueError(f"states must be (batch, steps, {shape}), got "
                              f"{tuple(states.shape)}: the model was built for another environment?")
-        b, T, _ = states.shape
+        b, T = states.shape[:2]
         if actions.dim() != 3 or actions.shape[-1] != cfg.act_dim or actions.shape[:2] != (b, T):
             raise ValueError(f"actions must be (batch={b}, steps={T}, act_dim={cfg.act_dim}), got "
                              f"{tuple(actions.shape)}")
@@ -62,7 +82,7 @@ class TrajectoryEmbedding(nn.Module):
     def _tokens(self, r, a_slot, s):
         """Embeddings (b, T, w) of one step's three tokens -> the token sequence (b, L, d_model)."""
         b, T, _ = r.shape
-        parts = [r, a_slot, s] if self.cfg.token_order == "RAS" else [r, s, a_slot]
+        parts = {"RAS": [r, a_slot, s], "ARS": [a_slot, r, s], "RSA": [r, s, a_slot]}[self.cfg.token_order]
         if self.cfg.layout == "B3LD":
             tokens = torch.stack(parts, dim=2).reshape(b, 3 * T, -1)          # (b, 3T, w)
         else:
@@ -81,7 +101,7 @@ class TrajectoryEmbedding(nn.Module):
         start), zeros otherwise."""
         b = actions.shape[0]
         first = actions.new_zeros(b, 1, actions.shape[-1])
-        if prev_action is not None and self.cfg.token_order == "RAS":
+        if prev_action is not None and self.cfg.token_order in ("RAS", "ARS"):
             first = prev_action.reshape(b, 1, -1).to(actions.dtype)
         return torch.cat([first, actions[:, :-1]], dim=1)
 
@@ -91,7 +111,7 @@ class TrajectoryEmbedding(nn.Module):
         self.check_inputs(states, actions, returns_to_go, timesteps)
         if returns_to_go.dim() == 2:
             returns_to_go = returns_to_go[..., None]
-        if self.cfg.layout == "BL3D" or self.cfg.token_order == "RAS":   # the action slot holds a_{t-1}
+        if self.cfg.layout == "BL3D" or self.cfg.token_order in ("RAS", "ARS"):   # the action slot holds a_{t-1}
             actions = self.previous_actions(actions, prev_action)
         r = self._embed(self.embed_return, returns_to_go, timesteps)      # (b, T, w)
         s = self._embed(self.embed_state, states, timesteps)
@@ -111,6 +131,7 @@ class TrajectoryEmbedding(nn.Module):
         B3LD-RSA: [a_{t-1} (unless first), R_t, s_t] -> (b, 2 or 3, d); a_{t-1} keeps step t-1's
                   timestep embedding, as in the sequence.
         B3LD-RAS: [R_t, a_{t-1}, s_t] -> (b, 3, d), a_{-1} = 0 (the official `get_action`).
+        B3LD-ARS: [a_{t-1}, R_t, s_t] -> (b, 3, d), a_{-1} = 0 (action index 0 when discrete).
         BL3D:     [token_t] -> (b, 1, d).
         The last token predicts a_t.
         """

@@ -46,6 +46,7 @@ from .config import ModelConfig
 OFFICIAL_K = 20            # gym/experiment.py --K
 OFFICIAL_N_HEAD = 1        # gym/experiment.py --n_head
 OFFICIAL_MAX_EP_LEN = 1000
+OFFICIAL_ATARI_K = 30      # atari/run_atari.py --context_length
 
 __all__ = ["OfficialCheckpointError", "UnsafeCheckpointError", "RestrictedUnpickler", "read_official",
            "official_state_dict", "infer_official", "import_official"]
@@ -290,9 +291,10 @@ def _layer_count(sd, prefix) -> int:
     return len(idx)
 
 
-def infer_official(sd: dict, *, K: int = OFFICIAL_K, n_head: int = OFFICIAL_N_HEAD,
+def infer_official(sd: dict, *, K: int | None = None, n_head: int = OFFICIAL_N_HEAD,
                    source: str = "the checkpoint") -> tuple[ModelConfig, str]:
-    """(ModelConfig, official class name) from an official state dict's names and shapes.
+    """(ModelConfig, official class name) from an official state dict's names and shapes. K: the
+    context length (default: the official 20 for MuJoCo, 30 for Atari).
     Raises OfficialCheckpointError listing what was found for a layout it does not recognise."""
     keys = set(sd)
 
@@ -300,9 +302,8 @@ def infer_official(sd: dict, *, K: int = OFFICIAL_K, n_head: int = OFFICIAL_N_HE
         raise OfficialCheckpointError(f"{source}: {why}. Found {describe_layout(sd)}")
 
     if any(k.startswith("state_encoder.0.") for k in keys) or "head.weight" in keys:
-        fail("this looks like an Atari checkpoint of the official code (atari/models/mamba.py: a CNN state "
-             "encoder and a logits head); dema-lab imports the MuJoCo models (Mamba_mujoco and the "
-             "DecisionTransformer of gym/); Atari belongs to a later release")
+        return _infer_atari_dema(sd, OFFICIAL_ATARI_K if K is None else K, fail), "DMamba"
+    K = OFFICIAL_K if K is None else K
     if any(k.startswith("backbone.layers.") for k in keys) and "ret_emb.weight" in keys:
         return _infer_dema(sd, K, fail), "Mamba_mujoco"
     if any(k.startswith("transformer.h.") for k in keys) and "embed_return.weight" in keys:
@@ -332,6 +333,55 @@ def _infer_dema(sd, K, fail) -> ModelConfig:
     else:
         fail(f"backbone.embedding takes {width_in} inputs, neither the embedding width {E} (B3LD) "
              f"nor 3 x {E} (BL3D)")
+    n_layer, d_state, d_conv, expand = _mamba_dims(sd, D, fail)
+    has_time = "embed_timestep.weight" in sd
+    max_ep_len = sd["embed_timestep.weight"].shape[0] if has_time else OFFICIAL_MAX_EP_LEN
+    try:
+        return ModelConfig(arch="dema", state_dim=state_dim, act_dim=act_dim, K=K, d_model=D, n_layer=n_layer,
+                           layout=layout, token_order="RAS", embed_dim=E, embed_norm="none",
+                           window_padding="left", timestep_embedding=has_time, max_ep_len=max_ep_len,
+                           d_state=d_state, d_conv=d_conv, expand=expand, dropout=0.0)
+    except (TypeError, ValueError) as e:
+        fail(f"the inferred config is not valid ({e})")
+
+
+def _infer_atari_dema(sd, K, fail) -> ModelConfig:
+    """atari/models/mamba.py DMamba (inner_type 'conv', reward_type 'normal'): the Nature CNN
+    `state_encoder` (Sequential indices 0, 2, 4 conv, 7 Linear to n_embed, Tanh), `ret_emb.0` Linear(1, E)
+    + Tanh, `action_embeddings.0` Embedding + Tanh, the MixerModel backbone, `head` Linear(D, n_actions)
+    without bias; tokens (a_{t-1}, R_t, s_t)."""
+    _need(sd, fail, "ret_emb.0.weight", "state_encoder.0.weight", "state_encoder.2.weight",
+          "state_encoder.4.weight", "state_encoder.7.weight", "action_embeddings.0.weight",
+          "backbone.embedding.weight", "backbone.norm_f.weight", "head.weight")
+    E = sd["ret_emb.0.weight"].shape[0]
+    n_actions, E_a = sd["action_embeddings.0.weight"].shape
+    channels = sd["state_encoder.0.weight"].shape[1]
+    if sd["state_encoder.7.weight"].shape != (E, 3136) or E_a != E:
+        fail(f"state_encoder.7 is {_shape(sd, 'state_encoder.7.weight')} and action_embeddings.0 "
+             f"{(n_actions, E_a)}: expected the Nature CNN on 84x84 frames ({E}, 3136) and ({n_actions}, {E})")
+    D, width_in = sd["backbone.embedding.weight"].shape
+    if width_in == E:
+        layout = "B3LD"
+    elif width_in == 3 * E:
+        layout = "BL3D"
+    else:
+        fail(f"backbone.embedding takes {width_in} inputs, neither {E} (B3LD) nor 3 x {E} (BL3D)")
+    if sd["head.weight"].shape != (n_actions, D) or "head.bias" in sd:
+        fail(f"head is {_shape(sd, 'head.weight')}{' with a bias' if 'head.bias' in sd else ''}: expected "
+             f"Linear({D}, {n_actions}, bias=False)")
+    n_layer, d_state, d_conv, expand = _mamba_dims(sd, D, fail)
+    try:
+        return ModelConfig(arch="dema", state_dim=channels * 84 * 84, act_dim=1, obs_shape=(channels, 84, 84),
+                           n_actions=n_actions, K=K, d_model=D, n_layer=n_layer, layout=layout,
+                           token_order="ARS", embed_dim=E, embed_norm="none", window_padding="none",
+                           timestep_embedding=False, d_state=d_state, d_conv=d_conv, expand=expand, dropout=0.0)
+    except (TypeError, ValueError) as e:
+        fail(f"the inferred config is not valid ({e})")
+
+
+def _mamba_dims(sd, D, fail) -> tuple[int, int, int, int]:
+    """(n_layer, d_state, d_conv, expand) of a MixerModel backbone of width D, checked against
+    dema-lab's Mamba (RMSNorm, no in/out_proj biases, dt_rank ceil(D / 16))."""
     n_layer = _layer_count(sd, "backbone.layers.")
     if n_layer == 0:
         fail("backbone.layers holds no layer")
@@ -356,15 +406,7 @@ def _infer_dema(sd, K, fail) -> ModelConfig:
              f"{math.ceil(D / 16)} (mamba_ssm's 'auto'); a checkpoint with another dt_rank cannot be mapped")
     if sd[p + "x_proj.weight"].shape != (dt_rank + 2 * d_state, d_inner):
         fail(f"x_proj is {tuple(sd[p + 'x_proj.weight'].shape)}, expected ({dt_rank + 2 * d_state}, {d_inner})")
-    has_time = "embed_timestep.weight" in sd
-    max_ep_len = sd["embed_timestep.weight"].shape[0] if has_time else OFFICIAL_MAX_EP_LEN
-    try:
-        return ModelConfig(arch="dema", state_dim=state_dim, act_dim=act_dim, K=K, d_model=D, n_layer=n_layer,
-                           layout=layout, token_order="RAS", embed_dim=E, embed_norm="none",
-                           window_padding="left", timestep_embedding=has_time, max_ep_len=max_ep_len,
-                           d_state=d_state, d_conv=d_conv, expand=expand, dropout=0.0)
-    except (TypeError, ValueError) as e:
-        fail(f"the inferred config is not valid ({e})")
+    return n_layer, d_state, d_conv, expand
 
 
 def _infer_dt(sd, K, n_head, fail) -> ModelConfig:
@@ -417,7 +459,8 @@ def map_official(sd: dict, cfg: ModelConfig) -> tuple[dict, list[str]]:
         prefixes = [("ret_emb.", "embed.embed_return."), ("state_encoder.", "embed.embed_state."),
                     ("action_embeddings.", "embed.embed_action."), ("embed_timestep.", "embed.embed_timestep."),
                     ("backbone.embedding.", "embed.embed_token."), ("backbone.layers.", "layers."),
-                    ("backbone.norm_f.", "norm_f."), ("predict_action.", "predict_action.")]
+                    ("backbone.norm_f.", "norm_f."), ("predict_action.", "predict_action."),
+                    ("head.", "predict_action.")]                               # Atari's logits head
         for k, v in sd.items():
             if k.startswith(DROPPED_DEMA):
                 dropped.append(k)
@@ -478,15 +521,20 @@ def normalisation(dataset=None, state_mean=None, state_std=None, state_dim: int 
 
 
 def import_official(path, *, env: str | None = None, dataset=None, state_mean=None, state_std=None,
-                    rtg_scale: float = 1000.0, K: int = OFFICIAL_K, n_head: int = OFFICIAL_N_HEAD) -> Checkpoint:
+                    rtg_scale: float | None = None, K: int | None = None,
+                    n_head: int = OFFICIAL_N_HEAD) -> Checkpoint:
     """A checkpoint of the official DeMa code (`model_iter{N}.pkl`: Mamba_mujoco or its
     DecisionTransformer) as a dema-lab Checkpoint, read without executing anything.
 
     dataset: a name/path for dema_lab.data.load_dataset, or a loaded dataset: the state
         normalisation (mean, std + 1e-6) and the env come from it. Or give state_mean/state_std
         (and env). env: validated with dema_lab.envs.env_spec; must agree with the dataset's.
-    K: the context length (not in the weights; the official default 20). n_head: DT's heads (not
-        inferable from shapes; the official default 1). rtg_scale: the official 1000.
+    K: the context length (not in the weights; the official default 20, Atari 30). n_head: DT's heads
+        (not inferable from shapes; the official default 1). rtg_scale: the official 1000 (Atari: 1,
+        returns-to-go unscaled).
+    Atari (atari/models/mamba.py, a bare state_dict `models/{epoch}.pkl`): states are the env's
+        uint8 frames (the official divides by 255 before its CNN, dema-lab's CNN does it inside), so
+        no normalisation is needed and none is stored.
     The result's meta has the keys of a trainer checkpoint (step, run_id, env, rtg_scale, dataset,
     device) plus source="official", source_path, official_class, iteration (N of model_iter{N}),
     dropped (official tensors dema-lab does not use), optimizer_steps when the file has them.
@@ -506,7 +554,12 @@ def import_official(path, *, env: str | None = None, dataset=None, state_mean=No
             raise OfficialCheckpointError(
                 f"{path} takes {cfg.state_dim}-dim states and {cfg.act_dim}-dim actions, but dataset "
                 f"{ds.name} has {ds.obs_dim} and {ds.act_dim}: it was trained on another environment")
-    mean, std = normalisation(ds if state_mean is None else None, state_mean, state_std, cfg.state_dim)
+    if cfg.obs_shape:                 # Atari frames: the CNN scales them (x / 255); nothing to normalise
+        mean, std = np.zeros(1, np.float32), np.ones(1, np.float32)
+    else:
+        mean, std = normalisation(ds if state_mean is None else None, state_mean, state_std, cfg.state_dim)
+    if rtg_scale is None:
+        rtg_scale = 1.0 if cfg.discrete else 1000.0
     env_name = _resolve_env(env, ds)
 
     from . import build_model

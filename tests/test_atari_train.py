@@ -1,0 +1,35 @@
+"""`dema-lab train` on Atari data end to end: cross-entropy training, evaluation in the game with
+gamer-normalized scores, a recorded episode with colour frames and (a, R, s) attention, decay stats."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ale_py")
+pytest.importorskip("cv2")
+
+from dema_lab.data.atari import build_atari_dataset  # noqa: E402
+from dema_lab.store import RunStore  # noqa: E402
+from dema_lab.train import TrainConfig, train  # noqa: E402
+
+
+def test_train_and_evaluate_a_tiny_atari_dema(tmp_path):
+    data = build_atari_dataset("breakout", "mixed", tmp_path / "bm.hdf5", transitions=120, progress=False)
+    cfg = TrainConfig.from_preset("atari-small", dataset=str(data), steps=4, batch_size=2, K=3, d_model=16,
+                                  n_layer=1, d_state=4, eval_episodes=1, eval_max_steps=8, record_episodes=1,
+                                  render_size=32, decay_windows=2, checkpoint_every=2, log_every=2,
+                                  store=str(tmp_path / "store"), run_id="atari")
+    run = train(cfg, progress=False, log=lambda m: None)
+    assert run.attrs["status"] == "finished"
+    store = RunStore(tmp_path / "store", mode="r")
+    r = store.run("atari")
+    ev = r.open("eval", r.published("eval")[-1]).load()
+    ev = ev.isel(checkpoint=-1) if "checkpoint" in ev.dims else ev
+    ret = ev["return"].values
+    np.testing.assert_allclose(ev["normalized_score"].values, 100 * (ret - 1.7) / (30.5 - 1.7))
+    assert set(ev.mode.values) == {"transformer", "rnn"} and list(ev.target.values) == [90.0]
+    name = [n for n in r.published("rollout") if "transformer" in n][0]
+    ep = r.open("rollout", name).load()
+    assert ep["frames"].shape[1:] == (32, 32, 3)                               # colour frames
+    assert ep["observation"].dtype == np.uint8 and ep["observation"].shape[1] == 4 * 84 * 84
+    assert set(np.unique(ep["action"].values)) <= {0.0, 1.0, 2.0, 3.0}
+    assert "attention" in ep and r.published("decay")
