@@ -11,30 +11,34 @@ import typing
 from .train import TrainConfig
 
 
-def _parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+def _flag_type(hint, name: str):
+    """An argparse `type` that parses a flag's text as dema_lab.config does a file's value."""
+    from .config import ConfigError, parse_value
+
+    def parse(text):
+        try:
+            return parse_value(hint, text, name)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+    parse.__name__ = name
+    return parse
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field, typed from its annotation; defaults stay None so that
-    only what the user typed overrides the config file."""
-    hints = typing.get_type_hints(TrainConfig)
+    """One --flag per TrainConfig field, parsed by its declared type (dema_lab.config); defaults
+    stay None so that only what the user typed overrides the config file."""
+    from .config import field_types
+
     for f in dataclasses.fields(TrainConfig):
-        hint = hints[f.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        hint = field_types(TrainConfig)[f.name]
         kw: dict = {"default": None, "help": f"(default: {f.default if f.default is not dataclasses.MISSING else None})"}
-        if typing.get_origin(base) is list:
-            kw.update(type=typing.get_args(base)[0], nargs="+")
-        elif base is bool:
-            kw.update(type=_parse_bool, metavar="BOOL")
+        if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint)):
+            item = next(typing.get_args(a)[0] for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is list)
+            kw.update(type=_flag_type(item, f.name), nargs="+")
         else:
-            kw.update(type=base)
+            kw.update(type=_flag_type(hint, f.name))
+            if hint in (bool, bool | None):
+                kw.update(metavar="BOOL")
         parser.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", **kw)
 
 
@@ -64,8 +68,13 @@ def _train(args) -> int:
 
     try:
         cfg = config_from_args(args)
-        run = train(cfg, resume=args.resume, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, StoreError, CheckpointError, RuntimeError) as e:
+        tracker = None
+        if getattr(args, "log_to", None):
+            from .export import live_tracker
+            tracker = live_tracker(*args.log_to)
+        run = train(cfg, resume=args.resume, progress=not args.quiet, tracker=tracker,
+                    from_step=getattr(args, "from_step", None))
+    except (ValueError, FileNotFoundError, StoreError, CheckpointError, RuntimeError, FloatingPointError) as e:
         print(f"dema-lab train: {e}", file=sys.stderr)
         return 2
     print(f"run {run.run_id} finished; store: {run.store.path}")
@@ -76,31 +85,79 @@ def _train(args) -> int:
 
 def _runs(args) -> int:
     from .scoring import METHOD_TEXT, SCORE_TEXT
-    from .store import RunStore, StoreError
+    from .store import RunStore
 
-    try:
-        summary = RunStore(args.store, mode="r").summary()
-    except StoreError as e:
-        print(f"dema-lab runs: {e}", file=sys.stderr)
-        return 2
+    store = RunStore(args.store, mode="r")
+    summary = store.summary()
+    stale = set(store.stale_runs())
+    if args.stale:
+        if not stale:
+            print(f"no stale runs in {args.store}: every run marked running has a live writer")
+            return 0
+        for run_id in sorted(stale):
+            run = store.run(run_id)
+            done = run.attrs.get("steps_done", 0)
+            what = (f"resume it (dema-lab train --resume {run_id} --store {args.store}) or delete it"
+                    if run.published("resume") else "killed before its first checkpoint: delete it")
+            print(f"{run_id}  status running, no live writer, {done} steps done; {what} "
+                  f"(dema-lab delete {run_id} --store {args.store})")
+        return 0
     if not summary.sizes.get("run"):
         print(f"store {args.store} has no runs yet; create one with `dema-lab train`")
         return 0
+    status = [str(v) for v in summary.status.values]
+    bad = {str(r): st.split(": ", 1)[1] for r, st in zip(summary.run.values, status) if st.startswith("unreadable")}
     cols = ["arch", "dataset", "K", "layout", "status", "steps_done", "score_mode", "last_score", "best_score",
             "parameters"]
-    rows = [[str(r)] + [_fmt(summary[c].values[i]) for c in cols] for i, r in enumerate(summary.run.values)]
-    header = ["run"] + cols
-    widths = [max(len(h), *(len(row[j]) for row in rows)) for j, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-    print(f"scores: normalized, in score_mode; {SCORE_TEXT}; {METHOD_TEXT['last']}; {METHOD_TEXT['best']}")
+    rows = [[str(r)] + [("stale" if c == "status" and str(r) in stale
+                         else _fmt(summary[c].values[i], c in ("K", "steps_done", "parameters"))) for c in cols]
+            for i, r in enumerate(summary.run.values) if str(r) not in bad]
+    if rows:
+        header = ["run"] + cols
+        widths = [max(len(h), *(len(row[j]) for row in rows)) for j, h in enumerate(header)]
+        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        for row in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        print(f"scores: normalized, in score_mode; {SCORE_TEXT}; {METHOD_TEXT['last']}; {METHOD_TEXT['best']}")
+    if stale:
+        print(f"stale: marked running, but no live process writes them ({len(stale)}); "
+              f"`dema-lab runs --stale --store {args.store}` says what to do with each")
+    for run_id, why in bad.items():
+        print(f"unreadable run {run_id}: {why}; delete it with `dema-lab delete {run_id} --store {args.store}`")
     return 0
 
 
-def _fmt(v) -> str:
+def _delete(args) -> int:
+    from .store import RunStore
+
+    store = RunStore(args.store, mode="a")
+    ids = store.run_ids()
+    if args.run not in ids and args.run not in store.unreadable:
+        store.run(args.run)                    # StoreError: not in the store, with the close matches
+    if args.run in store.unreadable:
+        what = f"unreadable run {args.run} ({store.unreadable[args.run]})"
+    else:
+        run = store.run(args.run)
+        attrs = run.attrs
+        what = (f"run {args.run} ({attrs.get('status', '?')}, {attrs.get('steps_done', 0)} steps, "
+                f"{len(run.checkpoints())} checkpoint(s))")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"dema-lab delete: not deleting {what} without confirmation: give --yes to delete without "
+                  f"asking", file=sys.stderr)
+            return 2
+        answer = input(f"delete {what} from {store.path}? This cannot be undone [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    store.delete_run(args.run)
+    print(f"deleted {what} from {store.path}")
+    return 0
+
+
+def _fmt(v, integer: bool = False) -> str:
     if isinstance(v, float):
-        return "-" if v != v else (f"{v:.1f}" if abs(v) < 1e5 else f"{v:.0f}")
+        return "-" if v != v else (f"{v:.1f}" if abs(v) < 1e5 and not integer else f"{v:.0f}")
     return str(v)
 
 
@@ -135,12 +192,24 @@ def register(subparsers) -> None:
                             "training (AndssY/dema); --config and flags override it")
     train.add_argument("--config", help="a JSON or TOML file of TrainConfig fields")
     train.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
+    train.add_argument("--from-step", type=int, metavar="STEP", dest="from_step",
+                       help="with --resume: continue from the saved state of this step instead of the newest "
+                            "(the newest keep_resume_states are kept); what came after it is trained again")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--log-to", nargs=2, metavar=("TRACKER", "DIR"),
+                       help="also log live to a tracker: tensorboard DIR (event files in DIR/RUN_ID)")
     _add_config_flags(train)
     train.set_defaults(func=_train)
     runs = subparsers.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
+    runs.add_argument("--stale", action="store_true", help="only the runs marked running that no live process "
+                      "writes (killed trainers), with what to do about each")
     runs.set_defaults(func=_runs)
+    delete = subparsers.add_parser("delete", help="delete a run (readable or not) from the store, after asking")
+    delete.add_argument("run", help="run id")
+    delete.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
+    delete.add_argument("--yes", action="store_true", help="delete without asking")
+    delete.set_defaults(func=_delete)
     video = subparsers.add_parser("video", help="export a recorded episode's frames to mp4 (or gif)")
     video.add_argument("run", help="run id")
     video.add_argument("episode", nargs="?", help="recorded episode (rollout) name (default: the newest)")
@@ -150,10 +219,45 @@ def register(subparsers) -> None:
     video.set_defaults(func=_video)
 
 
+def _serve_options(args, command: str) -> dict | None:
+    """serve()'s checks and live-page options from the flags: None after printing why they cannot be
+    used (a port out of range or in use, a bad --checkpoint-dir or --max-checkpoint-mb)."""
+    import os
+
+    from .dashboard.app import check_port, checkpoint_limit
+
+    try:
+        check_port(args.address, args.port)
+        dirs = args.checkpoint_dir or []
+        for d in dirs:
+            if not os.path.isdir(d):
+                raise ValueError(f"--checkpoint-dir {d} is not a directory: give an existing directory of "
+                                 f".safetensors checkpoints")
+        limit = None if args.max_checkpoint_mb is None else checkpoint_limit(args.max_checkpoint_mb)
+    except ValueError as e:
+        print(f"dema-lab {command}: {e}", file=sys.stderr)
+        return None
+    return {"checkpoint_dirs": dirs, "max_checkpoint_bytes": limit}
+
+
+def _run_server(args, command: str, options: dict) -> int:
+    from .dashboard import serve
+
+    try:
+        serve(args.store, port=args.port, address=args.address, presentation=args.presentation, **options)
+    except ValueError as e:                   # the port was taken since it was checked
+        print(f"dema-lab {command}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
     from .store import StoreError
 
+    options = None if args.no_serve else _serve_options(args, "demo")     # before minutes of training
+    if options is None and not args.no_serve:
+        return 2
     start = time.perf_counter()
     try:
         ids = run_demo(args.store, sweep=not args.no_sweep,
@@ -165,15 +269,12 @@ def _demo(args) -> int:
     if args.no_serve:
         print(f"  open them: panel serve dashboards/attention.py --address 127.0.0.1 --args --store {args.store}")
         return 0
-    from .dashboard import serve
     print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live, /study); "
           f"Ctrl-C stops it", flush=True)
-    serve(args.store, port=args.port, address="127.0.0.1", presentation=args.presentation)
-    return 0
+    return _run_server(args, "demo", options)
 
 
 def _serve(args) -> int:
-    from .dashboard import serve
     from .store import StoreError, check_store
 
     try:
@@ -181,10 +282,20 @@ def _serve(args) -> int:
     except StoreError as e:
         print(f"dema-lab serve: {e}", file=sys.stderr)
         return 2
-    print(f"serving the dashboard: http://127.0.0.1:{args.port}/attention  (also /compare, /live, /study); "
+    options = _serve_options(args, "serve")
+    if options is None:
+        return 2
+    print(f"serving the dashboard: http://{args.address}:{args.port}/attention  (also /compare, /live, /study); "
           f"store {args.store}; Ctrl-C stops it", flush=True)
-    serve(args.store, port=args.port, address=args.address, presentation=args.presentation)
-    return 0
+    return _run_server(args, "serve", options)
+
+
+def _add_live_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint-dir", action="append", metavar="DIR",
+                        help="a directory the live page's file field may read checkpoints from, besides the "
+                             "store (repeatable; other paths are refused)")
+    parser.add_argument("--max-checkpoint-mb", metavar="MB",
+                        help="the largest checkpoint file the live page reads (default: 1024)")
 
 
 def register_demo(subparsers) -> None:
@@ -193,6 +304,7 @@ def register_demo(subparsers) -> None:
     serve.add_argument("--port", type=int, default=5006)
     serve.add_argument("--address", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     serve.add_argument("--presentation", action="store_true", help="full-screen template with large fonts")
+    _add_live_flags(serve)
     serve.set_defaults(func=_serve)
     demo = subparsers.add_parser("demo", help="train the demo runs (default dataset, small DeMa, K sweep) and serve the dashboard")
     demo.add_argument("--store", default=TrainConfig().store, help="store path (default: %(default)s)")
@@ -200,28 +312,31 @@ def register_demo(subparsers) -> None:
     demo.add_argument("--no-serve", action="store_true", help="do not serve the dashboard afterwards")
     demo.add_argument("--port", type=int, default=5006)
     demo.add_argument("--presentation", action="store_true", help="full-screen template with large fonts")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, address="127.0.0.1")
+    _add_live_flags(demo)
 
 
 def _parse_set(items) -> dict:
-    """KEY=VALUE pairs for TrainConfig fields, typed like the fields."""
-    hints = typing.get_type_hints(TrainConfig)
+    """KEY=VALUE pairs for TrainConfig fields, parsed by their declared types (dema_lab.config)."""
+    from .config import ConfigError, parse_fields
+
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
         key, text = item.split("=", 1)
-        if key not in hints:
-            raise ValueError(f"--set {key}: not a training config field (see dema-lab train --help)")
-        hint = hints[key]
-        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if typing.get_args(hint) else hint
-        if typing.get_origin(base) is list:
-            out[key] = [typing.get_args(base)[0](v) for v in text.split(",")]
-        elif base is bool:
-            out[key] = _parse_bool(text)
-        else:
-            out[key] = base(text)
-    return out
+        out[key] = text
+    try:
+        return parse_fields(TrainConfig, out, "training config ")
+    except ConfigError as e:
+        raise ConfigError(f"--set: {e}") from None
+
+
+def _sweep_switches(texts) -> list[bool]:
+    """--timestep-embedding off on: each value parsed as a bool."""
+    from .config import parse_value
+
+    return parse_value(list[bool], list(texts), "--timestep-embedding")
 
 
 def _sweep(args) -> int:
@@ -233,10 +348,11 @@ def _sweep(args) -> int:
         base = TrainConfig.from_file(args.base_config) if args.base_config else TrainConfig()
         base = dataclasses.replace(base, store=args.store, **_parse_set(args.set))
         sweep = SweepConfig(name=args.name, datasets=args.datasets, K=args.K, layouts=args.layouts,
-                            timestep_embedding=[_parse_bool(v) for v in args.timestep_embedding], archs=args.archs,
+                            timestep_embedding=_sweep_switches(args.timestep_embedding), archs=args.archs,
                             seeds=args.seeds, eval_modes=args.eval_modes, ablations=not args.no_ablations,
                             ablation_episodes=args.ablation_episodes, ablation_layers=args.ablation_layers,
-                            workers=args.workers, base=base)
+                            workers=args.workers, executor=args.executor, address=args.address or "",
+                            num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_retries=args.max_retries, base=base)
         results = run_sweep(sweep)
     except (ValueError, FileNotFoundError, StoreError, CheckpointError, ImportError) as e:
         print(f"dema-lab sweep: {e}", file=sys.stderr)
@@ -331,6 +447,15 @@ def register_study(subparsers) -> None:
                        help="hidden-attention ablations of all layers at once (all), of every layer on its own "
                             "(each), or of layer N (default: all)")
     sweep.add_argument("--workers", type=int, default=0, help="parallel runs (default: one per core)")
+    sweep.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="local processes (default) or a Ray cluster (the cluster extra)")
+    sweep.add_argument("--address", help="with --executor ray: the cluster's HOST:PORT (default: RAY_ADDRESS, "
+                       "else a local Ray)")
+    sweep.add_argument("--num-cpus", type=float, default=1.0, help="with ray: CPUs per run (default: %(default)s)")
+    sweep.add_argument("--num-gpus", type=float, default=0.0,
+                       help="with ray: GPUs per run, fractional to share one, e.g. 0.25 (default: %(default)s)")
+    sweep.add_argument("--max-retries", type=int, default=3,
+                       help="with ray: reruns of a run whose worker died, each resuming from the store (default: 3)")
     sweep.add_argument("--base-config", help="JSON/TOML TrainConfig for everything the grid does not set")
     sweep.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="TrainConfig fields, e.g. steps=3000 d_model=64")
     sweep.set_defaults(func=_sweep)

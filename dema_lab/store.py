@@ -29,10 +29,12 @@ the old slot can still read it until two more versions have been written.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,21 +54,55 @@ class StoreError(ValueError):
     """A store or run that is missing, not a dema-lab store, or unreadable."""
 
 
+class IntegrityError(StoreError):
+    """A stored blob (a checkpoint, a resume state) whose bytes are damaged: unreadable, or not
+    matching the SHA-256 written with it."""
+
+
 class EmptyStoreError(StoreError):
     """A store path that does not exist yet, or an empty directory: no runs, nothing wrong."""
 
 
-def check_store(path) -> None:
+def check_store(path, writable: bool = False) -> None:
     """Raise StoreError unless `path` is a dema-lab store or nothing yet (missing, or an empty
-    directory: one is created there on the first write). For commands that write or serve later."""
+    directory: one is created there on the first write), and with `writable`, one this user can
+    write. For commands that write or serve later."""
     try:
         RunStore(path, mode="r")
     except EmptyStoreError:
         pass
+    if writable and not _is_url(str(path)):
+        _check_writable(Path(str(path)).expanduser())
 
 
 def _is_url(path: str) -> bool:
     return "://" in path
+
+
+def _no_listings_cache(url: str) -> None:
+    """Other processes add runs and groups to a store: listings of a remote store are never
+    cached (fsspec's default for s3fs, gcsfs, ... keeps a listing for the filesystem's lifetime, so
+    a dashboard would never see a new run). Unless the user set it (--storage-option)."""
+    import fsspec.config
+
+    fsspec.config.conf.setdefault(url.split("://", 1)[0], {}).setdefault("use_listings_cache", False)
+
+
+def _url_is_empty(url: str) -> bool:
+    """Whether an fsspec URL holds nothing yet (a new prefix, an empty bucket): a store is created
+    there on the first write. Unreachable or refused URLs raise StoreError, naming what to check."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        root = root.rstrip("/")
+        if fs.exists(f"{root}/zarr.json"):
+            return False
+        return not fs.exists(root) or not fs.ls(root, detail=False)
+    except Exception as e:  # noqa: BLE001 - every filesystem has its own errors
+        raise StoreError(f"cannot read {url} ({type(e).__name__}: {e}); check the URL, the credentials and the "
+                         f"endpoint (--storage-option KEY=VALUE, or the environment as the filesystem reads it: "
+                         f"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for s3://)") from None
 
 
 def _now() -> str:
@@ -92,26 +128,43 @@ class RunStore:
     """A dema-lab store at a local path or fsspec URL.
 
     mode "r": it must exist and be a dema-lab store. mode "a": created when missing.
+    `unreadable` is {run_id: why} for the runs that the last run_ids() found but cannot read.
     """
 
     def __init__(self, path=None, mode: str = "r"):
         self.path = str(path if path is not None else DEFAULT_STORE)
         self.mode = mode
+        self.unreadable: dict[str, str] = {}   # {run_id: why} for the runs that run_ids() could not read
         if not _is_url(self.path):
             self.path = str(Path(self.path).expanduser())
+        else:
+            _no_listings_cache(self.path)
         self.root = self._open_root(mode)
 
     def _open_root(self, mode):
         local = None if _is_url(self.path) else Path(self.path)
-        if local is not None and (not local.exists() or (local.is_dir() and _only_placeholders(local))):
+        if local is not None and mode != "r":
+            _check_writable(local)
+        if local is not None:
+            empty = not local.exists() or (local.is_dir() and _only_placeholders(local))
+        else:
+            empty = _url_is_empty(self.path)
+        if empty:
             if mode == "r":
-                what = "it is empty" if local.exists() else "the path does not exist"
+                what = ("it is empty" if local is None or local.exists() else "the path does not exist")
                 raise EmptyStoreError(f"no dema-lab store at {self.path}: {what}. Create a run with "
                                       f"`dema-lab train` (or `make demo`), or point to another store")
-            # the marker is in the group's first zarr.json: no reader sees an unmarked store
-            root = zarr.open_group(self.path, mode="a", zarr_format=3, attributes={
-                "dema_lab": {"kind": "store", "version": STORE_VERSION, "created": _now()}})
-            root.require_group("runs")
+            try:
+                # the marker is in the group's first zarr.json: no reader sees an unmarked store
+                root = zarr.open_group(self.path, mode="a", zarr_format=3, attributes={
+                    "dema_lab": {"kind": "store", "version": STORE_VERSION, "created": _now()}})
+                root.require_group("runs")
+            except Exception as e:  # noqa: BLE001 - filesystems and object stores raise many kinds here
+                if local is not None:
+                    raise
+                raise StoreError(f"cannot create a store at {self.path} ({type(e).__name__}: {e}); check that the "
+                                 f"bucket exists and the credentials and endpoint (--storage-option KEY=VALUE, or "
+                                 f"the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)") from None
             return root
         if local is not None and local.is_file():
             raise StoreError(f"{self.path} is a file, not a dema-lab store (a directory)")
@@ -139,7 +192,7 @@ class RunStore:
         except KeyError:
             return []
         found = []
-        self.unreadable = {}
+        self.unreadable.clear()
         with warnings.catch_warnings():
             # a run being created by another process is a directory without zarr.json yet
             warnings.simplefilter("ignore", category=UserWarning)
@@ -150,14 +203,17 @@ class RunStore:
         for name, group in groups:
             meta = group.attrs.get("dema_lab")
             if isinstance(meta, dict) and meta.get("kind") == "run":
-                found.append((group.attrs.get("provenance", {}).get("created", ""), name))
+                prov = group.attrs.get("provenance", {})
+                found.append((str(prov.get("created", "")) if isinstance(prov, dict) else "", name))
+            else:
+                self.unreadable[name] = "its attributes hold no dema-lab run marker (damaged or not a run)"
         return [name for _, name in sorted(found)]
 
     def _groups_one_by_one(self, runs) -> list:
         """The readable run groups of a local store whose listing failed; the others go to
         `self.unreadable` as {run_id: reason} (dashboards show them as messages)."""
         if _is_url(self.path):
-            raise
+            raise StoreError(f"the runs of store {self.path} cannot be listed: one of them is damaged")
         groups = []
         for child in sorted(p for p in (Path(self.path) / "runs").iterdir() if p.is_dir()):
             try:
@@ -182,30 +238,88 @@ class RunStore:
             raise StoreError(f"run {run_id!r} is not in store {self.path} ({hint})")
         return Run(self, run_id)
 
-    def create_run(self, run_id: str, config: dict, provenance: dict) -> "Run":
+    def create_run(self, run_id: str, config: dict, provenance: dict, hold_lock: bool = False) -> "Run":
+        """Create a run. Its writer lock (dema_lab.lock) is taken first, so of two creators of one
+        run id only one creates it; the other gets a StoreError naming the winner. With hold_lock
+        the returned run keeps the lock (its creator is its writer; run.release() frees it)."""
         if self.mode == "r":
             raise StoreError(f"store {self.path} was opened read-only")
         if not _RUN_ID.match(run_id):
             raise StoreError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
-        if run_id in self.run_ids():
-            raise StoreError(f"run {run_id!r} already exists in {self.path}; resume it with "
-                             f"--resume or choose another run id")
-        attrs = {"dema_lab": {"kind": "run", "version": STORE_VERSION},
-                 "config": _jsonable(config), "provenance": _jsonable({**provenance, "created": _now()}),
-                 "status": "running", "published": {k: [] for k in KINDS}}
-        # the group and its attributes appear in one write of its zarr.json
-        self.root.require_group("runs").create_group(run_id, attributes=attrs)
-        return Run(self, run_id)
+        run = Run(self, run_id).claim()
+        try:
+            if run_id in self.run_ids() or run_id in self.unreadable:
+                delete = f"delete it (dema-lab delete {run_id} --store {self.path})"
+                try:
+                    resumable = bool(run.published("resume"))
+                except Exception:  # noqa: BLE001 - an unreadable run cannot be resumed
+                    resumable = False
+                raise StoreError(f"run {run_id!r} already exists in {self.path}; "
+                                 + (f"resume it (--resume {run_id}), {delete}" if resumable else
+                                    f"it holds no checkpoint to resume from: {delete}")
+                                 + " or choose another run id")
+            attrs = {"dema_lab": {"kind": "run", "version": STORE_VERSION},
+                     "config": _jsonable(config), "provenance": _jsonable({**provenance, "created": _now()}),
+                     "status": "running", "published": {k: [] for k in KINDS}}
+            try:
+                # the group and its attributes appear in one write of its zarr.json
+                self.root.require_group("runs").create_group(run_id, attributes=attrs)
+            except Exception as e:  # noqa: BLE001 - zarr and the filesystem raise many kinds here
+                raise StoreError(f"run {run_id!r} cannot be created in {self.path} ({type(e).__name__}: {e}); "
+                                 f"check that the store is writable, or choose another run id") from None
+        except BaseException:
+            run.release()
+            raise
+        if not hold_lock:
+            run.release()
+        return run
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run, readable or not, with everything in it. The run's writer lock is held while
+        it goes: a run that a live process writes is refused (RunBusyError naming the writer)."""
+        from .lock import RunBusyError, RunLock, describe
+
+        if self.mode == "r":
+            raise StoreError(f"store {self.path} was opened read-only; open it with mode='a' to delete runs")
+        if run_id not in self.run_ids() and run_id not in self.unreadable:
+            self.run(run_id)                   # StoreError: not in the store, with the close matches
+        lock = RunLock(self.path, run_id)
+        try:
+            lock.acquire()
+        except RunBusyError:
+            raise RunBusyError(f"run {run_id} is being written by {describe(lock.holder())}; stop that process "
+                               f"first, or wait for it to finish, then delete the run") from None
+        try:
+            del self.root["runs"][run_id]
+        finally:
+            lock.release()
+        self.unreadable.pop(run_id, None)
+
+    def stale_runs(self) -> list[str]:
+        """Runs whose status is "running" but that no live process writes (dema_lab.lock): killed
+        trainers' runs. Resume one with `dema-lab train --resume`, or delete it."""
+        stale = []
+        for run_id in self.run_ids():
+            run = Run(self, run_id)
+            try:
+                running = run.attrs.get("status") == "running"
+            except Exception:  # noqa: BLE001 - an unreadable run is listed as such, not as stale
+                continue
+            if running and run.writer() is None:
+                stale.append(run_id)
+        return stale
 
     def summary(self) -> xr.Dataset:
         """One row per run: what it is, how far it got and its headline scores, last and best
-        checkpoint side by side (dim `run`; see dema_lab.scoring)."""
+        checkpoint side by side (dim `run`; see dema_lab.scoring). A run that cannot be read has
+        the status "unreadable: <why>"."""
         rows = []
         for run_id in self.run_ids():
             try:
                 rows.append(Run(self, run_id).summary_row())
             except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
                 rows.append({"run": run_id, "status": f"unreadable: {e}"})
+        rows += [{"run": run_id, "status": f"unreadable: {why}"} for run_id, why in self.unreadable.items()]
         keys = ["arch", "dataset", "env", "K", "layout", "timestep_embedding", "seed", "status",
                 "steps_done", "score_mode", "last_score", "best_score", "parameters", "created"]
         text = ("arch", "dataset", "env", "layout", "status", "created", "score_mode")
@@ -228,6 +342,40 @@ def _portable_strings(ds: xr.Dataset) -> xr.Dataset:
         {k: v for k, v in fixes.items() if k not in ds.coords})
 
 
+def _check_writable(path: Path) -> None:
+    """StoreError unless this user can write the local store at `path` (or create it): a read-only
+    store is refused before any work, not with a PermissionError halfway through."""
+    if path.is_file():
+        return                                 # _open_root says it is not a store
+    todo = [p for p in (path, path / "runs") if p.is_dir()]
+    if not todo:                               # created on the first write: its nearest existing parent
+        parent = next((p for p in path.parents if p.exists()), None)
+        todo = [parent] if parent is not None and parent.is_dir() else []
+    for p in todo:
+        if not os.access(p, os.W_OK | os.X_OK):
+            what = "store" if p in (path, path / "runs") else "directory that would hold the store"
+            raise StoreError(f"the {what} {p} is read-only for this user, and this command writes to the "
+                             f"store; choose a writable --store, or fix the permissions")
+
+
+def _upload_dataset(ds: xr.Dataset, url: str, group: str, encoding: dict) -> None:
+    """ds.to_zarr(url, group=group, mode="w") for an fsspec URL, in one batch: the group is
+    encoded in memory, the old objects under `group` removed, then every object uploaded at once
+    (fsspec's concurrent pipe). Readers never look there before the write is published."""
+    import fsspec
+
+    objects: dict = {}
+    ds.to_zarr(zarr.storage.MemoryStore(store_dict=objects), mode="w", zarr_format=3, consolidated=False,
+               encoding=encoding)
+    fs, root = fsspec.core.url_to_fs(url)
+    dest = f"{root.rstrip('/')}/{group}"
+    try:
+        fs.rm(dest, recursive=True)
+    except FileNotFoundError:
+        pass
+    fs.pipe({f"{dest}/{key}": buf.to_bytes() for key, buf in objects.items()})
+
+
 def _only_placeholders(path: Path) -> bool:
     return all(p.name in ("README.md", ".gitignore", ".gitkeep") for p in path.iterdir())
 
@@ -239,6 +387,32 @@ class Run:
         self.store = store
         self.run_id = run_id
         self.prefix = f"runs/{run_id}"
+        self.lock = None                       # a dema_lab.lock.RunLock while this object is the writer
+
+    # ---------------------------------------------------------------- the one writer
+    def claim(self) -> "Run":
+        """Become the run's one writer: take its lock (held until release(), or until the process
+        dies); RunBusyError naming the holder (host, pid, since) when another live process has it."""
+        from .lock import RunLock
+
+        if self.lock is None or not self.lock.held:
+            self.lock = RunLock(self.store.path, self.run_id).acquire()
+        return self
+
+    def release(self) -> None:
+        """Stop being the run's writer (a no-op when not)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def writer(self) -> dict | None:
+        """The run's live writer as {host, pid, since, ...} (`since` in Unix seconds), or None when
+        no live process writes it (a run "running" without one was killed)."""
+        from .lock import RunLock
+
+        if self.lock is not None and self.lock.held:
+            return self.lock.holder()
+        return RunLock(self.store.path, self.run_id).holder()
 
     @property
     def group(self):
@@ -279,6 +453,8 @@ class Run:
                  slot: str | None = None):
         """List `name` under `kind` (written in `slot`; set `run_attrs`) in one atomic write of the
         run's zarr.json."""
+        if self.lock is not None:
+            self.lock.check()                  # a writer whose lease was taken over publishes nothing more
         group = self.group
         published = dict(group.attrs.get("published", {}))
         names = [n for n in published.get(kind, []) if n != name and n not in remove]
@@ -303,15 +479,20 @@ class Run:
             raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
         ds = _portable_strings(ds.assign_attrs(_jsonable(dict(ds.attrs))))
         slot = self._free_slot(kind, name)
-        ds.to_zarr(self.store.path, group=f"{self.prefix}/{kind}/{slot}", mode="w", zarr_format=3,
-                   consolidated=False, encoding=encoding or {})
+        if _is_url(self.store.path):      # an object store: one concurrent upload, not a request per step
+            _upload_dataset(ds, self.store.path, f"{self.prefix}/{kind}/{slot}", encoding or {})
+        else:
+            ds.to_zarr(self.store.path, group=f"{self.prefix}/{kind}/{slot}", mode="w", zarr_format=3,
+                       consolidated=False, encoding=encoding or {})
         self._publish(kind, name, slot=slot)
 
     def write_bytes(self, kind: str, name: str, data: bytes, attrs: dict | None = None,
                     replace: tuple[str, ...] = (), run_attrs: dict | None = None) -> None:
-        """Store a blob (a checkpoint) as a uint8 array, publish it (with `run_attrs` set on the run
-        in the same write), then drop `replace`d ones."""
+        """Store a blob (a checkpoint) as a uint8 array with its SHA-256 in its attributes (checked by
+        read_bytes), publish it (with `run_attrs` set on the run in the same write), then drop
+        `replace`d ones."""
         buf = np.frombuffer(data, dtype=np.uint8)
+        attrs = {**(attrs or {}), "sha256": hashlib.sha256(data).hexdigest(), "nbytes": len(buf)}
         slot = self._free_slot(kind, name)
         gone = [self.location(kind, old).rsplit("/", 1)[-1] for old in replace if old != name]
         arr = zarr.create_array(self.store.path, name=f"{self.prefix}/{kind}/{slot}", shape=buf.shape,
@@ -351,9 +532,38 @@ class Run:
                             zarr_format=3)
 
     def read_bytes(self, kind: str, name: str) -> bytes:
+        """A published blob, checked against the SHA-256 stored with it (blobs written before
+        checksums existed are returned unchecked); IntegrityError naming it when damaged."""
         attrs = self._check_published(kind, name)
-        arr = zarr.open_array(self.store.path, path=self.location(kind, name, attrs), mode="r", zarr_format=3)
-        return arr[:].tobytes()
+        try:
+            arr = zarr.open_array(self.store.path, path=self.location(kind, name, attrs), mode="r", zarr_format=3)
+            stored = dict(arr.attrs)
+            data = arr[:].tobytes()
+        except Exception as e:  # noqa: BLE001 - zarr and its codecs raise many kinds on a damaged chunk
+            raise self._damaged(kind, name, f"it cannot be read: {type(e).__name__}: {e}") from None
+        if "nbytes" in stored and len(data) != stored["nbytes"]:
+            raise self._damaged(kind, name, f"it holds {len(data)} bytes, {stored['nbytes']} were written")
+        if "sha256" in stored and hashlib.sha256(data).hexdigest() != stored["sha256"]:
+            raise self._damaged(kind, name, "its SHA-256 differs from the one written with it")
+        return data
+
+    def _damaged(self, kind: str, name: str, why: str) -> "IntegrityError":
+        """The error for a damaged blob: which one, why, and what else this run can offer."""
+        what = f"{kind} {name}"
+        step = step_of(name)
+        if step >= 0 and kind in ("checkpoint", "resume"):
+            what = f"{'checkpoint' if kind == 'checkpoint' else 'resume state'} of step {step} ({name})"
+        todo = []
+        if kind == "checkpoint":
+            others = [s for s in self.checkpoints() if checkpoint_name(s) != name]
+            todo.append(f"use another checkpoint (steps {', '.join(map(str, others[-5:]))})" if others
+                        else "this run has no other checkpoint")
+        if kind == "resume" or name in self.published("resume"):
+            states = sorted((step_of(n) for n in self.published("resume") if n != name), reverse=True)
+            todo.append(f"to continue training, resume from an earlier state: dema-lab train --resume "
+                        f"{self.run_id} --from-step S (S: {', '.join(map(str, states))})" if states
+                        else "no other resume state is kept: train the run again under a new run id")
+        return IntegrityError(f"run {self.run_id}: the stored {what} is damaged ({why}); {'; '.join(todo)}")
 
     def train_metrics(self) -> xr.Dataset:
         """All published training metrics, by step (a later segment wins on repeated steps)."""
@@ -391,7 +601,7 @@ class Run:
         return self.published("rollout")
 
     def checkpoints(self) -> list[int]:
-        return sorted(int(n.split("_")[-1]) for n in self.published("checkpoint"))
+        return sorted(step_of(n) for n in self.published("checkpoint"))
 
     def checkpoint_bytes(self, step: int | None = None) -> bytes:
         steps = self.checkpoints()
@@ -421,8 +631,10 @@ class Run:
         cfg = attrs.get("config", {})
         prov = attrs.get("provenance", {})
         evals = self.evals()
-        score = headline(evals) if "normalized_score" in evals else headline(xr.Dataset())
+        score = headline(evals)
+        te = prov.get("timestep_embedding", cfg.get("timestep_embedding", ""))
         return {"run": self.run_id, "arch": cfg.get("arch", ""), "dataset": cfg.get("dataset", ""),
+                "family": family_label(cfg.get("arch", ""), cfg.get("layout", ""), te),
                 "env": prov.get("env", ""), "K": cfg.get("K", np.nan), "layout": cfg.get("layout", ""),
                 "timestep_embedding": prov.get("timestep_embedding", cfg.get("timestep_embedding", "")),
                 "seed": cfg.get("seed", np.nan), "status": attrs.get("status", ""),
@@ -431,8 +643,59 @@ class Run:
                 "parameters": prov.get("parameters", np.nan), "created": prov.get("created", "")}
 
 
+ARCH_LABELS = {"dema": "DeMa", "dt": "DT"}
+
+
+def family_label(arch: str, layout: str = "", timestep_embedding=False) -> str:
+    """A run's family, as every table and plot names it: architecture, token layout and the
+    timestep embedding when it is on (`DeMa B3LD`, `DT B3LD +t-emb`)."""
+    te = timestep_embedding if isinstance(timestep_embedding, bool) else \
+        str(timestep_embedding).lower() in ("1", "true", "yes", "on")
+    name = ARCH_LABELS.get(arch, arch or "?")
+    return f"{name} {layout}".strip() + (" +t-emb" if te else "")
+
+
 def checkpoint_name(step: int) -> str:
+    """The name of the checkpoint (and resume state) saved at training step `step`."""
     return f"step_{int(step):08d}"
+
+
+_ROLLOUT = re.compile(r"^step_(?P<step>\d+)(?:-(?P<mode>[a-z]+)-t(?P<target>\d+)-e(?P<episode>\d+))?(?P<rest>.*)$")
+
+
+@dataclass(frozen=True)
+class RolloutName:
+    """What a recorded episode's name says: the checkpoint's step, the inference mode, the index
+    of the target return among the run's eval_targets, and the episode. A name saved by hand
+    with a suffix (the live page's) parses the same; one without mode, target and episode keeps
+    its step, the rest falls back to defaults."""
+
+    name: str
+    step: int
+    mode: str = "transformer"
+    target_index: int = 0
+    episode: int = 0
+
+
+def rollout_name(step: int, mode: str, target_index: int, episode: int, suffix: str = "") -> str:
+    """The name of an episode recorded with the checkpoint of `step`: step_00002000-transformer-t0-e0."""
+    return f"{checkpoint_name(step)}-{mode}-t{int(target_index)}-e{int(episode)}{suffix}"
+
+
+def step_of(name: str) -> int:
+    """The training step a stored name belongs to (checkpoint, resume state, evaluation, recorded
+    episode, ablation: they all start with checkpoint_name(step)); -1 for a name without one."""
+    return parse_rollout_name(name).step
+
+
+def parse_rollout_name(name: str) -> RolloutName:
+    """The inverse of rollout_name (and of checkpoint_name); step -1 for a name with no step."""
+    m = _ROLLOUT.match(name)
+    if not m:
+        return RolloutName(name, -1)
+    if m["mode"] is None:
+        return RolloutName(name, int(m["step"]))
+    return RolloutName(name, int(m["step"]), m["mode"], int(m["target"]), int(m["episode"]))
 
 
 def open_store(path=None) -> xr.Dataset:
@@ -450,6 +713,3 @@ def open_run(path=None, run_id: str | None = None) -> xr.DataTree:
         run_id = ids[-1]
     return store.run(run_id).tree()
 
-
-def dumps(obj) -> str:
-    return json.dumps(_jsonable(obj), indent=2, sort_keys=True)

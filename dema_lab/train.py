@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import time
@@ -30,16 +31,23 @@ import numpy as np
 import torch
 
 from . import __version__
+from .config import ConfigError, coerce, parse_fields
 from .models import ModelConfig, build_model, count_parameters, forward_macs, official_init, step_macs
 from .models.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
-from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name
+from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name, rollout_name, step_of
 
 # The official evaluation targets (return-to-go at the start), DeMa and DT papers.
-DEFAULT_TARGETS = {"hopper": [3600.0, 1800.0], "halfcheetah": [12000.0, 6000.0], "walker2d": [5000.0, 2500.0]}
+DEFAULT_TARGETS = {"hopper": [3600.0, 1800.0], "halfcheetah": [12000.0, 6000.0], "walker2d": [5000.0, 2500.0],
+                   # Atari: the first target of each game in atari/mingpt/trainer_atari.py (the DT paper's)
+                   "breakout": [90.0], "pong": [20.0], "qbert": [14000.0], "seaquest": [1150.0]}
 
 
 @dataclass
 class TrainConfig:
+    """Everything one training run needs: data, model, optimisation, evaluation and logging.
+    `dema-lab train` builds its flags from these fields (the comments are their help); a TOML or
+    JSON file (--config) and the presets (PRESETS, --preset) set the same fields."""
+
     # data
     dataset: str = "hopper-medium"     # embedded name, D4RL .hdf5 path, or minari:<id>
     # model
@@ -92,14 +100,20 @@ class TrainConfig:
     decay_windows: int = 64            # dataset windows for the decay statistics
     log_every: int = 100
     checkpoint_every: int = 1_000
+    keep_resume_states: int = 3        # the newest N resume states are kept (--resume RUN --from-step S)
     # where
     store: str = DEFAULT_STORE
     run_id: str = ""                   # default: <arch>-<dataset>-K<K>-s<seed>-<time>
     sweep: str = ""                    # the sweep this run belongs to, if any
 
     def __post_init__(self):
+        try:
+            coerce(self)               # every value by its declared type: "10" -> 10, "no" -> False
+        except ConfigError as e:
+            raise ConfigError(f"invalid training config: {e}") from None
         problems = []
-        for name in ("steps", "batch_size", "K", "log_every", "checkpoint_every", "eval_episodes"):
+        for name in ("steps", "batch_size", "K", "log_every", "checkpoint_every", "eval_episodes",
+                     "eval_max_steps", "max_ep_len", "keep_resume_states"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every", "warmup_steps", "record_episodes", "render_size", "decay_windows", "threads"):
@@ -107,11 +121,12 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rtg_form not in ("current", "previous"):
             problems.append(f"rtg_form must be 'current' or 'previous', got {self.rtg_form!r}")
-        elif self.rtg_form == "previous" and self.token_order != "RAS":
-            problems.append("rtg_form 'previous' is the official DeMa's training form and needs token_order RAS")
+        elif self.rtg_form == "previous" and self.token_order not in ("RAS", "ARS"):
+            problems.append("rtg_form 'previous' is the official DeMa's training form and needs token_order RAS "
+                            "(or ARS, its Atari order)")
         elif self.rtg_form == "previous" and self.K < 2:
             problems.append("rtg_form 'previous' trains on steps 1..K-1 of each window and needs K >= 2")
-        if self.train_padding == "left" and self.token_order == "RAS" and self.rtg_form == "current":
+        if self.train_padding == "left" and self.token_order in ("RAS", "ARS") and self.rtg_form == "current":
             problems.append("train_padding 'left' with token_order RAS is the official trainer's and needs its "
                             "rtg_form 'previous' (with 'current', the first real step would see a pad action)")
         if self.init not in ("torch", "official"):
@@ -120,12 +135,22 @@ class TrainConfig:
             problems.append(f"train_padding must be 'right' or 'left', got {self.train_padding!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             problems.append(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        for name in ("lr", "grad_clip", "rtg_scale"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_ep_len >= 1 and self.K > self.max_ep_len:
+            problems.append(f"K={self.K} is longer than max_ep_len={self.max_ep_len}, the longest episode the "
+                            f"model handles; use K <= {self.max_ep_len} (or raise max_ep_len)")
         if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
+            raise ConfigError("invalid training config: " + "; ".join(problems))
         self.model_config(1, 1)        # the model's fields (arch, layout, sizes) fail here, before any work
 
-    def model_config(self, state_dim: int, act_dim: int) -> ModelConfig:
+    def model_config(self, state_dim: int, act_dim: int, obs_shape: tuple = (), n_actions: int = 0) -> ModelConfig:
+        """The model for a dataset's states and actions (Atari: image obs_shape, n_actions discrete)."""
         return ModelConfig(arch=self.arch, state_dim=state_dim, act_dim=act_dim, K=self.K, d_model=self.d_model,
+                           obs_shape=tuple(obs_shape), n_actions=n_actions,
                            n_layer=self.n_layer, layout=self.layout, timestep_embedding=self.timestep_embedding,
                            max_ep_len=self.max_ep_len, d_state=self.d_state, d_conv=self.d_conv,
                            expand=self.expand, n_head=self.n_head, dropout=self.dropout,
@@ -142,19 +167,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        """The config of a dict of fields, each parsed by its declared type (dema_lab.config)."""
+        return cls(**parse_fields(cls, d, "training config "))
 
     @classmethod
     def read_file(cls, path) -> dict:
-        """The fields a JSON or TOML config file sets (checked: unknown keys and bad values fail)."""
+        """The fields a JSON or TOML config file sets, parsed by their declared types as flags are
+        (ConfigError naming the file and the field for an unknown key or a bad value)."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        text = path.read_text()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} " + ("is a directory" if path.is_dir() else "does not exist")
+                              + "; give a JSON or TOML (.toml) file of TrainConfig fields")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read ({e})") from None
         try:
             if path.suffix == ".toml":
                 import tomllib
@@ -162,11 +189,15 @@ class TrainConfig:
             else:
                 d = json.loads(text)
         except ValueError as e:      # JSONDecodeError and TOMLDecodeError are ValueErrors
-            raise ValueError(f"config file {path} cannot be parsed ({e}); it must be JSON or TOML "
-                             f"(.toml) with TrainConfig's field names as keys") from None
+            raise ConfigError(f"config file {path} cannot be parsed ({e}); it must be JSON or TOML "
+                              f"(.toml) with TrainConfig's field names as keys") from None
         if not isinstance(d, dict):
-            raise ValueError(f"config file {path} must hold a table of TrainConfig fields, not {type(d).__name__}")
-        cls.from_dict(d)
+            raise ConfigError(f"config file {path} must hold a table of TrainConfig fields, not {type(d).__name__}")
+        try:
+            d = parse_fields(cls, d, "training config ")
+            cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
         return d
 
     @classmethod
@@ -188,6 +219,26 @@ PRESETS = {
                      init="official", lr=1e-4, weight_decay=1e-4,
                      warmup_steps=10_000, grad_clip=0.25, batch_size=64, steps=100_000, rtg_scale=1000.0,
                      eval_every=10_000, eval_episodes=100, eval_modes=["transformer"], checkpoint_every=10_000),
+    # The official Atari DeMa (github AndssY/dema, atari/configs/config.py MambaConfig + atari/run_atari.py):
+    # tokens (a_{t-1}, R, s) trained as (a_{t-1}, R_{t-1}, s_t), the Nature CNN, tanh embeddings 128 wide
+    # through backbone.embedding to d_model 128, 6 layers, d_state 128, expand 2, dropout 0.1, context 30,
+    # mamba_ssm's initial weights; returns-to-go unscaled; lr 1e-4, wd 1e-4, clip 0.8, batch 8, 10 epochs
+    # of 500k transitions (625k steps; its warm-up of 3000*32 tokens = 400 steps). Not reproduced: its
+    # cosine decay after the warm-up (the lr stays at 1e-4). Data: --dataset dqn-replay:/path/<Game>/1/replay_logs.
+    "atari-official": dict(arch="dema", K=30, layout="B3LD", token_order="ARS", embed_dim=128, d_model=128,
+                           n_layer=6, d_state=128, d_conv=4, expand=2, dropout=0.1, embed_norm="none",
+                           window_padding="none", timestep_embedding=False, rtg_form="previous",
+                           train_padding="right", init="official", lr=1e-4, weight_decay=1e-4, warmup_steps=400,
+                           grad_clip=0.8, batch_size=8, steps=625_000, rtg_scale=1.0, eval_episodes=10,
+                           eval_every=62_500, checkpoint_every=62_500, eval_max_steps=27_000),
+    # A small Atari DeMa for 2 CPU cores: the same tokens and CNN, 2 layers of width 64, K 8 (345k
+    # parameters). On breakout-mixed, 1300 steps (about 4 min of training on 2 idle cores) reached
+    # returns 37, 19, 0 (RNN-like, target 90) against the random policy's 1.7.
+    "atari-small": dict(arch="dema", K=8, layout="B3LD", token_order="ARS", embed_dim=0, d_model=64, n_layer=2,
+                        d_state=16, d_conv=4, expand=2, dropout=0.1, embed_norm="none", timestep_embedding=False,
+                        rtg_form="current", lr=1e-3, weight_decay=1e-4, warmup_steps=50, grad_clip=1.0,
+                        batch_size=16, steps=1_500, rtg_scale=1.0, eval_episodes=3, eval_max_steps=3_000,
+                        checkpoint_every=500, record_episodes=1, decay_windows=16),
 }
 
 # What a run is: a resume cannot change these (it may change the rest, e.g. steps or evaluation).
@@ -246,13 +297,26 @@ def training_form(batch: dict, rtg_form: str = "current") -> dict:
             "mask": batch["mask"][:, 1:], "prev_action": batch["actions"][:, 0]}
 
 
+def masked_cross_entropy(logits, target, mask):
+    """Cross-entropy over the real (unpadded) steps, for discrete actions. logits (b, K, n_actions);
+    target (b, K, 1) action indices; mask (b, K)."""
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target[..., 0].round().long(),
+                                            reduction="none")                 # (b, K)
+    return (nll * mask).sum() / mask.sum().clamp_min(1)
+
+
+def action_loss(model, pred, target, mask):
+    """The training loss: masked MSE for continuous actions, masked cross-entropy for discrete ones."""
+    return (masked_cross_entropy if model.cfg.discrete else masked_mse)(pred, target, mask)
+
+
 def train_step(model, batch, opt, sched, grad_clip: float, rtg_form: str = "current") -> tuple[float, float]:
     """One optimisation step on a batch of windows; returns (loss, grad norm)."""
     model.train()
     batch = training_form(batch, rtg_form)
     pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
                  prev_action=batch.get("prev_action"))
-    loss = masked_mse(pred, batch["actions"], batch["mask"])
+    loss = action_loss(model, pred, batch["actions"], batch["mask"])
     opt.zero_grad(set_to_none=True)
     loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -305,9 +369,9 @@ def evaluate_checkpoint(run, model, step: int, cfg: TrainConfig, env: str, targe
         model, env, targets, cfg.eval_episodes, modes, cfg.rtg_scale, sampler.state_mean, sampler.state_std,
         seed=cfg.seed, record=cfg.record_episodes, render_size=cfg.render_size or None, attention=cfg.attention,
         max_steps=cfg.eval_max_steps, scorer=scorer)
-    for rec_name, ds in recordings.items():
+    for (mode, target_index, episode), ds in recordings.items():
         ds.attrs.update(checkpoint=step, run_id=run.run_id)
-        run.write("rollout", f"{name}-{rec_name}", ds, encoding=rollout_encoding(ds))
+        run.write("rollout", rollout_name(step, mode, target_index, episode), ds, encoding=rollout_encoding(ds))
     results.attrs.update(seconds=round(time.perf_counter() - start, 2), **(attrs or {}))
     run.write("eval", name, results.expand_dims(checkpoint=[step]))
     if cfg.decay_windows:
@@ -330,16 +394,33 @@ def evaluate_checkpoint(run, model, step: int, cfg: TrainConfig, env: str, targe
 class Trainer:
     """Holds the pieces of one run; `run()` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print):
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print,
+                 from_step: int | None = None):
+        """A new run, or with `resume` the run of that id continued from its newest resume state (or
+        from the one of step `from_step`). Either way this trainer is the run's one writer: it holds
+        the run's lock (store.Run.claim) until run_loop ends."""
+        self.run = None
+        self.resumed_from: int | None = None      # the step of the state a resume restored
+        try:
+            self._setup(cfg, resume, progress, log, from_step)
+        except BaseException:
+            if self.run is not None:
+                self.run.release()
+            raise
+
+    def _setup(self, cfg: TrainConfig, resume: str | None, progress: bool, log, from_step: int | None):
         from .data import WindowSampler, load_dataset
+        from .data.windows import check_context_length
         from .envs import env_spec
         from .ssm import backend_for
 
         self.log = log
         self.progress = progress
+        if from_step is not None and not resume:
+            raise ValueError("--from-step goes with --resume RUN: it picks which saved state to resume from")
         self.store = RunStore(cfg.store, mode="a")
         if resume:
-            run = self.store.run(resume)
+            run = self.run = self.store.run(resume).claim()     # a second writer is refused here, by name
             saved = TrainConfig.from_dict(run.config)
             # a resume may extend a run (more steps, other evaluation settings) but not change what it is
             changed = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})" for k in RESUME_FIXED
@@ -364,9 +445,12 @@ class Trainer:
         except ValueError as e:
             raise ValueError(f"dataset {cfg.dataset!r} was recorded in env {self.dataset.env!r}, which cannot be "
                              f"evaluated here: {e}") from None
+        check_context_length(self.dataset, cfg.K)          # before any training, not at the first evaluation
         self.sampler = WindowSampler(self.dataset, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed,
                                      padding=cfg.train_padding)
-        self.model_cfg = cfg.model_config(self.dataset.obs_dim, self.dataset.act_dim)
+        self.model_cfg = cfg.model_config(self.dataset.obs_dim, self.dataset.act_dim,
+                                          self.dataset.obs_shape if self.dataset.is_image else (),
+                                          self.dataset.n_actions)
         self.model = build_model(self.model_cfg)
         if cfg.init == "official" and not resume:
             official_init(self.model)
@@ -377,10 +461,11 @@ class Trainer:
         self.step = 0
         self.metrics: dict[str, list] = {k: [] for k in ("step", "loss", "lr", "grad_norm", "steps_per_second")}
         self.wall = 0.0                      # training seconds, summed over resumes
+        self.tracker = None                  # live tracker (export.LiveTensorBoard): update(run) after publishing
 
         if resume:
             self.run = run
-            self._load_resume_state()
+            self._load_resume_state(from_step)
         else:
             run_id = cfg.run_id or _default_run_id(cfg, self.dataset.name)
             self.cfg = cfg = dataclasses.replace(cfg, run_id=run_id)
@@ -396,7 +481,7 @@ class Trainer:
                 "step_macs": {m: step_macs(self.model_cfg, m) for m in self.modes},
                 "eval_targets": list(self.targets), "eval_modes": list(self.modes),
             }
-            self.run = self.store.create_run(run_id, asdict(cfg), provenance)
+            self.run = self.store.create_run(run_id, asdict(cfg), provenance, hold_lock=True)
 
     # ------------------------------------------------------------------ checkpoints
     def _extra(self):
@@ -410,26 +495,42 @@ class Trainer:
         buf = io.BytesIO()
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                     "torch_rng": torch.get_rng_state(), "step": self.step, "wall": self.wall}, buf)
-        old = self.run.published("resume")
+        # the newest keep_resume_states states are kept (--from-step); the older ones are dropped
+        old = sorted(n for n in self.run.published("resume") if n != name)
+        drop = old[:max(0, len(old) - (self.cfg.keep_resume_states - 1))]
         # the resume state completes the checkpoint; steps_done moves with it, in the same write
         self.run.write_bytes("resume", name, buf.getvalue(),
                              attrs={"step": self.step, "sampler_rng": self.sampler.rng.bit_generator.state},
-                             replace=tuple(old), run_attrs={"steps_done": self.step, "wall_seconds": round(self.wall, 2)})
+                             replace=tuple(drop), run_attrs={"steps_done": self.step, "wall_seconds": round(self.wall, 2)})
 
-    def _load_resume_state(self):
-        names = self.run.published("resume")
-        if not names:
-            raise StoreError(f"run {self.run.run_id} has no checkpoint to resume from; start it again "
-                             f"without --resume (under a new run id)")
-        name = names[-1]
+    def resume_steps(self) -> list[int]:
+        """Steps of the run's saved resume states, oldest first (what --from-step can take)."""
+        return sorted(step_of(n) for n in self.run.published("resume"))
+
+    def _load_resume_state(self, from_step: int | None = None):
+        """Restore the newest saved state (or that of step `from_step`): weights, optimiser, RNGs.
+        States, checkpoints and evaluations after it belong to the line of training this resume
+        abandons; they are unpublished (their data stays until the new line rewrites it)."""
+        steps = self.resume_steps()
+        if not steps:
+            raise StoreError(f"run {self.run.run_id} has no checkpoint to resume from (it was stopped before its "
+                             f"first one); delete it (dema-lab delete {self.run.run_id} --store {self.store.path}) "
+                             f"and train it again, or train under another run id")
+        if from_step is not None and from_step not in steps:
+            raise StoreError(f"run {self.run.run_id} has no saved state of step {from_step} to resume from; it "
+                             f"keeps those of steps {', '.join(map(str, steps))} (the newest keep_resume_states "
+                             f"of its checkpoints): use --from-step with one of them")
+        name = checkpoint_name(steps[-1] if from_step is None else from_step)
         try:
             ck = load_checkpoint(self.run.read_bytes("checkpoint", name), map_location=self.device,
                                  expect=self.model_cfg)
             self.model.load_state_dict(ck.model.state_dict())
             state = torch.load(io.BytesIO(self.run.read_bytes("resume", name)), map_location=self.device,
                                weights_only=True)
-        except CheckpointError:
-            raise
+        except StoreError:
+            raise                               # a damaged blob: the message names it and the other states
+        except CheckpointError as e:
+            raise CheckpointError(f"run {self.run.run_id}, checkpoint {name}: {e}") from None
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"run {self.run.run_id}: checkpoint {name} cannot be read ({e})") from None
         self.opt.load_state_dict(state["optimizer"])
@@ -441,8 +542,16 @@ class Trainer:
         # metrics logged after the checkpoint belong to steps that will be trained again
         later = [n for n in self.run.published("train") if int(n.split("_")[-2]) > self.step]
         self.run.unpublish("train", later)
-        self.run.set_attrs(status="running", config=asdict(self.cfg))      # what it now continues with
-        self.log(f"resuming run {self.run.run_id} from step {self.step}")
+        abandoned = [s for s in steps if s > self.step]
+        if abandoned:                           # --from-step: what came after it is trained again
+            for kind in ("checkpoint", "resume", "eval", "decay", "paper_attention", "rollout"):
+                gone = [n for n in self.run.published(kind)
+                        if step_of(n) > self.step]
+                self.run.unpublish(kind, gone)
+        self.resumed_from = self.step
+        self.run.set_attrs(status="running", config=asdict(self.cfg), steps_done=self.step)   # what it now continues with
+        self.log(f"resuming run {self.run.run_id} from step {self.step}"
+                 + (f" (the later states of steps {', '.join(map(str, abandoned))} are set aside)" if abandoned else ""))
 
     # ------------------------------------------------------------------ logging
     def flush_metrics(self):
@@ -460,12 +569,25 @@ class Trainer:
         ds.attrs = {"run_id": self.run.run_id, "batch_size": self.cfg.batch_size}
         self.run.write("train", f"steps_{m['step'][0]:08d}_{m['step'][-1]:08d}", ds)
         self.metrics = {k: [] for k in m}
+        self._track()
 
     def evaluate(self):
         """Evaluate the current weights, record episodes, decay statistics and the paper's attention
         display, publish them."""
-        return evaluate_checkpoint(self.run, self.model, self.step, self.cfg, self.env, self.targets, self.modes,
-                                   self.sampler, self.dataset.normalized_score, device=self.device, log=self.log)
+        results = evaluate_checkpoint(self.run, self.model, self.step, self.cfg, self.env, self.targets, self.modes,
+                                      self.sampler, self.dataset.normalized_score, device=self.device, log=self.log)
+        self._track()
+        return results
+
+    def _track(self):
+        """Send what is newly published to the live tracker, if any; a tracker failure never stops training."""
+        if self.tracker is None:
+            return
+        try:
+            self.tracker.update(self.run)
+        except Exception as e:  # noqa: BLE001
+            self.log(f"live tracker stopped: {type(e).__name__}: {e}")
+            self.tracker = None
 
     # ------------------------------------------------------------------ the loop
     def run_loop(self):
@@ -474,9 +596,13 @@ class Trainer:
         cfg = self.cfg
         if self.step >= cfg.steps:
             self.log(f"run {self.run.run_id} has already trained {self.step} of {cfg.steps} steps")
-        evaluated = set(int(n.split("_")[-1]) for n in self.run.published("eval"))
+        evaluated = set(step_of(n) for n in self.run.published("eval"))
         if self.step and self.step not in evaluated and (self._is_eval_step(self.step) or self.step >= cfg.steps):
-            self.evaluate()                       # killed between its checkpoint and its evaluation
+            try:
+                self.evaluate()                   # killed between its checkpoint and its evaluation
+            except BaseException:
+                self.run.release()
+                raise
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc=self.run.run_id,
                    unit="step", dynamic_ncols=True)
         tick, tick_step = time.perf_counter(), self.step
@@ -488,7 +614,7 @@ class Trainer:
                 self.wall += time.perf_counter() - t0
                 self.step += 1
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+                    raise FloatingPointError(self._diverged(loss))
                 now = time.perf_counter()
                 rate = (self.step - tick_step) / max(now - tick, 1e-9)
                 for k, v in (("step", self.step), ("loss", loss), ("lr", self.sched.get_last_lr()[0]),
@@ -508,11 +634,33 @@ class Trainer:
         except BaseException:
             bar.close()
             self.flush_metrics_safely()
-            self.run.set_attrs(status="interrupted", steps_done=self.step)
+            try:
+                self.run.set_attrs(status="interrupted", steps_done=self.step)
+            finally:
+                self.run.release()              # no longer its writer: a resume may take it
             raise
         bar.close()
-        self.run.set_attrs(status="finished", steps_done=self.step, wall_seconds=round(self.wall, 2))
+        try:
+            self.run.set_attrs(status="finished", steps_done=self.step, wall_seconds=round(self.wall, 2))
+        finally:
+            self.run.release()
         return self.run
+
+    def _diverged(self, loss) -> str:
+        """The message for a non-finite loss: which state a resume restored, the earlier ones it can
+        go back to (--from-step), and what needs a new run (a resume keeps lr and the batches)."""
+        run_id, lr = self.run.run_id, self.cfg.lr
+        new_run = (f"a resume keeps the run's lr ({lr:g}) and replays its batches, so for a lower one train a "
+                   f"new run (--lr {lr / 10:g}, or a longer --warmup_steps)")
+        if self.resumed_from is None:
+            return f"loss became {loss} at step {self.step}: the run diverged; {new_run}"
+        others = [s for s in self.resume_steps() if s != self.resumed_from][::-1]
+        back = (f"resume from another saved state: dema-lab train --resume {run_id} --from-step S "
+                f"(S: {', '.join(map(str, others))}); if it diverges again, " if others
+                else "no other state is kept to resume from; ")
+        return (f"loss became {loss} at step {self.step}, {self.step - self.resumed_from} steps after resuming "
+                f"run {run_id} from its checkpoint of step {self.resumed_from} "
+                f"({checkpoint_name(self.resumed_from)}); {back}{new_run}")
 
     def flush_metrics_safely(self):
         try:
@@ -525,9 +673,17 @@ class Trainer:
         return bool(self.cfg.eval_every) and step % self.cfg.eval_every == 0
 
 
-def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print) -> Run:
-    """Train (or resume) a run; returns it once finished."""
-    return Trainer(cfg, resume=resume, progress=progress, log=log).run_loop()
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print, tracker=None,
+          from_step: int | None = None) -> Run:
+    """Train (or resume) a run; returns it once finished. `tracker` (export.LiveTensorBoard) gets
+    every publication live. `from_step` (with `resume`): resume from that saved state, not the newest."""
+    trainer = Trainer(cfg, resume=resume, progress=progress, log=log, from_step=from_step)
+    trainer.tracker = tracker
+    try:
+        return trainer.run_loop()
+    finally:
+        if tracker is not None:
+            tracker.close()
 
 
 def ensure_trained(cfg: TrainConfig, progress: bool = True, log=print) -> tuple[Run, str]:
@@ -543,5 +699,5 @@ def ensure_trained(cfg: TrainConfig, progress: bool = True, log=print) -> tuple[
             return run, "skipped"
         if run.published("resume"):
             return train(cfg, resume=cfg.run_id, progress=progress, log=log), "resumed"
-        del store.root["runs"][cfg.run_id]
+        store.delete_run(cfg.run_id)             # not while another process still writes it (RunBusyError)
     return train(cfg, progress=progress, log=log), "trained"

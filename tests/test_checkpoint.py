@@ -39,6 +39,8 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     good = save_checkpoint(tmp_path / "good.safetensors", model)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+        load_checkpoint(tmp_path)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):

@@ -339,3 +339,60 @@ def test_an_unknown_run_names_the_closest_ones(tmp_path):
         rs.run("sweep-K2O")
     with pytest.raises(StoreError, match=r"runs: sweep-K10, .* and 1 more; `dema-lab runs --store"):
         rs.run("zzz")
+
+
+def test_a_live_rollout_is_saved_only_into_a_run_that_no_trainer_writes(tiny_config):
+    """dema_lab.rollout.save_rollout, the live page's rule: a finished run takes the episode under
+    rollout_name(step, mode, 0, 0)-live<time>; a run being trained, or one whose writer lock a live
+    process holds, is refused and nothing is written."""
+    from dema_lab.envs import make_env
+    import os
+
+    from dema_lab.lock import RunLock
+    from dema_lab.models import Policy
+    from dema_lab.rollout import rollout_steps, save_rollout
+    from dema_lab.store import parse_rollout_name
+
+    run = train(tiny_config, progress=False)
+    ck = load_checkpoint(run.checkpoint_bytes())
+    env = make_env("hopper")
+    try:
+        records = list(rollout_steps(Policy(ck.model, "transformer", attention="minmax"), env, 3600.0, 0, max_steps=6))
+    finally:
+        env.close()
+    step = run.checkpoints()[-1]
+    attrs = {"target": 3600.0, "seed": 0, "mode": "transformer", "aggregation": "minmax", "env": "hopper"}
+    name = save_rollout(tiny_config.store, "tiny", step, records, ck.config, attrs)
+    parsed = parse_rollout_name(name)
+    assert (parsed.step, parsed.mode) == (step, "transformer") and name.startswith(f"step_{step:08d}-transformer-t0-e0-live")
+    assert name in RunStore(tiny_config.store).run("tiny").rollouts()
+    before = RunStore(tiny_config.store).run("tiny").rollouts()
+    writable = RunStore(tiny_config.store, mode="a").run("tiny")
+    writable.set_attrs(status="running")
+    with pytest.raises(StoreError, match="being trained"):
+        save_rollout(tiny_config.store, "tiny", step, records, ck.config, attrs)
+    writable.set_attrs(status="finished")
+    held = RunLock(tiny_config.store, "tiny").acquire()      # as a trainer in another process would
+    try:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as pool:   # another process: a lock is per process, so the refusal needs a second one
+            err = pool.apply(_save_in_child, (tiny_config.store, step, attrs))
+        assert err.startswith("RunBusyError:") and f"pid {os.getpid()}" in err, err      # names the holder
+    finally:
+        held.release()
+    assert RunStore(tiny_config.store).run("tiny").rollouts() == before
+
+
+def _save_in_child(store, step, attrs) -> str:
+    from dema_lab.models import load_checkpoint
+    from dema_lab.rollout import save_rollout
+    from dema_lab.store import RunStore
+
+    ck = load_checkpoint(RunStore(store).run("tiny").checkpoint_bytes())
+    try:
+        save_rollout(store, "tiny", step, [], ck.config, attrs)
+    except Exception as e:  # noqa: BLE001 - the refusal is what the test checks
+        return f"{type(e).__name__}: {e}"
+    return "saved"

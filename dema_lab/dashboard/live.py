@@ -7,14 +7,17 @@ attention stream in as it acts.
 The episode runs in a background thread that owns its env (created, rendered and closed in
 that thread); the page polls the newest step a few times a second. Every session has its own
 model copy, env and thread, so sessions run side by side; closing a session stops its rollout.
+A checkpoint file typed into the page is read by dema_lab.checkpoint_files' rules (under the store
+or `checkpoint_dirs` only, regular files, size-capped), in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import asyncio
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import holoviews as hv
 import numpy as np
@@ -22,6 +25,7 @@ import panel as pn
 import param
 from bokeh.models import Div
 
+from ..checkpoint_files import DEFAULT_MAX_BYTES, allowed_roots, load_checkpoint_file
 from ..envs import known_envs
 from .data import StoreIndex, friendly_error
 from .explorer import hold
@@ -31,6 +35,10 @@ from .views import PALETTE, attention_view, attention_clim, frame_view, rgba
 log = logging.getLogger(__name__)
 if log.level == logging.NOTSET:
     log.setLevel(logging.INFO)       # `panel serve` leaves the root logger at WARNING; sessions are news
+
+# Checkpoints are read and built here, off the server's event loop (every visitor's page), two at a
+# time at most in the process: many visitors starting at once queue instead of multiplying memory.
+_LOADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dema-live-load")
 
 
 class RolloutWorker(threading.Thread):
@@ -58,8 +66,9 @@ class RolloutWorker(threading.Thread):
         env = None
         try:
             ck = self.ck
-            policy = Policy(ck.model, self.mode, ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy(),
-                            float(ck.meta.get("rtg_scale", 1000.0)), attention=self.aggregation)
+            mean, std = ck.state_normalization()
+            policy = Policy(ck.model, self.mode, mean, std, float(ck.meta.get("rtg_scale", 1000.0)),
+                            attention=self.aggregation)
             env = make_env(self.env_name, render_size=self.render_size)
             steps = rollout_steps(policy, env, self.target, self.seed, render=True, max_steps=self.max_steps)
             last = time.perf_counter()
@@ -117,10 +126,17 @@ class LiveRollout(pn.viewable.Viewer):
     status = param.String(default="idle")
     message = param.String(default="")
 
-    def __init__(self, store="store", presentation: bool = False, render_size: int = 256, **params):
+    def __init__(self, store="store", presentation: bool = False, render_size: int = 256, checkpoint_dirs=(),
+                 max_checkpoint_bytes: int = DEFAULT_MAX_BYTES, **params):
+        """checkpoint_dirs: where the file field may read besides the store (`serve --checkpoint-dir`);
+        max_checkpoint_bytes: the largest file it reads."""
         self.index = store if isinstance(store, StoreIndex) else StoreIndex(store)
         self.presentation = presentation
         self.render_size = render_size
+        self.allowed = allowed_roots(self.index.path, checkpoint_dirs)
+        self.max_checkpoint_bytes = int(max_checkpoint_bytes)
+        self._pending = None           # the load start_async waits for (a newer click supersedes it)
+        self._closed = False
         self.worker: RolloutWorker | None = None
         self._shown = 0
         self._callback = None
@@ -134,6 +150,7 @@ class LiveRollout(pn.viewable.Viewer):
 
     def _session_closed(self, session_context):
         """The browser session is gone: stop its rollout, close its env, say so in the server log."""
+        self._closed = True            # a load still in flight starts nothing
         w = self.worker
         running = w is not None and not w.done
         self.stop()
@@ -181,27 +198,52 @@ class LiveRollout(pn.viewable.Viewer):
         from ..models import load_checkpoint
 
         if self.checkpoint_file.strip():
-            ck = load_checkpoint(self.checkpoint_file.strip(), map_location="cpu")
-            return ck, None, None
-        if not self.checkpoint:
+            # a visitor's path: only regular files under the store or --checkpoint-dir, size-capped
+            ck = load_checkpoint_file(self.checkpoint_file, self.allowed, self.max_checkpoint_bytes)
+            run_id, step = None, None
+        elif not self.checkpoint:
             raise ValueError("choose a checkpoint (or give a .safetensors file)")
-        run_id, step = self.checkpoint.rsplit("@", 1)
-        # a fresh model per rollout: sessions never share a model's buffers across threads
-        ck = load_checkpoint(self.index.run(run_id).checkpoint_bytes(int(step)), map_location="cpu")
-        return ck, run_id, int(step)
+        else:
+            run_id, step = self.checkpoint.rsplit("@", 1)
+            step = int(step)
+            # a fresh model per rollout: sessions never share a model's buffers across threads
+            ck = load_checkpoint(self.index.run(run_id).checkpoint_bytes(step), map_location="cpu")
+        ck.state_normalization()                    # acting needs it: say so now, not in the worker
+        if self.mode == "rnn" and ck.config.arch != "dema":
+            raise ValueError("RNN-like inference needs a DeMa checkpoint; a DT runs Transformer-like only")
+        return ck, run_id, step
+
+    def _try_load(self):
+        """_load's result, or the message saying why it failed."""
+        try:
+            return self._load()
+        except Exception as e:  # noqa: BLE001
+            return f"Cannot start: {friendly_error(e)}"
 
     # ------------------------------------------------------------------ control
     def start(self):
-        """Start a new episode (stopping one that runs)."""
+        """Start a new episode (stopping one that runs), loading the checkpoint in this thread."""
         self.stop()
-        try:
-            ck, run_id, step = self._load()
-            if self.mode == "rnn" and ck.config.arch != "dema":
-                raise ValueError("RNN-like inference needs a DeMa checkpoint; a DT runs Transformer-like only")
-        except Exception as e:  # noqa: BLE001
-            self.message = f"Cannot start: {friendly_error(e)}"
+        self._begin(self._try_load())
+
+    async def start_async(self, *_):
+        """start() for the page's button: the checkpoint is read and built in a worker thread, so
+        the server's event loop, which serves every visitor, never waits for a file."""
+        self.stop()
+        token = self._pending = object()
+        self.message, self.status = "", "loading the checkpoint…"
+        loaded = await asyncio.wrap_future(_LOADS.submit(self._try_load))
+        if self._pending is not token or self._closed:     # clicked again meanwhile, or the tab is gone
+            return
+        self._pending = None
+        self._begin(loaded)
+
+    def _begin(self, loaded):
+        if isinstance(loaded, str):
+            self.message = loaded
             self.status = "idle"
             return
+        ck, run_id, step = loaded
         self.message = ""
         self.saved = ""
         self._source = (run_id, step, ck)
@@ -226,7 +268,11 @@ class LiveRollout(pn.viewable.Viewer):
                 self.status = "paused"
 
     def stop(self):
-        """Stop the rollout and close its env (also when the browser session closes)."""
+        """Stop the rollout and close its env (also when the browser session closes); a checkpoint
+        still loading starts nothing."""
+        if self._pending is not None:
+            self._pending = None
+            self.status = "idle"
         w = self.worker
         if w is not None and not w.done:
             w.stop()
@@ -250,31 +296,25 @@ class LiveRollout(pn.viewable.Viewer):
             self._save(w)
 
     def _save(self, w: RolloutWorker):
-        from ..rollout import rollout_encoding, steps_to_dataset
-        from ..store import RunStore
+        from ..rollout import save_rollout
+        from ..store import StoreError
 
         run_id, step, ck = self._source
         if run_id is None:
             self.message = "Rollouts of a checkpoint file are not saved: choose a checkpoint from the store."
             return
         try:
-            store = RunStore(self.index.path, mode="a")
-            run = store.run(run_id)
-            status = run.attrs.get("status")
-            if status not in ("finished", "interrupted"):
-                self.message = (f"Not saved: run {run_id} is being trained (status {status}); its trainer is the "
-                                f"only writer. Save again once it has finished.")
-                return
-            ds = steps_to_dataset(w.records, ck.config, attrs={
+            name = save_rollout(self.index.path, run_id, step, w.records, ck.config, attrs={
                 "target": self.target, "seed": self.seed, "mode": self.mode, "aggregation": self.aggregation,
-                "env": self.env, "checkpoint": step, "run_id": run_id, "source": "live"})
-            stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-            name = f"step_{step:08d}-{self.mode}-live{stamp}-e0"
-            run.write("rollout", name, ds, encoding=rollout_encoding(ds))
-            self.saved = name
-            self.status += f" · saved as {name}"
+                "env": self.env})
+        except StoreError as e:
+            self.message = f"Not saved: {friendly_error(e)}"
+            return
         except Exception as e:  # noqa: BLE001
             self.message = f"Saving failed: {friendly_error(e)}"
+            return
+        self.saved = name
+        self.status += f" · saved as {name}"
 
     # ------------------------------------------------------------------ streaming views
     def _figure(self, element, stretch=False, follow_y=True):
@@ -383,7 +423,7 @@ class LiveRollout(pn.viewable.Viewer):
         start = w.Button(name="Start", button_type="success", css_classes=["dema-live-start"])
         pause = w.Button(name="Pause / resume", button_type="warning", css_classes=["dema-live-pause"])
         stop = w.Button(name="Stop", button_type="danger", css_classes=["dema-live-stop"])
-        start.on_click(lambda *_: self.start())
+        start.on_click(self.start_async)             # a coroutine: Panel awaits it on the server's loop
         pause.on_click(lambda *_: self.pause())
         stop.on_click(lambda *_: self.stop())
         return pn.Column(

@@ -29,11 +29,26 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, weights loaded), its ModelConfig, the metadata
+    written with it (arch, dataset, env, step, rtg_scale...), extra tensors (state_mean,
+    state_std) and the file it came from, if any."""
+
     model: torch.nn.Module
     config: ModelConfig
     meta: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)   # name -> tensor
     path: Path | None = None
+
+    def state_normalization(self):
+        """(state_mean, state_std) as numpy arrays, what a Policy needs to act; CheckpointError
+        naming what is missing for a checkpoint saved without them."""
+        missing = [k for k in ("state_mean", "state_std") if k not in self.extra]
+        if missing:
+            name = self.path or "this checkpoint"
+            raise CheckpointError(f"{name} has no {' and '.join(missing)} (the dataset's state normalization) "
+                                  f"that acting needs: save it with extra=dict(state_mean=..., state_std=...) "
+                                  f"or import it with `dema-lab import FILE --dataset NAME --out FILE.safetensors`")
+        return self.extra["state_mean"].cpu().numpy(), self.extra["state_std"].cpu().numpy()
 
 
 def atomic_write(path, write) -> None:
@@ -76,6 +91,10 @@ def _header_of(source) -> tuple[dict, str]:
         path = Path(source)
         if not path.exists():
             raise CheckpointError(f"checkpoint {path} does not exist")
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} is a {'directory' if path.is_dir() else 'special file'}, not a "
+                                  f"checkpoint file: give the .safetensors file itself (for a run in a store, "
+                                  f"use its run id)")
         data, name = path.read_bytes(), str(path)
     try:
         # safetensors layout: u64 little-endian header size, then a JSON header
@@ -120,8 +139,9 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
     header, name = read_header(source), ("checkpoint bytes" if is_bytes else str(path))
     try:
         config = ModelConfig.from_dict(json.loads(header["model_config"]))
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{name}: its model config cannot be read ({e})") from None
+    check_config_limits(config, name)
     if expect is not None:
         if expect.arch != config.arch:
             raise CheckpointError(f"{name} holds a {config.arch!r} model, but a {expect.arch!r} model "
@@ -131,8 +151,10 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
             raise CheckpointError(f"{name} was trained with another config: "
                                   + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items()))
     device = torch.device(map_location)
+    data = bytes(source) if is_bytes else path.read_bytes()
+    check_declared_shapes(config, tensor_index(data, name), name)     # before any tensor or module exists
     try:
-        tensors = load(bytes(source) if is_bytes else path.read_bytes())
+        tensors = load(data)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{name}: its tensors cannot be read ({e}); the file is corrupt") from None
     tensors = {k: v.to(device) for k, v in tensors.items()}
@@ -145,6 +167,113 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
     model = build_model(config).to(device)
     load_weights(model, weights, source=name)
     return Checkpoint(model=model, config=config, meta=meta, extra=extra, path=path)
+
+
+# Sane bounds of a checkpoint's model config. A header is input: one that claims a huge model
+# fails here by name, before anything is built (official DeMa: d_model 64, 3 layers, d_state 64).
+CONFIG_LIMITS = {"state_dim": 100_000, "act_dim": 100_000, "K": 100_000, "d_model": 8192, "n_layer": 128,
+                 "max_ep_len": 10_000_000, "d_state": 1024, "d_conv": 64, "expand": 16, "n_head": 256,
+                 "embed_dim": 8192}
+# bytes per element of the safetensors dtypes
+_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+
+
+def check_config_limits(config: ModelConfig, name: str = "checkpoint") -> None:
+    """CheckpointError naming every field of `config` above CONFIG_LIMITS."""
+    over = [f"{k}={getattr(config, k)} (at most {limit})" for k, limit in CONFIG_LIMITS.items()
+            if getattr(config, k) > limit]
+    if over:
+        raise CheckpointError(f"{name}: its model config is out of bounds: {', '.join(over)}; the header is "
+                              f"corrupt or was not written by dema-lab")
+
+
+def tensor_index(data: bytes, name: str = "checkpoint") -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (dtype, shape)} as a safetensors file's JSON header declares them, checked
+    against the file: known dtypes, byte ranges that lie inside the data, do not overlap and match
+    dtype x shape. Reads the header only; CheckpointError with what is wrong."""
+    def bad(why):
+        return CheckpointError(f"{name}: its tensor table is inconsistent ({why}); the file is truncated or corrupt")
+
+    try:
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or n <= 0 or 8 + n > len(data):
+            raise ValueError("bad header size")
+        table = json.loads(bytes(data[8:8 + n]))
+        if not isinstance(table, dict):
+            raise ValueError("the header is not a JSON object")
+    except ValueError as e:
+        raise bad(e) from None
+    size = len(data) - 8 - n
+    index, ranges = {}, []
+    for key, entry in table.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise bad(f"{key}: not a tensor entry")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in _DTYPE_SIZES:
+            raise bad(f"{key}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise bad(f"{key}: shape {shape!r} is not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= size):
+            raise bad(f"{key}: byte range {offsets!r} lies outside the {size} data bytes")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype]:
+            raise bad(f"{key}: shape {shape} of {dtype} needs {numel * _DTYPE_SIZES[dtype]} bytes, "
+                      f"its range holds {offsets[1] - offsets[0]}")
+        index[key] = (dtype, tuple(shape))
+        ranges.append((offsets[0], offsets[1], key))
+    ranges.sort()
+    for (_, end, a), (start, _, b) in zip(ranges, ranges[1:]):
+        if start < end:
+            raise bad(f"{a} and {b} overlap")
+    return index
+
+
+SMALL_MODEL_BYTES = 256 * 2**20       # below this estimate a model is built on the CPU to read its shapes
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{"model.<name>": shape} of the model `config` builds. A model whose weights are estimated
+    (from its MACs per env step and its embedding tables) to be small is built on the CPU, with
+    the global RNG left as it was; a larger one on the meta device (shapes only, no memory), which
+    costs a few seconds the first time in a process (torch imports its compiler stack there)."""
+    from . import build_model
+    from .cost import forward_macs
+
+    estimate = 4 * (forward_macs(config, 1) + (config.max_ep_len + 1) * max(config.d_model, config.embed_dim))
+    if estimate <= SMALL_MODEL_BYTES:
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(config)
+    else:
+        with torch.device("meta"):
+            model = build_model(config)
+    return {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_declared_shapes(config: ModelConfig, index: dict, name: str = "checkpoint") -> None:
+    """CheckpointError unless the weights a file declares (tensor_index) are exactly those of the
+    model its config describes, shape for shape."""
+    want = expected_shapes(config)
+    have = {k: shape for k, (_, shape) in index.items() if k.startswith("model.")}
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    shapes = [f"{k[6:]}: {have[k]} vs {want[k]}" for k in sorted(set(want) & set(have)) if have[k] != want[k]]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing (e.g. {', '.join(k[6:] for k in missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(k[6:] for k in unexpected[:3])})")
+        if shapes:
+            parts.append("shapes declared vs config: " + "; ".join(shapes[:3]))
+        raise CheckpointError(f"{name}: its tensors do not match the {config.arch!r} model its header describes ("
+                              + "; ".join(parts) + "); the file is corrupt or its header was edited")
 
 
 def load_weights(model, state_dict, source="state dict") -> None:
