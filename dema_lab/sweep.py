@@ -27,6 +27,10 @@ from .train import TrainConfig
 
 @dataclass
 class SweepConfig:
+    """A grid of runs (`dema-lab sweep`): every combination of datasets, K, layouts, timestep
+    embedding, architectures and seeds, each a TrainConfig with a stable run id, trained into one
+    store; finished runs are skipped and unfinished ones resumed."""
+
     name: str = "sweep"
     datasets: list[str] = field(default_factory=lambda: ["hopper-medium"])
     K: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
@@ -39,6 +43,11 @@ class SweepConfig:
     ablation_episodes: int = 5
     ablation_layers: list[str] = field(default_factory=lambda: ["all"])   # "all", "each" (every layer alone), or N
     workers: int = 0                     # 0: one per core
+    executor: str = "local"              # local (processes on this machine) | ray (dema_lab.cluster)
+    address: str = ""                    # ray: the cluster's HOST:PORT (default: RAY_ADDRESS, else a local one)
+    num_cpus: float = 1.0                # ray: CPUs per run (torch threads: this, at least 1)
+    num_gpus: float = 0.0                # ray: GPUs per run, fractional to share one (0.25: four runs per GPU)
+    max_retries: int = 3                 # ray: reruns of a task whose worker died; each resumes from the store
     base: TrainConfig = field(default_factory=TrainConfig)   # everything else (steps, sizes, store, ...)
 
     def __post_init__(self):
@@ -46,6 +55,11 @@ class SweepConfig:
             if not getattr(self, name):
                 raise ValueError(f"sweep dimension {name} is empty; give at least one value")
         self.ablation_layers = [str(v).lower() for v in self.ablation_layers] or ["all"]
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor {self.executor!r}: use 'local' (processes here) or 'ray' (a Ray cluster)")
+        if self.num_cpus <= 0 or self.num_gpus < 0 or self.max_retries < 0:
+            raise ValueError(f"num_cpus must be > 0, num_gpus and max_retries >= 0 (got {self.num_cpus:g}, "
+                             f"{self.num_gpus:g}, {self.max_retries})")
         bad = [v for v in self.ablation_layers if v not in ("all", "each") and not v.isdigit()]
         if bad:
             raise ValueError(f"ablation layers {', '.join(bad)}: use 'all', 'each' or a layer index")
@@ -104,6 +118,12 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     if "dema" in sweep.archs:
         from .ssm import cpu_kernel
         cpu_kernel.warm_up()                          # compile the scan into numba's cache once, too
+    if sweep.executor == "ray":
+        from .cluster import run_ray
+
+        configs = [dataclasses.replace(c, threads=max(1, int(sweep.num_cpus))) for c in configs]
+        log(f"sweep {sweep.name}: {len(configs)} runs on Ray, store {sweep.base.store}")
+        return run_ray(sweep, configs, log=log)
     workers = sweep.workers or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // workers)
     configs = [dataclasses.replace(c, threads=threads) for c in configs]
@@ -114,7 +134,10 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
             results.append(_work(cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers))
             log(_line(results[-1], len(results), len(configs)))
         return results
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    devices = worker_devices(workers, sweep.base.device)
+    if any(devices):
+        log(f"GPUs, round robin over the workers: CUDA_VISIBLE_DEVICES={', '.join(dict.fromkeys(devices))}")
+    with local_pool(workers, devices) as pool:
         futures = {pool.submit(_work, cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers): cfg
                    for cfg in configs}
         for fut in as_completed(futures):
@@ -125,6 +148,44 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
                 results.append({"run_id": cfg.run_id, "what": f"failed: {type(e).__name__}: {e}", "seconds": 0.0})
             log(_line(results[-1], len(results), len(configs)))
     return results
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_devices(workers: int, device: str = "auto") -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each local worker: with several GPUs visible (and device auto or
+    cuda), worker i gets the i-th of them round robin, so workers spread over the GPUs instead of
+    all landing on GPU 0; None (leave the environment alone) with one GPU or none, or for a device
+    named explicitly (cpu, cuda:N). GPUs already restricted by CUDA_VISIBLE_DEVICES stay within it."""
+    if device not in ("auto", "cuda"):
+        return [None] * workers
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = ([d.strip() for d in listed.split(",") if d.strip()] if listed is not None
+               else [str(i) for i in range(_cuda_device_count())])
+    if len(visible) < 2:
+        return [None] * workers
+    return [visible[i % len(visible)] for i in range(workers)]
+
+
+def _init_worker(devices) -> None:
+    """A local worker's first act, before anything touches CUDA: take its GPU from the queue."""
+    device = devices.get(timeout=60)                 # one entry per worker, put before any starts
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+
+
+def local_pool(workers: int, devices: list[str | None]) -> ProcessPoolExecutor:
+    """The local executor: `workers` spawned processes, worker i with CUDA_VISIBLE_DEVICES=devices[i]
+    (see worker_devices)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    for d in devices:
+        queue.put(d)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
 
 
 def _line(r: dict, i: int, n: int) -> str:
