@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages: EGL/OSMesa for headless MuJoCo rendering, Chromium for the browser tests.
 APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6 chromium fonts-dejavu-core
 
-.PHONY: test demo bench study venv apt clean-venv
+.PHONY: test demo bench study screenshots venv apt clean-venv
 
 venv: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --quiet --upgrade pip setuptools wheel
 	$(PIP) --quiet torch==2.13.0
-	$(PIP) --quiet -e '.[dev,minari]'
+	$(PIP) --quiet -e '.[dev,minari,cluster,atari]'
 	touch $(STAMP)
 
 apt:
@@ -34,10 +34,16 @@ demo: apt $(STAMP)
 # (server time of one scrub step on the demo run, which it trains first if the store lacks it).
 bench: apt $(STAMP)
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_scan.py
 	$(PY) benchmarks/bench_logging.py > benchmarks/RESULTS-logging.md
 	$(PY) benchmarks/bench_data.py > benchmarks/RESULTS-data.md
 	$(VENV)/bin/dema-lab demo --no-serve --no-sweep --store store
 	$(PY) benchmarks/bench_dashboard.py --store store > benchmarks/RESULTS-dashboard.md
+
+# The README's screenshots, from the demo store (trained first when missing) in headless Chromium.
+screenshots: apt $(STAMP)
+	$(VENV)/bin/dema-lab demo --no-serve --store store
+	$(PY) scripts/screenshots.py --store store --out docs/screenshots
 
 # The paper's study on the embedded suite (hours on 2 cores; resumable): docs/study-report.md.
 study: apt $(STAMP)

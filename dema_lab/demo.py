@@ -21,20 +21,37 @@ DEMO_CONFIG = TrainConfig(
     decay_windows=64, log_every=50, checkpoint_every=500,
 )
 
-# The K sweep beside it: shorter runs, evaluated once at the end, one recorded episode each.
+MAIN_RUN = "demo-dema-K10"
+
+# The K sweep beside it: as long as the main run (the score against K compares K, not training
+# lengths), evaluated once at the end, one recorded episode each.
 SWEEP_K = (5, 20)
-SWEEP_STEPS = 1000
 
 
 def demo_runs(store: str, sweep: bool = True) -> list[TrainConfig]:
     """The configs the demo trains, in order (the main run first)."""
-    main = dataclasses.replace(DEMO_CONFIG, store=store, run_id="demo-dema-K10")
+    main = dataclasses.replace(DEMO_CONFIG, store=store, run_id=MAIN_RUN)
     runs = [main]
     if sweep:
         for K in SWEEP_K:
-            runs.append(dataclasses.replace(main, K=K, steps=SWEEP_STEPS, eval_every=0, eval_targets=[3600.0],
+            runs.append(dataclasses.replace(main, K=K, eval_every=0, eval_targets=[3600.0],
                                             run_id=f"demo-dema-K{K}"))
     return runs
+
+
+def featured_run(runs: dict[str, dict], with_episodes: set[str]) -> str | None:
+    """The run a dashboard opens on. `runs` maps run ids (in store order) to their configs.
+
+    The demo's main run when the store has it with recorded episodes; else the last DeMa run with
+    recorded episodes; else the last run with recorded episodes; else the last run."""
+    if MAIN_RUN in with_episodes:
+        return MAIN_RUN
+    ids = list(runs)
+    for pick in ([r for r in ids if r in with_episodes and runs[r].get("arch") == "dema"],
+                 [r for r in ids if r in with_episodes], ids):
+        if pick:
+            return pick[-1]
+    return None
 
 
 def run_demo(store: str = "store", sweep: bool = True, on_progress=None, progress: bool = True) -> list[str]:
@@ -46,7 +63,7 @@ def run_demo(store: str = "store", sweep: bool = True, on_progress=None, progres
     from .data import DEFAULT_DATASET, ensure_embedded
     from .store import check_store
 
-    check_store(store)                        # a path that is not a store fails now, not after the build
+    check_store(store, writable=True)         # a path that is not a (writable) store fails now, not after the build
     report = on_progress or (lambda message, fraction: None)
     report(f"building the default dataset {DEFAULT_DATASET}", 0.0)
     ensure_embedded(DEFAULT_DATASET, progress=progress)

@@ -24,7 +24,7 @@ import pandas as pd
 import xarray as xr
 
 from .scoring import METHOD_TEXT, METHODS, SCORE_TEXT, format_interval, iqm_interval, run_scores, t_interval
-from .store import Run, RunStore
+from .store import Run, RunStore, family_label
 
 
 def _latency(model, mode: str, steps: int = 40) -> float:
@@ -296,6 +296,10 @@ _LABELS = {"score_transformer": "Transformer-like", "score_rnn": "RNN-like",
 
 @dataclass
 class Report:
+    """The study's report on a set of runs (build_report): one row per run, the paper's tables,
+    the findings with their verdicts and evidence, the runs left out and why, and the command
+    that rebuilds it."""
+
     runs: pd.DataFrame
     tables: dict = field(default_factory=dict)       # title -> DataFrame
     findings: list = field(default_factory=list)     # (finding, verdict, evidence)
@@ -348,8 +352,7 @@ class Report:
         if self.runs.empty or col not in self.runs:
             return hv.Curve([], "K", "normalized score").opts(title=f"{title}: no runs", width=width, height=height)
         df = self.runs.dropna(subset=[col]).copy()
-        df["family"] = (df.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(df.arch) + " " + df.layout
-                        + np.where(df.timestep_embedding, " +t-emb", ""))
+        df["family"] = [family_label(a, lay, te) for a, lay, te in zip(df.arch, df.layout, df.timestep_embedding)]
         stats = df.groupby(["dataset", "family", "K"])[col].agg(["mean", "std", "count"]).reset_index()
         stats["std"] = stats["std"].fillna(0.0)
         layers = []
@@ -361,7 +364,7 @@ class Report:
             if (part["count"] > 1).any():
                 layers.append(hv.ErrorBars(part, "K", [("mean", "normalized score"), "std"]))
         ks = sorted(stats.K.unique())
-        return hv.Overlay(layers).opts(title=title, width=width, height=height, logx=len(ks) > 2 and ks[-1] >= 4 * ks[0],
+        return hv.Overlay(layers).opts(title=title, width=width, height=height, logx=bool(len(ks) > 2 and ks[-1] >= 4 * ks[0]),
                                        xticks=[int(k) for k in ks], show_grid=True, legend_position="right",
                                        toolbar="above")
 

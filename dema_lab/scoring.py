@@ -104,11 +104,15 @@ def headline_mode(modes) -> str | None:
     return HEADLINE_MODE if HEADLINE_MODE in modes else (modes[0] if modes else None)
 
 
-def headline(evals: xr.Dataset) -> dict:
+def headline(evals: xr.Dataset, mode: str | None = None) -> dict:
     """A run's headline score: {"mode", "last", "best", "last_checkpoint"} (NaN scores, mode None
-    and last_checkpoint -1 before the first evaluation)."""
+    and last_checkpoint -1 before the first evaluation). In `mode` when the run was evaluated in
+    it, else in its headline mode (headline_mode)."""
+    if "normalized_score" not in evals or not evals.sizes.get("checkpoint"):
+        return {"mode": None, "last": np.nan, "best": np.nan, "last_checkpoint": -1}
     rs = run_scores(evals)
-    mode = headline_mode(rs["mode"].values) if "mode" in rs.coords else None
+    modes = [str(m) for m in rs["mode"].values] if "mode" in rs.coords else []
+    mode = mode if mode in modes else headline_mode(modes)
     if mode is None:
         return {"mode": None, "last": np.nan, "best": np.nan, "last_checkpoint": -1}
     return {"mode": mode, "last": float(rs["last"].sel(mode=mode)), "best": float(rs["best"].sel(mode=mode)),

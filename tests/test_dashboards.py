@@ -98,13 +98,16 @@ def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     pn.panel(ex).get_root(Document())                       # what a notebook or server renders
     traces = ex._panes["traces"].object                     # reward on its own axis, not flat on the return's
     assert [a.axis_label for a in traces.yaxis] == ["return", "reward per step"]
-    assert set(traces.extra_y_ranges) == {"reward"} and traces.select_one({"type": Span}).location == 0
+    # it opens mid-episode with a full window (dema_lab.analysis.opening_step), cursor there
+    n, K = ex._ep.n_steps, ex._info.config["K"]
+    assert ex.step == max(n // 2, K - 1) and K - 1 <= ex.step < n
+    assert set(traces.extra_y_ranges) == {"reward"} and traces.select_one({"type": Span}).location == ex.step
     before = ex.state()
     heat_fig = ex._panes["heatmap"].object
     img_before = heat_fig.renderers[0].data_source.data["image"][0].copy()
-    ex.step = 12
+    ex.step = 3
     after = ex.state()
-    assert after["step"] == 12 and after["frame"] != before["frame"] and after["heatmap"] != before["heatmap"]
+    assert after["step"] == 3 and after["frame"] != before["frame"] and after["heatmap"] != before["heatmap"]
     # the served figures were patched with exactly the data the HoloViews views hold
     img = heat_fig.renderers[0].data_source.data["image"][0]
     assert not np.array_equal(np.nan_to_num(img), np.nan_to_num(img_before))
@@ -112,8 +115,8 @@ def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     np.testing.assert_array_equal(np.nan_to_num(img), np.nan_to_num(fresh))
     frame = hv.render(ex.frame()).renderers[0].data_source.data["image"][0]
     np.testing.assert_array_equal(ex._panes["frame"].object.renderers[0].data_source.data["image"][0], frame)
-    assert "12" in ex._probe_div.text and after["frame"] in ex._probe_div.text
-    assert "step <b>12</b>" in ex._info_div.text and traces.select_one({"type": Span}).location == 12
+    assert "3" in ex._probe_div.text and after["frame"] in ex._probe_div.text
+    assert "step <b>3</b>" in ex._info_div.text and traces.select_one({"type": Span}).location == 3
     # the trace's click moves the step; a heatmap click picks the query token
     ex._on_tap_trace(type("E", (), {"x": 5.2})())
     assert ex.step == 5
@@ -296,7 +299,7 @@ def _free_port() -> int:
 class Server:
     """`panel serve` of the three dashboards in a subprocess on 127.0.0.1."""
 
-    def __init__(self, store: str, log: Path):
+    def __init__(self, store: str, log: Path, args: tuple = ()):
         self.port = _free_port()
         self.log_path = log
         self.log = open(log, "w")
@@ -304,8 +307,10 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "panel", "serve", *apps, "--address", "127.0.0.1", "--port", str(self.port),
              "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--liveness",
+             "--index", str(ROOT / "dema_lab" / "dashboard" / "index.html"),      # as `dema-lab serve` does
              # a closed browser tab's session is destroyed within about 2 s (default: 15-30 s)
-             "--check-unused-sessions", "1000", "--unused-session-lifetime", "1000", "--args", "--store", store],
+             "--check-unused-sessions", "1000", "--unused-session-lifetime", "1000", "--args", "--store", store,
+             *args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"})
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -348,9 +353,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(dash_store):
+def server(dash_store, tmp_path_factory):
     ARTIFACTS.mkdir(exist_ok=True)
-    s = Server(dash_store, ARTIFACTS / "dashboards-server.log")
+    checkpoints = tmp_path_factory.mktemp("checkpoints")      # where /live's file field may read
+    s = Server(dash_store, ARTIFACTS / "dashboards-server.log", args=("--checkpoint-dir", str(checkpoints)))
+    s.checkpoint_dir = checkpoints
     yield s
     s.stop()
 
@@ -513,6 +520,17 @@ def _scrub_to(page, step: int):
     raise AssertionError(f"the slider did not reach step {step}")
 
 
+def _show_middle(page) -> int:
+    """Scrub to the middle of the episode and check that every explorer plot is drawn there."""
+    middle = _middle_step(page)
+    _scrub_to(page, middle)
+    _wait_probe(page, lambda s: s["step"] == str(middle))
+    _wait_steps_agree(page, middle)
+    _assert_drawn(page, _figures(page, EXPLORER_PLOTS))
+    page.wait_for_timeout(300)
+    return middle
+
+
 def _middle_step(page) -> int:
     """A step in the middle of the episode (its attention window is full there)."""
     return round(float(page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuemax"))) // 2
@@ -521,7 +539,10 @@ def _middle_step(page) -> int:
 def test_browser_explorer_loads_scrubs_and_plays(server, browser):
     p = Page(browser, server.url("attention"))
     page = p.page
-    first = _wait_probe(page, lambda s: s["step"] == "0" and s["heatmap"] not in (None, "none"), timeout=60)
+    first = _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
+    # it opens mid-episode, where the window is full (dema_lab.analysis.opening_step; K 5 here)
+    n_steps = round(float(page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuemax"))) + 1
+    assert first["step"] == str(max(n_steps // 2, 4)), (first, n_steps)
     page.get_by_text("cannot be read").first.wait_for(timeout=10_000)       # the broken run's message
     figures = _figures(page, EXPLORER_PLOTS)
     _assert_drawn(page, figures)
@@ -538,12 +559,7 @@ def test_browser_explorer_loads_scrubs_and_plays(server, browser):
     page.locator(".dema-player button").nth(4).click()          # ⏸ pause
     assert _wait_steps_agree(page) >= 9
     # the middle of the episode: the window of tokens is full, the heatmap filled
-    middle = _middle_step(page)
-    _scrub_to(page, middle)
-    _wait_probe(page, lambda s: s["step"] == str(middle))
-    _wait_steps_agree(page, middle)
-    _assert_drawn(page, _figures(page, EXPLORER_PLOTS))
-    page.wait_for_timeout(300)
+    middle = _show_middle(page)
     p.shot("attention-explorer", docs=True)
     # the episode downloads as an mp4 of its frames
     import imageio.v3 as iio
@@ -558,16 +574,69 @@ def test_browser_explorer_loads_scrubs_and_plays(server, browser):
     page.close()
 
 
+def _wait_url(page, **expected) -> dict:
+    """Wait until the page's URL carries the expected query settings; its settings."""
+    from urllib.parse import parse_qs, urlparse
+
+    deadline = time.time() + 30
+    while True:
+        q = {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+        if all(q.get(k) == str(v) for k, v in expected.items()):
+            return q
+        if time.time() > deadline:
+            raise AssertionError(f"the URL {page.url} does not carry {expected}")
+        page.wait_for_timeout(100)
+
+
+def test_browser_every_view_round_trips_through_its_url(server, browser):
+    """A view's state is in its URL as it changes, and opening that URL shows the same view
+    (presentation mode included): a presenter can bookmark the exact view of a talk."""
+    p = Page(browser, server.url("attention") + "?presentation=1&run=tiny-K3&step=5&layer=0")
+    page = p.page
+    _wait_probe(page, lambda s: s["step"] == "5" and s["heatmap"] not in (None, "none"), timeout=60)
+    q = _wait_url(page, run="tiny-K3", step=5, presentation=1)
+    assert {"checkpoint", "episode", "layer", "aggregation", "query"} <= set(q), q
+    _scrub_to(page, 8)
+    q = _wait_url(page, step=8, presentation=1)
+    bookmark = page.url
+    p.check_clean()
+    page.close()
+    p = Page(browser, bookmark)                                  # the bookmark opens the same view
+    page = p.page
+    shown = _wait_probe(page, lambda s: s["step"] == "8" and s["heatmap"] not in (None, "none"), timeout=60)
+    assert page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuenow").startswith("8")
+    assert _wait_url(page, **q) and shown["step"] == "8"
+    assert "tiny-K3" in page.locator("select").first.input_value()
+    p.check_clean()
+    page.close()
+    # the other pages carry their settings too, and read them back
+    for path, setting, written in (("compare", {"mode": "rnn"}, "query_kind"), ("study", {"latency": "false"}, "sweep"),
+                                   ("live", {"fps": "7.0", "mode": "rnn"}, "env")):
+        query = "&".join(f"{k}={v}" for k, v in setting.items())
+        p = Page(browser, server.url(path) + f"?presentation=1&{query}")
+        deadline = time.time() + 30
+        while written not in (got := _wait_url(p.page, presentation=1, **setting)) and time.time() < deadline:
+            p.page.wait_for_timeout(200)
+        assert written in got, f"/{path} writes only what it was given: {got}"
+        p.check_clean()
+        p.page.close()
+
+
+def test_browser_index_page_lists_the_pages_offline(server, browser):
+    p = Page(browser, server.url(""))
+    links = p.page.locator(".dema-index-page")
+    links.first.wait_for(timeout=30_000)
+    assert [links.nth(i).get_attribute("href").rsplit("/", 1)[-1] for i in range(links.count())] == \
+        ["attention", "compare", "live", "study"]
+    p.check_clean()
+    p.page.close()
+
+
 def test_browser_presentation_mode_and_comparison(server, browser):
     p = Page(browser, server.url("attention") + "?presentation=1")
     page = p.page
     _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
-    middle = _middle_step(page)
-    _scrub_to(page, middle)
-    _wait_probe(page, lambda s: s["step"] == str(middle))
-    _wait_steps_agree(page, middle)
-    _assert_drawn(page, _figures(page, EXPLORER_PLOTS))
-    page.wait_for_timeout(300)
+    middle = _show_middle(page)
     p.shot("attention-presentation", docs=True)
     p.check_clean()
     page.close()
@@ -624,18 +693,20 @@ def test_browser_live_runs_a_checkpoint_imported_from_the_official_code(server, 
     from dema_lab.cli import main
 
     pkl = save_official(official_dema_sd(seed=7), tmp_path / "model_iter9.pkl")
-    out = tmp_path / "official.safetensors"
+    out = server.checkpoint_dir / "official.safetensors"       # the field reads only the store and --checkpoint-dir
     assert main(["import", str(pkl), "--dataset", str(hopper_small), "--K", "4", "--out", str(out)]) == 0
-    p = Page(browser, server.url("live") + "?fps=4")
+    # 2 steps a second: the untrained model's hopper falls within seconds, and the pause below
+    # must come before the episode's end even on a loaded machine
+    p = Page(browser, server.url("live") + "?fps=2")
     page = p.page
-    page.get_by_text(re.compile(r"Max steps per second:\s*4(\.0)?$")).first.wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"Max steps per second:\s*2(\.0)?$")).first.wait_for(timeout=60_000)
     field = page.get_by_placeholder("/path/to/checkpoint.safetensors")
     field.fill(str(out))
     field.press("Enter")
     page.locator(".dema-live-start button").click(timeout=60_000)
     css = ".dema-live-probe span"
     a = _wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
-    b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 2, css=css)
+    b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 1, css=css)
     assert a["frame"] != b["frame"]
     page.locator(".dema-live-pause button").click()
     page.locator(".dema-live-status").get_by_text("paused").wait_for(timeout=20_000)

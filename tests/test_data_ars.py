@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dema_lab.ars import ARSConfig, RunningStat, rollout, train_ars
+from dema_lab.data.ars import ARSConfig, RunningStat, rollout, train_ars
 from dema_lab.data import LinearPolicy, load_policy_set
 from dema_lab.envs import make_env
 
@@ -48,7 +48,7 @@ def test_short_training_run_improves_and_writes_loadable_weights(tmp_path):
 
 
 def test_noisy_evaluation_is_seeded_and_differs_from_deterministic():
-    from dema_lab.ars import evaluate
+    from dema_lab.data.ars import evaluate
 
     ps = load_policy_set("hopper")
     e = make_env("hopper")

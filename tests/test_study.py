@@ -142,3 +142,22 @@ def test_findings_put_the_papers_method_beside_dema_labs():
     assert [v for f, v in decay.items() if "dema-lab's decay statistics" in f] == ["does not hold"]
     short = [f for f in got if f.startswith("A short K")]
     assert len(short) == 2 and any("best checkpoint" in f for f in short)
+
+
+def test_score_plot_over_three_k_values_renders_with_a_log_axis():
+    """Three K values spanning 4x or more get a log K axis; the flag must be a Python bool (a
+    numpy bool made HoloViews refuse the plot, and /study on the study's store was a blank page)."""
+    import holoviews as hv
+    import numpy as np
+    import pandas as pd
+
+    from dema_lab.report import Report
+
+    hv.extension("bokeh")
+    runs = pd.DataFrame([dict(dataset="hopper-medium", K=np.int64(K), seed=0, arch="dema", layout="B3LD",
+                              timestep_embedding=np.bool_(False), score_transformer=50.0 + K,
+                              best_score_transformer=55.0 + K) for K in (5, 20, 40)])
+    plot = Report(runs=runs).score_plot("transformer")
+    fig = hv.render(plot, backend="bokeh")
+    assert type(fig.x_scale).__name__ == "LogScale"
+    assert [int(t) for t in fig.xaxis[0].ticker.ticks] == [5, 20, 40]

@@ -8,6 +8,8 @@
 
 Store path: ``--args --store PATH`` on ``panel serve``, else $DEMA_LAB_STORE, else "store".
 Presentation mode (full screen, larger fonts): ``?presentation=1`` or ``--args --presentation``.
+The live page's file field reads the store and ``--args --checkpoint-dir DIR`` (repeatable) only,
+files up to ``--max-checkpoint-mb`` (1024); never set from the URL.
 The single-component pages take their settings from the URL too: ``/live?env=hopper&mode=rnn&fps=10``.
 """
 
@@ -17,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import panel as pn
 import param
@@ -49,10 +52,13 @@ body, .bk-root, .markdown, .bk-input, .bk-btn, label { font-size: 21px !importan
 
 
 def app_options(argv: list[str] | None = None) -> dict:
-    """Store path and presentation flag from `--args` of `panel serve`, the URL and the env."""
+    """Store path and presentation flag from `--args` of `panel serve`, the URL and the env; the
+    live page's checkpoint directories (`--checkpoint-dir DIR`, repeatable) and file size limit
+    (`--max-checkpoint-mb N`) from `--args` only, never from the URL."""
     argv = list(sys.argv[1:] if argv is None else argv)
     store = os.environ.get("DEMA_LAB_STORE", "store")
     presentation = False
+    checkpoint_dirs, max_mb = [], None
     for i, a in enumerate(argv):
         if a == "--store" and i + 1 < len(argv):
             store = argv[i + 1]
@@ -60,6 +66,17 @@ def app_options(argv: list[str] | None = None) -> dict:
             store = a.split("=", 1)[1]
         elif a == "--presentation":
             presentation = True
+        elif a == "--checkpoint-dir" and i + 1 < len(argv):
+            checkpoint_dirs.append(argv[i + 1])
+        elif a.startswith("--checkpoint-dir="):
+            checkpoint_dirs.append(a.split("=", 1)[1])
+        elif a == "--max-checkpoint-mb" and i + 1 < len(argv):
+            max_mb = argv[i + 1]
+        elif a.startswith("--max-checkpoint-mb="):
+            max_mb = a.split("=", 1)[1]
+    live = {"checkpoint_dirs": checkpoint_dirs}
+    if max_mb is not None:
+        live["max_checkpoint_bytes"] = checkpoint_limit(max_mb)
     try:
         arg = pn.state.session_args.get("presentation") if pn.state.curdoc else None
         if arg:
@@ -69,30 +86,110 @@ def app_options(argv: list[str] | None = None) -> dict:
             store = s[0].decode()
     except Exception:  # noqa: BLE001 - not in a server session
         pass
-    return {"store": store, "presentation": presentation}
+    return {"store": store, "presentation": presentation, "live": live}
+
+
+def checkpoint_limit(megabytes) -> int:
+    """--max-checkpoint-mb as bytes; ValueError naming the flag for anything but a positive number."""
+    try:
+        mb = float(megabytes)
+    except (TypeError, ValueError):
+        mb = float("nan")
+    if not mb > 0:
+        raise ValueError(f"--max-checkpoint-mb must be a positive number of megabytes, not {megabytes!r}")
+    return int(mb * 2**20)
+
+
+URL_SKIP = ("name", "status", "message", "revision", "checkpoint_file")   # never read from or written to a URL
+
+
+def _url_args() -> dict:
+    try:
+        return dict(pn.state.session_args) if pn.state.curdoc else {}
+    except Exception:  # noqa: BLE001 - not in a server session
+        return {}
+
+
+def _from_url(p: param.Parameter, name: str, text: str):
+    """A URL's text as the value of parameter `p` (None: a kind of parameter URLs do not set)."""
+    try:
+        if isinstance(p, param.Boolean):
+            return text.lower() not in ("0", "false", "no", "off", "")
+        if isinstance(p, param.Integer):
+            return int(text)
+        if isinstance(p, param.Number):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"URL setting {name}={text!r} is not a number") from None
+    if isinstance(p, param.Selector):
+        names = getattr(p, "names", None) or {}
+        for o in p.objects:                     # choices that are numbers: a checkpoint, a layer
+            if str(o) == text:
+                return o
+        return names.get(text, text)
+    if isinstance(p, param.String):
+        return text
+    return None
+
+
+def _to_url(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def url_settings(cls: type[param.Parameterized]) -> dict:
     """A component's settings given in the page's URL (`/live?env=hopper&fps=10&mode=rnn`), so a
-    demo can be bookmarked: numbers, integers, choices and text, by parameter name."""
-    try:
-        args = dict(pn.state.session_args) if pn.state.curdoc else {}
-    except Exception:  # noqa: BLE001 - not in a server session
-        return {}
+    demo can be bookmarked: numbers, integers, booleans, choices and text, by parameter name."""
     out = {}
-    for name, values in args.items():
+    for name, values in _url_args().items():
         p = cls.param.objects().get(name)
-        if p is None or name in ("name", "status", "message") or not values:
+        if p is None or name in URL_SKIP or not values:
             continue
-        text = values[0].decode()
-        try:
-            value = int(text) if isinstance(p, param.Integer) else float(text) if isinstance(p, param.Number) \
-                else text if isinstance(p, (param.String, param.Selector)) else None
-        except ValueError:
-            raise ValueError(f"URL setting {name}={text!r} is not a number") from None
+        value = _from_url(p, name, values[0].decode())
         if value is not None:
             out[name] = value                # out-of-range values fail in the component, naming the parameter
     return out
+
+
+def url_parameters(obj: param.Parameterized) -> list[str]:
+    """The parameters of a view that its URL carries, in declaration order (which is the order
+    in which they depend on each other: run before checkpoint before episode before step)."""
+    return [n for n, p in obj.param.objects("existing").items()
+            if n not in URL_SKIP and (p.precedence is None or p.precedence >= 0)
+            and isinstance(p, (param.Selector, param.Number, param.Boolean, param.String))]
+
+
+def sync_url(obj: param.Parameterized, apply: bool = False) -> list[str]:
+    """Keep the page's URL following the view's state, so that any view can be bookmarked or
+    shared (presentation=1 and other query arguments are kept). With `apply`, first set the
+    URL's settings on the view one by one in dependency order (each choice list is filled by
+    the setting before it). Returns the settings that could not be applied, each with why."""
+    names = url_parameters(obj)
+    problems = []
+    if apply:
+        args = _url_args()
+        for name in names:
+            if name not in args or not args[name]:
+                continue
+            text = args[name][0].decode()
+            try:
+                value = _from_url(obj.param[name], name, text)
+                if value is not None and value != getattr(obj, name):
+                    setattr(obj, name, value)
+            except Exception as e:  # noqa: BLE001 - a stale or mistyped link: say so, keep the view
+                problems.append(f"URL setting {name}={text!r} was not applied: {friendly_error(e)}")
+    loc = pn.state.location if pn.state.curdoc else None
+    if loc is None:
+        return problems
+
+    def push(*events):
+        loc.update_query(**{e.name: _to_url(e.new) for e in events if e.new is not None})
+
+    def push_all():
+        loc.update_query(**{n: _to_url(getattr(obj, n)) for n in names if getattr(obj, n) is not None})
+
+    obj.param.watch(push, names)
+    pn.state.onload(push_all)                  # once the browser has sent its own URL: the whole state
+    return problems
 
 
 def _allow_store_arg() -> bool:
@@ -321,13 +418,15 @@ def _guarded(build, title: str):
                              sizing_mode="stretch_width")
 
 
-def attention_app(store: str | None = None, presentation: bool | None = None):
+def attention_app(store: str | None = None, presentation: bool | None = None, live: dict | None = None):
     """The main app: the attention explorer, with comparison and live rollouts as tabs; the
-    empty-store page (and demo button) until the store has a run."""
+    empty-store page (and demo button) until the store has a run. `live`: LiveRollout's
+    checkpoint_dirs and max_checkpoint_bytes (default: from `--args`)."""
     pin_local_resources()
     opts = app_options()
     store = store or opts["store"]
     presentation = opts["presentation"] if presentation is None else presentation
+    live = opts["live"] if live is None else live
     main = pn.Column(sizing_mode="stretch_width")
     sidebar = pn.Column(sizing_mode="stretch_width")
     tmpl = _template("dema-lab · hidden attention explorer", main, sidebar, presentation)
@@ -343,13 +442,16 @@ def attention_app(store: str | None = None, presentation: bool | None = None):
 
         index = StoreIndex(store)
         explorer = AttentionExplorer(index, presentation=presentation)
+        problems = sync_url(explorer, apply=True)
+        if problems:
+            explorer.message = "\n\n".join([explorer.message, *problems]).strip()
         state["shown"] = "explorer"
         state["explorer"] = explorer
         tabs = pn.Tabs(
             ("Attention explorer", explorer.views()),
             ("Sequence length", _guarded(lambda: SequenceComparison(index, presentation=presentation).views(),
                                          "The comparison")),
-            ("Live rollout", _guarded(lambda: _live_tab(index, presentation), "Live rollouts")),
+            ("Live rollout", _guarded(lambda: _live_tab(index, presentation, live), "Live rollouts")),
             ("Study report", _guarded(lambda: _study_tab(index, presentation), "The study report")),
             dynamic=True, sizing_mode="stretch_width",
         )
@@ -380,10 +482,10 @@ def attention_app(store: str | None = None, presentation: bool | None = None):
     return tmpl
 
 
-def _live_tab(index, presentation):
+def _live_tab(index, presentation, options: dict):
     from .live import LiveRollout
 
-    live = LiveRollout(index, presentation=presentation)
+    live = LiveRollout(index, presentation=presentation, **options)
     return pn.Row(pn.Column(live.controls(), width=300), live.views(), sizing_mode="stretch_width")
 
 
@@ -402,9 +504,10 @@ def _keep_refreshing(explorer, demo: DemoJob):
     cb = pn.state.add_periodic_callback(tick, period=5000)
 
 
-def _component_app(component: str, title: str, failure: str, store: str | None, presentation: bool | None):
+def _component_app(component: str, title: str, failure: str, store: str | None, presentation: bool | None,
+                   **options):
     """A page of one component (controls in the sidebar, views in the main area); a component that
-    cannot be built becomes a message naming why."""
+    cannot be built becomes a message naming why. `options` go to the component."""
     from .compare import SequenceComparison
     from .live import LiveRollout
     from .study import StudyReport
@@ -415,8 +518,9 @@ def _component_app(component: str, title: str, failure: str, store: str | None, 
     store = store or opts["store"]
     presentation = opts["presentation"] if presentation is None else presentation
     try:
-        view = cls(store, presentation=presentation, **url_settings(cls))
+        view = cls(store, presentation=presentation, **options, **url_settings(cls))
         controls, views = view.controls(), view.views()
+        sync_url(view)
     except Exception as e:  # noqa: BLE001
         controls, views = None, pn.pane.Alert(f"**{failure}:** {friendly_error(e)}", alert_type="danger")
     return _template(f"dema-lab · {title}", views, controls, presentation)
@@ -426,8 +530,11 @@ def compare_app(store: str | None = None, presentation: bool | None = None):
     return _component_app("compare", "sequence length", "The store cannot be read", store, presentation)
 
 
-def live_app(store: str | None = None, presentation: bool | None = None):
-    return _component_app("live", "live rollout", "Live rollouts cannot start", store, presentation)
+def live_app(store: str | None = None, presentation: bool | None = None, live: dict | None = None):
+    """The live rollout page; `live`: LiveRollout's checkpoint_dirs and max_checkpoint_bytes (default:
+    from `--args`)."""
+    live = app_options()["live"] if live is None else live
+    return _component_app("live", "live rollout", "Live rollouts cannot start", store, presentation, **live)
 
 
 def study_app(store: str | None = None, presentation: bool | None = None):
@@ -435,14 +542,58 @@ def study_app(store: str | None = None, presentation: bool | None = None):
 
 
 def serve(store: str = "store", port: int = 5006, address: str = "127.0.0.1", show: bool = False,
-          presentation: bool = False, **kwargs):
+          presentation: bool = False, checkpoint_dirs=(), max_checkpoint_bytes: int | None = None, **kwargs):
     """Serve the apps (/attention, /compare, /live, /study) on `address` (127.0.0.1 by default).
-    Blocks until interrupted; kwargs go to pn.serve (e.g. threaded=True, websocket_origin)."""
+    The live page reads checkpoint files only under the store and `checkpoint_dirs`, at most
+    `max_checkpoint_bytes` each (default 1 GiB). Blocks until interrupted; kwargs go to pn.serve
+    (e.g. threaded=True, websocket_origin). ValueError when the port cannot be listened on."""
+    check_port(address, port)
+    live = {"checkpoint_dirs": list(checkpoint_dirs)}
+    if max_checkpoint_bytes is not None:
+        live["max_checkpoint_bytes"] = int(max_checkpoint_bytes)
+    presentation = presentation or None         # --presentation forces it on, else ?presentation=1 decides
     apps = {
-        "attention": lambda: attention_app(store, presentation),
+        "attention": lambda: attention_app(store, presentation, live),
         "compare": lambda: compare_app(store, presentation),
-        "live": lambda: live_app(store, presentation),
+        "live": lambda: live_app(store, presentation, live),
         "study": lambda: study_app(store, presentation),
     }
     kwargs.setdefault("websocket_origin", [f"{address}:{port}", f"localhost:{port}"])
-    return pn.serve(apps, port=port, address=address, show=show, title="dema-lab", **kwargs)
+    kwargs.setdefault("index", str(Path(__file__).with_name("index.html")))   # offline, unlike Panel's
+    try:
+        return pn.serve(apps, port=port, address=address, show=show, title="dema-lab", **kwargs)
+    except OSError as e:                       # taken between the check and the bind
+        raise ValueError(_port_message(address, port, e)) from None
+
+
+def _port_message(address: str, port: int, e: OSError) -> str:
+    import errno
+
+    if e.errno == errno.EADDRINUSE:
+        return (f"port {port} on {address} is in use (another dema-lab serve?): stop what listens there, "
+                f"or pick another port with --port")
+    return f"cannot listen on {address}:{port} ({e.strerror or e}): give a local address with --address"
+
+
+def check_port(address: str, port) -> None:
+    """ValueError with one line when the dashboard cannot listen on address:port: a port outside
+    1-65535, one in use, or an address this machine does not have."""
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range: give --port between 1 and 65535 (default 5006)")
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        raise ValueError(_port_message(address, port, e)) from None
+    for family, kind, proto, _, addr in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)        # as Tornado binds
+                s.bind(addr)
+        except OSError as e:
+            import errno
+
+            if e.errno == errno.EADDRNOTAVAIL and addr[0] == "::1":        # no IPv6 here: Tornado skips it too
+                continue
+            raise ValueError(_port_message(address, port, e)) from None

@@ -14,15 +14,10 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..scoring import METHODS, headline_mode, run_scores
+from ..scoring import METHODS, headline
+from ..store import family_label
 from .data import StoreIndex, friendly_error
 from .views import PALETTE
-
-
-def _family(cfg: dict, prov: dict) -> str:
-    te = prov.get("timestep_embedding", cfg.get("timestep_embedding"))
-    arch = {"dema": "DeMa", "dt": "DT"}.get(cfg.get("arch", ""), cfg.get("arch", "?"))
-    return f"{arch} {cfg.get('layout', '')}{' +t-emb' if te else ''}"
 
 
 def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFrame, dict[str, str]]:
@@ -38,13 +33,7 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
             info = index.info(run_id)
             run = index.run(run_id)
             cfg, prov = info.config, info.provenance
-            evals = run.evals()
-            scores = {m: np.nan for m in METHODS}
-            if "normalized_score" in evals and evals.sizes.get("checkpoint"):
-                rs = run_scores(evals)
-                modes = [str(m) for m in rs["mode"].values]
-                used = mode if mode in modes else headline_mode(modes)
-                scores = {m: float(rs[m].sel(mode=used)) for m in METHODS}
+            scores = headline(run.evals(), mode)
             decay = run.decay()
             half = np.nan
             if "half_life_steps" in decay and decay.sizes.get("checkpoint"):
@@ -57,7 +46,8 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
             sps = float(np.nanmedian(metrics["steps_per_second"].values)) if "steps_per_second" in metrics else np.nan
             macs = prov.get("step_macs", {}) or {}
             rows.append(dict(
-                run=run_id, family=_family(cfg, prov), K=int(cfg.get("K", 0)), arch=cfg.get("arch", ""),
+                run=run_id, family=family_label(cfg.get("arch", ""), cfg.get("layout", ""),
+                                                prov.get("timestep_embedding", cfg.get("timestep_embedding"))), K=int(cfg.get("K", 0)), arch=cfg.get("arch", ""),
                 layout=cfg.get("layout", ""), status=info.status, steps=info.steps_done,
                 last_score=scores["last"], best_score=scores["best"], parameters=float(prov.get("parameters", np.nan)),
                 forward_macs=float(prov.get("forward_macs", np.nan)),

@@ -14,18 +14,13 @@ Everything here is plain Python/numpy (no Panel), so it can be tested and reused
 from __future__ import annotations
 
 import copy
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..store import EmptyStoreError, RunStore, StoreError
-
-# rollout names written by the trainer: step_00002000-transformer-t0-e0
-_ROLLOUT = re.compile(r"^step_(?P<ckpt>\d+)-(?P<mode>[a-z]+)-t(?P<target>\d+)-e(?P<episode>\d+)$")
-
+from ..store import EmptyStoreError, RunStore, StoreError, family_label, parse_rollout_name
 
 def friendly_error(e: BaseException) -> str:
     """One line for a message box (never a traceback)."""
@@ -45,15 +40,15 @@ class EpisodeRef:
 
     @classmethod
     def parse(cls, name: str) -> "EpisodeRef":
-        m = _ROLLOUT.match(name)
-        if not m:   # a rollout saved under another name (e.g. from the live page): keep it usable
-            ck = re.match(r"^step_(\d+)", name)
-            return cls(name, int(ck.group(1)) if ck else -1, "transformer", 0, 0)
-        return cls(name, int(m["ckpt"]), m["mode"], int(m["target"]), int(m["episode"]))
+        r = parse_rollout_name(name)
+        return cls(name, r.step, r.mode, r.target_index, r.episode)
 
 
 @dataclass
 class RunInfo:
+    """What the dashboards show of a run without opening its data: config, provenance, status,
+    progress, checkpoints and recorded episodes."""
+
     run_id: str
     config: dict
     provenance: dict
@@ -67,8 +62,7 @@ class RunInfo:
     def label(self) -> str:
         c = self.config
         te = self.provenance.get("timestep_embedding", c.get("timestep_embedding"))
-        return (f"{c.get('arch', '?')} K={c.get('K', '?')} {c.get('layout', '')}"
-                f"{' +t-emb' if te else ''} ({self.status})")
+        return f"{family_label(c.get('arch', '?'), c.get('layout', ''), te)} K={c.get('K', '?')} ({self.status})"
 
     def episode_checkpoints(self) -> list[int]:
         return sorted({e.checkpoint for e in self.episodes})
@@ -290,42 +284,30 @@ class AttentionReplayer:
         return copy.deepcopy(policy, memo={id(policy.model): policy.model})
 
     def channels(self, step: int) -> list[np.ndarray]:
-        """Per layer: (channels, n, n) attention at `step` (n tokens of its window)."""
+        """Per layer: (channels, n, n) attention at `step` (n tokens of its window), replayed by
+        Policy.replay_to; this class only keeps the RNN-like policy and its snapshots."""
         import torch
 
         step = int(step)
+        record = (self._obs, self._act, self.episode.reward)
         with self._lock, torch.no_grad():
-            cfg = self.ck.model.cfg
             if self.mode == "transformer":
-                n = cfg.window_tokens(cfg.acting_steps(step))
                 policy = self._new_policy()
-                rewards = self.episode.reward
-                for t in range(step):
-                    policy.states.append((self._obs[t] - policy.state_mean) / policy.state_std)
-                    policy.rtgs.append(policy.rtg)
-                    policy.actions.append(self._act[t])
-                    policy.observe(rewards[t])
-                policy.states.append((self._obs[step] - policy.state_mean) / policy.state_std)
-                policy.rtgs.append(policy.rtg)
-                _, attn = self.ck.model(**policy.window(), return_attention=True)
-                return [a[0, :, :n, :n].float().cpu().numpy() for a in attn]
-            # RNN-like: advance a policy to `step`
-            if self._policy is None or self._t > step:
+                policy.replay_to(*record, step)
+                return policy.channel_attention()
+            if self._policy is None or self._t > step:     # RNN-like: from the nearest snapshot
                 start = max([s for s in self._snapshots if s <= step], default=None)
                 if start is None:
                     self._policy, self._t = self._new_policy(), -1
                 else:
                     self._policy, self._t = self._copy(self._snapshots[start]), start
             policy = self._policy
-            while self._t < step:
-                if self._t >= 0:
-                    policy.observe(float(self.episode.reward[self._t]))
-                self._t += 1
-                policy.act(self._obs[self._t])
-                if self._t % self.snapshot_every == 0 and self._t not in self._snapshots:
-                    self._snapshots[self._t] = self._copy(policy)
-            n = cfg.window_tokens(min(step + 1, cfg.K))
-            return [a[0].float().cpu().numpy() for a in self.ck.model.recorded_attention(policy.record, n)]
+            for t in range(self._t + 1, step + 1):
+                policy.replay_to(*record, t)
+                self._t = t
+                if t % self.snapshot_every == 0 and t not in self._snapshots:
+                    self._snapshots[t] = self._copy(policy)
+            return policy.channel_attention()
 
     def attention(self, step: int, method: str, channel: int | None = None) -> np.ndarray:
         """(n_layer, n, n): aggregated with `method` ("minmax", "abs", "mean"), or, with

@@ -24,7 +24,8 @@ import panel as pn
 import param
 from bokeh.models import Div, Span
 
-from ..analysis import DEMA_LAB_METHOD, PAPER_METHOD, paper_selection, right_align
+from ..analysis import DEMA_LAB_METHOD, PAPER_METHOD, opening_step, paper_selection, right_align
+from ..demo import featured_run
 from ..store import StoreError
 from .data import AttentionReplayer, EpisodeData, RunInfo, StoreIndex, friendly_error
 from .views import (attention_clim, attention_view, frame_view, kind_lag_view, lag_data, lag_profile_of, lag_title,
@@ -84,6 +85,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._matrix_key = None
         self._matrix = None
         self.run_errors: dict[str, str] = {}
+        self._first_episode = "step" not in params      # open mid-episode unless a step is asked for
         super().__init__(**params)
         self._probe_div = Div(text="", css_classes=["dema-probe"], styles={"display": "none"})
         self._probe = pn.pane.Bokeh(self._probe_div, width=0, height=0, margin=0)
@@ -114,8 +116,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         if current in infos and current in usable:
             self._on_run()          # same run: pick up new checkpoints / episodes
         elif usable:
-            self.run = usable[-1] if not any(infos[r].episodes for r in usable[:-1]) else \
-                next(r for r in reversed(usable) if infos[r].episodes)
+            self.run = featured_run({r: infos[r].config for r in usable}, {r for r in usable if infos[r].episodes})
         else:
             self._set_message()
 
@@ -194,8 +195,11 @@ class AttentionExplorer(pn.viewable.Viewer):
             if self.query not in queries:
                 self.query = queries[-1]
             self.param.step.bounds = (0, max(0, ep.n_steps - 1))
-            if self.step > ep.n_steps - 1:
+            if self._first_episode:
+                self.step = opening_step(ep.n_steps, self._info.config.get("K", 1) if self._info else 1)
+            elif self.step > ep.n_steps - 1:
                 self.step = ep.n_steps - 1
+            self._first_episode = False
         self._bump()
 
     def _bump(self):

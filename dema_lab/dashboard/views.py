@@ -19,6 +19,7 @@ import numpy as np
 from ..analysis import fit_decay
 
 FRAME_SIZE = 340
+MAX_TICK_LABELS = 21                 # token labels printed per heatmap axis (420 px: 20 px each)
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
 RETURN = ("value", "return")            # the return axis of the traces (and of the step cursor on it)
@@ -53,10 +54,23 @@ def attention_view(att: np.ndarray | None, key_labels: list[str], query_labels: 
     a = np.asarray(att, dtype=np.float64)
     return hv.Image(a, bounds=(0, 0, L, L), kdims=["key", "query"], vdims=["attention"]).opts(
         title=title, cmap="RdBu_r" if signed else "viridis", clim=attention_clim(a, signed), colorbar=True,
-        xticks=[(j + 0.5, lab) for j, lab in enumerate(key_labels)],
-        yticks=[(L - i - 0.5, lab) for i, lab in enumerate(query_labels)], xrotation=90,
+        xticks=[(j + 0.5, key_labels[j]) for j in readable_ticks(key_labels)],
+        yticks=[(L - i - 0.5, query_labels[i]) for i in readable_ticks(query_labels)], xrotation=90,
         tools=["hover", "tap"], width=size + 90, height=size, clipping_colors={"NaN": "#f2f2f2"},
         xlabel="key token (kind, step relative to now)", ylabel="query token", default_tools=[], toolbar="above")
+
+
+def readable_ticks(labels: list[str], most: int = MAX_TICK_LABELS) -> list[int]:
+    """Which token labels to print on an axis so that they never overlap: all of a short window;
+    of a long one (K 20 has 59 tokens) the state tokens only, every k-th of them, always the
+    current (last) one."""
+    n = len(labels)
+    if n <= most:
+        return list(range(n))
+    states = [i for i, lab in enumerate(labels) if str(lab).startswith("s")] or list(range(n))
+    every = -(-len(states) // most)                              # ceil
+    keep = states[::-1][::every][::-1]                           # counted back from the current token
+    return keep
 
 
 def attention_clim(att: np.ndarray, signed: bool) -> tuple[float, float]:

@@ -314,32 +314,3 @@ def _versions() -> dict:
     import mujoco
 
     return {"numpy": np.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__}
-
-
-def main(argv=None) -> int:
-    """``python -m dema_lab.ars ENV --minutes M`` (same as ``dema-lab data train-policies``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("env")
-    p.add_argument("--minutes", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None)
-    p.add_argument("--target-return", type=float, default=None)
-    p.add_argument("--max-iterations", type=int, default=None)
-    for f in ("n_directions", "top_directions", "step_size", "noise", "eval_every"):
-        p.add_argument("--" + f.replace("_", "-"), type=type(getattr(ARSConfig(), f)), default=None)
-    a = p.parse_args(argv)
-    spec = env_spec(a.env)
-    cfg = DEFAULT_CONFIGS.get(spec.name, ARSConfig())
-    over = {f: getattr(a, f) for f in ("n_directions", "top_directions", "step_size", "noise", "eval_every")}
-    cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
-    train_ars(
-        spec.name, a.minutes, a.seed, cfg, a.out, a.target_return,
-        log=lambda m: print(m, flush=True), max_iterations=a.max_iterations,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 A policy is ``a = clip(W @ ((s - mean) / std), -1, 1)``: a linear map on
 normalised observations, as trained by Augmented Random Search
-(:mod:`dema_lab.ars`). One file per env, ``dema_lab/policies/<env>.npz``,
+(:mod:`dema_lab.data.ars`). One file per env, ``dema_lab/policies/<env>.npz``,
 holds the expert policy, the medium policy (about a third of the expert's
 return) and the chronological snapshots of training up to the medium policy
 (used to rebuild a ``medium-replay`` dataset).

@@ -30,6 +30,12 @@ class MambaState:
 
 
 class Mamba(nn.Module):
+    """One Mamba mixer (mamba_ssm's `Mamba`, same parameter names and shapes): in_proj to x and z,
+    a causal depthwise conv1d on x, x_proj to (dt, B, C), dt_proj, the selective scan with A_log
+    and D, gated by silu(z), then out_proj. forward(u (b, L, d_model)) -> (b, L, d_model); `step`
+    advances one token from a MambaState (the RNN-like mode); with return_attention the hidden
+    attention α (b, d_inner, L, L) of the scan is returned too (dema_lab.ssm.hidden_attention)."""
+
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001,
                  dt_max=0.1, dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True,
                  bias=False, layer_idx=None, device=None, dtype=None):
