@@ -23,6 +23,8 @@ apt:
 	./scripts/ensure-apt.sh $(APT_PKGS)
 
 test: apt $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	DEMA_LAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q
 
 # The main job: default dataset, a small DeMa, a small K sweep, then the dashboard (Ctrl-C stops it).

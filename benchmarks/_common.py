@@ -8,7 +8,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from dema_lab.models import ModelConfig, build_model
 

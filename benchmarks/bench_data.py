@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from dema_lab.data import QUALITIES, WindowSampler, build_dataset, load_d4rl, load_policy_set, normalized_score
 from dema_lab.data.policy import policy_path

@@ -98,6 +98,7 @@ def scan_inputs(b=64, d=256, n=16, L=60, seed=0):
 def bench_scan(repeat: int) -> dict:
     import torch
     import torch.nn.functional as F
+
     from dema_lab.ssm import selective_scan, use_backend
 
     x, w = scan_inputs()
@@ -202,6 +203,7 @@ def bench_inference(steps: int) -> dict:
     both modes at the demo model size and K in KS; single-threaded, as evaluation runs."""
     import numpy as np
     import torch
+
     from dema_lab.models import ModelConfig, Policy, build_model
     from dema_lab.rollout import single_threaded
     with single_threaded():
@@ -258,9 +260,11 @@ def bench_attention(repeat: int) -> dict:
 
 
 def _bench_attention(repeat: int) -> dict:
-    import torch
-    from dema_lab.models import ModelConfig, build_model
     import importlib
+
+    import torch
+
+    from dema_lab.models import ModelConfig, build_model
     ha = importlib.import_module("dema_lab.ssm.hidden_attention")
     mm = importlib.import_module("dema_lab.ssm.mamba")
     torch.manual_seed(0)
@@ -288,6 +292,7 @@ def bench_accuracy() -> dict:
     float64 reference loop, at the benchmark size (batch 64, d_inner 256, d_state 16, L 60); gradcheck at a
     small size."""
     import torch
+
     from dema_lab.ssm import selective_scan, use_backend
     x, w = scan_inputs()
     res = {}
@@ -342,6 +347,7 @@ def bench_cuda(repeat: int) -> dict:
 
 def _cuda_trainer(cfg, batch):
     import torch
+
     from benchmarks._common import make_batch
     from dema_lab.models import build_model
     torch.manual_seed(0)
@@ -367,8 +373,10 @@ def _cuda_trainer(cfg, batch):
 def child(args) -> None:
     import torch
     torch.set_num_threads(THREADS)
-    from dema_lab.ssm import cpu_kernel
-    from dema_lab.ssm import attention_kernel  # noqa: F401  (compile / load from cache first)
+    from dema_lab.ssm import (
+        attention_kernel,  # noqa: F401  (compile / load from cache first)
+        cpu_kernel,
+    )
     cpu_kernel.warm_up()
     from benchmarks._common import machine
     q = args.quick

@@ -268,7 +268,7 @@ def last_token_attention(model, windows: list[dict], max_batch: int = 16) -> np.
         T = kwargs["states"].shape[1]
         if mixers:
             inputs = []                   # each mixer's input (b, n_tokens, d_model), in layer order
-            hooks = [m.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for m in mixers]
+            hooks = [m.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for m in mixers]  # noqa: B023 - removed below
             try:
                 model(**kwargs)
             finally:

@@ -59,10 +59,10 @@ def _store_of(args):
 
 def _registrars():
     """The subcommands contributed by the library's modules."""
-    from .data.cli import register as data
     from .commands import register as train
     from .commands import register_demo as demo
     from .commands import register_study as study
+    from .data.cli import register as data
     from .export import register as export
     from .importer import register as import_official
 

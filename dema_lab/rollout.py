@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -167,11 +168,9 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
     return ds
 
 
-def export_video(episode: xr.Dataset, path, fps: float = 30.0) -> "Path":
+def export_video(episode: xr.Dataset, path, fps: float = 30.0) -> Path:
     """Write a recorded episode's frames (the store's rollout/<name> group) to a video file:
     mp4 (H.264, through imageio's bundled ffmpeg) or, by the suffix, gif. Returns the path."""
-    from pathlib import Path
-
     import imageio.v2 as imageio
 
     path = Path(path)

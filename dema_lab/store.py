@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import re
 import warnings
@@ -106,7 +105,7 @@ def _url_is_empty(url: str) -> bool:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _jsonable(x):
@@ -222,7 +221,7 @@ class RunStore:
                 self.unreadable[child.name] = f"{type(e).__name__}: {e}"
         return groups
 
-    def run(self, run_id: str) -> "Run":
+    def run(self, run_id: str) -> Run:
         ids = self.run_ids()
         if run_id not in ids:
             import difflib
@@ -238,7 +237,7 @@ class RunStore:
             raise StoreError(f"run {run_id!r} is not in store {self.path} ({hint})")
         return Run(self, run_id)
 
-    def create_run(self, run_id: str, config: dict, provenance: dict, hold_lock: bool = False) -> "Run":
+    def create_run(self, run_id: str, config: dict, provenance: dict, hold_lock: bool = False) -> Run:
         """Create a run. Its writer lock (dema_lab.lock) is taken first, so of two creators of one
         run id only one creates it; the other gets a StoreError naming the winner. With hold_lock
         the returned run keeps the lock (its creator is its writer; run.release() frees it)."""
@@ -390,7 +389,7 @@ class Run:
         self.lock = None                       # a dema_lab.lock.RunLock while this object is the writer
 
     # ---------------------------------------------------------------- the one writer
-    def claim(self) -> "Run":
+    def claim(self) -> Run:
         """Become the run's one writer: take its lock (held until release(), or until the process
         dies); RunBusyError naming the holder (host, pid, since) when another live process has it."""
         from .lock import RunLock
@@ -547,7 +546,7 @@ class Run:
             raise self._damaged(kind, name, "its SHA-256 differs from the one written with it")
         return data
 
-    def _damaged(self, kind: str, name: str, why: str) -> "IntegrityError":
+    def _damaged(self, kind: str, name: str, why: str) -> IntegrityError:
         """The error for a damaged blob: which one, why, and what else this run can offer."""
         what = f"{kind} {name}"
         step = step_of(name)

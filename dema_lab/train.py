@@ -18,13 +18,11 @@ import dataclasses
 import io
 import json
 import math
-import os
 import platform
-import re
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -159,14 +157,14 @@ class TrainConfig:
                            window_actions=self.window_actions)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "TrainConfig":
+    def from_preset(cls, name: str, **overrides) -> TrainConfig:
         """The config of a named preset (PRESETS) with `overrides` on top."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """The config of a dict of fields, each parsed by its declared type (dema_lab.config)."""
         return cls(**parse_fields(cls, d, "training config "))
 
@@ -201,7 +199,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_file(cls, path) -> "TrainConfig":
+    def from_file(cls, path) -> TrainConfig:
         return cls.from_dict(cls.read_file(path))
 
 

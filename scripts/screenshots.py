@@ -49,7 +49,7 @@ def wait_http(url: str, timeout: float = 180.0) -> None:
             return
         except OSError:
             if time.time() > deadline:
-                raise SystemExit(f"screenshots: the server at {url} did not answer in {timeout:.0f} s")
+                raise SystemExit(f"screenshots: the server at {url} did not answer in {timeout:.0f} s") from None
             time.sleep(0.5)
 
 

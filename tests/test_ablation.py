@@ -11,8 +11,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 import xarray as xr
 
-from dema_lab.ablation import (ablate, ablated_attention, ablated_state_dict, ablation_table, evaluate_ablation,
-                               methods_for, score_drop)
+from dema_lab.ablation import (
+    ablate,
+    ablated_attention,
+    ablated_state_dict,
+    ablation_table,
+    evaluate_ablation,
+    methods_for,
+    score_drop,
+)
 from dema_lab.models import ModelConfig, build_model
 from dema_lab.ssm import Mamba, apply_attention, hidden_attention
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -471,7 +470,7 @@ def _assert_drawn(page, figures: dict[str, dict]):
     """Each plot area, as the screen shows it, holds a drawing (not one flat colour)."""
     import imageio.v3 as iio
 
-    for name, f in figures.items():
+    for f in figures.values():
         page.evaluate("t => { for (const v of Bokeh.index.all_views()) if (v.model.type === 'Figure' && "
                       "v.model.title && v.model.title.text === t) v.el.scrollIntoView({block: 'nearest'}); }",
                       f["title"])
@@ -636,7 +635,7 @@ def test_browser_presentation_mode_and_comparison(server, browser):
     p = Page(browser, server.url("attention") + "?presentation=1")
     page = p.page
     _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
-    middle = _show_middle(page)
+    _show_middle(page)
     p.shot("attention-presentation", docs=True)
     p.check_clean()
     page.close()

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dema_lab.data.ars import ARSConfig, RunningStat, rollout, train_ars
 from dema_lab.data import LinearPolicy, load_policy_set
+from dema_lab.data.ars import ARSConfig, RunningStat, rollout, train_ars
 from dema_lab.envs import make_env
 
 

@@ -7,7 +7,6 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import TINY_RUN
 
 pytest.importorskip("tensorboard", reason="the cluster extra (tensorboard) is not installed")

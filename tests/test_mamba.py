@@ -58,7 +58,7 @@ def test_step_matches_forward():
 
 
 def test_foreign_state_dict_is_rejected_clearly():
-    from dema_lab.models import ModelConfig, build_model, CheckpointError
+    from dema_lab.models import CheckpointError, ModelConfig, build_model
     model = build_model(ModelConfig(arch="dema", d_model=32, d_state=8))
     theirs = build_model(ModelConfig(arch="dt", d_model=32)).state_dict()
     with pytest.raises(CheckpointError, match="another architecture or config"):

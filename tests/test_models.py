@@ -3,8 +3,17 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dema_lab.models import (MODES, DecisionMamba, DecisionTransformer, ModelConfig, Policy, build_model,
-                             count_parameters, forward_macs, step_macs)
+from dema_lab.models import (
+    MODES,
+    DecisionMamba,
+    DecisionTransformer,
+    ModelConfig,
+    Policy,
+    build_model,
+    count_parameters,
+    forward_macs,
+    step_macs,
+)
 
 SD, AD = 11, 3
 
@@ -59,7 +68,7 @@ def test_rnn_and_transformer_inference_agree_while_t_below_K(layout, timestep_em
         p.reset(3600.0)
     rng = np.random.default_rng(0)
     diffs = []
-    for t in range(K + 4):
+    for _ in range(K + 4):
         obs, reward = rng.normal(size=SD), rng.normal()
         acts = {mode: p.act(obs) for mode, p in policies.items()}
         for p in policies.values():

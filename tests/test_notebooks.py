@@ -1,6 +1,5 @@
 """The notebooks run top to bottom (nbclient) with small settings against a temporary store."""
 
-import os
 from pathlib import Path
 
 import nbformat

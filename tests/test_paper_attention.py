@@ -12,8 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dema_lab.analysis import (PAPER_START, by_key_kind, paper_attention, paper_selection, paper_statistics,
-                               publish_paper_attention, window_tokens)
+from dema_lab.analysis import (
+    PAPER_START,
+    by_key_kind,
+    paper_attention,
+    paper_selection,
+    paper_statistics,
+    publish_paper_attention,
+    window_tokens,
+)
 from dema_lab.models import ModelConfig, Policy, build_model
 from dema_lab.rollout import record_episode
 from dema_lab.ssm import Mamba, hidden_attention_row

@@ -59,7 +59,7 @@ def test_fused_kernel_options_and_gradcheck(softplus):
 
         def f(*a):
             with use_backend("numba"):
-                return selective_scan(**dict(zip(names, a)), delta_softplus=softplus, return_last_state=True)
+                return selective_scan(**dict(zip(names, a)), delta_softplus=softplus, return_last_state=True)  # noqa: B023
 
         assert torch.autograd.gradcheck(f, args), drop
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY_RUN
 
 pytest.importorskip("s3fs", reason="the cluster extra (s3fs) is not installed")

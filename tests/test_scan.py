@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from dema_lab.ssm import selective_scan, selective_scan_ref, use_backend
 from dema_lab.ssm import scan as scan_mod
+from dema_lab.ssm import selective_scan, selective_scan_ref, use_backend
 
 
 def naive_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from dema_lab.scoring import (checkpoint_scores, headline, iqm, iqm_interval, last_and_best, run_scores,
-                              t_interval)
+from dema_lab.scoring import checkpoint_scores, headline, iqm, iqm_interval, last_and_best, run_scores, t_interval
 
 STEPS = [3000, 1000, 2000]                   # stored out of order: "last" is the latest step, not the last row
 

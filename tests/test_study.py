@@ -148,7 +148,6 @@ def test_score_plot_over_three_k_values_renders_with_a_log_axis():
     """Three K values spanning 4x or more get a log K axis; the flag must be a Python bool (a
     numpy bool made HoloViews refuse the plot, and /study on the study's store was a blank page)."""
     import holoviews as hv
-    import numpy as np
     import pandas as pd
 
     from dema_lab.report import Report

@@ -9,13 +9,11 @@ import time
 
 import numpy as np
 import pytest
-import xarray as xr
 
-import dema_lab
 from dema_lab.analysis import window_tokens
 from dema_lab.models import CheckpointError, load_checkpoint
 from dema_lab.rollout import replay_attention
-from dema_lab.store import RunStore, StoreError, open_run, open_store
+from dema_lab.store import RunStore, StoreError, open_store
 from dema_lab.train import TrainConfig, train
 
 
@@ -261,8 +259,8 @@ def test_a_model_with_nan_weights_fails_evaluation_clearly():
 
 def test_config_file_flags_and_resume_overrides(tiny_config, tmp_path):
 
-    from dema_lab.commands import config_from_args
     from dema_lab.cli import build_parser
+    from dema_lab.commands import config_from_args
 
     def parse(*argv):
         return config_from_args(build_parser().parse_args(["train", *argv]))
@@ -345,9 +343,9 @@ def test_a_live_rollout_is_saved_only_into_a_run_that_no_trainer_writes(tiny_con
     """dema_lab.rollout.save_rollout, the live page's rule: a finished run takes the episode under
     rollout_name(step, mode, 0, 0)-live<time>; a run being trained, or one whose writer lock a live
     process holds, is refused and nothing is written."""
-    from dema_lab.envs import make_env
     import os
 
+    from dema_lab.envs import make_env
     from dema_lab.lock import RunLock
     from dema_lab.models import Policy
     from dema_lab.rollout import rollout_steps, save_rollout

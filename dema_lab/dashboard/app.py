@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import panel as pn
@@ -225,7 +224,7 @@ class DemoJob(param.Parameterized):
     _lock = threading.Lock()
 
     @classmethod
-    def for_store(cls, path: str) -> "DemoJob":
+    def for_store(cls, path: str) -> DemoJob:
         key = os.path.abspath(path) if "://" not in path else path
         with cls._lock:
             job = cls._jobs.get(key)
@@ -438,7 +437,6 @@ def attention_app(store: str | None = None, presentation: bool | None = None, li
             return
         from .compare import SequenceComparison
         from .explorer import AttentionExplorer
-        from .live import LiveRollout
 
         index = StoreIndex(store)
         explorer = AttentionExplorer(index, presentation=presentation)

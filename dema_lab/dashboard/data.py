@@ -22,6 +22,7 @@ import numpy as np
 
 from ..store import EmptyStoreError, RunStore, StoreError, family_label, parse_rollout_name
 
+
 def friendly_error(e: BaseException) -> str:
     """One line for a message box (never a traceback)."""
     text = str(e).strip() or type(e).__name__
@@ -39,7 +40,7 @@ class EpisodeRef:
     episode: int
 
     @classmethod
-    def parse(cls, name: str) -> "EpisodeRef":
+    def parse(cls, name: str) -> EpisodeRef:
         r = parse_rollout_name(name)
         return cls(name, r.step, r.mode, r.target_index, r.episode)
 

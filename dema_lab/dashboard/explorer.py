@@ -28,8 +28,20 @@ from ..analysis import DEMA_LAB_METHOD, PAPER_METHOD, opening_step, paper_select
 from ..demo import featured_run
 from ..store import StoreError
 from .data import AttentionReplayer, EpisodeData, RunInfo, StoreIndex, friendly_error
-from .views import (attention_clim, attention_view, frame_view, kind_lag_view, lag_data, lag_profile_of, lag_title,
-                    lag_view, paper_curve_view, paper_surface_view, rgba, trace_view)
+from .views import (
+    attention_clim,
+    attention_view,
+    frame_view,
+    kind_lag_view,
+    lag_data,
+    lag_profile_of,
+    lag_title,
+    lag_view,
+    paper_curve_view,
+    paper_surface_view,
+    rgba,
+    trace_view,
+)
 
 AGGREGATION_LABELS = {
     "minmax (stored)": "minmax", "abs (mean |α|)": "abs", "mean (signed)": "mean", "one channel": "channel",

@@ -29,8 +29,7 @@ from ..checkpoint_files import DEFAULT_MAX_BYTES, allowed_roots, load_checkpoint
 from ..envs import known_envs
 from .data import StoreIndex, friendly_error
 from .explorer import hold
-from .views import PALETTE, attention_view, attention_clim, frame_view, rgba
-
+from .views import PALETTE, attention_clim, attention_view, frame_view, rgba
 
 log = logging.getLogger(__name__)
 if log.level == logging.NOTSET:

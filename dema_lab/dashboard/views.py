@@ -199,7 +199,7 @@ def paper_surface_view(surface: np.ndarray | None, decision_steps, lag_labels: l
         ticks = [(float(i), lab) for i, lab in enumerate(lag_labels) if i % every == 0]
     finite = s[np.isfinite(s)]
     hi = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    from bokeh.palettes import Turbo256        # low values dark blue, high dark red, as the paper's plots
+    from bokeh.palettes import Turbo256  # low values dark blue, high dark red, as the paper's plots
 
     return img.opts(title=title, cmap=list(Turbo256), colorbar=True, clim=(0.0, hi), width=width, height=height,
                     tools=["hover"], xlabel="decision step (env step)", ylabel="lag (key token)",

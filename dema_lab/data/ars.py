@@ -23,9 +23,9 @@ command that retrains them (``dema-lab data train-policies ENV``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -9,7 +9,6 @@ into this, and the window sampler and trainer read only this.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 

@@ -1,8 +1,7 @@
 """Decision Mamba and the Decision Transformer baseline, with one data interface."""
 
 from .base import TrajectoryModel
-from .checkpoint import (Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint, load_weights,
-                         save_checkpoint)
+from .checkpoint import Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint, load_weights, save_checkpoint
 from .config import ARCHS, LAYOUTS, ModelConfig
 from .cost import cost_summary, count_parameters, forward_macs, step_macs
 from .dema import DecisionMamba

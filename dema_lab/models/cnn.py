@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn as nn
 
 
@@ -33,7 +32,7 @@ class NatureCNN(nn.Sequential):
                          nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
                          nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
                          nn.Flatten(), nn.Linear(64 * h * w, width), nn.Tanh())
-        self.obs_shape = (c, *((int(x) for x in obs_shape[1:])))
+        self.obs_shape = (c, *(int(x) for x in obs_shape[1:]))
         self.flat = math.prod(self.obs_shape)
 
     def forward(self, x):

@@ -1,10 +1,15 @@
 """Selective state-space layers: the scan, its hidden attention and the Mamba mixer."""
 
-from .hidden_attention import (AGGREGATIONS, aggregate_channels, apply_attention, hidden_attention,
-                               hidden_attention_row, segsum)
+from .hidden_attention import (
+                               AGGREGATIONS,
+                               aggregate_channels,
+                               apply_attention,
+                               hidden_attention,
+                               hidden_attention_row,
+                               segsum,
+)
 from .mamba import Mamba, MambaState
-from .scan import (BACKENDS, backend_for, mamba_ssm_available, selective_scan, selective_scan_ref,
-                   use_backend)
+from .scan import BACKENDS, backend_for, mamba_ssm_available, selective_scan, selective_scan_ref, use_backend
 
 __all__ = [
     "AGGREGATIONS", "BACKENDS", "Mamba", "MambaState", "aggregate_channels", "apply_attention",
