@@ -18,11 +18,13 @@ def make_batch(cfg: ModelConfig, batch: int, seed: int = 0):
     mask = torch.ones(batch, K)
     # a few right-padded windows, as the sampler produces at episode ends
     for i in range(0, batch, 8):
-        mask[i, K - 1 - (i // 8) % K:] = 0
-    return dict(states=torch.randn(batch, K, cfg.state_dim, generator=g),
-                actions=torch.rand(batch, K, cfg.act_dim, generator=g) * 2 - 1,
-                returns_to_go=torch.rand(batch, K, 1, generator=g),
-                timesteps=torch.randint(0, cfg.max_ep_len - K, (batch, 1), generator=g) + torch.arange(K)), mask
+        mask[i, K - 1 - (i // 8) % K :] = 0
+    return dict(
+        states=torch.randn(batch, K, cfg.state_dim, generator=g),
+        actions=torch.rand(batch, K, cfg.act_dim, generator=g) * 2 - 1,
+        returns_to_go=torch.rand(batch, K, 1, generator=g),
+        timesteps=torch.randint(0, cfg.max_ep_len - K, (batch, 1), generator=g) + torch.arange(K),
+    ), mask
 
 
 def make_trainer(cfg: ModelConfig, batch: int, seed: int = 0):

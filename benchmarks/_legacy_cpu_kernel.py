@@ -52,6 +52,7 @@ _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default: x > 20 -> 
 
 # ----------------------------------------------------------------------------- vector math
 
+
 @intrinsic
 def _f32_bits(typingctx, x):
     if x != types.float32:
@@ -59,6 +60,7 @@ def _f32_bits(typingctx, x):
 
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], ir.IntType(32))
+
     return types.int32(types.float32), codegen
 
 
@@ -73,6 +75,7 @@ def _bits_f32(typingctx, i):
         if v.type.width > 32:
             v = builder.trunc(v, ir.IntType(32))
         return builder.bitcast(v, ir.FloatType())
+
     return types.float32(i), codegen
 
 
@@ -105,7 +108,7 @@ def _log_f32(x):
     """logf for normal positive x (Cephes' polynomial); branch-free."""
     bits = _f32_bits(x)
     e = ((bits >> 23) & 0xFF) - 126
-    m = _bits_f32((bits & 0x7FFFFF) | 0x3F000000)   # m in [0.5, 1)
+    m = _bits_f32((bits & 0x7FFFFF) | 0x3F000000)  # m in [0.5, 1)
     small = m < _F(0.707106781186547524)
     e = e - 1 if small else e
     f = (m + m if small else m) - _F(1.0)
@@ -145,6 +148,7 @@ def _fexp_impl(x):
 @overload(flog1p, inline="always")
 def _flog1p_impl(x):
     if x == types.float32:
+
         def impl(x):
             # for x in [0, 1] (the only use: softplus): log1p(x) = 2 atanh(s), s = x / (2 + x)
             # <= 1/3, by its series: no cancellation, so reassociation cannot hurt it.
@@ -159,13 +163,14 @@ def _flog1p_impl(x):
             p = p * s2 + _F(1.0 / 3.0)
             p = p * s2 + _F(1.0)
             return _F(2.0) * s * p
+
         return impl
     return lambda x: math.log1p(x)
 
 
 # ----------------------------------------------------------------------------- kernels
 
-W = 16   # channels per tile: one AVX-512 vector of float32 (pad lanes are computed and dropped)
+W = 16  # channels per tile: one AVX-512 vector of float32 (pad lanes are computed and dropped)
 
 # The per-thread scratch buffers are arguments (allocated once by the wrappers and reused),
 # indexed [c, ...] with full indices: with no array views inside the parallel loop, numba
@@ -179,7 +184,7 @@ def _gather(src, b, d0, nw, c, dst):
     (b, d, L) contiguous or a transposed view of (b, L, d) memory: the loop order follows it."""
     L = dst.shape[1]
     zero = dst.dtype.type(0.0)
-    if src.strides[1] < src.strides[2]:          # channels vary fastest
+    if src.strides[1] < src.strides[2]:  # channels vary fastest
         for t in range(L):
             for w in range(W):
                 dst[c, t, w] = src[b, d0 + w, t] if w < nw else zero
@@ -249,8 +254,7 @@ def _load_tile(u, dr, db, A, D, z, softplus, has_z, b, d0, nw, c, uT, dtT, sgT, 
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
-def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last,
-             uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu):
+def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last, uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu):
     batch, dim, L = u.shape
     groups = B.shape[1]
     nstate = A.shape[1]
@@ -297,10 +301,51 @@ def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last,
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
-def _backward(u, dr, db, A, B, C, D, z, softplus, has_z, dout, dlast, has_dlast,
-              du, ddr, dz, dB, dC, dA_p, dD_p, ddb_p,
-              uT, dtT, sgT, zT, gy, duT, ddT, At, gr, dAt, hs, ea, dBa, dCa, Dt, Bi, y, dtu, accw, accb,
-              accD, accdb):
+def _backward(
+    u,
+    dr,
+    db,
+    A,
+    B,
+    C,
+    D,
+    z,
+    softplus,
+    has_z,
+    dout,
+    dlast,
+    has_dlast,
+    du,
+    ddr,
+    dz,
+    dB,
+    dC,
+    dA_p,
+    dD_p,
+    ddb_p,
+    uT,
+    dtT,
+    sgT,
+    zT,
+    gy,
+    duT,
+    ddT,
+    At,
+    gr,
+    dAt,
+    hs,
+    ea,
+    dBa,
+    dCa,
+    Dt,
+    Bi,
+    y,
+    dtu,
+    accw,
+    accb,
+    accD,
+    accdb,
+):
     # dA_p (nchunk, d_inner, d_state), dD_p, ddb_p (nchunk, d_inner): per-thread partial sums,
     # written here and reduced by the caller. dB, dC (batch, groups, L, d_state) are written
     # here: summed over the channels of a group in lane-wise accumulators (dBa, dCa), then
@@ -385,7 +430,7 @@ def _backward(u, dr, db, A, B, C, D, z, softplus, has_z, dout, dlast, has_dlast,
                                 gn = gr[c, n, w] + gyt * cn
                                 dCa[c, t, n, w] += gyt * hs[c, t + 1, n, w]
                                 e = ea[c, t, n, w]
-                                wv = gn * hs[c, t, n, w] * e      # dL/dh_t * d h_t / d log(Abar)
+                                wv = gn * hs[c, t, n, w] * e  # dL/dh_t * d h_t / d log(Abar)
                                 accw[c, w] += wv * At[c, n, w]
                                 dAt[c, n, w] += wv * dtT[c, t, w]
                                 dBa[c, t, n, w] += gn * dtu[c, w]
@@ -417,19 +462,47 @@ def _backward(u, dr, db, A, B, C, D, z, softplus, has_z, dout, dlast, has_dlast,
 
 # ----------------------------------------------------------------------------- signatures
 
+
 def _sig(kernel: str, dtype):
     """The one signature each kernel is compiled for, per dtype: the big (b, d, L) arrays as
     any-layout ('A') arrays, so contiguous tensors and transposed views share one compiled
     kernel (instead of one per combination of layouts); everything else C-contiguous."""
     f = numba.from_dtype(np.dtype(dtype))
     A3 = types.Array(f, 3, "A")
-    C = lambda nd: types.Array(f, nd, "C")   # noqa: E731
+    C = lambda nd: types.Array(f, nd, "C")  # noqa: E731
     b = types.boolean
     if kernel == "forward":
-        return (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3,
-                C(3), C(3), C(3), C(3), C(3), C(3), C(3), C(2), C(2), C(2), C(2))
-    return (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3, b, A3, A3, A3,
-            C(4), C(4), C(3), C(2), C(2)) + (C(3),) * 10 + (C(4),) * 4 + (C(2),) * 8
+        return (
+            A3,
+            A3,
+            C(1),
+            C(2),
+            C(4),
+            C(4),
+            C(1),
+            A3,
+            b,
+            b,
+            A3,
+            A3,
+            C(3),
+            C(3),
+            C(3),
+            C(3),
+            C(3),
+            C(3),
+            C(3),
+            C(2),
+            C(2),
+            C(2),
+            C(2),
+        )
+    return (
+        (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3, b, A3, A3, A3, C(4), C(4), C(3), C(2), C(2))
+        + (C(3),) * 10
+        + (C(4),) * 4
+        + (C(2),) * 8
+    )
 
 
 _ENTRY: dict = {}
@@ -446,8 +519,8 @@ def _kernel(kernel: str, dtype):
     return _ENTRY[key]
 
 
-
 # ----------------------------------------------------------------------------- wrappers
+
 
 def _set_threads() -> int:
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -534,10 +607,33 @@ def forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=F
         nthreads = _set_threads()
         nchunk = max(1, min(ntile, 4 * nthreads))
         (uT, dtT, sgT, zT, yT), (At, h), (Dt, Bi, y, dtu) = _tile_buffers(
-            "f_", nchunk, L, nstate, npdt, ("uT", "dtT", "sgT", "zT", "yT"), ("At", "h"), ("Dt", "Bi", "y", "dtu"))
-        _kernel("forward", npdt)(_np(u), _np(delta), _np(dbv), _np(A), _np(B), _np(C), _np(Dv),
-                 _np(z) if z is not None else _dummy("z", npdt), bool(delta_softplus), z is not None,
-                 _np(out), _np(last), uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu)
+            "f_", nchunk, L, nstate, npdt, ("uT", "dtT", "sgT", "zT", "yT"), ("At", "h"), ("Dt", "Bi", "y", "dtu")
+        )
+        _kernel("forward", npdt)(
+            _np(u),
+            _np(delta),
+            _np(dbv),
+            _np(A),
+            _np(B),
+            _np(C),
+            _np(Dv),
+            _np(z) if z is not None else _dummy("z", npdt),
+            bool(delta_softplus),
+            z is not None,
+            _np(out),
+            _np(last),
+            uT,
+            dtT,
+            sgT,
+            zT,
+            yT,
+            At,
+            h,
+            Dt,
+            Bi,
+            y,
+            dtu,
+        )
     return out, last
 
 
@@ -562,16 +658,46 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast=No
         dA_p = u.new_empty(nchunk, dim, nstate)
         dD_p = u.new_empty(nchunk, dim)
         ddb_p = u.new_empty(nchunk, dim)
-        lw, nw, ww = _tile_buffers("b_", nchunk, L, nstate, npdt,
-                                   ("uT", "dtT", "sgT", "zT", "gy", "duT", "ddT"), ("At", "gr", "dAt"),
-                                   ("Dt", "Bi", "y", "dtu", "accw", "accb", "accD", "accdb"))
+        lw, nw, ww = _tile_buffers(
+            "b_",
+            nchunk,
+            L,
+            nstate,
+            npdt,
+            ("uT", "dtT", "sgT", "zT", "gy", "duT", "ddT"),
+            ("At", "gr", "dAt"),
+            ("Dt", "Bi", "y", "dtu", "accw", "accb", "accD", "accdb"),
+        )
         hs = _WS.get("b_hs", (nchunk, L + 1, nstate, W), npdt)
         big = [_WS.get("b_" + k, (nchunk, L, nstate, W), npdt) for k in ("ea", "dBa", "dCa")]
-        _kernel("backward", npdt)(_np(u), _np(delta), _np(dbv), _np(A), _np(B), _np(C), _np(Dv),
-                  _np(z) if z is not None else _dummy("z", npdt), bool(delta_softplus), z is not None,
-                  _np(dout), _np(dlast.contiguous().to(u.dtype)) if dlast is not None else _dummy("dlast", npdt),
-                  dlast is not None, _np(du), _np(ddelta), _np(dz) if dz is not None else _dummy("dz", npdt),
-                  _np(dB), _np(dC), _np(dA_p), _np(dD_p), _np(ddb_p), *lw, *nw, hs, *big, *ww)
+        _kernel("backward", npdt)(
+            _np(u),
+            _np(delta),
+            _np(dbv),
+            _np(A),
+            _np(B),
+            _np(C),
+            _np(Dv),
+            _np(z) if z is not None else _dummy("z", npdt),
+            bool(delta_softplus),
+            z is not None,
+            _np(dout),
+            _np(dlast.contiguous().to(u.dtype)) if dlast is not None else _dummy("dlast", npdt),
+            dlast is not None,
+            _np(du),
+            _np(ddelta),
+            _np(dz) if dz is not None else _dummy("dz", npdt),
+            _np(dB),
+            _np(dC),
+            _np(dA_p),
+            _np(dD_p),
+            _np(ddb_p),
+            *lw,
+            *nw,
+            hs,
+            *big,
+            *ww,
+        )
     return du, ddelta, dA_p.sum(0), dB, dC, dD_p.sum(0), dz, ddb_p.sum(0)
 
 

@@ -63,25 +63,39 @@ def main() -> int:
         t0 = time.perf_counter()
         ex.step = int(step)
         if events:
-            protocol.create("PATCH-DOC", events)          # serialise what goes to the browser
+            protocol.create("PATCH-DOC", events)  # serialise what goes to the browser
         dt = time.perf_counter() - t0
         if i >= 10:
             samples.append(dt)
     ms = np.array(samples) * 1000
     cfg = ex._info.config
-    row = {"run": run, "episode": ex.episode, "steps_in_episode": n, "K": cfg.get("K"),
-           "d_model": cfg.get("d_model"), "n_layer": cfg.get("n_layer"),
-           "frame": list(ex._ep.frames.shape[1:3]) if ex._ep.frames is not None else None,
-           "samples": len(ms), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-           "max_ms": float(ms.max()), "target_ms": 50.0, "load_average": os.getloadavg()[0]}
+    row = {
+        "run": run,
+        "episode": ex.episode,
+        "steps_in_episode": n,
+        "K": cfg.get("K"),
+        "d_model": cfg.get("d_model"),
+        "n_layer": cfg.get("n_layer"),
+        "frame": list(ex._ep.frames.shape[1:3]) if ex._ep.frames is not None else None,
+        "samples": len(ms),
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "max_ms": float(ms.max()),
+        "target_ms": 50.0,
+        "load_average": os.getloadavg()[0],
+    }
     print(f"# Server-side time of one scrub step in the attention explorer ({time.strftime('%Y-%m-%d')})\n")
-    print("Reproduce: `make bench`, or `.venv/bin/python benchmarks/bench_dashboard.py --store STORE` on a store "
-          "holding the demo run. Each sample sets the step as the slider does and serialises the document "
-          "patch the server sends.\n")
+    print(
+        "Reproduce: `make bench`, or `.venv/bin/python benchmarks/bench_dashboard.py --store STORE` on a store "
+        "holding the demo run. Each sample sets the step as the slider does and serialises the document "
+        "patch the server sends.\n"
+    )
     print("| run | K | d_model | layers | frame | samples | median ms | p90 ms | target |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {run} | {row['K']} | {row['d_model']} | {row['n_layer']} | {row['frame']} | {row['samples']} | "
-          f"{row['median_ms']:.1f} | {row['p90_ms']:.1f} | <= 50 |")
+    print(
+        f"| {run} | {row['K']} | {row['d_model']} | {row['n_layer']} | {row['frame']} | {row['samples']} | "
+        f"{row['median_ms']:.1f} | {row['p90_ms']:.1f} | <= 50 |"
+    )
     print(f"(load average {row['load_average']:.1f} on {os.cpu_count()} cores)")
     if a.json:
         with open(a.json, "w") as f:

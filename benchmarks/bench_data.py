@@ -75,7 +75,7 @@ def main() -> int:
                 load_s=load_s,
             )
             rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)      # progress; the tables go to stdout
+            print(json.dumps(row), file=sys.stderr, flush=True)  # progress; the tables go to stdout
     # sampler speed on the last dataset built
     s = WindowSampler(ds, 20)
     s.sample(64)
@@ -85,8 +85,10 @@ def main() -> int:
     sample_ms = (time.perf_counter() - t0) / 500 * 1e3
 
     print("# Embedded datasets: build time, returns and normalized scores (issue 3)\n")
-    print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} "
-          "at the end) with `make bench`, or `.venv/bin/python benchmarks/bench_data.py` alone.")
+    print(
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} "
+        "at the end) with `make bench`, or `.venv/bin/python benchmarks/bench_data.py` alone."
+    )
     print("\n| env | quality | transitions | episodes | mean return ± std | normalized | build s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -42,8 +42,9 @@ def sequential(model, env_name, targets, episodes, mode, max_steps, seed=0):
             for i, target in enumerate(targets):
                 for e in range(episodes):
                     policy = Policy(model, mode)
-                    rewards = [s.reward for s in rollout_steps(policy, env, target, seed + 10_000 * i + e,
-                                                               max_steps=max_steps)]
+                    rewards = [
+                        s.reward for s in rollout_steps(policy, env, target, seed + 10_000 * i + e, max_steps=max_steps)
+                    ]
                     out[i, e] = float(np.sum(rewards))
         finally:
             env.close()
@@ -53,8 +54,18 @@ def sequential(model, env_name, targets, episodes, mode, max_steps, seed=0):
 def batched(model, env_name, targets, episodes, mode, max_steps, seed=0):
     from dema_lab.rollout import evaluate
 
-    res, _ = evaluate(model, env_name, targets, episodes, (mode,), seed=seed, record=0, render_size=None,
-                      attention=None, max_steps=max_steps)
+    res, _ = evaluate(
+        model,
+        env_name,
+        targets,
+        episodes,
+        (mode,),
+        seed=seed,
+        record=0,
+        render_size=None,
+        attention=None,
+        max_steps=max_steps,
+    )
     return res["return"].values[0], int(res["length"].values.sum())
 
 
@@ -84,9 +95,8 @@ def main(argv=None) -> None:
         cfg = TrainConfig.from_preset("official").model_config(state_dim, act_dim)
         torch.manual_seed(0)
         model = build_model(cfg).eval()
-        kw = dict(env_name=env_name, targets=[target], episodes=args.episodes, mode=mode,
-                  max_steps=args.steps)
-        sequential(model, **{**kw, "episodes": 1})                  # warm-up (kernels, envs)
+        kw = dict(env_name=env_name, targets=[target], episodes=args.episodes, mode=mode, max_steps=args.steps)
+        sequential(model, **{**kw, "episodes": 1})  # warm-up (kernels, envs)
         batched(model, **{**kw, "episodes": 2})
         seq_t, bat_t = [], []
         for _ in range(args.repeats):
@@ -97,29 +107,38 @@ def main(argv=None) -> None:
             bat, steps = batched(model, **kw)
             bat_t.append(time.perf_counter() - s0)
         diff = float(np.abs(seq[0] - bat).max())
-        rows.append((env_name, mode, steps, float(np.median(seq_t)), float(np.median(bat_t)), diff,
-                     float(np.abs(seq[0]).max())))
+        rows.append(
+            (env_name, mode, steps, float(np.median(seq_t)), float(np.median(bat_t)), diff, float(np.abs(seq[0]).max()))
+        )
     wall = time.perf_counter() - t0
     stat1 = cpu_busy()
     delta = [a - b for a, b in zip(stat1, stat0)]
     busy = (sum(delta) - delta[3] - delta[4]) / max(sum(delta), 1)
     own = (time.process_time() - own0) / wall / (os.cpu_count() or 1)
-    print(f"# Batched evaluation: {args.episodes} episodes, paper-size DeMa "
-          f"(official preset: d_model 64, 3 layers, d_state 64, K 20, left-padded), untrained weights, "
-          f"max {args.steps} steps")
-    print(f"\nMeasured {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"single-threaded (as evaluation runs); median of {args.repeats} interleaved repeats. "
-          f"Load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; other processes used "
-          f"{100 * max(0.0, busy - own):.0f}% of the machine's CPU during the run.\n")
-    print("| env (episode lengths) | inference | env steps | sequential | batched | episodes/s sequential | "
-          "episodes/s batched | speed-up | target | max return difference |")
+    print(
+        f"# Batched evaluation: {args.episodes} episodes, paper-size DeMa "
+        f"(official preset: d_model 64, 3 layers, d_state 64, K 20, left-padded), untrained weights, "
+        f"max {args.steps} steps"
+    )
+    print(
+        f"\nMeasured {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"single-threaded (as evaluation runs); median of {args.repeats} interleaved repeats. "
+        f"Load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; other processes used "
+        f"{100 * max(0.0, busy - own):.0f}% of the machine's CPU during the run.\n"
+    )
+    print(
+        "| env (episode lengths) | inference | env steps | sequential | batched | episodes/s sequential | "
+        "episodes/s batched | speed-up | target | max return difference |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for env_name, mode, steps, s, b, diff, scale in rows:
         what = "all full length" if env_name == "halfcheetah" else "differ: finished ones drop out"
         main_case = env_name == "halfcheetah" and mode == "transformer"
         met = (">= 5x: " + ("**met**" if b * 5 <= s else "missed")) if main_case else "(info)"
-        print(f"| {env_name} ({what}) | {mode}-like | {steps} | {s:.2f} s | {b:.2f} s | {args.episodes / s:.2f} | "
-              f"{args.episodes / b:.2f} | {s / b:.1f}x | {met} | {diff:.1e} (of {scale:.0f}) |")
+        print(
+            f"| {env_name} ({what}) | {mode}-like | {steps} | {s:.2f} s | {b:.2f} s | {args.episodes / s:.2f} | "
+            f"{args.episodes / b:.2f} | {s / b:.1f}x | {met} | {diff:.1e} (of {scale:.0f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def main(argv=None) -> None:
                 times[name].append((mode, time.perf_counter() - start))
                 if name == "frames + attention" and mode == "transformer":
                     recorded = next(iter(rec.values()))
-    print(f"# Logging overhead: {args.steps} steps of HalfCheetah, DeMa K={args.K} d_model=64 3 layers, "
-          f"frames {args.render}px; {platform.node()}, {os.cpu_count()} cores; evaluation runs single-threaded")
+    print(
+        f"# Logging overhead: {args.steps} steps of HalfCheetah, DeMa K={args.K} d_model=64 3 layers, "
+        f"frames {args.render}px; {platform.node()}, {os.cpu_count()} cores; evaluation runs single-threaded"
+    )
     print("| mode | variant | seconds (median) | ms per step | vs no logging |")
     print("|---|---|---|---|---|")
     for mode in ("transformer", "rnn"):

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 THREADS = 2
 BEGIN, END = "<!-- bench_scan: begin -->", "<!-- bench_scan: end -->"
-NOTES = "<!-- notes: kept across runs -->"   # benchmarks/report.py keeps what follows it
+NOTES = "<!-- notes: kept across runs -->"  # benchmarks/report.py keeps what follows it
 
 
 def _scan_function(kernel_module):
@@ -50,8 +50,10 @@ def _scan_function(kernel_module):
         def backward(ctx, dout, dlast):
             u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
             du, dd, dA, dBt, dCt, dD, dz, ddb = kernel_module.backward(
-                u, delta, A, Bt, Ct, D, z, delta_bias, ctx.delta_softplus, kernel_module.readable(dout), dlast)
+                u, delta, A, Bt, Ct, D, z, delta_bias, ctx.delta_softplus, kernel_module.readable(dout), dlast
+            )
             return du, dd, dA, dBt.transpose(-1, -2), dCt.transpose(-1, -2), dD, dz, ddb, None
+
     return Scan
 
 
@@ -61,11 +63,13 @@ class legacy_kernel:
     def __enter__(self):
         import benchmarks._legacy_cpu_kernel as legacy
         from dema_lab.ssm import scan
+
         self._saved = scan._NumbaScan
         scan._NumbaScan = _scan_function(legacy)
 
     def __exit__(self, *exc):
         from dema_lab.ssm import scan
+
         scan._NumbaScan = self._saved
 
 
@@ -75,11 +79,20 @@ def bench_scan(repeat: int, b=64, d=128, n=64, L=60) -> dict:
 
     from benchmarks.run_all import interleaved
     from dema_lab.ssm import selective_scan, use_backend
+
     g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g)   # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     # Mamba's layout: delta and z are transposed views of (b, L, d) memory
-    x = dict(u=r(b, d, L), delta=(r(b, L, d) * 0.5 - 3).transpose(1, 2), A=-(torch.rand(d, n, generator=g) * 15 + 1),
-             B=r(b, n, L), C=r(b, n, L), D=r(d), z=r(b, L, d).transpose(1, 2), delta_bias=r(d) * 0.1)
+    x = dict(
+        u=r(b, d, L),
+        delta=(r(b, L, d) * 0.5 - 3).transpose(1, 2),
+        A=-(torch.rand(d, n, generator=g) * 15 + 1),
+        B=r(b, n, L),
+        C=r(b, n, L),
+        D=r(d),
+        z=r(b, L, d).transpose(1, 2),
+        delta_bias=r(d) * 0.1,
+    )
     x = {k: v.requires_grad_() for k, v in x.items()}
     w = r(b, d, L)
 
@@ -92,7 +105,9 @@ def bench_scan(repeat: int, b=64, d=128, n=64, L=60) -> dict:
                 out = selective_scan(**x, delta_softplus=True)
                 if grad:
                     (out * w).sum().backward()
+
         return f
+
     res = interleaved({"legacy": run(True, True), "new": run(False, True)}, repeat, warmup=2)
     res_f = interleaved({"legacy": run(True, False), "new": run(False, False)}, repeat, warmup=2)
     # the same pair on one thread, timed by this process's CPU time: what a loaded machine
@@ -100,8 +115,9 @@ def bench_scan(repeat: int, b=64, d=128, n=64, L=60) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        res_cpu = interleaved({"legacy": run(True, True), "new": run(False, True)}, repeat, warmup=1,
-                              clock=time.process_time)
+        res_cpu = interleaved(
+            {"legacy": run(True, True), "new": run(False, True)}, repeat, warmup=1, clock=time.process_time
+        )
     finally:
         torch.set_num_threads(threads)
     return {"fwd_bwd": res, "fwd": res_f, "fwd_bwd_cpu1": res_cpu}
@@ -119,6 +135,7 @@ def bench_steps(repeat: int) -> dict:
     """DeMa paper-size step (new kernel, legacy kernel) and DT's paper step, interleaved."""
     from benchmarks._common import make_trainer
     from benchmarks.run_all import configs, interleaved
+
     cfgs = configs()
     dema = make_trainer(*cfgs["dema_quarter"])[1]
     dema_legacy = make_trainer(*cfgs["dema_quarter"])[1]
@@ -127,6 +144,7 @@ def bench_steps(repeat: int) -> dict:
     def legacy_step():
         with legacy_kernel():
             dema_legacy()
+
     return interleaved({"dema": dema, "dt": dt, "dema_legacy": legacy_step}, repeat, warmup=2)
 
 
@@ -136,6 +154,7 @@ def profile_dema_step() -> list:
 
     from benchmarks._common import make_trainer
     from benchmarks.run_all import configs
+
     step = make_trainer(*configs()["dema_quarter"])[1]
     for _ in range(2):
         step()
@@ -164,8 +183,9 @@ print(t1 - t0, t2 - t1)
 def first_step_fresh_process() -> dict:
     """A fresh interpreter's first (and second) DeMa paper-size step, the kernels in numba's
     cache (this process compiled or loaded them already)."""
-    r = subprocess.run([sys.executable, "-c", FIRST_STEP % (str(ROOT), THREADS)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", FIRST_STEP % (str(ROOT), THREADS)], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
     if r.returncode != 0:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
     first, second = (float(v) for v in r.stdout.split()[-2:])
@@ -174,11 +194,13 @@ def first_step_fresh_process() -> dict:
 
 def measure(quick: bool) -> dict:
     import torch
+
     torch.set_num_threads(THREADS)
     import benchmarks._legacy_cpu_kernel as legacy
     from benchmarks._common import machine
     from benchmarks.run_all import busy_fraction_since, load_probe, matmul_peak, train_flops
     from dema_lab.ssm import cpu_kernel
+
     cpu_kernel.warm_up()
     legacy.warm_up()
     load0, stat0 = load_probe()
@@ -225,8 +247,11 @@ def section(res: dict, cmd: str) -> str:
         f"Measured {res['date']} on {res['machine']}, torch.set_num_threads({THREADS}), by `{cmd}` "
         f"({res['wall_s']:.0f} s). Machine load: load average {res['load_before']:.1f} -> {res['load_after']:.1f}, "
         f"other processes used {100 * res['busy_others']:.0f}% of the CPU during the run"
-        + (" (**loaded machine**: absolute times are inflated; the same-run ratios are the figures that count)."
-           if loaded else "."),
+        + (
+            " (**loaded machine**: absolute times are inflated; the same-run ratios are the figures that count)."
+            if loaded
+            else "."
+        ),
         "Baseline: `benchmarks/_legacy_cpu_kernel.py`, the kernel before this issue (16 channels per vector);"
         " new: `dema_lab/ssm/cpu_kernel.py` (d_state per vector, exp2 polynomial).",
         "",
@@ -244,23 +269,37 @@ def section(res: dict, cmd: str) -> str:
         f"| >= 40% | {_ok(gflops / peak >= 0.4)} |",
     ]
     if "error" in fs:
-        lines.append(f"| First DeMa step in a fresh process (kernels cached) | failed: {fs['error']} | | | <= 2 s | **missed** |")
+        lines.append(
+            f"| First DeMa step in a fresh process (kernels cached) | failed: {fs['error']} | | | <= 2 s | **missed** |"
+        )
     else:
-        lines.append(f"| First DeMa step in a fresh process (kernels cached) | {fs['first']:.2f} s | its second step "
-                     f"{fs['second'] * 1e3:.0f} ms | {'compiled!' if fs['compiled'] else 'loaded from cache'} | <= 2 s "
-                     f"| {_ok(fs['first'] <= 2 and not fs['compiled'])} |")
-    lines += ["", "Where the DeMa step's time goes (torch.profiler, self CPU time per step, top ops):", "",
-              "| op | ms per step | share |", "|---|---|---|"]
+        lines.append(
+            f"| First DeMa step in a fresh process (kernels cached) | {fs['first']:.2f} s | its second step "
+            f"{fs['second'] * 1e3:.0f} ms | {'compiled!' if fs['compiled'] else 'loaded from cache'} | <= 2 s "
+            f"| {_ok(fs['first'] <= 2 and not fs['compiled'])} |"
+        )
+    lines += [
+        "",
+        "Where the DeMa step's time goes (torch.profiler, self CPU time per step, top ops):",
+        "",
+        "| op | ms per step | share |",
+        "|---|---|---|",
+    ]
     lines += [f"| `{k}` | {ms:.1f} | {100 * sh:.0f}% |" for k, ms, sh in res["profile"]]
-    lines += ["", "Why the scan targets are missed: the baseline kernel was already SIMD (16 channels per "
-              "AVX-512 vector, branch-free polynomial exp; its forward runs at about the same speed as a "
-              "d_state-vectorised loop, both ~1 cycle per (batch, channel, state, step) element). The new "
-              "kernels gain in the backward (no lane-wise partial sums for dB/dC, a per-channel (L, d_state) "
-              "buffer that stays in L1/L2 instead of ~1 MB per thread) and in exp (exp2 with A pre-scaled, "
-              "a degree-5 polynomial). What is left is two exps per element (forward, and the backward's "
-              "recomputation); the recurrence loop without its exp runs about 2x faster, so no layout "
-              "change alone reaches 3x, and with the scan still ~60% of it the DeMa step stays above "
-              "0.5x DT's.", "", END]
+    lines += [
+        "",
+        "Why the scan targets are missed: the baseline kernel was already SIMD (16 channels per "
+        "AVX-512 vector, branch-free polynomial exp; its forward runs at about the same speed as a "
+        "d_state-vectorised loop, both ~1 cycle per (batch, channel, state, step) element). The new "
+        "kernels gain in the backward (no lane-wise partial sums for dB/dC, a per-channel (L, d_state) "
+        "buffer that stays in L1/L2 instead of ~1 MB per thread) and in exp (exp2 with A pre-scaled, "
+        "a degree-5 polynomial). What is left is two exps per element (forward, and the backward's "
+        "recomputation); the recurrence loop without its exp runs about 2x faster, so no layout "
+        "change alone reaches 3x, and with the scan still ~60% of it the DeMa step stays above "
+        "0.5x DT's.",
+        "",
+        END,
+    ]
     return "\n".join(lines)
 
 

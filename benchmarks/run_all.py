@@ -35,6 +35,7 @@ THREADS = 2
 
 # ============================================================================ measurements
 
+
 def _med(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -69,7 +70,7 @@ def busy_fraction_since(prev_fields, self_cpu0, wall0):
     delta = [a - b for a, b in zip(fields, prev_fields)]
     total = sum(delta)
     idle = delta[3] + delta[4]
-    busy = (total - idle) / max(total, 1)                     # whole machine, all processes
+    busy = (total - idle) / max(total, 1)  # whole machine, all processes
     ncpu = os.cpu_count() or 1
     own = (time.process_time() - self_cpu0) / max(time.perf_counter() - wall0, 1e-9) / ncpu
     return busy, max(0.0, busy - own)
@@ -77,21 +78,32 @@ def busy_fraction_since(prev_fields, self_cpu0, wall0):
 
 def matmul_peak(threads: int) -> float:
     import torch
+
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     for _ in range(2):
         a @ b
     ts = interleaved({"mm": lambda: a @ b}, repeat=8, warmup=0)["mm"]
-    return 2 * 2048 ** 3 / min(ts) / 1e9
+    return 2 * 2048**3 / min(ts) / 1e9
 
 
 # ---------------------------------------------------------------------------- scan
 
+
 def scan_inputs(b=64, d=256, n=16, L=60, seed=0):
     import torch
+
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)   # noqa: E731
-    x = dict(u=r(b, d, L), delta=r(b, d, L) * 0.5 - 3, A=-(torch.rand(d, n, generator=g) * 15 + 1),
-             B=r(b, n, L), C=r(b, n, L), D=r(d), z=r(b, d, L), delta_bias=r(d) * 0.1)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = dict(
+        u=r(b, d, L),
+        delta=r(b, d, L) * 0.5 - 3,
+        A=-(torch.rand(d, n, generator=g) * 15 + 1),
+        B=r(b, n, L),
+        C=r(b, n, L),
+        D=r(d),
+        z=r(b, d, L),
+        delta_bias=r(d) * 0.1,
+    )
     return {k: v.requires_grad_() for k, v in x.items()}, r(b, d, L)
 
 
@@ -111,14 +123,22 @@ def bench_scan(repeat: int) -> dict:
                 out = selective_scan(**x, delta_softplus=True)
                 if grad:
                     (out * w).sum().backward()
+
         return f
 
     # mambapy's MambaBlock.selective_scan (pscan), with the same softplus(delta + bias) and
     # silu(z) gate around it, in its (B, L, ED) layout: the full op, as mambapy trains it.
     try:
         from mambapy.pscan import pscan
-        xl = {k: (v.detach().transpose(1, 2).contiguous().requires_grad_() if v.dim() == 3 and k in
-                  ("u", "delta", "z") else v.detach().clone().requires_grad_()) for k, v in x.items()}
+
+        xl = {
+            k: (
+                v.detach().transpose(1, 2).contiguous().requires_grad_()
+                if v.dim() == 3 and k in ("u", "delta", "z")
+                else v.detach().clone().requires_grad_()
+            )
+            for k, v in x.items()
+        }
         Bl = x["B"].detach().transpose(1, 2).contiguous().requires_grad_()
         Cl = x["C"].detach().transpose(1, 2).contiguous().requires_grad_()
         wl = w.transpose(1, 2).contiguous()
@@ -136,8 +156,9 @@ def bench_scan(repeat: int) -> dict:
                     y = y * F.silu(xl["z"])
                     if grad:
                         (y * wl).sum().backward()
+
             return f
-    except Exception as e:   # noqa: BLE001
+    except Exception as e:  # noqa: BLE001
         mambapy_op = None
         print("mambapy unavailable:", e, file=sys.stderr)
 
@@ -148,17 +169,19 @@ def bench_scan(repeat: int) -> dict:
         fwd["mambapy_pscan"] = mambapy_op(False)
     res = {"fwd_bwd": interleaved(fns, repeat), "fwd": interleaved(fwd, repeat)}
     # the autograd per-step loop is seconds per call: few repeats, interleaved with ours
-    res["fwd_bwd_ref"] = interleaved({"reference": ours("reference"), "numba": ours("numba")},
-                                     max(2, repeat // 4))
-    res["fwd_ref"] = interleaved({"reference": ours("reference", False), "numba": ours("numba", False)},
-                                 max(2, repeat // 4))
+    res["fwd_bwd_ref"] = interleaved({"reference": ours("reference"), "numba": ours("numba")}, max(2, repeat // 4))
+    res["fwd_ref"] = interleaved(
+        {"reference": ours("reference", False), "numba": ours("numba", False)}, max(2, repeat // 4)
+    )
     return res
 
 
 # ---------------------------------------------------------------------------- training
 
+
 def configs():
     from dema_lab.models import ModelConfig
+
     hop = dict(state_dim=11, act_dim=3)
     return {
         "dt_paper": (ModelConfig(arch="dt", K=20, d_model=128, n_layer=3, n_head=1, **hop), 64),
@@ -171,6 +194,7 @@ def configs():
 
 def bench_train(repeat: int) -> dict:
     from benchmarks._common import make_trainer
+
     fns = {name: make_trainer(cfg, batch)[1] for name, (cfg, batch) in configs().items()}
     return interleaved(fns, repeat, warmup=2)
 
@@ -178,6 +202,7 @@ def bench_train(repeat: int) -> dict:
 def train_flops(name) -> float:
     """FLOPs of one training step (forward + backward = 3x forward MACs, 2 FLOPs per MAC)."""
     from dema_lab.models import forward_macs
+
     cfg, batch = configs()[name]
     return 2 * 3 * forward_macs(cfg) * batch
 
@@ -185,6 +210,7 @@ def train_flops(name) -> float:
 def peak_memory_child(name: str, steps: int = 3) -> int:
     """Peak RSS growth (bytes) of `steps` training steps of one config (run in a fresh process)."""
     from benchmarks._common import make_trainer
+
     cfg, batch = configs()[name]
     _, step = make_trainer(cfg, batch)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -206,6 +232,7 @@ def bench_inference(steps: int) -> dict:
 
     from dema_lab.models import ModelConfig, Policy, build_model
     from dema_lab.rollout import single_threaded
+
     with single_threaded():
         return _bench_inference(steps, np, torch, ModelConfig, Policy, build_model)
 
@@ -216,13 +243,14 @@ def _bench_inference(steps, np, torch, ModelConfig, Policy, build_model) -> dict
     models = {}
     for K in KS:
         torch.manual_seed(0)
-        models[K] = build_model(ModelConfig(arch="dema", K=K, d_model=64, n_layer=3, d_state=16,
-                                            state_dim=11, act_dim=3)).eval()
+        models[K] = build_model(
+            ModelConfig(arch="dema", K=K, d_model=64, n_layer=3, d_state=16, state_dim=11, act_dim=3)
+        ).eval()
     for mode in ("rnn", "transformer"):
         for K in KS:
             pol = Policy(models[K], mode)
             pol.reset(3600.0)
-            for _ in range(K):                      # fill the window
+            for _ in range(K):  # fill the window
                 pol.act(rng.standard_normal(11).astype(np.float32))
                 pol.observe(1.0)
             ts = []
@@ -245,7 +273,9 @@ def _bench_inference(steps, np, torch, ModelConfig, Policy, build_model) -> dict
         def f():
             pol.act(rng.standard_normal(11).astype(np.float32))
             pol.observe(1.0)
+
         return f
+
     out["rnn_pair"] = interleaved({K: stepper(p) for K, p in pols.items()}, steps, warmup=5)
     return out
 
@@ -255,6 +285,7 @@ def bench_attention(repeat: int) -> dict:
     window (K 10, 30 tokens), batch 1, as the dashboards ask for it; fast kernel vs the
     segment-sum reference. Single-threaded, as evaluation runs."""
     from dema_lab.rollout import single_threaded
+
     with single_threaded():
         return _bench_attention(repeat)
 
@@ -265,13 +296,18 @@ def _bench_attention(repeat: int) -> dict:
     import torch
 
     from dema_lab.models import ModelConfig, build_model
+
     ha = importlib.import_module("dema_lab.ssm.hidden_attention")
     mm = importlib.import_module("dema_lab.ssm.mamba")
     torch.manual_seed(0)
     cfg = ModelConfig(arch="dema", K=10, d_model=64, n_layer=3, d_state=16, state_dim=11, act_dim=3)
     model = build_model(cfg).eval()
-    x = dict(states=torch.randn(1, 10, 11), actions=torch.rand(1, 10, 3), returns_to_go=torch.rand(1, 10, 1),
-             timesteps=torch.arange(10)[None])
+    x = dict(
+        states=torch.randn(1, 10, 11),
+        actions=torch.rand(1, 10, 3),
+        returns_to_go=torch.rand(1, 10, 1),
+        timesteps=torch.arange(10)[None],
+    )
     orig = ha.hidden_attention
 
     def with_impl(impl):
@@ -281,11 +317,14 @@ def _bench_attention(repeat: int) -> dict:
                 model.attention(**x, aggregate="minmax")
             finally:
                 mm.hidden_attention = orig
+
         return f
+
     return interleaved({"numba": with_impl("numba"), "segsum": with_impl("segsum")}, repeat, warmup=2)
 
 
 # ---------------------------------------------------------------------------- accuracy
+
 
 def bench_accuracy() -> dict:
     """Relative error (in norm) of the float32 fast scan's output and gradients against the
@@ -294,6 +333,7 @@ def bench_accuracy() -> dict:
     import torch
 
     from dema_lab.ssm import selective_scan, use_backend
+
     x, w = scan_inputs()
     res = {}
     for name, dtype, backend in (("ref", torch.float64, "reference"), ("fast", torch.float32, "numba")):
@@ -310,16 +350,20 @@ def bench_accuracy() -> dict:
     def f(*a):
         with use_backend("numba"):
             return selective_scan(**dict(zip(names, a)), delta_softplus=True, return_last_state=True)
+
     return {"rel_err": errs, "gradcheck": bool(torch.autograd.gradcheck(f, args))}
 
 
 # ---------------------------------------------------------------------------- CUDA
 
+
 def bench_cuda(repeat: int) -> dict:
     import torch
+
     if not torch.cuda.is_available():
         return {}
     from dema_lab.ssm import mamba_ssm_available, selective_scan, use_backend
+
     x, w = scan_inputs()
     xc = {k: v.detach().cuda().requires_grad_() for k, v in x.items()}
     wc = w.cuda()
@@ -330,7 +374,9 @@ def bench_cuda(repeat: int) -> dict:
                 out = selective_scan(**xc, delta_softplus=True)
                 (out * wc).sum().backward()
             torch.cuda.synchronize()
+
         return f
+
     fns = {"torch_cuda": run("torch")}
     if mamba_ssm_available():
         fns["mamba_ssm_cuda"] = run("cuda")
@@ -350,6 +396,7 @@ def _cuda_trainer(cfg, batch):
 
     from benchmarks._common import make_batch
     from dema_lab.models import build_model
+
     torch.manual_seed(0)
     model = build_model(cfg).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
@@ -365,30 +412,37 @@ def _cuda_trainer(cfg, batch):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
         opt.step()
         torch.cuda.synchronize()
+
     return step
 
 
 # ============================================================================ child / parent
 
+
 def child(args) -> None:
     import torch
+
     torch.set_num_threads(THREADS)
     from dema_lab.ssm import (
         attention_kernel,  # noqa: F401  (compile / load from cache first)
         cpu_kernel,
     )
+
     cpu_kernel.warm_up()
     from benchmarks._common import machine
+
     q = args.quick
     load0, stat0 = load_probe()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     res = {"machine": machine(), "alloc": args.alloc, "load_before": load0}
-    sections = [("matmul_gflops", lambda: matmul_peak(THREADS)),
-                ("scan", lambda: bench_scan(3 if q else 9)),
-                ("train", lambda: bench_train(3 if q else 9)),
-                ("inference", lambda: bench_inference(10 if q else 40)),
-                ("attention", lambda: bench_attention(5 if q else 20)),
-                ("cuda", lambda: bench_cuda(3 if q else 10))]
+    sections = [
+        ("matmul_gflops", lambda: matmul_peak(THREADS)),
+        ("scan", lambda: bench_scan(3 if q else 9)),
+        ("train", lambda: bench_train(3 if q else 9)),
+        ("inference", lambda: bench_inference(10 if q else 40)),
+        ("attention", lambda: bench_attention(5 if q else 20)),
+        ("cuda", lambda: bench_cuda(3 if q else 10)),
+    ]
     if args.alloc == "default":
         sections.append(("accuracy", bench_accuracy))
     for name, fn in sections:
@@ -425,10 +479,12 @@ def run_child(alloc: str, quick: bool, only) -> dict:
 def peak_memory(names) -> dict:
     out = {}
     for name in names:
-        code = ("import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(%d); "
-                "from dema_lab.ssm import cpu_kernel; cpu_kernel.warm_up(); "
-                "from benchmarks.run_all import peak_memory_child; print(peak_memory_child(%r))"
-                % (str(ROOT), THREADS, name))
+        code = (
+            "import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(%d); "
+            "from dema_lab.ssm import cpu_kernel; cpu_kernel.warm_up(); "
+            "from benchmarks.run_all import peak_memory_child; print(peak_memory_child(%r))"
+            % (str(ROOT), THREADS, name)
+        )
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
         out[name] = int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
     return out
@@ -450,6 +506,7 @@ def main(argv=None) -> None:
     runs = {alloc: run_child(alloc, args.quick, args.only) for alloc in ("default", "tuned")}
     mem = peak_memory(["dt_paper", "dema_quarter", "dema_128", "demo"]) if not args.only or "train" in args.only else {}
     from benchmarks.report import write_report
+
     cmd = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
     write_report(runs, mem, Path(args.results), cmd, time.time() - t0)
     if args.json:

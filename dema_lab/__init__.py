@@ -10,5 +10,6 @@ def __getattr__(name):
     # the store pulls in xarray and zarr; import it only when asked for
     if name in ("open_store", "open_run"):
         from . import store
+
         return getattr(store, name)
     raise AttributeError(f"module 'dema_lab' has no attribute {name!r}")

@@ -54,24 +54,31 @@ from .ssm import Mamba, apply_attention
 PAPER = "paper: parameter-level (merge_exp.py)"
 DEMA_LAB = "dema-lab: α-level"
 METHODS = ("none", "mixer-zeros", "mixer-random", "swap", "alpha-zeros", "alpha-random", "no_timestep")
-FAMILY = {"none": "unablated", "mixer-zeros": PAPER, "mixer-random": PAPER, "swap": PAPER,
-          "alpha-zeros": DEMA_LAB, "alpha-random": DEMA_LAB, "no_timestep": "dema-lab: timestep embedding removed"}
+FAMILY = {
+    "none": "unablated",
+    "mixer-zeros": PAPER,
+    "mixer-random": PAPER,
+    "swap": PAPER,
+    "alpha-zeros": DEMA_LAB,
+    "alpha-random": DEMA_LAB,
+    "no_timestep": "dema-lab: timestep embedding removed",
+}
 DESCRIPTION = {
     "none": "the unablated model",
     "mixer-zeros": "mixer parameters except in_proj and out_proj (conv1d, x_proj, dt_proj, A_log, D) set to zeros",
     "mixer-random": "mixer parameters except in_proj and out_proj (conv1d, x_proj, dt_proj, A_log, D) set to "
-                    "U[0,1) from torch.Generator().manual_seed(seed)",
+    "U[0,1) from torch.Generator().manual_seed(seed)",
     "swap": "mixer parameters except in_proj and out_proj (conv1d, x_proj, dt_proj, A_log, D) taken from "
-            "another run's checkpoint (swap_from)",
+    "another run's checkpoint (swap_from)",
     "alpha-zeros": "hidden attention alpha replaced by zeros inside the scan (D skip and gate kept)",
     "alpha-random": "hidden attention alpha replaced by causal Gaussian weights at each channel's "
-                    "root-mean-square scale (D skip and gate kept)",
+    "root-mean-square scale (D skip and gate kept)",
     "no_timestep": "the timestep embedding removed at evaluation",
 }
 PARAMETER_METHODS = ("mixer-zeros", "mixer-random", "swap")
 ALPHA_METHODS = ("alpha-zeros", "alpha-random")
-LAYERED = PARAMETER_METHODS + ALPHA_METHODS              # the methods that take `layers`
-KEPT = ("in_proj", "out_proj")                           # mixer parameters no method touches
+LAYERED = PARAMETER_METHODS + ALPHA_METHODS  # the methods that take `layers`
+KEPT = ("in_proj", "out_proj")  # mixer parameters no method touches
 OLD_KINDS = {"none": "none", "zeros": "alpha-zeros", "random": "alpha-random", "no_timestep": "no_timestep"}
 _LAYERS_ORDER = {"all": -1}
 
@@ -104,8 +111,10 @@ def layers_label(layers, n_layer: int) -> str:
     except (TypeError, ValueError):
         raise ValueError(f"layers must be 'all' or a layer index, got {layers!r}") from None
     if not 0 <= index < n_layer:
-        raise ValueError(f"layer {index} does not exist: the model has {n_layer} layer(s), 0..{n_layer - 1}; "
-                         f"use 'all' or an index in that range")
+        raise ValueError(
+            f"layer {index} does not exist: the model has {n_layer} layer(s), 0..{n_layer - 1}; "
+            f"use 'all' or an index in that range"
+        )
     return str(index)
 
 
@@ -115,15 +124,20 @@ def _check(model, method: str, layers, modes=("transformer",)) -> str:
         raise ValueError(f"unknown ablation method {method!r}; choose one of {', '.join(METHODS)}")
     arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
     if method in LAYERED and not mixers(model):
-        raise ValueError(f"ablation {method!r} needs a DeMa model (Mamba mixers); this is a {arch!r} model, "
-                         f"which has: {', '.join(methods_for(model))}")
+        raise ValueError(
+            f"ablation {method!r} needs a DeMa model (Mamba mixers); this is a {arch!r} model, "
+            f"which has: {', '.join(methods_for(model))}"
+        )
     if method == "no_timestep" and getattr(model.embed, "embed_timestep", None) is None:
-        raise ValueError("the 'no_timestep' ablation needs a model trained with a timestep embedding "
-                         "(this one has none)")
+        raise ValueError(
+            "the 'no_timestep' ablation needs a model trained with a timestep embedding (this one has none)"
+        )
     if method in ALPHA_METHODS and "rnn" in modes:
-        raise ValueError(f"{method!r} replaces the hidden attention of the sequence (Transformer-like) path; "
-                         f"RNN-like inference has none to replace: evaluate it with modes=('transformer',), "
-                         f"or use a parameter-level method (mixer-zeros, mixer-random, swap)")
+        raise ValueError(
+            f"{method!r} replaces the hidden attention of the sequence (Transformer-like) path; "
+            f"RNN-like inference has none to replace: evaluate it with modes=('transformer',), "
+            f"or use a parameter-level method (mixer-zeros, mixer-random, swap)"
+        )
     label = layers_label(layers, len(mixers(model)) or 1)
     if method not in LAYERED and label != "all":
         raise ValueError(f"{method!r} acts on the whole model; use layers='all'")
@@ -141,8 +155,10 @@ def _selected(model, label: str) -> list[tuple[str, Mamba]]:
 def _source_state(swap_from) -> tuple[dict, str]:
     """The swap source's state dict and a name for messages."""
     if swap_from is None:
-        raise ValueError("the 'swap' ablation needs swap_from: another run's Checkpoint (or model, or state dict) "
-                         "whose mixers have the same shapes (`dema-lab ablate RUN --method swap --swap-from OTHER`)")
+        raise ValueError(
+            "the 'swap' ablation needs swap_from: another run's Checkpoint (or model, or state dict) "
+            "whose mixers have the same shapes (`dema-lab ablate RUN --method swap --swap-from OTHER`)"
+        )
     if isinstance(swap_from, dict):
         return swap_from, "the source state dict"
     model = getattr(swap_from, "model", swap_from)
@@ -175,12 +191,16 @@ def ablated_state_dict(model, method: str, layers="all", seed: int = 0, swap_fro
                 state[key] = torch.rand(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype)
             else:
                 if key not in source:
-                    raise ValueError(f"swap: {source_name} has no {key} (fewer layers, or not a DeMa model); "
-                                     f"swap needs a run whose mixers have the same shapes")
+                    raise ValueError(
+                        f"swap: {source_name} has no {key} (fewer layers, or not a DeMa model); "
+                        f"swap needs a run whose mixers have the same shapes"
+                    )
                 if tuple(source[key].shape) != tuple(p.shape):
-                    raise ValueError(f"swap: {key} is {tuple(source[key].shape)} in {source_name} but "
-                                     f"{tuple(p.shape)} here; swap needs runs whose mixers have the same shapes "
-                                     f"(d_model, d_state, d_conv, expand)")
+                    raise ValueError(
+                        f"swap: {key} is {tuple(source[key].shape)} in {source_name} but "
+                        f"{tuple(p.shape)} here; swap needs runs whose mixers have the same shapes "
+                        f"(d_model, d_state, d_conv, expand)"
+                    )
                 state[key] = source[key].detach().clone().to(p.device, p.dtype)
     return state
 
@@ -198,9 +218,9 @@ def ablated_attention(alpha, kind: str, seed: int = 0, layer: int = 0):
         raise ValueError(f"unknown hidden-attention ablation {kind!r}; use 'zeros' or 'random'")
     L = alpha.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool, device=alpha.device).tril()
-    scale = alpha.masked_select(causal).view(*alpha.shape[:2], -1).pow(2).mean(-1).sqrt()   # (b, d_inner)
-    gen = torch.Generator(device="cpu").manual_seed(hash((seed, layer, L)) % (2 ** 63))
-    noise = torch.randn(alpha.shape[1:], generator=gen, dtype=alpha.dtype).to(alpha.device)   # (d_inner, L, L)
+    scale = alpha.masked_select(causal).view(*alpha.shape[:2], -1).pow(2).mean(-1).sqrt()  # (b, d_inner)
+    gen = torch.Generator(device="cpu").manual_seed(hash((seed, layer, L)) % (2**63))
+    noise = torch.randn(alpha.shape[1:], generator=gen, dtype=alpha.dtype).to(alpha.device)  # (d_inner, L, L)
     return (noise * scale[..., None, None]).masked_fill(~causal, 0.0)
 
 
@@ -208,13 +228,15 @@ def _alpha_hook(kind: str, seed: int, layer: int):
     """A forward hook for a Mamba mixer: its output recomputed from its hidden attention with
     alpha replaced (the D skip and the z gate stay). With return_attention the original alpha is
     still returned (the model's own attention, for the logs)."""
+
     def hook(mixer, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]                 # (b, L, d_model)
-        inp = mixer.attention_inputs(hidden)            # u, z (b, d_inner, L); alpha (b, d_inner, L, L)
+        hidden = args[0] if args else kwargs["hidden_states"]  # (b, L, d_model)
+        inp = mixer.attention_inputs(hidden)  # u, z (b, d_inner, L); alpha (b, d_inner, L, L)
         alpha = ablated_attention(inp["alpha"], kind, seed, layer)
-        y = apply_attention(alpha, inp["u"], inp["D"], inp["z"]).to(inp["u"].dtype)   # (b, d_inner, L)
-        out = mixer.out_proj(y.transpose(1, 2))                               # (b, L, d_model)
+        y = apply_attention(alpha, inp["u"], inp["D"], inp["z"]).to(inp["u"].dtype)  # (b, d_inner, L)
+        out = mixer.out_proj(y.transpose(1, 2))  # (b, L, d_model)
         return (out, output[1]) if isinstance(output, tuple) else out
+
     return hook
 
 
@@ -234,8 +256,9 @@ def ablate(model, method: str, layers="all", seed: int = 0, swap_from=None):
         elif method in ALPHA_METHODS:
             for i, (_, mixer) in enumerate(_selected(ablated, label)):
                 layer = mixer.layer_idx if mixer.layer_idx is not None else (i if label == "all" else int(label))
-                handles.append(mixer.register_forward_hook(_alpha_hook(method.split("-")[1], seed, layer),
-                                                           with_kwargs=True))
+                handles.append(
+                    mixer.register_forward_hook(_alpha_hook(method.split("-")[1], seed, layer), with_kwargs=True)
+                )
         elif method == "no_timestep":
             ablated.embed.embed_timestep = None
         yield ablated
@@ -246,22 +269,36 @@ def ablate(model, method: str, layers="all", seed: int = 0, swap_from=None):
 
 # ---------------------------------------------------------------------------- evaluation
 def _coord_attrs(ds: xr.Dataset) -> xr.Dataset:
-    attrs = {"ablation": {"long_name": "ablation method", "families": {m: FAMILY[m] for m in METHODS}},
-             "layers": {"long_name": "ablated layers: 'all', or one layer index"},
-             "seed": {"long_name": "seed of the random weights and of the episodes' initial states"},
-             "checkpoint": {"long_name": "checkpoint (training step)", "units": "steps"},
-             "family": {"long_name": "which method family: the paper's parameter-level ablation "
-                                     "(merge_exp.py) or dema-lab's α-level one"},
-             "mode": {"long_name": "inference mode"}}
+    attrs = {
+        "ablation": {"long_name": "ablation method", "families": {m: FAMILY[m] for m in METHODS}},
+        "layers": {"long_name": "ablated layers: 'all', or one layer index"},
+        "seed": {"long_name": "seed of the random weights and of the episodes' initial states"},
+        "checkpoint": {"long_name": "checkpoint (training step)", "units": "steps"},
+        "family": {
+            "long_name": "which method family: the paper's parameter-level ablation "
+            "(merge_exp.py) or dema-lab's α-level one"
+        },
+        "mode": {"long_name": "inference mode"},
+    }
     for name, a in attrs.items():
         if name in ds.coords:
             ds[name].attrs.update(a)
     return ds
 
 
-def evaluate_ablation(checkpoint, method: str, layers="all", episodes: int = 5, seed: int = 0, targets=None,
-                      max_steps: int = 1000, modes=("transformer",), swap_from=None, env: str | None = None,
-                      scorer=None) -> xr.Dataset:
+def evaluate_ablation(
+    checkpoint,
+    method: str,
+    layers="all",
+    episodes: int = 5,
+    seed: int = 0,
+    targets=None,
+    max_steps: int = 1000,
+    modes=("transformer",),
+    swap_from=None,
+    env: str | None = None,
+    scorer=None,
+) -> xr.Dataset:
     """Scores of a loaded Checkpoint with one ablation: `episodes` episodes per (mode, target),
     episode seeds from `seed` (as rollout.evaluate), the random weights seeded by `seed` too.
     The env, the state normalisation and rtg_scale come from the checkpoint; targets default to
@@ -278,6 +315,7 @@ def evaluate_ablation(checkpoint, method: str, layers="all", episodes: int = 5, 
         raise ValueError("the checkpoint does not name its environment (meta['env']); pass env=")
     if targets is None:
         from .train import DEFAULT_TARGETS
+
         targets = DEFAULT_TARGETS.get(env)
         if targets is None:
             raise ValueError(f"no default target returns for env {env!r}; pass targets=[...]")
@@ -286,22 +324,44 @@ def evaluate_ablation(checkpoint, method: str, layers="all", episodes: int = 5, 
     extra = checkpoint.extra or {}
     mean, std = (extra[k].cpu().numpy() if k in extra else None for k in ("state_mean", "state_std"))
     with ablate(model, method, label, seed, swap_from) as ablated:
-        res, _ = evaluate(ablated, env, targets, episodes, tuple(modes), float(meta.get("rtg_scale", 1000.0)),
-                          mean, std, seed=seed, record=0, render_size=None, attention=None, max_steps=max_steps,
-                          scorer=scorer)
+        res, _ = evaluate(
+            ablated,
+            env,
+            targets,
+            episodes,
+            tuple(modes),
+            float(meta.get("rtg_scale", 1000.0)),
+            mean,
+            std,
+            seed=seed,
+            record=0,
+            render_size=None,
+            attention=None,
+            max_steps=max_steps,
+            scorer=scorer,
+        )
     source = ""
     if method == "swap":
         source = _source_state(swap_from)[1].removeprefix("run ")
-    ds = res.assign_coords(ablation=method, layers=label, seed=int(seed), family=FAMILY[method],
-                           checkpoint=int(meta.get("step", -1)))
-    ds.attrs.update(method=method, layers=label, seed=int(seed), family=FAMILY[method],
-                    description=DESCRIPTION[method], run_id=meta.get("run_id", ""), swap_from=source)
+    ds = res.assign_coords(
+        ablation=method, layers=label, seed=int(seed), family=FAMILY[method], checkpoint=int(meta.get("step", -1))
+    )
+    ds.attrs.update(
+        method=method,
+        layers=label,
+        seed=int(seed),
+        family=FAMILY[method],
+        description=DESCRIPTION[method],
+        run_id=meta.get("run_id", ""),
+        swap_from=source,
+    )
     return _coord_attrs(ds)
 
 
 def ablation_name(step: int, method: str, layers: str, seed: int) -> str:
     """The store name of one (checkpoint, method, layers, seed) group."""
     from .store import checkpoint_name
+
     return f"{checkpoint_name(step)}-{method}-{'all' if layers == 'all' else 'layer' + str(layers)}-s{int(seed)}"
 
 
@@ -325,8 +385,9 @@ def _load(run, checkpoint: int | None):
         raise StoreError(f"run {run.run_id} has no checkpoint yet")
     step = steps[-1] if checkpoint is None else int(checkpoint)
     if step not in steps:
-        raise StoreError(f"run {run.run_id} has no checkpoint at step {step} (its checkpoints: "
-                         f"{', '.join(map(str, steps))})")
+        raise StoreError(
+            f"run {run.run_id} has no checkpoint at step {step} (its checkpoints: {', '.join(map(str, steps))})"
+        )
     ck = load_checkpoint(run.checkpoint_bytes(step))
     ck.meta.setdefault("step", step)
     ck.meta.setdefault("run_id", run.run_id)
@@ -334,9 +395,18 @@ def _load(run, checkpoint: int | None):
     return ck
 
 
-def evaluate_ablations(run, methods=None, layers="all", checkpoint: int | None = None, episodes: int = 5,
-                       targets=None, max_steps: int = 1000, seed: int = 0, swap_from=None,
-                       publish: bool = True) -> xr.Dataset:
+def evaluate_ablations(
+    run,
+    methods=None,
+    layers="all",
+    checkpoint: int | None = None,
+    episodes: int = 5,
+    targets=None,
+    max_steps: int = 1000,
+    seed: int = 0,
+    swap_from=None,
+    publish: bool = True,
+) -> xr.Dataset:
     """Scores of a run's checkpoint (default: the last) with each of `methods` (default: every one
     that applies to the model), at `layers` for the methods that take them ('all' for the others),
     Transformer-like, on the run's evaluation targets. swap_from: a Checkpoint, or a Run (its last
@@ -344,23 +414,32 @@ def evaluate_ablations(run, methods=None, layers="all", checkpoint: int | None =
     results in ablation_table's form."""
     ck = _load(run, checkpoint)
     methods = methods_for(ck.model) if methods is None else tuple(methods)
-    if hasattr(swap_from, "checkpoints"):                # a Run
+    if hasattr(swap_from, "checkpoints"):  # a Run
         swap_from = _load(swap_from, None)
-    for method in methods:                               # every error before the first evaluation
+    for method in methods:  # every error before the first evaluation
         _check(ck.model, method, layers if method in LAYERED else "all")
     targets = targets or run.attrs.get("provenance", {}).get("eval_targets")
     parts = []
     for method in methods:
-        ds = evaluate_ablation(ck, method, layers if method in LAYERED else "all", episodes, seed, targets,
-                               max_steps, swap_from=swap_from if method == "swap" else None)
+        ds = evaluate_ablation(
+            ck,
+            method,
+            layers if method in LAYERED else "all",
+            episodes,
+            seed,
+            targets,
+            max_steps,
+            swap_from=swap_from if method == "swap" else None,
+        )
         if publish:
             publish_ablation(run, ds)
         parts.append(ds)
     return _combine([_as_group(p) for p in parts])
 
 
-def complete_ablations(run, checkpoint: int | None = None, episodes: int = 5, max_steps: int = 1000,
-                       seed: int = 0, layers=("all",)) -> tuple[xr.Dataset | None, tuple[str, ...]]:
+def complete_ablations(
+    run, checkpoint: int | None = None, episodes: int = 5, max_steps: int = 1000, seed: int = 0, layers=("all",)
+) -> tuple[xr.Dataset | None, tuple[str, ...]]:
     """Make the published ablations of a run's checkpoint complete (what a rerun of `dema-lab
     sweep` does): for a DeMa run the paper's method (mixer-zeros, mixer-random) and dema-lab's
     (alpha-zeros, alpha-random), 'none', and no_timestep for a model trained with a timestep
@@ -375,7 +454,7 @@ def complete_ablations(run, checkpoint: int | None = None, episodes: int = 5, ma
         return None, ()
     n_layer = len(mixers(ck.model))
     wanted_layers = []
-    for item in ((layers,) if isinstance(layers, (str, int)) else layers):
+    for item in (layers,) if isinstance(layers, (str, int)) else layers:
         if str(item).lower() == "each":
             wanted_layers += [str(i) for i in range(n_layer)]
         else:
@@ -384,7 +463,7 @@ def complete_ablations(run, checkpoint: int | None = None, episodes: int = 5, ma
     wanted = [(m, lay) for m in possible for lay in (wanted_layers if m in LAYERED else ["all"])]
     table = ablation_table(run)
     have = {key for key in wanted if episodes_published(table, step, seed, *key)}
-    if have:                                             # the new ones line up with those published
+    if have:  # the new ones line up with those published
         episodes = max(episodes_published(table, step, seed, *key) for key in have)
     missing = [key for key in wanted if key not in have]
     if not missing:
@@ -413,8 +492,9 @@ def _from_old(ds: xr.Dataset, seed: int) -> list[xr.Dataset]:
         if kind not in OLD_KINDS or (kind == "random" and ds.attrs.get("random_scale") != "rms"):
             continue
         part = ds.sel(ablation=kind, drop=True)
-        part = part.expand_dims(mode=[ds.attrs.get("mode", "transformer")], seed=[int(seed)],
-                                layers=["all"], ablation=[OLD_KINDS[kind]])
+        part = part.expand_dims(
+            mode=[ds.attrs.get("mode", "transformer")], seed=[int(seed)], layers=["all"], ablation=[OLD_KINDS[kind]]
+        )
         part.attrs = {"method": OLD_KINDS[kind], "layers": "all", "seed": int(seed), "swap_from": ""}
         out.append(part)
     return out
@@ -435,15 +515,19 @@ def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
     sources = {str(p.ablation.values[0]): p.attrs.get("swap_from", "") for p in parts}
     ds = ds.assign_coords(swap_from=("ablation", [sources.get(str(m), "") for m in ds.ablation.values]))
     ds["swap_from"].attrs["long_name"] = "the run whose mixer parameters 'swap' took (last written)"
-    for name, long_name, units in (("normalized_score", "D4RL normalized score", "0-100"),
-                                   ("return", "episode return", "env reward"),
-                                   ("length", "episode length", "env steps")):
+    for name, long_name, units in (
+        ("normalized_score", "D4RL normalized score", "0-100"),
+        ("return", "episode return", "env reward"),
+        ("length", "episode length", "env steps"),
+    ):
         if name in ds:
             ds[name].attrs = {"long_name": long_name, "units": units}
-    ds.attrs = {"description": "normalized scores under each ablation method; family says whose method: "
-                               f"'{PAPER}' edits the mixer parameters, '{DEMA_LAB}' replaces the hidden "
-                               "attention inside the scan; 'none' is the unablated model with the same seed",
-                "methods": {m: DESCRIPTION[m] for m in ds.ablation.values if m in DESCRIPTION}}
+    ds.attrs = {
+        "description": "normalized scores under each ablation method; family says whose method: "
+        f"'{PAPER}' edits the mixer parameters, '{DEMA_LAB}' replaces the hidden "
+        "attention inside the scan; 'none' is the unablated model with the same seed",
+        "methods": {m: DESCRIPTION[m] for m in ds.ablation.values if m in DESCRIPTION},
+    }
     return _coord_attrs(ds)
 
 
@@ -456,7 +540,7 @@ def ablation_table(run) -> xr.Dataset:
     seed = int(run.config.get("seed", 0) or 0)
     for name in run.published("ablation"):
         ds = run.open("ablation", name).load()
-        if "layers" not in ds.dims:                     # written before the two methods
+        if "layers" not in ds.dims:  # written before the two methods
             groups, into = _from_old(ds, seed), old
         else:
             groups, into = [ds], new
@@ -476,7 +560,7 @@ def episodes_published(table: xr.Dataset, checkpoint: int, seed: int, method: st
     want = {"checkpoint": checkpoint, "seed": seed, "ablation": method, "layers": str(layers)}
     if any(v not in table[k].values for k, v in want.items()):
         return 0
-    score = table["normalized_score"].sel(want)                          # (mode, target, episode)
+    score = table["normalized_score"].sel(want)  # (mode, target, episode)
     return int(score.notnull().any([d for d in score.dims if d != "episode"]).sum())
 
 
@@ -487,7 +571,25 @@ def score_drop(ds: xr.Dataset) -> xr.DataArray:
     return mean - mean.sel(ablation="none", layers="all")
 
 
-__all__ = ["ALPHA_METHODS", "DEMA_LAB", "FAMILY", "METHODS", "PAPER", "PARAMETER_METHODS", "ablate",
-           "ablated_attention", "ablated_state_dict", "ablation_name", "ablation_table", "complete_ablations",
-           "episodes_published", "evaluate_ablation", "evaluate_ablations", "layers_label", "methods_for", "mixers",
-           "publish_ablation", "score_drop"]
+__all__ = [
+    "ALPHA_METHODS",
+    "DEMA_LAB",
+    "FAMILY",
+    "METHODS",
+    "PAPER",
+    "PARAMETER_METHODS",
+    "ablate",
+    "ablated_attention",
+    "ablated_state_dict",
+    "ablation_name",
+    "ablation_table",
+    "complete_ablations",
+    "episodes_published",
+    "evaluate_ablation",
+    "evaluate_ablations",
+    "layers_label",
+    "methods_for",
+    "mixers",
+    "publish_ablation",
+    "score_drop",
+]

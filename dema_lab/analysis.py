@@ -44,16 +44,16 @@ def token_labels(cfg) -> dict:
     if cfg.layout == "B3LD":
         # RSA: ... R_{-1} s_{-1} a_{-1} R_0 s_0   (position L-1 is s_0)
         # RAS: ... R_{-1} a_{-2} s_{-1} R_0 a_{-1} s_0
-        order = getattr(cfg, "token_order", "RSA")       # ARS (Atari): ... a_{-2} R_{-1} s_{-1} a_{-1} R_0 s_0
+        order = getattr(cfg, "token_order", "RSA")  # ARS (Atari): ... a_{-2} R_{-1} s_{-1} a_{-1} R_0 s_0
         kinds, steps = [], []
         for p in range(L):
-            back = L - 1 - p                       # tokens back from s_0
+            back = L - 1 - p  # tokens back from s_0
             if order == "RSA":
-                q = back + 1                       # tokens back from a virtual a_0
+                q = back + 1  # tokens back from a virtual a_0
                 kind, step = ["a", "s", "R"][q % 3], -(q // 3)
             else:
                 kind, step = (["s", "a", "R"] if order == "RAS" else ["s", "R", "a"])[back % 3], -(back // 3)
-                step -= kind == "a"                # the RAS/ARS action token holds the previous step's action
+                step -= kind == "a"  # the RAS/ARS action token holds the previous step's action
             kinds.append(kind)
             steps.append(step)
     else:
@@ -65,8 +65,12 @@ def token_labels(cfg) -> dict:
 
 def token_coords(cfg, dim: str) -> dict:
     lab = token_labels(cfg)
-    return {dim: np.arange(window_tokens(cfg)), f"{dim}_label": (dim, lab["label"]),
-            f"{dim}_kind": (dim, lab["kind"]), f"{dim}_step": (dim, np.asarray(lab["step"]))}
+    return {
+        dim: np.arange(window_tokens(cfg)),
+        f"{dim}_label": (dim, lab["label"]),
+        f"{dim}_kind": (dim, lab["kind"]),
+        f"{dim}_step": (dim, np.asarray(lab["step"])),
+    }
 
 
 def opening_step(n_steps: int, K: int) -> int:
@@ -81,7 +85,7 @@ def right_align(att: np.ndarray, L: int) -> np.ndarray:
     """(..., n, n) attention of an n-token window -> (..., L, L), right-aligned, NaN-padded."""
     n = att.shape[-1]
     out = np.full(att.shape[:-2] + (L, L), np.nan, dtype=np.float32)
-    out[..., L - n:, L - n:] = att[..., -L:, -L:] if n > L else att
+    out[..., L - n :, L - n :] = att[..., -L:, -L:] if n > L else att
     return out
 
 
@@ -97,16 +101,15 @@ def attention_by_lag(att: torch.Tensor, query_mask: torch.Tensor | None = None) 
     over the (query, window) pairs where that lag exists; NaN where none does.
     """
     b, L, _ = att.shape
-    rows = att / att.sum(-1, keepdim=True).clamp_min(1e-30)              # each row sums to 1
+    rows = att / att.sum(-1, keepdim=True).clamp_min(1e-30)  # each row sums to 1
     i = torch.arange(L)[:, None]
     j = torch.arange(L)[None, :]
-    lag = (i - j).clamp_min(-1)                                          # -1 above the diagonal
+    lag = (i - j).clamp_min(-1)  # -1 above the diagonal
     if query_mask is None:
         query_mask = torch.ones(L, dtype=torch.bool)
-    valid = (lag >= 0) & query_mask[:, None]                             # (L, L)
-    lag_idx = torch.where(valid, lag, torch.full_like(lag, L))          # invalid -> bin L
-    sums = torch.zeros(b, L + 1, dtype=rows.dtype).scatter_add_(1, lag_idx.flatten().repeat(b, 1),
-                                                                 rows.reshape(b, -1))
+    valid = (lag >= 0) & query_mask[:, None]  # (L, L)
+    lag_idx = torch.where(valid, lag, torch.full_like(lag, L))  # invalid -> bin L
+    sums = torch.zeros(b, L + 1, dtype=rows.dtype).scatter_add_(1, lag_idx.flatten().repeat(b, 1), rows.reshape(b, -1))
     counts = torch.bincount(lag_idx.flatten(), minlength=L + 1).to(rows.dtype) * b
     mass = sums.sum(0)[:L] / counts[:L]
     return torch.where(counts[:L] > 0, mass, torch.full_like(mass, float("nan")))
@@ -121,8 +124,14 @@ def fit_decay(mass: np.ndarray, tokens_per_step: int = 1) -> dict:
     mass = np.asarray(mass, dtype=np.float64)
     lags = np.arange(len(mass), dtype=np.float64)
     ok = np.isfinite(mass) & (mass > 0)
-    nan = {"rate": np.nan, "amplitude": np.nan, "half_life": np.nan, "half_life_steps": np.nan,
-           "r2": np.nan, "n_lags": int(ok.sum())}
+    nan = {
+        "rate": np.nan,
+        "amplitude": np.nan,
+        "half_life": np.nan,
+        "half_life_steps": np.nan,
+        "r2": np.nan,
+        "n_lags": int(ok.sum()),
+    }
     if ok.sum() < 3:
         return nan
     x, y = lags[ok], np.log(mass[ok])
@@ -132,9 +141,14 @@ def fit_decay(mass: np.ndarray, tokens_per_step: int = 1) -> dict:
     ss_tot = float(((y - y.mean()) ** 2).sum())
     rate = -slope
     half = math.log(2) / rate if rate > 0 else np.inf
-    return {"rate": float(rate), "amplitude": float(np.exp(intercept)), "half_life": float(half),
-            "half_life_steps": float(half / tokens_per_step), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else np.nan,
-            "n_lags": int(ok.sum())}
+    return {
+        "rate": float(rate),
+        "amplitude": float(np.exp(intercept)),
+        "half_life": float(half),
+        "half_life_steps": float(half / tokens_per_step),
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else np.nan,
+        "n_lags": int(ok.sum()),
+    }
 
 
 def query_kinds(cfg) -> list[str]:
@@ -155,15 +169,15 @@ def decay_statistics(model, batch: dict, checkpoint: int | None = None, max_batc
     n = inputs["states"].shape[0]
     per_layer = None
     for lo in range(0, n, max_batch):
-        part = {k: v[lo:lo + max_batch] for k, v in inputs.items()}
-        attn = model.attention(**part, aggregate="abs")                  # n_layer x (b, L, L)
+        part = {k: v[lo : lo + max_batch] for k, v in inputs.items()}
+        attn = model.attention(**part, aggregate="abs")  # n_layer x (b, L, L)
         if per_layer is None:
             per_layer = [[] for _ in attn]
         for layer, a in enumerate(attn):
             per_layer[layer].append(a.abs().float())
     L = per_layer[0][0].shape[-1]
     kinds = query_kinds(cfg)
-    pattern = token_labels(cfg)["kind"][:3]                             # one step's tokens, in the config's order
+    pattern = token_labels(cfg)["kind"][:3]  # one step's tokens, in the config's order
     kind_of = np.array([pattern[p % 3] for p in range(L)]) if cfg.layout == "B3LD" else np.array(["t"] * L)
     mass = np.full((len(per_layer), len(kinds), L), np.nan)
     for layer, parts in enumerate(per_layer):
@@ -171,15 +185,26 @@ def decay_statistics(model, batch: dict, checkpoint: int | None = None, max_batc
         for k, kind in enumerate(kinds):
             mass[layer, k] = attention_by_lag(att, torch.as_tensor(kind_of == kind)).numpy()
     fits = [[fit_decay(mass[l, k], cfg.tokens_per_step) for k in range(len(kinds))] for l in range(len(per_layer))]
-    fit_vars = {name: (("layer", "query_kind"), np.array([[f[name] for f in row] for row in fits], dtype=np.float64))
-                for name in ("rate", "amplitude", "half_life", "half_life_steps", "r2")}
+    fit_vars = {
+        name: (("layer", "query_kind"), np.array([[f[name] for f in row] for row in fits], dtype=np.float64))
+        for name in ("rate", "amplitude", "half_life", "half_life_steps", "r2")
+    }
     ds = xr.Dataset(
         {"mass": (("layer", "query_kind", "lag"), mass), **fit_vars},
-        coords={"layer": np.arange(len(per_layer)), "query_kind": kinds, "lag": np.arange(L),
-                "lag_steps": ("lag", np.arange(L) / cfg.tokens_per_step)},
-        attrs={"aggregation": "abs", "n_windows": int(n), "tokens_per_step": cfg.tokens_per_step,
-               "lag_unit": "tokens", "description": "share of a query token's attention at each lag, "
-               "and the least-squares fit of log(mass) = log(amplitude) - rate * lag"},
+        coords={
+            "layer": np.arange(len(per_layer)),
+            "query_kind": kinds,
+            "lag": np.arange(L),
+            "lag_steps": ("lag", np.arange(L) / cfg.tokens_per_step),
+        },
+        attrs={
+            "aggregation": "abs",
+            "n_windows": int(n),
+            "tokens_per_step": cfg.tokens_per_step,
+            "lag_unit": "tokens",
+            "description": "share of a query token's attention at each lag, "
+            "and the least-squares fit of log(mass) = log(amplitude) - rate * lag",
+        },
     )
     ds["mass"].attrs = {"long_name": "attention mass by lag", "units": "fraction of row"}
     ds["half_life"].attrs = {"long_name": "half-life of the fitted exponential", "units": "tokens"}
@@ -191,13 +216,16 @@ def decay_statistics(model, batch: dict, checkpoint: int | None = None, max_batc
     # the acting (current state) token's row by key kind, lags in env steps: no R/s/a sawtooth in the fit
     current = token_labels(cfg)["kind"][-1]
     if current in kinds:
-        key_kinds, by_kind = by_key_kind(mass[:, kinds.index(current)], cfg)     # (layer, key_kind, step_lag)
+        key_kinds, by_kind = by_key_kind(mass[:, kinds.index(current)], cfg)  # (layer, key_kind, step_lag)
         ds = ds.assign_coords(key_kind=key_kinds, step_lag=np.arange(by_kind.shape[-1])).assign(
             mass_by_kind=(("layer", "key_kind", "step_lag"), by_kind),
-            **_fit_vars(by_kind, ("layer", "key_kind"), 1, "kind_", "env steps"))
-        ds["mass_by_kind"].attrs = {"long_name": f"share of the current ({current}) token's attention on keys of "
-                                                 f"one kind by lag in env steps", "units": "fraction of row",
-                                    "query_kind": current}
+            **_fit_vars(by_kind, ("layer", "key_kind"), 1, "kind_", "env steps"),
+        )
+        ds["mass_by_kind"].attrs = {
+            "long_name": f"share of the current ({current}) token's attention on keys of one kind by lag in env steps",
+            "units": "fraction of row",
+            "query_kind": current,
+        }
         _fit_attrs(ds, "kind_", f"mass_by_kind (the current {current} token, per layer and key kind)", "env steps")
         ds["kind_amplitude"].attrs["units"] = "fraction of row"
         ds["step_lag"].attrs = {"long_name": "key's step before the current one", "units": "env steps"}
@@ -215,11 +243,15 @@ def decay_statistics(model, batch: dict, checkpoint: int | None = None, max_batc
 # layer, then averages over steps and layers. No row normalisation, no fit.
 
 PAPER_START = 20
-PAPER_METHOD = ("paper: the current (last) token's row of |α|, mean over channels, at every Transformer-like "
-                "decision step from 20 to the end of one recorded episode; mean over those steps, then over "
-                "layers; not normalised")
-DEMA_LAB_METHOD = ("dema-lab: every query token's row of mean |α| over channels, normalised to sum 1, "
-                   "averaged over full windows of the training data, per layer and query kind")
+PAPER_METHOD = (
+    "paper: the current (last) token's row of |α|, mean over channels, at every Transformer-like "
+    "decision step from 20 to the end of one recorded episode; mean over those steps, then over "
+    "layers; not normalised"
+)
+DEMA_LAB_METHOD = (
+    "dema-lab: every query token's row of mean |α| over channels, normalised to sum 1, "
+    "averaged over full windows of the training data, per layer and query kind"
+)
 FIT_NAMES = ("rate", "amplitude", "half_life", "half_life_steps", "r2")
 
 
@@ -234,6 +266,7 @@ def current_token(model, n_steps: int, n_tokens: int) -> int:
 
 def _window_batches(windows: list[dict], max_batch: int):
     """Consecutive windows of the same shapes, concatenated along the batch: (indices, kwargs)."""
+
     def shapes(w):
         return tuple((k, None if v is None else tuple(v.shape)) for k, v in w.items())
 
@@ -267,7 +300,7 @@ def last_token_attention(model, windows: list[dict], max_batch: int = 16) -> np.
     for idx, kwargs in _window_batches(list(windows), max_batch):
         T = kwargs["states"].shape[1]
         if mixers:
-            inputs = []                   # each mixer's input (b, n_tokens, d_model), in layer order
+            inputs = []  # each mixer's input (b, n_tokens, d_model), in layer order
             hooks = [m.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for m in mixers]  # noqa: B023 - removed below
             try:
                 model(**kwargs)
@@ -275,14 +308,14 @@ def last_token_attention(model, windows: list[dict], max_batch: int = 16) -> np.
                 for h in hooks:
                     h.remove()
             q = current_token(model, T, inputs[0].shape[1])
-            rows = [m.attention_row(x, q)[..., None, : q + 1] for m, x in zip(mixers, inputs)]   # (b, d, 1, q+1)
+            rows = [m.attention_row(x, q)[..., None, : q + 1] for m, x in zip(mixers, inputs)]  # (b, d, 1, q+1)
         else:
-            _, attn = model(**kwargs, return_attention=True)                                   # (b, heads, n, n)
+            _, attn = model(**kwargs, return_attention=True)  # (b, heads, n, n)
             q = current_token(model, T, attn[0].shape[-1])
-            rows = [a[..., q:q + 1, : q + 1] for a in attn]
+            rows = [a[..., q : q + 1, : q + 1] for a in attn]
         for layer, r in enumerate(rows):
-            by_lag = aggregate_channels(r, "abs")[:, 0].flip(-1).double().cpu().numpy()      # (b, q+1), lag 0 first
-            out[idx.start:idx.stop, layer, : min(L, by_lag.shape[1])] = by_lag[:, :L]
+            by_lag = aggregate_channels(r, "abs")[:, 0].flip(-1).double().cpu().numpy()  # (b, q+1), lag 0 first
+            out[idx.start : idx.stop, layer, : min(L, by_lag.shape[1])] = by_lag[:, :L]
     return out
 
 
@@ -296,7 +329,7 @@ def by_key_kind(mass: np.ndarray, cfg) -> tuple[list[str], np.ndarray]:
     lab = token_labels(cfg)
     mass = np.asarray(mass, dtype=np.float64)
     m = min(mass.shape[-1], len(lab["kind"]))
-    kind_by_lag = np.asarray(lab["kind"])[::-1][:m]                 # lag l <-> position L-1-l
+    kind_by_lag = np.asarray(lab["kind"])[::-1][:m]  # lag l <-> position L-1-l
     steps_back = -np.asarray(lab["step"])[::-1][:m]
     present = set(kind_by_lag.tolist())
     kinds = [k for k in query_kinds(cfg) if k in present] + sorted(present - set(query_kinds(cfg)))
@@ -319,17 +352,19 @@ def _fit_vars(curves: np.ndarray, dims: tuple, tokens_per_step: int, prefix: str
 def _fit_attrs(ds: xr.Dataset, prefix: str, what: str, unit: str) -> None:
     lag_unit = "token" if unit == "tokens" else "env step"
     ds[f"{prefix}rate"].attrs = {"long_name": f"fitted exponential decay rate of {what}", "units": f"1/{lag_unit}"}
-    ds[f"{prefix}amplitude"].attrs = {"long_name": f"fitted exponential's value at lag 0, {what}",
-                                      "units": "mean |α|"}
+    ds[f"{prefix}amplitude"].attrs = {"long_name": f"fitted exponential's value at lag 0, {what}", "units": "mean |α|"}
     ds[f"{prefix}half_life"].attrs = {"long_name": f"half-life of the fitted exponential, {what}", "units": unit}
     if f"{prefix}half_life_steps" in ds:
-        ds[f"{prefix}half_life_steps"].attrs = {"long_name": f"half-life of the fitted exponential, {what}",
-                                                "units": "env steps"}
+        ds[f"{prefix}half_life_steps"].attrs = {
+            "long_name": f"half-life of the fitted exponential, {what}",
+            "units": "env steps",
+        }
     ds[f"{prefix}r2"].attrs = {"long_name": f"R² of the exponential fit (in log space), {what}"}
 
 
-def paper_statistics(surface: np.ndarray, decision_steps, cfg, checkpoint: int | None = None,
-                     attrs: dict | None = None) -> xr.Dataset:
+def paper_statistics(
+    surface: np.ndarray, decision_steps, cfg, checkpoint: int | None = None, attrs: dict | None = None
+) -> xr.Dataset:
     """The paper's display from its surface, as a Dataset (see paper_attention).
 
     surface (layer, decision_step, lag): the current token's mean |α| over channels at each
@@ -342,37 +377,53 @@ def paper_statistics(surface: np.ndarray, decision_steps, cfg, checkpoint: int |
     n_layer, n_steps, L = surface.shape
     tps = cfg.tokens_per_step
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)        # all-NaN lags stay NaN
-        mass = np.nanmean(surface, axis=1)                               # (layer, lag)
-        curve = np.nanmean(mass, axis=0)                                 # (lag,)
-    kinds, mass_k = by_key_kind(mass, cfg)                               # (layer, kind, step_lag)
-    _, curve_k = by_key_kind(curve, cfg)                                 # (kind, step_lag)
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN lags stay NaN
+        mass = np.nanmean(surface, axis=1)  # (layer, lag)
+        curve = np.nanmean(mass, axis=0)  # (lag,)
+    kinds, mass_k = by_key_kind(mass, cfg)  # (layer, kind, step_lag)
+    _, curve_k = by_key_kind(curve, cfg)  # (kind, step_lag)
     lab = token_labels(cfg)
     lag_label = [str(x) for x in lab["label"][::-1][:L]]
     lag_kind = [str(x) for x in lab["kind"][::-1][:L]]
     ds = xr.Dataset(
-        {"surface": (("layer", "decision_step", "lag"), surface),
-         "mass": (("layer", "lag"), mass), "curve": ("lag", curve),
-         "mass_by_kind": (("layer", "key_kind", "step_lag"), mass_k),
-         "curve_by_kind": (("key_kind", "step_lag"), curve_k),
-         **_fit_vars(mass, ("layer",), tps, "", "tokens"),
-         **_fit_vars(curve, (), tps, "curve_", "tokens"),
-         **_fit_vars(mass_k, ("layer", "key_kind"), 1, "kind_", "env steps"),
-         **_fit_vars(curve_k, ("key_kind",), 1, "curve_kind_", "env steps")},
-        coords={"layer": np.arange(n_layer), "decision_step": np.asarray(decision_steps, np.int64),
-                "lag": np.arange(L), "lag_steps": ("lag", np.arange(L) / tps),
-                "lag_label": ("lag", lag_label), "lag_kind": ("lag", lag_kind),
-                "key_kind": kinds, "step_lag": np.arange(mass_k.shape[-1])},
+        {
+            "surface": (("layer", "decision_step", "lag"), surface),
+            "mass": (("layer", "lag"), mass),
+            "curve": ("lag", curve),
+            "mass_by_kind": (("layer", "key_kind", "step_lag"), mass_k),
+            "curve_by_kind": (("key_kind", "step_lag"), curve_k),
+            **_fit_vars(mass, ("layer",), tps, "", "tokens"),
+            **_fit_vars(curve, (), tps, "curve_", "tokens"),
+            **_fit_vars(mass_k, ("layer", "key_kind"), 1, "kind_", "env steps"),
+            **_fit_vars(curve_k, ("key_kind",), 1, "curve_kind_", "env steps"),
+        },
+        coords={
+            "layer": np.arange(n_layer),
+            "decision_step": np.asarray(decision_steps, np.int64),
+            "lag": np.arange(L),
+            "lag_steps": ("lag", np.arange(L) / tps),
+            "lag_label": ("lag", lag_label),
+            "lag_kind": ("lag", lag_kind),
+            "key_kind": kinds,
+            "step_lag": np.arange(mass_k.shape[-1]),
+        },
     )
     unit = "mean |α| over channels (not normalised)"
     ds["surface"].attrs = {"long_name": "current token's attention by lag at each decision step", "units": unit}
     ds["mass"].attrs = {"long_name": "current token's attention by lag, mean over decision steps", "units": unit}
-    ds["curve"].attrs = {"long_name": "the paper's curve: current token's attention by lag, mean over decision "
-                                      "steps and layers", "units": unit}
-    ds["mass_by_kind"].attrs = {"long_name": "current token's attention on keys of one kind by lag in env steps, "
-                                             "mean over decision steps", "units": unit}
-    ds["curve_by_kind"].attrs = {"long_name": "current token's attention on keys of one kind by lag in env steps, "
-                                              "mean over decision steps and layers", "units": unit}
+    ds["curve"].attrs = {
+        "long_name": "the paper's curve: current token's attention by lag, mean over decision steps and layers",
+        "units": unit,
+    }
+    ds["mass_by_kind"].attrs = {
+        "long_name": "current token's attention on keys of one kind by lag in env steps, mean over decision steps",
+        "units": unit,
+    }
+    ds["curve_by_kind"].attrs = {
+        "long_name": "current token's attention on keys of one kind by lag in env steps, "
+        "mean over decision steps and layers",
+        "units": unit,
+    }
     _fit_attrs(ds, "", "mass (per layer)", "tokens")
     _fit_attrs(ds, "curve_", "the paper's curve (mean of layers)", "tokens")
     _fit_attrs(ds, "kind_", "mass_by_kind (per layer and key kind)", "env steps")
@@ -384,21 +435,36 @@ def paper_statistics(surface: np.ndarray, decision_steps, cfg, checkpoint: int |
     ds["lag_kind"].attrs = {"long_name": "kind of the key token at this lag"}
     ds["step_lag"].attrs = {"long_name": "key's step before the current one", "units": "env steps"}
     ds["key_kind"].attrs = {"long_name": "kind of key token (R return-to-go, s state, a action; t BL3D step token)"}
-    ds.attrs = {"method": PAPER_METHOD, "other_method": DEMA_LAB_METHOD, "aggregation": "abs",
-                "tokens_per_step": tps, "lag_unit": "tokens", "n_steps": int(n_steps),
-                "official": "AndssY/dema branch attention: gym/decision_transformer/evaluation/evaluate_episodes.py "
-                            "(evaluate_episode_rtg, attention='step'), gym/plot_attn.py",
-                "description": "fits: least-squares line through log(value) against lag, value ~ amplitude * "
-                               "exp(-rate * lag) (fit_decay)", **(attrs or {})}
+    ds.attrs = {
+        "method": PAPER_METHOD,
+        "other_method": DEMA_LAB_METHOD,
+        "aggregation": "abs",
+        "tokens_per_step": tps,
+        "lag_unit": "tokens",
+        "n_steps": int(n_steps),
+        "official": "AndssY/dema branch attention: gym/decision_transformer/evaluation/evaluate_episodes.py "
+        "(evaluate_episode_rtg, attention='step'), gym/plot_attn.py",
+        "description": "fits: least-squares line through log(value) against lag, value ~ amplitude * "
+        "exp(-rate * lag) (fit_decay)",
+        **(attrs or {}),
+    }
     if checkpoint is not None:
         ds = ds.expand_dims(checkpoint=[int(checkpoint)])
         ds["checkpoint"].attrs = {"long_name": "training step of the checkpoint"}
     return ds
 
 
-def paper_attention(model, episode: xr.Dataset, state_mean=None, state_std=None, rtg_scale: float = 1000.0,
-                    start: int = PAPER_START, end: int | None = None, checkpoint: int | None = None,
-                    max_batch: int = 16) -> xr.Dataset:
+def paper_attention(
+    model,
+    episode: xr.Dataset,
+    state_mean=None,
+    state_std=None,
+    rtg_scale: float = 1000.0,
+    start: int = PAPER_START,
+    end: int | None = None,
+    checkpoint: int | None = None,
+    max_batch: int = 16,
+) -> xr.Dataset:
     """The paper's attention display on a recorded Transformer-like episode (a rollout/<name>
     group), recomputed with its checkpoint's model: at every decision step from `start` (the
     official 20) to `end` (exclusive; None: the episode's end; the official code stops at 800)
@@ -413,23 +479,41 @@ def paper_attention(model, episode: xr.Dataset, state_mean=None, state_std=None,
         raise ValueError(f"start must be a step >= 0, got {start!r}")
     stop = n if end is None else min(int(end), n)
     if stop <= start:
-        raise ValueError(f"the episode has {n} steps, so none from step {start} on (the paper's display "
-                         f"averages decision steps {start}..{(n if end is None else end) - 1}); use a longer "
-                         f"episode (a better checkpoint, or eval_max_steps) or a smaller start")
+        raise ValueError(
+            f"the episode has {n} steps, so none from step {start} on (the paper's display "
+            f"averages decision steps {start}..{(n if end is None else end) - 1}); use a longer "
+            f"episode (a better checkpoint, or eval_max_steps) or a smaller start"
+        )
     steps = np.arange(int(start), stop)
     windows = replay_windows(model, episode, steps, state_mean, state_std, rtg_scale)
-    surface = last_token_attention(model, windows, max_batch).transpose(1, 0, 2)    # (layer, step, lag)
+    surface = last_token_attention(model, windows, max_batch).transpose(1, 0, 2)  # (layer, step, lag)
     cfg = model.cfg
-    attrs = {"start": int(start), "end": int(stop), "episode_length": n, "target": float(episode.attrs["target"]),
-             "episode_return": float(episode.attrs.get("return", np.nan)),
-             "window_padding": getattr(cfg, "window_padding", "none"),
-             "token_order": getattr(cfg, "token_order", "RSA"), "layout": cfg.layout, "K": cfg.K}
+    attrs = {
+        "start": int(start),
+        "end": int(stop),
+        "episode_length": n,
+        "target": float(episode.attrs["target"]),
+        "episode_return": float(episode.attrs.get("return", np.nan)),
+        "window_padding": getattr(cfg, "window_padding", "none"),
+        "token_order": getattr(cfg, "token_order", "RSA"),
+        "layout": cfg.layout,
+        "K": cfg.K,
+    }
     return paper_statistics(surface, steps, cfg, checkpoint=checkpoint, attrs=attrs)
 
 
-def publish_paper_attention(run, checkpoint: int | None = None, model=None, state_mean=None, state_std=None,
-                            rtg_scale: float | None = None, start: int = PAPER_START, end: int | None = None,
-                            if_short: str = "raise", log=None) -> xr.Dataset | None:
+def publish_paper_attention(
+    run,
+    checkpoint: int | None = None,
+    model=None,
+    state_mean=None,
+    state_std=None,
+    rtg_scale: float | None = None,
+    start: int = PAPER_START,
+    end: int | None = None,
+    if_short: str = "raise",
+    log=None,
+) -> xr.Dataset | None:
     """Compute the paper's attention display for a checkpoint of a run and publish it as the
     run's paper_attention/<checkpoint> group (next to decay/<checkpoint>); returns it.
 
@@ -450,8 +534,9 @@ def publish_paper_attention(run, checkpoint: int | None = None, model=None, stat
         checkpoint = ckpts[-1]
     checkpoint = int(checkpoint)
     if model is None and checkpoint not in ckpts:
-        raise StoreError(f"run {run.run_id} has no checkpoint {checkpoint} (checkpoints: "
-                         f"{', '.join(map(str, ckpts)) or 'none'})")
+        raise StoreError(
+            f"run {run.run_id} has no checkpoint {checkpoint} (checkpoints: {', '.join(map(str, ckpts)) or 'none'})"
+        )
     name = checkpoint_name(checkpoint)
     found = []
     for ep_name in run.rollouts():
@@ -464,17 +549,20 @@ def publish_paper_attention(run, checkpoint: int | None = None, model=None, stat
     if not found:
         problem = f"run {run.run_id} has no Transformer-like episode recorded at checkpoint {checkpoint}"
     else:
-        length, ep_name, ep = max(found, key=lambda x: x[0])          # max keeps the first of equals
+        length, ep_name, ep = max(found, key=lambda x: x[0])  # max keeps the first of equals
         if length <= start:
-            problem = (f"the longest Transformer-like episode recorded at checkpoint {checkpoint} of run "
-                       f"{run.run_id} ({ep_name}) has {length} steps, none from step {start} on")
+            problem = (
+                f"the longest Transformer-like episode recorded at checkpoint {checkpoint} of run "
+                f"{run.run_id} ({ep_name}) has {length} steps, none from step {start} on"
+            )
     if problem:
         if if_short == "skip":
             if log:
                 log(f"{problem}: no paper's attention display for this checkpoint")
             return None
-        raise ValueError(f"{problem}; the paper's attention display needs one (record longer episodes, or "
-                         f"pass a smaller start)")
+        raise ValueError(
+            f"{problem}; the paper's attention display needs one (record longer episodes, or pass a smaller start)"
+        )
     if model is None:
         from .models import load_checkpoint
 
@@ -483,8 +571,16 @@ def publish_paper_attention(run, checkpoint: int | None = None, model=None, stat
         rtg_scale = float(ck.meta.get("rtg_scale", 1000.0)) if rtg_scale is None else rtg_scale
     if rtg_scale is None:
         rtg_scale = float(run.config.get("rtg_scale", 1000.0))
-    ds = paper_attention(model, ep, state_mean, state_std, rtg_scale, start=start, end=end,   # ep lazy: no frames read
-                         checkpoint=checkpoint)
+    ds = paper_attention(
+        model,
+        ep,
+        state_mean,
+        state_std,
+        rtg_scale,
+        start=start,
+        end=end,  # ep lazy: no frames read
+        checkpoint=checkpoint,
+    )
     ds.attrs.update(episode=ep_name, run_id=run.run_id)
     run.write("paper_attention", name, ds)
     return ds
@@ -495,6 +591,7 @@ def paper_selection(ds: xr.Dataset, layer: int | None = None) -> dict:
     layers (the paper's own): surface (decision_step, lag), decision_steps, curve (lag) with its
     fit, by_kind {kind: values by env-step lag} with fits, lag_labels, tokens_per_step.
     ds: a paper_attention Dataset of one checkpoint (no checkpoint dim)."""
+
     def fit(prefix, sel=None):
         out = {}
         for n in FIT_NAMES:
@@ -521,7 +618,14 @@ def paper_selection(ds: xr.Dataset, layer: int | None = None) -> dict:
         by_kind = {k: ds["mass_by_kind"].sel(layer=int(layer), key_kind=k).values for k in kinds}
         kind_fits = {k: fit("kind_", {"layer": int(layer), "key_kind": k}) for k in kinds}
     steps = ds["decision_step"].values
-    keep = np.isfinite(surface).any(axis=1)          # steps past this episode's end (after a concat) are NaN
-    return {"surface": surface[keep], "decision_steps": steps[keep], "curve": curve, "fit": curve_fit,
-            "by_kind": by_kind, "kind_fits": kind_fits, "lag_labels": [str(x) for x in ds["lag_label"].values],
-            "tokens_per_step": int(ds.attrs.get("tokens_per_step", 1))}
+    keep = np.isfinite(surface).any(axis=1)  # steps past this episode's end (after a concat) are NaN
+    return {
+        "surface": surface[keep],
+        "decision_steps": steps[keep],
+        "curve": curve,
+        "fit": curve_fit,
+        "by_kind": by_kind,
+        "kind_fits": kind_fits,
+        "lag_labels": [str(x) for x in ds["lag_label"].values],
+        "tokens_per_step": int(ds.attrs.get("tokens_per_step", 1)),
+    }

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .models.checkpoint import CheckpointError, read_header
 
-DEFAULT_MAX_BYTES = 1 << 30          # 1 GiB: the models trained here are a few MB
-MAX_HEADER_BYTES = 16 << 20          # a dema-lab header is a few KB; safetensors itself allows 100 MB
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: the models trained here are a few MB
+MAX_HEADER_BYTES = 16 << 20  # a dema-lab header is a few KB; safetensors itself allows 100 MB
 
 
 class CheckpointAccessError(CheckpointError):
@@ -64,8 +64,10 @@ def _read_exactly(fd: int, buf: memoryview, name: str) -> None:
     while pos < len(buf):
         n = os.readv(fd, [buf[pos:]])
         if n == 0:
-            raise CheckpointError(f"{name} ended after {pos} of the {len(buf)} bytes expected; it is truncated "
-                                  f"or being written: try again once it is complete")
+            raise CheckpointError(
+                f"{name} ended after {pos} of the {len(buf)} bytes expected; it is truncated "
+                f"or being written: try again once it is complete"
+            )
         pos += n
 
 
@@ -78,29 +80,38 @@ def read_checkpoint_file(path, allowed: list[Path] | None = None, max_bytes: int
         raise CheckpointAccessError("no checkpoint file given: type the path of a .safetensors file")
     roots = None if allowed is None else [Path(os.path.realpath(r)) for r in allowed]
     refused = CheckpointAccessError(
-        f"{text} does not exist" if roots is None else
-        f"{text} is not a checkpoint file this server may read: give an existing .safetensors file under "
+        f"{text} does not exist"
+        if roots is None
+        else f"{text} is not a checkpoint file this server may read: give an existing .safetensors file under "
         + (", ".join(str(r) for r in roots) or "a directory given to the server")
-        + " (the store, or `dema-lab serve --checkpoint-dir DIR`)")
-    real = os.path.realpath(os.path.expanduser(text))              # symlinks and '..' resolved first
+        + " (the store, or `dema-lab serve --checkpoint-dir DIR`)"
+    )
+    real = os.path.realpath(os.path.expanduser(text))  # symlinks and '..' resolved first
     if roots is not None and not any(_within(real, r) for r in roots):
         raise refused
     try:
         st = os.stat(real)
     except OSError:
-        raise refused from None                                    # missing: the same answer as refused
+        raise refused from None  # missing: the same answer as refused
     if stat.S_ISDIR(st.st_mode):
-        raise CheckpointAccessError(f"{text} is a directory, not a checkpoint file: give the .safetensors "
-                                    f"file in it")
+        raise CheckpointAccessError(f"{text} is a directory, not a checkpoint file: give the .safetensors file in it")
     if not stat.S_ISREG(st.st_mode):
-        raise CheckpointAccessError(f"{text} is not a regular file (a FIFO, device or socket): give a "
-                                    f".safetensors checkpoint file")
+        raise CheckpointAccessError(
+            f"{text} is not a regular file (a FIFO, device or socket): give a .safetensors checkpoint file"
+        )
     if st.st_size > max_bytes:
-        raise CheckpointAccessError(f"{text} is {_size(st.st_size)}, over the {_size(max_bytes)} limit for a "
-                                    f"checkpoint file: give a dema-lab checkpoint (or raise the limit, "
-                                    f"`dema-lab serve --max-checkpoint-mb`)")
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
+        raise CheckpointAccessError(
+            f"{text} is {_size(st.st_size)}, over the {_size(max_bytes)} limit for a "
+            f"checkpoint file: give a dema-lab checkpoint (or raise the limit, "
+            f"`dema-lab serve --max-checkpoint-mb`)"
+        )
+    flags = (
+        os.O_RDONLY
+        | os.O_NONBLOCK
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_CLOEXEC", 0)
         | getattr(os, "O_NOCTTY", 0)
+    )
     try:
         fd = os.open(real, flags)
     except FileNotFoundError:
@@ -108,7 +119,7 @@ def read_checkpoint_file(path, allowed: list[Path] | None = None, max_bytes: int
     except OSError as e:
         raise CheckpointAccessError(f"{text} cannot be opened ({e.strerror}): check its permissions") from None
     try:
-        fst = os.fstat(fd)                    # what was opened is what was checked (no swap in between)
+        fst = os.fstat(fd)  # what was opened is what was checked (no swap in between)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             raise CheckpointAccessError(f"{text} changed while it was being opened: try again")
         if roots is not None and os.path.exists(f"/proc/self/fd/{fd}"):
@@ -116,15 +127,18 @@ def read_checkpoint_file(path, allowed: list[Path] | None = None, max_bytes: int
             if not any(_within(opened, r) for r in roots):
                 raise refused
         if fst.st_size > max_bytes:
-            raise CheckpointAccessError(f"{text} grew to {_size(fst.st_size)} while it was being opened, over "
-                                        f"the {_size(max_bytes)} limit for a checkpoint file")
+            raise CheckpointAccessError(
+                f"{text} grew to {_size(fst.st_size)} while it was being opened, over "
+                f"the {_size(max_bytes)} limit for a checkpoint file"
+            )
         return _read_safetensors(fd, fst.st_size, text)
     finally:
         os.close(fd)
 
 
-def load_checkpoint_file(path, allowed: list[Path] | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-                         map_location="cpu"):
+def load_checkpoint_file(
+    path, allowed: list[Path] | None = None, max_bytes: int = DEFAULT_MAX_BYTES, map_location="cpu"
+):
     """models.load_checkpoint of a file read by read_checkpoint_file's rules; messages name the file."""
     from .models.checkpoint import load_checkpoint
 
@@ -139,9 +153,12 @@ def load_checkpoint_file(path, allowed: list[Path] | None = None, max_bytes: int
 
 def _read_safetensors(fd: int, size: int, name: str) -> bytearray:
     """The header length, the header (a dema-lab checkpoint's?), then only the declared tensor bytes."""
+
     def corrupt(why: str) -> CheckpointError:
-        return CheckpointError(f"{name} is not a readable safetensors checkpoint ({why}); it may be truncated or "
-                               f"corrupt, or a file of another kind: give a checkpoint written by dema-lab")
+        return CheckpointError(
+            f"{name} is not a readable safetensors checkpoint ({why}); it may be truncated or "
+            f"corrupt, or a file of another kind: give a checkpoint written by dema-lab"
+        )
 
     if size < 8:
         raise corrupt(f"{size} bytes, shorter than a safetensors header")
@@ -149,13 +166,18 @@ def _read_safetensors(fd: int, size: int, name: str) -> bytearray:
     _read_exactly(fd, memoryview(prefix), name)
     n = int.from_bytes(prefix, "little")
     if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
-        raise corrupt(f"its header claims {n} bytes, the file has {size}" if 8 + n > size else
-                      f"its header claims {n} bytes, over the {MAX_HEADER_BYTES} allowed" if n else "an empty header")
+        raise corrupt(
+            f"its header claims {n} bytes, the file has {size}"
+            if 8 + n > size
+            else f"its header claims {n} bytes, over the {MAX_HEADER_BYTES} allowed"
+            if n
+            else "an empty header"
+        )
     head = bytearray(8 + n)
     head[:8] = prefix
     _read_exactly(fd, memoryview(head)[8:], name)
     try:
-        read_header(bytes(head))          # a dema-lab checkpoint's header, or its CheckpointError
+        read_header(bytes(head))  # a dema-lab checkpoint's header, or its CheckpointError
     except CheckpointError as e:
         raise CheckpointError(_named(e, name)) from None
     try:
@@ -166,7 +188,7 @@ def _read_safetensors(fd: int, size: int, name: str) -> bytearray:
     if end < 0 or 8 + n + end > size:
         raise corrupt(f"it declares {8 + n + end} bytes of header and tensors, the file has {size}")
     data = bytearray(8 + n + end)
-    data[:8 + n] = head
+    data[: 8 + n] = head
     del head
-    _read_exactly(fd, memoryview(data)[8 + n:], name)
+    _read_exactly(fd, memoryview(data)[8 + n :], name)
     return data

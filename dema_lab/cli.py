@@ -22,7 +22,9 @@ def _info(args) -> int:
     print(f"dema-lab {__version__}")
     print(f"python   {platform.python_version()}   torch {torch.__version__}   threads {torch.get_num_threads()}")
     print(f"cuda     {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}")
-    print(f"mamba_ssm kernels  {'importable' if mamba_ssm_available() else 'not available (CPU build; optional [cuda] extra)'}")
+    print(
+        f"mamba_ssm kernels  {'importable' if mamba_ssm_available() else 'not available (CPU build; optional [cuda] extra)'}"
+    )
     print(f"scan backend       cpu: {backend_for('cpu')}" + (f", cuda: {backend_for('cuda')}" if cuda else ""))
     return 0
 
@@ -46,9 +48,15 @@ def _add_storage_options(sub) -> None:
     """`--storage-option KEY=VALUE` on every command that takes a --store (dema_lab.storage)."""
     for p in dict.fromkeys(sub.choices.values()):
         if any("--store" in a.option_strings for a in p._actions):
-            p.add_argument("--storage-option", dest="storage_option", action="append", default=[],
-                           metavar="KEY=VALUE", help="an fsspec storage option of a remote store (repeatable), e.g. "
-                           "endpoint_url=http://127.0.0.1:9000; default: the environment (AWS_* for s3://)")
+            p.add_argument(
+                "--storage-option",
+                dest="storage_option",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="an fsspec storage option of a remote store (repeatable), e.g. "
+                "endpoint_url=http://127.0.0.1:9000; default: the environment (AWS_* for s3://)",
+            )
 
 
 def _store_of(args):
@@ -95,11 +103,12 @@ def main(argv=None) -> int:
 def error_line(e: BaseException) -> str:
     """One line that names the problem (and, for the filesystem's errors, the path and what to do)."""
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        advice = {PermissionError: "it cannot be written (or read) by this user: choose another path or fix "
-                                   "its permissions",
-                  IsADirectoryError: "it is a directory: give a file",
-                  NotADirectoryError: "a part of it is a file, not a directory",
-                  FileNotFoundError: "it does not exist"}.get(type(e), "check the path")
+        advice = {
+            PermissionError: "it cannot be written (or read) by this user: choose another path or fix its permissions",
+            IsADirectoryError: "it is a directory: give a file",
+            NotADirectoryError: "a part of it is a file, not a directory",
+            FileNotFoundError: "it does not exist",
+        }.get(type(e), "check the path")
         return f"{e.filename}: {e.strerror}; {advice}"
     text = " ".join(str(e).split()) or type(e).__name__
     return text if isinstance(e, ValueError) else f"{type(e).__name__}: {text}"

@@ -40,8 +40,9 @@ def run_ray(sweep, configs, log=print) -> list[dict]:
     try:
         import ray
     except ImportError:
-        raise ImportError("--executor ray needs Ray; install the cluster extra: "
-                          "pip install -c constraints.txt 'dema-lab[cluster]'") from None
+        raise ImportError(
+            "--executor ray needs Ray; install the cluster extra: pip install -c constraints.txt 'dema-lab[cluster]'"
+        ) from None
     from .lock import LEASE_SECONDS
     from .sweep import _line
 
@@ -49,22 +50,35 @@ def run_ray(sweep, configs, log=print) -> list[dict]:
         try:
             ray.init(address=sweep.address or None, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ValueError(f"cannot reach the Ray cluster at {sweep.address or os.environ.get('RAY_ADDRESS', 'a new local one')}: "
-                             f"{e}. Start its head with `ray start --head` and pass --address HOST:PORT") from None
+            raise ValueError(
+                f"cannot reach the Ray cluster at {sweep.address or os.environ.get('RAY_ADDRESS', 'a new local one')}: "
+                f"{e}. Start its head with `ray start --head` and pass --address HOST:PORT"
+            ) from None
     resources = ray.cluster_resources()
-    log(f"ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; each run asks for "
-        f"{sweep.num_cpus:g} CPU and {sweep.num_gpus:g} GPU, retried up to {sweep.max_retries} times")
+    log(
+        f"ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; each run asks for "
+        f"{sweep.num_cpus:g} CPU and {sweep.num_gpus:g} GPU, retried up to {sweep.max_retries} times"
+    )
     if sweep.num_gpus > resources.get("GPU", 0):
-        raise ValueError(f"each run asks for {sweep.num_gpus:g} GPU but the Ray cluster has "
-                         f"{resources.get('GPU', 0):g}; lower --num-gpus (0 runs on CPUs)")
+        raise ValueError(
+            f"each run asks for {sweep.num_gpus:g} GPU but the Ray cluster has "
+            f"{resources.get('GPU', 0):g}; lower --num-gpus (0 runs on CPUs)"
+        )
     from .storage import forwarded_env
 
-    env = forwarded_env()                  # the store's options and credentials, as the driver has them
-    remote = ray.remote(_task).options(num_cpus=sweep.num_cpus, num_gpus=sweep.num_gpus,
-                                       max_retries=sweep.max_retries, retry_exceptions=False,
-                                       name="dema_lab_sweep_run", **({"runtime_env": {"env_vars": env}} if env else {}))
-    pending = {remote.remote(cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers,
-                             LEASE_SECONDS * 1.5): cfg for cfg in configs}
+    env = forwarded_env()  # the store's options and credentials, as the driver has them
+    remote = ray.remote(_task).options(
+        num_cpus=sweep.num_cpus,
+        num_gpus=sweep.num_gpus,
+        max_retries=sweep.max_retries,
+        retry_exceptions=False,
+        name="dema_lab_sweep_run",
+        **({"runtime_env": {"env_vars": env}} if env else {}),
+    )
+    pending = {
+        remote.remote(cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers, LEASE_SECONDS * 1.5): cfg
+        for cfg in configs
+    }
     results = []
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -73,8 +87,13 @@ def run_ray(sweep, configs, log=print) -> list[dict]:
             results.append(ray.get(done[0]))
         except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep
             cause = getattr(e, "cause", None) or e
-            results.append({"run_id": cfg.run_id, "what": f"failed: {type(cause).__name__}: "
-                            f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}",
-                            "seconds": 0.0})
+            results.append(
+                {
+                    "run_id": cfg.run_id,
+                    "what": f"failed: {type(cause).__name__}: "
+                    f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}",
+                    "seconds": 0.0,
+                }
+            )
         log(_line(results[-1], len(results), len(configs)))
     return results

@@ -38,18 +38,22 @@ def _describe(hint) -> str:
         return f"{_describe(args[0])} or none"
     if typing.get_origin(hint) is list:
         inner = _describe(typing.get_args(hint)[0])
-        return "a list of " + {"an integer": "integers", "a number": "numbers", "a string": "strings",
-                               "true or false": "true/false values"}.get(inner, inner)
+        return "a list of " + {
+            "an integer": "integers",
+            "a number": "numbers",
+            "a string": "strings",
+            "true or false": "true/false values",
+        }.get(inner, inner)
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
 def _is_optional(hint) -> bool:
-    return (typing.get_origin(hint) in (typing.Union, types.UnionType)
-            and type(None) in typing.get_args(hint))
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def parse_value(hint, value, name: str):
     """`value` (a Python value or a flag's text) as the type `hint`; ConfigError naming `name`."""
+
     def refuse():
         shown = f"{value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
         return ConfigError(f"{name}: expected {_describe(hint)}, got {shown}")
@@ -117,7 +121,7 @@ def parse_value(hint, value, name: str):
         if isinstance(value, str):
             return value
         raise refuse()
-    return value                       # a type this module does not parse (a nested dataclass): as given
+    return value  # a type this module does not parse (a nested dataclass): as given
 
 
 @functools.cache

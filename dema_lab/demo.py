@@ -15,10 +15,26 @@ from .train import TrainConfig, ensure_trained
 # A DeMa at a quarter of the paper's width and a short context: it learns hopper-medium in a
 # couple of minutes on 2 cores. lr is raised (and warm-up shortened) for the short schedule.
 DEMO_CONFIG = TrainConfig(
-    dataset="hopper-medium", arch="dema", K=10, layout="B3LD", n_layer=3, d_model=64, d_state=16,
-    steps=2000, batch_size=32, lr=6e-4, warmup_steps=100, eval_every=1000, eval_episodes=2,
-    eval_targets=[3600.0, 1800.0], eval_max_steps=1000, record_episodes=1, render_size=128,
-    decay_windows=64, log_every=50, checkpoint_every=500,
+    dataset="hopper-medium",
+    arch="dema",
+    K=10,
+    layout="B3LD",
+    n_layer=3,
+    d_model=64,
+    d_state=16,
+    steps=2000,
+    batch_size=32,
+    lr=6e-4,
+    warmup_steps=100,
+    eval_every=1000,
+    eval_episodes=2,
+    eval_targets=[3600.0, 1800.0],
+    eval_max_steps=1000,
+    record_episodes=1,
+    render_size=128,
+    decay_windows=64,
+    log_every=50,
+    checkpoint_every=500,
 )
 
 MAIN_RUN = "demo-dema-K10"
@@ -34,8 +50,7 @@ def demo_runs(store: str, sweep: bool = True) -> list[TrainConfig]:
     runs = [main]
     if sweep:
         for K in SWEEP_K:
-            runs.append(dataclasses.replace(main, K=K, eval_every=0, eval_targets=[3600.0],
-                                            run_id=f"demo-dema-K{K}"))
+            runs.append(dataclasses.replace(main, K=K, eval_every=0, eval_targets=[3600.0], run_id=f"demo-dema-K{K}"))
     return runs
 
 
@@ -47,8 +62,11 @@ def featured_run(runs: dict[str, dict], with_episodes: set[str]) -> str | None:
     if MAIN_RUN in with_episodes:
         return MAIN_RUN
     ids = list(runs)
-    for pick in ([r for r in ids if r in with_episodes and runs[r].get("arch") == "dema"],
-                 [r for r in ids if r in with_episodes], ids):
+    for pick in (
+        [r for r in ids if r in with_episodes and runs[r].get("arch") == "dema"],
+        [r for r in ids if r in with_episodes],
+        ids,
+    ):
         if pick:
             return pick[-1]
     return None
@@ -63,7 +81,7 @@ def run_demo(store: str = "store", sweep: bool = True, on_progress=None, progres
     from .data import DEFAULT_DATASET, ensure_embedded
     from .store import check_store
 
-    check_store(store, writable=True)         # a path that is not a (writable) store fails now, not after the build
+    check_store(store, writable=True)  # a path that is not a (writable) store fails now, not after the build
     report = on_progress or (lambda message, fraction: None)
     report(f"building the default dataset {DEFAULT_DATASET}", 0.0)
     ensure_embedded(DEFAULT_DATASET, progress=progress)

@@ -36,6 +36,7 @@ def _route_mujoco_warnings() -> None:
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(lambda msg: _log.debug("MuJoCo warning: %s", str(msg).strip()))
 
+
 __all__ = ["EnvSpec", "ENV_SPECS", "env_spec", "make_env", "known_envs", "ATARI_FRAME_STACK", "ATARI_FRAME_SIZE"]
 
 
@@ -59,9 +60,9 @@ class EnvSpec:
     d4rl_key: str
     healthy_reward: float = 0.0
     max_episode_steps: int = 1000
-    kind: str = "mujoco"              # "mujoco" (continuous actions) or "atari" (discrete, images)
-    obs_shape: tuple[int, ...] = ()   # atari: (4, 84, 84) stacked grey frames; () = (obs_dim,)
-    n_actions: int = 0                # atari: size of the minimal action set; 0 = continuous
+    kind: str = "mujoco"  # "mujoco" (continuous actions) or "atari" (discrete, images)
+    obs_shape: tuple[int, ...] = ()  # atari: (4, 84, 84) stacked grey frames; () = (obs_dim,)
+    n_actions: int = 0  # atari: size of the minimal action set; 0 = continuous
 
     @property
     def discrete(self) -> bool:
@@ -85,11 +86,23 @@ ATARI_FRAME_SIZE = 84
 ATARI_FRAME_SKIP = 4
 ATARI_MAX_FRAMES = 108_000
 _ATARI_OBS = (ATARI_FRAME_STACK, ATARI_FRAME_SIZE, ATARI_FRAME_SIZE)
-for _name, _game, _n in (("breakout", "Breakout", 4), ("pong", "Pong", 6), ("qbert", "Qbert", 6),
-                         ("seaquest", "Seaquest", 18)):
-    ENV_SPECS[_name] = EnvSpec(_name, f"ALE/{_game}-v5", int(np.prod(_ATARI_OBS)), 1, _name,
-                               max_episode_steps=ATARI_MAX_FRAMES // ATARI_FRAME_SKIP, kind="atari",
-                               obs_shape=_ATARI_OBS, n_actions=_n)
+for _name, _game, _n in (
+    ("breakout", "Breakout", 4),
+    ("pong", "Pong", 6),
+    ("qbert", "Qbert", 6),
+    ("seaquest", "Seaquest", 18),
+):
+    ENV_SPECS[_name] = EnvSpec(
+        _name,
+        f"ALE/{_game}-v5",
+        int(np.prod(_ATARI_OBS)),
+        1,
+        _name,
+        max_episode_steps=ATARI_MAX_FRAMES // ATARI_FRAME_SKIP,
+        kind="atari",
+        obs_shape=_ATARI_OBS,
+        n_actions=_n,
+    )
 
 _ALIASES = {
     "half_cheetah": "halfcheetah",
@@ -119,7 +132,7 @@ def env_spec(env: str | EnvSpec) -> EnvSpec:
         if key == spec.gym_id:
             return spec
     low = key.lower()
-    if low.startswith("ale/"):                  # "ALE/Breakout-v5" with another version
+    if low.startswith("ale/"):  # "ALE/Breakout-v5" with another version
         low = low[4:]
     # "Hopper-v4", "hopper-v2", "hopper-medium-v2" style prefixes -> family name
     family = low.split("-")[0]
@@ -127,8 +140,7 @@ def env_spec(env: str | EnvSpec) -> EnvSpec:
     if family in ENV_SPECS:
         return ENV_SPECS[family]
     raise ValueError(
-        f"unknown env {env!r}; known envs: "
-        + ", ".join(f"{s.name} ({s.gym_id})" for s in ENV_SPECS.values())
+        f"unknown env {env!r}; known envs: " + ", ".join(f"{s.name} ({s.gym_id})" for s in ENV_SPECS.values())
     )
 
 
@@ -216,12 +228,14 @@ class _ColourFrames(gym.Wrapper):
         """Takes the action as an int or as a policy's (1,) array holding the index."""
         a = np.asarray(action).reshape(-1)
         if a.size != 1 or not np.isfinite(a[0]) or a[0] != round(float(a[0])) or not 0 <= a[0] < self.action_space.n:
-            raise ValueError(f"{self.spec.id if self.spec else 'Atari'} takes one action index in "
-                             f"0..{self.action_space.n - 1}, got {action!r}")
+            raise ValueError(
+                f"{self.spec.id if self.spec else 'Atari'} takes one action index in "
+                f"0..{self.action_space.n - 1}, got {action!r}"
+            )
         return self.env.step(int(round(float(a[0]))))
 
     def render(self):
-        frame = self.env.unwrapped.ale.getScreenRGB()          # (210, 160, 3) uint8
+        frame = self.env.unwrapped.ale.getScreenRGB()  # (210, 160, 3) uint8
         if self.size:
             import cv2
 
@@ -238,17 +252,30 @@ def _make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym
         import ale_py
         import cv2  # noqa: F401  (AtariPreprocessing resizes with it)
     except ImportError as err:
-        raise ImportError(f"Atari envs need the atari extra ({err.name} is missing): "
-                          "pip install -c constraints.txt -e '.[atari]'") from None
+        raise ImportError(
+            f"Atari envs need the atari extra ({err.name} is missing): pip install -c constraints.txt -e '.[atari]'"
+        ) from None
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
     if render_size is not None and int(render_size) <= 0:
         raise ValueError(f"render_size must be a positive int, got {render_size!r}")
     gym.register_envs(ale_py)
-    e = gym.make(spec.gym_id, frameskip=1, repeat_action_probability=0.0, full_action_space=False,
-                 max_num_frames_per_episode=ATARI_MAX_FRAMES)   # the ALE truncates at 108k frames
-    e = AtariPreprocessing(e, noop_max=30, frame_skip=ATARI_FRAME_SKIP, screen_size=ATARI_FRAME_SIZE,
-                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+    e = gym.make(
+        spec.gym_id,
+        frameskip=1,
+        repeat_action_probability=0.0,
+        full_action_space=False,
+        max_num_frames_per_episode=ATARI_MAX_FRAMES,
+    )  # the ALE truncates at 108k frames
+    e = AtariPreprocessing(
+        e,
+        noop_max=30,
+        frame_skip=ATARI_FRAME_SKIP,
+        screen_size=ATARI_FRAME_SIZE,
+        terminal_on_life_loss=False,
+        grayscale_obs=True,
+        scale_obs=False,
+    )
     e = FrameStackObservation(e, ATARI_FRAME_STACK)
     e = _ColourFrames(e, None if render_size is None else int(render_size))
     if seed is not None:

@@ -40,8 +40,9 @@ _INSTALL = "install the cluster extra: pip install -c constraints.txt 'dema-lab[
 @dataclasses.dataclass
 class Replay:
     """What a run holds, in tracker terms (see the module docstring)."""
-    scalars: list[tuple[str, int, float]]          # (tag, step, value)
-    videos: list[tuple[str, int, str]]             # (tag, step, rollout name in the store)
+
+    scalars: list[tuple[str, int, float]]  # (tag, step, value)
+    videos: list[tuple[str, int, str]]  # (tag, step, rollout name in the store)
     config: dict
 
     def steps(self) -> list[int]:
@@ -65,21 +66,22 @@ def replay(run: Run, done: set | None = None) -> Replay:
         for var in ("loss", "lr", "grad_norm", "steps_per_second"):
             if var in segment:
                 train.update({(var, int(st)): float(v) for st, v in zip(segment.step.values, segment[var].values)})
-    scalars += [(f"train/{var}", step, v) for (var, step), v in sorted(train.items(), key=lambda kv: kv[0][1])
-                if np.isfinite(v)]
+    scalars += [
+        (f"train/{var}", step, v) for (var, step), v in sorted(train.items(), key=lambda kv: kv[0][1]) if np.isfinite(v)
+    ]
 
     # evaluations and decay statistics are read again only when a new one is published
     new_evals = [n for n in run.published("eval") if ("eval_name", n) not in done]
     done.update(("eval_name", n) for n in new_evals)
     evals = run.evals() if new_evals else xr.Dataset()
     if evals.sizes.get("checkpoint"):
-        scores = checkpoint_scores(evals)                                 # (checkpoint, mode, target)
+        scores = checkpoint_scores(evals)  # (checkpoint, mode, target)
         steps = [int(s) for s in scores.checkpoint.values]
         for i, step in enumerate(steps):
             if ("eval", step) in done:
                 continue
             done.add(("eval", step))
-            so_far = run_scores(evals.isel(checkpoint=slice(0, i + 1)))   # last and best, mean over targets
+            so_far = run_scores(evals.isel(checkpoint=slice(0, i + 1)))  # last and best, mean over targets
             for mode in scores.mode.values:
                 for target in scores.target.values:
                     v = float(scores.sel(checkpoint=step, mode=mode, target=target))
@@ -123,8 +125,13 @@ def run_summary(run: Run) -> dict:
     """The run's headline scores (dema_lab.scoring.headline) and status, as tracker summary values."""
     evals = run.evals()
     score = headline(evals if "normalized_score" in evals else xr.Dataset())
-    return {"score/last": score["last"], "score/best": score["best"], "score/mode": score["mode"] or "",
-            "score/last_checkpoint": score["last_checkpoint"], "status": run.attrs.get("status", "")}
+    return {
+        "score/last": score["last"],
+        "score/best": score["best"],
+        "score/mode": score["mode"] or "",
+        "score/last_checkpoint": score["last_checkpoint"],
+        "status": run.attrs.get("status", ""),
+    }
 
 
 def _gif(run: Run, name: str, folder: str, fps: float = 30.0) -> Path | None:
@@ -157,8 +164,9 @@ def _write_tensorboard(writer, run: Run, rec: Replay, fps: float) -> None:
             if path is None:
                 continue
             frames = run.open("rollout", name)["frames"]
-            image = Summary.Image(height=frames.sizes["y"], width=frames.sizes["x"], colorspace=3,
-                                  encoded_image_string=path.read_bytes())
+            image = Summary.Image(
+                height=frames.sizes["y"], width=frames.sizes["x"], colorspace=3, encoded_image_string=path.read_bytes()
+            )
             writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
     writer.flush()
 
@@ -203,8 +211,10 @@ def live_tracker(tracker: str, folder) -> LiveTensorBoard:
     """The live tracker of `dema-lab train --log-to TRACKER DIR` (TensorBoard only: W&B gets a
     run after the fact, with `dema-lab export RUN_ID --to wandb`)."""
     if tracker != "tensorboard":
-        raise ValueError(f"--log-to {tracker}: live logging goes to tensorboard; for W&B, export the run "
-                         f"afterwards with `dema-lab export RUN_ID --to wandb`")
+        raise ValueError(
+            f"--log-to {tracker}: live logging goes to tensorboard; for W&B, export the run "
+            f"afterwards with `dema-lab export RUN_ID --to wandb`"
+        )
     try:
         import tensorboard  # noqa: F401
     except ImportError:
@@ -216,7 +226,7 @@ def live_tracker(tracker: str, folder) -> LiveTensorBoard:
 def to_wandb(run: Run, folder=".", project: str = "dema-lab", fps: float = 30.0) -> Path:
     """Write the run as an offline W&B run under folder/wandb/ (nothing is uploaded: `wandb sync`
     does it later). Returns the offline run's folder."""
-    os.environ["WANDB_MODE"] = "offline"             # never contact a server, whatever the user's settings
+    os.environ["WANDB_MODE"] = "offline"  # never contact a server, whatever the user's settings
     os.environ.setdefault("WANDB_SILENT", "true")
     try:
         import wandb
@@ -228,9 +238,15 @@ def to_wandb(run: Run, folder=".", project: str = "dema-lab", fps: float = 30.0)
     by_step: dict[int, dict] = {}
     for tag, step, value in rec.scalars:
         by_step.setdefault(step, {})[tag] = value
-    wb = wandb.init(project=project, name=run.run_id, dir=str(folder), mode="offline", config=rec.config,
-                    settings=wandb.Settings(disable_git=True, x_disable_stats=True, console="off"),
-                    reinit="create_new")
+    wb = wandb.init(
+        project=project,
+        name=run.run_id,
+        dir=str(folder),
+        mode="offline",
+        config=rec.config,
+        settings=wandb.Settings(disable_git=True, x_disable_stats=True, console="off"),
+        reinit="create_new",
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
             videos: dict[int, dict] = {}
@@ -240,8 +256,9 @@ def to_wandb(run: Run, folder=".", project: str = "dema-lab", fps: float = 30.0)
                     videos.setdefault(step, {})[tag] = wandb.Video(str(path), format="gif")
             for step in sorted(set(by_step) | set(videos)):
                 wb.log({**by_step.get(step, {}), **videos.get(step, {})}, step=step)
-        wb.summary.update({k: v for k, v in run_summary(run).items()
-                           if not (isinstance(v, float) and not np.isfinite(v))})
+        wb.summary.update(
+            {k: v for k, v in run_summary(run).items() if not (isinstance(v, float) and not np.isfinite(v))}
+        )
         out = Path(wb.settings.sync_dir)
     finally:
         wb.finish()
@@ -284,12 +301,20 @@ def _export(args) -> int:
 def register(subparsers) -> None:
     from .store import DEFAULT_STORE
 
-    p = subparsers.add_parser("export", help="replay a run into TensorBoard or an offline W&B run",
-                              description="Replay a run's training metrics, evaluations (last and best), decay "
-                                          "statistics and recorded episodes into a tracker.")
+    p = subparsers.add_parser(
+        "export",
+        help="replay a run into TensorBoard or an offline W&B run",
+        description="Replay a run's training metrics, evaluations (last and best), decay "
+        "statistics and recorded episodes into a tracker.",
+    )
     p.add_argument("run", help="run id")
-    p.add_argument("--to", nargs="+", required=True, metavar="TRACKER [DIR]",
-                   help="tensorboard DIR (default runs/) or wandb [DIR] (offline; default ./wandb)")
+    p.add_argument(
+        "--to",
+        nargs="+",
+        required=True,
+        metavar="TRACKER [DIR]",
+        help="tensorboard DIR (default runs/) or wandb [DIR] (offline; default ./wandb)",
+    )
     p.add_argument("--store", default=DEFAULT_STORE, help="store path or URL (default: %(default)s)")
     p.add_argument("--project", default="dema-lab", help="W&B project name (default: %(default)s)")
     p.set_defaults(func=_export)

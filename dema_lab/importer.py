@@ -32,8 +32,15 @@ from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name
 
 # How the official gym/experiment.py trains (recorded in the imported run's config; nothing is trained
 # here): the optimiser and sampling settings of the 'official' preset, which DeMa and DT share there.
-OFFICIAL_TRAINING_FIELDS = ("lr", "weight_decay", "warmup_steps", "grad_clip", "batch_size", "decay_all",
-                            "train_padding")
+OFFICIAL_TRAINING_FIELDS = (
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "batch_size",
+    "decay_all",
+    "train_padding",
+)
 
 
 def default_run_id(ck, dataset_name: str, source: Path) -> str:
@@ -51,21 +58,30 @@ def train_config_for(ck, dataset: str, **fields):
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = ck.config.to_dict()
-    from_data = ("state_dim", "act_dim", "obs_shape", "n_actions")     # the dataset's, not settings
+    from_data = ("state_dim", "act_dim", "obs_shape", "n_actions")  # the dataset's, not settings
     model_fields = {k: v for k, v in cfg.items() if k in known and k not in from_data}
     missing = sorted(k for k in cfg if k not in known and k not in from_data)
     if missing:
-        raise ValueError(f"this dema-lab's TrainConfig cannot describe the imported model (no field for "
-                         f"{', '.join(missing)}); update dema-lab")
+        raise ValueError(
+            f"this dema-lab's TrainConfig cannot describe the imported model (no field for "
+            f"{', '.join(missing)}); update dema-lab"
+        )
     from .train import PRESETS
 
     extra = {k: PRESETS["official"][k] for k in OFFICIAL_TRAINING_FIELDS}
     if ck.config.arch == "dema" and ck.config.token_order == "RAS":
-        extra["rtg_form"] = "previous"          # the official trainer's R_{t-1} with s_t (`del_r`)
+        extra["rtg_form"] = "previous"  # the official trainer's R_{t-1} with s_t (`del_r`)
     extra = {k: v for k, v in extra.items() if k in known}
     steps = max(1, int(ck.meta.get("step") or 0))
-    return TrainConfig(dataset=dataset, steps=steps, rtg_scale=float(ck.meta["rtg_scale"]), device="cpu",
-                       **model_fields, **extra, **fields)
+    return TrainConfig(
+        dataset=dataset,
+        steps=steps,
+        rtg_scale=float(ck.meta["rtg_scale"]),
+        device="cpu",
+        **model_fields,
+        **extra,
+        **fields,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -76,11 +92,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def import_to_store(path, store=DEFAULT_STORE, *, dataset: str, env: str | None = None, run_id: str = "",
-                    K: int | None = None, n_head: int = OFFICIAL_N_HEAD, rtg_scale: float | None = None,
-                    eval_episodes: int = 5, eval_targets=None, eval_modes=None, eval_max_steps: int = 1000,
-                    record_episodes: int = 1, render_size: int = 128, attention: str = "minmax",
-                    decay_windows: int = 64, seed: int = 0, log=print) -> Run:
+def import_to_store(
+    path,
+    store=DEFAULT_STORE,
+    *,
+    dataset: str,
+    env: str | None = None,
+    run_id: str = "",
+    K: int | None = None,
+    n_head: int = OFFICIAL_N_HEAD,
+    rtg_scale: float | None = None,
+    eval_episodes: int = 5,
+    eval_targets=None,
+    eval_modes=None,
+    eval_max_steps: int = 1000,
+    record_episodes: int = 1,
+    render_size: int = 128,
+    attention: str = "minmax",
+    decay_windows: int = 64,
+    seed: int = 0,
+    log=print,
+) -> Run:
     """Import an official checkpoint as a finished run of `store` and evaluate it like the trainer.
 
     Returns the run. Raises OfficialCheckpointError / UnsafeCheckpointError (the file), DatasetError
@@ -100,24 +132,50 @@ def import_to_store(path, store=DEFAULT_STORE, *, dataset: str, env: str | None 
         raise StoreError(f"run {run_id!r} already exists in {rs.path}; choose another --run_id (or delete that run)")
     modes = list(eval_modes or (["transformer", "rnn"] if ck.config.arch == "dema" else ["transformer"]))
     targets = [float(t) for t in (eval_targets or DEFAULT_TARGETS.get(env_name, [float(ds.returns.max())]))]
-    cfg = train_config_for(ck, str(dataset), store=str(store), run_id=run_id, seed=seed,
-                           eval_episodes=eval_episodes, eval_targets=targets, eval_modes=modes,
-                           eval_max_steps=eval_max_steps, record_episodes=record_episodes, render_size=render_size,
-                           attention=attention, decay_windows=decay_windows)
+    cfg = train_config_for(
+        ck,
+        str(dataset),
+        store=str(store),
+        run_id=run_id,
+        seed=seed,
+        eval_episodes=eval_episodes,
+        eval_targets=targets,
+        eval_modes=modes,
+        eval_max_steps=eval_max_steps,
+        record_episodes=record_episodes,
+        render_size=render_size,
+        attention=attention,
+        decay_windows=decay_windows,
+    )
     step = int(ck.meta["step"])
     meta = {**ck.meta, "run_id": run_id}
     provenance = {
-        "source": "official", "source_path": meta["source_path"], "source_sha256": _sha256(path),
-        "official_class": meta["official_class"], "iteration": meta["iteration"],
-        "dropped_tensors": meta["dropped"], "optimizer_steps": meta.get("optimizer_steps"),
-        "dataset": ds.name, "dataset_source": str(ds.source or ""),
+        "source": "official",
+        "source_path": meta["source_path"],
+        "source_sha256": _sha256(path),
+        "official_class": meta["official_class"],
+        "iteration": meta["iteration"],
+        "dropped_tensors": meta["dropped"],
+        "optimizer_steps": meta.get("optimizer_steps"),
+        "dataset": ds.name,
+        "dataset_source": str(ds.source or ""),
         "dataset_attrs": {k: v for k, v in ds.attrs.items() if isinstance(v, (str, int, float, bool))},
-        "env": env_name, "episodes": len(ds), "transitions": ds.num_transitions,
-        "code_version": __version__, "device": "cpu", "backend": _backend(ck.config.arch),
-        "torch": torch.__version__, "host": socket.gethostname(), "python": platform.python_version(),
-        "model_config": ck.config.to_dict(), "timestep_embedding": ck.config.timestep_embedding,
-        "parameters": count_parameters(ck.model), "forward_macs": forward_macs(ck.config),
-        "step_macs": {m: step_macs(ck.config, m) for m in modes}, "eval_targets": targets, "eval_modes": modes,
+        "env": env_name,
+        "episodes": len(ds),
+        "transitions": ds.num_transitions,
+        "code_version": __version__,
+        "device": "cpu",
+        "backend": _backend(ck.config.arch),
+        "torch": torch.__version__,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "model_config": ck.config.to_dict(),
+        "timestep_embedding": ck.config.timestep_embedding,
+        "parameters": count_parameters(ck.model),
+        "forward_macs": forward_macs(ck.config),
+        "step_macs": {m: step_macs(ck.config, m) for m in modes},
+        "eval_targets": targets,
+        "eval_modes": modes,
         "state_normalisation": "dataset mean and std + 1e-6 over all observations (as the official code)",
     }
     run = rs.create_run(run_id, asdict(cfg), provenance)
@@ -146,8 +204,19 @@ def evaluate_into(run: Run, ck, ds, cfg, log=print):
 
     mean, std = ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy()
     sampler = WindowSampler(ds, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed, state_mean=mean, state_std=std)
-    return evaluate_checkpoint(run, ck.model, int(ck.meta["step"]), cfg, ck.meta["env"], cfg.eval_targets,
-                               cfg.eval_modes, sampler, ds.normalized_score, log=log, attrs={"source": "official"})
+    return evaluate_checkpoint(
+        run,
+        ck.model,
+        int(ck.meta["step"]),
+        cfg,
+        ck.meta["env"],
+        cfg.eval_targets,
+        cfg.eval_modes,
+        sampler,
+        ds.normalized_score,
+        log=log,
+        attrs={"source": "official"},
+    )
 
 
 def _import(args) -> int:
@@ -164,44 +233,75 @@ def _import(args) -> int:
             out = Path(args.out)
             if out.suffix != ".safetensors":
                 raise ValueError(f"--out {out}: the checkpoint is a safetensors file; name it *.safetensors")
-            ck = import_official(args.path, env=args.env, dataset=args.dataset, K=args.K, n_head=args.n_head,
-                                 rtg_scale=args.rtg_scale)
+            ck = import_official(
+                args.path, env=args.env, dataset=args.dataset, K=args.K, n_head=args.n_head, rtg_scale=args.rtg_scale
+            )
             save_checkpoint(out, ck.model, ck.meta, ck.extra)
-            print(f"{ck.meta['official_class']} from {args.path} written to {out} ({ck.config.arch}, "
-                  f"{count_parameters(ck.model)} parameters, env {ck.meta['env'] or '?'}); open it in /live or "
-                  f"with dema_lab.models.load_checkpoint")
+            print(
+                f"{ck.meta['official_class']} from {args.path} written to {out} ({ck.config.arch}, "
+                f"{count_parameters(ck.model)} parameters, env {ck.meta['env'] or '?'}); open it in /live or "
+                f"with dema_lab.models.load_checkpoint"
+            )
             return 0
         log = (lambda *a, **k: None) if args.quiet else print
-        run = import_to_store(args.path, args.store, dataset=args.dataset, env=args.env, run_id=args.run_id or "",
-                              K=args.K, n_head=args.n_head, rtg_scale=args.rtg_scale,
-                              eval_episodes=args.eval_episodes, eval_targets=args.targets, eval_modes=args.modes,
-                              eval_max_steps=args.eval_max_steps, render_size=args.render_size, log=log)
+        run = import_to_store(
+            args.path,
+            args.store,
+            dataset=args.dataset,
+            env=args.env,
+            run_id=args.run_id or "",
+            K=args.K,
+            n_head=args.n_head,
+            rtg_scale=args.rtg_scale,
+            eval_episodes=args.eval_episodes,
+            eval_targets=args.targets,
+            eval_modes=args.modes,
+            eval_max_steps=args.eval_max_steps,
+            render_size=args.render_size,
+            log=log,
+        )
     except (OfficialCheckpointError, CheckpointError, DatasetError, StoreError, ValueError, FileNotFoundError) as e:
         print(f"dema-lab import: {e}", file=sys.stderr)
         return 2
-    print(f"run {run.run_id} imported into {run.store.path}; open it in the dashboard "
-          f"(dema-lab serve --store {run.store.path}) or with dema_lab.open_run('{run.store.path}', '{run.run_id}')")
+    print(
+        f"run {run.run_id} imported into {run.store.path}; open it in the dashboard "
+        f"(dema-lab serve --store {run.store.path}) or with dema_lab.open_run('{run.store.path}', '{run.run_id}')"
+    )
     return 0
 
 
 def register(subparsers) -> None:
     """Add `dema-lab import`."""
     p = subparsers.add_parser(
-        "import", help="import a checkpoint of the official DeMa code (model_iter*.pkl) as a file or a run",
+        "import",
+        help="import a checkpoint of the official DeMa code (model_iter*.pkl) as a file or a run",
         description="Import a checkpoint trained with the official DeMa code (github AndssY/dema: Mamba_mujoco "
-                    "or its DecisionTransformer). The pickle is read without executing anything; the "
-                    "architecture comes from the tensors' names and shapes, the state normalisation from "
-                    "the dataset (mean, std + 1e-6).")
+        "or its DecisionTransformer). The pickle is read without executing anything; the "
+        "architecture comes from the tensors' names and shapes, the state normalisation from "
+        "the dataset (mean, std + 1e-6).",
+    )
     p.add_argument("path", help="the official checkpoint, e.g. models/model_iter9.pkl")
-    p.add_argument("--dataset", required=True, help="the dataset it was trained on (embedded name, .hdf5 path, "
-                                                      "minari:<id>): state normalisation and env")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="the dataset it was trained on (embedded name, .hdf5 path, minari:<id>): state normalisation and env",
+    )
     p.add_argument("--env", help="the env (default: the dataset's)")
-    p.add_argument("--K", type=int, default=None, help="context length it was trained with (not in the "
-                                                      f"weights; default: the official {OFFICIAL_K}, Atari 30)")
-    p.add_argument("--n_head", type=int, default=OFFICIAL_N_HEAD, help="DT's attention heads (not in the "
-                                                                      "weights; default: the official %(default)s)")
-    p.add_argument("--rtg_scale", type=float, default=None, help="return-to-go scale (default: the official "
-                                                                "1000, Atari 1)")
+    p.add_argument(
+        "--K",
+        type=int,
+        default=None,
+        help=f"context length it was trained with (not in the weights; default: the official {OFFICIAL_K}, Atari 30)",
+    )
+    p.add_argument(
+        "--n_head",
+        type=int,
+        default=OFFICIAL_N_HEAD,
+        help="DT's attention heads (not in the weights; default: the official %(default)s)",
+    )
+    p.add_argument(
+        "--rtg_scale", type=float, default=None, help="return-to-go scale (default: the official 1000, Atari 1)"
+    )
     where = p.add_argument_group("where to (one of)")
     where.add_argument("--out", metavar="FILE.safetensors", help="write a dema-lab checkpoint file")
     where.add_argument("--store", help="create a run in this store and evaluate it")
@@ -209,8 +309,12 @@ def register(subparsers) -> None:
     p.add_argument("--eval-episodes", type=int, default=5, help="episodes per (mode, target) (default: %(default)s)")
     p.add_argument("--eval-max-steps", type=int, default=1000, help="episode length cap (default: %(default)s)")
     p.add_argument("--targets", type=float, nargs="+", help="target returns (default: the paper's for the env)")
-    p.add_argument("--modes", nargs="+", choices=["transformer", "rnn"],
-                   help="inference modes (default: both for DeMa, transformer for DT)")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["transformer", "rnn"],
+        help="inference modes (default: both for DeMa, transformer for DT)",
+    )
     p.add_argument("--render-size", type=int, default=128, help="frame size of recorded episodes; 0: no frames")
     p.add_argument("--quiet", action="store_true", help="print only the result")
     p.set_defaults(func=_import)

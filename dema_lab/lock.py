@@ -27,8 +27,8 @@ from pathlib import Path
 
 from .store import StoreError
 
-LEASE_SECONDS = 60.0       # a remote lease not refreshed for this long is free to take over
-SETTLE_SECONDS = 0.5       # how long a new remote lease waits before reading itself back
+LEASE_SECONDS = 60.0  # a remote lease not refreshed for this long is free to take over
+SETTLE_SECONDS = 0.5  # how long a new remote lease waits before reading itself back
 
 
 class RunBusyError(StoreError):
@@ -73,8 +73,8 @@ class RunLock:
         self.lease_seconds = float(LEASE_SECONDS if lease_seconds is None else lease_seconds)
         self.remote = "://" in self.store_path
         self.token = uuid.uuid4().hex
-        self.info: dict | None = None     # what we wrote while we hold it
-        self.lost: dict | None = None     # the holder that took a remote lease over from us
+        self.info: dict | None = None  # what we wrote while we hold it
+        self.lost: dict | None = None  # the holder that took a remote lease over from us
         self._fd: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,12 +97,21 @@ class RunLock:
     def _record(self) -> dict:
         now = _now()
         since = self.info["since"] if self.info else now
-        return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "since": since,
-                "heartbeat": now, "expires": now + self.lease_seconds, "token": self.token}
+        return {
+            "run_id": self.run_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": since,
+            "heartbeat": now,
+            "expires": now + self.lease_seconds,
+            "token": self.token,
+        }
 
     def _busy(self, holder) -> RunBusyError:
-        return RunBusyError(f"run {self.run_id} is being written by {describe(holder)}; wait for it to finish "
-                            f"(or stop that process) before training or resuming it, or use another run id")
+        return RunBusyError(
+            f"run {self.run_id} is being written by {describe(holder)}; wait for it to finish "
+            f"(or stop that process) before training or resuming it, or use another run id"
+        )
 
     # ---------------------------------------------------------------- taking and freeing
     def acquire(self) -> RunLock:
@@ -118,15 +127,17 @@ class RunLock:
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
             fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise StoreError(f"cannot take the writer lock of run {self.run_id} at {self._path} ({e.strerror}); "
-                             f"the store must be writable") from None
+            raise StoreError(
+                f"cannot take the writer lock of run {self.run_id} at {self._path} ({e.strerror}); "
+                f"the store must be writable"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = self._read_local(fd)
             os.close(fd)
             raise self._busy(holder) from None
-        except OSError:                        # a filesystem without locks (some network mounts): a lease
+        except OSError:  # a filesystem without locks (some network mounts): a lease
             os.close(fd)
             self._use_lease(Path(self.store_path).resolve().as_uri())
             return self._acquire_remote()
@@ -165,7 +176,7 @@ class RunLock:
             import fcntl
 
             try:
-                os.ftruncate(self._fd, 0)          # no holder named: the lock file says it is free
+                os.ftruncate(self._fd, 0)  # no holder named: the lock file says it is free
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._fd)
@@ -179,7 +190,7 @@ class RunLock:
         self.release()
 
     def __del__(self):
-        if self._fd is not None:               # the kernel frees the flock with its last descriptor
+        if self._fd is not None:  # the kernel frees the flock with its last descriptor
             try:
                 os.close(self._fd)
             except OSError:
@@ -188,8 +199,10 @@ class RunLock:
     def check(self) -> None:
         """Raise RunBusyError when a remote lease was taken over while we held it."""
         if self.lost is not None:
-            raise RunBusyError(f"run {self.run_id}: its lease was taken over by {describe(self.lost)} (this "
-                               f"writer's heartbeat came too late); stopping without writing more")
+            raise RunBusyError(
+                f"run {self.run_id}: its lease was taken over by {describe(self.lost)} (this "
+                f"writer's heartbeat came too late); stopping without writing more"
+            )
 
     # ---------------------------------------------------------------- who holds it
     def holder(self) -> dict | None:
@@ -210,7 +223,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return self._read_local(fd) or {}
-            except OSError:                    # no locks on this filesystem: its writers hold leases
+            except OSError:  # no locks on this filesystem: its writers hold leases
                 self._use_lease(Path(self.store_path).resolve().as_uri())
                 return self.holder()
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -230,7 +243,7 @@ class RunLock:
     # ---------------------------------------------------------------- the objects
     @staticmethod
     def _read_local(fd) -> dict:
-        for _ in range(3):                     # the holder may be writing it this very moment
+        for _ in range(3):  # the holder may be writing it this very moment
             try:
                 text = os.pread(fd, 1 << 16, 0)
                 return json.loads(text) if text.strip() else {}
@@ -251,7 +264,7 @@ class RunLock:
         try:
             record = json.loads(text)
         except ValueError:
-            return {}                          # unreadable: treated as expired
+            return {}  # unreadable: treated as expired
         return record if isinstance(record, dict) else {}
 
     def _write_remote(self, record: dict) -> None:

@@ -37,7 +37,7 @@ def _latency(model, mode: str, steps: int = 40) -> float:
     policy.reset(1000.0)
     rng = np.random.default_rng(0)
     times = []
-    with single_threaded():          # as the evaluation runs
+    with single_threaded():  # as the evaluation runs
         for t in range(model.cfg.K + steps):
             obs = rng.normal(size=model.cfg.state_dim).astype(np.float32)
             start = time.perf_counter()
@@ -48,7 +48,7 @@ def _latency(model, mode: str, steps: int = 40) -> float:
     return float(np.median(times))
 
 
-_COST: dict = {}       # (store, run, checkpoint step) -> inference cost; a published checkpoint never changes
+_COST: dict = {}  # (store, run, checkpoint step) -> inference cost; a published checkpoint never changes
 
 
 def _inference_cost(rs: RunStore, run) -> dict:
@@ -60,7 +60,7 @@ def _inference_cost(rs: RunStore, run) -> dict:
     if key not in _COST:
         ck = load_checkpoint(run.checkpoint_bytes())
         cost = {}
-        for mode in (["transformer", "rnn"] if ck.config.arch == "dema" else ["transformer"]):
+        for mode in ["transformer", "rnn"] if ck.config.arch == "dema" else ["transformer"]:
             cost[f"latency_ms_{mode}"] = 1e3 * _latency(ck.model, mode)
             cost[f"state_bytes_{mode}"] = carried_state_bytes(ck.config, mode)
         _COST[key] = cost
@@ -124,10 +124,18 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
     if (sweep and cfg.get("sweep") != sweep) or attrs.get("status") != "finished":
         return None
     prov = attrs.get("provenance", {})
-    row = {"run": run.run_id, "dataset": prov.get("dataset", cfg.get("dataset")), "arch": cfg["arch"],
-           "layout": cfg["layout"], "timestep_embedding": bool(prov.get("timestep_embedding")),
-           "K": int(cfg["K"]), "seed": int(cfg["seed"]), "parameters": prov.get("parameters", np.nan),
-           "forward_macs": prov.get("forward_macs", np.nan), "train_seconds": attrs.get("wall_seconds", np.nan)}
+    row = {
+        "run": run.run_id,
+        "dataset": prov.get("dataset", cfg.get("dataset")),
+        "arch": cfg["arch"],
+        "layout": cfg["layout"],
+        "timestep_embedding": bool(prov.get("timestep_embedding")),
+        "K": int(cfg["K"]),
+        "seed": int(cfg["seed"]),
+        "parameters": prov.get("parameters", np.nan),
+        "forward_macs": prov.get("forward_macs", np.nan),
+        "train_seconds": attrs.get("wall_seconds", np.nan),
+    }
     for key in ("steps", "batch_size", "d_model", "n_layer", "d_state", "eval_episodes"):
         row[key] = cfg.get(key, np.nan)
     targets = cfg.get("eval_targets") or prov.get("eval_targets") or []
@@ -148,7 +156,7 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
             row[f"r2_layer{layer}"] = float(d["r2"].sel(layer=layer, query_kind=kind))
             row[f"half_life_steps_layer{layer}"] = float(d["half_life_steps"].sel(layer=layer, query_kind=kind))
     paper = run.paper_attention()
-    if "curve_r2" in paper:                  # the paper's display (last-row |alpha|), last checkpoint
+    if "curve_r2" in paper:  # the paper's display (last-row |alpha|), last checkpoint
         p = paper.isel(checkpoint=-1)
         row["paper_r2"] = float(p["curve_r2"])
         row["paper_half_life_steps"] = float(p["curve_half_life_steps"])
@@ -175,7 +183,7 @@ def ablation_scores(abl: xr.Dataset) -> dict:
     last = abl.isel(checkpoint=-1)["normalized_score"]
     if "mode" in last.dims:
         last = last.sel(mode="transformer" if "transformer" in last.mode.values else last.mode.values[0])
-    mean = last.mean(("target", "episode")).mean("seed")            # (ablation, layers); NaN: not evaluated
+    mean = last.mean(("target", "episode")).mean("seed")  # (ablation, layers); NaN: not evaluated
     row = {}
     for method in mean.ablation.values:
         for layers in mean.layers.values:
@@ -187,10 +195,12 @@ def ablation_scores(abl: xr.Dataset) -> dict:
 
 
 # The hidden-attention finding, one verdict per method: the paper's (parameter-level) and dema-lab's (α-level)
-ABLATION_FINDINGS = (("mixer-zeros", "mixer parameters (conv1d, x_proj, dt_proj, A_log, D) set to zeros"),
-                     ("mixer-random", "mixer parameters set to U[0,1)"),
-                     ("alpha-zeros", "hidden attention α set to zeros"),
-                     ("alpha-random", "hidden attention α replaced by random weights"))
+ABLATION_FINDINGS = (
+    ("mixer-zeros", "mixer parameters (conv1d, x_proj, dt_proj, A_log, D) set to zeros"),
+    ("mixer-random", "mixer parameters set to U[0,1)"),
+    ("alpha-zeros", "hidden attention α set to zeros"),
+    ("alpha-random", "hidden attention α replaced by random weights"),
+)
 
 
 def ablation_methods_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -203,7 +213,7 @@ def ablation_methods_table(runs: pd.DataFrame) -> pd.DataFrame:
     cols = []
     for col in runs.columns:
         if col.startswith("ablation_") and col != "ablation_episodes" and runs[col].notna().any():
-            method, _, layers = col[len("ablation_"):].partition("@")
+            method, _, layers = col[len("ablation_") :].partition("@")
             if method in ABLATION_METHODS and method != "no_timestep":
                 order = (ABLATION_METHODS.index(method), -1 if not layers else int(layers))
                 cols.append((*order, method, layers or "all", col))
@@ -213,10 +223,17 @@ def ablation_methods_table(runs: pd.DataFrame) -> pd.DataFrame:
             values = part[col]
             if values.notna().any():
                 drop = values - part["ablation_none"] if "ablation_none" in part else values * np.nan
-                rows.append({"dataset": dataset, "family": FAMILY[method], "method": method, "layers": layers,
-                             "normalized score": _cell(values.values),
-                             "drop against unablated": "–" if method == "none" else _cell(drop.values),
-                             "runs": int(values.notna().sum())})
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "family": FAMILY[method],
+                        "method": method,
+                        "layers": layers,
+                        "normalized score": _cell(values.values),
+                        "drop against unablated": "–" if method == "none" else _cell(drop.values),
+                        "runs": int(values.notna().sum()),
+                    }
+                )
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).set_index(["dataset", "family", "method", "layers"])
@@ -250,12 +267,14 @@ def _table(df: pd.DataFrame, index, columns, value, fmt=_cell, paired: bool = Fa
 def _last_best(df: pd.DataFrame, index, columns, mode: str = "transformer", paired: bool = False) -> pd.DataFrame:
     """_table of the `mode` score at the last and at the best checkpoint, side by side: columns
     (*columns, "last" / "best"), "mean ± std" over seeds."""
-    parts = {m: _table(df, index, columns, f"score_{mode}" if m == "last" else f"best_score_{mode}", paired=paired)
-             for m in METHODS}
+    parts = {
+        m: _table(df, index, columns, f"score_{mode}" if m == "last" else f"best_score_{mode}", paired=paired)
+        for m in METHODS
+    }
     parts = {m: t for m, t in parts.items() if not t.empty}
     if not parts:
         return pd.DataFrame()
-    out = pd.concat(parts, axis=1, names=["checkpoint"]).fillna("–")       # columns (method, *columns)
+    out = pd.concat(parts, axis=1, names=["checkpoint"]).fillna("–")  # columns (method, *columns)
     if columns:
         out.columns = out.columns.reorder_levels([*range(1, out.columns.nlevels), 0])
     else:
@@ -286,12 +305,20 @@ def aggregate_table(df: pd.DataFrame, mode: str = "transformer", confidence: flo
     return pd.DataFrame(rows).set_index(["model", "K"])
 
 
-_LABELS = {"score_transformer": "Transformer-like", "score_rnn": "RNN-like",
-           "best_score_transformer": "Transformer-like, best", "best_score_rnn": "RNN-like, best",
-           "latency_ms_transformer": "ms/step Transformer-like", "latency_ms_rnn": "ms/step RNN-like",
-           "state_bytes_transformer": "state Transformer-like", "state_bytes_rnn": "state RNN-like",
-           "ablation_none": "none", "ablation_zeros": "zeros", "ablation_random": "random",
-           "ablation_no_timestep": "no timestep embedding"}
+_LABELS = {
+    "score_transformer": "Transformer-like",
+    "score_rnn": "RNN-like",
+    "best_score_transformer": "Transformer-like, best",
+    "best_score_rnn": "RNN-like, best",
+    "latency_ms_transformer": "ms/step Transformer-like",
+    "latency_ms_rnn": "ms/step RNN-like",
+    "state_bytes_transformer": "state Transformer-like",
+    "state_bytes_rnn": "state RNN-like",
+    "ablation_none": "none",
+    "ablation_zeros": "zeros",
+    "ablation_random": "random",
+    "ablation_no_timestep": "no timestep embedding",
+}
 
 
 @dataclass
@@ -301,18 +328,24 @@ class Report:
     that rebuilds it."""
 
     runs: pd.DataFrame
-    tables: dict = field(default_factory=dict)       # title -> DataFrame
-    findings: list = field(default_factory=list)     # (finding, verdict, evidence)
-    skipped: dict = field(default_factory=dict)      # run -> why it could not be read
-    source: str = ""                                 # the command that rebuilds it
+    tables: dict = field(default_factory=dict)  # title -> DataFrame
+    findings: list = field(default_factory=list)  # (finding, verdict, evidence)
+    skipped: dict = field(default_factory=dict)  # run -> why it could not be read
+    source: str = ""  # the command that rebuilds it
 
     def settings(self) -> list[str]:
         """How the runs were made: each training and evaluation setting with its values."""
         out = []
-        for col, label in (("steps", "training steps"), ("batch_size", "batch size"), ("d_model", "d_model"),
-                           ("n_layer", "layers"), ("d_state", "d_state (DeMa)"), ("eval_episodes",
-                           "evaluation episodes per target and mode"), ("eval_targets", "target returns"),
-                           ("ablation_episodes", "episodes per ablation")):
+        for col, label in (
+            ("steps", "training steps"),
+            ("batch_size", "batch size"),
+            ("d_model", "d_model"),
+            ("n_layer", "layers"),
+            ("d_state", "d_state (DeMa)"),
+            ("eval_episodes", "evaluation episodes per target and mode"),
+            ("eval_targets", "target returns"),
+            ("ablation_episodes", "episodes per ablation"),
+        ):
             if col in self.runs and self.runs[col].notna().any():
                 part = self.runs if col != "d_state" else self.runs[self.runs.arch == "dema"]
                 by = dict(part.groupby("arch")[col].unique()) if col == "d_model" else {"": part[col].unique()}
@@ -325,16 +358,18 @@ class Report:
     @staticmethod
     def methods() -> str:
         """How the scores, tables and verdicts are made (dema_lab.scoring), in one paragraph."""
-        return (f"Scores: {SCORE_TEXT} (normalized, 0-100); {METHOD_TEXT['last']}; {METHOD_TEXT['best']}. "
-                "Each table says which it shows. Cells are the mean ± std over seeds; the aggregate over "
-                "datasets is the IQM (interquartile mean) of every (dataset, seed) run with its 95% "
-                "percentile-bootstrap interval. Every score-based finding is judged twice, side by side: by each "
-                "target's best checkpoint (the paper's scoring) and by the last checkpoint (dema-lab's). Scores "
-                "are compared in pairs (same run, or same dataset, K and seed) with a 95% Student-t interval on "
-                "the mean paired difference: holds when the interval lies above 0, does not hold when below, "
-                "inconclusive when it contains 0 or there is a single pair. The hidden-attention ablations name "
-                "their method: the paper's parameter-level ones (merge_exp.py) and dema-lab's α-level ones; the "
-                "decay finding is judged on the paper's attention display and on dema-lab's decay statistics.")
+        return (
+            f"Scores: {SCORE_TEXT} (normalized, 0-100); {METHOD_TEXT['last']}; {METHOD_TEXT['best']}. "
+            "Each table says which it shows. Cells are the mean ± std over seeds; the aggregate over "
+            "datasets is the IQM (interquartile mean) of every (dataset, seed) run with its 95% "
+            "percentile-bootstrap interval. Every score-based finding is judged twice, side by side: by each "
+            "target's best checkpoint (the paper's scoring) and by the last checkpoint (dema-lab's). Scores "
+            "are compared in pairs (same run, or same dataset, K and seed) with a 95% Student-t interval on "
+            "the mean paired difference: holds when the interval lies above 0, does not hold when below, "
+            "inconclusive when it contains 0 or there is a single pair. The hidden-attention ablations name "
+            "their method: the paper's parameter-level ones (merge_exp.py) and dema-lab's α-level ones; the "
+            "decay finding is judged on the paper's attention display and on dema-lab's decay statistics."
+        )
 
     def findings_table(self) -> pd.DataFrame:
         return pd.DataFrame(self.findings, columns=["paper's finding", "on this data", "evidence"])
@@ -359,14 +394,24 @@ class Report:
         for (dataset, family), part in stats.groupby(["dataset", "family"]):
             label = f"{dataset} · {family}"
             layers.append(hv.Curve(part, "K", ("mean", "normalized score"), label=label))
-            layers.append(hv.Scatter(part, "K", [("mean", "normalized score"), "count"], label=label)
-                          .opts(size=7, tools=["hover"]))
+            layers.append(
+                hv.Scatter(part, "K", [("mean", "normalized score"), "count"], label=label).opts(
+                    size=7, tools=["hover"]
+                )
+            )
             if (part["count"] > 1).any():
                 layers.append(hv.ErrorBars(part, "K", [("mean", "normalized score"), "std"]))
         ks = sorted(stats.K.unique())
-        return hv.Overlay(layers).opts(title=title, width=width, height=height, logx=bool(len(ks) > 2 and ks[-1] >= 4 * ks[0]),
-                                       xticks=[int(k) for k in ks], show_grid=True, legend_position="right",
-                                       toolbar="above")
+        return hv.Overlay(layers).opts(
+            title=title,
+            width=width,
+            height=height,
+            logx=bool(len(ks) > 2 and ks[-1] >= 4 * ks[0]),
+            xticks=[int(k) for k in ks],
+            show_grid=True,
+            legend_position="right",
+            toolbar="above",
+        )
 
     def to_markdown(self) -> str:
         lines = [f"# Sweep report ({len(self.runs)} runs)", ""]
@@ -375,8 +420,11 @@ class Report:
         if len(self.runs):
             lines += ["Settings: " + "; ".join(self.settings()) + ".", "", self.methods(), ""]
         if self.skipped:
-            lines += ["Runs left out because they cannot be read: "
-                      + "; ".join(f"{r} ({why})" for r, why in self.skipped.items()), ""]
+            lines += [
+                "Runs left out because they cannot be read: "
+                + "; ".join(f"{r} ({why})" for r, why in self.skipped.items()),
+                "",
+            ]
         lines += ["## Findings", "", "| paper's finding | on this data | evidence |", "|---|---|---|"]
         lines += [f"| {f} | {v} | {e} |" for f, v, e in self.findings]
         for title, table in self.tables.items():
@@ -405,8 +453,11 @@ def _markdown(df: pd.DataFrame) -> str:
 def build_report(store, sweep: str | None = None, latency: bool = True) -> Report:
     table = run_table(store, sweep, latency)
     df = table.to_dataframe().reset_index() if table.sizes.get("run") else pd.DataFrame()
-    rep = Report(runs=df, skipped=dict(table.attrs.get("skipped", {})),
-                 source=f"dema-lab report --store {store}" + (f" --sweep {sweep}" if sweep else ""))
+    rep = Report(
+        runs=df,
+        skipped=dict(table.attrs.get("skipped", {})),
+        source=f"dema-lab report --store {store}" + (f" --sweep {sweep}" if sweep else ""),
+    )
     if df.empty:
         rep.findings.append(("(no finished runs)", "not measured", f"store {store}, sweep {sweep or 'any'}"))
         return rep
@@ -414,15 +465,23 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
     main = dema[(dema.layout == "B3LD") & (~dema.timestep_embedding)]
     key = ["dataset"]
 
-    rep.tables["Normalized score against K (DeMa, B3LD, Transformer-like; last and best checkpoint)"] = \
-        _last_best(main, key, ["K"])
-    cost = main.groupby("K")[[c for c in ("parameters", "forward_macs", "macs_per_step_transformer",
-                                          "macs_per_step_rnn") if c in main]].first().T
+    rep.tables["Normalized score against K (DeMa, B3LD, Transformer-like; last and best checkpoint)"] = _last_best(
+        main, key, ["K"]
+    )
+    cost = (
+        main.groupby("K")[
+            [c for c in ("parameters", "forward_macs", "macs_per_step_transformer", "macs_per_step_rnn") if c in main]
+        ]
+        .first()
+        .T
+    )
     cost.index.name = "quantity"
     rep.tables["Parameters and MACs against K (DeMa, B3LD)"] = cost.map(_count) if not cost.empty else cost
     both = df[(df.layout == "B3LD") & (~df.timestep_embedding | (df.arch == "dt"))]
-    rep.tables["Aggregate over datasets: IQM [95% bootstrap CI] of the normalized score over every (dataset, seed) "
-               "run (B3LD, Transformer-like; last and best checkpoint)"] = aggregate_table(both)
+    rep.tables[
+        "Aggregate over datasets: IQM [95% bootstrap CI] of the normalized score over every (dataset, seed) "
+        "run (B3LD, Transformer-like; last and best checkpoint)"
+    ] = aggregate_table(both)
     if set(both.arch) >= {"dema", "dt"}:
         sc = _last_best(both, key + ["K"], ["arch"], paired=True)
         params = both.groupby(["arch"])["parameters"].first().map(_count)
@@ -432,22 +491,28 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
         rep.tables["DeMa against DT: MACs per forward, by K"] = macs
     if len(set(dema.layout)) > 1:
         rep.tables["B3LD against BL3D (DeMa, Transformer-like, last checkpoint)"] = _table(
-            dema[~dema.timestep_embedding], key + ["K"], ["layout"], "score_transformer", paired=True)
+            dema[~dema.timestep_embedding], key + ["K"], ["layout"], "score_transformer", paired=True
+        )
     if len(set(dema.timestep_embedding)) > 1:
         te = dema[dema.layout == "B3LD"].assign(
-            timestep_embedding=lambda d: d.timestep_embedding.map({False: "off", True: "on"}))
+            timestep_embedding=lambda d: d.timestep_embedding.map({False: "off", True: "on"})
+        )
         rep.tables["Timestep embedding off against on (DeMa, B3LD, Transformer-like, last checkpoint)"] = _table(
-            te, key + ["K"], ["timestep_embedding"], "score_transformer", paired=True)
+            te, key + ["K"], ["timestep_embedding"], "score_transformer", paired=True
+        )
     methods = ablation_methods_table(main)
     if not methods.empty:
-        rep.tables["Hidden-attention ablations, method × layers (DeMa, B3LD, Transformer-like, last checkpoint; "
-                   "runs of every K and seed; drop = ablated − unablated, paired within each run)"] = methods
+        rep.tables[
+            "Hidden-attention ablations, method × layers (DeMa, B3LD, Transformer-like, last checkpoint; "
+            "runs of every K and seed; drop = ablated − unablated, paired within each run)"
+        ] = methods
     if "ablation_no_timestep" in df:
         with_te = df[df.ablation_no_timestep.notna()].assign(
-            model=lambda d: d.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(d.arch))
-        rep.tables["Timestep embedding removed at evaluation (models trained with one; normalized score)"] = \
-            pd.concat([_table(with_te, key + ["model", "K"], [], c) for c in ("ablation_none", "ablation_no_timestep")],
-                      axis=1)
+            model=lambda d: d.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(d.arch)
+        )
+        rep.tables["Timestep embedding removed at evaluation (models trained with one; normalized score)"] = pd.concat(
+            [_table(with_te, key + ["model", "K"], [], c) for c in ("ablation_none", "ablation_no_timestep")], axis=1
+        )
     if "score_rnn" in main:
         cols = [_table(main, key + ["K"], [], c) for c in ("score_transformer", "score_rnn")]
         for c in ("latency_ms_transformer", "latency_ms_rnn"):
@@ -456,27 +521,44 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
         for c in ("state_bytes_transformer", "state_bytes_rnn"):
             if c in main:
                 cols.append(_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v) / 1024:.1f} KiB"))
-        rep.tables["RNN-like against Transformer-like: score (last checkpoint), latency per step (ms), state carried "
-                   "between steps"] = \
-            pd.concat(cols, axis=1)
+        rep.tables[
+            "RNN-like against Transformer-like: score (last checkpoint), latency per step (ms), state carried "
+            "between steps"
+        ] = pd.concat(cols, axis=1)
     decay_cols = sorted(c for c in main if c.startswith(("r2_layer", "half_life_steps_layer")))
     if decay_cols:
-        decay = pd.concat([_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v):.2f}") for c in decay_cols],
-                          axis=1)
-        decay.columns = [c.replace("r2_layer", "R² layer ").replace("half_life_steps_layer", "half-life layer ")
-                         for c in decay.columns]
-        rep.tables["Decay statistics (last checkpoint, state tokens): R² of the exponential fit, half-life in steps"] = \
-            decay
-    paper_cols = [c for c in ("paper_r2", "paper_half_life_steps", "paper_state_r2", "paper_state_half_life_steps")
-                  if c in main and main[c].notna().any()]
+        decay = pd.concat(
+            [_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v):.2f}") for c in decay_cols], axis=1
+        )
+        decay.columns = [
+            c.replace("r2_layer", "R² layer ").replace("half_life_steps_layer", "half-life layer ")
+            for c in decay.columns
+        ]
+        rep.tables[
+            "Decay statistics (last checkpoint, state tokens): R² of the exponential fit, half-life in steps"
+        ] = decay
+    paper_cols = [
+        c
+        for c in ("paper_r2", "paper_half_life_steps", "paper_state_r2", "paper_state_half_life_steps")
+        if c in main and main[c].notna().any()
+    ]
     if paper_cols:
-        table = pd.concat([_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v):.2f}") for c in paper_cols],
-                          axis=1)
-        table.columns = [{"paper_r2": "R² (all keys, lag in tokens)", "paper_half_life_steps": "half-life (steps)",
-                          "paper_state_r2": "R² (state keys, lag in steps)",
-                          "paper_state_half_life_steps": "half-life, state keys (steps)"}[c] for c in paper_cols]
-        rep.tables["Attention decay by the paper's display (last checkpoint: the current token's |α| row, mean over "
-                   "channels, decision steps ≥ 20 and layers, not normalised), exponential fits"] = table
+        table = pd.concat(
+            [_table(main, key + ["K"], [], c, fmt=lambda v: f"{np.nanmean(v):.2f}") for c in paper_cols], axis=1
+        )
+        table.columns = [
+            {
+                "paper_r2": "R² (all keys, lag in tokens)",
+                "paper_half_life_steps": "half-life (steps)",
+                "paper_state_r2": "R² (state keys, lag in steps)",
+                "paper_state_half_life_steps": "half-life, state keys (steps)",
+            }[c]
+            for c in paper_cols
+        ]
+        rep.tables[
+            "Attention decay by the paper's display (last checkpoint: the current token's |α| row, mean over "
+            "channels, decision steps ≥ 20 and layers, not normalised), exponential fits"
+        ] = table
     rep.findings = findings(df)
     return rep
 
@@ -492,8 +574,10 @@ def paired_verdict(diffs, confidence: float = 0.95) -> tuple[str, str]:
     if n == 1:
         return "inconclusive", f"one pair, difference {mean:+.1f}: too few for an interval"
     verdict = "holds" if low > 0 else ("does not hold" if high < 0 else "inconclusive")
-    return verdict, (f"mean paired difference {mean:+.1f}, {confidence:.0%} t-interval "
-                     f"{format_interval(low, high, signed=True)} over {n} pairs")
+    return verdict, (
+        f"mean paired difference {mean:+.1f}, {confidence:.0%} t-interval "
+        f"{format_interval(low, high, signed=True)} over {n} pairs"
+    )
 
 
 def paired_interval(diffs, confidence: float = 0.95) -> tuple[float, float, float, int]:
@@ -505,12 +589,11 @@ def paired_interval(diffs, confidence: float = 0.95) -> tuple[float, float, floa
 # The two scorings every score-based finding is judged by, side by side: (run-table column prefix, label)
 SCORINGS = (("best_score_", "best checkpoint (the paper's scoring)"), ("score_", "last checkpoint (dema-lab's)"))
 
-SHORT_K_COMPARISONS = ((20, 40), (5, 20))   # fixed in advance: the first decides, the second is reported
+SHORT_K_COMPARISONS = ((20, 40), (5, 20))  # fixed in advance: the first decides, the second is reported
 
 
-def short_k_finding(main: pd.DataFrame, score: str = "score_transformer",
-                    scoring: str = "") -> tuple[str, str, str]:
-    """"A short K (8-20) is enough", from two comparisons fixed in advance (no K is chosen by its
+def short_k_finding(main: pd.DataFrame, score: str = "score_transformer", scoring: str = "") -> tuple[str, str, str]:
+    """ "A short K (8-20) is enough", from two comparisons fixed in advance (no K is chosen by its
     score): K=20 against K=40 decides (holds when K=20 scores better, "holds (no significant
     difference)" when the interval contains 0, does not hold when K=40 scores better); K=5
     against K=20 says whether an even shorter K loses score, and is reported without changing
@@ -527,9 +610,11 @@ def short_k_finding(main: pd.DataFrame, score: str = "score_transformer",
         both = grid[[k_a, k_b]].dropna()
         v, paired = paired_verdict(both[k_a] - both[k_b])
         names = sorted(set(both.index.get_level_values("dataset")))
-        parts.append(f"K={k_a} against K={k_b} ({role}; {len(both)} pair(s) on {', '.join(names)}): "
-                     f"{both[k_a].mean():.1f} vs {both[k_b].mean():.1f}, {paired}")
-        if i == 0:   # "no difference" needs an interval: one pair stays inconclusive
+        parts.append(
+            f"K={k_a} against K={k_b} ({role}; {len(both)} pair(s) on {', '.join(names)}): "
+            f"{both[k_a].mean():.1f} vs {both[k_b].mean():.1f}, {paired}"
+        )
+        if i == 0:  # "no difference" needs an interval: one pair stays inconclusive
             verdict = "holds (no significant difference)" if v == "inconclusive" and len(both) > 1 else v
     if verdict == "not measured":
         parts[0] += "; run K=20 and K=40 on the same datasets and seeds"
@@ -564,37 +649,66 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
             return
         a, b = joined[score + "_a"], joined[score + "_b"]
         verdict, evidence = paired_verdict(a - b)
-        if verdict == "inconclusive" and len(joined) > 1:       # one pair has no interval: stays inconclusive
+        if verdict == "inconclusive" and len(joined) > 1:  # one pair has no interval: stays inconclusive
             verdict = "holds (no significant difference)"
         out.append((claim, verdict, f"{evidence}; {label_a} {a.mean():.1f} vs {label_b} {b.mean():.1f}"))
 
     # score comparisons, by both scorings side by side: the paper's (each target's best checkpoint
     # over training, as the official experiment.py prints) and dema-lab's (the last checkpoint)
     for prefix, scoring in SCORINGS:
-        within(f"Transformer-like DeMa beats RNN-like DeMa · {scoring}", prefix + "transformer", prefix + "rnn",
-               "Transformer-like", "RNN-like")
+        within(
+            f"Transformer-like DeMa beats RNN-like DeMa · {scoring}",
+            prefix + "transformer",
+            prefix + "rnn",
+            "Transformer-like",
+            "RNN-like",
+        )
     if main.K.nunique() > 1:
         for prefix, scoring in SCORINGS:
             if prefix + "transformer" in main:
                 out.append(short_k_finding(main, prefix + "transformer", scoring))
     from .ablation import FAMILY
+
     for method, what in ABLATION_FINDINGS:
-        within(f"Hidden attention matters: {what}, the score drops ({FAMILY[method]})", "ablation_none",
-               ablation_column(method), "unablated", method)
+        within(
+            f"Hidden attention matters: {what}, the score drops ({FAMILY[method]})",
+            "ablation_none",
+            ablation_column(method),
+            "unablated",
+            method,
+        )
     b3 = dema[dema.layout == "B3LD"]
     for prefix, scoring in SCORINGS:
-        across(f"No timestep embedding is needed (without scores at least as well) · {scoring}",
-               b3[~b3.timestep_embedding], b3[b3.timestep_embedding], "without", "with", prefix + "transformer")
+        across(
+            f"No timestep embedding is needed (without scores at least as well) · {scoring}",
+            b3[~b3.timestep_embedding],
+            b3[b3.timestep_embedding],
+            "without",
+            "with",
+            prefix + "transformer",
+        )
     if "ablation_no_timestep" in dema and dema.ablation_no_timestep.notna().any():
         te = dema[dema.ablation_no_timestep.notna()]
         verdict, evidence = paired_verdict(te.ablation_no_timestep - te.ablation_none)
-        out[-1] = (out[-1][0], out[-1][1], out[-1][2] + f"; removing it at evaluation from DeMa trained with it: "
-                   f"{evidence} ({te.ablation_none.mean():.1f} → {te.ablation_no_timestep.mean():.1f})")
+        out[-1] = (
+            out[-1][0],
+            out[-1][1],
+            out[-1][2] + f"; removing it at evaluation from DeMa trained with it: "
+            f"{evidence} ({te.ablation_none.mean():.1f} → {te.ablation_no_timestep.mean():.1f})",
+        )
     claim = "Hidden attention decays roughly exponentially with lag"
-    for r2_col, hl_col, method in (("paper_r2", "paper_half_life_steps", "the paper's display (current token's "
-                                    "|α| row, mean over channels, steps ≥ 20 and layers, not normalised)"),
-                                   ("paper_state_r2", "paper_state_half_life_steps", "the paper's display, state "
-                                    "keys only, lag in env steps (no R/s/a sawtooth)")):
+    for r2_col, hl_col, method in (
+        (
+            "paper_r2",
+            "paper_half_life_steps",
+            "the paper's display (current token's |α| row, mean over channels, steps ≥ 20 and layers, not normalised)",
+        ),
+        (
+            "paper_state_r2",
+            "paper_state_half_life_steps",
+            "the paper's display, state keys only, lag in env steps (no R/s/a sawtooth)",
+        ),
+    ):
         if r2_col in main and main[r2_col].notna().any():
             vals = main[r2_col].dropna()
             med = float(vals.median())
@@ -613,13 +727,24 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
         if hl_cols and main.K.nunique() > 1:
             hl = main.assign(hl=main[hl_cols].median(axis=1)).groupby("K")["hl"].median()
             evidence += "; median half-life by K: " + ", ".join(f"K={k}: {v:.1f} steps" for k, v in hl.items())
-        out.append((f"{claim} · dema-lab's decay statistics (every state query on dataset windows, rows "
-                    f"normalised, per layer)", "holds" if med >= 0.8 else "does not hold", evidence))
+        out.append(
+            (
+                f"{claim} · dema-lab's decay statistics (every state query on dataset windows, rows "
+                f"normalised, per layer)",
+                "holds" if med >= 0.8 else "does not hold",
+                evidence,
+            )
+        )
     dt = df[(df.arch == "dt") & (df.layout == "B3LD")]
     for prefix, scoring in SCORINGS:
         across(f"DeMa matches or beats DT · {scoring}", main, dt, "DeMa", "DT", prefix + "transformer")
     if len(dt) and len(main):
         ratio = float(main.parameters.median() / dt.parameters.median())
-        out.append(("DeMa needs far fewer parameters than DT", "holds" if ratio <= 0.5 else "does not hold",
-                    f"DeMa/DT parameters: {ratio:.2f}"))
+        out.append(
+            (
+                "DeMa needs far fewer parameters than DT",
+                "holds" if ratio <= 0.5 else "does not hold",
+                f"DeMa/DT parameters: {ratio:.2f}",
+            )
+        )
     return out

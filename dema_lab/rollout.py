@@ -1,17 +1,17 @@
 """Policy rollouts in the environment: the step stream, recorded episodes, and evaluation.
 
-    rollout_steps(policy, env, target, seed)   yields one StepRecord per env step (live dashboards)
-    record_episode(...)                        one episode as an xarray Dataset (the run store's
-                                               rollout/<name> group): frames, observations,
-                                               actions, rewards, returns-to-go, hidden attention
-    rollout_batch(policy, envs, targets, seeds) N episodes in lockstep, one model call per env step
-                                               for the live ones (BatchPolicy): returns and lengths
-    evaluate(...)                              returns by (mode, target, episode), plus recordings
-                                               keyed by (mode, target index, episode);
-                                               the unrecorded episodes of a mode run as one batch
-    replay_attention(...)                      the attention at a recorded step, recomputed from a
-                                               checkpoint (other aggregations, or to verify the log)
-    export_video(episode, "ep.mp4")            a recorded episode's frames as mp4 or gif
+rollout_steps(policy, env, target, seed)   yields one StepRecord per env step (live dashboards)
+record_episode(...)                        one episode as an xarray Dataset (the run store's
+                                           rollout/<name> group): frames, observations,
+                                           actions, rewards, returns-to-go, hidden attention
+rollout_batch(policy, envs, targets, seeds) N episodes in lockstep, one model call per env step
+                                           for the live ones (BatchPolicy): returns and lengths
+evaluate(...)                              returns by (mode, target, episode), plus recordings
+                                           keyed by (mode, target index, episode);
+                                           the unrecorded episodes of a mode run as one batch
+replay_attention(...)                      the attention at a recorded step, recomputed from a
+                                           checkpoint (other aggregations, or to verify the log)
+export_video(episode, "ep.mp4")            a recorded episode's frames as mp4 or gif
 """
 
 from __future__ import annotations
@@ -35,21 +35,23 @@ class StepRecord:
     return-to-go, the frame and the aggregated hidden attention of the window it acted on."""
 
     t: int
-    observation: np.ndarray          # (obs_dim,) the observation acted on
-    action: np.ndarray               # (act_dim,)
+    observation: np.ndarray  # (obs_dim,) the observation acted on
+    action: np.ndarray  # (act_dim,)
     reward: float
-    return_to_go: float              # the conditioning return-to-go at this step, env units
+    return_to_go: float  # the conditioning return-to-go at this step, env units
     done: bool
-    frame: np.ndarray | None         # (H, W, 3) uint8, the scene the action was chosen in
-    attention: np.ndarray | None     # (n_layer, n, n) aggregated, window ending at s_t
-    act_seconds: float               # time to choose the action (model + attention)
+    frame: np.ndarray | None  # (H, W, 3) uint8, the scene the action was chosen in
+    attention: np.ndarray | None  # (n_layer, n, n) aggregated, window ending at s_t
+    act_seconds: float  # time to choose the action (model + attention)
 
 
 def _check_finite(action: np.ndarray, t: int):
     if not np.isfinite(action).all():
-        raise FloatingPointError(f"the policy produced a non-finite action at step {t} ({action}); its weights "
-                                 f"or inputs hold NaN or inf: check the checkpoint and the dataset's state "
-                                 f"statistics")
+        raise FloatingPointError(
+            f"the policy produced a non-finite action at step {t} ({action}); its weights "
+            f"or inputs hold NaN or inf: check the checkpoint and the dataset's state "
+            f"statistics"
+        )
 
 
 def rollout_steps(policy: Policy, env, target: float, seed: int, render: bool = False, max_steps: int | None = None):
@@ -67,8 +69,9 @@ def rollout_steps(policy: Policy, env, target: float, seed: int, render: bool = 
         next_obs, reward, terminated, truncated, _ = env.step(action)
         policy.observe(reward)
         done = bool(terminated or truncated) or t == limit - 1
-        yield StepRecord(t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame,
-                         policy.attention, act_seconds)
+        yield StepRecord(
+            t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame, policy.attention, act_seconds
+        )
         obs = next_obs
         if done:
             return
@@ -82,18 +85,20 @@ def rollout_batch(policy: BatchPolicy, envs, targets, seeds, max_steps: int | No
     Returns (returns (n,) float64, lengths (n,) int64)."""
     n = len(envs)
     if not (len(targets) == len(seeds) == n):
-        raise ValueError(f"rollout_batch needs one target and one seed per env, got {len(targets)} targets and "
-                         f"{len(seeds)} seeds for {n} envs")
+        raise ValueError(
+            f"rollout_batch needs one target and one seed per env, got {len(targets)} targets and "
+            f"{len(seeds)} seeds for {n} envs"
+        )
     returns, lengths = np.zeros(n), np.zeros(n, np.int64)
     if n == 0:
         return returns, lengths
     policy.reset(targets)
     obs = np.stack([np.asarray(env.reset(seed=int(sd))[0], np.float32) for env, sd in zip(envs, seeds)])
     limit = max_steps or getattr(envs[0].spec, "max_episode_steps", None) or 1000
-    live = np.arange(n)                                  # env index of each policy row
+    live = np.arange(n)  # env index of each policy row
     rewards: list[list[float]] = [[] for _ in range(n)]
     for t in range(limit):
-        actions = policy.act(obs)                        # (live, act_dim)
+        actions = policy.act(obs)  # (live, act_dim)
         _check_finite(actions, t)
         step_rewards, done, next_obs = np.zeros(len(live)), np.zeros(len(live), bool), []
         for row, i in enumerate(live):
@@ -105,7 +110,7 @@ def rollout_batch(policy: BatchPolicy, envs, targets, seeds, max_steps: int | No
         policy.observe(step_rewards)
         for row in np.flatnonzero(done):
             i = live[row]
-            returns[i], lengths[i] = float(np.sum(rewards[i])), len(rewards[i])   # as evaluate sums one episode
+            returns[i], lengths[i] = float(np.sum(rewards[i])), len(rewards[i])  # as evaluate sums one episode
             if on_done:
                 on_done(int(i), returns[i], int(lengths[i]))
         if done.all():
@@ -117,13 +122,29 @@ def rollout_batch(policy: BatchPolicy, envs, targets, seeds, max_steps: int | No
     return returns, lengths
 
 
-def record_episode(policy: Policy, env, target: float, seed: int, render_size: int | None = None,
-                   max_steps: int | None = None, attrs: dict | None = None) -> xr.Dataset:
+def record_episode(
+    policy: Policy,
+    env,
+    target: float,
+    seed: int,
+    render_size: int | None = None,
+    max_steps: int | None = None,
+    attrs: dict | None = None,
+) -> xr.Dataset:
     """One episode as a Dataset with dims step, layer, query, key, lag (+ y, x, rgb with frames)."""
     cfg = policy.cfg
     steps = list(rollout_steps(policy, env, target, seed, render=render_size is not None, max_steps=max_steps))
-    return steps_to_dataset(steps, cfg, attrs={"target": float(target), "seed": int(seed), "mode": policy.mode,
-                                               "aggregation": policy.attention_method or "", **(attrs or {})})
+    return steps_to_dataset(
+        steps,
+        cfg,
+        attrs={
+            "target": float(target),
+            "seed": int(seed),
+            "mode": policy.mode,
+            "aggregation": policy.attention_method or "",
+            **(attrs or {}),
+        },
+    )
 
 
 def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) -> xr.Dataset:
@@ -131,8 +152,12 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
     L = window_tokens(cfg)
     data = {
         # flat (step, obs_dim); Atari's stacked frames as uint8 (they are whole numbers 0..255)
-        "observation": (("step", "obs_dim"), np.stack([s.observation.reshape(-1) for s in steps])
-                        .astype(np.uint8 if getattr(cfg, "obs_shape", ()) else np.float32)),
+        "observation": (
+            ("step", "obs_dim"),
+            np.stack([s.observation.reshape(-1) for s in steps]).astype(
+                np.uint8 if getattr(cfg, "obs_shape", ()) else np.float32
+            ),
+        ),
         "action": (("step", "act_dim"), np.stack([s.action for s in steps]).astype(np.float32)),
         "reward": ("step", np.array([s.reward for s in steps], np.float32)),
         "return_to_go": ("step", np.array([s.return_to_go for s in steps], np.float32)),
@@ -144,11 +169,12 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
         h, w = steps[0].frame.shape[:2]
         coords.update(y=np.arange(h), x=np.arange(w), rgb=["r", "g", "b"])
     if steps and steps[0].attention is not None:
-        att = np.stack([right_align(s.attention, L) for s in steps])            # (T, layer, L, L)
+        att = np.stack([right_align(s.attention, L) for s in steps])  # (T, layer, L, L)
         data["attention"] = (("step", "layer", "query", "key"), att)
         data["attention_by_lag"] = (("step", "layer", "lag"), lag_profile(att))
-        coords.update(layer=np.arange(att.shape[1]), lag=np.arange(L),
-                      **token_coords(cfg, "query"), **token_coords(cfg, "key"))
+        coords.update(
+            layer=np.arange(att.shape[1]), lag=np.arange(L), **token_coords(cfg, "query"), **token_coords(cfg, "key")
+        )
     ds = xr.Dataset(data, coords=coords)
     ret = float(ds.reward.sum()) if T else 0.0
     ds.attrs = {"return": ret, "length": T, **(attrs or {})}
@@ -160,11 +186,12 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
     if "frames" in ds:
         ds["frames"].attrs = {"long_name": "rendered env frame, before the action", "export": "dema-lab video"}
     if "attention" in ds:
-        ds["attention"].attrs = {"long_name": "hidden attention, channels aggregated",
-                                 "layout": "right-aligned: the last query is the current state token",
-                                 "aggregation": ds.attrs.get("aggregation", "")}
-        ds["attention_by_lag"].attrs = {"long_name": "current state token's attention by lag",
-                                        "lag_unit": "tokens"}
+        ds["attention"].attrs = {
+            "long_name": "hidden attention, channels aggregated",
+            "layout": "right-aligned: the last query is the current state token",
+            "aggregation": ds.attrs.get("aggregation", ""),
+        }
+        ds["attention_by_lag"].attrs = {"long_name": "current state token's attention by lag", "lag_unit": "tokens"}
     return ds
 
 
@@ -175,8 +202,10 @@ def export_video(episode: xr.Dataset, path, fps: float = 30.0) -> Path:
 
     path = Path(path)
     if "frames" not in episode:
-        raise ValueError("this episode was recorded without frames (render_size=0); record one with frames "
-                         "(e.g. `dema-lab train --render_size 128`) or save a live rollout")
+        raise ValueError(
+            "this episode was recorded without frames (render_size=0); record one with frames "
+            "(e.g. `dema-lab train --render_size 128`) or save a live rollout"
+        )
     if episode.sizes["step"] == 0:
         raise ValueError("this episode has no steps to export")
     if path.suffix.lower() not in (".mp4", ".gif"):
@@ -184,7 +213,7 @@ def export_video(episode: xr.Dataset, path, fps: float = 30.0) -> Path:
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = episode["frames"].values                                        # (T, H, W, 3) uint8
+    frames = episode["frames"].values  # (T, H, W, 3) uint8
     if path.suffix.lower() == ".gif":
         imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
         return path
@@ -228,9 +257,23 @@ def single_threaded():
         torch.set_num_threads(before)
 
 
-def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",), rtg_scale: float = 1000.0,
-             state_mean=None, state_std=None, seed: int = 0, record: int = 1, render_size: int | None = 128,
-             attention: str | None = "minmax", max_steps: int | None = None, on_episode=None, scorer=None):
+def evaluate(
+    model,
+    env_name: str,
+    targets,
+    episodes: int,
+    modes=("transformer",),
+    rtg_scale: float = 1000.0,
+    state_mean=None,
+    state_std=None,
+    seed: int = 0,
+    record: int = 1,
+    render_size: int | None = 128,
+    attention: str | None = "minmax",
+    max_steps: int | None = None,
+    on_episode=None,
+    scorer=None,
+):
     """Evaluate a model: `episodes` episodes per (mode, target).
 
     The first `record` episodes of each (mode, target) are recorded (frames, attention), one at
@@ -249,10 +292,10 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
     returns = np.full((len(modes), len(targets), episodes), np.nan)
     lengths = np.zeros_like(returns, dtype=np.int64)
     recordings = {}
-    batch = [(i, e) for i in range(len(targets)) for e in range(max(0, record), episodes)]   # unrecorded
+    batch = [(i, e) for i in range(len(targets)) for e in range(max(0, record), episodes)]  # unrecorded
     with single_threaded(), contextlib.ExitStack() as cleanup:
         envs = []
-        for _ in range(max(1, len(batch))):                 # one env per batch row; envs[0] also records
+        for _ in range(max(1, len(batch))):  # one env per batch row; envs[0] also records
             envs.append(make_env(spec.name))
             cleanup.callback(envs[-1].close)
         rendering = make_env(spec.name, render_size=render_size) if record and render_size else None
@@ -262,9 +305,15 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
             for i, target in enumerate(targets):
                 for e in range(min(max(0, record), episodes)):
                     policy = Policy(model, mode, state_mean, state_std, rtg_scale, attention=attention)
-                    ds = record_episode(policy, rendering or envs[0], target, seed + 10_000 * i + e,
-                                        render_size=render_size if rendering else None, max_steps=max_steps,
-                                        attrs={"env": spec.name, "episode": e})
+                    ds = record_episode(
+                        policy,
+                        rendering or envs[0],
+                        target,
+                        seed + 10_000 * i + e,
+                        render_size=render_size if rendering else None,
+                        max_steps=max_steps,
+                        attrs={"env": spec.name, "episode": e},
+                    )
                     ds.attrs["normalized_score"] = float(scorer(ds.attrs["return"]))
                     recordings[(mode, i, e)] = ds
                     returns[m, i, e], lengths[m, i, e] = ds.attrs["return"], ds.attrs["length"]
@@ -279,13 +328,20 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
                 if on_episode:
                     on_episode(mode, targets[i], e, ret, length)
 
-            rollout_batch(BatchPolicy(model, mode, state_mean, state_std, rtg_scale), envs[:len(batch)],
-                          [targets[i] for i, _ in batch], [seed + 10_000 * i + e for i, e in batch],
-                          max_steps=max_steps, on_done=done)
+            rollout_batch(
+                BatchPolicy(model, mode, state_mean, state_std, rtg_scale),
+                envs[: len(batch)],
+                [targets[i] for i, _ in batch],
+                [seed + 10_000 * i + e for i, e in batch],
+                max_steps=max_steps,
+                on_done=done,
+            )
     results = xr.Dataset(
-        {"return": (("mode", "target", "episode"), returns),
-         "length": (("mode", "target", "episode"), lengths),
-         "normalized_score": (("mode", "target", "episode"), np.asarray(scorer(returns), np.float64))},
+        {
+            "return": (("mode", "target", "episode"), returns),
+            "length": (("mode", "target", "episode"), lengths),
+            "normalized_score": (("mode", "target", "episode"), np.asarray(scorer(returns), np.float64)),
+        },
         coords={"mode": list(modes), "target": targets, "episode": np.arange(episodes)},
         attrs={"env": spec.name, "rtg_scale": rtg_scale},
     )
@@ -295,22 +351,30 @@ def evaluate(model, env_name: str, targets, episodes: int, modes=("transformer",
     return results, recordings
 
 
-def replay_attention(model, rollout: xr.Dataset, step: int, method: str = "minmax", state_mean=None,
-                     state_std=None, rtg_scale: float = 1000.0, aggregate: bool = True):
+def replay_attention(
+    model,
+    rollout: xr.Dataset,
+    step: int,
+    method: str = "minmax",
+    state_mean=None,
+    state_std=None,
+    rtg_scale: float = 1000.0,
+    aggregate: bool = True,
+):
     """The attention at `step` of a recorded episode, recomputed by replaying its observations
     and rewards through a fresh policy of the same mode. Returns (n_layer, n, n) aggregated with
     `method`, or with aggregate=False a list of per-channel (d_inner|heads, n, n) arrays."""
     if method not in AGGREGATIONS:
         raise ValueError(f"unknown channel aggregation {method!r}; choose one of {', '.join(AGGREGATIONS)}")
-    policy = Policy(model, rollout.attrs.get("mode", "transformer"), state_mean, state_std, rtg_scale,
-                    attention=method)
+    policy = Policy(model, rollout.attrs.get("mode", "transformer"), state_mean, state_std, rtg_scale, attention=method)
     policy.reset(float(rollout.attrs["target"]))
     policy.replay_to(rollout["observation"].values, rollout["action"].values, rollout["reward"].values, step)
     return policy.attention if aggregate else policy.channel_attention()
 
 
-def replay_windows(model, rollout: xr.Dataset, steps, state_mean=None, state_std=None,
-                   rtg_scale: float = 1000.0) -> list[dict]:
+def replay_windows(
+    model, rollout: xr.Dataset, steps, state_mean=None, state_std=None, rtg_scale: float = 1000.0
+) -> list[dict]:
     """The Transformer-like inputs the policy acted on at `steps` of a recorded episode: for each
     step (ascending), what `Policy.window()` builds there (the model's keyword arguments, batch
     1), rebuilt from the recorded observations, actions and rewards without running the model
@@ -318,8 +382,10 @@ def replay_windows(model, rollout: xr.Dataset, steps, state_mean=None, state_std
     mode = rollout.attrs.get("mode", "transformer")
     if mode != "transformer":
         what = "RNN-like" if mode == "rnn" else f"in mode {mode!r}"
-        raise ValueError(f"the episode was recorded {what}; Transformer-like windows (and the paper's attention "
-                         f"display) replay only a Transformer-like episode (mode 'transformer')")
+        raise ValueError(
+            f"the episode was recorded {what}; Transformer-like windows (and the paper's attention "
+            f"display) replay only a Transformer-like episode (mode 'transformer')"
+        )
     steps = sorted(int(s) for s in steps)
     n = int(rollout.sizes["step"])
     if steps and not 0 <= steps[0] <= steps[-1] < n:
@@ -354,12 +420,13 @@ def save_rollout(store, run_id: str, step: int, steps: list[StepRecord], cfg, at
     run = RunStore(store, mode="a").run(run_id)
     status = run.attrs.get("status")
     if status not in ("finished", "interrupted"):
-        raise StoreError(f"run {run_id} is being trained (status {status}); its trainer is the only writer. "
-                         f"Save again once it has finished.")
-    run.claim()                                   # RunBusyError (a StoreError) naming a live writer
+        raise StoreError(
+            f"run {run_id} is being trained (status {status}); its trainer is the only writer. "
+            f"Save again once it has finished."
+        )
+    run.claim()  # RunBusyError (a StoreError) naming a live writer
     try:
-        ds = steps_to_dataset(steps, cfg, attrs={**attrs, "checkpoint": int(step), "run_id": run_id,
-                                                 "source": "live"})
+        ds = steps_to_dataset(steps, cfg, attrs={**attrs, "checkpoint": int(step), "run_id": run_id, "source": "live"})
         stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
         name = rollout_name(step, attrs["mode"], 0, 0, suffix=f"-live{stamp}")
         run.write("rollout", name, ds, encoding=rollout_encoding(ds))

@@ -34,8 +34,21 @@ import warnings
 import numpy as np
 import xarray as xr
 
-__all__ = ["HEADLINE_MODE", "METHODS", "METHOD_TEXT", "SCORE_TEXT", "checkpoint_scores", "last_and_best",
-           "run_scores", "headline", "headline_mode", "iqm", "iqm_interval", "t_interval", "format_interval"]
+__all__ = [
+    "HEADLINE_MODE",
+    "METHODS",
+    "METHOD_TEXT",
+    "SCORE_TEXT",
+    "checkpoint_scores",
+    "last_and_best",
+    "run_scores",
+    "headline",
+    "headline_mode",
+    "iqm",
+    "iqm_interval",
+    "t_interval",
+    "format_interval",
+]
 
 HEADLINE_MODE = "transformer"
 METHODS = ("last", "best")
@@ -43,8 +56,10 @@ METHOD_TEXT = {
     "last": "last: the final checkpoint",
     "best": "best: each target's best checkpoint over training (as the official code reports)",
 }
-SCORE_TEXT = ("a checkpoint's score is the mean normalized score over its evaluation episodes, "
-              "a run's the mean over its target returns")
+SCORE_TEXT = (
+    "a checkpoint's score is the mean normalized score over its evaluation episodes, "
+    "a run's the mean over its target returns"
+)
 
 
 def checkpoint_scores(evals: xr.Dataset) -> xr.DataArray:
@@ -52,16 +67,22 @@ def checkpoint_scores(evals: xr.Dataset) -> xr.DataArray:
     checkpoints in step order. `evals` is `Run.evals()`: normalized_score by (checkpoint, mode,
     target, episode)."""
     if "normalized_score" not in evals:
-        raise ValueError("these evaluations have no normalized_score; pass Run.evals() of a run that has "
-                         "evaluated at least one checkpoint")
+        raise ValueError(
+            "these evaluations have no normalized_score; pass Run.evals() of a run that has "
+            "evaluated at least one checkpoint"
+        )
     ns = evals["normalized_score"]
     missing = [d for d in ("checkpoint", "mode", "target", "episode") if d not in ns.dims]
     if missing:
-        raise ValueError(f"normalized_score needs the dims (checkpoint, mode, target, episode); it lacks "
-                         f"{', '.join(missing)} (a single evaluation: expand_dims(checkpoint=[step]))")
-    out = ns.sortby("checkpoint").mean("episode")                    # (checkpoint, mode, target)
-    out.attrs = {"long_name": "mean normalized score over the evaluation episodes",
-                 "units": ns.attrs.get("units", "0-100")}
+        raise ValueError(
+            f"normalized_score needs the dims (checkpoint, mode, target, episode); it lacks "
+            f"{', '.join(missing)} (a single evaluation: expand_dims(checkpoint=[step]))"
+        )
+    out = ns.sortby("checkpoint").mean("episode")  # (checkpoint, mode, target)
+    out.attrs = {
+        "long_name": "mean normalized score over the evaluation episodes",
+        "units": ns.attrs.get("units", "0-100"),
+    }
     return out.rename("score")
 
 
@@ -72,21 +93,24 @@ def last_and_best(evals: xr.Dataset) -> xr.Dataset:
     NaN scores."""
     if not evals.sizes.get("checkpoint"):
         empty = xr.DataArray(np.full((0, 0), np.nan), dims=("mode", "target"))
-        return xr.Dataset({"last": empty, "best": empty, "best_checkpoint": empty.copy()},
-                          attrs={"last_checkpoint": -1})
+        return xr.Dataset(
+            {"last": empty, "best": empty, "best_checkpoint": empty.copy()}, attrs={"last_checkpoint": -1}
+        )
     s = checkpoint_scores(evals)
     last = s.isel(checkpoint=-1, drop=True)
     best = s.max("checkpoint", skipna=True)
     found = s.notnull().any("checkpoint")
     steps = s["checkpoint"].values
-    at = s.fillna(-np.inf).argmax("checkpoint")                      # first maximum = earliest
+    at = s.fillna(-np.inf).argmax("checkpoint")  # first maximum = earliest
     best_ck = xr.DataArray(np.where(found.values, steps[at.values], -1), dims=at.dims, coords=at.coords)
     units = s.attrs["units"]
     last.attrs = {"long_name": "normalized score, last checkpoint", "units": units, "method": METHOD_TEXT["last"]}
     best.attrs = {"long_name": "normalized score, best checkpoint", "units": units, "method": METHOD_TEXT["best"]}
     best_ck.attrs = {"long_name": "step of the best checkpoint (-1: none evaluated)", "units": "training steps"}
-    return xr.Dataset({"last": last, "best": best, "best_checkpoint": best_ck},
-                      attrs={"last_checkpoint": int(steps[-1]), "score": SCORE_TEXT})
+    return xr.Dataset(
+        {"last": last, "best": best, "best_checkpoint": best_ck},
+        attrs={"last_checkpoint": int(steps[-1]), "score": SCORE_TEXT},
+    )
 
 
 def run_scores(evals: xr.Dataset) -> xr.Dataset:
@@ -115,8 +139,12 @@ def headline(evals: xr.Dataset, mode: str | None = None) -> dict:
     mode = mode if mode in modes else headline_mode(modes)
     if mode is None:
         return {"mode": None, "last": np.nan, "best": np.nan, "last_checkpoint": -1}
-    return {"mode": mode, "last": float(rs["last"].sel(mode=mode)), "best": float(rs["best"].sel(mode=mode)),
-            "last_checkpoint": rs.attrs["last_checkpoint"]}
+    return {
+        "mode": mode,
+        "last": float(rs["last"].sel(mode=mode)),
+        "best": float(rs["best"].sel(mode=mode)),
+        "last_checkpoint": rs.attrs["last_checkpoint"],
+    }
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -144,13 +172,19 @@ def iqm_interval(x, confidence: float = 0.95, n_resamples: int = 10000, seed: in
     centre = iqm(x)
     if len(x) < 2:
         return centre, np.nan, np.nan
-    if np.ptp(x) == 0:                           # every resample is the same value
+    if np.ptp(x) == 0:  # every resample is the same value
         return centre, centre, centre
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = bootstrap((x,), lambda s, axis=-1: trim_mean(s, 0.25, axis=axis), n_resamples=n_resamples,
-                        confidence_level=confidence, method="percentile", vectorized=True,
-                        rng=np.random.default_rng(seed))
+        res = bootstrap(
+            (x,),
+            lambda s, axis=-1: trim_mean(s, 0.25, axis=axis),
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
     return centre, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

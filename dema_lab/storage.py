@@ -18,8 +18,16 @@ import json
 import os
 
 # What a cluster's workers need to reach the store the way the driver does.
-FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS")
+FORWARDED_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
 
 
 def parse_value(text: str):
@@ -41,7 +49,9 @@ def parse_storage_options(items) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--storage-option takes KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:9000), got {item!r}")
+            raise ValueError(
+                f"--storage-option takes KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:9000), got {item!r}"
+            )
         out[key.strip()] = parse_value(value)
     return out
 
@@ -53,8 +63,9 @@ def apply_storage_options(url: str, items) -> dict:
     if not options:
         return {}
     if "://" not in str(url):
-        raise ValueError(f"--storage-option is for stores at fsspec URLs (s3://bucket/prefix, ...); {url} is a "
-                         f"local path")
+        raise ValueError(
+            f"--storage-option is for stores at fsspec URLs (s3://bucket/prefix, ...); {url} is a local path"
+        )
     import fsspec.config
 
     protocol = str(url).split("://", 1)[0]

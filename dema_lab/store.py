@@ -44,7 +44,7 @@ from .scoring import METHOD_TEXT, METHODS, SCORE_TEXT, headline
 
 STORE_VERSION = 1
 DEFAULT_STORE = os.environ.get("DEMA_LAB_STORE", "store")
-SLOTS = 3                 # versions of a rewritten name kept on disk (see the publishing protocol)
+SLOTS = 3  # versions of a rewritten name kept on disk (see the publishing protocol)
 KINDS = ("train", "eval", "rollout", "decay", "paper_attention", "ablation", "checkpoint", "resume")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -99,9 +99,11 @@ def _url_is_empty(url: str) -> bool:
             return False
         return not fs.exists(root) or not fs.ls(root, detail=False)
     except Exception as e:  # noqa: BLE001 - every filesystem has its own errors
-        raise StoreError(f"cannot read {url} ({type(e).__name__}: {e}); check the URL, the credentials and the "
-                         f"endpoint (--storage-option KEY=VALUE, or the environment as the filesystem reads it: "
-                         f"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for s3://)") from None
+        raise StoreError(
+            f"cannot read {url} ({type(e).__name__}: {e}); check the URL, the credentials and the "
+            f"endpoint (--storage-option KEY=VALUE, or the environment as the filesystem reads it: "
+            f"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for s3://)"
+        ) from None
 
 
 def _now() -> str:
@@ -133,7 +135,7 @@ class RunStore:
     def __init__(self, path=None, mode: str = "r"):
         self.path = str(path if path is not None else DEFAULT_STORE)
         self.mode = mode
-        self.unreadable: dict[str, str] = {}   # {run_id: why} for the runs that run_ids() could not read
+        self.unreadable: dict[str, str] = {}  # {run_id: why} for the runs that run_ids() could not read
         if not _is_url(self.path):
             self.path = str(Path(self.path).expanduser())
         else:
@@ -150,20 +152,28 @@ class RunStore:
             empty = _url_is_empty(self.path)
         if empty:
             if mode == "r":
-                what = ("it is empty" if local is None or local.exists() else "the path does not exist")
-                raise EmptyStoreError(f"no dema-lab store at {self.path}: {what}. Create a run with "
-                                      f"`dema-lab train` (or `make demo`), or point to another store")
+                what = "it is empty" if local is None or local.exists() else "the path does not exist"
+                raise EmptyStoreError(
+                    f"no dema-lab store at {self.path}: {what}. Create a run with "
+                    f"`dema-lab train` (or `make demo`), or point to another store"
+                )
             try:
                 # the marker is in the group's first zarr.json: no reader sees an unmarked store
-                root = zarr.open_group(self.path, mode="a", zarr_format=3, attributes={
-                    "dema_lab": {"kind": "store", "version": STORE_VERSION, "created": _now()}})
+                root = zarr.open_group(
+                    self.path,
+                    mode="a",
+                    zarr_format=3,
+                    attributes={"dema_lab": {"kind": "store", "version": STORE_VERSION, "created": _now()}},
+                )
                 root.require_group("runs")
             except Exception as e:  # noqa: BLE001 - filesystems and object stores raise many kinds here
                 if local is not None:
                     raise
-                raise StoreError(f"cannot create a store at {self.path} ({type(e).__name__}: {e}); check that the "
-                                 f"bucket exists and the credentials and endpoint (--storage-option KEY=VALUE, or "
-                                 f"the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)") from None
+                raise StoreError(
+                    f"cannot create a store at {self.path} ({type(e).__name__}: {e}); check that the "
+                    f"bucket exists and the credentials and endpoint (--storage-option KEY=VALUE, or "
+                    f"the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"
+                ) from None
             return root
         if local is not None and local.is_file():
             raise StoreError(f"{self.path} is a file, not a dema-lab store (a directory)")
@@ -171,16 +181,22 @@ class RunStore:
             # validate read-only first: never write into a directory that is not ours
             root = zarr.open_group(self.path, mode="r", zarr_format=3)
         except Exception as e:  # noqa: BLE001 - zarr raises many kinds here
-            raise StoreError(f"{self.path} is not a dema-lab store: it cannot be opened as a Zarr v3 "
-                             f"group ({type(e).__name__}: {e}). Use an empty directory or a store "
-                             f"created by `dema-lab train`") from None
+            raise StoreError(
+                f"{self.path} is not a dema-lab store: it cannot be opened as a Zarr v3 "
+                f"group ({type(e).__name__}: {e}). Use an empty directory or a store "
+                f"created by `dema-lab train`"
+            ) from None
         meta = root.attrs.get("dema_lab")
         if not isinstance(meta, dict) or meta.get("kind") != "store":
-            raise StoreError(f"{self.path} is a Zarr group but not a dema-lab store (no dema_lab "
-                             f"store marker in its attributes); choose another path")
+            raise StoreError(
+                f"{self.path} is a Zarr group but not a dema-lab store (no dema_lab "
+                f"store marker in its attributes); choose another path"
+            )
         if meta.get("version", 0) > STORE_VERSION:
-            raise StoreError(f"{self.path} was written by a newer dema-lab (store version "
-                             f"{meta['version']}); upgrade dema-lab to read it")
+            raise StoreError(
+                f"{self.path} was written by a newer dema-lab (store version "
+                f"{meta['version']}); upgrade dema-lab to read it"
+            )
         return root if mode == "r" else zarr.open_group(self.path, mode="a", zarr_format=3)
 
     # ---------------------------------------------------------------- runs
@@ -230,8 +246,10 @@ class RunStore:
             if close:
                 hint = f"did you mean {' or '.join(close)}? `dema-lab runs --store {self.path}` lists all {len(ids)}"
             elif len(ids) > 8:
-                hint = (f"runs: {', '.join(ids[:8])} and {len(ids) - 8} more; "
-                        f"`dema-lab runs --store {self.path}` lists them")
+                hint = (
+                    f"runs: {', '.join(ids[:8])} and {len(ids) - 8} more; "
+                    f"`dema-lab runs --store {self.path}` lists them"
+                )
             else:
                 hint = f"runs: {', '.join(ids) or 'none yet'}"
             raise StoreError(f"run {run_id!r} is not in store {self.path} ({hint})")
@@ -253,19 +271,30 @@ class RunStore:
                     resumable = bool(run.published("resume"))
                 except Exception:  # noqa: BLE001 - an unreadable run cannot be resumed
                     resumable = False
-                raise StoreError(f"run {run_id!r} already exists in {self.path}; "
-                                 + (f"resume it (--resume {run_id}), {delete}" if resumable else
-                                    f"it holds no checkpoint to resume from: {delete}")
-                                 + " or choose another run id")
-            attrs = {"dema_lab": {"kind": "run", "version": STORE_VERSION},
-                     "config": _jsonable(config), "provenance": _jsonable({**provenance, "created": _now()}),
-                     "status": "running", "published": {k: [] for k in KINDS}}
+                raise StoreError(
+                    f"run {run_id!r} already exists in {self.path}; "
+                    + (
+                        f"resume it (--resume {run_id}), {delete}"
+                        if resumable
+                        else f"it holds no checkpoint to resume from: {delete}"
+                    )
+                    + " or choose another run id"
+                )
+            attrs = {
+                "dema_lab": {"kind": "run", "version": STORE_VERSION},
+                "config": _jsonable(config),
+                "provenance": _jsonable({**provenance, "created": _now()}),
+                "status": "running",
+                "published": {k: [] for k in KINDS},
+            }
             try:
                 # the group and its attributes appear in one write of its zarr.json
                 self.root.require_group("runs").create_group(run_id, attributes=attrs)
             except Exception as e:  # noqa: BLE001 - zarr and the filesystem raise many kinds here
-                raise StoreError(f"run {run_id!r} cannot be created in {self.path} ({type(e).__name__}: {e}); "
-                                 f"check that the store is writable, or choose another run id") from None
+                raise StoreError(
+                    f"run {run_id!r} cannot be created in {self.path} ({type(e).__name__}: {e}); "
+                    f"check that the store is writable, or choose another run id"
+                ) from None
         except BaseException:
             run.release()
             raise
@@ -281,13 +310,15 @@ class RunStore:
         if self.mode == "r":
             raise StoreError(f"store {self.path} was opened read-only; open it with mode='a' to delete runs")
         if run_id not in self.run_ids() and run_id not in self.unreadable:
-            self.run(run_id)                   # StoreError: not in the store, with the close matches
+            self.run(run_id)  # StoreError: not in the store, with the close matches
         lock = RunLock(self.path, run_id)
         try:
             lock.acquire()
         except RunBusyError:
-            raise RunBusyError(f"run {run_id} is being written by {describe(lock.holder())}; stop that process "
-                               f"first, or wait for it to finish, then delete the run") from None
+            raise RunBusyError(
+                f"run {run_id} is being written by {describe(lock.holder())}; stop that process "
+                f"first, or wait for it to finish, then delete the run"
+            ) from None
         try:
             del self.root["runs"][run_id]
         finally:
@@ -319,18 +350,36 @@ class RunStore:
             except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
                 rows.append({"run": run_id, "status": f"unreadable: {e}"})
         rows += [{"run": run_id, "status": f"unreadable: {why}"} for run_id, why in self.unreadable.items()]
-        keys = ["arch", "dataset", "env", "K", "layout", "timestep_embedding", "seed", "status",
-                "steps_done", "score_mode", "last_score", "best_score", "parameters", "created"]
+        keys = [
+            "arch",
+            "dataset",
+            "env",
+            "K",
+            "layout",
+            "timestep_embedding",
+            "seed",
+            "status",
+            "steps_done",
+            "score_mode",
+            "last_score",
+            "best_score",
+            "parameters",
+            "created",
+        ]
         text = ("arch", "dataset", "env", "layout", "status", "created", "score_mode")
         data = {k: ("run", [r.get(k, "") if k in text else r.get(k, np.nan) for r in rows]) for k in keys}
         for k in text + ("timestep_embedding",):
             data[k] = ("run", np.array([str(v) for v in data[k][1]], dtype=object))
-        out = xr.Dataset(data, coords={"run": [r["run"] for r in rows]},
-                         attrs={"store": self.path, "score": SCORE_TEXT})
+        out = xr.Dataset(
+            data, coords={"run": [r["run"] for r in rows]}, attrs={"store": self.path, "score": SCORE_TEXT}
+        )
         out["score_mode"].attrs = {"long_name": "inference mode of the headline scores"}
         for m in METHODS:
-            out[f"{m}_score"].attrs = {"long_name": f"normalized score, {m} checkpoint, mean over targets",
-                                       "units": "0-100", "method": METHOD_TEXT[m]}
+            out[f"{m}_score"].attrs = {
+                "long_name": f"normalized score, {m} checkpoint, mean over targets",
+                "units": "0-100",
+                "method": METHOD_TEXT[m],
+            }
         return out
 
 
@@ -338,23 +387,26 @@ def _portable_strings(ds: xr.Dataset) -> xr.Dataset:
     """Fixed-width numpy strings have no Zarr v3 spec; variable-length ones ("string") do."""
     fixes = {name: var.astype(object) for name, var in ds.variables.items() if var.dtype.kind == "U"}
     return ds.assign_coords({k: v for k, v in fixes.items() if k in ds.coords}).assign(
-        {k: v for k, v in fixes.items() if k not in ds.coords})
+        {k: v for k, v in fixes.items() if k not in ds.coords}
+    )
 
 
 def _check_writable(path: Path) -> None:
     """StoreError unless this user can write the local store at `path` (or create it): a read-only
     store is refused before any work, not with a PermissionError halfway through."""
     if path.is_file():
-        return                                 # _open_root says it is not a store
+        return  # _open_root says it is not a store
     todo = [p for p in (path, path / "runs") if p.is_dir()]
-    if not todo:                               # created on the first write: its nearest existing parent
+    if not todo:  # created on the first write: its nearest existing parent
         parent = next((p for p in path.parents if p.exists()), None)
         todo = [parent] if parent is not None and parent.is_dir() else []
     for p in todo:
         if not os.access(p, os.W_OK | os.X_OK):
             what = "store" if p in (path, path / "runs") else "directory that would hold the store"
-            raise StoreError(f"the {what} {p} is read-only for this user, and this command writes to the "
-                             f"store; choose a writable --store, or fix the permissions")
+            raise StoreError(
+                f"the {what} {p} is read-only for this user, and this command writes to the "
+                f"store; choose a writable --store, or fix the permissions"
+            )
 
 
 def _upload_dataset(ds: xr.Dataset, url: str, group: str, encoding: dict) -> None:
@@ -364,8 +416,9 @@ def _upload_dataset(ds: xr.Dataset, url: str, group: str, encoding: dict) -> Non
     import fsspec
 
     objects: dict = {}
-    ds.to_zarr(zarr.storage.MemoryStore(store_dict=objects), mode="w", zarr_format=3, consolidated=False,
-               encoding=encoding)
+    ds.to_zarr(
+        zarr.storage.MemoryStore(store_dict=objects), mode="w", zarr_format=3, consolidated=False, encoding=encoding
+    )
     fs, root = fsspec.core.url_to_fs(url)
     dest = f"{root.rstrip('/')}/{group}"
     try:
@@ -386,7 +439,7 @@ class Run:
         self.store = store
         self.run_id = run_id
         self.prefix = f"runs/{run_id}"
-        self.lock = None                       # a dema_lab.lock.RunLock while this object is the writer
+        self.lock = None  # a dema_lab.lock.RunLock while this object is the writer
 
     # ---------------------------------------------------------------- the one writer
     def claim(self) -> Run:
@@ -415,8 +468,9 @@ class Run:
 
     @property
     def group(self):
-        return zarr.open_group(self.store.path, path=self.prefix, mode="r" if self.store.mode == "r" else "a",
-                               zarr_format=3)
+        return zarr.open_group(
+            self.store.path, path=self.prefix, mode="r" if self.store.mode == "r" else "a", zarr_format=3
+        )
 
     @property
     def attrs(self) -> dict:
@@ -448,18 +502,20 @@ class Run:
         n = (int(current.rsplit(".slot", 1)[1]) if current != name else 0) + 1
         return f"{name}.slot{n}" if n < SLOTS else name
 
-    def _publish(self, kind: str, name: str, remove: tuple[str, ...] = (), run_attrs: dict | None = None,
-                 slot: str | None = None):
+    def _publish(
+        self, kind: str, name: str, remove: tuple[str, ...] = (), run_attrs: dict | None = None, slot: str | None = None
+    ):
         """List `name` under `kind` (written in `slot`; set `run_attrs`) in one atomic write of the
         run's zarr.json."""
         if self.lock is not None:
-            self.lock.check()                  # a writer whose lease was taken over publishes nothing more
+            self.lock.check()  # a writer whose lease was taken over publishes nothing more
         group = self.group
         published = dict(group.attrs.get("published", {}))
         names = [n for n in published.get(kind, []) if n != name and n not in remove]
         published[kind] = names + [name]
-        slots = {k: v for k, v in group.attrs.get("slots", {}).items()
-                 if k not in {f"{kind}/{n}" for n in (name, *remove)}}
+        slots = {
+            k: v for k, v in group.attrs.get("slots", {}).items() if k not in {f"{kind}/{n}" for n in (name, *remove)}
+        }
         if slot not in (None, name):
             slots[f"{kind}/{name}"] = slot
         group.update_attributes({"published": published, "slots": slots, **_jsonable(run_attrs or {})})
@@ -478,15 +534,28 @@ class Run:
             raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
         ds = _portable_strings(ds.assign_attrs(_jsonable(dict(ds.attrs))))
         slot = self._free_slot(kind, name)
-        if _is_url(self.store.path):      # an object store: one concurrent upload, not a request per step
+        if _is_url(self.store.path):  # an object store: one concurrent upload, not a request per step
             _upload_dataset(ds, self.store.path, f"{self.prefix}/{kind}/{slot}", encoding or {})
         else:
-            ds.to_zarr(self.store.path, group=f"{self.prefix}/{kind}/{slot}", mode="w", zarr_format=3,
-                       consolidated=False, encoding=encoding or {})
+            ds.to_zarr(
+                self.store.path,
+                group=f"{self.prefix}/{kind}/{slot}",
+                mode="w",
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding or {},
+            )
         self._publish(kind, name, slot=slot)
 
-    def write_bytes(self, kind: str, name: str, data: bytes, attrs: dict | None = None,
-                    replace: tuple[str, ...] = (), run_attrs: dict | None = None) -> None:
+    def write_bytes(
+        self,
+        kind: str,
+        name: str,
+        data: bytes,
+        attrs: dict | None = None,
+        replace: tuple[str, ...] = (),
+        run_attrs: dict | None = None,
+    ) -> None:
         """Store a blob (a checkpoint) as a uint8 array with its SHA-256 in its attributes (checked by
         read_bytes), publish it (with `run_attrs` set on the run in the same write), then drop
         `replace`d ones."""
@@ -494,9 +563,16 @@ class Run:
         attrs = {**(attrs or {}), "sha256": hashlib.sha256(data).hexdigest(), "nbytes": len(buf)}
         slot = self._free_slot(kind, name)
         gone = [self.location(kind, old).rsplit("/", 1)[-1] for old in replace if old != name]
-        arr = zarr.create_array(self.store.path, name=f"{self.prefix}/{kind}/{slot}", shape=buf.shape,
-                                dtype="uint8", chunks=(max(1, min(len(buf), 1 << 24)),),
-                                attributes=_jsonable(attrs or {}), overwrite=True, zarr_format=3)
+        arr = zarr.create_array(
+            self.store.path,
+            name=f"{self.prefix}/{kind}/{slot}",
+            shape=buf.shape,
+            dtype="uint8",
+            chunks=(max(1, min(len(buf), 1 << 24)),),
+            attributes=_jsonable(attrs or {}),
+            overwrite=True,
+            zarr_format=3,
+        )
         arr[:] = buf
         self._publish(kind, name, remove=replace, run_attrs=run_attrs, slot=slot)
         for old in gone:
@@ -521,14 +597,14 @@ class Run:
         attrs = self.attrs
         names = attrs.get("published", {}).get(kind, [])
         if name not in names:
-            raise StoreError(f"{kind}/{name} is not published in run {self.run_id} "
-                             f"(published: {', '.join(names) or 'none'})")
+            raise StoreError(
+                f"{kind}/{name} is not published in run {self.run_id} (published: {', '.join(names) or 'none'})"
+            )
         return attrs
 
     def open(self, kind: str, name: str) -> xr.Dataset:
         attrs = self._check_published(kind, name)
-        return xr.open_zarr(self.store.path, group=self.location(kind, name, attrs), consolidated=False,
-                            zarr_format=3)
+        return xr.open_zarr(self.store.path, group=self.location(kind, name, attrs), consolidated=False, zarr_format=3)
 
     def read_bytes(self, kind: str, name: str) -> bytes:
         """A published blob, checked against the SHA-256 stored with it (blobs written before
@@ -555,13 +631,19 @@ class Run:
         todo = []
         if kind == "checkpoint":
             others = [s for s in self.checkpoints() if checkpoint_name(s) != name]
-            todo.append(f"use another checkpoint (steps {', '.join(map(str, others[-5:]))})" if others
-                        else "this run has no other checkpoint")
+            todo.append(
+                f"use another checkpoint (steps {', '.join(map(str, others[-5:]))})"
+                if others
+                else "this run has no other checkpoint"
+            )
         if kind == "resume" or name in self.published("resume"):
             states = sorted((step_of(n) for n in self.published("resume") if n != name), reverse=True)
-            todo.append(f"to continue training, resume from an earlier state: dema-lab train --resume "
-                        f"{self.run_id} --from-step S (S: {', '.join(map(str, states))})" if states
-                        else "no other resume state is kept: train the run again under a new run id")
+            todo.append(
+                f"to continue training, resume from an earlier state: dema-lab train --resume "
+                f"{self.run_id} --from-step S (S: {', '.join(map(str, states))})"
+                if states
+                else "no other resume state is kept: train the run again under a new run id"
+            )
         return IntegrityError(f"run {self.run_id}: the stored {what} is damaged ({why}); {'; '.join(todo)}")
 
     def train_metrics(self) -> xr.Dataset:
@@ -613,14 +695,24 @@ class Run:
         """The run as an xarray DataTree: attrs at the root, one node per published group."""
         children = {}
         for kind in ("train", "eval", "decay", "paper_attention"):
-            getter = {"train": self.train_metrics, "eval": self.evals, "decay": self.decay,
-                      "paper_attention": self.paper_attention}[kind]
+            getter = {
+                "train": self.train_metrics,
+                "eval": self.evals,
+                "decay": self.decay,
+                "paper_attention": self.paper_attention,
+            }[kind]
             children[kind] = xr.DataTree(getter())
         rollouts = {name: xr.DataTree(self.open("rollout", name)) for name in self.rollouts()}
         children["rollout"] = xr.DataTree(children=rollouts)
         attrs = self.attrs
-        root = xr.Dataset(attrs={"run_id": self.run_id, "config": attrs.get("config", {}),
-                                 "provenance": attrs.get("provenance", {}), "status": attrs.get("status", "")})
+        root = xr.Dataset(
+            attrs={
+                "run_id": self.run_id,
+                "config": attrs.get("config", {}),
+                "provenance": attrs.get("provenance", {}),
+                "status": attrs.get("status", ""),
+            }
+        )
         return xr.DataTree(root, children=children)
 
     def summary_row(self) -> dict:
@@ -632,14 +724,24 @@ class Run:
         evals = self.evals()
         score = headline(evals)
         te = prov.get("timestep_embedding", cfg.get("timestep_embedding", ""))
-        return {"run": self.run_id, "arch": cfg.get("arch", ""), "dataset": cfg.get("dataset", ""),
-                "family": family_label(cfg.get("arch", ""), cfg.get("layout", ""), te),
-                "env": prov.get("env", ""), "K": cfg.get("K", np.nan), "layout": cfg.get("layout", ""),
-                "timestep_embedding": prov.get("timestep_embedding", cfg.get("timestep_embedding", "")),
-                "seed": cfg.get("seed", np.nan), "status": attrs.get("status", ""),
-                "steps_done": attrs.get("steps_done", 0), "score_mode": score["mode"] or "",
-                "last_score": score["last"], "best_score": score["best"],
-                "parameters": prov.get("parameters", np.nan), "created": prov.get("created", "")}
+        return {
+            "run": self.run_id,
+            "arch": cfg.get("arch", ""),
+            "dataset": cfg.get("dataset", ""),
+            "family": family_label(cfg.get("arch", ""), cfg.get("layout", ""), te),
+            "env": prov.get("env", ""),
+            "K": cfg.get("K", np.nan),
+            "layout": cfg.get("layout", ""),
+            "timestep_embedding": prov.get("timestep_embedding", cfg.get("timestep_embedding", "")),
+            "seed": cfg.get("seed", np.nan),
+            "status": attrs.get("status", ""),
+            "steps_done": attrs.get("steps_done", 0),
+            "score_mode": score["mode"] or "",
+            "last_score": score["last"],
+            "best_score": score["best"],
+            "parameters": prov.get("parameters", np.nan),
+            "created": prov.get("created", ""),
+        }
 
 
 ARCH_LABELS = {"dema": "DeMa", "dt": "DT"}
@@ -648,8 +750,11 @@ ARCH_LABELS = {"dema": "DeMa", "dt": "DT"}
 def family_label(arch: str, layout: str = "", timestep_embedding=False) -> str:
     """A run's family, as every table and plot names it: architecture, token layout and the
     timestep embedding when it is on (`DeMa B3LD`, `DT B3LD +t-emb`)."""
-    te = timestep_embedding if isinstance(timestep_embedding, bool) else \
-        str(timestep_embedding).lower() in ("1", "true", "yes", "on")
+    te = (
+        timestep_embedding
+        if isinstance(timestep_embedding, bool)
+        else str(timestep_embedding).lower() in ("1", "true", "yes", "on")
+    )
     name = ARCH_LABELS.get(arch, arch or "?")
     return f"{name} {layout}".strip() + (" +t-emb" if te else "")
 
@@ -711,4 +816,3 @@ def open_run(path=None, run_id: str | None = None) -> xr.DataTree:
             raise StoreError(f"store {store.path} has no runs yet; create one with `dema-lab train`")
         run_id = ids[-1]
     return store.run(run_id).tree()
-

@@ -39,16 +39,16 @@ class SweepConfig:
     archs: list[str] = field(default_factory=lambda: ["dema"])
     seeds: list[int] = field(default_factory=lambda: [0])
     eval_modes: list[str] = field(default_factory=lambda: ["transformer", "rnn"])
-    ablations: bool = True               # hidden attention ablated (DeMa), timestep embedding removed (if trained with one)
+    ablations: bool = True  # hidden attention ablated (DeMa), timestep embedding removed (if trained with one)
     ablation_episodes: int = 5
-    ablation_layers: list[str] = field(default_factory=lambda: ["all"])   # "all", "each" (every layer alone), or N
-    workers: int = 0                     # 0: one per core
-    executor: str = "local"              # local (processes on this machine) | ray (dema_lab.cluster)
-    address: str = ""                    # ray: the cluster's HOST:PORT (default: RAY_ADDRESS, else a local one)
-    num_cpus: float = 1.0                # ray: CPUs per run (torch threads: this, at least 1)
-    num_gpus: float = 0.0                # ray: GPUs per run, fractional to share one (0.25: four runs per GPU)
-    max_retries: int = 3                 # ray: reruns of a task whose worker died; each resumes from the store
-    base: TrainConfig = field(default_factory=TrainConfig)   # everything else (steps, sizes, store, ...)
+    ablation_layers: list[str] = field(default_factory=lambda: ["all"])  # "all", "each" (every layer alone), or N
+    workers: int = 0  # 0: one per core
+    executor: str = "local"  # local (processes on this machine) | ray (dema_lab.cluster)
+    address: str = ""  # ray: the cluster's HOST:PORT (default: RAY_ADDRESS, else a local one)
+    num_cpus: float = 1.0  # ray: CPUs per run (torch threads: this, at least 1)
+    num_gpus: float = 0.0  # ray: GPUs per run, fractional to share one (0.25: four runs per GPU)
+    max_retries: int = 3  # ray: reruns of a task whose worker died; each resumes from the store
+    base: TrainConfig = field(default_factory=TrainConfig)  # everything else (steps, sizes, store, ...)
 
     def __post_init__(self):
         for name in ("datasets", "K", "layouts", "timestep_embedding", "archs", "seeds", "eval_modes"):
@@ -58,8 +58,10 @@ class SweepConfig:
         if self.executor not in ("local", "ray"):
             raise ValueError(f"executor {self.executor!r}: use 'local' (processes here) or 'ray' (a Ray cluster)")
         if self.num_cpus <= 0 or self.num_gpus < 0 or self.max_retries < 0:
-            raise ValueError(f"num_cpus must be > 0, num_gpus and max_retries >= 0 (got {self.num_cpus:g}, "
-                             f"{self.num_gpus:g}, {self.max_retries})")
+            raise ValueError(
+                f"num_cpus must be > 0, num_gpus and max_retries >= 0 (got {self.num_cpus:g}, "
+                f"{self.num_gpus:g}, {self.max_retries})"
+            )
         bad = [v for v in self.ablation_layers if v not in ("all", "each") and not v.isdigit()]
         if bad:
             raise ValueError(f"ablation layers {', '.join(bad)}: use 'all', 'each' or a layer index")
@@ -69,8 +71,9 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
     """One TrainConfig per grid point, with a stable run id. The timestep-embedding dimension is
     DeMa's: DT always has its timestep embedding, as in the paper (one DT run per other point)."""
     configs, seen = [], set()
-    for dataset, K, layout, ts, arch, seed in itertools.product(sweep.datasets, sweep.K, sweep.layouts,
-                                                                sweep.timestep_embedding, sweep.archs, sweep.seeds):
+    for dataset, K, layout, ts, arch, seed in itertools.product(
+        sweep.datasets, sweep.K, sweep.layouts, sweep.timestep_embedding, sweep.archs, sweep.seeds
+    ):
         ts = True if arch == "dt" else ts
         if (dataset, K, layout, ts, arch, seed) in seen:
             continue
@@ -78,8 +81,20 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
         short = os.path.splitext(os.path.basename(dataset))[0].replace(":", "-")
         run_id = f"{sweep.name}-{short}-{arch}-{layout}-ts{int(ts)}-K{K}-s{seed}"
         modes = [m for m in sweep.eval_modes if arch == "dema" or m == "transformer"]
-        configs.append(dataclasses.replace(sweep.base, dataset=dataset, K=K, layout=layout, timestep_embedding=ts,
-                                           arch=arch, seed=seed, eval_modes=modes, run_id=run_id, sweep=sweep.name))
+        configs.append(
+            dataclasses.replace(
+                sweep.base,
+                dataset=dataset,
+                K=K,
+                layout=layout,
+                timestep_embedding=ts,
+                arch=arch,
+                seed=seed,
+                eval_modes=modes,
+                run_id=run_id,
+                sweep=sweep.name,
+            )
+        )
     return configs
 
 
@@ -93,9 +108,10 @@ def _work(cfg: TrainConfig, ablations: bool, ablation_episodes: int, ablation_la
     torch.set_num_threads(max(1, cfg.threads or 1))
     start = time.perf_counter()
     run, what = ensure_trained(cfg, progress=False, log=lambda *_: None)
-    if ablations:       # hidden attention (DeMa), the timestep embedding (when the model has one)
-        _, kinds = complete_ablations(run, episodes=ablation_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed,
-                                      layers=ablation_layers)
+    if ablations:  # hidden attention (DeMa), the timestep embedding (when the model has one)
+        _, kinds = complete_ablations(
+            run, episodes=ablation_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed, layers=ablation_layers
+        )
         if kinds and what == "skipped":
             what = f"ablations added ({', '.join(kinds)})"
     return {"run_id": cfg.run_id, "what": what, "seconds": time.perf_counter() - start}
@@ -107,17 +123,18 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     from .store import RunStore, check_store
 
     configs = grid(sweep)
-    check_store(sweep.base.store)                     # a path that is not a store fails first
+    check_store(sweep.base.store)  # a path that is not a store fails first
     embedded = set(embedded_names())
     for name in dict.fromkeys(sweep.datasets):
         if name in embedded:
-            ensure_embedded(name, progress=False)     # build shared datasets once, not in each worker
+            ensure_embedded(name, progress=False)  # build shared datasets once, not in each worker
         else:
-            load_dataset(name, progress=False)        # a missing or malformed file fails here, not in every run
-    RunStore(sweep.base.store, mode="a")              # create the store once, before the workers
+            load_dataset(name, progress=False)  # a missing or malformed file fails here, not in every run
+    RunStore(sweep.base.store, mode="a")  # create the store once, before the workers
     if "dema" in sweep.archs:
         from .ssm import cpu_kernel
-        cpu_kernel.warm_up()                          # compile the scan into numba's cache once, too
+
+        cpu_kernel.warm_up()  # compile the scan into numba's cache once, too
     if sweep.executor == "ray":
         from .cluster import run_ray
 
@@ -138,8 +155,10 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     if any(devices):
         log(f"GPUs, round robin over the workers: CUDA_VISIBLE_DEVICES={', '.join(dict.fromkeys(devices))}")
     with local_pool(workers, devices) as pool:
-        futures = {pool.submit(_work, cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers): cfg
-                   for cfg in configs}
+        futures = {
+            pool.submit(_work, cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers): cfg
+            for cfg in configs
+        }
         for fut in as_completed(futures):
             cfg = futures[fut]
             try:
@@ -164,8 +183,11 @@ def worker_devices(workers: int, device: str = "auto") -> list[str | None]:
     if device not in ("auto", "cuda"):
         return [None] * workers
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    visible = ([d.strip() for d in listed.split(",") if d.strip()] if listed is not None
-               else [str(i) for i in range(_cuda_device_count())])
+    visible = (
+        [d.strip() for d in listed.split(",") if d.strip()]
+        if listed is not None
+        else [str(i) for i in range(_cuda_device_count())]
+    )
     if len(visible) < 2:
         return [None] * workers
     return [visible[i % len(visible)] for i in range(workers)]
@@ -173,7 +195,7 @@ def worker_devices(workers: int, device: str = "auto") -> list[str | None]:
 
 def _init_worker(devices) -> None:
     """A local worker's first act, before anything touches CUDA: take its GPU from the queue."""
-    device = devices.get(timeout=60)                 # one entry per worker, put before any starts
+    device = devices.get(timeout=60)  # one entry per worker, put before any starts
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
 

@@ -35,9 +35,16 @@ from .models.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoin
 from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name, rollout_name, step_of
 
 # The official evaluation targets (return-to-go at the start), DeMa and DT papers.
-DEFAULT_TARGETS = {"hopper": [3600.0, 1800.0], "halfcheetah": [12000.0, 6000.0], "walker2d": [5000.0, 2500.0],
-                   # Atari: the first target of each game in atari/mingpt/trainer_atari.py (the DT paper's)
-                   "breakout": [90.0], "pong": [20.0], "qbert": [14000.0], "seaquest": [1150.0]}
+DEFAULT_TARGETS = {
+    "hopper": [3600.0, 1800.0],
+    "halfcheetah": [12000.0, 6000.0],
+    "walker2d": [5000.0, 2500.0],
+    # Atari: the first target of each game in atari/mingpt/trainer_atari.py (the DT paper's)
+    "breakout": [90.0],
+    "pong": [20.0],
+    "qbert": [14000.0],
+    "seaquest": [1150.0],
+}
 
 
 @dataclass
@@ -47,18 +54,18 @@ class TrainConfig:
     JSON file (--config) and the presets (PRESETS, --preset) set the same fields."""
 
     # data
-    dataset: str = "hopper-medium"     # embedded name, D4RL .hdf5 path, or minari:<id>
+    dataset: str = "hopper-medium"  # embedded name, D4RL .hdf5 path, or minari:<id>
     # model
-    arch: str = "dema"                 # dema | dt
+    arch: str = "dema"  # dema | dt
     K: int = 20
-    layout: str = "B3LD"               # B3LD | BL3D
-    token_order: str = "RSA"           # RSA (DT's R_t, s_t, a_t) | RAS (official DeMa's R_t, a_{t-1}, s_t)
-    embed_dim: int = 0                 # 0: embeddings are d_model wide; N: N wide, projected to d_model
-    embed_norm: str = "layernorm"      # layernorm | none (official DeMa)
-    window_padding: str = "none"       # Transformer-like inference: none | left (official: zeros to K steps)
-    activation: str = "gelu"           # DT's MLP: gelu | relu (the DT and DeMa repositories)
-    window_actions: str = "own"        # RSA inference windows: own (a_t in step t's slot) | previous (the
-                                       # DeMa repository's DT evaluation: a_{t-1})
+    layout: str = "B3LD"  # B3LD | BL3D
+    token_order: str = "RSA"  # RSA (DT's R_t, s_t, a_t) | RAS (official DeMa's R_t, a_{t-1}, s_t)
+    embed_dim: int = 0  # 0: embeddings are d_model wide; N: N wide, projected to d_model
+    embed_norm: str = "layernorm"  # layernorm | none (official DeMa)
+    window_padding: str = "none"  # Transformer-like inference: none | left (official: zeros to K steps)
+    activation: str = "gelu"  # DT's MLP: gelu | relu (the DT and DeMa repositories)
+    window_actions: str = "own"  # RSA inference windows: own (a_t in step t's slot) | previous (the
+    # DeMa repository's DT evaluation: a_{t-1})
     n_layer: int = 3
     d_model: int = 128
     d_state: int = 16
@@ -66,16 +73,16 @@ class TrainConfig:
     expand: int = 2
     n_head: int = 1
     dropout: float = 0.1
-    timestep_embedding: bool | None = None   # None: off for DeMa, on for DT
+    timestep_embedding: bool | None = None  # None: off for DeMa, on for DT
     max_ep_len: int = 1000
     # optimisation
-    rtg_form: str = "current"          # training tokens: current (R_t, as at evaluation) | previous (the
-                                       # official trainer's R_{t-1} with s_t, its `del_r`; RAS only)
-    decay_all: bool = False            # weight decay on every parameter (official) or on matrices only
-    train_padding: str = "right"       # short training windows: right-padded, or left (the official trainer's)
-    init: str = "torch"                # initial weights: torch (PyTorch's defaults) | official (mamba_ssm's
-                                       # _init_weights, as Mamba_mujoco: zero Linear biases but dt_proj's,
-                                       # embeddings N(0, 0.02), out_proj scaled by 1/sqrt(n_layer))
+    rtg_form: str = "current"  # training tokens: current (R_t, as at evaluation) | previous (the
+    # official trainer's R_{t-1} with s_t, its `del_r`; RAS only)
+    decay_all: bool = False  # weight decay on every parameter (official) or on matrices only
+    train_padding: str = "right"  # short training windows: right-padded, or left (the official trainer's)
+    init: str = "torch"  # initial weights: torch (PyTorch's defaults) | official (mamba_ssm's
+    # _init_weights, as Mamba_mujoco: zero Linear biases but dt_proj's,
+    # embeddings N(0, 0.02), out_proj scaled by 1/sqrt(n_layer))
     steps: int = 10_000
     batch_size: int = 64
     lr: float = 1e-4
@@ -84,34 +91,43 @@ class TrainConfig:
     grad_clip: float = 0.25
     rtg_scale: float = 1000.0
     seed: int = 0
-    device: str = "auto"               # auto: CUDA when present
-    threads: int = 0                   # torch CPU threads; 0 = torch's default
+    device: str = "auto"  # auto: CUDA when present
+    threads: int = 0  # torch CPU threads; 0 = torch's default
     # evaluation and logging
-    eval_every: int = 0                # 0: evaluate only at the end
+    eval_every: int = 0  # 0: evaluate only at the end
     eval_episodes: int = 5
-    eval_targets: list[float] | None = None   # None: the paper's targets for the env
-    eval_modes: list[str] | None = None       # None: transformer and rnn (DeMa), transformer (DT)
+    eval_targets: list[float] | None = None  # None: the paper's targets for the env
+    eval_modes: list[str] | None = None  # None: transformer and rnn (DeMa), transformer (DT)
     eval_max_steps: int = 1000
-    record_episodes: int = 1           # recorded (frames + attention) episodes per (mode, target)
-    render_size: int = 128             # frame size; 0 = no frames
-    attention: str = "minmax"          # channel aggregation of the logged attention
-    decay_windows: int = 64            # dataset windows for the decay statistics
+    record_episodes: int = 1  # recorded (frames + attention) episodes per (mode, target)
+    render_size: int = 128  # frame size; 0 = no frames
+    attention: str = "minmax"  # channel aggregation of the logged attention
+    decay_windows: int = 64  # dataset windows for the decay statistics
     log_every: int = 100
     checkpoint_every: int = 1_000
-    keep_resume_states: int = 3        # the newest N resume states are kept (--resume RUN --from-step S)
+    keep_resume_states: int = 3  # the newest N resume states are kept (--resume RUN --from-step S)
     # where
     store: str = DEFAULT_STORE
-    run_id: str = ""                   # default: <arch>-<dataset>-K<K>-s<seed>-<time>
-    sweep: str = ""                    # the sweep this run belongs to, if any
+    run_id: str = ""  # default: <arch>-<dataset>-K<K>-s<seed>-<time>
+    sweep: str = ""  # the sweep this run belongs to, if any
 
     def __post_init__(self):
         try:
-            coerce(self)               # every value by its declared type: "10" -> 10, "no" -> False
+            coerce(self)  # every value by its declared type: "10" -> 10, "no" -> False
         except ConfigError as e:
             raise ConfigError(f"invalid training config: {e}") from None
         problems = []
-        for name in ("steps", "batch_size", "K", "log_every", "checkpoint_every", "eval_episodes",
-                     "eval_max_steps", "max_ep_len", "keep_resume_states"):
+        for name in (
+            "steps",
+            "batch_size",
+            "K",
+            "log_every",
+            "checkpoint_every",
+            "eval_episodes",
+            "eval_max_steps",
+            "max_ep_len",
+            "keep_resume_states",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every", "warmup_steps", "record_episodes", "render_size", "decay_windows", "threads"):
@@ -120,13 +136,17 @@ class TrainConfig:
         if self.rtg_form not in ("current", "previous"):
             problems.append(f"rtg_form must be 'current' or 'previous', got {self.rtg_form!r}")
         elif self.rtg_form == "previous" and self.token_order not in ("RAS", "ARS"):
-            problems.append("rtg_form 'previous' is the official DeMa's training form and needs token_order RAS "
-                            "(or ARS, its Atari order)")
+            problems.append(
+                "rtg_form 'previous' is the official DeMa's training form and needs token_order RAS "
+                "(or ARS, its Atari order)"
+            )
         elif self.rtg_form == "previous" and self.K < 2:
             problems.append("rtg_form 'previous' trains on steps 1..K-1 of each window and needs K >= 2")
         if self.train_padding == "left" and self.token_order in ("RAS", "ARS") and self.rtg_form == "current":
-            problems.append("train_padding 'left' with token_order RAS is the official trainer's and needs its "
-                            "rtg_form 'previous' (with 'current', the first real step would see a pad action)")
+            problems.append(
+                "train_padding 'left' with token_order RAS is the official trainer's and needs its "
+                "rtg_form 'previous' (with 'current', the first real step would see a pad action)"
+            )
         if self.init not in ("torch", "official"):
             problems.append(f"init must be 'torch' or 'official', got {self.init!r}")
         if self.train_padding not in ("right", "left"):
@@ -139,22 +159,40 @@ class TrainConfig:
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.max_ep_len >= 1 and self.K > self.max_ep_len:
-            problems.append(f"K={self.K} is longer than max_ep_len={self.max_ep_len}, the longest episode the "
-                            f"model handles; use K <= {self.max_ep_len} (or raise max_ep_len)")
+            problems.append(
+                f"K={self.K} is longer than max_ep_len={self.max_ep_len}, the longest episode the "
+                f"model handles; use K <= {self.max_ep_len} (or raise max_ep_len)"
+            )
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
-        self.model_config(1, 1)        # the model's fields (arch, layout, sizes) fail here, before any work
+        self.model_config(1, 1)  # the model's fields (arch, layout, sizes) fail here, before any work
 
     def model_config(self, state_dim: int, act_dim: int, obs_shape: tuple = (), n_actions: int = 0) -> ModelConfig:
         """The model for a dataset's states and actions (Atari: image obs_shape, n_actions discrete)."""
-        return ModelConfig(arch=self.arch, state_dim=state_dim, act_dim=act_dim, K=self.K, d_model=self.d_model,
-                           obs_shape=tuple(obs_shape), n_actions=n_actions,
-                           n_layer=self.n_layer, layout=self.layout, timestep_embedding=self.timestep_embedding,
-                           max_ep_len=self.max_ep_len, d_state=self.d_state, d_conv=self.d_conv,
-                           expand=self.expand, n_head=self.n_head, dropout=self.dropout,
-                           token_order=self.token_order, embed_dim=self.embed_dim, embed_norm=self.embed_norm,
-                           window_padding=self.window_padding, activation=self.activation,
-                           window_actions=self.window_actions)
+        return ModelConfig(
+            arch=self.arch,
+            state_dim=state_dim,
+            act_dim=act_dim,
+            K=self.K,
+            d_model=self.d_model,
+            obs_shape=tuple(obs_shape),
+            n_actions=n_actions,
+            n_layer=self.n_layer,
+            layout=self.layout,
+            timestep_embedding=self.timestep_embedding,
+            max_ep_len=self.max_ep_len,
+            d_state=self.d_state,
+            d_conv=self.d_conv,
+            expand=self.expand,
+            n_head=self.n_head,
+            dropout=self.dropout,
+            token_order=self.token_order,
+            embed_dim=self.embed_dim,
+            embed_norm=self.embed_norm,
+            window_padding=self.window_padding,
+            activation=self.activation,
+            window_actions=self.window_actions,
+        )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:
@@ -174,8 +212,11 @@ class TrainConfig:
         (ConfigError naming the file and the field for an unknown key or a bad value)."""
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} " + ("is a directory" if path.is_dir() else "does not exist")
-                              + "; give a JSON or TOML (.toml) file of TrainConfig fields")
+            raise ConfigError(
+                f"config file {path} "
+                + ("is a directory" if path.is_dir() else "does not exist")
+                + "; give a JSON or TOML (.toml) file of TrainConfig fields"
+            )
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
@@ -183,12 +224,15 @@ class TrainConfig:
         try:
             if path.suffix == ".toml":
                 import tomllib
+
                 d = tomllib.loads(text)
             else:
                 d = json.loads(text)
-        except ValueError as e:      # JSONDecodeError and TOMLDecodeError are ValueErrors
-            raise ConfigError(f"config file {path} cannot be parsed ({e}); it must be JSON or TOML "
-                              f"(.toml) with TrainConfig's field names as keys") from None
+        except ValueError as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            raise ConfigError(
+                f"config file {path} cannot be parsed ({e}); it must be JSON or TOML "
+                f"(.toml) with TrainConfig's field names as keys"
+            ) from None
         if not isinstance(d, dict):
             raise ConfigError(f"config file {path} must hold a table of TrainConfig fields, not {type(d).__name__}")
         try:
@@ -211,39 +255,137 @@ PRESETS = {
     # inference, the trainer's (R_{t-1}, a_{t-1}, s_t) tokens; AdamW with weight decay on every parameter, lr 1e-4,
     # wd 1e-4, 10k warm-up steps, clip 0.25, batch 64, K 20, 10 x 10k steps, evaluated after each 10k
     # (experiment.py: 100 episodes, Transformer-like) and reported as the best evaluation.
-    "official": dict(arch="dema", K=20, layout="B3LD", token_order="RAS", embed_dim=128, d_model=64, n_layer=3,
-                     d_state=64, d_conv=4, expand=2, embed_norm="none", window_padding="left",
-                     timestep_embedding=False, rtg_form="previous", decay_all=True, train_padding="left",
-                     init="official", lr=1e-4, weight_decay=1e-4,
-                     warmup_steps=10_000, grad_clip=0.25, batch_size=64, steps=100_000, rtg_scale=1000.0,
-                     eval_every=10_000, eval_episodes=100, eval_modes=["transformer"], checkpoint_every=10_000),
+    "official": dict(
+        arch="dema",
+        K=20,
+        layout="B3LD",
+        token_order="RAS",
+        embed_dim=128,
+        d_model=64,
+        n_layer=3,
+        d_state=64,
+        d_conv=4,
+        expand=2,
+        embed_norm="none",
+        window_padding="left",
+        timestep_embedding=False,
+        rtg_form="previous",
+        decay_all=True,
+        train_padding="left",
+        init="official",
+        lr=1e-4,
+        weight_decay=1e-4,
+        warmup_steps=10_000,
+        grad_clip=0.25,
+        batch_size=64,
+        steps=100_000,
+        rtg_scale=1000.0,
+        eval_every=10_000,
+        eval_episodes=100,
+        eval_modes=["transformer"],
+        checkpoint_every=10_000,
+    ),
     # The official Atari DeMa (github AndssY/dema, atari/configs/config.py MambaConfig + atari/run_atari.py):
     # tokens (a_{t-1}, R, s) trained as (a_{t-1}, R_{t-1}, s_t), the Nature CNN, tanh embeddings 128 wide
     # through backbone.embedding to d_model 128, 6 layers, d_state 128, expand 2, dropout 0.1, context 30,
     # mamba_ssm's initial weights; returns-to-go unscaled; lr 1e-4, wd 1e-4, clip 0.8, batch 8, 10 epochs
     # of 500k transitions (625k steps; its warm-up of 3000*32 tokens = 400 steps). Not reproduced: its
     # cosine decay after the warm-up (the lr stays at 1e-4). Data: --dataset dqn-replay:/path/<Game>/1/replay_logs.
-    "atari-official": dict(arch="dema", K=30, layout="B3LD", token_order="ARS", embed_dim=128, d_model=128,
-                           n_layer=6, d_state=128, d_conv=4, expand=2, dropout=0.1, embed_norm="none",
-                           window_padding="none", timestep_embedding=False, rtg_form="previous",
-                           train_padding="right", init="official", lr=1e-4, weight_decay=1e-4, warmup_steps=400,
-                           grad_clip=0.8, batch_size=8, steps=625_000, rtg_scale=1.0, eval_episodes=10,
-                           eval_every=62_500, checkpoint_every=62_500, eval_max_steps=27_000),
+    "atari-official": dict(
+        arch="dema",
+        K=30,
+        layout="B3LD",
+        token_order="ARS",
+        embed_dim=128,
+        d_model=128,
+        n_layer=6,
+        d_state=128,
+        d_conv=4,
+        expand=2,
+        dropout=0.1,
+        embed_norm="none",
+        window_padding="none",
+        timestep_embedding=False,
+        rtg_form="previous",
+        train_padding="right",
+        init="official",
+        lr=1e-4,
+        weight_decay=1e-4,
+        warmup_steps=400,
+        grad_clip=0.8,
+        batch_size=8,
+        steps=625_000,
+        rtg_scale=1.0,
+        eval_episodes=10,
+        eval_every=62_500,
+        checkpoint_every=62_500,
+        eval_max_steps=27_000,
+    ),
     # A small Atari DeMa for 2 CPU cores: the same tokens and CNN, 2 layers of width 64, K 8 (345k
     # parameters). On breakout-mixed, 1300 steps (about 4 min of training on 2 idle cores) reached
     # returns 37, 19, 0 (RNN-like, target 90) against the random policy's 1.7.
-    "atari-small": dict(arch="dema", K=8, layout="B3LD", token_order="ARS", embed_dim=0, d_model=64, n_layer=2,
-                        d_state=16, d_conv=4, expand=2, dropout=0.1, embed_norm="none", timestep_embedding=False,
-                        rtg_form="current", lr=1e-3, weight_decay=1e-4, warmup_steps=50, grad_clip=1.0,
-                        batch_size=16, steps=1_500, rtg_scale=1.0, eval_episodes=3, eval_max_steps=3_000,
-                        checkpoint_every=500, record_episodes=1, decay_windows=16),
+    "atari-small": dict(
+        arch="dema",
+        K=8,
+        layout="B3LD",
+        token_order="ARS",
+        embed_dim=0,
+        d_model=64,
+        n_layer=2,
+        d_state=16,
+        d_conv=4,
+        expand=2,
+        dropout=0.1,
+        embed_norm="none",
+        timestep_embedding=False,
+        rtg_form="current",
+        lr=1e-3,
+        weight_decay=1e-4,
+        warmup_steps=50,
+        grad_clip=1.0,
+        batch_size=16,
+        steps=1_500,
+        rtg_scale=1.0,
+        eval_episodes=3,
+        eval_max_steps=3_000,
+        checkpoint_every=500,
+        record_episodes=1,
+        decay_windows=16,
+    ),
 }
 
 # What a run is: a resume cannot change these (it may change the rest, e.g. steps or evaluation).
-RESUME_FIXED = ("dataset", "arch", "K", "layout", "token_order", "embed_dim", "embed_norm", "window_padding",
-                "activation", "window_actions", "n_layer", "d_model", "d_state", "d_conv", "expand", "n_head", "dropout",
-                "timestep_embedding", "max_ep_len", "seed", "batch_size", "lr", "weight_decay", "warmup_steps",
-                "grad_clip", "rtg_scale", "rtg_form", "decay_all", "train_padding")
+RESUME_FIXED = (
+    "dataset",
+    "arch",
+    "K",
+    "layout",
+    "token_order",
+    "embed_dim",
+    "embed_norm",
+    "window_padding",
+    "activation",
+    "window_actions",
+    "n_layer",
+    "d_model",
+    "d_state",
+    "d_conv",
+    "expand",
+    "n_head",
+    "dropout",
+    "timestep_embedding",
+    "max_ep_len",
+    "seed",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "rtg_scale",
+    "rtg_form",
+    "decay_all",
+    "train_padding",
+)
 
 
 def resumed_config(store, run_id: str, overrides: dict | None = None) -> TrainConfig:
@@ -262,7 +404,7 @@ def resolve_device(name: str) -> torch.device:
 
 def masked_mse(pred, target, mask):
     """Mean squared error over the real (unpadded) steps. pred, target (b, K, a); mask (b, K)."""
-    err = ((pred - target) ** 2).sum(-1)                  # (b, K)
+    err = ((pred - target) ** 2).sum(-1)  # (b, K)
     return (err * mask).sum() / (mask.sum().clamp_min(1) * target.shape[-1])
 
 
@@ -272,8 +414,9 @@ def make_optimizer(model, cfg: TrainConfig):
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if not cfg.decay_all and (p.dim() < 2 or getattr(p, "_no_weight_decay", False)) else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
     warmup = max(1, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     return opt, sched
@@ -290,16 +433,22 @@ def training_form(batch: dict, rtg_form: str = "current") -> dict:
         return batch
     if rtg_form != "previous":
         raise ValueError(f"rtg_form must be 'current' or 'previous', got {rtg_form!r}")
-    return {"states": batch["states"][:, 1:], "actions": batch["actions"][:, 1:],
-            "returns_to_go": batch["returns_to_go"][:, :-1], "timesteps": batch["timesteps"][:, :-1],
-            "mask": batch["mask"][:, 1:], "prev_action": batch["actions"][:, 0]}
+    return {
+        "states": batch["states"][:, 1:],
+        "actions": batch["actions"][:, 1:],
+        "returns_to_go": batch["returns_to_go"][:, :-1],
+        "timesteps": batch["timesteps"][:, :-1],
+        "mask": batch["mask"][:, 1:],
+        "prev_action": batch["actions"][:, 0],
+    }
 
 
 def masked_cross_entropy(logits, target, mask):
     """Cross-entropy over the real (unpadded) steps, for discrete actions. logits (b, K, n_actions);
     target (b, K, 1) action indices; mask (b, K)."""
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target[..., 0].round().long(),
-                                            reduction="none")                 # (b, K)
+    nll = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), target[..., 0].round().long(), reduction="none"
+    )  # (b, K)
     return (nll * mask).sum() / mask.sum().clamp_min(1)
 
 
@@ -312,8 +461,13 @@ def train_step(model, batch, opt, sched, grad_clip: float, rtg_form: str = "curr
     """One optimisation step on a batch of windows; returns (loss, grad norm)."""
     model.train()
     batch = training_form(batch, rtg_form)
-    pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
-                 prev_action=batch.get("prev_action"))
+    pred = model(
+        batch["states"],
+        batch["actions"],
+        batch["returns_to_go"],
+        batch["timesteps"],
+        prev_action=batch.get("prev_action"),
+    )
     loss = action_loss(model, pred, batch["actions"], batch["mask"])
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -327,8 +481,9 @@ def full_windows(sampler, n: int, seed: int = 0) -> dict:
     """n windows of exactly K real steps (no padding), the same ones for a given seed, so that
     statistics at different checkpoints are computed on the same data."""
     K = sampler.K
-    starts = np.concatenate([np.arange(s, e - K + 1) for s, e in zip(sampler.starts, sampler.ends) if e - s >= K]
-                            or [np.zeros(0, np.int64)])
+    starts = np.concatenate(
+        [np.arange(s, e - K + 1) for s, e in zip(sampler.starts, sampler.ends) if e - s >= K] or [np.zeros(0, np.int64)]
+    )
     if not len(starts):
         raise ValueError(f"no episode in the dataset is at least K={K} steps long; use a smaller K")
     pick = np.random.default_rng(seed).choice(starts, size=min(n, len(starts)), replace=False)
@@ -338,8 +493,9 @@ def full_windows(sampler, n: int, seed: int = 0) -> dict:
 def _git_commit() -> str:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -351,8 +507,20 @@ def _default_run_id(cfg: TrainConfig, dataset_name: str) -> str:
     return f"{cfg.arch}-{name}-K{cfg.K}-s{cfg.seed}-{stamp}"
 
 
-def evaluate_checkpoint(run, model, step: int, cfg: TrainConfig, env: str, targets, modes, sampler, scorer,
-                        device=None, log=print, attrs: dict | None = None):
+def evaluate_checkpoint(
+    run,
+    model,
+    step: int,
+    cfg: TrainConfig,
+    env: str,
+    targets,
+    modes,
+    sampler,
+    scorer,
+    device=None,
+    log=print,
+    attrs: dict | None = None,
+):
     """Evaluate a model as the run's checkpoint `step` and publish what the trainer publishes at each
     evaluation: eval/ (returns and normalized scores by mode, target, episode), rollout/ (the
     recorded episodes), decay/ (dema-lab's decay statistics on `sampler`'s dataset windows) and
@@ -364,9 +532,21 @@ def evaluate_checkpoint(run, model, step: int, cfg: TrainConfig, env: str, targe
     name = checkpoint_name(step)
     start = time.perf_counter()
     results, recordings = evaluate(
-        model, env, targets, cfg.eval_episodes, modes, cfg.rtg_scale, sampler.state_mean, sampler.state_std,
-        seed=cfg.seed, record=cfg.record_episodes, render_size=cfg.render_size or None, attention=cfg.attention,
-        max_steps=cfg.eval_max_steps, scorer=scorer)
+        model,
+        env,
+        targets,
+        cfg.eval_episodes,
+        modes,
+        cfg.rtg_scale,
+        sampler.state_mean,
+        sampler.state_std,
+        seed=cfg.seed,
+        record=cfg.record_episodes,
+        render_size=cfg.render_size or None,
+        attention=cfg.attention,
+        max_steps=cfg.eval_max_steps,
+        scorer=scorer,
+    )
     for (mode, target_index, episode), ds in recordings.items():
         ds.attrs.update(checkpoint=step, run_id=run.run_id)
         run.write("rollout", rollout_name(step, mode, target_index, episode), ds, encoding=rollout_encoding(ds))
@@ -375,16 +555,20 @@ def evaluate_checkpoint(run, model, step: int, cfg: TrainConfig, env: str, targe
     if cfg.decay_windows:
         try:
             batch = full_windows(sampler, cfg.decay_windows, cfg.seed)
-        except ValueError as e:                 # no episode as long as K: no windows to measure on
+        except ValueError as e:  # no episode as long as K: no windows to measure on
             log(f"no decay statistics: {e}")
         else:
             batch = {k: v.to(device) if device is not None else v for k, v in batch.items()}
             run.write("decay", name, decay_statistics(model, batch, checkpoint=step))
-    publish_paper_attention(run, step, model, sampler.state_mean, sampler.state_std, cfg.rtg_scale,
-                            if_short="skip", log=log)
+    publish_paper_attention(
+        run, step, model, sampler.state_mean, sampler.state_std, cfg.rtg_scale, if_short="skip", log=log
+    )
     score = results["normalized_score"].mean("episode")
-    summary = ", ".join(f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}"
-                        for m in results.mode.values for t in results.target.values)
+    summary = ", ".join(
+        f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}"
+        for m in results.mode.values
+        for t in results.target.values
+    )
     log(f"{run.run_id} step {step}: normalized score {summary} ({time.perf_counter() - start:.0f} s)")
     return results
 
@@ -392,13 +576,19 @@ def evaluate_checkpoint(run, model, step: int, cfg: TrainConfig, env: str, targe
 class Trainer:
     """Holds the pieces of one run; `run()` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print,
-                 from_step: int | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: str | None = None,
+        progress: bool = True,
+        log=print,
+        from_step: int | None = None,
+    ):
         """A new run, or with `resume` the run of that id continued from its newest resume state (or
         from the one of step `from_step`). Either way this trainer is the run's one writer: it holds
         the run's lock (store.Run.claim) until run_loop ends."""
         self.run = None
-        self.resumed_from: int | None = None      # the step of the state a resume restored
+        self.resumed_from: int | None = None  # the step of the state a resume restored
         try:
             self._setup(cfg, resume, progress, log, from_step)
         except BaseException:
@@ -418,14 +608,19 @@ class Trainer:
             raise ValueError("--from-step goes with --resume RUN: it picks which saved state to resume from")
         self.store = RunStore(cfg.store, mode="a")
         if resume:
-            run = self.run = self.store.run(resume).claim()     # a second writer is refused here, by name
+            run = self.run = self.store.run(resume).claim()  # a second writer is refused here, by name
             saved = TrainConfig.from_dict(run.config)
             # a resume may extend a run (more steps, other evaluation settings) but not change what it is
-            changed = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})" for k in RESUME_FIXED
-                       if getattr(cfg, k) != getattr(saved, k)]
+            changed = [
+                f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
+                for k in RESUME_FIXED
+                if getattr(cfg, k) != getattr(saved, k)
+            ]
             if changed:
-                raise ValueError(f"--resume {resume}: cannot change {', '.join(changed)} of an existing run; "
-                                 f"train a new run for that")
+                raise ValueError(
+                    f"--resume {resume}: cannot change {', '.join(changed)} of an existing run; "
+                    f"train a new run for that"
+                )
             cfg = dataclasses.replace(cfg, run_id=resume, sweep=saved.sweep)
         self.cfg = cfg
         if cfg.threads:
@@ -436,19 +631,26 @@ class Trainer:
 
         self.dataset = load_dataset(cfg.dataset, progress=progress)
         if not self.dataset.env:
-            raise ValueError(f"dataset {cfg.dataset!r} does not say which environment it comes from, so it "
-                             f"cannot be evaluated; give a D4RL file whose attrs name the env")
+            raise ValueError(
+                f"dataset {cfg.dataset!r} does not say which environment it comes from, so it "
+                f"cannot be evaluated; give a D4RL file whose attrs name the env"
+            )
         try:
             self.env = env_spec(self.dataset.env).name
         except ValueError as e:
-            raise ValueError(f"dataset {cfg.dataset!r} was recorded in env {self.dataset.env!r}, which cannot be "
-                             f"evaluated here: {e}") from None
-        check_context_length(self.dataset, cfg.K)          # before any training, not at the first evaluation
-        self.sampler = WindowSampler(self.dataset, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed,
-                                     padding=cfg.train_padding)
-        self.model_cfg = cfg.model_config(self.dataset.obs_dim, self.dataset.act_dim,
-                                          self.dataset.obs_shape if self.dataset.is_image else (),
-                                          self.dataset.n_actions)
+            raise ValueError(
+                f"dataset {cfg.dataset!r} was recorded in env {self.dataset.env!r}, which cannot be evaluated here: {e}"
+            ) from None
+        check_context_length(self.dataset, cfg.K)  # before any training, not at the first evaluation
+        self.sampler = WindowSampler(
+            self.dataset, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed, padding=cfg.train_padding
+        )
+        self.model_cfg = cfg.model_config(
+            self.dataset.obs_dim,
+            self.dataset.act_dim,
+            self.dataset.obs_shape if self.dataset.is_image else (),
+            self.dataset.n_actions,
+        )
         self.model = build_model(self.model_cfg)
         if cfg.init == "official" and not resume:
             official_init(self.model)
@@ -458,8 +660,8 @@ class Trainer:
         self.modes = cfg.eval_modes or (["transformer", "rnn"] if cfg.arch == "dema" else ["transformer"])
         self.step = 0
         self.metrics: dict[str, list] = {k: [] for k in ("step", "loss", "lr", "grad_norm", "steps_per_second")}
-        self.wall = 0.0                      # training seconds, summed over resumes
-        self.tracker = None                  # live tracker (export.LiveTensorBoard): update(run) after publishing
+        self.wall = 0.0  # training seconds, summed over resumes
+        self.tracker = None  # live tracker (export.LiveTensorBoard): update(run) after publishing
 
         if resume:
             self.run = run
@@ -468,38 +670,72 @@ class Trainer:
             run_id = cfg.run_id or _default_run_id(cfg, self.dataset.name)
             self.cfg = cfg = dataclasses.replace(cfg, run_id=run_id)
             provenance = {
-                "dataset": self.dataset.name, "dataset_source": str(self.dataset.source or ""),
-                "dataset_attrs": {k: v for k, v in self.dataset.attrs.items() if isinstance(v, (str, int, float, bool))},
-                "env": self.env, "episodes": len(self.dataset), "transitions": self.dataset.num_transitions,
-                "code_version": __version__, "git_commit": _git_commit(), "device": str(self.device),
+                "dataset": self.dataset.name,
+                "dataset_source": str(self.dataset.source or ""),
+                "dataset_attrs": {
+                    k: v for k, v in self.dataset.attrs.items() if isinstance(v, (str, int, float, bool))
+                },
+                "env": self.env,
+                "episodes": len(self.dataset),
+                "transitions": self.dataset.num_transitions,
+                "code_version": __version__,
+                "git_commit": _git_commit(),
+                "device": str(self.device),
                 "backend": backend_for(self.device) if self.model_cfg.arch == "dema" else "attention",
-                "torch": torch.__version__, "host": socket.gethostname(), "python": platform.python_version(),
-                "model_config": self.model_cfg.to_dict(), "timestep_embedding": self.model_cfg.timestep_embedding,
-                "parameters": count_parameters(self.model), "forward_macs": forward_macs(self.model_cfg),
+                "torch": torch.__version__,
+                "host": socket.gethostname(),
+                "python": platform.python_version(),
+                "model_config": self.model_cfg.to_dict(),
+                "timestep_embedding": self.model_cfg.timestep_embedding,
+                "parameters": count_parameters(self.model),
+                "forward_macs": forward_macs(self.model_cfg),
                 "step_macs": {m: step_macs(self.model_cfg, m) for m in self.modes},
-                "eval_targets": list(self.targets), "eval_modes": list(self.modes),
+                "eval_targets": list(self.targets),
+                "eval_modes": list(self.modes),
             }
             self.run = self.store.create_run(run_id, asdict(cfg), provenance, hold_lock=True)
 
     # ------------------------------------------------------------------ checkpoints
     def _extra(self):
-        return {"state_mean": torch.as_tensor(self.sampler.state_mean), "state_std": torch.as_tensor(self.sampler.state_std)}
+        return {
+            "state_mean": torch.as_tensor(self.sampler.state_mean),
+            "state_std": torch.as_tensor(self.sampler.state_std),
+        }
 
     def checkpoint(self):
-        meta = {"step": self.step, "run_id": self.run.run_id, "env": self.env, "rtg_scale": self.cfg.rtg_scale,
-                "dataset": self.dataset.name, "device": str(self.device)}
+        meta = {
+            "step": self.step,
+            "run_id": self.run.run_id,
+            "env": self.env,
+            "rtg_scale": self.cfg.rtg_scale,
+            "dataset": self.dataset.name,
+            "device": str(self.device),
+        }
         name = checkpoint_name(self.step)
         self.run.write_bytes("checkpoint", name, checkpoint_bytes(self.model, meta, self._extra()), attrs=meta)
         buf = io.BytesIO()
-        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "step": self.step, "wall": self.wall}, buf)
+        torch.save(
+            {
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": self.step,
+                "wall": self.wall,
+            },
+            buf,
+        )
         # the newest keep_resume_states states are kept (--from-step); the older ones are dropped
         old = sorted(n for n in self.run.published("resume") if n != name)
-        drop = old[:max(0, len(old) - (self.cfg.keep_resume_states - 1))]
+        drop = old[: max(0, len(old) - (self.cfg.keep_resume_states - 1))]
         # the resume state completes the checkpoint; steps_done moves with it, in the same write
-        self.run.write_bytes("resume", name, buf.getvalue(),
-                             attrs={"step": self.step, "sampler_rng": self.sampler.rng.bit_generator.state},
-                             replace=tuple(drop), run_attrs={"steps_done": self.step, "wall_seconds": round(self.wall, 2)})
+        self.run.write_bytes(
+            "resume",
+            name,
+            buf.getvalue(),
+            attrs={"step": self.step, "sampler_rng": self.sampler.rng.bit_generator.state},
+            replace=tuple(drop),
+            run_attrs={"steps_done": self.step, "wall_seconds": round(self.wall, 2)},
+        )
 
     def resume_steps(self) -> list[int]:
         """Steps of the run's saved resume states, oldest first (what --from-step can take)."""
@@ -511,22 +747,28 @@ class Trainer:
         abandons; they are unpublished (their data stays until the new line rewrites it)."""
         steps = self.resume_steps()
         if not steps:
-            raise StoreError(f"run {self.run.run_id} has no checkpoint to resume from (it was stopped before its "
-                             f"first one); delete it (dema-lab delete {self.run.run_id} --store {self.store.path}) "
-                             f"and train it again, or train under another run id")
+            raise StoreError(
+                f"run {self.run.run_id} has no checkpoint to resume from (it was stopped before its "
+                f"first one); delete it (dema-lab delete {self.run.run_id} --store {self.store.path}) "
+                f"and train it again, or train under another run id"
+            )
         if from_step is not None and from_step not in steps:
-            raise StoreError(f"run {self.run.run_id} has no saved state of step {from_step} to resume from; it "
-                             f"keeps those of steps {', '.join(map(str, steps))} (the newest keep_resume_states "
-                             f"of its checkpoints): use --from-step with one of them")
+            raise StoreError(
+                f"run {self.run.run_id} has no saved state of step {from_step} to resume from; it "
+                f"keeps those of steps {', '.join(map(str, steps))} (the newest keep_resume_states "
+                f"of its checkpoints): use --from-step with one of them"
+            )
         name = checkpoint_name(steps[-1] if from_step is None else from_step)
         try:
-            ck = load_checkpoint(self.run.read_bytes("checkpoint", name), map_location=self.device,
-                                 expect=self.model_cfg)
+            ck = load_checkpoint(
+                self.run.read_bytes("checkpoint", name), map_location=self.device, expect=self.model_cfg
+            )
             self.model.load_state_dict(ck.model.state_dict())
-            state = torch.load(io.BytesIO(self.run.read_bytes("resume", name)), map_location=self.device,
-                               weights_only=True)
+            state = torch.load(
+                io.BytesIO(self.run.read_bytes("resume", name)), map_location=self.device, weights_only=True
+            )
         except StoreError:
-            raise                               # a damaged blob: the message names it and the other states
+            raise  # a damaged blob: the message names it and the other states
         except CheckpointError as e:
             raise CheckpointError(f"run {self.run.run_id}, checkpoint {name}: {e}") from None
         except Exception as e:  # noqa: BLE001
@@ -541,15 +783,18 @@ class Trainer:
         later = [n for n in self.run.published("train") if int(n.split("_")[-2]) > self.step]
         self.run.unpublish("train", later)
         abandoned = [s for s in steps if s > self.step]
-        if abandoned:                           # --from-step: what came after it is trained again
+        if abandoned:  # --from-step: what came after it is trained again
             for kind in ("checkpoint", "resume", "eval", "decay", "paper_attention", "rollout"):
-                gone = [n for n in self.run.published(kind)
-                        if step_of(n) > self.step]
+                gone = [n for n in self.run.published(kind) if step_of(n) > self.step]
                 self.run.unpublish(kind, gone)
         self.resumed_from = self.step
-        self.run.set_attrs(status="running", config=asdict(self.cfg), steps_done=self.step)   # what it now continues with
-        self.log(f"resuming run {self.run.run_id} from step {self.step}"
-                 + (f" (the later states of steps {', '.join(map(str, abandoned))} are set aside)" if abandoned else ""))
+        self.run.set_attrs(
+            status="running", config=asdict(self.cfg), steps_done=self.step
+        )  # what it now continues with
+        self.log(
+            f"resuming run {self.run.run_id} from step {self.step}"
+            + (f" (the later states of steps {', '.join(map(str, abandoned))} are set aside)" if abandoned else "")
+        )
 
     # ------------------------------------------------------------------ logging
     def flush_metrics(self):
@@ -558,8 +803,10 @@ class Trainer:
         if not self.metrics["step"]:
             return
         m = self.metrics
-        ds = xr.Dataset({k: ("step", np.asarray(v, np.float64)) for k, v in m.items() if k != "step"},
-                        coords={"step": np.asarray(m["step"], np.int64)})
+        ds = xr.Dataset(
+            {k: ("step", np.asarray(v, np.float64)) for k, v in m.items() if k != "step"},
+            coords={"step": np.asarray(m["step"], np.int64)},
+        )
         ds["loss"].attrs = {"long_name": "masked action MSE", "units": "action units squared"}
         ds["lr"].attrs = {"long_name": "learning rate (AdamW, linear warm-up)"}
         ds["grad_norm"].attrs = {"long_name": "gradient norm before clipping", "clip": self.cfg.grad_clip}
@@ -572,8 +819,19 @@ class Trainer:
     def evaluate(self):
         """Evaluate the current weights, record episodes, decay statistics and the paper's attention
         display, publish them."""
-        results = evaluate_checkpoint(self.run, self.model, self.step, self.cfg, self.env, self.targets, self.modes,
-                                      self.sampler, self.dataset.normalized_score, device=self.device, log=self.log)
+        results = evaluate_checkpoint(
+            self.run,
+            self.model,
+            self.step,
+            self.cfg,
+            self.env,
+            self.targets,
+            self.modes,
+            self.sampler,
+            self.dataset.normalized_score,
+            device=self.device,
+            log=self.log,
+        )
         self._track()
         return results
 
@@ -597,16 +855,24 @@ class Trainer:
         evaluated = set(step_of(n) for n in self.run.published("eval"))
         if self.step and self.step not in evaluated and (self._is_eval_step(self.step) or self.step >= cfg.steps):
             try:
-                self.evaluate()                   # killed between its checkpoint and its evaluation
+                self.evaluate()  # killed between its checkpoint and its evaluation
             except BaseException:
                 self.run.release()
                 raise
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc=self.run.run_id,
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc=self.run.run_id,
+            unit="step",
+            dynamic_ncols=True,
+        )
         tick, tick_step = time.perf_counter(), self.step
         try:
             while self.step < cfg.steps:
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in self.sampler.sample(cfg.batch_size).items()}
+                batch = {
+                    k: v.to(self.device, non_blocking=True) for k, v in self.sampler.sample(cfg.batch_size).items()
+                }
                 t0 = time.perf_counter()
                 loss, gnorm = train_step(self.model, batch, self.opt, self.sched, cfg.grad_clip, cfg.rtg_form)
                 self.wall += time.perf_counter() - t0
@@ -615,8 +881,13 @@ class Trainer:
                     raise FloatingPointError(self._diverged(loss))
                 now = time.perf_counter()
                 rate = (self.step - tick_step) / max(now - tick, 1e-9)
-                for k, v in (("step", self.step), ("loss", loss), ("lr", self.sched.get_last_lr()[0]),
-                             ("grad_norm", gnorm), ("steps_per_second", rate)):
+                for k, v in (
+                    ("step", self.step),
+                    ("loss", loss),
+                    ("lr", self.sched.get_last_lr()[0]),
+                    ("grad_norm", gnorm),
+                    ("steps_per_second", rate),
+                ):
                     self.metrics[k].append(v)
                 tick, tick_step = now, self.step
                 bar.update(1)
@@ -635,7 +906,7 @@ class Trainer:
             try:
                 self.run.set_attrs(status="interrupted", steps_done=self.step)
             finally:
-                self.run.release()              # no longer its writer: a resume may take it
+                self.run.release()  # no longer its writer: a resume may take it
             raise
         bar.close()
         try:
@@ -648,17 +919,24 @@ class Trainer:
         """The message for a non-finite loss: which state a resume restored, the earlier ones it can
         go back to (--from-step), and what needs a new run (a resume keeps lr and the batches)."""
         run_id, lr = self.run.run_id, self.cfg.lr
-        new_run = (f"a resume keeps the run's lr ({lr:g}) and replays its batches, so for a lower one train a "
-                   f"new run (--lr {lr / 10:g}, or a longer --warmup_steps)")
+        new_run = (
+            f"a resume keeps the run's lr ({lr:g}) and replays its batches, so for a lower one train a "
+            f"new run (--lr {lr / 10:g}, or a longer --warmup_steps)"
+        )
         if self.resumed_from is None:
             return f"loss became {loss} at step {self.step}: the run diverged; {new_run}"
         others = [s for s in self.resume_steps() if s != self.resumed_from][::-1]
-        back = (f"resume from another saved state: dema-lab train --resume {run_id} --from-step S "
-                f"(S: {', '.join(map(str, others))}); if it diverges again, " if others
-                else "no other state is kept to resume from; ")
-        return (f"loss became {loss} at step {self.step}, {self.step - self.resumed_from} steps after resuming "
-                f"run {run_id} from its checkpoint of step {self.resumed_from} "
-                f"({checkpoint_name(self.resumed_from)}); {back}{new_run}")
+        back = (
+            f"resume from another saved state: dema-lab train --resume {run_id} --from-step S "
+            f"(S: {', '.join(map(str, others))}); if it diverges again, "
+            if others
+            else "no other state is kept to resume from; "
+        )
+        return (
+            f"loss became {loss} at step {self.step}, {self.step - self.resumed_from} steps after resuming "
+            f"run {run_id} from its checkpoint of step {self.resumed_from} "
+            f"({checkpoint_name(self.resumed_from)}); {back}{new_run}"
+        )
 
     def flush_metrics_safely(self):
         try:
@@ -671,8 +949,14 @@ class Trainer:
         return bool(self.cfg.eval_every) and step % self.cfg.eval_every == 0
 
 
-def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print, tracker=None,
-          from_step: int | None = None) -> Run:
+def train(
+    cfg: TrainConfig,
+    resume: str | None = None,
+    progress: bool = True,
+    log=print,
+    tracker=None,
+    from_step: int | None = None,
+) -> Run:
     """Train (or resume) a run; returns it once finished. `tracker` (export.LiveTensorBoard) gets
     every publication live. `from_step` (with `resume`): resume from that saved state, not the newest."""
     trainer = Trainer(cfg, resume=resume, progress=progress, log=log, from_step=from_step)
@@ -697,5 +981,5 @@ def ensure_trained(cfg: TrainConfig, progress: bool = True, log=print) -> tuple[
             return run, "skipped"
         if run.published("resume"):
             return train(cfg, resume=cfg.run_id, progress=progress, log=log), "resumed"
-        store.delete_run(cfg.run_id)             # not while another process still writes it (RunBusyError)
+        store.delete_run(cfg.run_id)  # not while another process still writes it (RunBusyError)
     return train(cfg, progress=progress, log=log), "trained"

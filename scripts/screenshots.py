@@ -71,8 +71,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dema_lab.cli", "serve", "--store", args.store, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dema_lab.cli", "serve", "--store", args.store, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     failures = []
     try:
         wait_http(f"http://127.0.0.1:{port}/")
@@ -100,7 +104,9 @@ def main(argv=None) -> int:
         server.terminate()
         server.wait(timeout=30)
     if failures:
-        print("screenshots: pages with console errors (no screenshot taken):\n  " + "\n  ".join(failures), file=sys.stderr)
+        print(
+            "screenshots: pages with console errors (no screenshot taken):\n  " + "\n  ".join(failures), file=sys.stderr
+        )
         return 1
     return 0
 

@@ -22,8 +22,21 @@ def hopper_small(tmp_path_factory):
     return build_dataset("hopper", "medium", path, seed=0, transitions=3000, progress=False)
 
 
-TINY_RUN = dict(K=3, d_model=16, n_layer=1, d_state=4, batch_size=8, eval_episodes=1, eval_max_steps=25,
-                decay_windows=8, render_size=32, log_every=10, checkpoint_every=10, warmup_steps=5, lr=1e-3)
+TINY_RUN = dict(
+    K=3,
+    d_model=16,
+    n_layer=1,
+    d_state=4,
+    batch_size=8,
+    eval_episodes=1,
+    eval_max_steps=25,
+    decay_windows=8,
+    render_size=32,
+    log_every=10,
+    checkpoint_every=10,
+    warmup_steps=5,
+    lr=1e-3,
+)
 
 
 @pytest.fixture

@@ -34,8 +34,12 @@ def _model(n_layer=3, **kw):
 
 def _inputs(T=3):
     g = torch.Generator().manual_seed(1)
-    return dict(states=torch.randn(2, T, 5, generator=g), actions=torch.randn(2, T, 2, generator=g),
-                returns_to_go=torch.rand(2, T, 1, generator=g), timesteps=torch.arange(T).repeat(2, 1) + 7)
+    return dict(
+        states=torch.randn(2, T, 5, generator=g),
+        actions=torch.randn(2, T, 2, generator=g),
+        returns_to_go=torch.rand(2, T, 1, generator=g),
+        timesteps=torch.arange(T).repeat(2, 1) + 7,
+    )
 
 
 def _old_ablated_attention(alpha, kind, seed, layer):
@@ -45,7 +49,7 @@ def _old_ablated_attention(alpha, kind, seed, layer):
     L = alpha.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     scale = alpha.masked_select(causal).view(*alpha.shape[:2], -1).pow(2).mean(-1).sqrt()
-    gen = torch.Generator(device="cpu").manual_seed(hash((seed, layer, L)) % (2 ** 63))
+    gen = torch.Generator(device="cpu").manual_seed(hash((seed, layer, L)) % (2**63))
     noise = torch.randn(alpha.shape, generator=gen, dtype=alpha.dtype)
     return (noise * scale[..., None, None]).masked_fill(~causal, 0.0)
 
@@ -62,8 +66,9 @@ class _OldAblatedMixer(nn.Module):
         x, z, dt, B, C, A = m._ssm_inputs(h)
         alpha = hidden_attention(dt, A, B, C, delta_bias=m.dt_proj.bias.float(), delta_softplus=True)
         # row by row: evaluation ran it at batch 1, and batched evaluation must score each episode the same
-        alpha = torch.cat([_old_ablated_attention(alpha[r:r + 1], self.kind, self.seed, self.layer)
-                           for r in range(alpha.shape[0])])
+        alpha = torch.cat(
+            [_old_ablated_attention(alpha[r : r + 1], self.kind, self.seed, self.layer) for r in range(alpha.shape[0])]
+        )
         y = apply_attention(alpha, x, m.D, z).to(x.dtype)
         return m.out_proj(y.transpose(1, 2))
 
@@ -72,6 +77,7 @@ def test_mamba_has_no_ablation_state():
     m = Mamba(16, d_state=4)
     assert not hasattr(m, "ablation") and not hasattr(Mamba, "_ablated")
     import dema_lab.ssm.mamba as mamba_module
+
     assert not hasattr(mamba_module, "ablated_attention")
 
 
@@ -87,7 +93,7 @@ def test_alpha_ablations_equal_the_old_in_kernel_formula(kind):
         with ablate(model, f"alpha-{kind}", "all", seed=3) as ablated:
             got = ablated(**x)
             again = ablated(**x)
-            _, attn = ablated(**x, return_attention=True)         # the logged attention stays the model's own
+            _, attn = ablated(**x, return_attention=True)  # the logged attention stays the model's own
         _, own = model(**x, return_attention=True)
         # one layer: only that mixer is hooked
         reference_one = copy.deepcopy(model)
@@ -99,7 +105,7 @@ def test_alpha_ablations_equal_the_old_in_kernel_formula(kind):
     assert torch.equal(one, reference_one(**x).detach())
     for a, b in zip(attn, own):
         torch.testing.assert_close(a, b)
-    torch.testing.assert_close(model(**x), base)               # the caller's model is untouched
+    torch.testing.assert_close(model(**x), base)  # the caller's model is untouched
     assert not any(m._forward_hooks for m in model.modules())
 
 
@@ -124,7 +130,7 @@ def test_random_alpha_matches_each_channels_scale_and_is_reproducible():
     assert rand.masked_select(~causal).abs().max() == 0
     real_rms = alpha.masked_select(causal).view(32, -1).pow(2).mean(-1).sqrt()
     rand_rms = rand.masked_select(causal).view(32, -1).pow(2).mean(-1).sqrt()
-    assert torch.allclose(rand_rms, real_rms, rtol=0.15)          # 820 samples per channel
+    assert torch.allclose(rand_rms, real_rms, rtol=0.15)  # 820 samples per channel
     # a window of one token (BL3D at an episode's first step): finite, at that token's scale
     one = ablated_attention(alpha[..., :1, :1], "random", seed=3, layer=0)
     assert torch.isfinite(one).all() and (one != 0).any()
@@ -140,7 +146,7 @@ def test_mixer_zeros_makes_each_ablated_layer_a_pure_residual(layers):
     model, x = _model(), _inputs()
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     chosen = [0, 1, 2] if layers == "all" else [layers]
-    skipped = copy.deepcopy(model)                       # the reference: those blocks removed outright
+    skipped = copy.deepcopy(model)  # the reference: those blocks removed outright
     for i in chosen:
         skipped.layers[i] = nn.Identity()
     with torch.no_grad(), ablate(model, "mixer-zeros", layers) as ablated:
@@ -149,15 +155,15 @@ def test_mixer_zeros_makes_each_ablated_layer_a_pure_residual(layers):
         h = torch.randn(2, 6, 16)
         for i in chosen:
             mixer = ablated.layers[i].mixer
-            assert torch.equal(mixer(h), torch.zeros_like(h))                 # Transformer-like
+            assert torch.equal(mixer(h), torch.zeros_like(h))  # Transformer-like
             state = mixer.allocate_state(2)
-            assert torch.equal(mixer.step(h[:, :1], state), torch.zeros(2, 1, 16))   # RNN-like
+            assert torch.equal(mixer.step(h[:, :1], state), torch.zeros(2, 1, 16))  # RNN-like
         sd = ablated.state_dict()
         for k, v in sd.items():
             layer = int(k.split(".")[1]) if k.startswith("layers.") else None
             edited = layer in chosen and k.split(".mixer.")[-1] in MIXER_EDITED
             assert torch.equal(v, torch.zeros_like(v)) if edited else torch.equal(v, saved[k]), k
-    for k, v in model.state_dict().items():               # the caller's weights are untouched
+    for k, v in model.state_dict().items():  # the caller's weights are untouched
         assert torch.equal(v, saved[k]), k
 
 
@@ -232,8 +238,12 @@ def test_methods_layers_and_models_are_validated():
 
 
 def test_timestep_embedding_ablation_drops_it_from_a_copy():
-    x = dict(states=torch.randn(1, 3, 5), actions=torch.zeros(1, 3, 2), returns_to_go=torch.ones(1, 3, 1),
-             timesteps=torch.tensor([[400, 401, 402]]))
+    x = dict(
+        states=torch.randn(1, 3, 5),
+        actions=torch.zeros(1, 3, 2),
+        returns_to_go=torch.ones(1, 3, 1),
+        timesteps=torch.tensor([[400, 401, 402]]),
+    )
     dt = build_model(ModelConfig(arch="dt", state_dim=5, act_dim=2, K=3, d_model=16)).eval()
     dema_te = _model(n_layer=1, timestep_embedding=True)
     assert methods_for(dema_te)[-1] == "no_timestep"
@@ -254,15 +264,23 @@ def test_old_ablation_groups_read_as_alpha_methods(tmp_path):
     from dema_lab.store import RunStore
 
     run = RunStore(tmp_path / "store", mode="a").create_run("old", {"seed": 2}, {})
-    scores = np.arange(4 * 2 * 3, dtype=float).reshape(1, 4, 2, 3)          # (checkpoint, ablation, target, episode)
-    old = xr.Dataset({"normalized_score": (("checkpoint", "ablation", "target", "episode"), scores),
-                      "return": (("checkpoint", "ablation", "target", "episode"), scores * 10),
-                      "length": (("checkpoint", "ablation", "target", "episode"), np.ones_like(scores, int))},
-                     coords={"checkpoint": [40], "ablation": ["none", "zeros", "random", "no_timestep"],
-                             "target": [3600.0, 1800.0], "episode": [0, 1, 2]},
-                     attrs={"mode": "transformer", "random_scale": "rms"})
+    scores = np.arange(4 * 2 * 3, dtype=float).reshape(1, 4, 2, 3)  # (checkpoint, ablation, target, episode)
+    old = xr.Dataset(
+        {
+            "normalized_score": (("checkpoint", "ablation", "target", "episode"), scores),
+            "return": (("checkpoint", "ablation", "target", "episode"), scores * 10),
+            "length": (("checkpoint", "ablation", "target", "episode"), np.ones_like(scores, int)),
+        },
+        coords={
+            "checkpoint": [40],
+            "ablation": ["none", "zeros", "random", "no_timestep"],
+            "target": [3600.0, 1800.0],
+            "episode": [0, 1, 2],
+        },
+        attrs={"mode": "transformer", "random_scale": "rms"},
+    )
     run.write("ablation", "step_00000040", old)
-    older = old.assign_coords(checkpoint=[20]).drop_attrs()                  # 'random' of the std-scaled method
+    older = old.assign_coords(checkpoint=[20]).drop_attrs()  # 'random' of the std-scaled method
     run.write("ablation", "step_00000020", older)
     table = ablation_table(run)
     assert list(table.ablation.values) == ["none", "alpha-zeros", "alpha-random", "no_timestep"]
@@ -282,8 +300,15 @@ def tiny_runs(tiny_config):
     from dema_lab.store import RunStore
     from dema_lab.train import train
 
-    base = dataclasses.replace(tiny_config, steps=10, checkpoint_every=10, render_size=0, eval_max_steps=10,
-                               eval_targets=[3600.0], decay_windows=2)
+    base = dataclasses.replace(
+        tiny_config,
+        steps=10,
+        checkpoint_every=10,
+        render_size=0,
+        eval_max_steps=10,
+        eval_targets=[3600.0],
+        decay_windows=2,
+    )
     train(dataclasses.replace(base, run_id="ab-dema", n_layer=2), progress=False)
     train(dataclasses.replace(base, run_id="ab-dt", arch="dt"), progress=False)
     rs = RunStore(base.store, mode="a")
@@ -306,42 +331,76 @@ def test_evaluate_ablation_cli_and_completion(tiny_runs, capsys):
     # swapping in the run's own mixer parameters changes nothing: the same episodes, the same scores
     same = evaluate_ablation(ck, "swap", episodes=1, targets=[3600.0], max_steps=12, swap_from=ck)
     none = evaluate_ablation(ck, "none", episodes=1, targets=[3600.0], max_steps=12)
-    xr.testing.assert_equal(same["normalized_score"].drop_vars(["ablation", "family"]),
-                            none["normalized_score"].drop_vars(["ablation", "family"]))
+    xr.testing.assert_equal(
+        same["normalized_score"].drop_vars(["ablation", "family"]),
+        none["normalized_score"].drop_vars(["ablation", "family"]),
+    )
     with pytest.raises(ValueError, match="RNN-like inference has none to replace"):
         evaluate_ablation(ck, "alpha-zeros", modes=("rnn",))
 
-    args = ["ablate", "ab-dema", "--method", "mixer-zeros", "--layers", "all", "--episodes", "1",
-            "--max-steps", "12", "--store", store]
+    args = [
+        "ablate",
+        "ab-dema",
+        "--method",
+        "mixer-zeros",
+        "--layers",
+        "all",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "12",
+        "--store",
+        store,
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "unablated" in out and "mixer-zeros, all layers" in out and "paper: parameter-level" in out
     table = ablation_table(run)
     assert set(table.ablation.values) == {"none", "mixer-zeros"} and list(table.layers.values) == ["all"]
     assert run.published("ablation") == ["step_00000010-mixer-zeros-all-s0", "step_00000010-none-all-s0"]
-    assert main(["ablate", "ab-dema", "--method", "swap", "--swap-from", "ab-dema", "--episodes", "1",
-                 "--max-steps", "12", "--store", store]) == 0
+    assert (
+        main(
+            [
+                "ablate",
+                "ab-dema",
+                "--method",
+                "swap",
+                "--swap-from",
+                "ab-dema",
+                "--episodes",
+                "1",
+                "--max-steps",
+                "12",
+                "--store",
+                store,
+            ]
+        )
+        == 0
+    )
     assert "drop +0.0" in capsys.readouterr().out
-    for bad, message in ((["ablate", "nope", "--method", "mixer-zeros"], "run 'nope' is not in store"),
-                         (["ablate", "ab-dt", "--method", "mixer-zeros"], "needs a DeMa model"),
-                         (["ablate", "ab-dema", "--method", "mixer-zeros", "--layers", "5"], "layer 5 does not exist"),
-                         (["ablate", "ab-dema", "--method", "zeros"], "unknown ablation method"),
-                         (["ablate", "ab-dema", "--method", "swap", "--swap-from", "ab-dt"], "has no layers.0.mixer"),
-                         (["ablate", "ab-dema", "--method", "none", "--checkpoint", "3"], "no checkpoint at step 3")):
+    for bad, message in (
+        (["ablate", "nope", "--method", "mixer-zeros"], "run 'nope' is not in store"),
+        (["ablate", "ab-dt", "--method", "mixer-zeros"], "needs a DeMa model"),
+        (["ablate", "ab-dema", "--method", "mixer-zeros", "--layers", "5"], "layer 5 does not exist"),
+        (["ablate", "ab-dema", "--method", "zeros"], "unknown ablation method"),
+        (["ablate", "ab-dema", "--method", "swap", "--swap-from", "ab-dt"], "has no layers.0.mixer"),
+        (["ablate", "ab-dema", "--method", "none", "--checkpoint", "3"], "no checkpoint at step 3"),
+    ):
         assert main(bad + ["--store", store, "--episodes", "1", "--max-steps", "5"]) == 2, bad
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
 
     # the sweep's completion: the paper's and dema-lab's methods, all layers; then each layer when asked
     _, added = complete_ablations(run, episodes=3, max_steps=12, seed=0)
-    assert added == ("mixer-random", "alpha-zeros", "alpha-random")            # none, mixer-zeros, swap were there
+    assert added == ("mixer-random", "alpha-zeros", "alpha-random")  # none, mixer-zeros, swap were there
     assert complete_ablations(run, max_steps=12)[1] == ()
     table, added = complete_ablations(run, max_steps=12, layers=("all", "each"))
-    assert added == tuple(f"{m} layer {i}" for m in ("mixer-zeros", "mixer-random", "alpha-zeros", "alpha-random")
-                          for i in (0, 1))
+    assert added == tuple(
+        f"{m} layer {i}" for m in ("mixer-zeros", "mixer-random", "alpha-zeros", "alpha-random") for i in (0, 1)
+    )
     assert list(table.layers.values) == ["all", "0", "1"]
     present = table["normalized_score"].notnull().any(("checkpoint", "seed", "mode", "target"))
-    assert int(present.sum("episode").sel(ablation="mixer-random", layers="0")) == 1    # as many episodes as before
+    assert int(present.sum("episode").sel(ablation="mixer-random", layers="0")) == 1  # as many episodes as before
     assert dict(zip(table.ablation.values, table.swap_from.values))["swap"] == "ab-dema"
     dt_table, dt_added = complete_ablations(dt_run, episodes=1, max_steps=12)
     assert dt_added == ("none", "no_timestep") and list(dt_table.ablation.values) == ["none", "no_timestep"]
@@ -351,10 +410,11 @@ def test_evaluate_ablation_cli_and_completion(tiny_runs, capsys):
 
     from dema_lab.dashboard import StudyReport
     from dema_lab.report import build_report
+
     rep = build_report(store, latency=False)
     title = next(t for t in rep.tables if "method × layers" in t)
     rows = rep.tables[title].reset_index()
-    assert len(rows) == 1 + 3 * 4 + 1 and set(rows.layers) == {"all", "0", "1"}          # none, 4 methods x 3, swap
+    assert len(rows) == 1 + 3 * 4 + 1 and set(rows.layers) == {"all", "0", "1"}  # none, 4 methods x 3, swap
     by = rows.set_index(["method", "layers"])
     assert by.loc[("mixer-zeros", "1"), "family"] == "paper: parameter-level (merge_exp.py)"
     assert by.loc[("swap", "all"), "drop against unablated"] == "0.0"

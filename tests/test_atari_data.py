@@ -40,7 +40,7 @@ def test_breakout_expert_beats_random_and_is_stored_compactly(tmp_path):
         assert f.attrs["frame_stack"] == 4 and f.attrs["env"] == "breakout"
         acts = f["actions"][()]
         assert acts.shape == (len(obs), 1) and set(np.unique(acts)) <= {0, 1, 2, 3}
-    assert (tmp_path / "e.hdf5").stat().st_size < 200 * len(exp.trajectories[0])     # << 7056 bytes a frame
+    assert (tmp_path / "e.hdf5").stat().st_size < 200 * len(exp.trajectories[0])  # << 7056 bytes a frame
     assert exp.attrs["normalized_score_mean"] == pytest.approx(100 * (exp.returns.mean() - 1.7) / 28.8)
 
 
@@ -72,18 +72,38 @@ def test_windows_stack_frames_as_the_env_does():
     assert st.shape == (3, 5, 4, 84, 84) and st.dtype == np.uint8
     np.testing.assert_array_equal(st[0], np.stack(stacks[0:5]))
     np.testing.assert_array_equal(st[1], np.stack(stacks[6:11]))
-    np.testing.assert_array_equal(st[2, :3], np.stack(stacks[9:12]))          # second episode, 3 real steps
+    np.testing.assert_array_equal(st[2, :3], np.stack(stacks[9:12]))  # second episode, 3 real steps
     assert not st[2, 3:].any() and batch["mask"][2].tolist() == [True] * 3 + [False] * 2
 
 
 def test_cli_builds_breakout_mixed(tmp_path):
     out = tmp_path / "bm.hdf5"
-    r = subprocess.run([sys.executable, "-m", "dema_lab.data.cli", "build", "breakout", "mixed", "--transitions",
-                        "200", "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dema_lab.data.cli",
+            "build",
+            "breakout",
+            "mixed",
+            "--transitions",
+            "200",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "200 transitions" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "dema_lab.data.cli", "build", "qbert", "mixed", "--out",
-                        str(out)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "dema_lab.data.cli", "build", "qbert", "mixed", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "dqn-replay" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -109,21 +129,21 @@ def _replay(tmp_path, cap=10):
     actions = np.arange(cap) % 4
     rewards = np.arange(cap, dtype=np.float32)
     terminals = np.zeros(cap, np.uint8)
-    terminals[3] = 1                     # episodes [0..3], [4..9 unfinished]
+    terminals[3] = 1  # episodes [0..3], [4..9 unfinished]
     return folder, frames, actions, rewards, terminals
 
 
 def test_dqn_replay_reads_episodes_and_stacks_frames(tmp_path):
     folder, frames, actions, rewards, terminals = _replay(tmp_path)
-    _write_replay(folder, 0, frames[::-1].copy(), actions, rewards, terminals)        # an older checkpoint
+    _write_replay(folder, 0, frames[::-1].copy(), actions, rewards, terminals)  # an older checkpoint
     _write_replay(folder, 1, frames, actions, rewards, terminals)
     ds = load_dataset(f"dqn-replay:{folder}")
     assert ds.env == "breakout" and ds.n_actions == 4 and ds.obs_shape == (4, 84, 84)
     assert ds.lengths.tolist() == [4, 6] and [t.terminated for t in ds] == [True, False]
     np.testing.assert_array_equal(ds.returns, [0 + 1 + 2 + 3, sum(range(4, 10))])
     np.testing.assert_array_equal(ds[1].actions[:, 0], actions[4:])
-    st = WindowSampler(ds, K=3).windows(np.array([5]))["states"].numpy()[0]       # steps 5, 6, 7 (episode 2)
-    want = [[4, 4, 4, 5], [4, 4, 5, 6], [4, 5, 6, 7]]                                # repeats the first frame
+    st = WindowSampler(ds, K=3).windows(np.array([5]))["states"].numpy()[0]  # steps 5, 6, 7 (episode 2)
+    want = [[4, 4, 4, 5], [4, 4, 5, 6], [4, 5, 6, 7]]  # repeats the first frame
     np.testing.assert_array_equal(st[:, :, 0, 0], want)
     both = load_dqn_replay(f"{folder}@0,1")
     assert len(both) == 4 and both.attrs["checkpoints"] == "0,1"
@@ -133,7 +153,7 @@ def test_dqn_replay_circular_buffer_starts_at_the_cursor(tmp_path):
     folder, frames, actions, rewards, terminals = _replay(tmp_path)
     terminals[:] = 0
     terminals[[1, 6]] = 1
-    _write_replay(folder, 0, frames, actions, rewards, terminals, add_count=10 + 5)   # cursor at 5
+    _write_replay(folder, 0, frames, actions, rewards, terminals, add_count=10 + 5)  # cursor at 5
     ds = load_dqn_replay(folder)
     # oldest first: 5..9, 0..4; the episode the cursor cut (5, 6) is dropped
     assert [t.observations[:, 0, 0].tolist() for t in ds] == [[7, 8, 9, 0, 1], [2, 3, 4]]

@@ -9,8 +9,12 @@ pytest.importorskip("cv2")
 from dema_lab.data.scores import normalized_score, reference_scores  # noqa: E402
 from dema_lab.envs import ENV_SPECS, env_spec, known_envs, make_env  # noqa: E402
 
-GAMES = {"breakout": ("ALE/Breakout-v5", 4), "pong": ("ALE/Pong-v5", 6), "qbert": ("ALE/Qbert-v5", 6),
-         "seaquest": ("ALE/Seaquest-v5", 18)}
+GAMES = {
+    "breakout": ("ALE/Breakout-v5", 4),
+    "pong": ("ALE/Pong-v5", 6),
+    "qbert": ("ALE/Qbert-v5", 6),
+    "seaquest": ("ALE/Seaquest-v5", 18),
+}
 
 
 def test_atari_games_are_registered_with_the_mujoco_tasks():
@@ -29,22 +33,23 @@ def test_dqn_preprocessing(name):
     env = make_env(name, seed=0)
     try:
         ale = env.unwrapped.ale
-        assert ale.getFloat("repeat_action_probability") == 0.0          # no sticky actions
+        assert ale.getFloat("repeat_action_probability") == 0.0  # no sticky actions
         assert ale.getInt("max_num_frames_per_episode") == 108_000
-        assert env.action_space.n == spec.n_actions                      # minimal action set
+        assert env.action_space.n == spec.n_actions  # minimal action set
         obs, _ = env.reset(seed=1)
         assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
         frames0 = ale.getEpisodeFrameNumber()
         obs, *_ = env.step(0)
-        assert ale.getEpisodeFrameNumber() - frames0 == 4                # frame skip 4
+        assert ale.getEpisodeFrameNumber() - frames0 == 4  # frame skip 4
         colour = env.render()
         assert colour.shape == (210, 160, 3) and colour.dtype == np.uint8
         # the newest stacked frame is the max of the last two screens, grey, resized to 84x84
         import cv2
+
         grey = ale.getScreenGrayscale()
         assert obs[-1].shape == (84, 84)
         ref = cv2.resize(grey, (84, 84), interpolation=cv2.INTER_AREA)
-        assert np.all(obs[-1].astype(int) >= ref.astype(int) - 1)          # max-pool >= the last screen
+        assert np.all(obs[-1].astype(int) >= ref.astype(int) - 1)  # max-pool >= the last screen
     finally:
         env.close()
 
@@ -66,8 +71,7 @@ def test_render_size_and_seeded_resets_are_reproducible():
 
 
 def test_gamer_normalized_scores_use_the_human_references():
-    table = {"breakout": (1.7, 30.5), "pong": (-20.7, 14.6), "qbert": (163.9, 13455.0),
-             "seaquest": (68.4, 42054.7)}
+    table = {"breakout": (1.7, 30.5), "pong": (-20.7, 14.6), "qbert": (163.9, 13455.0), "seaquest": (68.4, 42054.7)}
     for game, (rnd, human) in table.items():
         assert reference_scores(game) == (rnd, human)
         assert reference_scores(ENV_SPECS[game].gym_id) == (rnd, human)

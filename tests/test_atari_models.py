@@ -18,16 +18,31 @@ OBS = (4, 84, 84)
 
 def _model(arch="dema", token_order="ARS", n_layer=2, **kw):
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, state_dim=4 * 84 * 84, act_dim=1, obs_shape=OBS, n_actions=4, K=3, d_model=16,
-                      d_state=4, n_layer=n_layer, token_order=token_order, embed_norm="none", **kw)
+    cfg = ModelConfig(
+        arch=arch,
+        state_dim=4 * 84 * 84,
+        act_dim=1,
+        obs_shape=OBS,
+        n_actions=4,
+        K=3,
+        d_model=16,
+        d_state=4,
+        n_layer=n_layer,
+        token_order=token_order,
+        embed_norm="none",
+        **kw,
+    )
     return build_model(cfg).eval()
 
 
 def _inputs(T=3, b=2, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return dict(states=torch.randint(0, 256, (b, T, *OBS), generator=g, dtype=torch.uint8),
-                actions=torch.randint(0, 4, (b, T, 1), generator=g).float(),
-                returns_to_go=torch.rand(b, T, 1, generator=g) * 50, timesteps=torch.arange(T).repeat(b, 1))
+    return dict(
+        states=torch.randint(0, 256, (b, T, *OBS), generator=g, dtype=torch.uint8),
+        actions=torch.randint(0, 4, (b, T, 1), generator=g).float(),
+        returns_to_go=torch.rand(b, T, 1, generator=g) * 50,
+        timesteps=torch.arange(T).repeat(b, 1),
+    )
 
 
 def test_nature_cnn_is_the_dqn_encoder():
@@ -37,10 +52,10 @@ def test_nature_cnn_is_the_dqn_encoder():
     h = x.float() / 255
     for i, s in ((0, 4), (2, 2), (4, 1)):
         h = F.relu(F.conv2d(h, cnn[i].weight, cnn[i].bias, stride=s))
-    assert h.shape == (5, 64, 7, 7)                                           # 3136 features
+    assert h.shape == (5, 64, 7, 7)  # 3136 features
     ref = torch.tanh(h.flatten(1) @ cnn[7].weight.T + cnn[7].bias)
     torch.testing.assert_close(cnn(x), ref)
-    torch.testing.assert_close(cnn(x.reshape(5, -1).float()), ref)          # flat states too
+    torch.testing.assert_close(cnn(x.reshape(5, -1).float()), ref)  # flat states too
     assert cnn[7].in_features == 3136
 
 
@@ -48,13 +63,13 @@ def test_ars_tokens_are_previous_action_return_state():
     m = _model()
     x = _inputs()
     e = m.embed
-    tok = e(**x, prev_action=torch.tensor([[2.0], [1.0]]))                   # (b, 3T, d)
+    tok = e(**x, prev_action=torch.tensor([[2.0], [1.0]]))  # (b, 3T, d)
     a_emb = lambda a: torch.tanh(e.embed_action[0].weight[a.long()[..., 0]])  # noqa: E731
     r_emb = lambda r: torch.tanh(r @ e.embed_return[0].weight.T + e.embed_return[0].bias)  # noqa: E731
     torch.testing.assert_close(tok[:, 0], a_emb(torch.tensor([[2.0], [1.0]])))  # a_{-1} = prev_action
     torch.testing.assert_close(tok[:, 1], r_emb(x["returns_to_go"][:, 0]))
     torch.testing.assert_close(tok[:, 2], e.embed_state(x["states"][:, 0]))
-    torch.testing.assert_close(tok[:, 3], a_emb(x["actions"][:, 0]))          # step 1's slot holds a_0
+    torch.testing.assert_close(tok[:, 3], a_emb(x["actions"][:, 0]))  # step 1's slot holds a_0
     assert token_labels(m.cfg)["label"][-6:] == ["a-2", "R-1", "s-1", "a-1", "R0", "s0"]
 
 
@@ -67,19 +82,18 @@ def test_logits_never_see_the_action_they_predict(arch, order):
     y = dict(x, actions=x["actions"].clone())
     y["actions"][:, 1] = (y["actions"][:, 1] + 1) % 4
     changed = m(**y)
-    torch.testing.assert_close(changed[:, :2], logits[:, :2])                # steps 0, 1 do not see a_1
-    assert not torch.allclose(changed[:, 2], logits[:, 2])                   # step 2 does
+    torch.testing.assert_close(changed[:, :2], logits[:, :2])  # steps 0, 1 do not see a_1
+    assert not torch.allclose(changed[:, 2], logits[:, 2])  # step 2 does
 
 
 def test_rnn_steps_equal_the_sequence():
     m = _model()
     x = _inputs(T=3, b=1)
-    seq = m(**x)                                                              # (1, 3, n_actions)
+    seq = m(**x)  # (1, 3, n_actions)
     state = m.allocate_state(1)
     for t in range(3):
         prev = x["actions"][:, t - 1] if t else torch.zeros(1, 1)
-        tok = m.embed.step_tokens(x["states"][:, t], prev, x["returns_to_go"][:, t], x["timesteps"][:, t],
-                                  first=t == 0)
+        tok = m.embed.step_tokens(x["states"][:, t], prev, x["returns_to_go"][:, t], x["timesteps"][:, t], first=t == 0)
         out = m.predict_action(m.step(tok, state))
         torch.testing.assert_close(out, seq[:, t], atol=2e-5, rtol=1e-4)
 
@@ -89,15 +103,17 @@ def test_hidden_attention_rebuilds_each_mixer_exactly():
     x = _inputs()
     x["returns_to_go"] = x["returns_to_go"].double()
     seen = {}
-    hooks = [blk.mixer.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, (inp[0], out)))
-             for i, blk in enumerate(m.layers)]
+    hooks = [
+        blk.mixer.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, (inp[0], out)))
+        for i, blk in enumerate(m.layers)
+    ]
     m(**x)
     for h in hooks:
         h.remove()
     for i, blk in enumerate(m.layers):
         inp, out = seen[i]
         a = blk.mixer.attention_inputs(inp)
-        y = apply_attention(a["alpha"], a["u"], a["D"], a["z"])                 # (b, d_inner, L)
+        y = apply_attention(a["alpha"], a["u"], a["D"], a["z"])  # (b, d_inner, L)
         torch.testing.assert_close(blk.mixer.out_proj(y.transpose(1, 2)), out, atol=1e-10, rtol=1e-8)
     attn = m.attention(**x, aggregate="abs")
     assert len(attn) == 2 and attn[0].shape == (2, 9, 9)
@@ -110,7 +126,7 @@ def test_decay_statistics_and_ablations_work_on_atari_models():
     ds = decay_statistics(m, batch)
     assert ds.sizes["layer"] == 2 and list(ds.query_kind.values) == ["R", "s", "a"]
     assert np.isfinite(ds["half_life"].values).all() and np.isfinite(ds["mass"].values[:, :, :7]).all()
-    assert ds["mass_by_kind"].attrs["query_kind"] == "s"                      # the acting token of (a, R, s)
+    assert ds["mass_by_kind"].attrs["query_kind"] == "s"  # the acting token of (a, R, s)
     with ablate(m, "mixer-zeros") as ab:
         ablated = ab(**x)
         # every mixer outputs 0: the model is embeddings -> norm_f -> head
@@ -168,10 +184,10 @@ def test_atari_presets():
     assert (cfg.K, cfg.n_layer, cfg.d_model, cfg.d_state, cfg.token_order, cfg.dropout) == (30, 6, 128, 128, "ARS", 0.1)
     n = count_parameters(cfg)
     cnn = (4 * 32 * 64 + 32) + (32 * 64 * 16 + 64) + (64 * 64 * 9 + 64) + (3136 * 128 + 128)
-    embeds = (128 + 128) + 4 * 128 + (128 * 128 + 128)                       # ret_emb, action_embeddings, backbone.embedding
+    embeds = (128 + 128) + 4 * 128 + (128 * 128 + 128)  # ret_emb, action_embeddings, backbone.embedding
     d, di, N, r = 128, 256, 128, 8
     layer = d * 2 * di + (di * 4 + di) + di * (r + 2 * N) + (r * di + di) + di * N + di + di * d + d
-    assert n == cnn + embeds + 6 * layer + d + d * 4                          # + norm_f + head (no bias)
+    assert n == cnn + embeds + 6 * layer + d + d * 4  # + norm_f + head (no bias)
     small = TrainConfig.from_preset("atari-small")
     assert count_parameters(small.model_config(4 * 84 * 84, 1, OBS, 4)) < n / 4
     assert {"atari-official", "atari-small"} <= set(PRESETS)

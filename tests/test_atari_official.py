@@ -63,32 +63,35 @@ class RefAtari:
         self.mixers = [RefMixer(self.p, f"backbone.layers.{i}.mixer.") for i in range(n)]
 
     def cnn(self, frames):
-        x = frames.astype(np.float64) / 255.0                                   # the official env's div_(255)
+        x = frames.astype(np.float64) / 255.0  # the official env's div_(255)
         for i, s in ((0, 4), (2, 2), (4, 1)):
             w, b = self.p[f"state_encoder.{i}.weight"], self.p[f"state_encoder.{i}.bias"]
             k = w.shape[-1]
-            win = sliding_window_view(x, (k, k), axis=(1, 2))[:, ::s, ::s]      # (C, H', W', k, k)
+            win = sliding_window_view(x, (k, k), axis=(1, 2))[:, ::s, ::s]  # (C, H', W', k, k)
             x = np.maximum(np.einsum("chwij,ocij->ohw", win, w) + b[:, None, None], 0.0)
         return np.tanh(linear(self.p, "state_encoder.7", x.reshape(-1)))
 
     def tokens(self, frames, prev_actions, rtgs):
         out = []
         for f, a, r in zip(frames, prev_actions, rtgs):
-            out += [np.tanh(self.p["action_embeddings.0.weight"][int(a)]),
-                    np.tanh(linear(self.p, "ret_emb.0", np.array([r]))), self.cnn(f)]
-        return linear(self.p, "backbone.embedding", np.array(out))              # (3T, D)
+            out += [
+                np.tanh(self.p["action_embeddings.0.weight"][int(a)]),
+                np.tanh(linear(self.p, "ret_emb.0", np.array([r]))),
+                self.cnn(f),
+            ]
+        return linear(self.p, "backbone.embedding", np.array(out))  # (3T, D)
 
     def forward(self, frames, prev_actions, rtgs):
         x = self.tokens(frames, prev_actions, rtgs)
         for i, m in enumerate(self.mixers):
             x = x + m.forward(rmsnorm(x, self.p[f"backbone.layers.{i}.norm.weight"]))
-        return rmsnorm(x, self.p["backbone.norm_f.weight"])[2::3] @ self.p["head.weight"].T   # (T, n_actions)
+        return rmsnorm(x, self.p["backbone.norm_f.weight"])[2::3] @ self.p["head.weight"].T  # (T, n_actions)
 
     def get_action_episode(self, frames, prev_actions, rtgs):
         st = [m.new_state() for m in self.mixers]
         out = []
         for t in range(len(frames)):
-            for x in self.tokens(frames[t:t + 1], prev_actions[t:t + 1], rtgs[t:t + 1]):
+            for x in self.tokens(frames[t : t + 1], prev_actions[t : t + 1], rtgs[t : t + 1]):
                 for i, m in enumerate(self.mixers):
                     x = x + m.step(rmsnorm(x, self.p[f"backbone.layers.{i}.norm.weight"]), st[i])
             out.append(rmsnorm(x, self.p["backbone.norm_f.weight"]) @ self.p["head.weight"].T)
@@ -99,7 +102,7 @@ def _episode(T=5, seed=0):
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (T, 4, 84, 84)).astype(np.uint8)
     actions = rng.integers(0, N_ACT, T)
-    prev = np.concatenate([[0], actions[:-1]])                                  # a_{-1} = 0, as trainer_atari.py
+    prev = np.concatenate([[0], actions[:-1]])  # a_{-1} = 0, as trainer_atari.py
     rtgs = 90.0 - np.cumsum(rng.integers(0, 2, T))
     return frames, actions, prev, rtgs
 
@@ -109,15 +112,22 @@ def imported(tmp_path_factory):
     sd = official_atari_sd()
     path = tmp_path_factory.mktemp("atari") / "models" / "5.pkl"
     path.parent.mkdir()
-    torch.save(sd, path)                                                        # trainer_atari.py: a bare state_dict
+    torch.save(sd, path)  # trainer_atari.py: a bare state_dict
     return sd, import_official(path, env="breakout")
 
 
 def test_config_is_inferred(imported):
     _, ck = imported
     cfg = ck.config
-    assert (cfg.arch, cfg.token_order, cfg.obs_shape, cfg.n_actions, cfg.K, cfg.embed_dim, cfg.d_model) == \
-        ("dema", "ARS", (4, 84, 84), N_ACT, 30, E, D)
+    assert (cfg.arch, cfg.token_order, cfg.obs_shape, cfg.n_actions, cfg.K, cfg.embed_dim, cfg.d_model) == (
+        "dema",
+        "ARS",
+        (4, 84, 84),
+        N_ACT,
+        30,
+        E,
+        D,
+    )
     assert (cfg.n_layer, cfg.d_state, cfg.d_conv, cfg.expand, cfg.embed_norm) == (2, 8, 4, 2, "none")
     assert ck.meta["official_class"] == "DMamba" and ck.meta["rtg_scale"] == 1.0 and ck.meta["env"] == "breakout"
     assert ck.meta["dropped"] == []
@@ -132,15 +142,24 @@ def test_logits_equal_the_official_forward_and_get_action(imported):
     m = ck.model.double()
     try:
         with torch.no_grad():
-            got = m(torch.from_numpy(frames)[None], torch.from_numpy(actions).double()[None, :, None],
-                    torch.from_numpy(rtgs)[None, :, None], torch.arange(T)[None])[0]
+            got = m(
+                torch.from_numpy(frames)[None],
+                torch.from_numpy(actions).double()[None, :, None],
+                torch.from_numpy(rtgs)[None, :, None],
+                torch.arange(T)[None],
+            )[0]
         np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
         rec = ref.get_action_episode(frames, prev, rtgs)
-        np.testing.assert_allclose(rec, want, atol=1e-9)                         # the reference is consistent
+        np.testing.assert_allclose(rec, want, atol=1e-9)  # the reference is consistent
         state, steps = m.allocate_state(1), []
         for t in range(T):
-            tok = m.embed.step_tokens(torch.from_numpy(frames[t])[None].double(), torch.tensor([[float(prev[t])]]),
-                                      torch.tensor([[rtgs[t]]]), torch.tensor([t]), first=t == 0)
+            tok = m.embed.step_tokens(
+                torch.from_numpy(frames[t])[None].double(),
+                torch.tensor([[float(prev[t])]]),
+                torch.tensor([[rtgs[t]]]),
+                torch.tensor([t]),
+                first=t == 0,
+            )
             steps.append(m.predict_action(m.step(tok, state))[0].detach().numpy())
         np.testing.assert_allclose(np.array(steps), rec, atol=1e-9)
         assert np.abs(np.diff(want, axis=0)).max() > 1e-3

@@ -14,10 +14,25 @@ from dema_lab.train import TrainConfig, train  # noqa: E402
 
 def test_train_and_evaluate_a_tiny_atari_dema(tmp_path):
     data = build_atari_dataset("breakout", "mixed", tmp_path / "bm.hdf5", transitions=120, progress=False)
-    cfg = TrainConfig.from_preset("atari-small", dataset=str(data), steps=4, batch_size=2, K=3, d_model=16,
-                                  n_layer=1, d_state=4, eval_episodes=1, eval_max_steps=8, record_episodes=1,
-                                  render_size=32, decay_windows=2, checkpoint_every=2, log_every=2,
-                                  store=str(tmp_path / "store"), run_id="atari")
+    cfg = TrainConfig.from_preset(
+        "atari-small",
+        dataset=str(data),
+        steps=4,
+        batch_size=2,
+        K=3,
+        d_model=16,
+        n_layer=1,
+        d_state=4,
+        eval_episodes=1,
+        eval_max_steps=8,
+        record_episodes=1,
+        render_size=32,
+        decay_windows=2,
+        checkpoint_every=2,
+        log_every=2,
+        store=str(tmp_path / "store"),
+        run_id="atari",
+    )
     run = train(cfg, progress=False, log=lambda m: None)
     assert run.attrs["status"] == "finished"
     store = RunStore(tmp_path / "store", mode="r")
@@ -29,7 +44,7 @@ def test_train_and_evaluate_a_tiny_atari_dema(tmp_path):
     assert set(ev.mode.values) == {"transformer", "rnn"} and list(ev.target.values) == [90.0]
     name = [n for n in r.published("rollout") if "transformer" in n][0]
     ep = r.open("rollout", name).load()
-    assert ep["frames"].shape[1:] == (32, 32, 3)                               # colour frames
+    assert ep["frames"].shape[1:] == (32, 32, 3)  # colour frames
     assert ep["observation"].dtype == np.uint8 and ep["observation"].shape[1] == 4 * 84 * 84
     assert set(np.unique(ep["action"].values)) <= {0.0, 1.0, 2.0, 3.0}
     assert "attention" in ep and r.published("decay")

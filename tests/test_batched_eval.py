@@ -24,20 +24,23 @@ TARGETS = [3600.0, 1800.0]
 EPISODES = 3
 MAX_STEPS = 40
 SEED = 5
-MEAN = np.linspace(-0.2, 0.3, 11).astype(np.float32)      # exercise the state normalisation
+MEAN = np.linspace(-0.2, 0.3, 11).astype(np.float32)  # exercise the state normalisation
 STD = np.linspace(0.02, 0.08, 11).astype(np.float32)
 
-CASES = {   # name: (ModelConfig overrides, mode)
+CASES = {  # name: (ModelConfig overrides, mode)
     "dema-transformer": (dict(arch="dema"), "transformer"),
-    "dema-transformer-left-RAS": (dict(arch="dema", token_order="RAS", embed_dim=24, embed_norm="none",
-                                       window_padding="left"), "transformer"),
+    "dema-transformer-left-RAS": (
+        dict(arch="dema", token_order="RAS", embed_dim=24, embed_norm="none", window_padding="left"),
+        "transformer",
+    ),
     "dema-transformer-BL3D": (dict(arch="dema", layout="BL3D"), "transformer"),
     "dema-rnn": (dict(arch="dema"), "rnn"),
-    "dema-rnn-RAS": (dict(arch="dema", token_order="RAS", embed_dim=24, embed_norm="none",
-                          window_padding="left"), "rnn"),
+    "dema-rnn-RAS": (
+        dict(arch="dema", token_order="RAS", embed_dim=24, embed_norm="none", window_padding="left"),
+        "rnn",
+    ),
     "dt-transformer": (dict(arch="dt"), "transformer"),
-    "dt-transformer-left-previous": (dict(arch="dt", window_padding="left", window_actions="previous"),
-                                     "transformer"),
+    "dt-transformer-left-previous": (dict(arch="dt", window_padding="left", window_actions="previous"), "transformer"),
 }
 
 
@@ -55,7 +58,7 @@ def _sequential(model, mode, max_steps=MAX_STEPS):
     actions = {}
     env = make_env("hopper")
     try:
-        with single_threaded():          # as evaluate runs: idle-spinning thread pools are slow at batch 1
+        with single_threaded():  # as evaluate runs: idle-spinning thread pools are slow at batch 1
             for i, target in enumerate(TARGETS):
                 for e in range(EPISODES):
                     policy = Policy(model, mode, MEAN, STD, 1000.0)
@@ -92,13 +95,26 @@ def test_batched_evaluation_equals_sequential_episode_for_episode(case):
     model, (expected, expected_len, _) = _varied(overrides, mode)
     sizes, handle = _batch_sizes(model)
     try:
-        res, rec = evaluate(model, "hopper", TARGETS, EPISODES, (mode,), 1000.0, MEAN, STD, seed=SEED, record=0,
-                            render_size=None, attention=None, max_steps=MAX_STEPS)
+        res, rec = evaluate(
+            model,
+            "hopper",
+            TARGETS,
+            EPISODES,
+            (mode,),
+            1000.0,
+            MEAN,
+            STD,
+            seed=SEED,
+            record=0,
+            render_size=None,
+            attention=None,
+            max_steps=MAX_STEPS,
+        )
     finally:
         handle.remove()
     assert rec == {}
     np.testing.assert_array_equal(res["length"].values[0], expected_len)
-    np.testing.assert_array_equal(res["return"].values[0], expected)          # exact, not close
+    np.testing.assert_array_equal(res["return"].values[0], expected)  # exact, not close
     # one model call per env step for all live episodes; finished ones drop out of the batch
     lengths = expected_len.ravel()
     assert sizes == [int((lengths > t).sum()) for t in range(lengths.max())]
@@ -107,13 +123,26 @@ def test_batched_evaluation_equals_sequential_episode_for_episode(case):
 def test_recorded_episodes_stay_sequential_and_the_rest_are_batched():
     model = _model(arch="dema")
     expected, expected_len, _ = _sequential(model, "transformer")
-    res, rec = evaluate(model, "hopper", TARGETS, EPISODES, ("transformer", "rnn"), 1000.0, MEAN, STD, seed=SEED,
-                        record=1, render_size=None, attention="minmax", max_steps=MAX_STEPS)
+    res, rec = evaluate(
+        model,
+        "hopper",
+        TARGETS,
+        EPISODES,
+        ("transformer", "rnn"),
+        1000.0,
+        MEAN,
+        STD,
+        seed=SEED,
+        record=1,
+        render_size=None,
+        attention="minmax",
+        max_steps=MAX_STEPS,
+    )
     assert sorted(rec) == [("rnn", 0, 0), ("rnn", 1, 0), ("transformer", 0, 0), ("transformer", 1, 0)]
-    for i in range(len(TARGETS)):                                      # the recordings are as before
+    for i in range(len(TARGETS)):  # the recordings are as before
         ds = rec[("transformer", i, 0)]
         assert ds.attrs["length"] == expected_len[i, 0] and "attention" in ds
-        assert ds.attrs["return"] == pytest.approx(expected[i, 0], rel=1e-6)   # float32 reward sum
+        assert ds.attrs["return"] == pytest.approx(expected[i, 0], rel=1e-6)  # float32 reward sum
     np.testing.assert_array_equal(res["return"].sel(mode="transformer").values[:, 1:], expected[:, 1:])
     np.testing.assert_array_equal(res["length"].sel(mode="transformer").values, expected_len)
     rnn, rnn_len, _ = _sequential(model, "rnn")
@@ -128,8 +157,21 @@ def test_alpha_random_ablation_is_scored_per_episode_as_at_batch_one():
     model = _model(arch="dema")
     with ablate(model, "alpha-random", "all", seed=3) as ablated:
         expected, expected_len, _ = _sequential(ablated, "transformer")
-        res, _ = evaluate(ablated, "hopper", TARGETS, EPISODES, ("transformer",), 1000.0, MEAN, STD, seed=SEED,
-                          record=0, render_size=None, attention=None, max_steps=MAX_STEPS)
+        res, _ = evaluate(
+            ablated,
+            "hopper",
+            TARGETS,
+            EPISODES,
+            ("transformer",),
+            1000.0,
+            MEAN,
+            STD,
+            seed=SEED,
+            record=0,
+            render_size=None,
+            attention=None,
+            max_steps=MAX_STEPS,
+        )
     np.testing.assert_array_equal(res["length"].values[0], expected_len)
     np.testing.assert_array_equal(res["return"].values[0], expected)
 
@@ -143,7 +185,7 @@ def test_float32_batched_actions_agree_to_float_noise(mode):
     policy = BatchPolicy(model, mode, MEAN, STD, 1000.0)
     act = policy.act
 
-    def spy(obs):                    # which episode each row is: rows drop out in order, keep the live ids
+    def spy(obs):  # which episode each row is: rows drop out in order, keep the live ids
         out = act(obs)
         for row, key in enumerate(spy.live):
             got_actions.setdefault(key, []).append(out[row])
@@ -158,8 +200,13 @@ def test_float32_batched_actions_agree_to_float_noise(mode):
     spy.live = [(i, e) for i in range(len(TARGETS)) for e in range(EPISODES)]
     policy.act, policy.keep = spy, keep_spy
     try:
-        returns, lengths = rollout_batch(policy, envs, [TARGETS[i] for i, _ in spy.live],
-                                         [SEED + 10_000 * i + e for i, e in spy.live], max_steps=MAX_STEPS)
+        returns, lengths = rollout_batch(
+            policy,
+            envs,
+            [TARGETS[i] for i, _ in spy.live],
+            [SEED + 10_000 * i + e for i, e in spy.live],
+            max_steps=MAX_STEPS,
+        )
     finally:
         for env in envs:
             env.close()
@@ -174,15 +221,15 @@ def test_float32_gemm_is_not_batch_invariant_but_float64_rounds_it_away():
     float32 (different MKL kernels), and in float64 the difference disappears once rounded to float32."""
     torch.manual_seed(0)
     w, x = torch.randn(256, 64), torch.randn(10, 3, 64)
-    rows = torch.cat([x[i:i + 1] @ w.t() for i in range(10)])
+    rows = torch.cat([x[i : i + 1] @ w.t() for i in range(10)])
     x64, w64 = x.double(), w.double()
-    rows64 = torch.cat([x64[i:i + 1] @ w64.t() for i in range(10)])
+    rows64 = torch.cat([x64[i : i + 1] @ w64.t() for i in range(10)])
     assert (x64 @ w64.t() - rows64).abs().max() < 1e-12
     assert torch.equal((x64 @ w64.t()).float(), rows64.float())
     # the float32 difference exists on this build (if a build ever makes it vanish, the test says so)
     if torch.equal(x @ w.t(), rows):
         pytest.skip("this torch build's float32 GEMM is batch-invariant for 3-row products")
-    torch.testing.assert_close(x @ w.t(), rows, rtol=1e-5, atol=1e-5)       # noise, not a bug
+    torch.testing.assert_close(x @ w.t(), rows, rtol=1e-5, atol=1e-5)  # noise, not a bug
 
 
 def test_batch_policy_rejects_bad_observations():

@@ -15,10 +15,15 @@ def small(arch="dema", **kw):
 def test_round_trip_in_a_new_process(tmp_path):
     torch.manual_seed(0)
     model = build_model(small()).eval()
-    path = save_checkpoint(tmp_path / "ck.safetensors", model, meta={"step": 7},
-                           extra={"state_mean": torch.arange(5.0)})
-    x = dict(states=torch.ones(1, 4, 5), actions=torch.zeros(1, 4, 2), returns_to_go=torch.ones(1, 4, 1),
-             timesteps=torch.arange(4)[None])
+    path = save_checkpoint(
+        tmp_path / "ck.safetensors", model, meta={"step": 7}, extra={"state_mean": torch.arange(5.0)}
+    )
+    x = dict(
+        states=torch.ones(1, 4, 5),
+        actions=torch.zeros(1, 4, 2),
+        returns_to_go=torch.ones(1, 4, 1),
+        timesteps=torch.arange(4)[None],
+    )
     expected = model(**x)
     code = f"""
 import json, torch
@@ -50,6 +55,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable safetensors checkpoint"):
         load_checkpoint(pickle)
     from safetensors.torch import save_file
+
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="not a dema-lab checkpoint"):
@@ -60,10 +66,13 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
         load_checkpoint(good, expect=ModelConfig(arch="dema", state_dim=5, act_dim=2, K=8, d_model=16, d_state=4))
     # a dema-lab header whose version or metadata is garbled
     from safetensors.torch import load_file
+
     weights = load_file(str(good))
     header = {"format": "dema-lab-checkpoint", "arch": "dema", "model_config": json.dumps(model.cfg.to_dict())}
-    for bad, message in (({"version": "one", "meta": "{}"}, "unreadable format version 'one'"),
-                         ({"version": "1", "meta": "{step"}, "its metadata cannot be read")):
+    for bad, message in (
+        ({"version": "one", "meta": "{}"}, "unreadable format version 'one'"),
+        ({"version": "1", "meta": "{step"}, "its metadata cannot be read"),
+    ):
         path = tmp_path / "garbled.safetensors"
         save_file(weights, str(path), metadata={**header, **bad})
         with pytest.raises(CheckpointError, match=message):
@@ -93,6 +102,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
 def test_checkpoint_bytes_load_like_files():
     from dema_lab.models import checkpoint_bytes
+
     model = build_model(small("dt"))
     ck = load_checkpoint(checkpoint_bytes(model, meta={"step": 3}))
     assert ck.meta == {"step": 3} and ck.config.arch == "dt"

@@ -19,14 +19,14 @@ def test_worker_devices_round_robin(monkeypatch):
     monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 3)
     assert sweep.worker_devices(5) == ["0", "1", "2", "0", "1"]
     assert sweep.worker_devices(2, "cuda") == ["0", "1"]
-    assert sweep.worker_devices(4, "cpu") == [None] * 4               # a device named explicitly: untouched
+    assert sweep.worker_devices(4, "cpu") == [None] * 4  # a device named explicitly: untouched
     assert sweep.worker_devices(2, "cuda:1") == [None, None]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")                 # stay within what the user allowed
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # stay within what the user allowed
     assert sweep.worker_devices(3) == ["4", "6", "4"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
     assert sweep.worker_devices(3) == [None] * 3
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 1)       # one GPU (or none): nothing to spread
+    monkeypatch.setattr(sweep, "_cuda_device_count", lambda: 1)  # one GPU (or none): nothing to spread
     assert sweep.worker_devices(3) == [None] * 3
 
 
@@ -49,7 +49,7 @@ def test_local_pool_gives_each_worker_its_gpu(monkeypatch, tmp_path):
         seen = [f.result(timeout=180) for f in [pool.submit(_probe, str(tmp_path), 3) for _ in range(3)]]
     assert len({pid for pid, _ in seen}) == 3
     assert sorted(env for _, env in seen) == ["0", "1", "2"]
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ                   # the parent's environment is untouched
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # the parent's environment is untouched
 
 
 # ---------------------------------------------------------------------------- Ray
@@ -62,17 +62,48 @@ def test_sweep_command_passes_the_ray_settings(monkeypatch, capsys):
     monkeypatch.setattr(fsspec.config, "conf", {})
     monkeypatch.delenv("FSSPEC_S3", raising=False)
     seen = {}
-    def run_sweep(cfg):                    # what the sweep (and its workers, through the env) sees
+
+    def run_sweep(cfg):  # what the sweep (and its workers, through the env) sees
         seen.update(cfg=cfg, conf=dict(fsspec.config.conf.get("s3", {})), env=os.environ.get("FSSPEC_S3"))
         return []
 
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
-    assert main(["sweep", "--executor", "ray", "--address", "10.0.0.1:6379", "--num-cpus", "2", "--num-gpus", "0.25",
-                 "--max-retries", "5", "--store", "s3://bucket/study", "--K", "5", "--set", "steps=7",
-                 "--storage-option", "endpoint_url=http://127.0.0.1:9", "--storage-option", "anon=false"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--executor",
+                "ray",
+                "--address",
+                "10.0.0.1:6379",
+                "--num-cpus",
+                "2",
+                "--num-gpus",
+                "0.25",
+                "--max-retries",
+                "5",
+                "--store",
+                "s3://bucket/study",
+                "--K",
+                "5",
+                "--set",
+                "steps=7",
+                "--storage-option",
+                "endpoint_url=http://127.0.0.1:9",
+                "--storage-option",
+                "anon=false",
+            ]
+        )
+        == 0
+    )
     cfg = seen["cfg"]
-    assert (cfg.executor, cfg.address, cfg.num_cpus, cfg.num_gpus, cfg.max_retries) == ("ray", "10.0.0.1:6379", 2.0,
-                                                                                          0.25, 5)
+    assert (cfg.executor, cfg.address, cfg.num_cpus, cfg.num_gpus, cfg.max_retries) == (
+        "ray",
+        "10.0.0.1:6379",
+        2.0,
+        0.25,
+        5,
+    )
     assert cfg.base.store == "s3://bucket/study" and cfg.base.steps == 7
     assert seen["conf"] == {"endpoint_url": "http://127.0.0.1:9", "anon": False}
     assert seen["env"] == '{"endpoint_url": "http://127.0.0.1:9", "anon": false}'
@@ -90,8 +121,14 @@ def ray_cluster():
     ray = pytest.importorskip("ray", reason="the cluster extra (ray) is not installed")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=80 * 1024 * 1024, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        object_store_memory=80 * 1024 * 1024,
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -101,8 +138,17 @@ def tiny_sweep(name, dataset, store, steps=60, **kw):
     from dema_lab.train import TrainConfig
 
     base = TrainConfig(dataset=str(dataset), store=str(store), steps=steps, **{**TINY_RUN, "checkpoint_every": 5})
-    return SweepConfig(name=name, datasets=[str(dataset)], K=[3], archs=["dema"], seeds=[0, 1],
-                       eval_modes=["transformer"], ablations=False, base=base, **kw)
+    return SweepConfig(
+        name=name,
+        datasets=[str(dataset)],
+        K=[3],
+        archs=["dema"],
+        seeds=[0, 1],
+        eval_modes=["transformer"],
+        ablations=False,
+        base=base,
+        **kw,
+    )
 
 
 def kill_one_writer_mid_run(store_path, run_ids, killed: dict, stop: threading.Event):
@@ -135,8 +181,9 @@ def run_with_a_kill(sweep_cfg):
     from dema_lab.sweep import grid, run_sweep
 
     killed, stop, lines = {}, threading.Event(), []
-    watcher = threading.Thread(target=kill_one_writer_mid_run,
-                               args=(sweep_cfg.base.store, [c.run_id for c in grid(sweep_cfg)], killed, stop))
+    watcher = threading.Thread(
+        target=kill_one_writer_mid_run, args=(sweep_cfg.base.store, [c.run_id for c in grid(sweep_cfg)], killed, stop)
+    )
     watcher.start()
     try:
         results = run_sweep(sweep_cfg, log=lines.append)
@@ -168,11 +215,13 @@ def test_ray_sweep_into_s3_survives_a_killed_worker(ray_cluster, s3, hopper_smal
     sweep_cfg = tiny_sweep("study", hopper_small, url, executor="ray", num_cpus=1, max_retries=2)
     results, killed, lines = run_with_a_kill(sweep_cfg)
     assert len(killed) == 1, f"no worker was caught mid-run: {lines}"
-    (killed_run, pid), = killed.items()
+    ((killed_run, pid),) = killed.items()
     by_id = {r["run_id"]: r for r in results}
-    assert sorted(by_id) == ["study-hopper-medium-small-dema-B3LD-ts0-K3-s0",
-                             "study-hopper-medium-small-dema-B3LD-ts0-K3-s1"]
-    assert by_id[killed_run]["what"] == "resumed", lines                # the retry resumed it from the store
+    assert sorted(by_id) == [
+        "study-hopper-medium-small-dema-B3LD-ts0-K3-s0",
+        "study-hopper-medium-small-dema-B3LD-ts0-K3-s1",
+    ]
+    assert by_id[killed_run]["what"] == "resumed", lines  # the retry resumed it from the store
     assert any(line.startswith("[2/2]") for line in lines) and any("ray cluster:" in line for line in lines)
     store = RunStore(url)
     for run_id in by_id:
@@ -186,9 +235,12 @@ def test_ray_sweep_into_s3_survives_a_killed_worker(ray_cluster, s3, hopper_smal
     local = tiny_sweep("study", hopper_small, tmp_path / "local", workers=2)
     assert all(r["what"] == "trained" for r in run_sweep(local, log=lambda *_: None))
     remote_md = build_report(url, "study", latency=False).to_markdown().replace(url, "STORE")
-    local_md = build_report(str(tmp_path / "local"), "study", latency=False).to_markdown().replace(
-        str(tmp_path / "local"), "STORE")
-    wall = re.compile(r"training time: [0-9.]+ h")                   # wall-clock, the one thing that differs
+    local_md = (
+        build_report(str(tmp_path / "local"), "study", latency=False)
+        .to_markdown()
+        .replace(str(tmp_path / "local"), "STORE")
+    )
+    wall = re.compile(r"training time: [0-9.]+ h")  # wall-clock, the one thing that differs
     assert wall.sub("training time", remote_md) == wall.sub("training time", local_md)
     assert "# Sweep report (2 runs)" in remote_md and "| hopper-medium | 3 |" in remote_md
 

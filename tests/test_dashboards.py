@@ -27,10 +27,18 @@ from conftest import TINY_RUN
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = os.environ.get("DEMA_LAB_SCREENSHOTS")          # e.g. docs/screenshots (relative to the repo)
+SCREENSHOTS = os.environ.get("DEMA_LAB_SCREENSHOTS")  # e.g. docs/screenshots (relative to the repo)
 SCREENSHOT_MAX_BYTES = 400_000
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="session")
@@ -39,19 +47,27 @@ def dash_store(hopper_small, tmp_path_factory):
     metadata is corrupt, in one store, built once per session."""
     from dema_lab.train import TrainConfig, train
 
-    reuse = os.environ.get("DEMA_LAB_TEST_DASH_STORE")       # developers: keep the store between sessions
+    reuse = os.environ.get("DEMA_LAB_TEST_DASH_STORE")  # developers: keep the store between sessions
     if reuse and (Path(reuse) / "runs" / "broken").exists():
         return reuse
     store = Path(reuse) if reuse else tmp_path_factory.mktemp("dash") / "store"
-    base = TrainConfig(dataset=str(hopper_small), store=str(store), steps=20, run_id="tiny-K3",
-                       **{**TINY_RUN, "render_size": 96, "eval_max_steps": 40})
+    base = TrainConfig(
+        dataset=str(hopper_small),
+        store=str(store),
+        steps=20,
+        run_id="tiny-K3",
+        **{**TINY_RUN, "render_size": 96, "eval_max_steps": 40},
+    )
     train(base, progress=False, log=lambda *_: None)
-    train(dataclasses.replace(base, K=5, run_id="tiny-K5", eval_modes=["transformer"]), progress=False,
-          log=lambda *_: None)
+    train(
+        dataclasses.replace(base, K=5, run_id="tiny-K5", eval_modes=["transformer"]),
+        progress=False,
+        log=lambda *_: None,
+    )
     broken = store / "runs" / "broken"
     shutil.copytree(store / "runs" / "tiny-K5", broken)
     text = (broken / "zarr.json").read_text()
-    (broken / "zarr.json").write_text(text[: len(text) // 2])          # a truncated write
+    (broken / "zarr.json").write_text(text[: len(text) // 2])  # a truncated write
     return str(store)
 
 
@@ -94,8 +110,8 @@ def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     assert ex.run == "tiny-K5" and "broken" in ex.message and ex.episode.startswith("step_00000020")
     assert isinstance(ex.frame(), hv.RGB) and isinstance(ex.heatmap(), hv.Image)
     assert isinstance(ex.lag(), hv.Overlay) and isinstance(ex.traces(), hv.Overlay)
-    pn.panel(ex).get_root(Document())                       # what a notebook or server renders
-    traces = ex._panes["traces"].object                     # reward on its own axis, not flat on the return's
+    pn.panel(ex).get_root(Document())  # what a notebook or server renders
+    traces = ex._panes["traces"].object  # reward on its own axis, not flat on the return's
     assert [a.axis_label for a in traces.yaxis] == ["return", "reward per step"]
     # it opens mid-episode with a full window (dema_lab.analysis.opening_step), cursor there
     n, K = ex._ep.n_steps, ex._info.config["K"]
@@ -119,9 +135,9 @@ def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     # the trace's click moves the step; a heatmap click picks the query token
     ex._on_tap_trace(type("E", (), {"x": 5.2})())
     assert ex.step == 5
-    ex._on_tap_heatmap(type("E", (), {"y": 0.5})())         # the bottom row: the current state token
+    ex._on_tap_heatmap(type("E", (), {"y": 0.5})())  # the bottom row: the current state token
     assert ex.query == "s0"
-    ex._on_tap_heatmap(type("E", (), {"y": len(ex._ep.query_label) - 0.5})())     # the top row
+    ex._on_tap_heatmap(type("E", (), {"y": len(ex._ep.query_label) - 0.5})())  # the top row
     assert ex.query == ex._ep.query_label[0]
 
 
@@ -137,13 +153,20 @@ def test_other_aggregations_are_recomputed_from_the_checkpoint(dash_store, mode)
     stored = ex.matrix().copy()
     ck = ex.index.checkpoint("tiny-K3", 20)
     ro = ex._ep.dataset.load()
-    for step in (7, 3, 15):                                  # forward, back, forward again
+    for step in (7, 3, 15):  # forward, back, forward again
         ex.step = step
         ex.aggregation = "minmax"
         np.testing.assert_allclose(ex.matrix(), ro.attention.values[step, 0], equal_nan=True)
         ex.aggregation = "abs"
-        want = replay_attention(ck.model, ro, step, "abs", ck.extra["state_mean"].numpy(),
-                                ck.extra["state_std"].numpy(), ck.meta["rtg_scale"])
+        want = replay_attention(
+            ck.model,
+            ro,
+            step,
+            "abs",
+            ck.extra["state_mean"].numpy(),
+            ck.extra["state_std"].numpy(),
+            ck.meta["rtg_scale"],
+        )
         np.testing.assert_allclose(ex.matrix(), right_align(want, 8)[0], rtol=1e-5, atol=1e-7, equal_nan=True)
     ex.aggregation = "channel"
     ex.channel = 3
@@ -179,21 +202,29 @@ def test_comparison_of_dema_dt_and_layouts(tiny_config):
     from dema_lab.train import train
 
     cfg = dataclasses.replace(tiny_config, eval_modes=["transformer"], render_size=0)
-    for change in (dict(run_id="dema-K3"), dict(run_id="dema-K5", K=5), dict(run_id="dema-bl3d", layout="BL3D"),
-                   dict(run_id="dt-K3", arch="dt")):
+    for change in (
+        dict(run_id="dema-K3"),
+        dict(run_id="dema-K5", K=5),
+        dict(run_id="dema-bl3d", layout="BL3D"),
+        dict(run_id="dt-K3", arch="dt"),
+    ):
         train(dataclasses.replace(cfg, **change), progress=False, log=lambda *_: None)
     comp = SequenceComparison(cfg.store)
     df = comp.table.set_index("run")
     assert not comp.bad and comp.message == ""
-    assert df.family.to_dict() == {"dema-K3": "DeMa B3LD", "dema-K5": "DeMa B3LD", "dema-bl3d": "DeMa BL3D",
-                                   "dt-K3": "DT B3LD +t-emb"}
+    assert df.family.to_dict() == {
+        "dema-K3": "DeMa B3LD",
+        "dema-K5": "DeMa B3LD",
+        "dema-bl3d": "DeMa BL3D",
+        "dt-K3": "DT B3LD +t-emb",
+    }
     assert df.loc["dt-K3", "parameters"] > df.loc["dema-K3", "parameters"]
     assert np.isfinite(df.last_score).all() and np.isfinite(df.best_score).all() and np.isfinite(df.step_macs).all()
-    assert np.isfinite(df.half_life_steps).all()          # DT's is from its softmax attention (heads)
+    assert np.isfinite(df.half_life_steps).all()  # DT's is from its softmax attention (heads)
     score = comp.score_plot()
     labels = {el.label for el in score}
     assert labels == {f"{f} · {m}" for f in ("DeMa B3LD", "DeMa BL3D", "DT B3LD +t-emb") for m in ("last", "best")}
-    decay = comp.decay_plot()                             # hidden attention and DT's overlaid
+    decay = comp.decay_plot()  # hidden attention and DT's overlaid
     assert {el.label for el in decay} == {"dema-K3", "dema-K5", "dema-bl3d", "dt-K3"} and not comp.bad
     for plot in (score, comp.cost_plot(), comp.time_plot(), decay, comp.half_life_plot()):
         hv.render(plot)
@@ -207,7 +238,7 @@ def test_study_report_lists_findings_tables_and_the_unreadable_run(dash_store):
     from dema_lab.dashboard.study import ALL_RUNS
 
     study = StudyReport(dash_store, latency=False)
-    assert study.param.sweep.objects == [ALL_RUNS] and study.sweep == ALL_RUNS      # no sweep: every finished run
+    assert study.param.sweep.objects == [ALL_RUNS] and study.sweep == ALL_RUNS  # no sweep: every finished run
     rep = study.report()
     assert sorted(rep.runs.run) == ["tiny-K3", "tiny-K5"] and "broken" in rep.skipped
     summary = study._summary()
@@ -258,7 +289,7 @@ def test_live_worker_streams_changing_frames_and_closes_its_env(dash_store):
 
 def _alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"   # a zombie has exited
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"  # a zombie has exited
     except OSError:
         return False
 
@@ -268,11 +299,13 @@ def _alive(pid: int) -> bool:
 def test_the_demo_child_dies_with_the_server_however_it_dies(guarded):
     # the dashboard trains the demo in a child process; a server stopped by SIGTERM runs no
     # atexit hooks, so the kernel has to stop the child (the unguarded case shows the difference)
-    code = ("import subprocess, sys, time\n"
-            + ("from dema_lab.dashboard.app import stop_with_parent\n" if guarded else "") +
-            f"p = subprocess.Popen(['sleep', '120'], preexec_fn={'stop_with_parent()' if guarded else 'None'})\n"
-            "print(p.pid, flush=True)\n"
-            "time.sleep(120)\n")
+    code = (
+        "import subprocess, sys, time\n"
+        + ("from dema_lab.dashboard.app import stop_with_parent\n" if guarded else "")
+        + f"p = subprocess.Popen(['sleep', '120'], preexec_fn={'stop_with_parent()' if guarded else 'None'})\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     try:
@@ -304,13 +337,36 @@ class Server:
         self.log = open(log, "w")
         apps = [str(ROOT / "dashboards" / f"{a}.py") for a in ("attention", "compare", "live", "study")]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "panel", "serve", *apps, "--address", "127.0.0.1", "--port", str(self.port),
-             "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--liveness",
-             "--index", str(ROOT / "dema_lab" / "dashboard" / "index.html"),      # as `dema-lab serve` does
-             # a closed browser tab's session is destroyed within about 2 s (default: 15-30 s)
-             "--check-unused-sessions", "1000", "--unused-session-lifetime", "1000", "--args", "--store", store,
-             *args],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"})
+            [
+                sys.executable,
+                "-m",
+                "panel",
+                "serve",
+                *apps,
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--allow-websocket-origin",
+                f"127.0.0.1:{self.port}",
+                "--liveness",
+                "--index",
+                str(ROOT / "dema_lab" / "dashboard" / "index.html"),  # as `dema-lab serve` does
+                # a closed browser tab's session is destroyed within about 2 s (default: 15-30 s)
+                "--check-unused-sessions",
+                "1000",
+                "--unused-session-lifetime",
+                "1000",
+                "--args",
+                "--store",
+                store,
+                *args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "MUJOCO_GL": "egl"},
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             assert self.proc.poll() is None, log.read_text()
@@ -354,7 +410,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server(dash_store, tmp_path_factory):
     ARTIFACTS.mkdir(exist_ok=True)
-    checkpoints = tmp_path_factory.mktemp("checkpoints")      # where /live's file field may read
+    checkpoints = tmp_path_factory.mktemp("checkpoints")  # where /live's file field may read
     s = Server(dash_store, ARTIFACTS / "dashboards-server.log", args=("--checkpoint-dir", str(checkpoints)))
     s.checkpoint_dir = checkpoints
     yield s
@@ -370,8 +426,14 @@ class Page:
         self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url}"))
-        self.page.on("request", lambda r: self.external.append(r.url)
-                     if not r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")) else None)
+        self.page.on(
+            "request",
+            lambda r: (
+                self.external.append(r.url)
+                if not r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))
+                else None
+            ),
+        )
         self.page.goto(url, wait_until="load", timeout=90_000)
 
     def check_clean(self):
@@ -390,7 +452,7 @@ class Page:
 
 
 def _probe(page, css=".dema-probe span") -> dict:
-    data = page.locator(css).evaluate("e => Object.assign({}, e.dataset)", timeout=2000)   # one consistent read
+    data = page.locator(css).evaluate("e => Object.assign({}, e.dataset)", timeout=2000)  # one consistent read
     return {k: data.get(k) for k in ("step", "frame", "heatmap", "return")}
 
 
@@ -426,13 +488,27 @@ FIGURES_JS = """() => {
   return {figures: out, width: document.documentElement.clientWidth,
           idle: Bokeh.documents.length > 0 && Bokeh.documents.every(d => d.is_idle)};
 }"""
-SCROLL_TOP_JS = "() => { for (const e of document.querySelectorAll('*')) if (e.scrollTop) e.scrollTop = 0; " \
-                "window.scrollTo(0, 0); }"
+SCROLL_TOP_JS = (
+    "() => { for (const e of document.querySelectorAll('*')) if (e.scrollTop) e.scrollTop = 0; window.scrollTo(0, 0); }"
+)
 MIN_PX = 150
-EXPLORER_PLOTS = [r"step \d+", r"Hidden attention · .*", r".* by lag · .*", r"Reward and return-to-go .*",
-                  r"Paper's method · (layer \d+|mean of layers)", r"Paper's curve · .*", r"By key kind .*"]
-COMPARISON_PLOTS = [r"Normalized score vs K .*", r"Half-life of attention vs K", r"Attention by lag .*",
-                    r"Parameters vs K", r"MACs per step vs K .*", r"Training time"]
+EXPLORER_PLOTS = [
+    r"step \d+",
+    r"Hidden attention · .*",
+    r".* by lag · .*",
+    r"Reward and return-to-go .*",
+    r"Paper's method · (layer \d+|mean of layers)",
+    r"Paper's curve · .*",
+    r"By key kind .*",
+]
+COMPARISON_PLOTS = [
+    r"Normalized score vs K .*",
+    r"Half-life of attention vs K",
+    r"Attention by lag .*",
+    r"Parameters vs K",
+    r"MACs per step vs K .*",
+    r"Training time",
+]
 LIVE_PLOTS = [r"step \d+", r"Hidden attention · .*", r"Return", r"Actions"]
 
 
@@ -454,12 +530,14 @@ def _figures(page, expected: list[str], timeout: float = 30.0) -> dict[str, dict
     for f in figs:
         what = f"{f['title']!r} at x {f['x']:.0f} y {f['y']:.0f}, {f['w']:.0f}x{f['h']:.0f}"
         assert f["w"] > MIN_PX and f["h"] > MIN_PX, f"{what}: too small"
-        assert f["fw"] > MIN_PX and f["fh"] > MIN_PX, \
+        assert f["fw"] > MIN_PX and f["fh"] > MIN_PX, (
             f"{what}: its plot area is {f['fw']:.0f}x{f['fh']:.0f} (not laid out)"
-        assert f["x"] >= 0 and f["x"] + f["w"] <= got["width"] + 0.5, \
+        )
+        assert f["x"] >= 0 and f["x"] + f["w"] <= got["width"] + 0.5, (
             f"{what}: outside the window's width {got['width']}"
+        )
     for i, a in enumerate(figs):
-        for b in figs[i + 1:]:
+        for b in figs[i + 1 :]:
             dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
             dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
             assert dx <= 1 or dy <= 1, f"{a['title']!r} and {b['title']!r} overlap by {dx:.0f}x{dy:.0f} px"
@@ -471,17 +549,21 @@ def _assert_drawn(page, figures: dict[str, dict]):
     import imageio.v3 as iio
 
     for f in figures.values():
-        page.evaluate("t => { for (const v of Bokeh.index.all_views()) if (v.model.type === 'Figure' && "
-                      "v.model.title && v.model.title.text === t) v.el.scrollIntoView({block: 'nearest'}); }",
-                      f["title"])
+        page.evaluate(
+            "t => { for (const v of Bokeh.index.all_views()) if (v.model.type === 'Figure' && "
+            "v.model.title && v.model.title.text === t) v.el.scrollIntoView({block: 'nearest'}); }",
+            f["title"],
+        )
         f = next(g for g in page.evaluate(FIGURES_JS)["figures"] if g["title"] == f["title"])
-        img = iio.imread(io.BytesIO(page.screenshot(clip={"x": f["fx"], "y": f["fy"], "width": f["fw"],
-                                                           "height": f["fh"]})))[..., :3]
+        img = iio.imread(
+            io.BytesIO(page.screenshot(clip={"x": f["fx"], "y": f["fy"], "width": f["fw"], "height": f["fh"]}))
+        )[..., :3]
         px = img.reshape(-1, 3)
         colours, counts = np.unique(px, axis=0, return_counts=True)
-        ink = 1 - counts.max() / len(px)               # share of pixels not in the commonest colour
-        assert len(colours) >= 8 and ink > 0.01, f"plot {f['title']!r} looks blank ({len(colours)} colours, " \
-                                                  f"{100 * ink:.1f}% not background)"
+        ink = 1 - counts.max() / len(px)  # share of pixels not in the commonest colour
+        assert len(colours) >= 8 and ink > 0.01, (
+            f"plot {f['title']!r} looks blank ({len(colours)} colours, {100 * ink:.1f}% not background)"
+        )
     page.evaluate(SCROLL_TOP_JS)
 
 
@@ -502,8 +584,9 @@ def _wait_steps_agree(page, step: int | None = None, timeout: float = 20.0) -> i
         if len(set(shown.values())) == 1 and (step is None or shown["slider"] == str(step)):
             return int(shown["slider"])
         if time.time() > deadline:
-            raise AssertionError(f"the step shown does not follow the slider{'' if step is None else f' ({step})'}:"
-                                 f" {shown}")
+            raise AssertionError(
+                f"the step shown does not follow the slider{'' if step is None else f' ({step})'}: {shown}"
+            )
         page.wait_for_timeout(100)
 
 
@@ -542,20 +625,20 @@ def test_browser_explorer_loads_scrubs_and_plays(server, browser):
     # it opens mid-episode, where the window is full (dema_lab.analysis.opening_step; K 5 here)
     n_steps = round(float(page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuemax"))) + 1
     assert first["step"] == str(max(n_steps // 2, 4)), (first, n_steps)
-    page.get_by_text("cannot be read").first.wait_for(timeout=10_000)       # the broken run's message
+    page.get_by_text("cannot be read").first.wait_for(timeout=10_000)  # the broken run's message
     figures = _figures(page, EXPLORER_PLOTS)
     _assert_drawn(page, figures)
     heat = figures[EXPLORER_PLOTS[1]]
-    assert {"R0", "s0", "a-1", "s-1"} <= set(heat["labels"]), heat["labels"]      # R/s/a token ticks
+    assert {"R0", "s0", "a-1", "s-1"} <= set(heat["labels"]), heat["labels"]  # R/s/a token ticks
     _scrub_to(page, 6)
     moved = _wait_probe(page, lambda s: s["step"] == "6")
     assert moved["frame"] != first["frame"] and moved["heatmap"] != first["heatmap"]
     _wait_steps_agree(page, 6)
     # the player advances the step on its own; the text follows it
-    page.locator(".dema-player button").nth(5).click()          # ▶ play
+    page.locator(".dema-player button").nth(5).click()  # ▶ play
     played = _wait_probe(page, lambda s: int(s["step"]) >= int(moved["step"]) + 3)
     assert played["frame"] != moved["frame"]
-    page.locator(".dema-player button").nth(4).click()          # ⏸ pause
+    page.locator(".dema-player button").nth(4).click()  # ⏸ pause
     assert _wait_steps_agree(page) >= 9
     # the middle of the episode: the window of tokens is full, the heatmap filled
     middle = _show_middle(page)
@@ -600,7 +683,7 @@ def test_browser_every_view_round_trips_through_its_url(server, browser):
     bookmark = page.url
     p.check_clean()
     page.close()
-    p = Page(browser, bookmark)                                  # the bookmark opens the same view
+    p = Page(browser, bookmark)  # the bookmark opens the same view
     page = p.page
     shown = _wait_probe(page, lambda s: s["step"] == "8" and s["heatmap"] not in (None, "none"), timeout=60)
     assert page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuenow").startswith("8")
@@ -609,8 +692,11 @@ def test_browser_every_view_round_trips_through_its_url(server, browser):
     p.check_clean()
     page.close()
     # the other pages carry their settings too, and read them back
-    for path, setting, written in (("compare", {"mode": "rnn"}, "query_kind"), ("study", {"latency": "false"}, "sweep"),
-                                   ("live", {"fps": "7.0", "mode": "rnn"}, "env")):
+    for path, setting, written in (
+        ("compare", {"mode": "rnn"}, "query_kind"),
+        ("study", {"latency": "false"}, "sweep"),
+        ("live", {"fps": "7.0", "mode": "rnn"}, "env"),
+    ):
         query = "&".join(f"{k}={v}" for k, v in setting.items())
         p = Page(browser, server.url(path) + f"?presentation=1&{query}")
         deadline = time.time() + 30
@@ -625,8 +711,12 @@ def test_browser_index_page_lists_the_pages_offline(server, browser):
     p = Page(browser, server.url(""))
     links = p.page.locator(".dema-index-page")
     links.first.wait_for(timeout=30_000)
-    assert [links.nth(i).get_attribute("href").rsplit("/", 1)[-1] for i in range(links.count())] == \
-        ["attention", "compare", "live", "study"]
+    assert [links.nth(i).get_attribute("href").rsplit("/", 1)[-1] for i in range(links.count())] == [
+        "attention",
+        "compare",
+        "live",
+        "study",
+    ]
     p.check_clean()
     p.page.close()
 
@@ -642,8 +732,8 @@ def test_browser_presentation_mode_and_comparison(server, browser):
     for url in (server.url("compare"), server.url("compare") + "?presentation=1"):
         p = Page(browser, url)
         page = p.page
-        page.get_by_text("tiny-K5").first.wait_for(timeout=60_000)          # the runs table
-        page.get_by_text("cannot be read").first.wait_for(timeout=10_000)   # the broken run's message
+        page.get_by_text("tiny-K5").first.wait_for(timeout=60_000)  # the runs table
+        page.get_by_text("cannot be read").first.wait_for(timeout=10_000)  # the broken run's message
         page.wait_for_timeout(1000)
         _assert_drawn(page, _figures(page, COMPARISON_PLOTS))
         if "presentation" not in url:
@@ -665,16 +755,16 @@ def test_browser_live_rollout_streams_changing_frames(server, browser):
     a = _wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
     b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 3, css=css)
     assert a["frame"] != b["frame"] and float(b["return"]) != float(a["return"])
-    page.locator(".dema-live-pause button").click()             # paused: the rollout holds still
+    page.locator(".dema-live-pause button").click()  # paused: the rollout holds still
     status.get_by_text("paused").wait_for(timeout=20_000)
-    time.sleep(0.5)                                              # the step the worker held on is shown
+    time.sleep(0.5)  # the step the worker held on is shown
     held = _probe(page, css)
     time.sleep(1.5)
     assert _probe(page, css) == held
     _assert_drawn(page, _figures(page, LIVE_PLOTS))
-    page.locator(".dema-live-pause button").click()             # resumed: it goes on
+    page.locator(".dema-live-pause button").click()  # resumed: it goes on
     _wait_probe(page, lambda s: int(s["step"]) >= int(held["step"]) + 2, css=css)
-    page.locator(".dema-live-pause button").click()             # paused again, then stopped
+    page.locator(".dema-live-pause button").click()  # paused again, then stopped
     status.get_by_text("paused").wait_for(timeout=20_000)
     p.shot("live-rollout", docs=True)
     page.locator(".dema-live-stop button").click()
@@ -692,7 +782,7 @@ def test_browser_live_runs_a_checkpoint_imported_from_the_official_code(server, 
     from dema_lab.cli import main
 
     pkl = save_official(official_dema_sd(seed=7), tmp_path / "model_iter9.pkl")
-    out = server.checkpoint_dir / "official.safetensors"       # the field reads only the store and --checkpoint-dir
+    out = server.checkpoint_dir / "official.safetensors"  # the field reads only the store and --checkpoint-dir
     assert main(["import", str(pkl), "--dataset", str(hopper_small), "--K", "4", "--out", str(out)]) == 0
     # 2 steps a second: the untrained model's hopper falls within seconds, and the pause below
     # must come before the episode's end even on a loaded machine
@@ -755,9 +845,9 @@ def test_browser_study_report(server, browser):
     page.get_by_text("Which of the paper's findings hold").wait_for(timeout=90_000)
     page.get_by_text("2 finished runs").first.wait_for(timeout=10_000)
     findings = page.locator(".dema-study-findings")
-    for scoring in ("best checkpoint (the paper's scoring)", "last checkpoint (dema-lab's)"):   # side by side
+    for scoring in ("best checkpoint (the paper's scoring)", "last checkpoint (dema-lab's)"):  # side by side
         findings.get_by_text(f"Transformer-like DeMa beats RNN-like DeMa · {scoring}").wait_for(timeout=10_000)
-    page.get_by_text("is left out").first.wait_for(timeout=10_000)          # the broken run, named
+    page.get_by_text("is left out").first.wait_for(timeout=10_000)  # the broken run, named
     page.locator(".dema-study-table table").first.wait_for(timeout=30_000)
     assert page.locator(".dema-study-table table").count() >= 4
     _assert_drawn(page, _figures(page, STUDY_PLOTS))
@@ -778,8 +868,8 @@ def _processes_with(text: str) -> list[int]:
 
 
 def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
-    empty = tmp_path / "no-store-yet"                      # a path that does not exist yet (`dema-lab serve` on
-    assert not empty.exists()                              # a fresh clone): the same page as an empty directory
+    empty = tmp_path / "no-store-yet"  # a path that does not exist yet (`dema-lab serve` on
+    assert not empty.exists()  # a fresh clone): the same page as an empty directory
     s = Server(str(empty), tmp_path / "server.log")
     try:
         p = Page(browser, s.url("attention"))
@@ -792,13 +882,17 @@ def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
         # the button trains the demo runs in a child process and shows its progress
         page.locator(".dema-demo-button button").click(timeout=60_000)
         # "NN% · what it is doing" (Panel's panes live in shadow roots: get_by_text pierces them)
-        status = page.get_by_text(re.compile(r"\d+% · (starting the demo runs|building the default dataset|"
-                                             r"training demo-dema-K10)"))
+        status = page.get_by_text(
+            re.compile(
+                r"\d+% · (starting the demo runs|building the default dataset|"
+                r"training demo-dema-K10)"
+            )
+        )
         status.first.wait_for(timeout=60_000)
         text = status.first.inner_text()
         p.shot("demo-button-progress")
         trainer = _processes_with(f"demo --no-serve --store {empty}")
-        assert len(trainer) == 1, trainer                   # the training runs in a child process
+        assert len(trainer) == 1, trainer  # the training runs in a child process
         # the explorer replaces the page as soon as the first run is in the store
         page.get_by_text("This store has no runs yet").wait_for(state="detached", timeout=240_000)
         page.locator("option", has_text="demo-dema-K10").first.wait_for(state="attached", timeout=60_000)
@@ -832,20 +926,20 @@ def test_components_made_before_the_page_is_rendered_link_the_servers_files():
         cookies: dict = {}
         path = "/live"
 
-    class Session:                                   # what a served document has: a session context
+    class Session:  # what a served document has: a session context
         request = Request()
         id = "test-session"
 
     def sheets(pin: bool) -> list[str]:
         doc = Document()
         session = Session()
-        doc._session_context = lambda: session        # bokeh keeps a weak reference
+        doc._session_context = lambda: session  # bokeh keeps a weak reference
         with set_curdoc(doc):
             if pin:
                 pin_local_resources()
             model = pn.widgets.Button(label="x").get_root(doc)
         return [str(s.url) for s in model.stylesheets if hasattr(s, "url")]
 
-    assert [u for u in sheets(pin=False) if "cdn.holoviz.org" in u]       # Panel's fallback: the test bites
+    assert [u for u in sheets(pin=False) if "cdn.holoviz.org" in u]  # Panel's fallback: the test bites
     pinned = sheets(pin=True)
     assert pinned and not [u for u in pinned if "cdn.holoviz.org" in u], pinned

@@ -36,7 +36,9 @@ def test_rollout_returns_and_survival_shift():
 def test_short_training_run_improves_and_writes_loadable_weights(tmp_path):
     cfg = ARSConfig(eval_every=4, eval_episodes=2, final_eval_episodes=2)  # hopper's N=8, b=4
     out = tmp_path / "hopper.npz"
-    ps = train_ars("hopper", minutes=10, seed=0, config=cfg, out=out, log=None, max_iterations=12)  # seeded: the same run everywhere
+    ps = train_ars(
+        "hopper", minutes=10, seed=0, config=cfg, out=out, log=None, max_iterations=12
+    )  # seeded: the same run everywhere
     again = load_policy_set(out)
     np.testing.assert_array_equal(again.expert.W, ps.expert.W)
     assert isinstance(again.medium, LinearPolicy) and len(again.replay) >= 1

@@ -27,7 +27,10 @@ SHIPPED = [e for e in ENV_SPECS if policy_path(e).exists()]
 def hopper_suite(tmp_path_factory):
     """Small hopper datasets of every quality (3000 steps each; ~3 s in all)."""
     d = tmp_path_factory.mktemp("suite")
-    return {q: build_dataset("hopper", q, d / f"hopper-{q}.hdf5", seed=0, transitions=3000, progress=False) for q in QUALITIES}
+    return {
+        q: build_dataset("hopper", q, d / f"hopper-{q}.hdf5", seed=0, transitions=3000, progress=False)
+        for q in QUALITIES
+    }
 
 
 def test_hopper_weights_are_shipped():
@@ -71,7 +74,16 @@ def test_mean_return_rises_from_random_to_medium_to_expert(hopper_suite):
 def test_built_file_is_d4rl_layout_with_attrs(hopper_suite):
     path = hopper_suite["medium"]
     with h5py.File(path, "r") as f:
-        for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations", "infos/qpos", "infos/qvel"):
+        for key in (
+            "observations",
+            "actions",
+            "rewards",
+            "terminals",
+            "timeouts",
+            "next_observations",
+            "infos/qpos",
+            "infos/qvel",
+        ):
             assert key in f, key
         assert f["observations"].shape == (3000, 11) and f["actions"].shape == (3000, 3)
         assert f["rewards"].shape == (3000,) and f["terminals"].dtype == bool
@@ -90,7 +102,9 @@ def test_built_file_is_d4rl_layout_with_attrs(hopper_suite):
 def test_stored_states_replay_in_the_real_env(hopper_suite):
     """Restoring infos/qpos,qvel at a row and taking its action reproduces the stored reward and next state."""
     with h5py.File(hopper_suite["expert"], "r") as f:
-        d = {k: f[k][()] for k in ("observations", "actions", "rewards", "next_observations", "infos/qpos", "infos/qvel")}
+        d = {
+            k: f[k][()] for k in ("observations", "actions", "rewards", "next_observations", "infos/qpos", "infos/qvel")
+        }
     e = make_env("hopper")
     try:
         u = e.unwrapped

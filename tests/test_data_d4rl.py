@@ -250,7 +250,9 @@ def test_score_overrides_and_unknown():
 
 def test_dataset_score_overridable_per_dataset(tmp_path):
     a = _arrays()
-    ds = load_d4rl(write_d4rl(tmp_path / "x.hdf5", **a, attrs={"env": "hopper", "ref_min_score": 0.0, "ref_max_score": 10.0}))
+    ds = load_d4rl(
+        write_d4rl(tmp_path / "x.hdf5", **a, attrs={"env": "hopper", "ref_min_score": 0.0, "ref_max_score": 10.0})
+    )
     assert ds.normalized_score(5.0) == pytest.approx(50.0)
     ds2 = load_d4rl(write_d4rl(tmp_path / "y.hdf5", **a, attrs={"env": "hopper"}))
     assert ds2.normalized_score(3234.3) == pytest.approx(100.0)

@@ -75,7 +75,11 @@ def test_render_frames_are_small_uint8_with_expensive_effects_off():
         assert first.shape == (64, 64, 3) and first.dtype == np.uint8
         assert first.std() > 5  # a real picture, not a blank buffer
         flags = env.unwrapped.mujoco_renderer._viewers["rgb_array"].scn.flags
-        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+        for flag in (
+            mujoco.mjtRndFlag.mjRND_SHADOW,
+            mujoco.mjtRndFlag.mjRND_REFLECTION,
+            mujoco.mjtRndFlag.mjRND_SKYBOX,
+        ):
             assert flags[flag] == 0
         for _ in range(20):
             env.step(np.ones(3))

@@ -18,8 +18,7 @@ def run(hopper_small, tmp_path_factory):
     from dema_lab.train import TrainConfig, train
 
     store = tmp_path_factory.mktemp("export") / "store"
-    cfg = TrainConfig(dataset=str(hopper_small), store=str(store), steps=20, eval_every=10, run_id="tiny",
-                      **TINY_RUN)
+    cfg = TrainConfig(dataset=str(hopper_small), store=str(store), steps=20, eval_every=10, run_id="tiny", **TINY_RUN)
     return train(cfg, progress=False, log=lambda *_: None)
 
 
@@ -27,7 +26,7 @@ def _expected_scores(run):
     """last and best (Transformer-like, mean over targets) at each checkpoint, by hand from the
     stored normalized scores: best is each target's maximum over the checkpoints so far."""
     ns = run.evals()["normalized_score"].sel(mode="transformer").transpose("checkpoint", "target", "episode").values
-    per = ns.mean(axis=2)                                         # (checkpoint, target)
+    per = ns.mean(axis=2)  # (checkpoint, target)
     steps = [int(s) for s in run.evals().checkpoint.values]
     return {s: (per[i].mean(), per[: i + 1].max(axis=0).mean()) for i, s in enumerate(steps)}
 
@@ -56,12 +55,17 @@ def _check_tensorboard(acc, run):
     decay = run.decay()
     half = {e.step: e.value for e in acc.Scalars("decay/layer0/s_half_life")}
     for step in (10, 20):
-        assert half[step] == pytest.approx(float(decay["half_life"].sel(checkpoint=step, layer=0, query_kind="s")),
-                                           rel=1e-5)
+        assert half[step] == pytest.approx(
+            float(decay["half_life"].sel(checkpoint=step, layer=0, query_kind="s")), rel=1e-5
+        )
     # every recorded episode (2 targets x 2 modes per checkpoint) as an animated GIF at its checkpoint
     videos = [t for t in tags["images"] if t.startswith("rollout/")]
-    assert sorted(videos) == ["rollout/rnn-t0-e0", "rollout/rnn-t1-e0", "rollout/transformer-t0-e0",
-                              "rollout/transformer-t1-e0"]
+    assert sorted(videos) == [
+        "rollout/rnn-t0-e0",
+        "rollout/rnn-t1-e0",
+        "rollout/transformer-t0-e0",
+        "rollout/transformer-t1-e0",
+    ]
     shots = acc.Images("rollout/transformer-t0-e0")
     assert [s.step for s in shots] == [10, 20]
     assert shots[0].encoded_image_string[:6] == b"GIF89a" and shots[0].width == 32
@@ -83,8 +87,23 @@ def test_train_logs_live_to_tensorboard(hopper_small, tmp_path):
     from dema_lab.cli import main
     from dema_lab.store import RunStore
 
-    args = ["train", "--dataset", str(hopper_small), "--store", str(tmp_path / "store"), "--steps", "20",
-            "--eval_every", "10", "--run_id", "live", "--quiet", "--log-to", "tensorboard", str(tmp_path / "tb")]
+    args = [
+        "train",
+        "--dataset",
+        str(hopper_small),
+        "--store",
+        str(tmp_path / "store"),
+        "--steps",
+        "20",
+        "--eval_every",
+        "10",
+        "--run_id",
+        "live",
+        "--quiet",
+        "--log-to",
+        "tensorboard",
+        str(tmp_path / "tb"),
+    ]
     for key, value in TINY_RUN.items():
         args += [f"--{key}", str(value)]
     assert main(args) == 0
@@ -105,13 +124,13 @@ def _wandb_records(path):
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:
             pos += left
             continue
-        buf += data[pos + 7:pos + 7 + length]
+        buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
-        if kind in (1, 4):                         # FULL or LAST: a whole record
+        if kind in (1, 4):  # FULL or LAST: a whole record
             record = pb.Record()
             record.ParseFromString(buf)
             out.append(record)
@@ -124,8 +143,8 @@ def test_export_wandb_offline(run, tmp_path, monkeypatch):
     from dema_lab.cli import main
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")     # nothing listens: a contact would fail
-    monkeypatch.setenv("WANDB_MODE", "online")                       # the export forces offline anyway
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: a contact would fail
+    monkeypatch.setenv("WANDB_MODE", "online")  # the export forces offline anyway
     assert main(["export", "tiny", "--store", run.store.path, "--to", "wandb", str(tmp_path)]) == 0
     folders = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
     assert len(folders) == 1

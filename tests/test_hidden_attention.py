@@ -12,7 +12,7 @@ def test_segsum_is_exact_and_causal():
             if j > i:
                 assert S[..., i, j].eq(float("-inf")).all()
             else:
-                torch.testing.assert_close(S[..., i, j], x[..., j + 1:i + 1].sum(-1), rtol=0, atol=1e-14)
+                torch.testing.assert_close(S[..., i, j], x[..., j + 1 : i + 1].sum(-1), rtol=0, atol=1e-14)
 
 
 def test_alpha_matches_its_definition():
@@ -21,7 +21,10 @@ def test_alpha_matches_its_definition():
     b, d, n, L = 1, 2, 3, 5
     dt = torch.rand(b, d, L, generator=g, dtype=torch.float64)
     A = -torch.rand(d, n, generator=g, dtype=torch.float64)
-    B, C = torch.randn(b, n, L, generator=g, dtype=torch.float64), torch.randn(b, n, L, generator=g, dtype=torch.float64)
+    B, C = (
+        torch.randn(b, n, L, generator=g, dtype=torch.float64),
+        torch.randn(b, n, L, generator=g, dtype=torch.float64),
+    )
     alpha = hidden_attention(dt, A, B, C)
     for c in range(d):
         for i in range(L):
@@ -58,7 +61,10 @@ def test_long_sequences_stay_finite_and_accurate():
     L = 1024
     dt = torch.rand(1, 2, L, generator=g, dtype=torch.float64) * 2
     A = -torch.arange(1, 5, dtype=torch.float64).repeat(2, 1) * 2
-    B, C = torch.randn(1, 4, L, generator=g, dtype=torch.float64), torch.randn(1, 4, L, generator=g, dtype=torch.float64)
+    B, C = (
+        torch.randn(1, 4, L, generator=g, dtype=torch.float64),
+        torch.randn(1, 4, L, generator=g, dtype=torch.float64),
+    )
     cs = torch.cumsum(dt[0, 0, :, None] * A[0], 0)
     assert torch.isinf(torch.exp(-cs)).any()  # the naive route would overflow
     a64 = hidden_attention(dt, A, B, C)

@@ -29,8 +29,13 @@ FAST_EVAL = dict(eval_modes=["transformer"], eval_targets=[3600.0], render_size=
 def _fake_checkpoint(config: dict, tensors: dict) -> bytes:
     from safetensors.torch import save
 
-    header = {"format": "dema-lab-checkpoint", "version": "1", "arch": config.get("arch", "dema"),
-              "model_config": json.dumps(config), "meta": "{}"}
+    header = {
+        "format": "dema-lab-checkpoint",
+        "version": "1",
+        "arch": config.get("arch", "dema"),
+        "model_config": json.dumps(config),
+        "meta": "{}",
+    }
     return save(tensors, metadata=header)
 
 
@@ -42,7 +47,7 @@ def _peak_rss_mb() -> float:
 def test_a_header_claiming_a_huge_model_fails_fast_without_allocating(tmp_path):
     huge = dict(ModelConfig(state_dim=11, act_dim=3).to_dict(), d_model=32768, n_layer=48)
     data = _fake_checkpoint(huge, {"model.x": torch.zeros(4)})
-    assert len(data) < 1000                                  # the issue's file was 580 bytes
+    assert len(data) < 1000  # the issue's file was 580 bytes
     path = tmp_path / "huge.safetensors"
     path.write_bytes(data)
     before, start = _peak_rss_mb(), time.perf_counter()
@@ -50,7 +55,7 @@ def test_a_header_claiming_a_huge_model_fails_fast_without_allocating(tmp_path):
         with pytest.raises(CheckpointError, match=r"out of bounds: d_model=32768 \(at most \d+\)"):
             load_checkpoint(source)
     assert time.perf_counter() - start < 5
-    assert _peak_rss_mb() - before < 100                     # the unchecked load reached for 17 GB
+    assert _peak_rss_mb() - before < 100  # the unchecked load reached for 17 GB
 
 
 def test_a_header_within_bounds_must_match_the_declared_tensors(tmp_path):
@@ -61,9 +66,10 @@ def test_a_header_within_bounds_must_match_the_declared_tensors(tmp_path):
     big = dict(cfg.to_dict(), d_model=4096, n_layer=64)
     before = _peak_rss_mb()
     from safetensors.torch import load
+
     with pytest.raises(CheckpointError, match="do not match the 'dema' model its header describes.*shapes declared"):
         load_checkpoint(_fake_checkpoint(big, load(good)))
-    assert _peak_rss_mb() - before < 100                     # a 4096 x 64 model is ~3 GB of float32
+    assert _peak_rss_mb() - before < 100  # a 4096 x 64 model is ~3 GB of float32
     # weights missing, and a weight too many
     tensors = load(good)
     first = sorted(tensors)[0]
@@ -77,24 +83,24 @@ def test_a_tensor_table_that_does_not_fit_the_file_is_refused():
     cfg = ModelConfig(state_dim=11, act_dim=3, K=3, d_model=16, n_layer=1, d_state=4)
     data = checkpoint_bytes(build_model(cfg))
     n = int.from_bytes(data[:8], "little")
-    table = json.loads(data[8:8 + n])
+    table = json.loads(data[8 : 8 + n])
     key = next(k for k in table if k != "__metadata__")
 
     def with_table(t):
         text = json.dumps(t).encode()
-        return len(text).to_bytes(8, "little") + text + data[8 + n:]
+        return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
     lying = json.loads(json.dumps(table))
-    lying[key]["shape"] = [100_000, 100_000]                 # 40 GB claimed for a few bytes
+    lying[key]["shape"] = [100_000, 100_000]  # 40 GB claimed for a few bytes
     with pytest.raises(CheckpointError, match=f"{key}: shape \\[100000, 100000\\] of F32 needs 40000000000 bytes"):
         load_checkpoint(with_table(lying))
     outside = json.loads(json.dumps(table))
-    outside[key]["data_offsets"] = [0, 10 ** 12]
+    outside[key]["data_offsets"] = [0, 10**12]
     with pytest.raises(CheckpointError, match="lies outside the .* data bytes"):
         load_checkpoint(with_table(outside))
     # a truncated file: its last tensors' ranges run past the end
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_checkpoint(data[:len(data) - 100])
+        load_checkpoint(data[: len(data) - 100])
 
 
 # ---------------------------------------------------------------- 3. checksums and a history
@@ -107,10 +113,10 @@ def _chunk_of(run, kind, name) -> Path:
 
 
 def test_a_damaged_stored_checkpoint_is_refused_by_name_and_an_earlier_state_resumes(tiny_config, capsys):
-    cfg = dataclasses.replace(tiny_config, steps=40, **FAST_EVAL)          # checkpoints 10..40, states 20..40
+    cfg = dataclasses.replace(tiny_config, steps=40, **FAST_EVAL)  # checkpoints 10..40, states 20..40
     run = train(cfg, **QUIET)
     assert run.checkpoints() == [10, 20, 30, 40]
-    assert run.published("resume") == ["step_00000020", "step_00000030", "step_00000040"]   # keep_resume_states 3
+    assert run.published("resume") == ["step_00000020", "step_00000030", "step_00000040"]  # keep_resume_states 3
     original = {k: v.clone() for k, v in load_checkpoint(run.checkpoint_bytes(40)).model.state_dict().items()}
     assert len(run.blob_attrs("checkpoint", "step_00000040")["sha256"]) == 64
 
@@ -118,19 +124,22 @@ def test_a_damaged_stored_checkpoint_is_refused_by_name_and_an_earlier_state_res
     chunk = _chunk_of(run, "checkpoint", "step_00000040")
     raw = bytearray(chunk.read_bytes())
     mid = len(raw) // 2
-    raw[mid:mid + 64] = bytes(b ^ 0xFF for b in raw[mid:mid + 64])
+    raw[mid : mid + 64] = bytes(b ^ 0xFF for b in raw[mid : mid + 64])
     chunk.write_bytes(bytes(raw))
-    with pytest.raises(IntegrityError, match=r"run tiny: the stored checkpoint of step 40 \(step_00000040\) is "
-                                             r"damaged .*use another checkpoint \(steps 10, 20, 30\)"):
+    with pytest.raises(
+        IntegrityError,
+        match=r"run tiny: the stored checkpoint of step 40 \(step_00000040\) is "
+        r"damaged .*use another checkpoint \(steps 10, 20, 30\)",
+    ):
         run.checkpoint_bytes(40)
-    load_checkpoint(run.checkpoint_bytes(30))                # the others still load
+    load_checkpoint(run.checkpoint_bytes(30))  # the others still load
     # the resume refuses it, naming it and the states it can go back to; no traceback, exit 2
     assert cli.main(["train", "--quiet", "--store", cfg.store, "--resume", "tiny", "--steps", "50"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert "checkpoint of step 40 (step_00000040) is damaged" in err
     assert "dema-lab train --resume tiny --from-step S (S: 30, 20)" in err
-    assert RunStore(cfg.store).run("tiny").writer() is None          # the refused resume let go of the run
+    assert RunStore(cfg.store).run("tiny").writer() is None  # the refused resume let go of the run
 
     # --from-step 20: the older state, replayed to step 40, gives the undamaged run's weights again
     run = train(cfg, resume="tiny", from_step=20, **QUIET)
@@ -148,9 +157,12 @@ def test_a_truncated_chunk_gives_one_line_naming_the_run_and_checkpoint(tiny_con
     cfg = dataclasses.replace(tiny_config, steps=20, **FAST_EVAL)
     run = train(cfg, **QUIET)
     chunk = _chunk_of(run, "resume", "step_00000020")
-    chunk.write_bytes(chunk.read_bytes()[:len(chunk.read_bytes()) // 2])
-    with pytest.raises(IntegrityError, match=r"resume state of step 20 \(step_00000020\) is damaged \(it cannot be "
-                                             r"read: .*; to continue training, resume from an earlier state.*S: 10"):
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    with pytest.raises(
+        IntegrityError,
+        match=r"resume state of step 20 \(step_00000020\) is damaged \(it cannot be "
+        r"read: .*; to continue training, resume from an earlier state.*S: 10",
+    ):
         run.read_bytes("resume", "step_00000020")
     assert cli.main(["train", "--quiet", "--store", cfg.store, "--resume", "tiny", "--steps", "30"]) == 2
     err = capsys.readouterr().err.strip()
@@ -165,9 +177,9 @@ def test_blobs_stored_without_a_checksum_still_load(tmp_path):
     run = RunStore(tmp_path / "s", mode="a").create_run("old", {}, {})
     run.write_bytes("checkpoint", "step_00000001", b"some bytes", attrs={"step": 1})
     arr = zarr.open_array(str(tmp_path / "s"), path=run.location("checkpoint", "step_00000001"), mode="a")
-    arr.attrs.put({"step": 1})                               # as written before checksums existed
+    arr.attrs.put({"step": 1})  # as written before checksums existed
     assert run.read_bytes("checkpoint", "step_00000001") == b"some bytes"
-    arr[:3] = np.frombuffer(b"SOM", np.uint8)                 # unchecked: nothing to check against
+    arr[:3] = np.frombuffer(b"SOM", np.uint8)  # unchecked: nothing to check against
     assert run.read_bytes("checkpoint", "step_00000001") == b"SOMe bytes"
 
 
@@ -188,18 +200,46 @@ def test_a_diverging_loss_says_what_a_resume_can_do(tiny_config, monkeypatch, ca
     assert cli.main(["train", "--quiet", "--store", cfg.store, "--resume", "tiny", "--steps", "40"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
-    assert ("loss became nan at step 33, 3 steps after resuming run tiny from its checkpoint of step 30 "
-            "(step_00000030)") in err
+    assert (
+        "loss became nan at step 33, 3 steps after resuming run tiny from its checkpoint of step 30 (step_00000030)"
+    ) in err
     assert "resume from another saved state: dema-lab train --resume tiny --from-step S (S: 20, 10)" in err
     assert "a resume keeps the run's lr (0.001)" in err and "train a new run (--lr 0.0001" in err
     assert RunStore(cfg.store).run("tiny").attrs["status"] == "interrupted"
     # a fresh run that diverges: no resume can change lr, so the advice is a new run
     calls["n"] = 0
-    assert cli.main(["train", "--quiet", "--store", cfg.store, "--run_id", "fresh", "--dataset", cfg.dataset,
-                     "--steps", "5", "--K", "3", "--d_model", "16", "--n_layer", "1", "--d_state", "4"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--quiet",
+                "--store",
+                cfg.store,
+                "--run_id",
+                "fresh",
+                "--dataset",
+                cfg.dataset,
+                "--steps",
+                "5",
+                "--K",
+                "3",
+                "--d_model",
+                "16",
+                "--n_layer",
+                "1",
+                "--d_state",
+                "4",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dema-lab train: loss became nan at step 3: the run diverged; a resume keeps the run's "
-                          "lr (0.0001)") and "train a new run (--lr 1e-05" in err
+    assert (
+        err.startswith(
+            "dema-lab train: loss became nan at step 3: the run diverged; a resume keeps the run's lr (0.0001)"
+        )
+        and "train a new run (--lr 1e-05" in err
+    )
 
 
 # ---------------------------------------------------------------- 4. one writer per run
@@ -227,14 +267,14 @@ def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(tiny
         assert "\n" not in err and "Traceback" not in err
         assert f"run tiny is being written by host {socket.gethostname()}, pid {holder.pid}, since 20" in err
         before = run.attrs
-        assert RunStore(cfg.store).run("tiny").attrs == before       # the refused writer wrote nothing
+        assert RunStore(cfg.store).run("tiny").attrs == before  # the refused writer wrote nothing
         with pytest.raises(RunBusyError, match=f"pid {holder.pid}"):
             RunStore(cfg.store, mode="a").create_run("tiny", {}, {})
     finally:
-        holder.kill()                                    # SIGKILL: no chance to let go of the lock
+        holder.kill()  # SIGKILL: no chance to let go of the lock
         holder.wait()
     assert RunStore(cfg.store).run("tiny").writer() is None
-    run = train(dataclasses.replace(cfg, steps=30), resume="tiny", **QUIET)     # the stale lock is taken over
+    run = train(dataclasses.replace(cfg, steps=30), resume="tiny", **QUIET)  # the stale lock is taken over
     assert run.attrs["steps_done"] == 30 and run.writer() is None
 
 
@@ -256,9 +296,16 @@ for i in range(rounds):
 def test_two_creators_of_one_run_id_cannot_both_win(tmp_path):
     store = str(tmp_path / "store")
     RunStore(store, mode="a")
-    start, rounds = time.time() + 8, 4                   # both processes imported by then
-    procs = [subprocess.Popen([sys.executable, "-c", CREATOR, store, str(start), str(rounds), who],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for who in "ab"]
+    start, rounds = time.time() + 8, 4  # both processes imported by then
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CREATOR, store, str(start), str(rounds), who],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who in "ab"
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0 and "Traceback" not in err, err
@@ -277,12 +324,14 @@ def test_a_remote_lease_names_its_holder_keeps_alive_and_expires(monkeypatch, tm
     import dema_lab.lock as lock
 
     monkeypatch.setattr(lock, "SETTLE_SECONDS", 0.05)
-    url = f"file://{tmp_path}/remote-store"              # through fsspec, as an object store is
+    url = f"file://{tmp_path}/remote-store"  # through fsspec, as an object store is
     a = RunLock(url, "r1", lease_seconds=1.0).acquire()
     assert a.remote and (tmp_path / "remote-store/locks/r1.lease.json").exists()
-    with pytest.raises(RunBusyError, match=f"run r1 is being written by host {socket.gethostname()}, pid {os.getpid()}"):
+    with pytest.raises(
+        RunBusyError, match=f"run r1 is being written by host {socket.gethostname()}, pid {os.getpid()}"
+    ):
         RunLock(url, "r1", lease_seconds=1.0).acquire()
-    time.sleep(2.0)                                      # twice the lease: the heartbeat kept it
+    time.sleep(2.0)  # twice the lease: the heartbeat kept it
     with pytest.raises(RunBusyError):
         RunLock(url, "r1").acquire()
     a.release()
@@ -307,7 +356,7 @@ def test_a_remote_lease_names_its_holder_keeps_alive_and_expires(monkeypatch, tm
     with pytest.raises(RunBusyError, match="taken over by host elsewhere, pid 1"):
         c.check()
     c.release()
-    assert json.loads(path.read_text())["host"] == "elsewhere"     # the new holder's lease is left alone
+    assert json.loads(path.read_text())["host"] == "elsewhere"  # the new holder's lease is left alone
 
 
 def test_a_filesystem_without_file_locks_falls_back_to_a_lease(monkeypatch, tmp_path):

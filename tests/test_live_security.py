@@ -29,7 +29,7 @@ from dema_lab.checkpoint_files import CheckpointAccessError, load_checkpoint_fil
 from dema_lab.models import CheckpointError, ModelConfig, build_model, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-browser = test_dashboards.browser            # the headless Chromium fixture
+browser = test_dashboards.browser  # the headless Chromium fixture
 
 
 def _checkpoint(path: Path, normalization: bool = True) -> Path:
@@ -93,8 +93,8 @@ def test_a_good_checkpoint_in_an_allowed_dir_loads_and_matches_the_file(allowed)
 
 
 def test_missing_and_refused_paths_get_the_same_message(tmp_path, allowed):
-    outside = _checkpoint(tmp_path / "outside.safetensors")          # a real checkpoint, not allowed
-    (allowed / "escape.safetensors").symlink_to(outside)             # a symlink out of the allowed dir
+    outside = _checkpoint(tmp_path / "outside.safetensors")  # a real checkpoint, not allowed
+    (allowed / "escape.safetensors").symlink_to(outside)  # a symlink out of the allowed dir
     (allowed / "sub").mkdir()
     cases = {
         "missing": allowed / "missing.safetensors",
@@ -106,11 +106,13 @@ def test_missing_and_refused_paths_get_the_same_message(tmp_path, allowed):
     }
     messages = {k: _refusal(lambda p=p: read_checkpoint_file(p, [allowed])) for k, p in cases.items()}
     generic = {k: m.replace(str(cases[k]), "PATH") for k, m in messages.items()}
-    assert len(set(generic.values())) == 1, generic                   # no existence oracle
+    assert len(set(generic.values())) == 1, generic  # no existence oracle
     assert "not a checkpoint file this server may read" in generic["missing"]
     assert str(allowed) in generic["missing"] and "--checkpoint-dir" in generic["missing"]
-    assert all(isinstance(_in_time(lambda p=p: read_checkpoint_file(p, [allowed]))["error"],
-                          CheckpointAccessError) for p in cases.values())
+    assert all(
+        isinstance(_in_time(lambda p=p: read_checkpoint_file(p, [allowed]))["error"], CheckpointAccessError)
+        for p in cases.values()
+    )
 
 
 def test_a_fifo_is_refused_without_blocking(allowed):
@@ -118,7 +120,7 @@ def test_a_fifo_is_refused_without_blocking(allowed):
     os.mkfifo(fifo)
     msg = _refusal(lambda: read_checkpoint_file(fifo, [allowed]))
     assert "not a regular file" in msg
-    msg = _refusal(lambda: read_checkpoint_file(fifo))                # no directory rule: still refused
+    msg = _refusal(lambda: read_checkpoint_file(fifo))  # no directory rule: still refused
     assert "not a regular file" in msg
 
 
@@ -150,7 +152,7 @@ def test_absurd_headers_are_refused_and_only_declared_bytes_are_read(allowed):
     absurd = allowed / "absurd.safetensors"
     absurd.write_bytes((2**60).to_bytes(8, "little") + b"{}" * 100)
     assert "header claims 1152921504606846976 bytes" in _refusal(lambda: read_checkpoint_file(absurd, [allowed]))
-    big_header = allowed / "big-header.safetensors"               # within the file, over the header cap
+    big_header = allowed / "big-header.safetensors"  # within the file, over the header cap
     with open(big_header, "wb") as f:
         f.write((64 << 20).to_bytes(8, "little"))
         f.truncate(8 + (64 << 20) + 10)
@@ -231,7 +233,7 @@ def test_live_start_async_loads_off_the_event_loop(live, allowed, monkeypatch):
         return ticks
 
     ticks = asyncio.run(main())
-    assert ticks >= 10, ticks                         # ~20 in the second the load took
+    assert ticks >= 10, ticks  # ~20 in the second the load took
     assert loop_threads and all(n.startswith("dema-live-load") for n in loop_threads)
     assert live.worker is not None
     live.stop()
@@ -251,25 +253,34 @@ def test_serve_and_demo_refuse_a_port_in_use_or_out_of_range(command, busy_port,
     from dema_lab.cli import main
 
     store = tmp_path / "store"
-    for port, want in ((busy_port, f"port {busy_port} on 127.0.0.1 is in use"),
-                       (70000, "port 70000 is out of range: give --port between 1 and 65535"),
-                       (0, "port 0 is out of range")):
+    for port, want in (
+        (busy_port, f"port {busy_port} on 127.0.0.1 is in use"),
+        (70000, "port 70000 is out of range: give --port between 1 and 65535"),
+        (0, "port 0 is out of range"),
+    ):
         t0 = time.perf_counter()
         assert main([command, "--store", str(store), "--port", str(port)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"dema-lab {command}: {want}") and err.count("\n") == 1, err
-        assert time.perf_counter() - t0 < 10 and not store.exists()          # demo: refused before training
+        assert time.perf_counter() - t0 < 10 and not store.exists()  # demo: refused before training
     assert main([command, "--store", str(store), "--checkpoint-dir", str(tmp_path / "nope")]) == 2
     assert "--checkpoint-dir" in capsys.readouterr().err
 
 
 def test_serve_port_in_use_in_a_process_prints_one_line(busy_port, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dema_lab.cli", "serve", "--store", str(tmp_path / "s"),
-                        "--port", str(busy_port)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "dema_lab.cli", "serve", "--store", str(tmp_path / "s"), "--port", str(busy_port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == [f"dema-lab serve: port {busy_port} on 127.0.0.1 is in use "
-                                             f"(another dema-lab serve?): stop what listens there, or pick "
-                                             f"another port with --port"]
+    assert r.stderr.strip().splitlines() == [
+        f"dema-lab serve: port {busy_port} on 127.0.0.1 is in use "
+        f"(another dema-lab serve?): stop what listens there, or pick "
+        f"another port with --port"
+    ]
 
 
 # ---------------------------------------------------------------------------- in the browser
@@ -290,7 +301,7 @@ class Poller(threading.Thread):
         self.url, self.worst, self.count, self.failures = url, 0.0, 0, []
         self.measuring = False
         self.phase = ""
-        self.slow = []                  # (phase, seconds) of the answers over 0.3 s, for the failure message
+        self.slow = []  # (phase, seconds) of the answers over 0.3 s, for the failure message
         self._halt = threading.Event()
 
     def run(self):
@@ -324,16 +335,39 @@ def live_server(hopper_small, tmp_path_factory):
     from dema_lab.train import TrainConfig, train
 
     store = str(tmp_path_factory.mktemp("live-store") / "store")
-    train(TrainConfig(dataset=str(hopper_small), store=store, steps=10, run_id="tiny",
-                      **{**TINY_RUN, "eval_modes": ["transformer"], "render_size": 0}), progress=False,
-          log=lambda *_: None)
+    train(
+        TrainConfig(
+            dataset=str(hopper_small),
+            store=store,
+            steps=10,
+            run_id="tiny",
+            **{**TINY_RUN, "eval_modes": ["transformer"], "render_size": 0},
+        ),
+        progress=False,
+        log=lambda *_: None,
+    )
     allowed = tmp_path_factory.mktemp("checkpoints")
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "live-security-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "dema_lab.cli", "serve", "--store", store, "--port", str(port),
-                             "--checkpoint-dir", str(allowed)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "MUJOCO_GL": "egl"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dema_lab.cli",
+            "serve",
+            "--store",
+            store,
+            "--port",
+            str(port),
+            "--checkpoint-dir",
+            str(allowed),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, "MUJOCO_GL": "egl"},
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:
@@ -363,12 +397,17 @@ def test_browser_live_page_refuses_hostile_files_while_the_server_keeps_answerin
     refused = "is not a checkpoint file this server may read"
     # the first case loads a real checkpoint: the server's first load imports what building a model
     # needs (seconds, once per process), before the hostile files are measured
-    cases = [(str(bare), "has no state_mean and state_std"),
-             (str(fifo), "is not a regular file"), ("/dev/zero", refused), (str(sparse), "over the 1.0 GiB limit"),
-             (str(outside), refused), (str(allowed / "missing.safetensors"), refused),
-             (str(allowed), "is a directory")]
+    cases = [
+        (str(bare), "has no state_mean and state_std"),
+        (str(fifo), "is not a regular file"),
+        ("/dev/zero", refused),
+        (str(sparse), "over the 1.0 GiB limit"),
+        (str(outside), refused),
+        (str(allowed / "missing.safetensors"), refused),
+        (str(allowed), "is a directory"),
+    ]
 
-    poller = Poller(live_server["base"] + "/")          # another page of the same server
+    poller = Poller(live_server["base"] + "/")  # another page of the same server
     poller.start()
     try:
         # a link cannot pre-fill the file field (dashboard.app.URL_SKIP): the visitor types the FIFO
@@ -401,8 +440,10 @@ def test_browser_live_page_refuses_hostile_files_while_the_server_keeps_answerin
     finally:
         poller.stop()
     growth = _rss_mb(live_server["pid"]) - rss0
-    print(f"another page: {poller.count} answers, slowest {poller.worst:.3f} s (over 0.3 s: {poller.slow}); "
-          f"server memory {growth:+.0f} MB")
+    print(
+        f"another page: {poller.count} answers, slowest {poller.worst:.3f} s (over 0.3 s: {poller.slow}); "
+        f"server memory {growth:+.0f} MB"
+    )
     assert poller.count >= 10 and not poller.failures, poller.failures[:3]
     assert poller.worst < 1.0, f"the server took {poller.worst:.2f} s to answer another page; slow: {poller.slow}"
     assert growth < 300, f"the server's memory grew by {growth:.0f} MB"

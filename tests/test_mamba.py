@@ -14,10 +14,17 @@ def mamba_ssm_layout(d_model, d_state=16, d_conv=4, expand=2):
     """Names and shapes of mamba_ssm.modules.mamba_simple.Mamba's state dict (bias=False,
     conv_bias=True), written out from its source."""
     di, r = expand * d_model, math.ceil(d_model / 16)
-    return {"A_log": (di, d_state), "D": (di,), "in_proj.weight": (2 * di, d_model),
-            "conv1d.weight": (di, 1, d_conv), "conv1d.bias": (di,),
-            "x_proj.weight": (r + 2 * d_state, di), "dt_proj.weight": (di, r), "dt_proj.bias": (di,),
-            "out_proj.weight": (d_model, di)}
+    return {
+        "A_log": (di, d_state),
+        "D": (di,),
+        "in_proj.weight": (2 * di, d_model),
+        "conv1d.weight": (di, 1, d_conv),
+        "conv1d.bias": (di,),
+        "x_proj.weight": (r + 2 * d_state, di),
+        "dt_proj.weight": (di, r),
+        "dt_proj.bias": (di,),
+        "out_proj.weight": (d_model, di),
+    }
 
 
 def test_state_dict_has_mamba_ssm_names_and_shapes():
@@ -50,7 +57,7 @@ def test_step_matches_forward():
     x = torch.randn(3, 15, 24)
     state = m.allocate_state(3)
     with torch.no_grad():
-        steps = torch.cat([m.step(x[:, t:t + 1], state) for t in range(15)], dim=1)
+        steps = torch.cat([m.step(x[:, t : t + 1], state) for t in range(15)], dim=1)
         full = m(x)
     torch.testing.assert_close(steps, full, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one token"):
@@ -59,6 +66,7 @@ def test_step_matches_forward():
 
 def test_foreign_state_dict_is_rejected_clearly():
     from dema_lab.models import CheckpointError, ModelConfig, build_model
+
     model = build_model(ModelConfig(arch="dema", d_model=32, d_state=8))
     theirs = build_model(ModelConfig(arch="dt", d_model=32)).state_dict()
     with pytest.raises(CheckpointError, match="another architecture or config"):

@@ -14,8 +14,12 @@ OFFICIAL = dict(token_order="RAS", embed_dim=24, d_model=16, embed_norm="none", 
 
 def _window(b=2, T=5, sd=4, ad=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return dict(states=torch.randn(b, T, sd, generator=g), actions=torch.rand(b, T, ad, generator=g) * 2 - 1,
-                returns_to_go=torch.randn(b, T, 1, generator=g), timesteps=torch.arange(T).repeat(b, 1))
+    return dict(
+        states=torch.randn(b, T, sd, generator=g),
+        actions=torch.rand(b, T, ad, generator=g) * 2 - 1,
+        returns_to_go=torch.randn(b, T, 1, generator=g),
+        timesteps=torch.arange(T).repeat(b, 1),
+    )
 
 
 @pytest.mark.parametrize("layout", ["B3LD", "BL3D"])
@@ -48,13 +52,16 @@ def test_ras_tokens_are_r_a_s_with_the_previous_action():
     assert e.embed_ln is None and e.embed_token.in_features == 24 and e.embed_token.out_features == 16
     x = _window(b=1, T=3)
     prev = torch.full((1, 2), 0.5)
-    tok = e(x["states"], x["actions"], x["returns_to_go"], x["timesteps"], prev)      # (1, 9, 16)
+    tok = e(x["states"], x["actions"], x["returns_to_go"], x["timesteps"], prev)  # (1, 9, 16)
     W = e.embed_token
     for t in range(3):
         time = e.embed_timestep.weight[t]
         a_prev = prev[0] if t == 0 else x["actions"][0, t - 1]
-        want = [W(e.embed_return(x["returns_to_go"][0, t]) + time), W(e.embed_action(a_prev) + time),
-                W(e.embed_state(x["states"][0, t]) + time)]
+        want = [
+            W(e.embed_return(x["returns_to_go"][0, t]) + time),
+            W(e.embed_action(a_prev) + time),
+            W(e.embed_state(x["states"][0, t]) + time),
+        ]
         for k in range(3):
             torch.testing.assert_close(tok[0, 3 * t + k], want[k])
 
@@ -68,11 +75,11 @@ def test_left_padded_window_and_token_count():
     policy.observe(1.0)
     policy.act(np.full(4, 2.0, np.float32))
     w = policy.window()
-    assert w["states"].shape == (1, 6, 4)                      # padded to K steps
+    assert w["states"].shape == (1, 6, 4)  # padded to K steps
     assert torch.all(w["states"][0, :4] == 0) and torch.all(w["timesteps"][0, :4] == 0)
     assert torch.all(w["returns_to_go"][0, :4] == 0)
-    torch.testing.assert_close(w["actions"][0, 4], torch.as_tensor(a0))   # a_0 in step 0's slot (shifted by the model)
-    assert policy.attention.shape == (cfg.n_layer, 18, 18)     # 3K tokens, the pads included
+    torch.testing.assert_close(w["actions"][0, 4], torch.as_tensor(a0))  # a_0 in step 0's slot (shifted by the model)
+    assert policy.attention.shape == (cfg.n_layer, 18, 18)  # 3K tokens, the pads included
     assert cfg.window_tokens(6) == 18 and ModelConfig(K=6).window_tokens(6) == 17
 
 
@@ -103,10 +110,17 @@ def test_previous_rtg_training_form_is_the_official_del_r():
 
 def test_official_preset_is_the_papers_model():
     cfg = TrainConfig.from_preset("official", dataset="hopper-medium")
-    assert (cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.grad_clip, cfg.batch_size, cfg.K, cfg.steps) == \
-        (1e-4, 1e-4, 10_000, 0.25, 64, 20, 100_000)
+    assert (cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.grad_clip, cfg.batch_size, cfg.K, cfg.steps) == (
+        1e-4,
+        1e-4,
+        10_000,
+        0.25,
+        64,
+        20,
+        100_000,
+    )
     assert cfg.decay_all and cfg.rtg_form == "previous"
-    mc = cfg.model_config(11, 3)                                  # Hopper
+    mc = cfg.model_config(11, 3)  # Hopper
     n = cost_summary(mc)["parameters"]
     # reference.md: the official DeMa has about 165k parameters on hopper; its two unused heads
     # (predict_state 64x11+11, predict_return 64+1) are not built here
@@ -119,18 +133,29 @@ def test_official_preset_is_the_papers_model():
 def test_decay_all_puts_weight_decay_on_every_parameter():
     from dema_lab.train import make_optimizer
 
-    cfg = TrainConfig(arch="dema", d_model=16, d_state=4, n_layer=1, K=3, **{k: v for k, v in OFFICIAL.items() if k != "d_model"})
+    cfg = TrainConfig(
+        arch="dema", d_model=16, d_state=4, n_layer=1, K=3, **{k: v for k, v in OFFICIAL.items() if k != "d_model"}
+    )
     model = build_model(cfg.model_config(4, 2))
     opt, _ = make_optimizer(model, cfg)
     assert sum(p.numel() for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]) > 0
     opt, _ = make_optimizer(model, TrainConfig(**{**cfg.__dict__, "decay_all": True}))
     assert all(g["weight_decay"] == 1e-4 for g in opt.param_groups if g["params"])
-    assert sum(p.numel() for g in opt.param_groups if g["weight_decay"] for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for g in opt.param_groups if g["weight_decay"] for p in g["params"]) == sum(
+        p.numel() for p in model.parameters()
+    )
 
 
-@pytest.mark.parametrize("bad,match", [(dict(token_order="SAR"), "token_order"), (dict(embed_dim=-1), "embed_dim"),
-                                       (dict(window_padding="right"), "window_padding"),
-                                       (dict(activation="tanh"), "activation"), (dict(embed_norm="rms"), "embed_norm")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(token_order="SAR"), "token_order"),
+        (dict(embed_dim=-1), "embed_dim"),
+        (dict(window_padding="right"), "window_padding"),
+        (dict(activation="tanh"), "activation"),
+        (dict(embed_norm="rms"), "embed_norm"),
+    ],
+)
 def test_bad_options_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(**bad)
@@ -146,10 +171,38 @@ def test_train_with_the_official_preset_from_the_cli(hopper_small, tmp_path):
     from dema_lab.rollout import replay_attention
 
     store = tmp_path / "store"
-    rc = main(["train", "--preset", "official", "--dataset", str(hopper_small), "--store", str(store),
-               "--run_id", "off", "--steps", "4", "--K", "4", "--batch_size", "8", "--eval_every", "0",
-               "--eval_episodes", "1", "--eval_max_steps", "8", "--render_size", "0", "--decay_windows", "4",
-               "--checkpoint_every", "4", "--quiet"])
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "official",
+            "--dataset",
+            str(hopper_small),
+            "--store",
+            str(store),
+            "--run_id",
+            "off",
+            "--steps",
+            "4",
+            "--K",
+            "4",
+            "--batch_size",
+            "8",
+            "--eval_every",
+            "0",
+            "--eval_episodes",
+            "1",
+            "--eval_max_steps",
+            "8",
+            "--render_size",
+            "0",
+            "--decay_windows",
+            "4",
+            "--checkpoint_every",
+            "4",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     run = dema_lab.store.RunStore(str(store), mode="r").run("off")
     assert run.config["token_order"] == "RAS" and run.config["decay_all"] and run.config["K"] == 4
@@ -173,7 +226,7 @@ def test_left_padded_training_windows_are_the_official_get_batch(hopper_small):
     left = WindowSampler(ds, K, padding="left")
     right = WindowSampler(ds, K)
     end = int(left.ends[0])
-    starts = np.array([end - 2, 0])                   # 2 real steps at the first episode's end; a full window
+    starts = np.array([end - 2, 0])  # 2 real steps at the first episode's end; a full window
     L, R = left.windows(starts), right.windows(starts)
     assert L["mask"][0].tolist() == [False] * 4 + [True] * 2 and L["mask"][1].all()
     torch.testing.assert_close(L["states"][0, 4:], R["states"][0, :2])
@@ -213,8 +266,10 @@ def test_official_init_is_mamba_ssms_init_weights():
     assert TrainConfig.from_preset("official").init == "official" and TrainConfig().init == "torch"
 
 
-@pytest.mark.parametrize("bad,match", [(dict(K=1), "K >= 2"), (dict(rtg_form="current"), "needs its rtg_form"),
-                                       (dict(init="xavier"), "init")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [(dict(K=1), "K >= 2"), (dict(rtg_form="current"), "needs its rtg_form"), (dict(init="xavier"), "init")],
+)
 def test_official_preset_combinations_that_cannot_work_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig.from_preset("official", **bad)

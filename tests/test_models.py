@@ -20,8 +20,12 @@ SD, AD = 11, 3
 
 def window(b=2, T=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return dict(states=torch.randn(b, T, SD, generator=g), actions=torch.rand(b, T, AD, generator=g) * 2 - 1,
-                returns_to_go=torch.randn(b, T, 1, generator=g), timesteps=torch.arange(T).repeat(b, 1))
+    return dict(
+        states=torch.randn(b, T, SD, generator=g),
+        actions=torch.rand(b, T, AD, generator=g) * 2 - 1,
+        returns_to_go=torch.randn(b, T, 1, generator=g),
+        timesteps=torch.arange(T).repeat(b, 1),
+    )
 
 
 @pytest.mark.parametrize("arch", ["dema", "dt"])
@@ -47,12 +51,12 @@ def test_predictions_are_causal_and_ignore_right_padding(arch, layout):
     x = window()
     base = model(**x)
     y = {k: v.clone() for k, v in x.items()}
-    y["actions"][:, 3] += 1.0                    # change a_3
-    y["states"][:, 4:] = 0.0                     # and everything after step 3
+    y["actions"][:, 3] += 1.0  # change a_3
+    y["states"][:, 4:] = 0.0  # and everything after step 3
     y["returns_to_go"][:, 4:] = 0.0
     changed = model(**y)
     torch.testing.assert_close(changed[:, :4], base[:, :4])
-    assert not torch.allclose(changed[:, 4], base[:, 4])   # a_3 is seen by step 4
+    assert not torch.allclose(changed[:, 4], base[:, 4])  # a_3 is seen by step 4
 
 
 @pytest.mark.parametrize("layout", ["B3LD", "BL3D"])
@@ -60,8 +64,16 @@ def test_predictions_are_causal_and_ignore_right_padding(arch, layout):
 def test_rnn_and_transformer_inference_agree_while_t_below_K(layout, timestep_embedding):
     torch.manual_seed(0)
     K = 6
-    cfg = ModelConfig(arch="dema", state_dim=SD, act_dim=AD, K=K, d_model=32, layout=layout, d_state=8,
-                      timestep_embedding=timestep_embedding)
+    cfg = ModelConfig(
+        arch="dema",
+        state_dim=SD,
+        act_dim=AD,
+        K=K,
+        d_model=32,
+        layout=layout,
+        d_state=8,
+        timestep_embedding=timestep_embedding,
+    )
     model = build_model(cfg)
     policies = {mode: Policy(model, mode, state_mean=np.full(SD, 0.1), state_std=np.full(SD, 2.0)) for mode in MODES}
     for p in policies.values():
@@ -79,13 +91,31 @@ def test_rnn_and_transformer_inference_agree_while_t_below_K(layout, timestep_em
 
 
 def test_dema_quarter_size_has_at_most_a_third_of_dt_parameters():
-    dema = ModelConfig(arch="dema", state_dim=SD, act_dim=AD, K=20, d_model=64, n_layer=3, d_state=64, expand=2,
-                       timestep_embedding=False)
-    dt = ModelConfig(arch="dt", state_dim=SD, act_dim=AD, K=20, d_model=128, n_layer=3, n_head=1,
-                     timestep_embedding=True, max_ep_len=1000)
+    dema = ModelConfig(
+        arch="dema",
+        state_dim=SD,
+        act_dim=AD,
+        K=20,
+        d_model=64,
+        n_layer=3,
+        d_state=64,
+        expand=2,
+        timestep_embedding=False,
+    )
+    dt = ModelConfig(
+        arch="dt",
+        state_dim=SD,
+        act_dim=AD,
+        K=20,
+        d_model=128,
+        n_layer=3,
+        n_head=1,
+        timestep_embedding=True,
+        max_ep_len=1000,
+    )
     n_dema, n_dt = count_parameters(dema), count_parameters(dt)
     assert n_dema <= n_dt / 3, (n_dema, n_dt)
-    assert 100_000 < n_dema < 250_000 and 600_000 < n_dt < 850_000   # the paper: ~165k and ~728k
+    assert 100_000 < n_dema < 250_000 and 600_000 < n_dt < 850_000  # the paper: ~165k and ~728k
 
 
 def _counted_macs(model, x):
@@ -107,7 +137,7 @@ def test_dense_macs_match_torch_flop_counter():
     assert _counted_macs(build_model(dt_cfg).eval(), x) == forward_macs(dt_cfg) - attn
     dema_cfg = ModelConfig(arch="dema", state_dim=SD, act_dim=AD, K=20, d_model=32, n_layer=2, d_state=8)
     scan = dema_cfg.n_layer * L * 3 * 64 * 8
-    conv_padding = dema_cfg.n_layer * 64 * 4 * (dema_cfg.d_conv - 1)   # torch counts the padded outputs too
+    conv_padding = dema_cfg.n_layer * 64 * 4 * (dema_cfg.d_conv - 1)  # torch counts the padded outputs too
     assert _counted_macs(build_model(dema_cfg).eval(), x) == forward_macs(dema_cfg) - scan + conv_padding
 
 

@@ -32,14 +32,16 @@ EPISODE = 30
 # Official state dicts from random weights, saved as gym/experiment.py does
 # ------------------------------------------------------------------------------------------------
 
+
 def _lin(g, sd, name, n_out, n_in, bias=True, scale=1.0):
     sd[f"{name}.weight"] = torch.randn(n_out, n_in, generator=g) * scale / math.sqrt(n_in)
     if bias:
         sd[f"{name}.bias"] = torch.randn(n_out, generator=g) * 0.1
 
 
-def official_dema_sd(seed=0, E=32, D=16, n_layer=2, d_state=8, d_conv=4, expand=2, time_embd=False,
-                     layout="B3LD", max_ep_len=64):
+def official_dema_sd(
+    seed=0, E=32, D=16, n_layer=2, d_state=8, d_conv=4, expand=2, time_embd=False, layout="B3LD", max_ep_len=64
+):
     """A Mamba_mujoco state dict (ssm.py + MixerModel + mamba_simple.Mamba names and shapes)."""
     g = torch.Generator().manual_seed(seed)
     sd = OrderedDict()
@@ -62,9 +64,10 @@ def official_dema_sd(seed=0, E=32, D=16, n_layer=2, d_state=8, d_conv=4, expand=
         _lin(g, sd, p + "mixer.x_proj", R + 2 * d_state, Di, bias=False)
         _lin(g, sd, p + "mixer.dt_proj", Di, R)
         dt = torch.exp(torch.rand(Di, generator=g) * (math.log(0.5) - math.log(0.01)) + math.log(0.01))
-        sd[p + "mixer.dt_proj.bias"] = dt + torch.log(-torch.expm1(-dt))           # softplus^-1
+        sd[p + "mixer.dt_proj.bias"] = dt + torch.log(-torch.expm1(-dt))  # softplus^-1
         sd[p + "mixer.A_log"] = torch.log(torch.arange(1, d_state + 1.0)).repeat(Di, 1) + 0.1 * torch.randn(
-            Di, d_state, generator=g)
+            Di, d_state, generator=g
+        )
         sd[p + "mixer.D"] = 1 + 0.1 * torch.randn(Di, generator=g)
         _lin(g, sd, p + "mixer.out_proj", D, Di, bias=False)
     sd["backbone.norm_f.weight"] = 1 + 0.1 * torch.randn(D, generator=g)
@@ -115,7 +118,7 @@ def save_official(sd, path, key="model"):
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
     for _ in range(3):
         opt.zero_grad()
-        sum((p ** 2).sum() for p in params).backward()
+        sum((p**2).sum() for p in params).backward()
         opt.step()
     torch.save({key: sd, "optimizer": opt, "optimizer_state_dict": opt.state_dict()}, path)
     return path
@@ -124,6 +127,7 @@ def save_official(sd, path, key="model"):
 # ------------------------------------------------------------------------------------------------
 # The independent float64 reference of the official forward and evaluation loops
 # ------------------------------------------------------------------------------------------------
+
 
 def _np(sd):
     return {k: v.double().numpy() for k, v in sd.items()}
@@ -156,23 +160,23 @@ class RefMixer:
     """mamba_simple.Mamba: forward (causal conv + sequential selective scan) and step (recurrent)."""
 
     def __init__(self, p, prefix):
-        self.p = {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+        self.p = {k[len(prefix) :]: v for k, v in p.items() if k.startswith(prefix)}
         self.Di = self.p["D"].shape[0]
         self.N = self.p["A_log"].shape[1]
         self.R = self.p["dt_proj.weight"].shape[1]
-        self.w = self.p["conv1d.weight"][:, 0, :]                              # (Di, d_conv)
-        self.A = -np.exp(self.p["A_log"])                                       # (Di, N)
+        self.w = self.p["conv1d.weight"][:, 0, :]  # (Di, d_conv)
+        self.A = -np.exp(self.p["A_log"])  # (Di, N)
 
     def inputs(self, h):
         """h (L, D) -> u (L, Di) after conv+silu, z, delta (L, Di), B, C (L, N)."""
         xz = h @ self.p["in_proj.weight"].T
-        x, z = xz[:, :self.Di], xz[:, self.Di:]
+        x, z = xz[:, : self.Di], xz[:, self.Di :]
         W = self.w.shape[1]
         xp = np.concatenate([np.zeros((W - 1, self.Di)), x])
-        conv = np.stack([(xp[t:t + W] * self.w.T).sum(0) for t in range(len(h))]) + self.p["conv1d.bias"]
+        conv = np.stack([(xp[t : t + W] * self.w.T).sum(0) for t in range(len(h))]) + self.p["conv1d.bias"]
         u = silu(conv)
         dbl = u @ self.p["x_proj.weight"].T
-        dt, B, C = dbl[:, :self.R], dbl[:, self.R:self.R + self.N], dbl[:, self.R + self.N:]
+        dt, B, C = dbl[:, : self.R], dbl[:, self.R : self.R + self.N], dbl[:, self.R + self.N :]
         delta = softplus(dt @ self.p["dt_proj.weight"].T + self.p["dt_proj.bias"])
         return u, z, delta, B, C
 
@@ -190,12 +194,12 @@ class RefMixer:
     def step(self, h, st):
         """One token h (D,) through the carried conv and SSM state (mamba_simple.Mamba.step)."""
         xz = self.p["in_proj.weight"] @ h
-        x, z = xz[:self.Di], xz[self.Di:]
+        x, z = xz[: self.Di], xz[self.Di :]
         st["conv"] = np.roll(st["conv"], -1, axis=1)
         st["conv"][:, -1] = x
         u = silu((st["conv"] * self.w).sum(-1) + self.p["conv1d.bias"])
         dbl = self.p["x_proj.weight"] @ u
-        dt, B, C = dbl[:self.R], dbl[self.R:self.R + self.N], dbl[self.R + self.N:]
+        dt, B, C = dbl[: self.R], dbl[self.R : self.R + self.N], dbl[self.R + self.N :]
         delta = softplus(self.p["dt_proj.weight"] @ dt + self.p["dt_proj.bias"])
         st["ssm"] = st["ssm"] * np.exp(delta[:, None] * self.A) + (delta[:, None] * B[None, :]) * u[:, None]
         y = (st["ssm"] @ C + self.p["D"] * u) * silu(z)
@@ -227,10 +231,10 @@ class RefDeMa:
     def tokens(self, states, act_slots, rtg, timesteps):
         r, a, s = self.embeddings(states, act_slots, rtg, timesteps)
         if self.layout == "B3LD":
-            u = np.stack([r, a, s], axis=1).reshape(-1, r.shape[1])             # (3T, E): R, a, s, R, ...
+            u = np.stack([r, a, s], axis=1).reshape(-1, r.shape[1])  # (3T, E): R, a, s, R, ...
         else:
-            u = np.concatenate([r, a, s], axis=-1)                              # (T, 3E)
-        return linear(self.p, "backbone.embedding", u)                           # (L, D)
+            u = np.concatenate([r, a, s], axis=-1)  # (T, 3E)
+        return linear(self.p, "backbone.embedding", u)  # (L, D)
 
     def layer_inputs(self, x):
         """The normalised input of each layer's mixer, and the backbone's output (L, D)."""
@@ -281,7 +285,7 @@ class RefDT:
         self.n_layer = len({k.split(".")[2] for k in sd if k.startswith("transformer.h.")})
 
     def conv1d(self, name, x):
-        return x @ self.p[f"{name}.weight"] + self.p[f"{name}.bias"]        # GPT-2 Conv1D: (in, out)
+        return x @ self.p[f"{name}.weight"] + self.p[f"{name}.bias"]  # GPT-2 Conv1D: (in, out)
 
     def get_action(self, states, actions, rtg, timesteps):
         K, p = self.K, self.p
@@ -297,11 +301,11 @@ class RefDT:
         r = linear(p, "embed_return", rtg[:, None]) + e
         s = linear(p, "embed_state", states) + e
         a = linear(p, "embed_action", actions) + e
-        x = np.stack([r, s, a], axis=1).reshape(3 * K, -1)                    # R, s, a per step
+        x = np.stack([r, s, a], axis=1).reshape(3 * K, -1)  # R, s, a per step
         x = layernorm(x, p["embed_ln.weight"], p["embed_ln.bias"])
         L, H = x.shape
         hd = H // self.n_head
-        add_mask = (1.0 - np.repeat(mask, 3)) * -10000.0                       # (L,) over keys
+        add_mask = (1.0 - np.repeat(mask, 3)) * -10000.0  # (L,) over keys
         causal = np.tril(np.ones((L, L), bool))
         for i in range(self.n_layer):
             q_ = f"transformer.h.{i}."
@@ -318,7 +322,7 @@ class RefDT:
             h = layernorm(x, p[q_ + "ln_2.weight"], p[q_ + "ln_2.bias"])
             x = x + self.conv1d(q_ + "mlp.c_proj", np.maximum(self.conv1d(q_ + "mlp.c_fc", h), 0.0))
         x = layernorm(x, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"])
-        return np.tanh(linear(p, "predict_action.0", x[3 * K - 2]))           # the last state token
+        return np.tanh(linear(p, "predict_action.0", x[3 * K - 2]))  # the last state token
 
 
 def episode_data(seed=1, n=EPISODE):
@@ -344,15 +348,15 @@ def run_reference(ref, mode, obs, rewards, mean, std, target, scale=1000.0, dt_s
         ref.rnn_reset()
     for t in range(len(obs)):
         ts = np.arange(t + 1)
-        if isinstance(ref, RefDT) and dt_slots == "official":            # evaluate_episode_rtg's list
-            a = ref.get_action(s_norm[:t + 1], np.array([np.zeros(ACT_DIM)] + actions), np.array(rtg), ts)
+        if isinstance(ref, RefDT) and dt_slots == "official":  # evaluate_episode_rtg's list
+            a = ref.get_action(s_norm[: t + 1], np.array([np.zeros(ACT_DIM)] + actions), np.array(rtg), ts)
         elif isinstance(ref, RefDT):
             slots = np.array(actions + [np.zeros(ACT_DIM)])
-            a = ref.get_action(s_norm[:t + 1], slots, np.array(rtg), ts)
+            a = ref.get_action(s_norm[: t + 1], slots, np.array(rtg), ts)
         else:
-            prev = np.array([np.zeros(ACT_DIM)] + actions)                       # slot t: a_{t-1}
+            prev = np.array([np.zeros(ACT_DIM)] + actions)  # slot t: a_{t-1}
             if mode == "transformer":
-                a = ref.get_action2(s_norm[:t + 1], prev, np.array(rtg), ts)
+                a = ref.get_action2(s_norm[: t + 1], prev, np.array(rtg), ts)
             else:
                 a = ref.get_action(s_norm[t], prev[t], rtg[-1], t)
         actions.append(a)
@@ -361,8 +365,9 @@ def run_reference(ref, mode, obs, rewards, mean, std, target, scale=1000.0, dt_s
 
 
 def run_policy(ck, mode, obs, rewards, target):
-    policy = Policy(ck.model, mode, ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy(),
-                    rtg_scale=ck.meta["rtg_scale"])
+    policy = Policy(
+        ck.model, mode, ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy(), rtg_scale=ck.meta["rtg_scale"]
+    )
     policy.reset(target)
     out = []
     for t in range(len(obs)):
@@ -375,6 +380,7 @@ def run_policy(ck, mode, obs, rewards, target):
 # The reference against itself: the recurrent and the sequence forms agree
 # ------------------------------------------------------------------------------------------------
 
+
 def test_reference_recurrent_and_sequence_forms_agree():
     ref = RefDeMa(official_dema_sd(time_embd=True), K=64)
     rng = np.random.default_rng(0)
@@ -383,9 +389,9 @@ def test_reference_recurrent_and_sequence_forms_agree():
     ts = np.arange(T)
     ref.rnn_reset()
     rec = [ref.get_action(states[t], slots[t], rtg[t], t) for t in range(T)]
-    seq = [ref.forward_last(states[:t + 1], slots[:t + 1], rtg[:t + 1], ts[:t + 1]) for t in range(T)]
+    seq = [ref.forward_last(states[: t + 1], slots[: t + 1], rtg[: t + 1], ts[: t + 1]) for t in range(T)]
     np.testing.assert_allclose(rec, seq, atol=1e-12)
-    assert np.abs(np.diff(np.array(rec), axis=0)).max() > 1e-3          # the actions do depend on the step
+    assert np.abs(np.diff(np.array(rec), axis=0)).max() > 1e-3  # the actions do depend on the step
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,14 +408,23 @@ def test_dema_b3ld_acts_like_the_official_in_both_modes(tmp_path, time_embd):
     obs, rewards, mean, std = episode_data()
     ck = import_official(path, state_mean=mean, state_std=std, K=K_TEST)
     cfg = ck.config
-    assert (cfg.arch, cfg.layout, cfg.token_order, cfg.embed_norm, cfg.window_padding) == \
-        ("dema", "B3LD", "RAS", "none", "left")
+    assert (cfg.arch, cfg.layout, cfg.token_order, cfg.embed_norm, cfg.window_padding) == (
+        "dema",
+        "B3LD",
+        "RAS",
+        "none",
+        "left",
+    )
     assert (cfg.embed_dim, cfg.d_model, cfg.n_layer, cfg.d_state, cfg.d_conv, cfg.expand) == (32, 16, 2, 8, 4, 2)
     assert cfg.timestep_embedding is time_embd and cfg.K == K_TEST
     assert ck.meta["official_class"] == "Mamba_mujoco" and ck.meta["iteration"] == 4
-    assert ck.meta["source"] == "official" and ck.meta["step"] == 3                  # AdamW's step count
-    assert set(ck.meta["dropped"]) == {"predict_state.weight", "predict_state.bias",
-                                       "predict_return.weight", "predict_return.bias"}
+    assert ck.meta["source"] == "official" and ck.meta["step"] == 3  # AdamW's step count
+    assert set(ck.meta["dropped"]) == {
+        "predict_state.weight",
+        "predict_state.bias",
+        "predict_return.weight",
+        "predict_return.bias",
+    }
     ref = RefDeMa(sd, K_TEST)
     target = 3600.0
     for mode in ("transformer", "rnn"):
@@ -439,17 +454,23 @@ def test_dt_acts_like_the_official(tmp_path, key):
     obs, rewards, mean, std = episode_data(seed=4)
     ck = import_official(path, state_mean=mean, state_std=std, K=K_TEST)
     cfg = ck.config
-    assert (cfg.arch, cfg.activation, cfg.embed_norm, cfg.token_order, cfg.timestep_embedding) == \
-        ("dt", "relu", "layernorm", "RSA", True)
+    assert (cfg.arch, cfg.activation, cfg.embed_norm, cfg.token_order, cfg.timestep_embedding) == (
+        "dt",
+        "relu",
+        "layernorm",
+        "RSA",
+        True,
+    )
     assert ck.meta["official_class"] == "DecisionTransformer" and ck.meta["container"] == key
     assert "transformer.wte.weight" in ck.meta["dropped"] and "transformer.h.0.attn.bias" in ck.meta["dropped"]
-    assert cfg.window_actions == "previous"        # the repository's own DT evaluation, exactly
+    assert cfg.window_actions == "previous"  # the repository's own DT evaluation, exactly
     want = run_reference(RefDT(sd, K_TEST), "transformer", obs, rewards, mean, std, 5000.0, dt_slots="official")
     np.testing.assert_allclose(run_policy(ck, "transformer", obs, rewards, 5000.0), want, atol=1e-5)
     # with the alignment DT was trained with (kzl/decision-transformer's loop)
     import dataclasses
 
     from dema_lab.models import build_model
+
     own = build_model(dataclasses.replace(cfg, window_actions="own"))
     own.load_state_dict(ck.model.state_dict())
     aligned = dataclasses.replace(ck, model=own.eval(), config=own.cfg)
@@ -464,27 +485,29 @@ def test_dt_n_head_is_a_keyword(tmp_path):
     obs, rewards, mean, std = episode_data(seed=5, n=12)
     ck = import_official(path, state_mean=mean, state_std=std, K=K_TEST, n_head=4)
     assert ck.config.n_head == 4
-    want = run_reference(RefDT(sd, K_TEST, n_head=4), "transformer", obs, rewards, mean, std, 5000.0,
-                         dt_slots="official")
+    want = run_reference(
+        RefDT(sd, K_TEST, n_head=4), "transformer", obs, rewards, mean, std, 5000.0, dt_slots="official"
+    )
     np.testing.assert_allclose(run_policy(ck, "transformer", obs, rewards, 5000.0), want, atol=1e-5)
-    one = run_reference(RefDT(sd, K_TEST, n_head=1), "transformer", obs, rewards, mean, std, 5000.0,
-                        dt_slots="official")
-    assert np.abs(one - want).max() > 1e-3                                  # heads matter: the check bites
+    one = run_reference(
+        RefDT(sd, K_TEST, n_head=1), "transformer", obs, rewards, mean, std, 5000.0, dt_slots="official"
+    )
+    assert np.abs(one - want).max() > 1e-3  # heads matter: the check bites
 
 
 def test_hidden_attention_matches_the_definition(tmp_path):
     sd = official_dema_sd(time_embd=True, seed=7)
-    ck = import_official(save_official(sd, tmp_path / "model_iter1.pkl"), state_mean=np.zeros(STATE_DIM),
-                         state_std=np.ones(STATE_DIM))
+    ck = import_official(
+        save_official(sd, tmp_path / "model_iter1.pkl"), state_mean=np.zeros(STATE_DIM), state_std=np.ones(STATE_DIM)
+    )
     ref = RefDeMa(sd, K=20)
     rng = np.random.default_rng(7)
     T = 6
     states, actions, rtg = rng.normal(size=(T, STATE_DIM)), rng.uniform(-1, 1, (T, ACT_DIM)), rng.normal(size=T)
     ts = np.arange(3, 3 + T)
-    slots = np.concatenate([np.zeros((1, ACT_DIM)), actions[:-1]])              # a_{t-1}, a_{-1} = 0
-    f32 = lambda x: torch.as_tensor(x, dtype=torch.float32)[None]             # noqa: E731
-    attn = ck.model.attention(f32(states), f32(actions), f32(rtg)[..., None], torch.as_tensor(ts)[None],
-                              aggregate=None)
+    slots = np.concatenate([np.zeros((1, ACT_DIM)), actions[:-1]])  # a_{t-1}, a_{-1} = 0
+    f32 = lambda x: torch.as_tensor(x, dtype=torch.float32)[None]  # noqa: E731
+    attn = ck.model.attention(f32(states), f32(actions), f32(rtg)[..., None], torch.as_tensor(ts)[None], aggregate=None)
     inputs, _ = ref.layer_inputs(ref.tokens(states, slots, rtg, ts))
     L = 3 * T
     for layer, (mixer, h) in enumerate(zip(ref.mixers, inputs)):
@@ -493,7 +516,7 @@ def test_hidden_attention_matches_the_definition(tmp_path):
         for i in range(L):
             for j in range(i + 1):
                 decay = np.ones((mixer.Di, mixer.N))
-                for k in range(j + 1, i + 1):                                   # prod_{k=j+1..i} exp(delta_k A)
+                for k in range(j + 1, i + 1):  # prod_{k=j+1..i} exp(delta_k A)
                     decay = decay * np.exp(delta[k][:, None] * mixer.A)
                 alpha[:, i, j] = (decay * (delta[j][:, None] * B[j][None, :]) * C[i][None, :]).sum(-1)
         # the definition is the scan: y = (alpha u + D u) silu(z)
@@ -507,6 +530,7 @@ def test_hidden_attention_matches_the_definition(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Safety: nothing in the pickle runs
 # ------------------------------------------------------------------------------------------------
+
 
 class _RunsCommand:
     def __init__(self, fn, args):
@@ -524,7 +548,7 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_nothing_runs(tmp_path,
     path = tmp_path / "model_iter0.pkl"
     if how == "torch.save":
         torch.save(payload, path)
-    elif how == "legacy torch.save":                                     # the pre-1.6 format
+    elif how == "legacy torch.save":  # the pre-1.6 format
         torch.save(payload, path, _use_new_zipfile_serialization=False)
     else:
         with open(path, "wb") as f:
@@ -538,11 +562,14 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_nothing_runs(tmp_path,
     assert marker.exists()
 
 
-@pytest.mark.parametrize("fn, args, name", [
-    (eval, ("__import__('os').getcwd()",), "builtins.eval"),
-    (subprocess.Popen, (["true"],), "subprocess.Popen"),
-    (getattr, (_RunsCommand(__import__, ("os",)), "system"), "builtins.getattr"),
-])
+@pytest.mark.parametrize(
+    "fn, args, name",
+    [
+        (eval, ("__import__('os').getcwd()",), "builtins.eval"),
+        (subprocess.Popen, (["true"],), "subprocess.Popen"),
+        (getattr, (_RunsCommand(__import__, ("os",)), "system"), "builtins.getattr"),
+    ],
+)
 def test_other_dangerous_globals_are_refused_by_name(tmp_path, fn, args, name):
     path = tmp_path / "model_iter0.pkl"
     torch.save({"model": official_dema_sd(), "x": _RunsCommand(fn, args)}, path)
@@ -552,7 +579,7 @@ def test_other_dangerous_globals_are_refused_by_name(tmp_path, fn, args, name):
 
 def test_a_pickled_model_object_is_refused_with_how_to_fix(tmp_path):
     path = tmp_path / "model_iter0.pkl"
-    torch.save({"model": torch.nn.Linear(2, 2)}, path)                   # a whole module, not a state_dict
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a whole module, not a state_dict
     with pytest.raises(UnsafeCheckpointError, match=r"torch\.nn\.modules\.linear\.Linear.*state_dict"):
         read_official(path)
 
@@ -570,8 +597,10 @@ def test_other_pickle_formats_are_read(tmp_path, how):
         torch.save(sd, path)
     ck = import_official(path, state_mean=np.zeros(STATE_DIM), state_std=np.ones(STATE_DIM))
     got = ck.model.state_dict()
-    for name, theirs in (("embed.embed_token.weight", "backbone.embedding.weight"),
-                         ("layers.1.mixer.A_log", "backbone.layers.1.mixer.A_log")):
+    for name, theirs in (
+        ("embed.embed_token.weight", "backbone.embedding.weight"),
+        ("layers.1.mixer.A_log", "backbone.layers.1.mixer.A_log"),
+    ):
         torch.testing.assert_close(got[name], sd[theirs], rtol=0, atol=0)
 
 
@@ -580,23 +609,33 @@ def test_the_pickled_adamw_is_an_inert_stub(tmp_path):
     obj = read_official(path)
     opt = obj["optimizer"]
     assert not isinstance(opt, torch.optim.Optimizer) and "AdamW" in repr(opt)
-    assert set(opt.state) == {"defaults", "state", "param_groups"}          # kept, never run
+    assert set(opt.state) == {"defaults", "state", "param_groups"}  # kept, never run
 
 
 # ------------------------------------------------------------------------------------------------
 # Clear errors
 # ------------------------------------------------------------------------------------------------
 
+
 def test_unknown_layouts_list_what_was_found(tmp_path):
     path = tmp_path / "model_iter0.pkl"
     torch.save({"model": {"encoder.weight": torch.zeros(4, 3), "encoder.bias": torch.zeros(4)}}, path)
-    with pytest.raises(OfficialCheckpointError, match=r"not a layout of the official DeMa code.*"
-                                                      r"encoder\.weight \(4, 3\).*encoder\.bias \(4,\)"):
+    with pytest.raises(
+        OfficialCheckpointError,
+        match=r"not a layout of the official DeMa code.*"
+        r"encoder\.weight \(4, 3\).*encoder\.bias \(4,\)",
+    ):
         import_official(path, state_mean=np.zeros(3), state_std=np.ones(3))
-    atari = {"state_encoder.0.weight": torch.zeros(32, 4, 8, 8), "ret_emb.0.weight": torch.zeros(128, 1),
-             "head.weight": torch.zeros(4, 128), "backbone.layers.0.mixer.A_log": torch.zeros(256, 128)}
-    torch.save(atari, tmp_path / "5.pkl")                                    # atari/: a bare state_dict
-    with pytest.raises(OfficialCheckpointError, match=r"missing state_encoder\.2\.weight.*state_encoder\.\{i\}\.weight"):
+    atari = {
+        "state_encoder.0.weight": torch.zeros(32, 4, 8, 8),
+        "ret_emb.0.weight": torch.zeros(128, 1),
+        "head.weight": torch.zeros(4, 128),
+        "backbone.layers.0.mixer.A_log": torch.zeros(256, 128),
+    }
+    torch.save(atari, tmp_path / "5.pkl")  # atari/: a bare state_dict
+    with pytest.raises(
+        OfficialCheckpointError, match=r"missing state_encoder\.2\.weight.*state_encoder\.\{i\}\.weight"
+    ):
         import_official(tmp_path / "5.pkl", state_mean=np.zeros(3), state_std=np.ones(3))
 
 
@@ -611,8 +650,8 @@ def test_clear_errors_for_files_and_inputs(tmp_path):
         import_official(path)
     with pytest.raises(OfficialCheckpointError, match="takes 11-dim states"):
         import_official(path, state_mean=np.zeros(4), state_std=np.ones(4))
-    bad = official_dema_sd(D=40)                                             # dt_rank ceil(40/16) = 3 ...
-    bad["backbone.layers.0.mixer.dt_proj.weight"] = torch.zeros(80, 2)      # ... but stored as 2
+    bad = official_dema_sd(D=40)  # dt_rank ceil(40/16) = 3 ...
+    bad["backbone.layers.0.mixer.dt_proj.weight"] = torch.zeros(80, 2)  # ... but stored as 2
     torch.save({"model": bad}, tmp_path / "model_iter1.pkl")
     with pytest.raises(OfficialCheckpointError, match=r"dt_rank is 2.*ceil\(d_model / 16\) = 3"):
         import_official(tmp_path / "model_iter1.pkl", state_mean=np.zeros(STATE_DIM), state_std=np.ones(STATE_DIM))
@@ -621,6 +660,7 @@ def test_clear_errors_for_files_and_inputs(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Normalisation from the dataset, and the command
 # ------------------------------------------------------------------------------------------------
+
 
 def test_normalisation_comes_from_the_dataset_as_the_official_code(tmp_path, hopper_small):
     from dema_lab.data import load_dataset
@@ -647,8 +687,25 @@ def imported(tmp_path_factory, hopper_small):
     src = save_official(sd, tmp / "model_iter7.pkl")
     out, store = tmp / "official.safetensors", tmp / "store"
     assert main(["import", str(src), "--dataset", str(hopper_small), "--K", str(K_TEST), "--out", str(out)]) == 0
-    args = ["import", str(src), "--dataset", str(hopper_small), "--K", str(K_TEST), "--store", str(store),
-            "--eval-episodes", "1", "--eval-max-steps", "12", "--render-size", "32", "--targets", "3600", "--quiet"]
+    args = [
+        "import",
+        str(src),
+        "--dataset",
+        str(hopper_small),
+        "--K",
+        str(K_TEST),
+        "--store",
+        str(store),
+        "--eval-episodes",
+        "1",
+        "--eval-max-steps",
+        "12",
+        "--render-size",
+        "32",
+        "--targets",
+        "3600",
+        "--quiet",
+    ]
     assert main(args) == 0
     return {"sd": sd, "src": src, "out": out, "store": store, "args": args}
 
@@ -667,12 +724,13 @@ def test_cli_imports_to_a_store_as_a_finished_run(imported, capsys):
 
     from dema_lab.cli import main
 
-    assert main(imported["args"]) == 2                                     # the run id exists now
+    assert main(imported["args"]) == 2  # the run id exists now
     assert "already exists" in capsys.readouterr().err
-    code = ("import dema_lab, json; t = dema_lab.open_run(%r, %r); "
-            "print(json.dumps([t.attrs['status'], t.attrs['provenance']['source'], t.attrs['config']['token_order'], "
-            "sorted(t['rollout'].children), float(t['eval'].ds['return'].sum())]))"
-            % (str(imported["store"]), IMPORTED_RUN))
+    code = (
+        "import dema_lab, json; t = dema_lab.open_run(%r, %r); "
+        "print(json.dumps([t.attrs['status'], t.attrs['provenance']['source'], t.attrs['config']['token_order'], "
+        "sorted(t['rollout'].children), float(t['eval'].ds['return'].sum())]))" % (str(imported["store"]), IMPORTED_RUN)
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     status, source, order, rollouts, ret = json.loads(done.stdout.strip().splitlines()[-1])
@@ -692,7 +750,7 @@ def test_the_dashboards_open_the_imported_run(imported):
     ex.episode = "step_00000003-transformer-t0-e0"
     assert isinstance(ex.heatmap(), hv.Image)
     ex.step = min(5, ex.param.step.bounds[1])
-    ex.aggregation = "abs"                                                  # recomputed from the checkpoint
+    ex.aggregation = "abs"  # recomputed from the checkpoint
     assert np.isfinite(ex.matrix()).any() and "Cannot recompute" not in ex.message
     # the logged attention is what the imported checkpoint gives when the episode is replayed
     from dema_lab.analysis import right_align
@@ -700,10 +758,18 @@ def test_the_dashboards_open_the_imported_run(imported):
 
     ck = StoreIndex(store).checkpoint(IMPORTED_RUN, 3)
     ro = ex._ep.dataset.load()
-    want = replay_attention(ck.model, ro, ex.step, "minmax", ck.extra["state_mean"].numpy(),
-                            ck.extra["state_std"].numpy(), ck.meta["rtg_scale"])
-    np.testing.assert_allclose(ro.attention.values[ex.step], right_align(want, ck.config.window_tokens()),
-                               rtol=1e-5, atol=1e-6, equal_nan=True)
+    want = replay_attention(
+        ck.model,
+        ro,
+        ex.step,
+        "minmax",
+        ck.extra["state_mean"].numpy(),
+        ck.extra["state_std"].numpy(),
+        ck.meta["rtg_scale"],
+    )
+    np.testing.assert_allclose(
+        ro.attention.values[ex.step], right_align(want, ck.config.window_tokens()), rtol=1e-5, atol=1e-6, equal_nan=True
+    )
     table = SequenceComparison(store).table
     assert list(table["run"]) == [IMPORTED_RUN] and table["parameters"].iloc[0] > 0
     w = RolloutWorker(ck, "hopper", 3600.0, "rnn", "minmax", render_size=32, max_steps=5, fps=0)
@@ -716,13 +782,37 @@ def test_cli_errors_are_clear(tmp_path, hopper_small, capsys):
     from dema_lab.cli import main
 
     src = save_official(official_dema_sd(), tmp_path / "model_iter0.pkl")
-    assert main(["import", str(tmp_path / "missing.pkl"), "--dataset", str(hopper_small), "--out",
-                 str(tmp_path / "a.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "import",
+                str(tmp_path / "missing.pkl"),
+                "--dataset",
+                str(hopper_small),
+                "--out",
+                str(tmp_path / "a.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     assert main(["import", str(src), "--dataset", "nosuch-dataset", "--out", str(tmp_path / "a.safetensors")]) == 2
     assert "unknown dataset" in capsys.readouterr().err
-    assert main(["import", str(src), "--dataset", str(hopper_small), "--env", "tetris", "--out",
-                 str(tmp_path / "a.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "import",
+                str(src),
+                "--dataset",
+                str(hopper_small),
+                "--env",
+                "tetris",
+                "--out",
+                str(tmp_path / "a.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "unknown env" in capsys.readouterr().err
     assert main(["import", str(src), "--dataset", str(hopper_small)]) == 2
     assert "either --out" in capsys.readouterr().err
@@ -753,7 +843,7 @@ def test_a_torch_attribute_that_is_not_a_dtype_is_refused_without_being_touched(
 
     monkeypatch.setattr(torch, "__getattr__", spy, raising=False)
     if name not in vars(torch):
-        getattr(torch, name, None)                     # the spy bites: a plain lookup reaches it
+        getattr(torch, name, None)  # the spy bites: a plain lookup reaches it
         assert name in touched
         touched.clear()
     path = tmp_path / "model_iter0.pkl"

@@ -41,8 +41,13 @@ class FakeEnv:
 
     def step(self, action):
         self.t += 1
-        return (self.rng.normal(size=self.obs_dim).astype(np.float32), float(self.rng.uniform(0, 3)),
-                False, self.t >= self.length, {})
+        return (
+            self.rng.normal(size=self.obs_dim).astype(np.float32),
+            float(self.rng.uniform(0, 3)),
+            False,
+            self.t >= self.length,
+            {},
+        )
 
 
 def recorded(cfg: ModelConfig, length: int, seed: int = 0):
@@ -92,8 +97,9 @@ def test_hidden_attention_row_is_the_definition():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     mixer = Mamba(16, d_state=4)
     h = torch.randn(3, 11, 16, generator=g)
-    torch.testing.assert_close(mixer.attention_row(h), mixer.attention_inputs(h)["alpha"][:, :, -1], rtol=1e-4,
-                               atol=1e-7)
+    torch.testing.assert_close(
+        mixer.attention_row(h), mixer.attention_inputs(h)["alpha"][:, :, -1], rtol=1e-4, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -108,13 +114,13 @@ def test_surface_is_the_current_tokens_mean_abs_row_at_every_step_from_20(name):
     assert ds.sizes["lag"] == L and ds.sizes["layer"] == cfg.n_layer
     # independent reference: the attention the policy recorded while acting (full hidden attention
     # of its window through the model's forward, channels aggregated "abs"), current token's row
-    ref = ep.attention_by_lag.values[20:].transpose(1, 0, 2)                     # (layer, step, lag)
+    ref = ep.attention_by_lag.values[20:].transpose(1, 0, 2)  # (layer, step, lag)
     assert np.isfinite(ref).all()
     np.testing.assert_allclose(ds.surface.values, ref, rtol=2e-4, atol=1e-7 * np.abs(ref).max())
     # means: over decision steps, then over layers; never normalised
     np.testing.assert_allclose(ds.mass.values, ref.mean(1), rtol=2e-4, atol=1e-7 * np.abs(ref).max())
     np.testing.assert_allclose(ds.curve.values, ref.mean(1).mean(0), rtol=2e-4, atol=1e-7 * np.abs(ref).max())
-    if cfg.arch == "dema":                                # (DT's softmax rows sum to 1 by themselves)
+    if cfg.arch == "dema":  # (DT's softmax rows sum to 1 by themselves)
         assert not np.allclose(ds.mass.sum("lag").values, 1.0)
     assert ds.attrs["method"].startswith("paper:") and ds.attrs["other_method"].startswith("dema-lab:")
     for var in ds.data_vars.values():
@@ -130,7 +136,7 @@ def test_short_windows_and_the_step_range():
     np.testing.assert_array_equal(ds.decision_step.values, [1, 2, 3, 4, 5])
     ref = ep.attention_by_lag.values[1:6].transpose(1, 0, 2)
     np.testing.assert_array_equal(np.isnan(ds.surface.values), np.isnan(ref))
-    assert np.isnan(ds.surface.values[:, 0, cfg.window_tokens(2):]).all()             # step 1: 2 steps of tokens
+    assert np.isnan(ds.surface.values[:, 0, cfg.window_tokens(2) :]).all()  # step 1: 2 steps of tokens
     np.testing.assert_allclose(ds.surface.values, ref, rtol=2e-4, atol=1e-7 * np.nanmax(np.abs(ref)))
     np.testing.assert_allclose(ds.mass.values, np.nanmean(ref, axis=1), rtol=2e-4, atol=1e-9)
     with pytest.raises(ValueError, match="has 23 steps, so none from step 30"):
@@ -147,7 +153,7 @@ def test_key_kinds_by_env_step_lag():
     lags = np.arange(11, dtype=float)
     kinds, out = by_key_kind(lags, small())
     assert kinds == ["R", "s", "a"]
-    R, s, a = out                                         # [kind, step lag] = token lag
+    R, s, a = out  # [kind, step lag] = token lag
     np.testing.assert_array_equal(s[:4], [0, 3, 6, 9])
     np.testing.assert_array_equal(R[:4], [1, 4, 7, 10])
     assert np.isnan(a[0]) and list(a[1:4]) == [2, 5, 8]
@@ -171,17 +177,17 @@ def test_fits_recover_an_exponential_and_the_per_kind_fits_remove_the_sawtooth()
     assert float(ds.curve_half_life_steps) == pytest.approx(math.log(2) / rate / 3)
     assert float(ds.curve_amplitude) == pytest.approx(1.5)
     np.testing.assert_allclose(ds.rate.values, [rate, rate])
-    np.testing.assert_allclose(ds.curve_kind_rate.values, 3 * rate)          # 3 tokens per env step
+    np.testing.assert_allclose(ds.curve_kind_rate.values, 3 * rate)  # 3 tokens per env step
     # a sawtooth: each kind decays at 0.5 per env step, at its own level (s high, a low)
     level = {"s": 1.0, "R": 0.2, "a": 0.02}
-    _, idx = by_key_kind(np.arange(L, dtype=float), cfg)                     # token lag of [kind, step lag]
+    _, idx = by_key_kind(np.arange(L, dtype=float), cfg)  # token lag of [kind, step lag]
     row = np.full(L, np.nan)
     for k, kind in enumerate(kinds):
         for step_lag, lag in enumerate(idx[k]):
             if np.isfinite(lag):
                 row[int(lag)] = level[kind] * np.exp(-0.5 * step_lag)
     ds = paper_statistics(np.tile(row, (1, 3, 1)), [20, 21, 22], cfg)
-    assert float(ds.curve_r2) < 0.9                                           # the token-lag fit is spoiled
+    assert float(ds.curve_r2) < 0.9  # the token-lag fit is spoiled
     np.testing.assert_allclose(ds.curve_kind_rate.values, 0.5)
     np.testing.assert_allclose(ds.curve_kind_r2.values, 1.0)
     np.testing.assert_allclose(ds.curve_kind_half_life.values, math.log(2) / 0.5)
@@ -226,7 +232,7 @@ print(json.dumps({{"sizes": dict(ds.sizes), "curve": ds.curve.values.tolist(), "
     ex.layer = 0
     img = ex.paper_surface()
     ds0 = stored.isel(checkpoint=0)
-    grid = img.dimension_values("mean |α|", flat=False)                  # (lag, decision step)
+    grid = img.dimension_values("mean |α|", flat=False)  # (lag, decision step)
     np.testing.assert_allclose(grid.T, ds0.surface.sel(layer=0).values, rtol=1e-12)
     np.testing.assert_array_equal(img.dimension_values("decision step", expanded=False), np.arange(20, n))
     assert img.opts.get().kwargs["title"] == "Paper's method · layer 0"
@@ -234,13 +240,16 @@ print(json.dumps({{"sizes": dict(ds.sizes), "curve": ds.curve.values.tolist(), "
     np.testing.assert_allclose(curve.get(0).dimension_values(1), ds0.mass.sel(layer=0).values, rtol=1e-12)
     fit = curve.get(2)
     lag = fit.dimension_values(0)
-    np.testing.assert_allclose(fit.dimension_values(1), float(ds0.amplitude.sel(layer=0)) *
-                               np.exp(-float(ds0.rate.sel(layer=0)) * lag), rtol=1e-12)
-    sel = paper_selection(ds0, None)                                      # the paper's own: mean of layers
+    np.testing.assert_allclose(
+        fit.dimension_values(1),
+        float(ds0.amplitude.sel(layer=0)) * np.exp(-float(ds0.rate.sel(layer=0)) * lag),
+        rtol=1e-12,
+    )
+    sel = paper_selection(ds0, None)  # the paper's own: mean of layers
     np.testing.assert_allclose(sel["surface"], ds0.surface.mean("layer").values, rtol=1e-12)
     kinds = ex.paper_kinds()
     assert len(kinds) == 2 * ds0.sizes["key_kind"]
-    ex.views()                                                            # the served layout builds
+    ex.views()  # the served layout builds
     assert "paper_surface" in ex._panes and "not normalised" in ex._panes["paper_note"].object
 
 
@@ -253,11 +262,15 @@ def test_decay_statistics_split_the_current_tokens_row_by_key_kind():
     torch.manual_seed(0)
     model = build_model(cfg)
     g = torch.Generator().manual_seed(0)
-    batch = {"states": torch.randn(6, 5, 5, generator=g), "actions": torch.rand(6, 5, 2, generator=g) * 2 - 1,
-             "returns_to_go": torch.rand(6, 5, 1, generator=g), "timesteps": torch.arange(5).repeat(6, 1)}
+    batch = {
+        "states": torch.randn(6, 5, 5, generator=g),
+        "actions": torch.rand(6, 5, 2, generator=g) * 2 - 1,
+        "returns_to_go": torch.rand(6, 5, 1, generator=g),
+        "timesteps": torch.arange(5).repeat(6, 1),
+    }
     ds = decay_statistics(model, batch)
     assert ds.attrs["method"] == DEMA_LAB_METHOD and ds.mass_by_kind.attrs["query_kind"] == "s"
-    s_row = ds.mass.sel(query_kind="s").values                                 # (layer, lag)
+    s_row = ds.mass.sel(query_kind="s").values  # (layer, lag)
     by = ds.mass_by_kind
     np.testing.assert_array_equal(by.sel(key_kind="s").values, s_row[:, [0, 3, 6, 9, 12]])
     np.testing.assert_array_equal(by.sel(key_kind="R").values, s_row[:, [1, 4, 7, 10, 13]])
@@ -273,8 +286,9 @@ def test_decay_statistics_split_the_current_tokens_row_by_key_kind():
     ds = decay_statistics(model, batch)
     att = model.attention(**batch, aggregate="abs")[1].abs()
     s_query = torch.tensor([p % 3 == 2 for p in range(15)])
-    np.testing.assert_allclose(ds.mass.sel(layer=1, query_kind="s").values, attention_by_lag(att, s_query).numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        ds.mass.sel(layer=1, query_kind="s").values, attention_by_lag(att, s_query).numpy(), rtol=1e-6
+    )
     s_row = ds.mass.sel(query_kind="s").values
     np.testing.assert_array_equal(ds.mass_by_kind.sel(key_kind="a").values[:, 1:], s_row[:, [1, 4, 7, 10, 13]])
     np.testing.assert_array_equal(ds.mass_by_kind.sel(key_kind="R").values[:, :5], s_row[:, [2, 5, 8, 11, 14]])

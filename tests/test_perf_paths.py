@@ -11,7 +11,7 @@ def inputs(batch=3, dim=20, n=5, L=9, dtype=torch.float64, seed=0, groups=None, 
     """Scan inputs; with transposed=True, delta and z are (b, d, L) views of (b, L, d) memory
     and z a chunk of a wider tensor, as Mamba's projections produce them."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)   # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     shape_bc = (batch, n, L) if groups is None else (batch, groups, n, L)
     u, delta = r(batch, dim, L), r(batch, dim, L) * 0.5 - 1
     z = r(batch, dim, L)
@@ -20,8 +20,16 @@ def inputs(batch=3, dim=20, n=5, L=9, dtype=torch.float64, seed=0, groups=None, 
         xz = torch.cat([r(batch, dim, L), z], dim=1).transpose(1, 2).contiguous().transpose(1, 2)
         z = xz.chunk(2, dim=1)[1]
         assert delta.stride(1) == 1 and z.stride(1) == 1 and not z.is_contiguous()
-    return dict(u=u, delta=delta, A=-(torch.rand(dim, n, generator=g, dtype=dtype) + 0.2),
-                B=r(*shape_bc), C=r(*shape_bc), D=r(dim), z=z, delta_bias=r(dim) * 0.3)
+    return dict(
+        u=u,
+        delta=delta,
+        A=-(torch.rand(dim, n, generator=g, dtype=dtype) + 0.2),
+        B=r(*shape_bc),
+        C=r(*shape_bc),
+        D=r(dim),
+        z=z,
+        delta_bias=r(dim) * 0.3,
+    )
 
 
 def grads(x, backend, dtype, softplus=True, weight_seed=1):
@@ -37,7 +45,7 @@ def grads(x, backend, dtype, softplus=True, weight_seed=1):
 
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("groups", [None, 2])
-@pytest.mark.parametrize("dim", [20, 32, 7])     # full tiles of 16 channels, partial tiles
+@pytest.mark.parametrize("dim", [20, 32, 7])  # full tiles of 16 channels, partial tiles
 def test_fused_kernel_matches_reference_float64(transposed, groups, dim):
     x = inputs(dim=dim if groups is None or dim % 2 == 0 else dim + 1, groups=groups, transposed=transposed)
     out_r, last_r, g_r = grads(x, "reference", torch.float64)
@@ -68,7 +76,7 @@ def test_float32_full_size_gradients_match_float64_reference():
     """Issue 5: at the benchmark size's shape family (d_state 16, L 60) the float32 fast scan's
     gradients are within 1e-4 (relative, in norm) of the float64 reference loop."""
     x = inputs(batch=4, dim=64, n=16, L=60, transposed=True)
-    x["delta"] = x["delta"] - 2          # dt around softplus(-3): Mamba's range
+    x["delta"] = x["delta"] - 2  # dt around softplus(-3): Mamba's range
     _, _, g_r = grads(x, "reference", torch.float64)
     out32, last32, g_f = grads(x, "numba", torch.float32)
     out64, last64, _ = grads(x, "reference", torch.float64)
@@ -109,8 +117,9 @@ def test_vectorised_exp2_accuracy_against_float64():
             out[i] = fexpk(x[i])
 
     rng = np.random.default_rng(0)
-    x = np.concatenate([np.linspace(-126, 20, 400_001), rng.uniform(-1, 1, 100_000),
-                        np.arange(-126, 21) + 0.5]).astype(np.float32)
+    x = np.concatenate([np.linspace(-126, 20, 400_001), rng.uniform(-1, 1, 100_000), np.arange(-126, 21) + 0.5]).astype(
+        np.float32
+    )
     got = np.empty_like(x)
     run(x, got)
     ref = np.exp2(x.astype(np.float64))
@@ -119,9 +128,9 @@ def test_vectorised_exp2_accuracy_against_float64():
     assert _kscale(np.float32) == pytest.approx(1 / np.log(2)) and _kscale(np.float64) == 1.0
     tiny = np.empty(3, np.float32)
     run(np.array([-127.0, -200.0, -1e30], np.float32), tiny)
-    assert np.all((tiny >= 0) & (tiny < 1.2e-38))          # underflow: ~0, never garbage or NaN
+    assert np.all((tiny >= 0) & (tiny < 1.2e-38))  # underflow: ~0, never garbage or NaN
     f64 = np.empty(5)
-    run(np.array([-700.0, -3.0, 0.0, 1e-3, 5.0]), f64)              # float64: libm's exp
+    run(np.array([-700.0, -3.0, 0.0, 1e-3, 5.0]), f64)  # float64: libm's exp
     np.testing.assert_allclose(f64, np.exp([-700.0, -3.0, 0.0, 1e-3, 5.0]), rtol=1e-15)
 
 
@@ -149,7 +158,7 @@ def test_mixer_training_step_same_with_both_backends():
         m.zero_grad()
         with use_backend(backend):
             out = m(x)
-        (out ** 2).mean().backward()
+        (out**2).mean().backward()
         res[backend] = (out.detach(), {k: p.grad.clone() for k, p in m.named_parameters()})
     torch.testing.assert_close(res["numba"][0], res["reference"][0], rtol=0, atol=1e-12)
     for k, g in res["reference"][1].items():
@@ -181,7 +190,10 @@ def test_attention_kernel_long_sequence_stays_finite():
     L = 1024
     dt = torch.rand(1, 2, L, generator=g, dtype=torch.float64) * 2
     A = -torch.arange(1, 5, dtype=torch.float64).repeat(2, 1) * 2
-    B, C = torch.randn(1, 4, L, generator=g, dtype=torch.float64), torch.randn(1, 4, L, generator=g, dtype=torch.float64)
+    B, C = (
+        torch.randn(1, 4, L, generator=g, dtype=torch.float64),
+        torch.randn(1, 4, L, generator=g, dtype=torch.float64),
+    )
     a64 = hidden_attention(dt, A, B, C, impl="segsum")
     a32 = hidden_attention(dt.float(), A.float(), B.float(), C.float(), impl="numba")
     assert torch.isfinite(a32).all()

@@ -35,7 +35,7 @@ def test_store_is_created_on_an_empty_prefix(s3, capsys):
 
     with pytest.raises(EmptyStoreError, match="no dema-lab store at s3://dema/fresh"):
         RunStore("s3://dema/fresh", mode="r")
-    assert main(["runs", "--store", "s3://dema/fresh"]) == 2            # reading never creates anything
+    assert main(["runs", "--store", "s3://dema/fresh"]) == 2  # reading never creates anything
     assert not s3fs.S3FileSystem().exists("dema/fresh/zarr.json")
     store = RunStore("s3://dema/fresh", mode="a")
     run = store.create_run("r1", {"K": 3}, {"env": "hopper"})
@@ -63,10 +63,24 @@ def test_storage_options_from_the_flag(s3, monkeypatch, capsys):
         monkeypatch.delenv(k)
     s3fs.S3FileSystem.clear_instance_cache()
     capsys.readouterr()
-    assert main(["runs", "--store", "s3://dema/opts", "--storage-option", f"endpoint_url={s3}",
-                 "--storage-option", "key=testing", "--storage-option", "secret=testing"]) == 0
-    assert "r2" in capsys.readouterr().out            # the options reached the store (no AWS_* env left)
-    assert "s3" not in fsspec.config.conf and "FSSPEC_S3" not in os.environ     # for that command only
+    assert (
+        main(
+            [
+                "runs",
+                "--store",
+                "s3://dema/opts",
+                "--storage-option",
+                f"endpoint_url={s3}",
+                "--storage-option",
+                "key=testing",
+                "--storage-option",
+                "secret=testing",
+            ]
+        )
+        == 0
+    )
+    assert "r2" in capsys.readouterr().out  # the options reached the store (no AWS_* env left)
+    assert "s3" not in fsspec.config.conf and "FSSPEC_S3" not in os.environ  # for that command only
     assert main(["runs", "--store", "s3://dema/opts", "--storage-option", "novalue"]) == 2
     assert "takes KEY=VALUE" in capsys.readouterr().err
     s3fs.S3FileSystem.clear_instance_cache()
@@ -80,7 +94,7 @@ def test_memory_url_store_round_trip():
     run = RunStore("memory://dema-test-store", mode="a").create_run("m1", {}, {})
     ds = xr.Dataset({"loss": ("step", np.arange(5.0))}, coords={"step": np.arange(1, 6)})
     run.write("train", "steps_1_5", ds)
-    run.write("train", "steps_1_5", ds * 2)                              # a rewrite goes to the next slot
+    run.write("train", "steps_1_5", ds * 2)  # a rewrite goes to the next slot
     back = RunStore("memory://dema-test-store").run("m1").train_metrics()
     np.testing.assert_array_equal(back["loss"].values, np.arange(5.0) * 2)
 
@@ -89,8 +103,12 @@ def _check_published(run, seen: set) -> None:
     """Open every published group of `run` whole; a partial one raises (or fails an assert)."""
     from dema_lab.models.checkpoint import load_checkpoint
 
-    for kind, needed in (("train", {"loss", "lr", "grad_norm"}), ("eval", {"normalized_score", "return"}),
-                         ("decay", {"half_life", "mass"}), ("rollout", {"frames", "attention", "reward"})):
+    for kind, needed in (
+        ("train", {"loss", "lr", "grad_norm"}),
+        ("eval", {"normalized_score", "return"}),
+        ("decay", {"half_life", "mass"}),
+        ("rollout", {"frames", "attention", "reward"}),
+    ):
         for name in run.published(kind):
             ds = run.open(kind, name).load()
             assert needed <= set(ds.data_vars), f"{kind}/{name} is partial: {sorted(ds.data_vars)}"
@@ -106,12 +124,33 @@ def test_publish_after_write_holds_on_s3(s3, hopper_small):
     from dema_lab.store import EmptyStoreError, RunStore
 
     url = "s3://dema/polled"
-    args = [sys.executable, "-m", "dema_lab.cli", "train", "--dataset", str(hopper_small), "--store", url,
-            "--steps", "20", "--eval_every", "10", "--run_id", "polled", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "dema_lab.cli",
+        "train",
+        "--dataset",
+        str(hopper_small),
+        "--store",
+        url,
+        "--steps",
+        "20",
+        "--eval_every",
+        "10",
+        "--run_id",
+        "polled",
+        "--quiet",
+    ]
     for key, value in {**TINY_RUN, "log_every": 4, "checkpoint_every": 5}.items():
         args += [f"--{key}", str(value)]
-    writer = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "MUJOCO_GL": "egl"})
+    writer = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "MUJOCO_GL": "egl"},
+    )
     seen, polls, states = set(), 0, set()
     try:
         while writer.poll() is None:
@@ -133,4 +172,4 @@ def test_publish_after_write_holds_on_s3(s3, hopper_small):
     assert run.attrs["status"] == "finished"
     assert {("eval", "step_00000010"), ("eval", "step_00000020"), ("checkpoint", "step_00000020")} <= seen
     assert sum(k == "rollout" for k, _ in seen) == 8
-    assert polls > 5 and len(states) > 3, (polls, states)        # the reader did see the run grow meanwhile
+    assert polls > 5 and len(states) > 3, (polls, states)  # the reader did see the run grow meanwhile

@@ -42,9 +42,16 @@ def make_inputs(batch=2, dim=3, n=4, L=7, dtype=torch.float64, seed=0, groups=No
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
     shape_bc = (batch, n, L) if groups is None else (batch, groups, n, L)
-    return dict(u=r(batch, dim, L), delta=r(batch, dim, L) * 0.5,
-                A=-(torch.rand(dim, n, generator=g, dtype=dtype) + 0.2), B=r(*shape_bc), C=r(*shape_bc),
-                D=r(dim), z=r(batch, dim, L), delta_bias=r(dim) * 0.3)
+    return dict(
+        u=r(batch, dim, L),
+        delta=r(batch, dim, L) * 0.5,
+        A=-(torch.rand(dim, n, generator=g, dtype=dtype) + 0.2),
+        B=r(*shape_bc),
+        C=r(*shape_bc),
+        D=r(dim),
+        z=r(batch, dim, L),
+        delta_bias=r(dim) * 0.3,
+    )
 
 
 OPTIONS = list(itertools.product([False, True], repeat=4))  # D, z, delta_bias, softplus
@@ -54,8 +61,12 @@ OPTIONS = list(itertools.product([False, True], repeat=4))  # D, z, delta_bias, 
 @pytest.mark.parametrize("use_D,use_z,use_bias,softplus", OPTIONS)
 def test_scan_matches_naive_loop(backend, use_D, use_z, use_bias, softplus):
     x = make_inputs()
-    kw = dict(D=x["D"] if use_D else None, z=x["z"] if use_z else None,
-              delta_bias=x["delta_bias"] if use_bias else None, delta_softplus=softplus)
+    kw = dict(
+        D=x["D"] if use_D else None,
+        z=x["z"] if use_z else None,
+        delta_bias=x["delta_bias"] if use_bias else None,
+        delta_softplus=softplus,
+    )
     delta = x["delta"] if softplus or use_bias else x["delta"].abs()  # keep dt > 0 without softplus
     expected, expected_last = naive_scan(x["u"], delta, x["A"], x["B"], x["C"], **kw)
     with use_backend(backend):
@@ -67,11 +78,15 @@ def test_scan_matches_naive_loop(backend, use_D, use_z, use_bias, softplus):
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
-@pytest.mark.parametrize("use_D,use_z,use_bias,softplus", [(True, True, True, True), (False, False, False, False),
-                                                           (True, False, True, False), (False, True, False, True)])
+@pytest.mark.parametrize(
+    "use_D,use_z,use_bias,softplus",
+    [(True, True, True, True), (False, False, False, False), (True, False, True, False), (False, True, False, True)],
+)
 def test_scan_gradcheck_float64(backend, use_D, use_z, use_bias, softplus):
     x = make_inputs(batch=2, dim=3, n=3, L=5)
-    names = ["u", "delta", "A", "B", "C"] + [k for k, on in (("D", use_D), ("z", use_z), ("delta_bias", use_bias)) if on]
+    names = ["u", "delta", "A", "B", "C"] + [
+        k for k, on in (("D", use_D), ("z", use_z), ("delta_bias", use_bias)) if on
+    ]
     if not (softplus or use_bias):
         x["delta"] = x["delta"].abs() + 0.1
     args = [x[k].clone().requires_grad_() for k in names]
@@ -96,8 +111,9 @@ def test_grouped_and_constant_B_C_match_reference():
     Bc, Cc = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.randn(4, 4, generator=g, dtype=torch.float64)
     ref = selective_scan_ref(const["u"], const["delta"], const["A"], Bc, Cc, delta_softplus=True)
     with use_backend("numba"):
-        torch.testing.assert_close(selective_scan(const["u"], const["delta"], const["A"], Bc, Cc,
-                                                  delta_softplus=True), ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            selective_scan(const["u"], const["delta"], const["A"], Bc, Cc, delta_softplus=True), ref, rtol=0, atol=1e-12
+        )
 
 
 def test_bad_shapes_are_named():
@@ -113,6 +129,7 @@ def test_bad_shapes_are_named():
 
 def test_backend_choice_is_visible_and_forcible(monkeypatch):
     from dema_lab.ssm import backend_for
+
     assert backend_for("cpu") == "numba"
     monkeypatch.setenv("DEMA_LAB_SCAN_BACKEND", "torch")
     assert backend_for("cpu") == "torch"

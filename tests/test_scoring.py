@@ -7,7 +7,7 @@ import xarray as xr
 
 from dema_lab.scoring import checkpoint_scores, headline, iqm, iqm_interval, last_and_best, run_scores, t_interval
 
-STEPS = [3000, 1000, 2000]                   # stored out of order: "last" is the latest step, not the last row
+STEPS = [3000, 1000, 2000]  # stored out of order: "last" is the latest step, not the last row
 
 
 def _evals(modes=("transformer", "rnn")) -> tuple[xr.Dataset, np.ndarray]:
@@ -15,27 +15,33 @@ def _evals(modes=("transformer", "rnn")) -> tuple[xr.Dataset, np.ndarray]:
     same scores as a plain array in step order (checkpoint 1000, 2000, 3000)."""
     # [step][target][episode] for the Transformer-like mode: target 3600 peaks at 2000, target
     # 1800 at 1000, so "each target's best" (official) differs from "the best checkpoint's mean"
-    t = np.array([[[10.0, 20.0], [60.0, 80.0]],            # 1000: means 15, 70
-                  [[50.0, 70.0], [30.0, 30.0]],            # 2000: means 60, 30
-                  [[40.0, 44.0], [20.0, 40.0]]])           # 3000: means 42, 30
-    by_step = np.stack([t, t / 2][:len(modes)], axis=1)    # (checkpoint, mode, target, episode)
-    order = [2, 0, 1]                                      # rows for STEPS
-    ds = xr.Dataset({"normalized_score": (("checkpoint", "mode", "target", "episode"), by_step[order])},
-                    coords={"checkpoint": STEPS, "mode": list(modes), "target": [3600.0, 1800.0], "episode": [0, 1]})
+    t = np.array(
+        [
+            [[10.0, 20.0], [60.0, 80.0]],  # 1000: means 15, 70
+            [[50.0, 70.0], [30.0, 30.0]],  # 2000: means 60, 30
+            [[40.0, 44.0], [20.0, 40.0]],
+        ]
+    )  # 3000: means 42, 30
+    by_step = np.stack([t, t / 2][: len(modes)], axis=1)  # (checkpoint, mode, target, episode)
+    order = [2, 0, 1]  # rows for STEPS
+    ds = xr.Dataset(
+        {"normalized_score": (("checkpoint", "mode", "target", "episode"), by_step[order])},
+        coords={"checkpoint": STEPS, "mode": list(modes), "target": [3600.0, 1800.0], "episode": [0, 1]},
+    )
     ds["normalized_score"].attrs = {"long_name": "D4RL normalized score", "units": "0-100"}
     return ds, by_step
 
 
 def test_last_and_best_follow_the_official_per_target_best():
     ds, raw = _evals()
-    means = raw.mean(-1)                                                  # (checkpoint, mode, target), step order
+    means = raw.mean(-1)  # (checkpoint, mode, target), step order
     s = checkpoint_scores(ds)
     assert list(s.checkpoint.values) == [1000, 2000, 3000] and s.attrs["units"] == "0-100"
     np.testing.assert_allclose(s.transpose("checkpoint", "mode", "target").values, means)
     lb = last_and_best(ds)
     assert lb.attrs["last_checkpoint"] == 3000
     np.testing.assert_allclose(lb["last"].sel(mode="transformer").values, [42.0, 30.0])
-    np.testing.assert_allclose(lb["best"].sel(mode="transformer").values, [60.0, 70.0])      # per target
+    np.testing.assert_allclose(lb["best"].sel(mode="transformer").values, [60.0, 70.0])  # per target
     assert lb["best_checkpoint"].sel(mode="transformer").values.tolist() == [2000, 1000]
     np.testing.assert_allclose(lb["best"].sel(mode="rnn").values, [30.0, 35.0])
     for name in ("last", "best", "best_checkpoint"):
@@ -48,7 +54,7 @@ def test_last_and_best_follow_the_official_per_target_best():
 
 
 def test_headline_mode_and_the_cases_without_scores():
-    rnn_only, _ = _evals(modes=("rnn",))                                  # the scores of the first mode above
+    rnn_only, _ = _evals(modes=("rnn",))  # the scores of the first mode above
     got = headline(rnn_only)
     assert got["mode"] == "rnn" and got["last"] == pytest.approx(36.0) and got["best"] == pytest.approx(65.0)
     empty = headline(xr.Dataset())
@@ -67,19 +73,19 @@ def test_headline_mode_and_the_cases_without_scores():
 
 def test_iqm_and_its_bootstrap_interval_against_numpy():
     rng = np.random.default_rng(1)
-    x = np.concatenate([rng.normal(50, 10, 18), [500.0, -300.0]])      # two outliers the IQM ignores
+    x = np.concatenate([rng.normal(50, 10, 18), [500.0, -300.0]])  # two outliers the IQM ignores
     # the interquartile mean by hand: sorted, a quarter cut from each end
     srt = np.sort(x)
     cut = int(0.25 * len(x))
-    assert iqm(x) == pytest.approx(srt[cut:len(x) - cut].mean())
+    assert iqm(x) == pytest.approx(srt[cut : len(x) - cut].mean())
     assert iqm(np.append(x, np.nan)) == pytest.approx(iqm(x)) and np.isnan(iqm([]))
     centre, low, high = iqm_interval(x)
     assert centre == pytest.approx(iqm(x)) and low < centre < high
     # a plain numpy percentile bootstrap of the same statistic
     idx = rng.integers(0, len(x), size=(20000, len(x)))
-    boot = np.sort(x[idx], axis=1)[:, cut:len(x) - cut].mean(1)
+    boot = np.sort(x[idx], axis=1)[:, cut : len(x) - cut].mean(1)
     want = np.percentile(boot, [2.5, 97.5])
-    np.testing.assert_allclose([low, high], want, atol=0.4)            # Monte-Carlo error about 0.1
+    np.testing.assert_allclose([low, high], want, atol=0.4)  # Monte-Carlo error about 0.1
     wider = iqm_interval(x, confidence=0.99)
     assert wider[1] < low and wider[2] > high
     assert np.isnan(iqm_interval([3.0])[1]) and iqm_interval([2.0, 2.0]) == (2.0, 2.0, 2.0)
@@ -102,8 +108,11 @@ def test_t_interval_against_a_hand_computation():
 
 def test_paired_verdict_uses_the_t_interval():
     from dema_lab.report import paired_verdict
-    assert paired_verdict([5.0, 6.0, 4.0, 5.5]) == ("holds", "mean paired difference +5.1, 95% t-interval "
-                                                             "[+3.8, +6.5] over 4 pairs")
+
+    assert paired_verdict([5.0, 6.0, 4.0, 5.5]) == (
+        "holds",
+        "mean paired difference +5.1, 95% t-interval [+3.8, +6.5] over 4 pairs",
+    )
     assert paired_verdict([-5.0, -6.0, -4.0])[0] == "does not hold"
     assert paired_verdict([5.0, -6.0, 4.0, -3.0])[0] == "inconclusive"
     # two standard errors would call this (mean 2.1 > 2 x 0.9); with 1 degree of freedom t = 12.7 does not
@@ -121,39 +130,46 @@ def _k_table(shift40=0.0):
         for seed in (0, 1):
             base = 30.0 + 10 * i + seed
             jitter = 0.5 * (i - 1) + 0.3 * seed
-            rows += [(ds, 5, seed, base - 6 + jitter), (ds, 10, seed, base + 20), (ds, 20, seed, base),
-                     (ds, 40, seed, base - 2 - jitter + shift40)]
+            rows += [
+                (ds, 5, seed, base - 6 + jitter),
+                (ds, 10, seed, base + 20),
+                (ds, 20, seed, base),
+                (ds, 40, seed, base - 2 - jitter + shift40),
+            ]
     rows += [("d", 5, 0, 10.0), ("d", 20, 0, 12.0)]
     return pd.DataFrame(rows, columns=["dataset", "K", "seed", "score_transformer"])
 
 
 def test_short_k_finding_uses_the_fixed_comparisons():
     from dema_lab.report import short_k_finding
+
     df = _k_table()
     claim, verdict, evidence = short_k_finding(df)
     assert claim == "A short K (8–20) is enough" and verdict == "holds", evidence
-    assert "K=10" not in evidence                                     # no K chosen by its score
+    assert "K=10" not in evidence  # no K chosen by its score
     g = df.pivot_table(index=["dataset", "seed"], columns="K", values="score_transformer")
     d = (g[20] - g[40]).dropna().values
-    half = 2.570582 * d.std(ddof=1) / np.sqrt(6)                      # t(0.975, 5 dof) from the table
+    half = 2.570582 * d.std(ddof=1) / np.sqrt(6)  # t(0.975, 5 dof) from the table
     mean, low, high = d.mean(), d.mean() - half, d.mean() + half
-    assert f"K=20 against K=40 (decides; 6 pair(s) on a, b, c): {g[20].loc[['a', 'b', 'c']].mean():.1f} vs " \
-           f"{g[40].mean():.1f}, mean paired difference {mean:+.1f}, 95% t-interval [{low:+.1f}, {high:+.1f}]" \
-           in evidence
+    assert (
+        f"K=20 against K=40 (decides; 6 pair(s) on a, b, c): {g[20].loc[['a', 'b', 'c']].mean():.1f} vs "
+        f"{g[40].mean():.1f}, mean paired difference {mean:+.1f}, 95% t-interval [{low:+.1f}, {high:+.1f}]" in evidence
+    )
     # K 5 against K 20 takes d too (7 pairs), and is reported: here K 5 scores lower
     assert "K=5 against K=20 (reported; 7 pair(s) on a, b, c, d)" in evidence
     k5 = evidence.split("K=5 against K=20")[1]
     assert "mean paired difference -" in k5 and "over 7 pairs" in k5
-    assert short_k_finding(_k_table(shift40=6.0))[1] == "does not hold"         # K 40 better
+    assert short_k_finding(_k_table(shift40=6.0))[1] == "does not hold"  # K 40 better
     assert short_k_finding(_k_table(shift40=2.0))[1] == "holds (no significant difference)"
     no40 = short_k_finding(df[df.K != 40])
     assert no40[1] == "not measured" and "K=20 against K=40 (decides): no (dataset, seed) run at both" in no40[2]
     one = df[(df.dataset == "a") & (df.seed == 0)]
-    assert short_k_finding(one)[1] == "inconclusive"                            # one pair: no interval
+    assert short_k_finding(one)[1] == "inconclusive"  # one pair: no interval
 
 
 def test_aggregate_table_is_the_iqm_with_its_interval():
     from dema_lab.report import aggregate_table
+
     rng = np.random.default_rng(0)
     rows = [("dema", 20, ds, s, rng.normal(40, 10), rng.normal(50, 10)) for ds in "abc" for s in range(3)]
     rows += [("dt", 20, "a", 0, 30.0, 35.0)]
@@ -161,8 +177,8 @@ def test_aggregate_table_is_the_iqm_with_its_interval():
     out = aggregate_table(df)
     assert list(out.index) == [("DT", 20), ("DeMa", 20)] and list(out.columns) == ["last", "best", "runs", "datasets"]
     x = df[df.arch == "dema"].score_transformer.values
-    want = np.sort(x)[2:7].mean()                                               # 9 runs: 2 cut from each end
+    want = np.sort(x)[2:7].mean()  # 9 runs: 2 cut from each end
     _, low, high = iqm_interval(x)
     assert out.loc[("DeMa", 20), "last"] == f"{want:.1f} [{low:.1f}, {high:.1f}]"
     assert out.loc[("DeMa", 20), "runs"] == 9 and out.loc[("DeMa", 20), "datasets"] == 3
-    assert out.loc[("DT", 20), "best"] == "35.0 [–]"                            # one run: no interval
+    assert out.loc[("DT", 20), "best"] == "35.0 [–]"  # one run: no interval

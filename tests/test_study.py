@@ -14,10 +14,18 @@ from dema_lab.sweep import SweepConfig, grid, run_sweep
 
 
 def test_grid_run_ids_are_stable_and_cover_the_grid(tiny_config):
-    sweep = SweepConfig(name="g", datasets=["hopper-medium"], K=[5, 10], layouts=["B3LD", "BL3D"],
-                        timestep_embedding=[False, True], archs=["dema", "dt"], seeds=[0, 1], base=tiny_config)
+    sweep = SweepConfig(
+        name="g",
+        datasets=["hopper-medium"],
+        K=[5, 10],
+        layouts=["B3LD", "BL3D"],
+        timestep_embedding=[False, True],
+        archs=["dema", "dt"],
+        seeds=[0, 1],
+        base=tiny_config,
+    )
     configs = grid(sweep)
-    assert len(configs) == 2 * 2 * 2 * 2 + 2 * 2 * 2          # DeMa: ts off and on; DT: always with its embedding
+    assert len(configs) == 2 * 2 * 2 * 2 + 2 * 2 * 2  # DeMa: ts off and on; DT: always with its embedding
     assert all(c.timestep_embedding for c in configs if c.arch == "dt")
     assert len({c.run_id for c in configs}) == len(configs)
     assert configs[0].run_id == "g-hopper-medium-dema-B3LD-ts0-K5-s0"
@@ -27,22 +35,25 @@ def test_grid_run_ids_are_stable_and_cover_the_grid(tiny_config):
         SweepConfig(K=[])
     # a dataset that cannot be read fails the sweep before any run starts, and writes no store
     from dema_lab.data import DatasetError
+
     bad = dataclasses.replace(sweep, datasets=[tiny_config.dataset, tiny_config.dataset + ".missing.hdf5"])
     with pytest.raises(DatasetError, match="no such file"):
         run_sweep(bad, log=lambda *_: None)
     assert not os.path.exists(tiny_config.store)
     from dema_lab.store import StoreError
+
     a_file = os.path.join(os.path.dirname(tiny_config.store), "a-file")
     open(a_file, "w").close()
-    with pytest.raises(StoreError, match="is a file"):                    # before any dataset is loaded
+    with pytest.raises(StoreError, match="is a file"):  # before any dataset is loaded
         run_sweep(dataclasses.replace(bad, base=dataclasses.replace(tiny_config, store=a_file)), log=lambda *_: None)
 
 
 def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     base = dataclasses.replace(tiny_config, run_id="", steps=12, checkpoint_every=6)
     base = dataclasses.replace(base, eval_max_steps=15, eval_targets=[3600.0], render_size=0)
-    sweep = SweepConfig(name="t", datasets=[base.dataset], K=[2], archs=["dema", "dt"], workers=1,
-                        ablation_episodes=1, base=base)
+    sweep = SweepConfig(
+        name="t", datasets=[base.dataset], K=[2], archs=["dema", "dt"], workers=1, ablation_episodes=1, base=base
+    )
     first = run_sweep(sweep, log=lambda *_: None)
     assert sorted(r["what"] for r in first) == ["trained"] * 2
     again = run_sweep(sweep, log=lambda *_: None)
@@ -51,23 +62,31 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     # paper's parameter-level methods (dim `ablation`: none / zeros / random), and redoes a 'random' made by the
     # older std-scaled method
     from dema_lab.store import RunStore
+
     rs = RunStore(base.store, mode="a")
-    dema_run, dt_run = rs.run("t-hopper-medium-small-dema-B3LD-ts0-K2-s0"), rs.run("t-hopper-medium-small-dt-B3LD-ts1-K2-s0")
+    dema_run, dt_run = (
+        rs.run("t-hopper-medium-small-dema-B3LD-ts0-K2-s0"),
+        rs.run("t-hopper-medium-small-dt-B3LD-ts1-K2-s0"),
+    )
     names = dema_run.published("ablation")
-    assert sorted(names) == sorted(f"step_00000012-{m}-all-s0" for m in
-                                   ("none", "mixer-zeros", "mixer-random", "alpha-zeros", "alpha-random"))
+    assert sorted(names) == sorted(
+        f"step_00000012-{m}-all-s0" for m in ("none", "mixer-zeros", "mixer-random", "alpha-zeros", "alpha-random")
+    )
     before = ablation_table(dema_run)
     old = before.sel(ablation=["none", "alpha-zeros", "alpha-random"], layers="all", seed=0, mode="transformer")
     old = old.drop_vars(["family", "swap_from", "layers", "seed", "mode"])
     old = old.assign_coords(ablation=["none", "zeros", "random"]).assign_attrs(mode="transformer")
-    old["normalized_score"].loc[{"ablation": "random"}] = -99.0          # the older method: no random_scale attr
+    old["normalized_score"].loc[{"ablation": "random"}] = -99.0  # the older method: no random_scale attr
     dema_run.unpublish("ablation", [n for n in names if "-none-" in n or "-alpha-" in n])
     dema_run.write("ablation", "step_00000012", old)
     dt_run.unpublish("ablation", dt_run.published("ablation"))
     added = {r["run_id"]: r["what"] for r in run_sweep(sweep, log=lambda *_: None)}
-    assert added == {dema_run.run_id: "ablations added (alpha-random)", dt_run.run_id: "ablations added (none, no_timestep)"}
+    assert added == {
+        dema_run.run_id: "ablations added (alpha-random)",
+        dt_run.run_id: "ablations added (none, no_timestep)",
+    }
     after = ablation_table(dema_run)
-    xr.testing.assert_identical(after["normalized_score"], before["normalized_score"])      # same seed, same scores
+    xr.testing.assert_identical(after["normalized_score"], before["normalized_score"])  # same seed, same scores
     assert list(ablation_table(dt_run).ablation.values) == ["none", "no_timestep"]
     # extending the sweep's steps resumes every run from its last checkpoint
     longer = dataclasses.replace(sweep, base=dataclasses.replace(base, steps=18))
@@ -78,11 +97,17 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     assert (rep.runs.latency_ms_transformer > 0).all()
     for method in ("mixer-zeros", "mixer-random", "alpha-zeros", "alpha-random"):
         assert rep.runs.loc[rep.runs.arch == "dema", f"ablation_{method}"].notna().all()
-    assert rep.runs.loc[rep.runs.arch == "dt", "ablation_no_timestep"].notna().all()     # DT has one
-    assert rep.runs.loc[rep.runs.arch == "dema", "ablation_no_timestep"].isna().all()    # this DeMa has none
+    assert rep.runs.loc[rep.runs.arch == "dt", "ablation_no_timestep"].notna().all()  # DT has one
+    assert rep.runs.loc[rep.runs.arch == "dema", "ablation_no_timestep"].isna().all()  # this DeMa has none
     titles = " ".join(rep.tables)
-    for part in ("DeMa against DT", "ablations", "RNN-like against Transformer-like", "Decay statistics",
-                 "Timestep embedding removed at evaluation", "Aggregate over datasets: IQM [95% bootstrap CI]"):
+    for part in (
+        "DeMa against DT",
+        "ablations",
+        "RNN-like against Transformer-like",
+        "Decay statistics",
+        "Timestep embedding removed at evaluation",
+        "Aggregate over datasets: IQM [95% bootstrap CI]",
+    ):
         assert part in titles
     # every score table says which checkpoint it shows; the score against K has both, side by side
     for title in rep.tables:
@@ -93,12 +118,19 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
     dema = rep.runs[rep.runs.arch == "dema"].iloc[0]
     assert dema.best_score_transformer >= dema.score_transformer
     verdicts = {f: v for f, v, _ in rep.findings}
-    assert set(verdicts.values()) <= {"holds", "does not hold", "inconclusive", "not measured",
-                                      "holds (no significant difference)"}
+    assert set(verdicts.values()) <= {
+        "holds",
+        "does not hold",
+        "inconclusive",
+        "not measured",
+        "holds (no significant difference)",
+    }
     for claim in ("Transformer-like DeMa beats RNN-like DeMa", "DeMa matches or beats DT"):
         # judged by both scorings, side by side
         assert {f for f in verdicts if f.startswith(claim)} == {
-            f"{claim} · best checkpoint (the paper's scoring)", f"{claim} · last checkpoint (dema-lab's)"}
+            f"{claim} · best checkpoint (the paper's scoring)",
+            f"{claim} · last checkpoint (dema-lab's)",
+        }
     md = rep.to_markdown()
     assert md.startswith("# Sweep report (2 runs)") and "| paper's finding |" in md
     assert "last: the final checkpoint" in md and "Student-t interval" in md
@@ -127,12 +159,28 @@ def test_findings_put_the_papers_method_beside_dema_labs():
     rows = []
     for i, ds in enumerate(("a", "b", "c", "d")):
         for K in (5, 20, 40):
-            rows.append(dict(dataset=ds, K=K, seed=0, arch="dema", layout="B3LD", timestep_embedding=False,
-                             parameters=1e5, score_transformer=50.0 + i, score_rnn=40.0 + i + 0.1 * K,
-                             # best: the RNN-like mode peaked earlier and higher
-                             best_score_transformer=55.0 + i, best_score_rnn=70.0 + i,
-                             paper_r2=0.95, paper_half_life_steps=2.0, paper_state_r2=0.97,
-                             paper_state_half_life_steps=1.5, r2_layer0=0.5, half_life_steps_layer0=3.0))
+            rows.append(
+                dict(
+                    dataset=ds,
+                    K=K,
+                    seed=0,
+                    arch="dema",
+                    layout="B3LD",
+                    timestep_embedding=False,
+                    parameters=1e5,
+                    score_transformer=50.0 + i,
+                    score_rnn=40.0 + i + 0.1 * K,
+                    # best: the RNN-like mode peaked earlier and higher
+                    best_score_transformer=55.0 + i,
+                    best_score_rnn=70.0 + i,
+                    paper_r2=0.95,
+                    paper_half_life_steps=2.0,
+                    paper_state_r2=0.97,
+                    paper_state_half_life_steps=1.5,
+                    r2_layer0=0.5,
+                    half_life_steps_layer0=3.0,
+                )
+            )
     got = {f: v for f, v, _ in findings(pd.DataFrame(rows))}
     assert got["Transformer-like DeMa beats RNN-like DeMa · last checkpoint (dema-lab's)"] == "holds"
     assert got["Transformer-like DeMa beats RNN-like DeMa · best checkpoint (the paper's scoring)"] == "does not hold"
@@ -153,9 +201,21 @@ def test_score_plot_over_three_k_values_renders_with_a_log_axis():
     from dema_lab.report import Report
 
     hv.extension("bokeh")
-    runs = pd.DataFrame([dict(dataset="hopper-medium", K=np.int64(K), seed=0, arch="dema", layout="B3LD",
-                              timestep_embedding=np.bool_(False), score_transformer=50.0 + K,
-                              best_score_transformer=55.0 + K) for K in (5, 20, 40)])
+    runs = pd.DataFrame(
+        [
+            dict(
+                dataset="hopper-medium",
+                K=np.int64(K),
+                seed=0,
+                arch="dema",
+                layout="B3LD",
+                timestep_embedding=np.bool_(False),
+                score_transformer=50.0 + K,
+                best_score_transformer=55.0 + K,
+            )
+            for K in (5, 20, 40)
+        ]
+    )
     plot = Report(runs=runs).score_plot("transformer")
     fig = hv.render(plot, backend="bokeh")
     assert type(fig.x_scale).__name__ == "LogScale"

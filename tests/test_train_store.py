@@ -41,7 +41,9 @@ print(json.dumps(out))
     assert out["eval"] == {"checkpoint": 1, "mode": 2, "target": 2, "episode": 1}
     L = 3 * 3 - 1
     assert out["decay"] == {"checkpoint": 1, "layer": 1, "query_kind": 3, "lag": 9, "key_kind": 3, "step_lag": 3}
-    assert sorted(out["rollouts"]) == sorted(f"step_00000020-{m}-t{i}-e0" for m in ("transformer", "rnn") for i in (0, 1))
+    assert sorted(out["rollouts"]) == sorted(
+        f"step_00000020-{m}-t{i}-e0" for m in ("transformer", "rnn") for i in (0, 1)
+    )
     for sizes in out["rollouts"].values():
         assert sizes["query"] == sizes["key"] == sizes["lag"] == L and sizes["layer"] == 1
         assert sizes["y"] == sizes["x"] == 32 and sizes["rgb"] == 3 and 1 <= sizes["step"] <= 25
@@ -70,12 +72,13 @@ def test_rollout_contents_are_consistent(tiny_config):
     ro = run.open("rollout", "step_00000020-transformer-t0-e0").load()
     assert ro.attrs["return"] == pytest.approx(float(ro.reward.sum()), rel=1e-5)
     # returns-to-go fall by exactly the rewards received
-    np.testing.assert_allclose(ro.return_to_go.values[1:], ro.return_to_go.values[:-1] - ro.reward.values[:-1],
-                               rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        ro.return_to_go.values[1:], ro.return_to_go.values[:-1] - ro.reward.values[:-1], rtol=1e-5, atol=1e-3
+    )
     assert ro.return_to_go.values[0] == pytest.approx(3600.0)
     assert ro.frames.dtype == np.uint8 and ro.frames.std() > 0
     # window grows until K then stays; attention rows of the current token are finite there
-    diag = np.diagonal(ro.attention.isel(layer=0).values, axis1=-2, axis2=-1)   # (step, L)
+    diag = np.diagonal(ro.attention.isel(layer=0).values, axis1=-2, axis2=-1)  # (step, L)
     n_real = np.isfinite(diag).sum(-1)
     assert list(n_real[:4]) == [2, 5, 8, 8]
     np.testing.assert_array_equal(ro.attention_by_lag.values[:, :, 0], ro.attention.values[:, :, -1, -1])
@@ -83,8 +86,17 @@ def test_rollout_contents_are_consistent(tiny_config):
     # the episode exports to a video that decodes to its frames (H.264 is lossy: close, not equal)
     import imageio.v3 as iio
 
-    out = cli("video", "tiny", "step_00000020-transformer-t0-e0", "--store", tiny_config.store,
-              "--out", str(tiny_config.store + "-ep.mp4"), "--fps", "25")
+    out = cli(
+        "video",
+        "tiny",
+        "step_00000020-transformer-t0-e0",
+        "--store",
+        tiny_config.store,
+        "--out",
+        str(tiny_config.store + "-ep.mp4"),
+        "--fps",
+        "25",
+    )
     assert out.returncode == 0, out.stderr
     video = iio.imread(tiny_config.store + "-ep.mp4")
     assert video.shape == ro.frames.shape
@@ -93,6 +105,7 @@ def test_rollout_contents_are_consistent(tiny_config):
     out = cli("video", "tiny", "nope", "--store", tiny_config.store)
     assert out.returncode == 2 and "has no episode 'nope'" in out.stderr
     from dema_lab.rollout import export_video
+
     with pytest.raises(ValueError, match="recorded without frames"):
         export_video(ro.drop_vars("frames"), tiny_config.store + "-x.mp4")
 
@@ -104,23 +117,32 @@ def test_stored_attention_equals_attention_recomputed_from_the_checkpoint(tiny_c
     for mode in ("transformer", "rnn"):
         ro = run.open("rollout", f"step_00000020-{mode}-t0-e0").load()
         for step in (0, 1, ro.sizes["step"] - 1):
-            again = replay_attention(ck.model, ro, step, "minmax", ck.extra["state_mean"].numpy(),
-                                     ck.extra["state_std"].numpy(), ck.meta["rtg_scale"])
+            again = replay_attention(
+                ck.model,
+                ro,
+                step,
+                "minmax",
+                ck.extra["state_mean"].numpy(),
+                ck.extra["state_std"].numpy(),
+                ck.meta["rtg_scale"],
+            )
             n = again.shape[-1]
-            stored = ro.attention.isel(step=step).values[:, L - n:, L - n:]
+            stored = ro.attention.isel(step=step).values[:, L - n :, L - n :]
             np.testing.assert_allclose(stored, again, rtol=1e-5, atol=1e-6)
 
 
 def test_a_run_killed_midway_resumes_to_the_same_result(tiny_config, tmp_path):
     cfg = dataclasses.replace(tiny_config, steps=300, eval_every=0, checkpoint_every=25, log_every=5)
-    args = ["train", "--quiet"] + [f"--{k}={v}" for k, v in dataclasses.asdict(cfg).items()
-                                   if v is not None and not isinstance(v, list)]
-    proc = subprocess.Popen([sys.executable, "-m", "dema_lab.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    args = ["train", "--quiet"] + [
+        f"--{k}={v}" for k, v in dataclasses.asdict(cfg).items() if v is not None and not isinstance(v, list)
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dema_lab.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if RunStore(cfg.store).run("tiny").published("resume"):     # a complete checkpoint
+            if RunStore(cfg.store).run("tiny").published("resume"):  # a complete checkpoint
                 break
         except StoreError:
             pass
@@ -162,8 +184,10 @@ print("done")
 def test_a_reader_polling_while_a_writer_appends_and_rewrites_sees_only_whole_groups(tmp_path):
     store = str(tmp_path / "store")
     RunStore(store, mode="a")
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, store, "60"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, store, "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
     def check(ds):
         assert int(ds.frames.values.astype(np.int64).sum()) == ds.attrs["checksum"]
         assert (ds.value.values == ds.attrs["i"]).all() and ds.sizes["step"] == 40
@@ -175,7 +199,7 @@ def test_a_reader_polling_while_a_writer_appends_and_rewrites_sees_only_whole_gr
         if "w" in s.run_ids():
             run = s.run("w")
             for name in run.rollouts():
-                check(run.open("rollout", name).load())         # any error here fails the test
+                check(run.open("rollout", name).load())  # any error here fails the test
                 checked.add(name)
             if "latest" in run.published("ablation"):
                 latest = run.open("ablation", "latest").load()
@@ -186,10 +210,13 @@ def test_a_reader_polling_while_a_writer_appends_and_rewrites_sees_only_whole_gr
             break
     assert writer.returncode == 0, writer.stderr.read()
     assert len(checked) == 60 and polls > 3
-    assert len(versions) > 3 and max(versions) == 59           # the reader saw the rewrites, whole
+    assert len(versions) > 3 and max(versions) == 59  # the reader saw the rewrites, whole
     # old versions do not pile up: the rewritten name keeps its ring of slots, no more
-    assert sorted(p.name for p in (tmp_path / "store/runs/w/ablation").iterdir() if p.is_dir()) == \
-        ["latest", "latest.slot1", "latest.slot2"]
+    assert sorted(p.name for p in (tmp_path / "store/runs/w/ablation").iterdir() if p.is_dir()) == [
+        "latest",
+        "latest.slot1",
+        "latest.slot2",
+    ]
 
 
 def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
@@ -204,27 +231,29 @@ def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
     with pytest.raises(StoreError, match="not a dema-lab store"):
         open_store(other)
     import zarr
+
     zarr.open_group(str(tmp_path / "foreign"), mode="w", zarr_format=3)
     (tmp_path / "foreign" / "x").mkdir()
     with pytest.raises(StoreError, match="not a dema-lab store"):
         open_store(tmp_path / "foreign")
     with pytest.raises(StoreError, match="not a dema-lab store"):
-        RunStore(other, mode="a")                      # and it wrote nothing there
+        RunStore(other, mode="a")  # and it wrote nothing there
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     out = cli("runs", "--store", str(other))
     assert out.returncode == 2 and "not a dema-lab store" in out.stderr and "Traceback" not in out.stderr
     from dema_lab.store import EmptyStoreError
+
     with pytest.raises(EmptyStoreError, match="the path does not exist"):
         open_store(tmp_path / "nowhere")
     # serving a store that is not one fails at once, by name (a missing or empty one is served:
     # its page says how to create a run)
     (tmp_path / "a-file").write_text("x")
     for bad, why in ((other, "not a dema-lab store"), (tmp_path / "a-file", "is a file, not a dema-lab store")):
-        out = cli("serve", "--store", str(bad), "--port", "1", timeout=60)   # a regression would serve: timeout
+        out = cli("serve", "--store", str(bad), "--port", "1", timeout=60)  # a regression would serve: timeout
         assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, out.stderr
     out = cli("demo", "--no-serve", "--store", str(tmp_path / "a-file"), timeout=300)
     assert out.returncode == 2 and "is a file, not a dema-lab store" in out.stderr
-    assert "[demo" not in out.stdout                      # refused before building or training anything
+    assert "[demo" not in out.stdout  # refused before building or training anything
     # unknown dataset, unknown run, bad config values
     out = cli("train", "--store", str(tmp_path / "s"), "--dataset", "hopper-excellent", "--steps", "2")
     assert out.returncode == 2 and "unknown dataset 'hopper-excellent'" in out.stderr
@@ -282,8 +311,9 @@ def test_config_file_flags_and_resume_overrides(tiny_config, tmp_path):
     train(tiny_config, progress=False, log=lambda *_: None)
     cfg = parse("--store", tiny_config.store, "--resume", "tiny", "--steps", "30", "--eval_episodes", "2")
     assert (cfg.K, cfg.d_model, cfg.steps, cfg.eval_episodes) == (3, 16, 30, 2)
-    out = cli("train", "--quiet", "--store", tiny_config.store, "--resume", "tiny", "--steps", "30",
-              "--eval_episodes", "2")
+    out = cli(
+        "train", "--quiet", "--store", tiny_config.store, "--resume", "tiny", "--steps", "30", "--eval_episodes", "2"
+    )
     assert out.returncode == 0, out.stderr
     run = RunStore(tiny_config.store).run("tiny")
     assert run.attrs["steps_done"] == 30 and run.attrs["config"]["eval_episodes"] == 2
@@ -302,16 +332,20 @@ def test_warm_up_and_gradient_clipping():
     model = build_model(ModelConfig(state_dim=11, act_dim=3, K=3, d_model=16, d_state=4, n_layer=1))
     opt, sched = make_optimizer(model, cfg)
     g = torch.Generator().manual_seed(0)
-    batch = dict(states=torch.randn(4, 3, 11, generator=g), actions=torch.rand(4, 3, 3, generator=g) * 2 - 1,
-                 returns_to_go=torch.ones(4, 3, 1), timesteps=torch.arange(3)[None].repeat(4, 1),
-                 mask=torch.ones(4, 3))
+    batch = dict(
+        states=torch.randn(4, 3, 11, generator=g),
+        actions=torch.rand(4, 3, 3, generator=g) * 2 - 1,
+        returns_to_go=torch.ones(4, 3, 1),
+        timesteps=torch.arange(3)[None].repeat(4, 1),
+        mask=torch.ones(4, 3),
+    )
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
         _, gnorm = train_step(model, batch, opt, sched, cfg.grad_clip)
-        assert gnorm > cfg.grad_clip                                  # the raw norm is reported ...
+        assert gnorm > cfg.grad_clip  # the raw norm is reported ...
         clipped = torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
-        assert float(clipped) <= cfg.grad_clip * 1.0001              # ... and the step used the clipped one
+        assert float(clipped) <= cfg.grad_clip * 1.0001  # ... and the step used the clipped one
     np.testing.assert_allclose(lrs, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert float(masked_mse(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), torch.tensor([[1.0, 0.0]]))) == 1.0
 
@@ -362,7 +396,9 @@ def test_a_live_rollout_is_saved_only_into_a_run_that_no_trainer_writes(tiny_con
     attrs = {"target": 3600.0, "seed": 0, "mode": "transformer", "aggregation": "minmax", "env": "hopper"}
     name = save_rollout(tiny_config.store, "tiny", step, records, ck.config, attrs)
     parsed = parse_rollout_name(name)
-    assert (parsed.step, parsed.mode) == (step, "transformer") and name.startswith(f"step_{step:08d}-transformer-t0-e0-live")
+    assert (parsed.step, parsed.mode) == (step, "transformer") and name.startswith(
+        f"step_{step:08d}-transformer-t0-e0-live"
+    )
     assert name in RunStore(tiny_config.store).run("tiny").rollouts()
     before = RunStore(tiny_config.store).run("tiny").rollouts()
     writable = RunStore(tiny_config.store, mode="a").run("tiny")
@@ -370,14 +406,14 @@ def test_a_live_rollout_is_saved_only_into_a_run_that_no_trainer_writes(tiny_con
     with pytest.raises(StoreError, match="being trained"):
         save_rollout(tiny_config.store, "tiny", step, records, ck.config, attrs)
     writable.set_attrs(status="finished")
-    held = RunLock(tiny_config.store, "tiny").acquire()      # as a trainer in another process would
+    held = RunLock(tiny_config.store, "tiny").acquire()  # as a trainer in another process would
     try:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        with ctx.Pool(1) as pool:   # another process: a lock is per process, so the refusal needs a second one
+        with ctx.Pool(1) as pool:  # another process: a lock is per process, so the refusal needs a second one
             err = pool.apply(_save_in_child, (tiny_config.store, step, attrs))
-        assert err.startswith("RunBusyError:") and f"pid {os.getpid()}" in err, err      # names the holder
+        assert err.startswith("RunBusyError:") and f"pid {os.getpid()}" in err, err  # names the holder
     finally:
         held.release()
     assert RunStore(tiny_config.store).run("tiny").rollouts() == before

@@ -34,42 +34,82 @@ def _one_line_error(err: str) -> str:
 
 
 # ---------------------------------------------------------------- config values by their types
-@pytest.mark.parametrize("text, expected", [('"no"', False), ('"false"', False), ('"off"', False), ("false", False),
-                                            ('"yes"', True), ("true", True), ('"none"', None)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('"no"', False),
+        ('"false"', False),
+        ('"off"', False),
+        ("false", False),
+        ('"yes"', True),
+        ("true", True),
+        ('"none"', None),
+    ],
+)
 def test_toml_timestep_embedding_is_parsed_as_a_bool(tmp_path, text, expected):
     """A TOML string "no" used to be kept as the string, which is truthy: the embedding was on."""
     path = tmp_path / "c.toml"
     path.write_text(f"timestep_embedding = {text}\n")
     cfg = TrainConfig.from_file(path)
     assert cfg.timestep_embedding is expected
-    want = bool(expected) if expected is not None else False      # None: off for DeMa
+    want = bool(expected) if expected is not None else False  # None: off for DeMa
     assert cfg.model_config(11, 3).timestep_embedding is want
 
 
 def test_file_values_are_parsed_like_flags(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"steps": "30", "lr": "3e-4", "eval_targets": "3600, 1800", "K": 10.0,
-                                "eval_modes": "rnn", "decay_all": 1}))
+    path.write_text(
+        json.dumps(
+            {"steps": "30", "lr": "3e-4", "eval_targets": "3600, 1800", "K": 10.0, "eval_modes": "rnn", "decay_all": 1}
+        )
+    )
     cfg = TrainConfig.from_file(path)
-    assert (cfg.steps, cfg.lr, cfg.eval_targets, cfg.K, cfg.eval_modes, cfg.decay_all) == \
-        (30, 3e-4, [3600.0, 1800.0], 10, ["rnn"], True)
+    assert (cfg.steps, cfg.lr, cfg.eval_targets, cfg.K, cfg.eval_modes, cfg.decay_all) == (
+        30,
+        3e-4,
+        [3600.0, 1800.0],
+        10,
+        ["rnn"],
+        True,
+    )
     assert type(cfg.steps) is int and type(cfg.K) is int and type(cfg.lr) is float
     from dema_lab.cli import build_parser
     from dema_lab.commands import config_from_args
-    flags = config_from_args(build_parser().parse_args(
-        ["train", "--steps", "30", "--lr", "3e-4", "--eval_targets", "3600", "1800", "--K", "10", "--eval_modes",
-         "rnn", "--decay_all", "1"]))
+
+    flags = config_from_args(
+        build_parser().parse_args(
+            [
+                "train",
+                "--steps",
+                "30",
+                "--lr",
+                "3e-4",
+                "--eval_targets",
+                "3600",
+                "1800",
+                "--K",
+                "10",
+                "--eval_modes",
+                "rnn",
+                "--decay_all",
+                "1",
+            ]
+        )
+    )
     assert flags == cfg
 
 
-@pytest.mark.parametrize("line, field, expected", [
-    ('steps = "ten"', "steps", "an integer"),
-    ("K = 2.5", "K", "an integer"),
-    ('timestep_embedding = "maybe"', "timestep_embedding", "true or false"),
-    ("lr = true", "lr", "a number"),
-    ("dataset = 5", "dataset", "a string"),
-    ('eval_targets = ["high"]', "eval_targets", "a list of numbers"),
-])
+@pytest.mark.parametrize(
+    "line, field, expected",
+    [
+        ('steps = "ten"', "steps", "an integer"),
+        ("K = 2.5", "K", "an integer"),
+        ('timestep_embedding = "maybe"', "timestep_embedding", "true or false"),
+        ("lr = true", "lr", "a number"),
+        ("dataset = 5", "dataset", "a string"),
+        ('eval_targets = ["high"]', "eval_targets", "a list of numbers"),
+    ],
+)
 def test_a_bad_config_value_is_one_line_naming_field_and_type(tmp_path, capsys, line, field, expected):
     path = tmp_path / "bad.toml"
     path.write_text(line + "\n")
@@ -79,7 +119,7 @@ def test_a_bad_config_value_is_one_line_naming_field_and_type(tmp_path, capsys, 
     assert rc == 2
     msg = _one_line_error(err)
     assert str(path) in msg and f"{field}: expected {expected}" in msg
-    assert not (tmp_path / "store").exists()                          # refused before any work
+    assert not (tmp_path / "store").exists()  # refused before any work
 
 
 def test_bad_values_from_python_and_flags_are_refused_too(capsys, tmp_path):
@@ -98,8 +138,12 @@ def test_bad_values_from_python_and_flags_are_refused_too(capsys, tmp_path):
 def test_sweep_set_values_are_parsed_like_the_train_flags():
     from dema_lab.commands import _parse_set
 
-    assert _parse_set(["steps=30", "eval_modes=transformer,rnn", "timestep_embedding=no", "lr=1e-3"]) == \
-        {"steps": 30, "eval_modes": ["transformer", "rnn"], "timestep_embedding": False, "lr": 1e-3}
+    assert _parse_set(["steps=30", "eval_modes=transformer,rnn", "timestep_embedding=no", "lr=1e-3"]) == {
+        "steps": 30,
+        "eval_modes": ["transformer", "rnn"],
+        "timestep_embedding": False,
+        "lr": 1e-3,
+    }
     with pytest.raises(ConfigError, match=r"unknown training config keys \['step'\]"):
         _parse_set(["step=30"])
 
@@ -135,8 +179,13 @@ def test_K_longer_than_max_ep_len_is_refused_at_once(capsys, tmp_path):
 def _lengths_dataset(lengths):
     from dema_lab.data import Trajectory, TrajectoryDataset
 
-    return TrajectoryDataset([Trajectory(np.zeros((n, 2), np.float32), np.zeros((n, 1), np.float32),
-                                         np.ones(n, np.float32)) for n in lengths], env="test")
+    return TrajectoryDataset(
+        [
+            Trajectory(np.zeros((n, 2), np.float32), np.zeros((n, 1), np.float32), np.ones(n, np.float32))
+            for n in lengths
+        ],
+        env="test",
+    )
 
 
 @pytest.mark.parametrize("lengths", [[30] * 19 + [200], [5, 8, 12, 40, 41, 90] * 7, [17]])
@@ -150,16 +199,32 @@ def test_the_K_that_the_dataset_check_suggests_fits(lengths):
     with pytest.raises(DatasetError, match=r"use K <= (\d+)") as info:
         check_context_length(ds, K_bad)
     suggested = int(info.value.args[0].split("use K <= ")[1].split(",")[0])
-    assert sum(n >= suggested for n in lengths) >= need                 # it fits ...
-    assert sum(n >= suggested + 1 for n in lengths) < need               # ... and is the largest that does
+    assert sum(n >= suggested for n in lengths) >= need  # it fits ...
+    assert sum(n >= suggested + 1 for n in lengths) < need  # ... and is the largest that does
     check_context_length(ds, suggested)
 
 
 def test_episodes_shorter_than_K_are_refused_before_training(hopper_small, tmp_path, capsys):
     """Before, K longer than every episode trained, then failed (or measured nothing) at evaluation."""
     store = tmp_path / "store"
-    rc, _, err = _cli(capsys, "train", "--dataset", hopper_small, "--store", store, "--K", "600", "--steps", "2",
-                      "--d_model", "8", "--n_layer", "1", "--run_id", "toolong")
+    rc, _, err = _cli(
+        capsys,
+        "train",
+        "--dataset",
+        hopper_small,
+        "--store",
+        store,
+        "--K",
+        "600",
+        "--steps",
+        "2",
+        "--d_model",
+        "8",
+        "--n_layer",
+        "1",
+        "--run_id",
+        "toolong",
+    )
     msg = _one_line_error(err)
     assert rc == 2 and "K=600 is too long" in msg and "use K <= " in msg
     assert "toolong" not in (RunStore(store, mode="r").run_ids() if store.exists() else [])
@@ -191,10 +256,10 @@ def test_delete_asks_and_deletes_readable_and_unreadable_runs(tmp_path, capsys, 
     path = tmp_path / "s"
     _store_with_runs(path, "keep", "drop", "broken")
     (path / "runs" / "broken" / "zarr.json").write_text("not json")
-    monkeypatch.setattr("sys.stdin", open(os.devnull))                   # not a terminal: nobody to ask
+    monkeypatch.setattr("sys.stdin", open(os.devnull))  # not a terminal: nobody to ask
     rc, _, err = _cli(capsys, "delete", "drop", "--store", path)
     assert rc == 2 and "--yes" in _one_line_error(err)
-    assert "drop" in RunStore(path, mode="r").run_ids()                  # nothing lost
+    assert "drop" in RunStore(path, mode="r").run_ids()  # nothing lost
     rc, _, err = _cli(capsys, "delete", "dorp", "--store", path, "--yes")
     assert rc == 2 and "did you mean drop" in _one_line_error(err)
     for run_id in ("drop", "broken"):
@@ -226,10 +291,12 @@ def test_runs_stale_lists_runs_running_without_a_live_writer(tmp_path, capsys):
     its id gave contradictory advice, and no command deleted it."""
     path = tmp_path / "s"
     store = _store_with_runs(path, "done")
-    code = (f"import json, sys; from dema_lab.store import RunStore; "
-            f"RunStore({str(path)!r}, mode='a').create_run('killed', json.loads(sys.argv[1]), {{}})")
+    code = (
+        f"import json, sys; from dema_lab.store import RunStore; "
+        f"RunStore({str(path)!r}, mode='a').create_run('killed', json.loads(sys.argv[1]), {{}})"
+    )
     config = json.dumps(asdict(TrainConfig(run_id="killed")))
-    subprocess.run([sys.executable, "-c", code, config], check=True, timeout=300)   # the process dies, "running"
+    subprocess.run([sys.executable, "-c", code, config], check=True, timeout=300)  # the process dies, "running"
     store.create_run("alive", asdict(TrainConfig(run_id="alive")), {})
     live = store.run("alive").claim()
     try:
@@ -256,12 +323,16 @@ def _as_unprivileged():
     if os.geteuid() != 0:
         return []
     if shutil.which("unshare") and subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode == 0:
-        return ["unshare", "-U"]                   # a user namespace: uid nobody, no override of permissions
+        return ["unshare", "-U"]  # a user namespace: uid nobody, no override of permissions
     return None
 
 
-COMMANDS_THAT_WRITE = [["train", "--run_id", "new", "--steps", "2"], ["ablate", "done", "--method", "mixer-zeros"],
-                       ["delete", "done", "--yes"], ["demo", "--no-serve", "--no-sweep"]]
+COMMANDS_THAT_WRITE = [
+    ["train", "--run_id", "new", "--steps", "2"],
+    ["ablate", "done", "--method", "mixer-zeros"],
+    ["delete", "done", "--yes"],
+    ["demo", "--no-serve", "--no-sweep"],
+]
 
 
 def test_a_read_only_store_is_one_line_not_a_traceback():
@@ -278,15 +349,18 @@ def test_a_read_only_store_is_one_line_not_a_traceback():
             for name in dirs + files + [""]:
                 p = os.path.join(root, name)
                 os.chmod(p, stat.S_IMODE(os.stat(p).st_mode) & ~0o222 | 0o444 | (0o111 if os.path.isdir(p) else 0))
-        code = ("import contextlib, io, json, sys; from dema_lab.cli import main\n"
-                "for argv in json.loads(sys.argv[1]):\n"
-                "    err = io.StringIO()\n"
-                "    with contextlib.redirect_stderr(err):\n"
-                "        rc = main(argv)\n"
-                "    print(json.dumps([rc, err.getvalue()]))\n")
+        code = (
+            "import contextlib, io, json, sys; from dema_lab.cli import main\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        rc = main(argv)\n"
+            "    print(json.dumps([rc, err.getvalue()]))\n"
+        )
         argvs = [argv + ["--store", path] for argv in COMMANDS_THAT_WRITE]
-        proc = subprocess.run(prefix + [sys.executable, "-c", code, json.dumps(argvs)], capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            prefix + [sys.executable, "-c", code, json.dumps(argvs)], capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr
         results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
         assert len(results) == len(argvs), proc.stdout
@@ -306,6 +380,7 @@ def test_a_directory_given_as_a_checkpoint_is_one_line(tmp_path, capsys):
     rc, _, err = _cli(capsys, "import", tmp_path, "--dataset", "hopper-medium", "--out", tmp_path / "x.safetensors")
     assert rc == 2 and "not a file" in _one_line_error(err)
     from dema_lab.cli import error_line
+
     try:
         open(tmp_path, "rb")
     except IsADirectoryError as e:
@@ -320,10 +395,19 @@ def test_a_killed_run_without_checkpoint_is_deleted_and_trained_again(tiny_confi
 
     from dema_lab.train import ensure_trained
 
-    cfg = dataclasses.replace(tiny_config, steps=2, eval_modes=["transformer"], render_size=0, decay_windows=0,
-                              eval_targets=[3600.0], run_id="restart")
-    code = (f"import json, sys; from dema_lab.store import RunStore; "
-            f"RunStore({cfg.store!r}, mode='a').create_run('restart', json.loads(sys.argv[1]), {{}})")
+    cfg = dataclasses.replace(
+        tiny_config,
+        steps=2,
+        eval_modes=["transformer"],
+        render_size=0,
+        decay_windows=0,
+        eval_targets=[3600.0],
+        run_id="restart",
+    )
+    code = (
+        f"import json, sys; from dema_lab.store import RunStore; "
+        f"RunStore({cfg.store!r}, mode='a').create_run('restart', json.loads(sys.argv[1]), {{}})"
+    )
     subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], check=True, timeout=300)
     assert RunStore(cfg.store, mode="r").stale_runs() == ["restart"]
     run, what = ensure_trained(cfg, progress=False, log=lambda *a: None)

@@ -41,7 +41,7 @@ def _run(cache_dir):
 def test_second_process_loads_the_kernels_from_the_cache(tmp_path):
     first, err1 = _run(tmp_path)
     assert first["misses"] == {"forward": 1, "backward": 1}, first
-    assert err1.count(COMPILE_MESSAGE) == 1, err1          # said once, though two kernels compiled
+    assert err1.count(COMPILE_MESSAGE) == 1, err1  # said once, though two kernels compiled
     assert any(p.suffix == ".nbi" for p in tmp_path.rglob("*")), "no numba cache index written"
 
     second, err2 = _run(tmp_path)

@@ -20,6 +20,21 @@ from .explorer import AttentionExplorer
 from .live import LiveRollout, RolloutWorker
 from .study import StudyReport
 
-__all__ = ["AttentionExplorer", "AttentionReplayer", "EmptyStorePage", "EpisodeData", "LiveRollout",
-           "RolloutWorker", "RunInfo", "SequenceComparison", "StoreIndex", "StudyReport", "attention_app",
-           "compare_app", "live_app", "runs_table", "serve", "study_app"]
+__all__ = [
+    "AttentionExplorer",
+    "AttentionReplayer",
+    "EmptyStorePage",
+    "EpisodeData",
+    "LiveRollout",
+    "RolloutWorker",
+    "RunInfo",
+    "SequenceComparison",
+    "StoreIndex",
+    "StudyReport",
+    "attention_app",
+    "compare_app",
+    "live_app",
+    "runs_table",
+    "serve",
+    "study_app",
+]

@@ -39,9 +39,10 @@ def pin_local_resources() -> None:
 
     doc = pn.state.curdoc
     if doc is None or doc.session_context is None:
-        return                       # a notebook or a script: Panel's own resource handling applies
+        return  # a notebook or a script: Panel's own resource handling applies
     rel = pn.state.rel_path
     doc._template_variables.setdefault("dist_url", f"{rel}/{LOCAL_DIST}" if rel else LOCAL_DIST)
+
 
 PRESENTATION_CSS = """
 body, .bk-root, .markdown, .bk-input, .bk-btn, label { font-size: 21px !important; }
@@ -99,7 +100,7 @@ def checkpoint_limit(megabytes) -> int:
     return int(mb * 2**20)
 
 
-URL_SKIP = ("name", "status", "message", "revision", "checkpoint_file")   # never read from or written to a URL
+URL_SKIP = ("name", "status", "message", "revision", "checkpoint_file")  # never read from or written to a URL
 
 
 def _url_args() -> dict:
@@ -122,7 +123,7 @@ def _from_url(p: param.Parameter, name: str, text: str):
         raise ValueError(f"URL setting {name}={text!r} is not a number") from None
     if isinstance(p, param.Selector):
         names = getattr(p, "names", None) or {}
-        for o in p.objects:                     # choices that are numbers: a checkpoint, a layer
+        for o in p.objects:  # choices that are numbers: a checkpoint, a layer
             if str(o) == text:
                 return o
         return names.get(text, text)
@@ -145,16 +146,20 @@ def url_settings(cls: type[param.Parameterized]) -> dict:
             continue
         value = _from_url(p, name, values[0].decode())
         if value is not None:
-            out[name] = value                # out-of-range values fail in the component, naming the parameter
+            out[name] = value  # out-of-range values fail in the component, naming the parameter
     return out
 
 
 def url_parameters(obj: param.Parameterized) -> list[str]:
     """The parameters of a view that its URL carries, in declaration order (which is the order
     in which they depend on each other: run before checkpoint before episode before step)."""
-    return [n for n, p in obj.param.objects("existing").items()
-            if n not in URL_SKIP and (p.precedence is None or p.precedence >= 0)
-            and isinstance(p, (param.Selector, param.Number, param.Boolean, param.String))]
+    return [
+        n
+        for n, p in obj.param.objects("existing").items()
+        if n not in URL_SKIP
+        and (p.precedence is None or p.precedence >= 0)
+        and isinstance(p, (param.Selector, param.Number, param.Boolean, param.String))
+    ]
 
 
 def sync_url(obj: param.Parameterized, apply: bool = False) -> list[str]:
@@ -187,7 +192,7 @@ def sync_url(obj: param.Parameterized, apply: bool = False) -> list[str]:
         loc.update_query(**{n: _to_url(getattr(obj, n)) for n in names if getattr(obj, n) is not None})
 
     obj.param.watch(push, names)
-    pn.state.onload(push_all)                  # once the browser has sent its own URL: the whole state
+    pn.state.onload(push_all)  # once the browser has sent its own URL: the whole state
     return problems
 
 
@@ -204,8 +209,8 @@ def stop_with_parent():
         import ctypes
         import signal
 
-        prctl, sigterm = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGTERM)   # resolved before the fork
-        return lambda: prctl(1, sigterm)                      # PR_SET_PDEATHSIG
+        prctl, sigterm = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGTERM)  # resolved before the fork
+        return lambda: prctl(1, sigterm)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return None
 
@@ -260,9 +265,16 @@ class DemoJob(param.Parameterized):
         cmd = [sys.executable, "-m", "dema_lab.cli", "demo", "--no-serve", "--store", self.path]
         tail = []
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    env={**os.environ, "TQDM_DISABLE": "1"}, preexec_fn=stop_with_parent())
-            atexit.register(proc.terminate)       # the server stopping stops the training
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                env={**os.environ, "TQDM_DISABLE": "1"},
+                preexec_fn=stop_with_parent(),
+            )
+            atexit.register(proc.terminate)  # the server stopping stops the training
             for line in proc.stdout:
                 tail = (tail + [line.rstrip()])[-5:]
                 m = re.search(r"\[demo\s+(\d+)%\] (.*)", line.split("\r")[-1].strip())
@@ -304,8 +316,14 @@ class DemoProgress(pn.viewable.Viewer):
     def __init__(self, job: DemoJob, on_update=None, **params):
         super().__init__(**params)
         self.job, self.on_update = job, on_update
-        self._bar = pn.indicators.Progress(value=0, max=1000, sizing_mode="stretch_width", visible=False,
-                                           bar_color="primary", css_classes=["dema-demo-progress"])
+        self._bar = pn.indicators.Progress(
+            value=0,
+            max=1000,
+            sizing_mode="stretch_width",
+            visible=False,
+            bar_color="primary",
+            css_classes=["dema-demo-progress"],
+        )
         self._status = pn.pane.Markdown("", css_classes=["dema-demo-status"], sizing_mode="stretch_width")
         self._cb = None
 
@@ -351,8 +369,9 @@ class EmptyStorePage(pn.viewable.Viewer):
         self.store = store
         self.job = DemoJob.for_store(store)
         self.on_ready = on_ready
-        self._button = pn.widgets.Button(name="Start the demo run", button_type="primary",
-                                         css_classes=["dema-demo-button"], width=260, height=48)
+        self._button = pn.widgets.Button(
+            name="Start the demo run", button_type="primary", css_classes=["dema-demo-button"], width=260, height=48
+        )
         self._button.on_click(lambda *_: self.start())
         self._progress = DemoProgress(self.job, on_update=self._updated)
         if self.job.running:
@@ -371,7 +390,7 @@ class EmptyStorePage(pn.viewable.Viewer):
         if job.error:
             self._button.disabled, self._button.name = False, "Try again"
         if runs:
-            self._progress.stop()               # the explorer, taking over, shows its own
+            self._progress.stop()  # the explorer, taking over, shows its own
             if self.on_ready is not None:
                 self.on_ready()
 
@@ -390,8 +409,13 @@ The dashboards read runs from the store at `{path}`. Create one:
   (see `dema-lab train --help`), then reload this page.
 * **Another store:** `panel serve dashboards/attention.py --address 127.0.0.1 --args --store PATH`, or set `DEMA_LAB_STORE`.
 """
-        return pn.Column(pn.pane.Markdown(text, sizing_mode="stretch_width", css_classes=["dema-empty-store"]),
-                         self._button, self._progress, sizing_mode="stretch_width", max_width=1000)
+        return pn.Column(
+            pn.pane.Markdown(text, sizing_mode="stretch_width", css_classes=["dema-empty-store"]),
+            self._button,
+            self._progress,
+            sizing_mode="stretch_width",
+            max_width=1000,
+        )
 
 
 # ---------------------------------------------------------------------- templates
@@ -399,8 +423,12 @@ def _template(title: str, main, sidebar=None, presentation: bool = False):
     # Bootstrap: its resources are bundled with Panel (the Fast design always pulls a web font),
     # so the pages work offline
     tmpl = pn.template.BootstrapTemplate(
-        title=title, sidebar=[sidebar] if sidebar is not None else [], main=[main],
-        header_background="#1f3b57", collapsed_sidebar=False, sidebar_width=310,
+        title=title,
+        sidebar=[sidebar] if sidebar is not None else [],
+        main=[main],
+        header_background="#1f3b57",
+        collapsed_sidebar=False,
+        sidebar_width=310,
     )
     if presentation:
         tmpl.config.raw_css.append(PRESENTATION_CSS)
@@ -413,8 +441,9 @@ def _guarded(build, title: str):
     try:
         return build()
     except Exception as e:  # noqa: BLE001
-        return pn.pane.Alert(f"**{title} cannot be shown:** {friendly_error(e)}", alert_type="danger",
-                             sizing_mode="stretch_width")
+        return pn.pane.Alert(
+            f"**{title} cannot be shown:** {friendly_error(e)}", alert_type="danger", sizing_mode="stretch_width"
+        )
 
 
 def attention_app(store: str | None = None, presentation: bool | None = None, live: dict | None = None):
@@ -447,17 +476,20 @@ def attention_app(store: str | None = None, presentation: bool | None = None, li
         state["explorer"] = explorer
         tabs = pn.Tabs(
             ("Attention explorer", explorer.views()),
-            ("Sequence length", _guarded(lambda: SequenceComparison(index, presentation=presentation).views(),
-                                         "The comparison")),
+            (
+                "Sequence length",
+                _guarded(lambda: SequenceComparison(index, presentation=presentation).views(), "The comparison"),
+            ),
             ("Live rollout", _guarded(lambda: _live_tab(index, presentation, live), "Live rollouts")),
             ("Study report", _guarded(lambda: _study_tab(index, presentation), "The study report")),
-            dynamic=True, sizing_mode="stretch_width",
+            dynamic=True,
+            sizing_mode="stretch_width",
         )
         controls = explorer.controls()
         tabs.param.watch(lambda e: setattr(controls, "visible", e.new == 0), "active")
         sidebar[:] = [controls]
         main[:] = [tabs]
-        if demo.running:                    # the demo goes on training: its progress above the tabs
+        if demo.running:  # the demo goes on training: its progress above the tabs
             progress = DemoProgress(demo)
             main.insert(0, progress)
             progress.watch()
@@ -475,8 +507,11 @@ def attention_app(store: str | None = None, presentation: bool | None = None, li
         else:
             show_explorer()
     except Exception as e:  # noqa: BLE001 - a store that is not one, unreadable, ...
-        main[:] = [pn.pane.Alert(f"**The store cannot be opened:** {friendly_error(e)}", alert_type="danger",
-                                 sizing_mode="stretch_width")]
+        main[:] = [
+            pn.pane.Alert(
+                f"**The store cannot be opened:** {friendly_error(e)}", alert_type="danger", sizing_mode="stretch_width"
+            )
+        ]
     return tmpl
 
 
@@ -495,15 +530,16 @@ def _study_tab(index, presentation):
 
 def _keep_refreshing(explorer, demo: DemoJob):
     """While the demo trains, pick up its new runs and episodes every few seconds."""
+
     def tick():
         explorer.refresh()
         if not demo.running and cb is not None:
             cb.stop()
+
     cb = pn.state.add_periodic_callback(tick, period=5000)
 
 
-def _component_app(component: str, title: str, failure: str, store: str | None, presentation: bool | None,
-                   **options):
+def _component_app(component: str, title: str, failure: str, store: str | None, presentation: bool | None, **options):
     """A page of one component (controls in the sidebar, views in the main area); a component that
     cannot be built becomes a message naming why. `options` go to the component."""
     from .compare import SequenceComparison
@@ -539,8 +575,16 @@ def study_app(store: str | None = None, presentation: bool | None = None):
     return _component_app("study", "study report", "The study report cannot be built", store, presentation)
 
 
-def serve(store: str = "store", port: int = 5006, address: str = "127.0.0.1", show: bool = False,
-          presentation: bool = False, checkpoint_dirs=(), max_checkpoint_bytes: int | None = None, **kwargs):
+def serve(
+    store: str = "store",
+    port: int = 5006,
+    address: str = "127.0.0.1",
+    show: bool = False,
+    presentation: bool = False,
+    checkpoint_dirs=(),
+    max_checkpoint_bytes: int | None = None,
+    **kwargs,
+):
     """Serve the apps (/attention, /compare, /live, /study) on `address` (127.0.0.1 by default).
     The live page reads checkpoint files only under the store and `checkpoint_dirs`, at most
     `max_checkpoint_bytes` each (default 1 GiB). Blocks until interrupted; kwargs go to pn.serve
@@ -549,7 +593,7 @@ def serve(store: str = "store", port: int = 5006, address: str = "127.0.0.1", sh
     live = {"checkpoint_dirs": list(checkpoint_dirs)}
     if max_checkpoint_bytes is not None:
         live["max_checkpoint_bytes"] = int(max_checkpoint_bytes)
-    presentation = presentation or None         # --presentation forces it on, else ?presentation=1 decides
+    presentation = presentation or None  # --presentation forces it on, else ?presentation=1 decides
     apps = {
         "attention": lambda: attention_app(store, presentation, live),
         "compare": lambda: compare_app(store, presentation),
@@ -557,10 +601,10 @@ def serve(store: str = "store", port: int = 5006, address: str = "127.0.0.1", sh
         "study": lambda: study_app(store, presentation),
     }
     kwargs.setdefault("websocket_origin", [f"{address}:{port}", f"localhost:{port}"])
-    kwargs.setdefault("index", str(Path(__file__).with_name("index.html")))   # offline, unlike Panel's
+    kwargs.setdefault("index", str(Path(__file__).with_name("index.html")))  # offline, unlike Panel's
     try:
         return pn.serve(apps, port=port, address=address, show=show, title="dema-lab", **kwargs)
-    except OSError as e:                       # taken between the check and the bind
+    except OSError as e:  # taken between the check and the bind
         raise ValueError(_port_message(address, port, e)) from None
 
 
@@ -568,8 +612,10 @@ def _port_message(address: str, port: int, e: OSError) -> str:
     import errno
 
     if e.errno == errno.EADDRINUSE:
-        return (f"port {port} on {address} is in use (another dema-lab serve?): stop what listens there, "
-                f"or pick another port with --port")
+        return (
+            f"port {port} on {address} is in use (another dema-lab serve?): stop what listens there, "
+            f"or pick another port with --port"
+        )
     return f"cannot listen on {address}:{port} ({e.strerror or e}): give a local address with --address"
 
 
@@ -587,11 +633,11 @@ def check_port(address: str, port) -> None:
     for family, kind, proto, _, addr in infos:
         try:
             with socket.socket(family, kind, proto) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)        # as Tornado binds
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Tornado binds
                 s.bind(addr)
         except OSError as e:
             import errno
 
-            if e.errno == errno.EADDRNOTAVAIL and addr[0] == "::1":        # no IPv6 here: Tornado skips it too
+            if e.errno == errno.EADDRNOTAVAIL and addr[0] == "::1":  # no IPv6 here: Tornado skips it too
                 continue
             raise ValueError(_port_message(address, port, e)) from None

@@ -1,9 +1,9 @@
 """Sequence-length comparison: runs that differ in K (and layout, timestep embedding, DeMa vs DT).
 
-    runs_table(index)            one row per readable run (pandas DataFrame) and the unreadable ones
-    SequenceComparison(store)    score (last and best checkpoint, dema_lab.scoring), parameters /
-                                 MACs, training time, decay curves and half-life against K, one
-                                 line per family of runs
+runs_table(index)            one row per readable run (pandas DataFrame) and the unreadable ones
+SequenceComparison(store)    score (last and best checkpoint, dema_lab.scoring), parameters /
+                             MACs, training time, decay curves and half-life against K, one
+                             line per family of runs
 """
 
 from __future__ import annotations
@@ -45,18 +45,48 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
             metrics = run.train_metrics()
             sps = float(np.nanmedian(metrics["steps_per_second"].values)) if "steps_per_second" in metrics else np.nan
             macs = prov.get("step_macs", {}) or {}
-            rows.append(dict(
-                run=run_id, family=family_label(cfg.get("arch", ""), cfg.get("layout", ""),
-                                                prov.get("timestep_embedding", cfg.get("timestep_embedding"))), K=int(cfg.get("K", 0)), arch=cfg.get("arch", ""),
-                layout=cfg.get("layout", ""), status=info.status, steps=info.steps_done,
-                last_score=scores["last"], best_score=scores["best"], parameters=float(prov.get("parameters", np.nan)),
-                forward_macs=float(prov.get("forward_macs", np.nan)),
-                step_macs=float(macs.get(mode, next(iter(macs.values()), np.nan)) if macs else np.nan),
-                train_seconds=info.wall_seconds, steps_per_second=sps, half_life_steps=half))
+            rows.append(
+                dict(
+                    run=run_id,
+                    family=family_label(
+                        cfg.get("arch", ""),
+                        cfg.get("layout", ""),
+                        prov.get("timestep_embedding", cfg.get("timestep_embedding")),
+                    ),
+                    K=int(cfg.get("K", 0)),
+                    arch=cfg.get("arch", ""),
+                    layout=cfg.get("layout", ""),
+                    status=info.status,
+                    steps=info.steps_done,
+                    last_score=scores["last"],
+                    best_score=scores["best"],
+                    parameters=float(prov.get("parameters", np.nan)),
+                    forward_macs=float(prov.get("forward_macs", np.nan)),
+                    step_macs=float(macs.get(mode, next(iter(macs.values()), np.nan)) if macs else np.nan),
+                    train_seconds=info.wall_seconds,
+                    steps_per_second=sps,
+                    half_life_steps=half,
+                )
+            )
         except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
             bad[run_id] = friendly_error(e)
-    cols = ["run", "family", "K", "arch", "layout", "status", "steps", "last_score", "best_score", "parameters",
-            "forward_macs", "step_macs", "train_seconds", "steps_per_second", "half_life_steps"]
+    cols = [
+        "run",
+        "family",
+        "K",
+        "arch",
+        "layout",
+        "status",
+        "steps",
+        "last_score",
+        "best_score",
+        "parameters",
+        "forward_macs",
+        "step_macs",
+        "train_seconds",
+        "steps_per_second",
+        "half_life_steps",
+    ]
     return pd.DataFrame(rows, columns=cols).sort_values(["family", "K"]).reset_index(drop=True), bad
 
 
@@ -69,8 +99,9 @@ def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = F
         c = PALETTE[i % len(PALETTE)]
         layers.append(hv.Curve(part, "K", (y, ylabel), label=fam).opts(color=c))
         layers.append(hv.Scatter(part, "K", [(y, ylabel), "run"], label=fam).opts(color=c, size=9, tools=["hover"]))
-    return hv.Overlay(layers).opts(title=title, width=width, height=height, logy=logy, show_grid=True,
-                                   legend_position="top_left", toolbar="above")
+    return hv.Overlay(layers).opts(
+        title=title, width=width, height=height, logy=logy, show_grid=True, legend_position="top_left", toolbar="above"
+    )
 
 
 def _score_by_family(df: pd.DataFrame, title: str, width=430, height=300):
@@ -87,11 +118,17 @@ def _score_by_family(df: pd.DataFrame, title: str, width=430, height=300):
                 continue
             label = f"{fam} · {m}"
             layers.append(hv.Curve(p, "K", ("score", "normalized score"), label=label).opts(color=c, line_dash=dash))
-            layers.append(hv.Scatter(p, "K", [("score", "normalized score"), "run"], label=label)
-                          .opts(color=c, size=9 if m == "last" else 6, tools=["hover"],
-                                marker="circle" if m == "last" else "triangle"))
-    return hv.Overlay(layers).opts(title=title, width=width, height=height, show_grid=True,
-                                   legend_position="top_left", toolbar="above")
+            layers.append(
+                hv.Scatter(p, "K", [("score", "normalized score"), "run"], label=label).opts(
+                    color=c,
+                    size=9 if m == "last" else 6,
+                    tools=["hover"],
+                    marker="circle" if m == "last" else "triangle",
+                )
+            )
+    return hv.Overlay(layers).opts(
+        title=title, width=width, height=height, show_grid=True, legend_position="top_left", toolbar="above"
+    )
 
 
 class SequenceComparison(pn.viewable.Viewer):
@@ -141,8 +178,9 @@ class SequenceComparison(pn.viewable.Viewer):
         """Normalized score against K per family: the last checkpoint (solid) and the best
         (dashed), side by side."""
         w, h = self._size()
-        return _score_by_family(self.table, f"Normalized score vs K ({self.mode}; last solid, best dashed)",
-                                width=w, height=h)
+        return _score_by_family(
+            self.table, f"Normalized score vs K ({self.mode}; last solid, best dashed)", width=w, height=h
+        )
 
     @param.depends("runs")
     def parameters_plot(self):
@@ -152,8 +190,15 @@ class SequenceComparison(pn.viewable.Viewer):
     @param.depends("runs", "mode")
     def macs_plot(self):
         w, h = self._size()
-        return _by_family(self.table, "step_macs", "MACs per env step", f"MACs per step vs K ({self.mode})",
-                          logy=True, width=w, height=h)
+        return _by_family(
+            self.table,
+            "step_macs",
+            "MACs per env step",
+            f"MACs per step vs K ({self.mode})",
+            logy=True,
+            width=w,
+            height=h,
+        )
 
     @param.depends("runs", "mode")
     def cost_plot(self):
@@ -166,10 +211,14 @@ class SequenceComparison(pn.viewable.Viewer):
         df = self.table
         if df.empty:
             return hv.Bars([], "run", "train_seconds").opts(title="Training time (no runs)", width=w, height=h)
-        bars = hv.Bars(df.assign(label=[f"{r} (K={k})" for r, k in zip(df.run, df.K)]), "label",
-                       [("train_seconds", "training time (s)"), "steps_per_second", "steps"])
-        return bars.opts(title="Training time", width=w, height=h, xrotation=30, tools=["hover"], color=PALETTE[0],
-                         xlabel="run")
+        bars = hv.Bars(
+            df.assign(label=[f"{r} (K={k})" for r, k in zip(df.run, df.K)]),
+            "label",
+            [("train_seconds", "training time (s)"), "steps_per_second", "steps"],
+        )
+        return bars.opts(
+            title="Training time", width=w, height=h, xrotation=30, tools=["hover"], color=PALETTE[0], xlabel="run"
+        )
 
     @param.depends("runs", "layer", "query_kind")
     def decay_plot(self):
@@ -187,31 +236,54 @@ class SequenceComparison(pn.viewable.Viewer):
                 m = m.mean("layer") if self.layer == "mean" else m.sel(layer=self.layer)
                 x = d["lag_steps"].values if "lag_steps" in d.coords else d["lag"].values
                 ok = np.isfinite(m.values) & (m.values > 0)
-                layers.append(hv.Curve((x[ok], m.values[ok]), ("lag_steps", "lag (env steps)"),
-                                       ("mass", "attention mass"), label=r).opts(color=PALETTE[i % len(PALETTE)]))
+                layers.append(
+                    hv.Curve(
+                        (x[ok], m.values[ok]), ("lag_steps", "lag (env steps)"), ("mass", "attention mass"), label=r
+                    ).opts(color=PALETTE[i % len(PALETTE)])
+                )
             except Exception as e:  # noqa: BLE001
                 self.bad[r] = friendly_error(e)
         if not layers:
             return hv.Curve([], "lag_steps", "mass").opts(title="Decay curves (none logged yet)", width=w, height=h)
-        return hv.Overlay(layers).opts(title=f"Attention by lag ({self.query_kind}, layer {self.layer})",
-                                       logy=True, width=w, height=h, legend_position="top_right", show_grid=True,
-                                       toolbar="above")
+        return hv.Overlay(layers).opts(
+            title=f"Attention by lag ({self.query_kind}, layer {self.layer})",
+            logy=True,
+            width=w,
+            height=h,
+            legend_position="top_right",
+            show_grid=True,
+            toolbar="above",
+        )
 
     @param.depends("runs")
     def half_life_plot(self):
         w, h = self._size()
-        return _by_family(self.table, "half_life_steps", "half-life (env steps)", "Half-life of attention vs K",
-                          width=w, height=h)
+        return _by_family(
+            self.table, "half_life_steps", "half-life (env steps)", "Half-life of attention vs K", width=w, height=h
+        )
 
     @param.depends("runs", "mode")
     def table_view(self):
         df = self.table.copy()
         # the score columns say how they are made (dema_lab.scoring), in their titles
-        titles = {"last_score": "last score (final checkpoint)",
-                  "best_score": "best score (each target's best checkpoint)"}
-        return pn.widgets.Tabulator(df, show_index=False, disabled=True, sizing_mode="stretch_width", height=220,
-                                    formatters={}, titles=titles, layout="fit_data_table") if not df.empty else \
-            pn.pane.Markdown("No readable runs in this store yet.")
+        titles = {
+            "last_score": "last score (final checkpoint)",
+            "best_score": "best score (each target's best checkpoint)",
+        }
+        return (
+            pn.widgets.Tabulator(
+                df,
+                show_index=False,
+                disabled=True,
+                sizing_mode="stretch_width",
+                height=220,
+                formatters={},
+                titles=titles,
+                layout="fit_data_table",
+            )
+            if not df.empty
+            else pn.pane.Markdown("No readable runs in this store yet.")
+        )
 
     def controls(self):
         w = pn.widgets
@@ -222,17 +294,29 @@ class SequenceComparison(pn.viewable.Viewer):
             w.RadioButtonGroup.from_param(self.param.mode, button_type="primary", button_style="outline"),
             w.Select.from_param(self.param.layer, name="Decay curves: layer"),
             w.Select.from_param(self.param.query_kind, name="Decay curves: query tokens"),
-            refresh, sizing_mode="stretch_width")
+            refresh,
+            sizing_mode="stretch_width",
+        )
 
     def views(self):
         """Six plots, three to a row (two in presentation mode: larger), then the runs table. Plain
         Rows: a pn.FlexBox leaves Bokeh figures unrendered."""
-        alert = pn.pane.Alert(self.param.message, alert_type="warning", visible=self.param.message.rx.bool(),
-                              sizing_mode="stretch_width")
-        plots = [pn.pane.HoloViews(p) for p in (self.score_plot, self.half_life_plot, self.decay_plot,
-                                                self.parameters_plot, self.macs_plot, self.time_plot)]
+        alert = pn.pane.Alert(
+            self.param.message, alert_type="warning", visible=self.param.message.rx.bool(), sizing_mode="stretch_width"
+        )
+        plots = [
+            pn.pane.HoloViews(p)
+            for p in (
+                self.score_plot,
+                self.half_life_plot,
+                self.decay_plot,
+                self.parameters_plot,
+                self.macs_plot,
+                self.time_plot,
+            )
+        ]
         n = 2 if self.presentation else 3
-        rows = [pn.Row(*plots[i:i + n]) for i in range(0, len(plots), n)]
+        rows = [pn.Row(*plots[i : i + n]) for i in range(0, len(plots), n)]
         return pn.Column(alert, *rows, self.table_view, sizing_mode="stretch_width")
 
     def __panel__(self):

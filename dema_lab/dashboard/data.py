@@ -86,7 +86,7 @@ class EpisodeData:
     key_label: list[str]
     query_kind: list[str]
     tokens_per_step: int
-    dataset: object = field(repr=False, default=None)     # the lazily opened xarray Dataset
+    dataset: object = field(repr=False, default=None)  # the lazily opened xarray Dataset
 
     @property
     def n_steps(self) -> int:
@@ -105,7 +105,7 @@ class StoreIndex:
         self._lock = threading.RLock()
         self._episodes: OrderedDict = OrderedDict()
         self._models: OrderedDict = OrderedDict()
-        self._paper: OrderedDict = OrderedDict()         # (run_id, checkpoint) -> paper's display
+        self._paper: OrderedDict = OrderedDict()  # (run_id, checkpoint) -> paper's display
         self._max_episodes, self._max_models = max_episodes, max_models
         self.errors: dict[str, str] = {}
         self.unreadable: dict[str, str] = {}
@@ -138,9 +138,16 @@ class StoreIndex:
             run = self.open().run(run_id)
             attrs = run.attrs
             episodes = [EpisodeRef.parse(n) for n in run.rollouts()]
-            info = RunInfo(run_id, dict(attrs.get("config", {})), dict(attrs.get("provenance", {})),
-                           str(attrs.get("status", "")), int(attrs.get("steps_done", 0) or 0),
-                           float(attrs.get("wall_seconds", 0.0) or 0.0), run.checkpoints(), episodes)
+            info = RunInfo(
+                run_id,
+                dict(attrs.get("config", {})),
+                dict(attrs.get("provenance", {})),
+                str(attrs.get("status", "")),
+                int(attrs.get("steps_done", 0) or 0),
+                float(attrs.get("wall_seconds", 0.0) or 0.0),
+                run.checkpoints(),
+                episodes,
+            )
         except StoreError as e:
             self.errors[run_id] = str(e)
             raise
@@ -226,8 +233,10 @@ class StoreIndex:
         try:
             ds = run.open("paper_attention", name).load()
         except Exception as e:  # noqa: BLE001
-            raise StoreError(f"the paper's attention display of checkpoint {step} of run {run_id} cannot be "
-                             f"read: {friendly_error(e)}") from None
+            raise StoreError(
+                f"the paper's attention display of checkpoint {step} of run {run_id} cannot be "
+                f"read: {friendly_error(e)}"
+            ) from None
         ds = ds.isel(checkpoint=0, drop=True) if "checkpoint" in ds.dims else ds
         with self._lock:
             cache[key] = ds
@@ -243,12 +252,21 @@ def _load_episode(run_id: str, name: str, ds) -> EpisodeData:
     q_kind = [str(x) for x in ds["query_kind"].values] if "query_kind" in ds.coords else []
     tps = 3 if q_kind and q_kind[0] in ("R", "s", "a") else 1
     return EpisodeData(
-        run_id=run_id, name=name, attrs=dict(ds.attrs),
+        run_id=run_id,
+        name=name,
+        attrs=dict(ds.attrs),
         frames=np.ascontiguousarray(ds["frames"].values) if "frames" in ds else None,
-        reward=ds["reward"].values.astype(np.float64), return_to_go=ds["return_to_go"].values.astype(np.float64),
-        action=ds["action"].values, attention=ds["attention"].values if has_att else None,
+        reward=ds["reward"].values.astype(np.float64),
+        return_to_go=ds["return_to_go"].values.astype(np.float64),
+        action=ds["action"].values,
+        attention=ds["attention"].values if has_att else None,
         by_lag=ds["attention_by_lag"].values if has_att else None,
-        query_label=q_label, key_label=k_label, query_kind=q_kind, tokens_per_step=tps, dataset=ds)
+        query_label=q_label,
+        key_label=k_label,
+        query_kind=q_kind,
+        tokens_per_step=tps,
+        dataset=ds,
+    )
 
 
 class AttentionReplayer:
@@ -276,8 +294,14 @@ class AttentionReplayer:
         from ..models import Policy
 
         ck = self.ck
-        policy = Policy(ck.model, self.mode, ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy(),
-                        float(ck.meta.get("rtg_scale", 1000.0)), attention="abs")
+        policy = Policy(
+            ck.model,
+            self.mode,
+            ck.extra["state_mean"].numpy(),
+            ck.extra["state_std"].numpy(),
+            float(ck.meta.get("rtg_scale", 1000.0)),
+            attention="abs",
+        )
         policy.reset(float(self.episode.attrs["target"]))
         return policy
 
@@ -296,7 +320,7 @@ class AttentionReplayer:
                 policy = self._new_policy()
                 policy.replay_to(*record, step)
                 return policy.channel_attention()
-            if self._policy is None or self._t > step:     # RNN-like: from the nearest snapshot
+            if self._policy is None or self._t > step:  # RNN-like: from the nearest snapshot
                 start = max([s for s in self._snapshots if s <= step], default=None)
                 if start is None:
                     self._policy, self._t = self._new_policy(), -1

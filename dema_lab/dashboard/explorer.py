@@ -44,7 +44,10 @@ from .views import (
 )
 
 AGGREGATION_LABELS = {
-    "minmax (stored)": "minmax", "abs (mean |α|)": "abs", "mean (signed)": "mean", "one channel": "channel",
+    "minmax (stored)": "minmax",
+    "abs (mean |α|)": "abs",
+    "mean (signed)": "mean",
+    "one channel": "channel",
 }
 MEAN_LAYERS = -1
 
@@ -54,10 +57,18 @@ MEAN_LAYERS = -1
 # Bokeh figure inside a pn.FlexBox (ReactiveHTML) is never laid out (an empty canvas) and the page
 # never reports itself ready to Panel, which then drops held updates (the step text stood still).
 SIZES = {
-    False: dict(frame=300, heatmap=340, lag=(420, 330), lag_width=(360, 720), traces=260, paper=(420, 300),
-                paper_width=(300, 600)),
-    True: dict(frame=380, heatmap=380, lag=(540, 320), lag_width=None, traces=320, paper=(480, 340),
-               paper_width=(300, 700)),
+    False: dict(
+        frame=300,
+        heatmap=340,
+        lag=(420, 330),
+        lag_width=(360, 720),
+        traces=260,
+        paper=(420, 300),
+        paper_width=(300, 600),
+    ),
+    True: dict(
+        frame=380, heatmap=380, lag=(540, 320), lag_width=None, traces=320, paper=(480, 340), paper_width=(300, 700)
+    ),
 }
 
 
@@ -80,8 +91,11 @@ class AttentionExplorer(pn.viewable.Viewer):
     checkpoint = param.Selector(objects=[], doc="checkpoint (training step) of the recorded episodes")
     episode = param.Selector(objects=[], doc="recorded episode (inference mode, target, episode)")
     layer = param.Selector(objects=[], doc="model layer, or the mean over layers")
-    aggregation = param.Selector(objects=list(AGGREGATION_LABELS.values()), default="minmax",
-                                 doc="how the channels of the hidden attention are aggregated")
+    aggregation = param.Selector(
+        objects=list(AGGREGATION_LABELS.values()),
+        default="minmax",
+        doc="how the channels of the hidden attention are aggregated",
+    )
     channel = param.Integer(default=0, bounds=(0, None), doc="channel shown when aggregation is 'channel'")
     query = param.Selector(objects=["s0"], default="s0", doc="query token whose attention by lag is shown")
     step = param.Integer(default=0, bounds=(0, 0), doc="env step of the episode")
@@ -97,7 +111,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._matrix_key = None
         self._matrix = None
         self.run_errors: dict[str, str] = {}
-        self._first_episode = "step" not in params      # open mid-episode unless a step is asked for
+        self._first_episode = "step" not in params  # open mid-episode unless a step is asked for
         super().__init__(**params)
         self._probe_div = Div(text="", css_classes=["dema-probe"], styles={"display": "none"})
         self._probe = pn.pane.Bokeh(self._probe_div, width=0, height=0, margin=0)
@@ -126,7 +140,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         self.param.run.objects = list(names.values())
         self.param.run.names = names
         if current in infos and current in usable:
-            self._on_run()          # same run: pick up new checkpoints / episodes
+            self._on_run()  # same run: pick up new checkpoints / episodes
         elif usable:
             self.run = featured_run({r: infos[r].config for r in usable}, {r for r in usable if infos[r].episodes})
         else:
@@ -152,9 +166,11 @@ class AttentionExplorer(pn.viewable.Viewer):
         self.param.checkpoint.objects = ckpts
         if not ckpts:
             self._ep = None
-            self._set_message(f"Run **{info.run_id}** has no recorded episodes yet (status {info.status}, "
-                              f"{info.steps_done} of {info.config.get('steps', '?')} training steps); episodes "
-                              f"are recorded at each evaluation.")
+            self._set_message(
+                f"Run **{info.run_id}** has no recorded episodes yet (status {info.status}, "
+                f"{info.steps_done} of {info.config.get('steps', '?')} training steps); episodes "
+                f"are recorded at each evaluation."
+            )
             self._bump()
             return
         if self.checkpoint in ckpts:
@@ -169,10 +185,15 @@ class AttentionExplorer(pn.viewable.Viewer):
             return
         eps = [e for e in info.episodes if e.checkpoint == self.checkpoint]
         targets = info.provenance.get("eval_targets", [])
+
         def label(e):
             t = targets[e.target_index] if e.target_index < len(targets) else f"t{e.target_index}"
-            return f"{e.mode} · target {t:g} · episode {e.episode}" if isinstance(t, (int, float)) else \
-                f"{e.mode} · {t} · episode {e.episode}"
+            return (
+                f"{e.mode} · target {t:g} · episode {e.episode}"
+                if isinstance(t, (int, float))
+                else f"{e.mode} · {t} · episode {e.episode}"
+            )
+
         names = {label(e): e.name for e in eps}
         self.param.episode.names = names
         self.param.episode.objects = [e.name for e in eps]
@@ -252,7 +273,7 @@ class AttentionExplorer(pn.viewable.Viewer):
             rep = self._replayers.get(key)
             if rep is None:
                 rep = AttentionReplayer(self.index.checkpoint(ep.run_id, ckpt), ep)
-                self._replayers = {key: rep}        # one episode at a time
+                self._replayers = {key: rep}  # one episode at a time
             att = rep.attention(step, self.aggregation, self.channel)
         except Exception as e:  # noqa: BLE001 - shown as a message
             self.message = f"Cannot recompute the attention with {self.aggregation!r}: {friendly_error(e)}"
@@ -275,9 +296,14 @@ class AttentionExplorer(pn.viewable.Viewer):
             return attention_view(None, [], [], title="no attention recorded")
         agg = self.aggregation if self.aggregation != "channel" else f"channel {self.channel}"
         layer = "mean of layers" if self.layer == MEAN_LAYERS else f"layer {self.layer}"
-        return attention_view(m, ep.key_label, ep.query_label, title=f"Hidden attention · {layer} · {agg}",
-                              signed=self.aggregation in ("mean", "channel"),
-                              size=self._size("heatmap"))
+        return attention_view(
+            m,
+            ep.key_label,
+            ep.query_label,
+            title=f"Hidden attention · {layer} · {agg}",
+            signed=self.aggregation in ("mean", "channel"),
+            size=self._size("heatmap"),
+        )
 
     @param.depends("step", "revision", "layer", "aggregation", "channel", "query")
     def lag(self):
@@ -288,8 +314,9 @@ class AttentionExplorer(pn.viewable.Viewer):
             return lag_view(np.full(3, np.nan), 1, title="no attention recorded", width=w, height=h)
         q = ep.query_label.index(self.query) if self.query in ep.query_label else len(ep.query_label) - 1
         mass = lag_profile_of(m, q)
-        return lag_view(mass, ep.tokens_per_step, title=f"{self.query} by lag", reference=self._reference(q),
-                        width=w, height=h)
+        return lag_view(
+            mass, ep.tokens_per_step, title=f"{self.query} by lag", reference=self._reference(q), width=w, height=h
+        )
 
     def _reference(self, q: int):
         """The checkpoint's dataset-average lag profile for this layer and query kind, if logged."""
@@ -343,8 +370,9 @@ class AttentionExplorer(pn.viewable.Viewer):
         w, h = self._size("paper")
         if d is None:
             return paper_surface_view(None, [], title="Paper's method: none for this checkpoint", width=w, height=h)
-        return paper_surface_view(d["surface"], d["decision_steps"], d["lag_labels"],
-                                  title=self._paper_title(""), width=w, height=h)
+        return paper_surface_view(
+            d["surface"], d["decision_steps"], d["lag_labels"], title=self._paper_title(""), width=w, height=h
+        )
 
     @param.depends("revision", "layer")
     def paper_curve(self):
@@ -362,18 +390,24 @@ class AttentionExplorer(pn.viewable.Viewer):
         w, h = self._size("paper")
         if d is None:
             return kind_lag_view({}, {}, title="Paper's method: none for this checkpoint", width=w, height=h)
-        return kind_lag_view(d["by_kind"], d["kind_fits"], title="By key kind (lags in env steps)", width=w,
-                             height=h)
+        return kind_lag_view(d["by_kind"], d["kind_fits"], title="By key kind (lags in env steps)", width=w, height=h)
 
     def _paper_note(self) -> str:
-        missing = "" if self.paper_data() is not None else (
-            " *This checkpoint has none: its Transformer-like episodes end before step 20, or the store predates "
-            "it (`dema_lab.analysis.publish_paper_attention(run, checkpoint)` adds it).*")
-        return (f"**The paper's attention display**, per decision step and lag (left), its curve with an exponential "
-                f"fit (middle) and the fits by key kind, lags in env steps (right). Method: {PAPER_METHOD}."
-                f"{missing}<br>"
-                f"The lag plot above is dema-lab's own: the current step's row normalised to sum 1 (solid), and the "
-                f"dataset average (dotted) by {DEMA_LAB_METHOD.removeprefix('dema-lab: ')}.")
+        missing = (
+            ""
+            if self.paper_data() is not None
+            else (
+                " *This checkpoint has none: its Transformer-like episodes end before step 20, or the store predates "
+                "it (`dema_lab.analysis.publish_paper_attention(run, checkpoint)` adds it).*"
+            )
+        )
+        return (
+            f"**The paper's attention display**, per decision step and lag (left), its curve with an exponential "
+            f"fit (middle) and the fits by key kind, lags in env steps (right). Method: {PAPER_METHOD}."
+            f"{missing}<br>"
+            f"The lag plot above is dema-lab's own: the current step's row normalised to sum 1 (solid), and the "
+            f"dataset average (dotted) by {DEMA_LAB_METHOD.removeprefix('dema-lab: ')}."
+        )
 
     @param.depends("step", "revision")
     def traces(self):
@@ -391,15 +425,22 @@ class AttentionExplorer(pn.viewable.Viewer):
     def _update_probe(self):
         ep = self._ep
         frame = None if ep is None or ep.frames is None else ep.frames[min(self.step, ep.n_steps - 1)]
-        self._probe_div.text = (f'<span data-run="{self.run}" data-episode="{self.episode}" data-step="{self.step}" '
-                              f'data-frame="{_crc(frame)}" data-heatmap="{_crc(self.matrix())}"></span>')
+        self._probe_div.text = (
+            f'<span data-run="{self.run}" data-episode="{self.episode}" data-step="{self.step}" '
+            f'data-frame="{_crc(frame)}" data-heatmap="{_crc(self.matrix())}"></span>'
+        )
 
     def state(self) -> dict:
         """What the views show now (step, frame and attention checksums), for tests and benchmarks."""
         ep = self._ep
         frame = None if ep is None or ep.frames is None else ep.frames[min(self.step, ep.n_steps - 1)]
-        return {"run": self.run, "episode": self.episode, "step": self.step, "frame": _crc(frame),
-                "heatmap": _crc(self.matrix())}
+        return {
+            "run": self.run,
+            "episode": self.episode,
+            "step": self.step,
+            "frame": _crc(frame),
+            "heatmap": _crc(self.matrix()),
+        }
 
     # ------------------------------------------------------------------ served views
     # The methods above return HoloViews objects (notebooks, exports, tests). The served layout
@@ -412,10 +453,11 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._spans[id(fig)] = fig.select_one({"type": Span})
         if stretch:
             fig.sizing_mode = "stretch_width"
-        if width is not None:            # stretched between these widths
+        if width is not None:  # stretched between these widths
             fig.update(sizing_mode="stretch_width", min_width=width[0], max_width=width[1])
         if tap is not None:
             from bokeh.events import Tap
+
             fig.on_event(Tap, tap)
         return fig
 
@@ -425,11 +467,16 @@ class AttentionExplorer(pn.viewable.Viewer):
             "frame": pn.pane.Bokeh(self._render(self.frame())),
             "heatmap": pn.pane.Bokeh(self._render(self.heatmap(), tap=self._on_tap_heatmap)),
             "lag": pn.pane.Bokeh(self._render(self.lag(), width=self._size("lag_width"))),
-            "traces": pn.pane.Bokeh(self._render(self.traces(), tap=self._on_tap_trace, stretch=True),
-                                    sizing_mode="stretch_width"),
+            "traces": pn.pane.Bokeh(
+                self._render(self.traces(), tap=self._on_tap_trace, stretch=True), sizing_mode="stretch_width"
+            ),
         }
-        self._info_div = Div(text=self._info_text(), styles={"font-size": "1.05em"}, sizing_mode="stretch_width",
-                             css_classes=["dema-step-info"])
+        self._info_div = Div(
+            text=self._info_text(),
+            styles={"font-size": "1.05em"},
+            sizing_mode="stretch_width",
+            css_classes=["dema-step-info"],
+        )
         self._info_pane = pn.pane.Bokeh(self._info_div, sizing_mode="stretch_width", margin=(0, 10))
         self._panes.update(
             paper_surface=pn.pane.Bokeh(self._render(self.paper_surface(), width=self._size("paper_width"))),
@@ -506,12 +553,16 @@ class AttentionExplorer(pn.viewable.Viewer):
         act = ", ".join(f"{a:+.2f}" for a in ep.action[t])
         a = ep.attrs
         score = a.get("normalized_score")
-        head = (f"<b>{ep.run_id}</b> · checkpoint {a.get('checkpoint', self.checkpoint)} · {a.get('mode', '')} · "
-                f"target {a.get('target', float('nan')):g} · return {a.get('return', float('nan')):.0f}"
-                + (f" (normalized {score:.1f})" if isinstance(score, (int, float)) else "")
-                + f" · {ep.n_steps} steps")
-        now = (f"step <b>{t}</b> · reward {ep.reward[t]:.2f} · return-to-go {ep.return_to_go[t]:.0f} · "
-               f"return so far {ep.reward[:t + 1].sum():.0f} · action [{act}]")
+        head = (
+            f"<b>{ep.run_id}</b> · checkpoint {a.get('checkpoint', self.checkpoint)} · {a.get('mode', '')} · "
+            f"target {a.get('target', float('nan')):g} · return {a.get('return', float('nan')):.0f}"
+            + (f" (normalized {score:.1f})" if isinstance(score, (int, float)) else "")
+            + f" · {ep.n_steps} steps"
+        )
+        now = (
+            f"step <b>{t}</b> · reward {ep.reward[t]:.2f} · return-to-go {ep.return_to_go[t]:.0f} · "
+            f"return so far {ep.reward[: t + 1].sum():.0f} · action [{act}]"
+        )
         return f"{head}<br>{now}"
 
     def episode_video(self):
@@ -529,32 +580,54 @@ class AttentionExplorer(pn.viewable.Viewer):
     def controls(self) -> pn.Column:
         """The selection widgets, slider and player (a sidebar in the app)."""
         w = pn.widgets
-        slider = w.IntSlider.from_param(self.param.step, name="Step", sizing_mode="stretch_width",
-                                        css_classes=["dema-step-slider"])
-        player = w.Player.from_param(self.param.step, interval=120, loop_policy="once", name="Play",
-                                     show_loop_controls=False, sizing_mode="stretch_width", scale_buttons=0.9,
-                                     css_classes=["dema-player"])
-        channel = w.IntInput.from_param(self.param.channel, name="Channel",
-                                        visible=self.param.aggregation.rx() == "channel")
+        slider = w.IntSlider.from_param(
+            self.param.step, name="Step", sizing_mode="stretch_width", css_classes=["dema-step-slider"]
+        )
+        player = w.Player.from_param(
+            self.param.step,
+            interval=120,
+            loop_policy="once",
+            name="Play",
+            show_loop_controls=False,
+            sizing_mode="stretch_width",
+            scale_buttons=0.9,
+            css_classes=["dema-player"],
+        )
+        channel = w.IntInput.from_param(
+            self.param.channel, name="Channel", visible=self.param.aggregation.rx() == "channel"
+        )
         refresh = w.Button(name="Reload store", button_type="light")
         refresh.on_click(lambda *_: self.refresh())
-        video = w.FileDownload(callback=self.episode_video, label="Download the episode (mp4)", embed=False,
-                               filename=self.param.episode.rx().rx.pipe(lambda e: f"{self.run}-{e}.mp4"),
-                               visible=self.param.revision.rx().rx.pipe(
-                                   lambda _: self._ep is not None and self._ep.frames is not None),
-                               sizing_mode="stretch_width", css_classes=["dema-video"])
+        video = w.FileDownload(
+            callback=self.episode_video,
+            label="Download the episode (mp4)",
+            embed=False,
+            filename=self.param.episode.rx().rx.pipe(lambda e: f"{self.run}-{e}.mp4"),
+            visible=self.param.revision.rx().rx.pipe(lambda _: self._ep is not None and self._ep.frames is not None),
+            sizing_mode="stretch_width",
+            css_classes=["dema-video"],
+        )
         return pn.Column(
             w.Select.from_param(self.param.run, name="Run"),
             w.Select.from_param(self.param.checkpoint, name="Checkpoint"),
             w.Select.from_param(self.param.episode, name="Episode"),
             w.Select.from_param(self.param.layer, name="Layer"),
             pn.pane.Markdown("Channel aggregation", margin=(5, 10, 0, 10)),
-            w.RadioButtonGroup.from_param(self.param.aggregation, options=AGGREGATION_LABELS, button_type="primary",
-                                          button_style="outline", sizing_mode="stretch_width",
-                                          orientation="vertical"),
+            w.RadioButtonGroup.from_param(
+                self.param.aggregation,
+                options=AGGREGATION_LABELS,
+                button_type="primary",
+                button_style="outline",
+                sizing_mode="stretch_width",
+                orientation="vertical",
+            ),
             channel,
             w.Select.from_param(self.param.query, name="Lag profile of token"),
-            slider, player, refresh, video, self._probe,
+            slider,
+            player,
+            refresh,
+            video,
+            self._probe,
             sizing_mode="stretch_width",
         )
 
@@ -564,14 +637,17 @@ class AttentionExplorer(pn.viewable.Viewer):
             self._build_panes()
         self._update_probe()
         p = self._panes
-        alert = pn.pane.Alert(self.param.message, alert_type="warning", visible=self.param.message.rx.bool(),
-                              sizing_mode="stretch_width")
+        alert = pn.pane.Alert(
+            self.param.message, alert_type="warning", visible=self.param.message.rx.bool(), sizing_mode="stretch_width"
+        )
         if self.presentation:
             plots = [pn.Row(p["frame"], p["heatmap"]), pn.Row(p["lag"], p["traces"], sizing_mode="stretch_width")]
         else:
             plots = [pn.Row(p["frame"], p["heatmap"], p["lag"], sizing_mode="stretch_width"), p["traces"]]
-        paper = [p["paper_note"], pn.Row(p["paper_surface"], p["paper_curve"], p["paper_kinds"],
-                                         sizing_mode="stretch_width")]
+        paper = [
+            p["paper_note"],
+            pn.Row(p["paper_surface"], p["paper_curve"], p["paper_kinds"], sizing_mode="stretch_width"),
+        ]
         return pn.Column(alert, self._info_pane, *plots, *paper, sizing_mode="stretch_width")
 
     def __panel__(self):

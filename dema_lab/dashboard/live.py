@@ -33,7 +33,7 @@ from .views import PALETTE, attention_clim, attention_view, frame_view, rgba
 
 log = logging.getLogger(__name__)
 if log.level == logging.NOTSET:
-    log.setLevel(logging.INFO)       # `panel serve` leaves the root logger at WARNING; sessions are news
+    log.setLevel(logging.INFO)  # `panel serve` leaves the root logger at WARNING; sessions are news
 
 # Checkpoints are read and built here, off the server's event loop (every visitor's page), two at a
 # time at most in the process: many visitors starting at once queue instead of multiplying memory.
@@ -43,12 +43,27 @@ _LOADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dema-live-load")
 class RolloutWorker(threading.Thread):
     """One episode in its own thread: make the env, act, render, keep every StepRecord."""
 
-    def __init__(self, checkpoint, env: str, target: float, mode: str, aggregation: str | None, seed: int = 0,
-                 render_size: int = 256, max_steps: int | None = None, fps: float = 30.0):
+    def __init__(
+        self,
+        checkpoint,
+        env: str,
+        target: float,
+        mode: str,
+        aggregation: str | None,
+        seed: int = 0,
+        render_size: int = 256,
+        max_steps: int | None = None,
+        fps: float = 30.0,
+    ):
         super().__init__(daemon=True, name=f"dema-live-{env}")
         self.ck, self.env_name, self.target, self.mode = checkpoint, env, float(target), mode
-        self.aggregation, self.seed, self.render_size, self.max_steps, self.fps = aggregation, seed, render_size, \
-            max_steps, fps
+        self.aggregation, self.seed, self.render_size, self.max_steps, self.fps = (
+            aggregation,
+            seed,
+            render_size,
+            max_steps,
+            fps,
+        )
         self.records: list = []
         self.error: str = ""
         self.done = False
@@ -66,8 +81,9 @@ class RolloutWorker(threading.Thread):
         try:
             ck = self.ck
             mean, std = ck.state_normalization()
-            policy = Policy(ck.model, self.mode, mean, std, float(ck.meta.get("rtg_scale", 1000.0)),
-                            attention=self.aggregation)
+            policy = Policy(
+                ck.model, self.mode, mean, std, float(ck.meta.get("rtg_scale", 1000.0)), attention=self.aggregation
+            )
             env = make_env(self.env_name, render_size=self.render_size)
             steps = rollout_steps(policy, env, self.target, self.seed, render=True, max_steps=self.max_steps)
             last = time.perf_counter()
@@ -116,8 +132,9 @@ class LiveRollout(pn.viewable.Viewer):
     env = param.Selector(objects=known_envs(), default="hopper", doc="environment")
     target = param.Number(default=3600.0, doc="target return (return-to-go at the start)")
     mode = param.Selector(objects=["transformer", "rnn"], default="transformer", doc="inference mode")
-    aggregation = param.Selector(objects=["minmax", "abs", "mean"], default="minmax",
-                                 doc="channel aggregation of the streamed attention")
+    aggregation = param.Selector(
+        objects=["minmax", "abs", "mean"], default="minmax", doc="channel aggregation of the streamed attention"
+    )
     layer = param.Integer(default=0, bounds=(0, None), doc="layer of the attention shown")
     seed = param.Integer(default=0, doc="env seed")
     fps = param.Number(default=30.0, bounds=(1, 240), doc="at most this many env steps a second")
@@ -125,8 +142,15 @@ class LiveRollout(pn.viewable.Viewer):
     status = param.String(default="idle")
     message = param.String(default="")
 
-    def __init__(self, store="store", presentation: bool = False, render_size: int = 256, checkpoint_dirs=(),
-                 max_checkpoint_bytes: int = DEFAULT_MAX_BYTES, **params):
+    def __init__(
+        self,
+        store="store",
+        presentation: bool = False,
+        render_size: int = 256,
+        checkpoint_dirs=(),
+        max_checkpoint_bytes: int = DEFAULT_MAX_BYTES,
+        **params,
+    ):
         """checkpoint_dirs: where the file field may read besides the store (`serve --checkpoint-dir`);
         max_checkpoint_bytes: the largest file it reads."""
         self.index = store if isinstance(store, StoreIndex) else StoreIndex(store)
@@ -134,7 +158,7 @@ class LiveRollout(pn.viewable.Viewer):
         self.render_size = render_size
         self.allowed = allowed_roots(self.index.path, checkpoint_dirs)
         self.max_checkpoint_bytes = int(max_checkpoint_bytes)
-        self._pending = None           # the load start_async waits for (a newer click supersedes it)
+        self._pending = None  # the load start_async waits for (a newer click supersedes it)
         self._closed = False
         self.worker: RolloutWorker | None = None
         self._shown = 0
@@ -149,13 +173,18 @@ class LiveRollout(pn.viewable.Viewer):
 
     def _session_closed(self, session_context):
         """The browser session is gone: stop its rollout, close its env, say so in the server log."""
-        self._closed = True            # a load still in flight starts nothing
+        self._closed = True  # a load still in flight starts nothing
         w = self.worker
         running = w is not None and not w.done
         self.stop()
         if w is not None:
-            log.info("session %s closed: its live rollout %s after %d steps; env closed: %s",
-                     getattr(session_context, "id", "?"), "stopped" if running else "had ended", len(w.records), w.env_closed)
+            log.info(
+                "session %s closed: its live rollout %s after %d steps; env closed: %s",
+                getattr(session_context, "id", "?"),
+                "stopped" if running else "had ended",
+                len(w.records),
+                w.env_closed,
+            )
 
     # ------------------------------------------------------------------ choices
     def refresh(self):
@@ -207,7 +236,7 @@ class LiveRollout(pn.viewable.Viewer):
             step = int(step)
             # a fresh model per rollout: sessions never share a model's buffers across threads
             ck = load_checkpoint(self.index.run(run_id).checkpoint_bytes(step), map_location="cpu")
-        ck.state_normalization()                    # acting needs it: say so now, not in the worker
+        ck.state_normalization()  # acting needs it: say so now, not in the worker
         if self.mode == "rnn" and ck.config.arch != "dema":
             raise ValueError("RNN-like inference needs a DeMa checkpoint; a DT runs Transformer-like only")
         return ck, run_id, step
@@ -232,7 +261,7 @@ class LiveRollout(pn.viewable.Viewer):
         token = self._pending = object()
         self.message, self.status = "", "loading the checkpoint…"
         loaded = await asyncio.wrap_future(_LOADS.submit(self._try_load))
-        if self._pending is not token or self._closed:     # clicked again meanwhile, or the tab is gone
+        if self._pending is not token or self._closed:  # clicked again meanwhile, or the tab is gone
             return
         self._pending = None
         self._begin(loaded)
@@ -248,8 +277,16 @@ class LiveRollout(pn.viewable.Viewer):
         self._source = (run_id, step, ck)
         self.param.layer.bounds = (0, ck.config.n_layer - 1)
         self.layer = min(self.layer, ck.config.n_layer - 1)
-        self.worker = RolloutWorker(ck, self.env, self.target, self.mode, self.aggregation, seed=self.seed,
-                                    render_size=self.render_size, fps=self.fps)
+        self.worker = RolloutWorker(
+            ck,
+            self.env,
+            self.target,
+            self.mode,
+            self.aggregation,
+            seed=self.seed,
+            render_size=self.render_size,
+            fps=self.fps,
+        )
         self._shown = 0
         self._reset_figures()
         self.worker.start()
@@ -303,9 +340,20 @@ class LiveRollout(pn.viewable.Viewer):
             self.message = "Rollouts of a checkpoint file are not saved: choose a checkpoint from the store."
             return
         try:
-            name = save_rollout(self.index.path, run_id, step, w.records, ck.config, attrs={
-                "target": self.target, "seed": self.seed, "mode": self.mode, "aggregation": self.aggregation,
-                "env": self.env})
+            name = save_rollout(
+                self.index.path,
+                run_id,
+                step,
+                w.records,
+                ck.config,
+                attrs={
+                    "target": self.target,
+                    "seed": self.seed,
+                    "mode": self.mode,
+                    "aggregation": self.aggregation,
+                    "env": self.env,
+                },
+            )
         except StoreError as e:
             self.message = f"Not saved: {friendly_error(e)}"
             return
@@ -320,7 +368,7 @@ class LiveRollout(pn.viewable.Viewer):
         from bokeh.models import DataRange1d
 
         fig = hv.render(element, backend="bokeh")
-        if stretch:          # streaming traces: ranges follow the data as it arrives
+        if stretch:  # streaming traces: ranges follow the data as it arrives
             fig.sizing_mode = "stretch_width"
             fig.x_range = DataRange1d()
             if follow_y:
@@ -337,17 +385,27 @@ class LiveRollout(pn.viewable.Viewer):
 
     def _return_element(self):
         e = np.zeros(0)
-        return (hv.Curve((e, e), "step", ("value", "return"), label="return so far").opts(color=PALETTE[2])
-                * hv.Curve((e, e), "step", ("value", "return"), label="return-to-go").opts(color=PALETTE[0])).opts(
-            title="Return", responsive=True, height=250, legend_position="top_left", show_grid=True,
-            toolbar=None)
+        return (
+            hv.Curve((e, e), "step", ("value", "return"), label="return so far").opts(color=PALETTE[2])
+            * hv.Curve((e, e), "step", ("value", "return"), label="return-to-go").opts(color=PALETTE[0])
+        ).opts(title="Return", responsive=True, height=250, legend_position="top_left", show_grid=True, toolbar=None)
 
     def _action_element(self, act_dim: int):
         e = np.zeros(0)
-        return hv.Overlay([hv.Curve((e, e), "step", ("action", "action"), label=f"a[{i}]").opts(
-            color=PALETTE[i % len(PALETTE)]) for i in range(act_dim)]).opts(
-            title="Actions", responsive=True, height=250, legend_position="top_left", show_grid=True, toolbar=None,
-            ylim=(-1.05, 1.05))
+        return hv.Overlay(
+            [
+                hv.Curve((e, e), "step", ("action", "action"), label=f"a[{i}]").opts(color=PALETTE[i % len(PALETTE)])
+                for i in range(act_dim)
+            ]
+        ).opts(
+            title="Actions",
+            responsive=True,
+            height=250,
+            legend_position="top_left",
+            show_grid=True,
+            toolbar=None,
+            ylim=(-1.05, 1.05),
+        )
 
     def _reset_figures(self):
         from ..analysis import token_labels
@@ -359,11 +417,18 @@ class LiveRollout(pn.viewable.Viewer):
         L = len(labels)
         with hold():
             size = 420 if self.presentation else 320
-            self._frame.object = self._figure(frame_view(np.zeros((self.render_size, self.render_size, 3), np.uint8),
-                                                         title="step 0", size=size))
-            self._heat.object = self._figure(attention_view(np.full((L, L), np.nan), labels, labels,
-                                                            title=f"Hidden attention · layer {self.layer} · "
-                                                                  f"{self.aggregation}", size=size))
+            self._frame.object = self._figure(
+                frame_view(np.zeros((self.render_size, self.render_size, 3), np.uint8), title="step 0", size=size)
+            )
+            self._heat.object = self._figure(
+                attention_view(
+                    np.full((L, L), np.nan),
+                    labels,
+                    labels,
+                    title=f"Hidden attention · layer {self.layer} · {self.aggregation}",
+                    size=size,
+                )
+            )
             self._ret.object = self._figure(self._return_element(), stretch=True)
             self._act.object = self._figure(self._action_element(cfg.act_dim), stretch=True, follow_y=False)
 
@@ -376,7 +441,7 @@ class LiveRollout(pn.viewable.Viewer):
             return
         n = len(w.records)
         if n > self._shown:
-            new = w.records[self._shown:n]
+            new = w.records[self._shown : n]
             rec = new[-1]
             with hold():
                 fig = self._frame.object
@@ -391,15 +456,16 @@ class LiveRollout(pn.viewable.Viewer):
                     lo, hi = attention_clim(m, self.aggregation == "mean")
                     g.glyph.color_mapper.update(low=lo, high=hi)
                 steps = [r.t for r in new]
-                before = sum(r.reward for r in w.records[:self._shown])
+                before = sum(r.reward for r in w.records[: self._shown])
                 got = before + np.cumsum([r.reward for r in new])
                 rs = self._ret.object.renderers
                 self._stream(rs[0], steps, got)
                 self._stream(rs[1], steps, [r.return_to_go for r in new])
                 for i, r in enumerate(self._act.object.renderers):
                     self._stream(r, steps, [float(x.action[i]) for x in new])
-                self._probe_div.text = (f'<span data-step="{rec.t}" data-frame="{_crc(rec.frame)}" '
-                                        f'data-return="{got[-1]:.3f}"></span>')
+                self._probe_div.text = (
+                    f'<span data-step="{rec.t}" data-frame="{_crc(rec.frame)}" data-return="{got[-1]:.3f}"></span>'
+                )
             self._shown = n
             if self.status.startswith("running"):
                 self.status = f"running · step {rec.t} · return {got[-1]:.0f}"
@@ -422,13 +488,16 @@ class LiveRollout(pn.viewable.Viewer):
         start = w.Button(name="Start", button_type="success", css_classes=["dema-live-start"])
         pause = w.Button(name="Pause / resume", button_type="warning", css_classes=["dema-live-pause"])
         stop = w.Button(name="Stop", button_type="danger", css_classes=["dema-live-stop"])
-        start.on_click(self.start_async)             # a coroutine: Panel awaits it on the server's loop
+        start.on_click(self.start_async)  # a coroutine: Panel awaits it on the server's loop
         pause.on_click(lambda *_: self.pause())
         stop.on_click(lambda *_: self.stop())
         return pn.Column(
             w.Select.from_param(self.param.checkpoint, name="Checkpoint"),
-            w.TextInput.from_param(self.param.checkpoint_file, name="…or a .safetensors file",
-                                   placeholder="/path/to/checkpoint.safetensors"),
+            w.TextInput.from_param(
+                self.param.checkpoint_file,
+                name="…or a .safetensors file",
+                placeholder="/path/to/checkpoint.safetensors",
+            ),
             w.Select.from_param(self.param.env, name="Environment"),
             w.FloatInput.from_param(self.param.target, name="Target return", step=100),
             w.RadioButtonGroup.from_param(self.param.mode, button_type="primary", button_style="outline"),
@@ -437,16 +506,25 @@ class LiveRollout(pn.viewable.Viewer):
             w.IntInput.from_param(self.param.seed, name="Seed"),
             w.FloatSlider.from_param(self.param.fps, name="Max steps per second"),
             w.Checkbox.from_param(self.param.save, name="Save the rollout to the run"),
-            pn.Row(start, pause, stop), sizing_mode="stretch_width")
+            pn.Row(start, pause, stop),
+            sizing_mode="stretch_width",
+        )
 
     def views(self):
-        alert = pn.pane.Alert(self.param.message, alert_type="warning", visible=self.param.message.rx.bool(),
-                              sizing_mode="stretch_width")
-        status = pn.pane.Markdown(self.param.status.rx.pipe(lambda s: f"**Status:** {s}"),
-                                  css_classes=["dema-live-status"])
-        return pn.Column(alert, status, pn.Row(self._frame, self._heat),
-                         pn.Row(self._ret, self._act, sizing_mode="stretch_width"),
-                         pn.pane.Bokeh(self._probe_div, width=0, height=0, margin=0), sizing_mode="stretch_width")
+        alert = pn.pane.Alert(
+            self.param.message, alert_type="warning", visible=self.param.message.rx.bool(), sizing_mode="stretch_width"
+        )
+        status = pn.pane.Markdown(
+            self.param.status.rx.pipe(lambda s: f"**Status:** {s}"), css_classes=["dema-live-status"]
+        )
+        return pn.Column(
+            alert,
+            status,
+            pn.Row(self._frame, self._heat),
+            pn.Row(self._ret, self._act, sizing_mode="stretch_width"),
+            pn.pane.Bokeh(self._probe_div, width=0, height=0, margin=0),
+            sizing_mode="stretch_width",
+        )
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

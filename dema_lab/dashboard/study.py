@@ -20,8 +20,13 @@ from ..report import Report, build_report, sweep_names
 from .data import StoreIndex, friendly_error
 
 ALL_RUNS = "(all finished runs)"
-VERDICT_COLOURS = {"holds": "#1a7f37", "holds (no significant difference)": "#1a7f37",
-                   "does not hold": "#b42318", "inconclusive": "#9a6700", "not measured": "#57606a"}
+VERDICT_COLOURS = {
+    "holds": "#1a7f37",
+    "holds (no significant difference)": "#1a7f37",
+    "does not hold": "#b42318",
+    "inconclusive": "#9a6700",
+    "not measured": "#57606a",
+}
 
 
 def _findings_html(rep: Report) -> str:
@@ -29,12 +34,16 @@ def _findings_html(rep: Report) -> str:
     rows = []
     for finding, verdict, evidence in rep.findings:
         colour = VERDICT_COLOURS.get(verdict, "#57606a")
-        rows.append(f"<tr><td>{html.escape(finding)}</td>"
-                    f"<td style='color:{colour};font-weight:600;white-space:nowrap'>{html.escape(verdict)}</td>"
-                    f"<td>{html.escape(evidence)}</td></tr>")
-    return ("<table class='dema-findings' style='border-collapse:collapse;width:100%'>"
-            "<thead><tr><th style='text-align:left'>paper's finding</th><th style='text-align:left'>on this data</th>"
-            "<th style='text-align:left'>evidence</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+        rows.append(
+            f"<tr><td>{html.escape(finding)}</td>"
+            f"<td style='color:{colour};font-weight:600;white-space:nowrap'>{html.escape(verdict)}</td>"
+            f"<td>{html.escape(evidence)}</td></tr>"
+        )
+    return (
+        "<table class='dema-findings' style='border-collapse:collapse;width:100%'>"
+        "<thead><tr><th style='text-align:left'>paper's finding</th><th style='text-align:left'>on this data</th>"
+        "<th style='text-align:left'>evidence</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
 
 
 def _flat(table: pd.DataFrame) -> pd.DataFrame:
@@ -48,8 +57,11 @@ class StudyReport(pn.viewable.Viewer):
     """The paper's study on the runs of one sweep (`dema-lab sweep`)."""
 
     sweep = param.Selector(objects=[ALL_RUNS], default=ALL_RUNS, doc="the sweep whose finished runs are reported")
-    latency = param.Boolean(default=True, label="Measure latency per step", doc="measure latency per env step (loads each run's last checkpoint "
-                                              "once per server process)")
+    latency = param.Boolean(
+        default=True,
+        label="Measure latency per step",
+        doc="measure latency per env step (loads each run's last checkpoint once per server process)",
+    )
     message = param.String(default="")
 
     def __init__(self, store="store", presentation: bool = False, **params):
@@ -76,8 +88,9 @@ class StudyReport(pn.viewable.Viewer):
     def report(self) -> Report:
         key = (self.sweep, self.latency)
         if key not in self._cache:
-            self._cache[key] = build_report(self.store, None if self.sweep == ALL_RUNS else self.sweep,
-                                            latency=self.latency)
+            self._cache[key] = build_report(
+                self.store, None if self.sweep == ALL_RUNS else self.sweep, latency=self.latency
+            )
         return self._cache[key]
 
     # ------------------------------------------------------------------ views
@@ -86,8 +99,9 @@ class StudyReport(pn.viewable.Viewer):
         try:
             rep = self.report()
         except Exception as e:  # noqa: BLE001
-            return pn.pane.Alert(f"**The report cannot be built:** {friendly_error(e)}", alert_type="danger",
-                                 sizing_mode="stretch_width")
+            return pn.pane.Alert(
+                f"**The report cannot be built:** {friendly_error(e)}", alert_type="danger", sizing_mode="stretch_width"
+            )
         n = len(rep.runs)
         what = f" of sweep **{self.sweep}**" if self.sweep != ALL_RUNS else ""
         head = f"### Which of the paper's findings hold\n{n} finished run{'s' * (n != 1)}{what} in `{self.store}`."
@@ -96,15 +110,20 @@ class StudyReport(pn.viewable.Viewer):
         if rep.skipped:
             head += "\n\n" + "\n".join(f"* Run **{r}** is left out: {why}" for r, why in rep.skipped.items())
         if not n:
-            head += ("\n\nRun a sweep first, e.g. `dema-lab sweep --name study --store "
-                     f"{self.store} --datasets hopper-medium --K 5 10 20 40`.")
-        plot = pn.pane.HoloViews(rep.score_plot(width=1000 if self.presentation else 860,
-                                                height=440 if self.presentation else 360),
-                                 css_classes=["dema-study-score"])
-        return pn.Column(pn.pane.Markdown(head, sizing_mode="stretch_width", css_classes=["dema-study-head"]),
-                         pn.pane.HTML(_findings_html(rep), sizing_mode="stretch_width",
-                                      css_classes=["dema-study-findings"]),
-                         plot, sizing_mode="stretch_width")
+            head += (
+                "\n\nRun a sweep first, e.g. `dema-lab sweep --name study --store "
+                f"{self.store} --datasets hopper-medium --K 5 10 20 40`."
+            )
+        plot = pn.pane.HoloViews(
+            rep.score_plot(width=1000 if self.presentation else 860, height=440 if self.presentation else 360),
+            css_classes=["dema-study-score"],
+        )
+        return pn.Column(
+            pn.pane.Markdown(head, sizing_mode="stretch_width", css_classes=["dema-study-head"]),
+            pn.pane.HTML(_findings_html(rep), sizing_mode="stretch_width", css_classes=["dema-study-findings"]),
+            plot,
+            sizing_mode="stretch_width",
+        )
 
     @param.depends("sweep", "latency")
     def _tables(self):
@@ -118,19 +137,30 @@ class StudyReport(pn.viewable.Viewer):
             if table.empty:
                 parts.append(pn.pane.Markdown("(no runs for this table)"))
             else:
-                parts.append(pn.pane.DataFrame(_flat(table), index=False, justify="left",
-                                               css_classes=["dema-study-table"]))
+                parts.append(
+                    pn.pane.DataFrame(_flat(table), index=False, justify="left", css_classes=["dema-study-table"])
+                )
         return pn.Column(*parts, sizing_mode="stretch_width")
 
     def controls(self):
-        return pn.Column(pn.pane.Markdown("### Study report"),
-                         pn.Param(self.param, parameters=["sweep", "latency"], show_name=False,
-                                  widgets={"sweep": {"type": pn.widgets.Select, "css_classes": ["dema-study-sweep"]}}),
-                         self._refresh, sizing_mode="stretch_width")
+        return pn.Column(
+            pn.pane.Markdown("### Study report"),
+            pn.Param(
+                self.param,
+                parameters=["sweep", "latency"],
+                show_name=False,
+                widgets={"sweep": {"type": pn.widgets.Select, "css_classes": ["dema-study-sweep"]}},
+            ),
+            self._refresh,
+            sizing_mode="stretch_width",
+        )
 
     def views(self):
-        return pn.Column(pn.panel(self._summary, loading_indicator=True),
-                         pn.panel(self._tables, loading_indicator=True), sizing_mode="stretch_width")
+        return pn.Column(
+            pn.panel(self._summary, loading_indicator=True),
+            pn.panel(self._tables, loading_indicator=True),
+            sizing_mode="stretch_width",
+        )
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

@@ -129,7 +129,10 @@ def evaluate(env, policy: LinearPolicy, seeds, horizon: int = 1000, action_noise
     (then the noise stream is seeded from ``seeds`` too, so every policy meets the same noise)."""
     rng = np.random.default_rng([int(s) for s in seeds])
     return np.array(
-        [rollout(env, policy.W, policy.mean, policy.std, s, horizon, action_noise=action_noise, rng=rng)[0] for s in seeds]
+        [
+            rollout(env, policy.W, policy.mean, policy.std, s, horizon, action_noise=action_noise, rng=rng)[0]
+            for s in seeds
+        ]
     )
 
 
@@ -264,7 +267,9 @@ def _select(e, snaps: list[_Snapshot], history, cfg: ARSConfig, name: str, log) 
     by_return = sorted(snaps, key=lambda s: -s.eval_return)
     # the expert must stay good under the action noise the datasets are collected with
     # (a HalfCheetah policy can be fast yet flip over when perturbed)
-    noisy = [(evaluate(e, s.policy, eval_seeds, cfg.horizon, noise).mean(), s) for s in by_return[: cfg.expert_candidates]]
+    noisy = [
+        (evaluate(e, s.policy, eval_seeds, cfg.horizon, noise).mean(), s) for s in by_return[: cfg.expert_candidates]
+    ]
     expert_return_noisy, expert = max(noisy, key=lambda x: x[0])
     expert_return = float(evaluate(e, expert.policy, eval_seeds, cfg.horizon).mean())
     target = expert_return / 3.0

@@ -32,8 +32,15 @@ from dema_lab.data.scores import reference_scores
 from dema_lab.data.trajectory import DatasetError
 from dema_lab.envs import ATARI_FRAME_STACK, env_spec, make_env
 
-__all__ = ["ATARI_QUALITIES", "ATARI_EPSILONS", "ATARI_POLICIES", "ATARI_BUILDER_VERSION",
-           "ATARI_DEFAULT_TRANSITIONS", "build_atari_dataset", "game_policy"]
+__all__ = [
+    "ATARI_QUALITIES",
+    "ATARI_EPSILONS",
+    "ATARI_POLICIES",
+    "ATARI_BUILDER_VERSION",
+    "ATARI_DEFAULT_TRANSITIONS",
+    "build_atari_dataset",
+    "game_policy",
+]
 
 ATARI_BUILDER_VERSION = 1
 ATARI_DEFAULT_TRANSITIONS = 50_000
@@ -65,10 +72,10 @@ def _pong(ale, memory: dict) -> int:
     if paddle is None or b is None:
         return 0
     target = b[0]
-    if prev_b is not None and b[1] > prev_b[1]:              # coming towards us: where it will cross
+    if prev_b is not None and b[1] > prev_b[1]:  # coming towards us: where it will cross
         vy, vx = b[0] - prev_b[0], b[1] - prev_b[1]
         y = (b[0] + vy * (141 - b[1]) / vx) % 320
-        target = 320 - y if y > 160 else y                    # bounced off the walls
+        target = 320 - y if y > 160 else y  # bounced off the walls
     speed = 0.0 if prev_paddle is None else paddle - prev_paddle
     d = target - (paddle - 4 + 2 * speed)
     return 3 if d > 6 else 2 if d < -6 else 0
@@ -81,9 +88,11 @@ def game_policy(env: str):
     """The behaviour policy ``(ale, memory) -> action`` of a game; a clear error for the others."""
     name = env_spec(env).name
     if name not in ATARI_POLICIES:
-        raise DatasetError(f"no embedded behaviour policy for {name!r}; embedded Atari datasets exist for "
-                           f"{', '.join(ATARI_POLICIES)} (for other games, read DQN-Replay files: "
-                           f"--dataset dqn-replay:/path/<Game>/1/replay_logs)")
+        raise DatasetError(
+            f"no embedded behaviour policy for {name!r}; embedded Atari datasets exist for "
+            f"{', '.join(ATARI_POLICIES)} (for other games, read DQN-Replay files: "
+            f"--dataset dqn-replay:/path/<Game>/1/replay_logs)"
+        )
     return ATARI_POLICIES[name]
 
 
@@ -106,8 +115,15 @@ def _episode(env, policy, epsilon: float, rng: np.random.Generator, max_steps: i
     return np.stack(frames), np.asarray(actions, np.int64), np.asarray(rewards, np.float32), bool(terminated)
 
 
-def build_atari_dataset(env: str, quality: str, out_path, seed: int = 0, transitions: int | None = None,
-                        episodes: int | None = None, progress: bool = True) -> Path:
+def build_atari_dataset(
+    env: str,
+    quality: str,
+    out_path,
+    seed: int = 0,
+    transitions: int | None = None,
+    episodes: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Collect an embedded Atari dataset and write it (see the module docstring). transitions:
     total steps (default 50k; the last episode is cut and marked as a timeout); episodes: a number
     of whole episodes instead. The same seed gives the same arrays."""
@@ -126,8 +142,9 @@ def build_atari_dataset(env: str, quality: str, out_path, seed: int = 0, transit
 
     t0 = time.perf_counter()
     e = make_env(spec.name)
-    bar = tqdm(total=budget, unit="step", desc=f"{spec.name}-{quality}", disable=not progress, leave=False,
-               mininterval=1.0)
+    bar = tqdm(
+        total=budget, unit="step", desc=f"{spec.name}-{quality}", disable=not progress, leave=False, mininterval=1.0
+    )
     parts, returns, complete, eps_used, n, k = [], [], [], [], 0, 0
     try:
         while (budget is None or n < budget) and (episodes is None or k < episodes):
@@ -155,18 +172,38 @@ def build_atari_dataset(env: str, quality: str, out_path, seed: int = 0, transit
     full = rets[np.asarray(complete)] if any(complete) else rets
     ref_min, ref_max = reference_scores(spec.d4rl_key)
     attrs = {
-        "env": spec.name, "gym_id": spec.gym_id, "quality": quality, "seed": int(seed),
-        "builder_version": ATARI_BUILDER_VERSION, "policy_digest": "",
-        "frame_stack": ATARI_FRAME_STACK, "n_actions": spec.n_actions,
-        "epsilons": json.dumps(list(epsilons)), "episode_epsilons": json.dumps(eps_used),
-        "transitions": int(len(rewards)), "episodes": int(len(rets)), "complete_episodes": int(np.sum(complete)),
-        "episode_return_mean": float(full.mean()), "episode_return_std": float(full.std()),
+        "env": spec.name,
+        "gym_id": spec.gym_id,
+        "quality": quality,
+        "seed": int(seed),
+        "builder_version": ATARI_BUILDER_VERSION,
+        "policy_digest": "",
+        "frame_stack": ATARI_FRAME_STACK,
+        "n_actions": spec.n_actions,
+        "epsilons": json.dumps(list(epsilons)),
+        "episode_epsilons": json.dumps(eps_used),
+        "transitions": int(len(rewards)),
+        "episodes": int(len(rets)),
+        "complete_episodes": int(np.sum(complete)),
+        "episode_return_mean": float(full.mean()),
+        "episode_return_std": float(full.std()),
         "normalized_score_mean": float(100 * (full.mean() - ref_min) / (ref_max - ref_min)),
-        "d4rl_key": spec.d4rl_key, "ref_min_score": ref_min, "ref_max_score": ref_max,
-        "build_seconds": float(time.perf_counter() - t0), "versions": json.dumps(_versions()),
+        "d4rl_key": spec.d4rl_key,
+        "ref_min_score": ref_min,
+        "ref_max_score": ref_max,
+        "build_seconds": float(time.perf_counter() - t0),
+        "versions": json.dumps(_versions()),
     }
-    write_d4rl(out_path, observations=frames, actions=actions[:, None].astype(np.float32), rewards=rewards,
-               terminals=term, timeouts=timeout, attrs=attrs, compression="gzip")
+    write_d4rl(
+        out_path,
+        observations=frames,
+        actions=actions[:, None].astype(np.float32),
+        rewards=rewards,
+        terminals=term,
+        timeouts=timeout,
+        attrs=attrs,
+        compression="gzip",
+    )
     return Path(out_path)
 
 

@@ -219,11 +219,12 @@ def build_dataset(
     Returns the written path.
     """
     spec = env_spec(env)
-    if spec.kind == "atari":   # epsilon-greedy game policies, frames (dema_lab.data.atari)
+    if spec.kind == "atari":  # epsilon-greedy game policies, frames (dema_lab.data.atari)
         from dema_lab.data.atari import build_atari_dataset
 
-        return build_atari_dataset(spec.name, quality, out_path, seed=seed, transitions=transitions,
-                                   episodes=episodes, progress=progress)
+        return build_atari_dataset(
+            spec.name, quality, out_path, seed=seed, transitions=transitions, episodes=episodes, progress=progress
+        )
     if quality not in QUALITIES:
         raise DatasetError(f"unknown quality {quality!r}; choose one of {', '.join(QUALITIES)}")
     if episodes is not None and episodes <= 0:
@@ -290,9 +291,7 @@ def build_dataset(
         "episode_return_mean": float(full.mean()),  # over complete episodes
         "episode_return_std": float(full.std()),
         "normalized_score_mean": float(100 * (full.mean() - ref_min) / (ref_max - ref_min)),
-        "policy_returns": json.dumps(
-            {} if ps is None else {"expert": ps.expert_return, "medium": ps.medium_return}
-        ),
+        "policy_returns": json.dumps({} if ps is None else {"expert": ps.expert_return, "medium": ps.medium_return}),
         "policy_file": "" if ps is None or ps.path is None else Path(ps.path).name,
         "policy_digest": "" if ps is None else _file_digest(ps.path),
         "d4rl_key": spec.d4rl_key,

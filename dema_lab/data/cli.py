@@ -35,11 +35,17 @@ def _build(args) -> int:
 
     allowed = qualities_for(spec.name)
     if not allowed:
-        print(f"dema-lab data build: no embedded datasets for {spec.name}; for it, read DQN-Replay files "
-              f"(--dataset dqn-replay:/path/<Game>/1/replay_logs)", file=sys.stderr)
+        print(
+            f"dema-lab data build: no embedded datasets for {spec.name}; for it, read DQN-Replay files "
+            f"(--dataset dqn-replay:/path/<Game>/1/replay_logs)",
+            file=sys.stderr,
+        )
         return 2
     if args.quality not in allowed:
-        print(f"dema-lab data build: unknown quality {args.quality!r}; choose one of {', '.join(allowed)}", file=sys.stderr)
+        print(
+            f"dema-lab data build: unknown quality {args.quality!r}; choose one of {', '.join(allowed)}",
+            file=sys.stderr,
+        )
         return 2
     out = args.out or embedded_path(f"{spec.name}-{args.quality}", args.seed, args.transitions)
     t0 = time.perf_counter()
@@ -112,8 +118,14 @@ def _train(args) -> int:
     }
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
     train_ars(
-        spec.name, args.minutes, args.seed, cfg, args.out, args.target_return,
-        log=lambda m: print(m, flush=True), max_iterations=args.max_iterations,
+        spec.name,
+        args.minutes,
+        args.seed,
+        cfg,
+        args.out,
+        args.target_return,
+        log=lambda m: print(m, flush=True),
+        max_iterations=args.max_iterations,
     )
     return 0
 
@@ -126,8 +138,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build an embedded dataset in D4RL's HDF5 layout")
     b.add_argument("env", help="hopper, halfcheetah, walker2d, breakout, pong (or a Gymnasium id)")
-    b.add_argument("quality", help="random, medium, expert, medium-replay, medium-expert (Atari: random, "
-                   "medium, expert, mixed)")
+    b.add_argument(
+        "quality", help="random, medium, expert, medium-replay, medium-expert (Atari: random, medium, expert, mixed)"
+    )
     b.add_argument("--out", default=None, help="output .hdf5 (default: the dataset cache)")
     b.add_argument("--seed", type=int, default=0)
     size = b.add_mutually_exclusive_group()

@@ -60,8 +60,7 @@ def read_d4rl_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise DatasetError(f"{path}: the file is empty (0 bytes); rebuild or re-download it")
     if not h5py.is_hdf5(path):
         raise DatasetError(
-            f"{path}: not an HDF5 file; expected a D4RL-layout .hdf5 "
-            "(build one with `dema-lab data build ENV QUALITY`)"
+            f"{path}: not an HDF5 file; expected a D4RL-layout .hdf5 (build one with `dema-lab data build ENV QUALITY`)"
         )
     with h5py.File(path, "r") as f:
         present = [k for k in f.keys()]
@@ -91,7 +90,7 @@ def _validate(path: Path, a: dict[str, np.ndarray]) -> None:
     for key in ("rewards", *_FLAG_KEYS):
         if key in a and a[key].ndim == 2 and a[key].shape[1] == 1:
             a[key] = a[key][:, 0]
-    frames = a["observations"].ndim == 3 and a["observations"].dtype == np.uint8   # Atari: (N, H, W) uint8
+    frames = a["observations"].ndim == 3 and a["observations"].dtype == np.uint8  # Atari: (N, H, W) uint8
     for key, ndim, what in (
         ("observations", 3 if frames else 2, "(N, obs_dim) or uint8 frames (N, H, W)"),
         ("actions", 2, "(N, act_dim)"),
@@ -186,7 +185,7 @@ def load_d4rl(path: str | Path, env: str | None = None, max_episode_steps: int |
     path = Path(path)
     a, attrs = read_d4rl_arrays(path)
     obs_dim, act_dim = a["observations"].shape[1], a["actions"].shape[1]
-    if a["observations"].ndim == 3:       # frames: a state is attrs frame_stack of them
+    if a["observations"].ndim == 3:  # frames: a state is attrs frame_stack of them
         obs_dim = int(attrs.get("frame_stack", 4)) * int(np.prod(a["observations"].shape[1:]))
     spec = _resolve_env(env, attrs, path, obs_dim, act_dim)
     if spec is not None:
@@ -251,9 +250,13 @@ def write_d4rl(
     try:
         with h5py.File(tmp, "w") as f:
             obs = np.asarray(observations)
-            if obs.dtype == np.uint8 and obs.ndim == 3:   # Atari frames stay uint8, in chunks of frames
-                f.create_dataset("observations", data=obs, compression=compression or "gzip",
-                                 chunks=(min(len(obs), 256), *obs.shape[1:]))
+            if obs.dtype == np.uint8 and obs.ndim == 3:  # Atari frames stay uint8, in chunks of frames
+                f.create_dataset(
+                    "observations",
+                    data=obs,
+                    compression=compression or "gzip",
+                    chunks=(min(len(obs), 256), *obs.shape[1:]),
+                )
             else:
                 f.create_dataset("observations", data=np.asarray(obs, np.float32), compression=compression)
             f.create_dataset("actions", data=np.asarray(actions, np.float32), compression=compression)

@@ -44,14 +44,18 @@ def replay_checkpoints(folder: str | Path) -> list[int]:
 
 def _load(path: Path) -> np.ndarray:
     if not path.exists():
-        raise DatasetError(f"{path}: missing; a DQN-Replay checkpoint needs $store$_{{{','.join(STORE_KEYS)}}}"
-                           f"_ckpt.N.gz and add_count_ckpt.N.gz")
+        raise DatasetError(
+            f"{path}: missing; a DQN-Replay checkpoint needs $store$_{{{','.join(STORE_KEYS)}}}"
+            f"_ckpt.N.gz and add_count_ckpt.N.gz"
+        )
     try:
         with gzip.open(path, "rb") as f:
             return np.load(f, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same problem for the user
-        raise DatasetError(f"{path}: not a gzipped numpy array ({type(err).__name__}: {err}); "
-                           "re-download this file of the DQN-Replay run") from None
+        raise DatasetError(
+            f"{path}: not a gzipped numpy array ({type(err).__name__}: {err}); "
+            "re-download this file of the DQN-Replay run"
+        ) from None
 
 
 def _read_checkpoint(folder: Path, n: int) -> dict[str, np.ndarray]:
@@ -62,8 +66,9 @@ def _read_checkpoint(folder: Path, n: int) -> dict[str, np.ndarray]:
     obs = a["observation"]
     name = lambda k: folder / f"$store$_{k}_ckpt.{n}.gz"  # noqa: E731
     if obs.ndim != 3 or obs.dtype != np.uint8:
-        raise DatasetError(f"{name('observation')}: holds {obs.dtype} {obs.shape}, expected uint8 frames "
-                           "(capacity, 84, 84)")
+        raise DatasetError(
+            f"{name('observation')}: holds {obs.dtype} {obs.shape}, expected uint8 frames (capacity, 84, 84)"
+        )
     cap = len(obs)
     for k in ("action", "reward", "terminal"):
         if a[k].shape != (cap,):
@@ -77,7 +82,7 @@ def _read_checkpoint(folder: Path, n: int) -> dict[str, np.ndarray]:
     if add_count <= cap:
         order = np.arange(add_count)
         first = 0
-    else:          # circular: oldest at the cursor; drop the episode the cursor cut
+    else:  # circular: oldest at the cursor; drop the episode the cursor cut
         order = np.roll(np.arange(cap), -(add_count % cap))
         ends = np.flatnonzero(a["terminal"][order])
         first = int(ends[0]) + 1 if len(ends) else 0
@@ -96,12 +101,13 @@ def load_dqn_replay(spec: str | Path, env: str | None = None) -> TrajectoryDatas
     folder_text, _, which = text.rpartition("@") if "@" in Path(text).name else (text, "", "")
     folder = Path(folder_text).expanduser()
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder; give a DQN-Replay run's replay_logs folder "
-                           "(dqn-replay:/path/Breakout/1/replay_logs)")
+        raise DatasetError(
+            f"{folder}: no such folder; give a DQN-Replay run's replay_logs folder "
+            "(dqn-replay:/path/Breakout/1/replay_logs)"
+        )
     available = replay_checkpoints(folder)
     if not available:
-        raise DatasetError(f"{folder}: no $store$_observation_ckpt.N.gz file; is this a DQN-Replay "
-                           "replay_logs folder?")
+        raise DatasetError(f"{folder}: no $store$_observation_ckpt.N.gz file; is this a DQN-Replay replay_logs folder?")
     if not which:
         chosen = available[-1:]
     elif which == "all":
@@ -120,7 +126,7 @@ def load_dqn_replay(spec: str | Path, env: str | None = None) -> TrajectoryDatas
     except ValueError:
         espec = None
     if env is not None and espec is None:
-        env_spec(env)                                     # raises the clear unknown-env error
+        env_spec(env)  # raises the clear unknown-env error
     trajs = []
     for n in chosen:
         a = _read_checkpoint(folder, n)
@@ -132,16 +138,30 @@ def load_dqn_replay(spec: str | Path, env: str | None = None) -> TrajectoryDatas
         actions = a["action"].astype(np.float32)[:, None]
         rewards = a["reward"].astype(np.float32)
         for s, e in zip(starts, ends):
-            trajs.append(Trajectory(observations=a["observation"][s:e], actions=actions[s:e],
-                                    rewards=rewards[s:e], terminated=bool(done[e - 1])))
-    n_actions = espec.n_actions if espec is not None and espec.n_actions else \
-        int(max(t.actions.max() for t in trajs)) + 1
+            trajs.append(
+                Trajectory(
+                    observations=a["observation"][s:e],
+                    actions=actions[s:e],
+                    rewards=rewards[s:e],
+                    terminated=bool(done[e - 1]),
+                )
+            )
+    n_actions = (
+        espec.n_actions if espec is not None and espec.n_actions else int(max(t.actions.max() for t in trajs)) + 1
+    )
     if espec is not None and espec.n_actions and max(t.actions.max() for t in trajs) >= espec.n_actions:
-        raise DatasetError(f"{folder}: actions go up to {int(max(t.actions.max() for t in trajs))} but "
-                           f"{espec.name} has {espec.n_actions}; is this another game's folder? (pass env)")
-    attrs = {"frame_stack": 4, "n_actions": n_actions, "checkpoints": ",".join(map(str, chosen)),
-             "format": "dqn-replay"}
+        raise DatasetError(
+            f"{folder}: actions go up to {int(max(t.actions.max() for t in trajs))} but "
+            f"{espec.name} has {espec.n_actions}; is this another game's folder? (pass env)"
+        )
+    attrs = {
+        "frame_stack": 4,
+        "n_actions": n_actions,
+        "checkpoints": ",".join(map(str, chosen)),
+        "format": "dqn-replay",
+    }
     if espec is not None:
         attrs.update(env=espec.name, d4rl_key=espec.d4rl_key)
-    return TrajectoryDataset(trajs, env=espec.name if espec else None, quality=None,
-                             source=f"dqn-replay:{folder}", attrs=attrs)
+    return TrajectoryDataset(
+        trajs, env=espec.name if espec else None, quality=None, source=f"dqn-replay:{folder}", attrs=attrs
+    )

@@ -20,9 +20,7 @@ def _import_minari():
     try:
         import minari
     except ImportError as err:
-        raise ImportError(
-            "loading Minari datasets needs the optional extra: pip install 'dema-lab[minari]'"
-        ) from err
+        raise ImportError("loading Minari datasets needs the optional extra: pip install 'dema-lab[minari]'") from err
     return minari
 
 

@@ -114,8 +114,7 @@ def load_policy_set(env_or_path: str | Path) -> PolicySet:
         p = policy_path(str(env_or_path))
     if not p.exists():
         raise FileNotFoundError(
-            f"no behaviour-policy weights at {p}; train them with "
-            f"`dema-lab data train-policies {p.stem}`"
+            f"no behaviour-policy weights at {p}; train them with `dema-lab data train-policies {p.stem}`"
         )
     with np.load(p, allow_pickle=False) as z:
         d = {k: z[k] for k in z.files}
@@ -123,13 +122,11 @@ def load_policy_set(env_or_path: str | Path) -> PolicySet:
     def unpack(prefix: str) -> LinearPolicy:
         return LinearPolicy(d[f"{prefix}_W"], d[f"{prefix}_mean"], d[f"{prefix}_std"])
 
-    replay = [
-        LinearPolicy(w, m, s) for w, m, s in zip(d["replay_W"], d["replay_mean"], d["replay_std"])
-    ]
+    replay = [LinearPolicy(w, m, s) for w, m, s in zip(d["replay_W"], d["replay_mean"], d["replay_std"])]
     meta = json.loads(str(d["meta_json"]))
     for k, v in d.items():
         if k.startswith("curve_"):
-            meta[k[len("curve_"):]] = v
+            meta[k[len("curve_") :]] = v
     return PolicySet(
         env=str(d["env"]),
         expert=unpack("expert"),

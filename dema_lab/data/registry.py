@@ -148,8 +148,7 @@ def load_dataset(spec, env: str | None = None, progress: bool = True) -> Traject
     if path.exists() or path.suffix.lower() in (".hdf5", ".h5", ".he5"):
         return load_d4rl(path, env=env)
     raise DatasetError(
-        f"unknown dataset {spec!r}: not a file, not minari:<id>, not an embedded name "
-        f"({', '.join(embedded_names())})"
+        f"unknown dataset {spec!r}: not a file, not minari:<id>, not an embedded name ({', '.join(embedded_names())})"
     )
 
 

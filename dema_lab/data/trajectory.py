@@ -169,7 +169,7 @@ class TrajectoryDataset:
 
     # ---- normalisation -----------------------------------------------------
     def _compute_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._stats is None and self.is_image:   # frames are scaled by the model (x / 255), not here
+        if self._stats is None and self.is_image:  # frames are scaled by the model (x / 255), not here
             self._stats = (np.zeros(1, np.float32), np.ones(1, np.float32))
         if self._stats is None:
             n = 0
@@ -226,4 +226,3 @@ class TrajectoryDataset:
         except KeyError:
             out["normalized_mean"] = None
         return out
-

@@ -119,7 +119,9 @@ class WindowSampler:
         self.state_std = np.asarray(dataset.state_std if state_std is None else state_std, np.float32)
         self.image = dataset.is_image
         self.discrete = dataset.n_actions > 0
-        if not self.image and (self.state_mean.shape != (dataset.obs_dim,) or self.state_std.shape != (dataset.obs_dim,)):
+        if not self.image and (
+            self.state_mean.shape != (dataset.obs_dim,) or self.state_std.shape != (dataset.obs_dim,)
+        ):
             raise DatasetError(
                 f"state_mean/std must have shape ({dataset.obs_dim},), got "
                 f"{self.state_mean.shape}/{self.state_std.shape}"
@@ -136,9 +138,9 @@ class WindowSampler:
             self._frames = np.zeros((self.N + 1, *frames.shape[1:]), np.uint8)
             self._frames[: self.N] = np.concatenate([t.observations for t in trajs])
             S = dataset.frame_stack
-            back = np.arange(-(S - 1), 1)                                            # (S,) oldest first
+            back = np.arange(-(S - 1), 1)  # (S,) oldest first
             idx = np.maximum(np.arange(self.N)[:, None] + back, self.starts[episode_of][:, None])
-            self._stack = np.full((self.N + 1, S), self.N, np.int64)                # (N + 1, S)
+            self._stack = np.full((self.N + 1, S), self.N, np.int64)  # (N + 1, S)
             self._stack[: self.N] = idx
         else:
             obs = np.concatenate([t.observations for t in trajs]).astype(np.float32)  # (N, obs)
@@ -176,7 +178,7 @@ class WindowSampler:
         gather = np.where(mask, starts[:, None] + pos, self.N)  # padding reads the zero row
         ts = np.where(mask, self._timestep[starts][:, None] + pos, 0)
         if self.image:
-            states = self._frames[self._stack[gather]]      # (B, K, S, H, W) uint8, zeros in padding
+            states = self._frames[self._stack[gather]]  # (B, K, S, H, W) uint8, zeros in padding
         else:
             states = self._states[gather]
         actions = self._actions[gather]
@@ -192,11 +194,12 @@ class WindowSampler:
             "timesteps": torch.from_numpy(ts.astype(np.int64)),
             "mask": torch.from_numpy(mask),
             "prev_action": torch.from_numpy(
-                np.where((self._timestep[starts] > 0)[:, None], self._actions[np.maximum(starts - 1, 0)], 0.0)
-                .astype(np.float32)),
+                np.where((self._timestep[starts] > 0)[:, None], self._actions[np.maximum(starts - 1, 0)], 0.0).astype(
+                    np.float32
+                )
+            ),
         }
 
     def sample(self, batch_size: int) -> dict:
         """A batch of ``batch_size`` random windows (see class docstring)."""
         return self.windows(self.sample_indices(batch_size))
-

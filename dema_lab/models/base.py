@@ -26,7 +26,7 @@ class TrajectoryModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = TrajectoryEmbedding(cfg)
-        if cfg.discrete:     # logits over the actions (the official Atari DeMa's `head`: no bias)
+        if cfg.discrete:  # logits over the actions (the official Atari DeMa's `head`: no bias)
             self.predict_action = nn.Linear(cfg.d_model, cfg.n_actions, bias=False)
         else:
             self.predict_action = nn.Sequential(nn.Linear(cfg.d_model, cfg.act_dim), nn.Tanh())
@@ -38,15 +38,14 @@ class TrajectoryModel(nn.Module):
     def forward(self, states, actions, returns_to_go, timesteps, return_attention=False, prev_action=None):
         """Action predictions (b, T, act_dim) for a window [, per-layer attention maps].
         prev_action (b, act_dim): the action before the window (token order RAS; default zeros)."""
-        tokens = self.embed(states, actions, returns_to_go, timesteps, prev_action)   # (b, L, d)
+        tokens = self.embed(states, actions, returns_to_go, timesteps, prev_action)  # (b, L, d)
         out = self.backbone(tokens, return_attention)
         hidden, attn = out if return_attention else (out, None)
         pred = self.predict_action(hidden[:, self.embed.action_positions(states.shape[1])])
         return (pred, attn) if return_attention else pred
 
     @torch.no_grad()
-    def attention(self, states, actions, returns_to_go, timesteps, aggregate: str | None = "minmax",
-                  prev_action=None):
+    def attention(self, states, actions, returns_to_go, timesteps, aggregate: str | None = "minmax", prev_action=None):
         """Per-layer token-to-token attention for a window, a list of n_layer tensors:
         (b, channels, L, L) with aggregate=None, else (b, L, L) aggregated over channels
         (DeMa: the d_inner channels of the hidden attention; DT: the heads)."""

@@ -36,7 +36,7 @@ class Checkpoint:
     model: torch.nn.Module
     config: ModelConfig
     meta: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)   # name -> tensor
+    extra: dict = field(default_factory=dict)  # name -> tensor
     path: Path | None = None
 
     def state_normalization(self):
@@ -45,9 +45,11 @@ class Checkpoint:
         missing = [k for k in ("state_mean", "state_std") if k not in self.extra]
         if missing:
             name = self.path or "this checkpoint"
-            raise CheckpointError(f"{name} has no {' and '.join(missing)} (the dataset's state normalization) "
-                                  f"that acting needs: save it with extra=dict(state_mean=..., state_std=...) "
-                                  f"or import it with `dema-lab import FILE --dataset NAME --out FILE.safetensors`")
+            raise CheckpointError(
+                f"{name} has no {' and '.join(missing)} (the dataset's state normalization) "
+                f"that acting needs: save it with extra=dict(state_mean=..., state_std=...) "
+                f"or import it with `dema-lab import FILE --dataset NAME --out FILE.safetensors`"
+            )
         return self.extra["state_mean"].cpu().numpy(), self.extra["state_std"].cpu().numpy()
 
 
@@ -72,8 +74,13 @@ def checkpoint_bytes(model, meta: dict | None = None, extra: dict | None = None)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for k, v in (extra or {}).items():
         tensors[f"extra.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    header = {"format": FORMAT, "version": str(VERSION), "arch": model.cfg.arch,
-              "model_config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta or {})}
+    header = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "arch": model.cfg.arch,
+        "model_config": json.dumps(model.cfg.to_dict()),
+        "meta": json.dumps(meta or {}),
+    }
     return save(tensors, metadata=header)
 
 
@@ -92,20 +99,24 @@ def _header_of(source) -> tuple[dict, str]:
         if not path.exists():
             raise CheckpointError(f"checkpoint {path} does not exist")
         if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} is a {'directory' if path.is_dir() else 'special file'}, not a "
-                                  f"checkpoint file: give the .safetensors file itself (for a run in a store, "
-                                  f"use its run id)")
+            raise CheckpointError(
+                f"checkpoint {path} is a {'directory' if path.is_dir() else 'special file'}, not a "
+                f"checkpoint file: give the .safetensors file itself (for a run in a store, "
+                f"use its run id)"
+            )
         data, name = path.read_bytes(), str(path)
     try:
         # safetensors layout: u64 little-endian header size, then a JSON header
         n = int.from_bytes(data[:8], "little")
         if len(data) < 8 or n <= 0 or 8 + n > len(data):
             raise ValueError("bad header size")
-        header = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        header = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{name} is not a readable safetensors checkpoint ({e}); it may be "
-                              f"truncated or corrupt, or a file of another kind (e.g. a torch .pt "
-                              f"pickle): re-save it with dema_lab.models.save_checkpoint") from None
+        raise CheckpointError(
+            f"{name} is not a readable safetensors checkpoint ({e}); it may be "
+            f"truncated or corrupt, or a file of another kind (e.g. a torch .pt "
+            f"pickle): re-save it with dema_lab.models.save_checkpoint"
+        ) from None
     return header, name
 
 
@@ -113,17 +124,22 @@ def read_header(source) -> dict:
     """The checkpoint's metadata header, validated; raises CheckpointError with what is wrong."""
     header, name = _header_of(source)
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{name} is a safetensors file but not a dema-lab checkpoint (its header "
-                              f"has format={header.get('format')!r}); load its weights yourself and "
-                              f"save them with dema_lab.models.save_checkpoint")
+        raise CheckpointError(
+            f"{name} is a safetensors file but not a dema-lab checkpoint (its header "
+            f"has format={header.get('format')!r}); load its weights yourself and "
+            f"save them with dema_lab.models.save_checkpoint"
+        )
     try:
         version = int(header.get("version", 0))
     except (TypeError, ValueError):
-        raise CheckpointError(f"{name}: its header has an unreadable format version "
-                              f"{header.get('version')!r}; the file is corrupt") from None
+        raise CheckpointError(
+            f"{name}: its header has an unreadable format version {header.get('version')!r}; the file is corrupt"
+        ) from None
     if version > VERSION:
-        raise CheckpointError(f"{name} was written by a newer dema-lab (format version "
-                              f"{header['version']} > {VERSION}); upgrade dema-lab to read it")
+        raise CheckpointError(
+            f"{name} was written by a newer dema-lab (format version "
+            f"{header['version']} > {VERSION}); upgrade dema-lab to read it"
+        )
     return header
 
 
@@ -144,22 +160,23 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
     check_config_limits(config, name)
     if expect is not None:
         if expect.arch != config.arch:
-            raise CheckpointError(f"{name} holds a {config.arch!r} model, but a {expect.arch!r} model "
-                                  f"was expected")
+            raise CheckpointError(f"{name} holds a {config.arch!r} model, but a {expect.arch!r} model was expected")
         diff = {k: (v, expect.to_dict()[k]) for k, v in config.to_dict().items() if expect.to_dict()[k] != v}
         if diff:
-            raise CheckpointError(f"{name} was trained with another config: "
-                                  + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items()))
+            raise CheckpointError(
+                f"{name} was trained with another config: "
+                + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items())
+            )
     device = torch.device(map_location)
     data = bytes(source) if is_bytes else path.read_bytes()
-    check_declared_shapes(config, tensor_index(data, name), name)     # before any tensor or module exists
+    check_declared_shapes(config, tensor_index(data, name), name)  # before any tensor or module exists
     try:
         tensors = load(data)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{name}: its tensors cannot be read ({e}); the file is corrupt") from None
     tensors = {k: v.to(device) for k, v in tensors.items()}
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     try:
         meta = json.loads(header.get("meta", "{}"))
     except ValueError as e:
@@ -171,27 +188,58 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
 
 # Sane bounds of a checkpoint's model config. A header is input: one that claims a huge model
 # fails here by name, before anything is built (official DeMa: d_model 64, 3 layers, d_state 64).
-CONFIG_LIMITS = {"state_dim": 100_000, "act_dim": 100_000, "K": 100_000, "d_model": 8192, "n_layer": 128,
-                 "max_ep_len": 10_000_000, "d_state": 1024, "d_conv": 64, "expand": 16, "n_head": 256,
-                 "embed_dim": 8192}
+CONFIG_LIMITS = {
+    "state_dim": 100_000,
+    "act_dim": 100_000,
+    "K": 100_000,
+    "d_model": 8192,
+    "n_layer": 128,
+    "max_ep_len": 10_000_000,
+    "d_state": 1024,
+    "d_conv": 64,
+    "expand": 16,
+    "n_head": 256,
+    "embed_dim": 8192,
+}
 # bytes per element of the safetensors dtypes
-_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_DTYPE_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+}
 
 
 def check_config_limits(config: ModelConfig, name: str = "checkpoint") -> None:
     """CheckpointError naming every field of `config` above CONFIG_LIMITS."""
-    over = [f"{k}={getattr(config, k)} (at most {limit})" for k, limit in CONFIG_LIMITS.items()
-            if getattr(config, k) > limit]
+    over = [
+        f"{k}={getattr(config, k)} (at most {limit})"
+        for k, limit in CONFIG_LIMITS.items()
+        if getattr(config, k) > limit
+    ]
     if over:
-        raise CheckpointError(f"{name}: its model config is out of bounds: {', '.join(over)}; the header is "
-                              f"corrupt or was not written by dema-lab")
+        raise CheckpointError(
+            f"{name}: its model config is out of bounds: {', '.join(over)}; the header is "
+            f"corrupt or was not written by dema-lab"
+        )
 
 
 def tensor_index(data: bytes, name: str = "checkpoint") -> dict[str, tuple[str, tuple[int, ...]]]:
     """{tensor name: (dtype, shape)} as a safetensors file's JSON header declares them, checked
     against the file: known dtypes, byte ranges that lie inside the data, do not overlap and match
     dtype x shape. Reads the header only; CheckpointError with what is wrong."""
+
     def bad(why):
         return CheckpointError(f"{name}: its tensor table is inconsistent ({why}); the file is truncated or corrupt")
 
@@ -199,7 +247,7 @@ def tensor_index(data: bytes, name: str = "checkpoint") -> dict[str, tuple[str, 
         n = int.from_bytes(data[:8], "little")
         if len(data) < 8 or n <= 0 or 8 + n > len(data):
             raise ValueError("bad header size")
-        table = json.loads(bytes(data[8:8 + n]))
+        table = json.loads(bytes(data[8 : 8 + n]))
         if not isinstance(table, dict):
             raise ValueError("the header is not a JSON object")
     except ValueError as e:
@@ -214,18 +262,25 @@ def tensor_index(data: bytes, name: str = "checkpoint") -> dict[str, tuple[str, 
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in _DTYPE_SIZES:
             raise bad(f"{key}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise bad(f"{key}: shape {shape!r} is not a list of sizes")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= size):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= size
+        ):
             raise bad(f"{key}: byte range {offsets!r} lies outside the {size} data bytes")
         numel = 1
         for d in shape:
             numel *= d
         if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype]:
-            raise bad(f"{key}: shape {shape} of {dtype} needs {numel * _DTYPE_SIZES[dtype]} bytes, "
-                      f"its range holds {offsets[1] - offsets[0]}")
+            raise bad(
+                f"{key}: shape {shape} of {dtype} needs {numel * _DTYPE_SIZES[dtype]} bytes, "
+                f"its range holds {offsets[1] - offsets[0]}"
+            )
         index[key] = (dtype, tuple(shape))
         ranges.append((offsets[0], offsets[1], key))
     ranges.sort()
@@ -235,7 +290,7 @@ def tensor_index(data: bytes, name: str = "checkpoint") -> dict[str, tuple[str, 
     return index
 
 
-SMALL_MODEL_BYTES = 256 * 2**20       # below this estimate a model is built on the CPU to read its shapes
+SMALL_MODEL_BYTES = 256 * 2**20  # below this estimate a model is built on the CPU to read its shapes
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -272,8 +327,11 @@ def check_declared_shapes(config: ModelConfig, index: dict, name: str = "checkpo
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(k[6:] for k in unexpected[:3])})")
         if shapes:
             parts.append("shapes declared vs config: " + "; ".join(shapes[:3]))
-        raise CheckpointError(f"{name}: its tensors do not match the {config.arch!r} model its header describes ("
-                              + "; ".join(parts) + "); the file is corrupt or its header was edited")
+        raise CheckpointError(
+            f"{name}: its tensors do not match the {config.arch!r} model its header describes ("
+            + "; ".join(parts)
+            + "); the file is corrupt or its header was edited"
+        )
 
 
 def load_weights(model, state_dict, source="state dict") -> None:
@@ -281,8 +339,11 @@ def load_weights(model, state_dict, source="state dict") -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state_dict)) if own[k].shape != state_dict[k].shape]
+    shapes = [
+        f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if own[k].shape != state_dict[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -291,6 +352,9 @@ def load_weights(model, state_dict, source="state dict") -> None:
             parts.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             parts.append("shape mismatches: " + "; ".join(shapes[:3]))
-        raise CheckpointError(f"{source} does not fit a {model.cfg.arch!r} model with this config: "
-                              + "; ".join(parts) + ". It was written for another architecture or config.")
+        raise CheckpointError(
+            f"{source} does not fit a {model.cfg.arch!r} model with this config: "
+            + "; ".join(parts)
+            + ". It was written for another architecture or config."
+        )
     model.load_state_dict(state_dict, strict=True)

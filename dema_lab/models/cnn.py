@@ -28,10 +28,17 @@ class NatureCNN(nn.Sequential):
             h, w = _conv_out(h, k, s), _conv_out(w, k, s)
         if h < 1 or w < 1:
             raise ValueError(f"frames of shape {tuple(obs_shape)} are too small for the Nature CNN (needs >= 36x36)")
-        super().__init__(nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
-                         nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(64 * h * w, width), nn.Tanh())
+        super().__init__(
+            nn.Conv2d(c, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * h * w, width),
+            nn.Tanh(),
+        )
         self.obs_shape = (c, *(int(x) for x in obs_shape[1:]))
         self.flat = math.prod(self.obs_shape)
 
@@ -40,5 +47,5 @@ class NatureCNN(nn.Sequential):
         flat_input = x.shape[-1] == self.flat and tuple(x.shape[-3:]) != self.obs_shape
         batch = x.shape[:-1] if flat_input else x.shape[:-3]
         dtype = self[0].weight.dtype
-        x = x.reshape(-1, *self.obs_shape).to(dtype) / 255.0                 # (n, C, H, W) in [0, 1]
+        x = x.reshape(-1, *self.obs_shape).to(dtype) / 255.0  # (n, C, H, W) in [0, 1]
         return super().forward(x).reshape(*batch, -1)

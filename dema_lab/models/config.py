@@ -34,21 +34,21 @@ class ModelConfig:
     """Everything that defines a DeMa or DT model: built by `build_model(cfg)`, saved in every
     checkpoint's header, validated on construction (a bad field fails here, by name)."""
 
-    arch: str = "dema"                # "dema" (Decision Mamba) or "dt" (Decision Transformer)
+    arch: str = "dema"  # "dema" (Decision Mamba) or "dt" (Decision Transformer)
     state_dim: int = 11
     act_dim: int = 3
-    K: int = 20                       # context length in timesteps
-    d_model: int = 128                # token width (embedding size)
+    K: int = 20  # context length in timesteps
+    d_model: int = 128  # token width (embedding size)
     n_layer: int = 3
-    layout: str = "B3LD"              # B3LD: three tokens per step, 3K long; BL3D: one token per step
-    token_order: str = "RSA"          # RSA: (R_t, s_t, a_t), DT's; RAS: (R_t, a_{t-1}, s_t), official DeMa's
-    embed_dim: int = 0                # 0: embeddings are d_model wide; N: N wide, projected to d_model
-    embed_norm: str = "layernorm"     # LayerNorm on the tokens (DT, dema-lab) or "none" (official DeMa)
-    window_padding: str = "none"      # Transformer-like inference: "none" or "left" (zeros to K steps)
-    window_actions: str = "own"       # RSA windows at inference: step t's action slot holds a_t ("own", as
-                                      # trained) or a_{t-1} ("previous": the DeMa repository's DT evaluation)
+    layout: str = "B3LD"  # B3LD: three tokens per step, 3K long; BL3D: one token per step
+    token_order: str = "RSA"  # RSA: (R_t, s_t, a_t), DT's; RAS: (R_t, a_{t-1}, s_t), official DeMa's
+    embed_dim: int = 0  # 0: embeddings are d_model wide; N: N wide, projected to d_model
+    embed_norm: str = "layernorm"  # LayerNorm on the tokens (DT, dema-lab) or "none" (official DeMa)
+    window_padding: str = "none"  # Transformer-like inference: "none" or "left" (zeros to K steps)
+    window_actions: str = "own"  # RSA windows at inference: step t's action slot holds a_t ("own", as
+    # trained) or a_{t-1} ("previous": the DeMa repository's DT evaluation)
     timestep_embedding: bool | None = None  # None: off for DeMa, on for DT (as in the papers)
-    max_ep_len: int = 1000            # size of the timestep embedding table
+    max_ep_len: int = 1000  # size of the timestep embedding table
     # Mamba mixer
     d_state: int = 16
     d_conv: int = 4
@@ -56,15 +56,15 @@ class ModelConfig:
     # Transformer
     n_head: int = 1
     dropout: float = 0.1
-    activation: str = "gelu"          # DT's MLP: gelu (nanoGPT) or relu (the DT and DeMa repositories)
+    activation: str = "gelu"  # DT's MLP: gelu (nanoGPT) or relu (the DT and DeMa repositories)
     # Atari
-    obs_shape: tuple = ()             # image states, e.g. (4, 84, 84): the Nature CNN encodes them; () = vectors
-    n_actions: int = 0                # discrete actions: logits over n_actions, cross-entropy; 0 = continuous
+    obs_shape: tuple = ()  # image states, e.g. (4, 84, 84): the Nature CNN encodes them; () = vectors
+    n_actions: int = 0  # discrete actions: logits over n_actions, cross-entropy; 0 = continuous
 
     def __post_init__(self):
         if self.timestep_embedding is None:
             self.timestep_embedding = self.arch == "dt"
-        if isinstance(self.obs_shape, list):          # from a JSON header
+        if isinstance(self.obs_shape, list):  # from a JSON header
             self.obs_shape = tuple(self.obs_shape)
         self.validate()
 
@@ -72,30 +72,53 @@ class ModelConfig:
         problems = []
         if self.arch not in ARCHS:
             problems.append(f"arch {self.arch!r} is unknown (choose {' or '.join(ARCHS)})")
-        for name, allowed in (("layout", LAYOUTS), ("token_order", TOKEN_ORDERS), ("embed_norm", EMBED_NORMS),
-                              ("window_padding", WINDOW_PADDINGS), ("window_actions", WINDOW_ACTIONS),
-                              ("activation", ACTIVATIONS)):
+        for name, allowed in (
+            ("layout", LAYOUTS),
+            ("token_order", TOKEN_ORDERS),
+            ("embed_norm", EMBED_NORMS),
+            ("window_padding", WINDOW_PADDINGS),
+            ("window_actions", WINDOW_ACTIONS),
+            ("activation", ACTIVATIONS),
+        ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} {getattr(self, name)!r} is unknown (choose {' or '.join(allowed)})")
         if self.window_actions == "previous" and self.token_order != "RSA":
             problems.append("window_actions 'previous' applies to token order RSA (RAS tokens hold a_{t-1} already)")
         if not isinstance(self.embed_dim, int) or isinstance(self.embed_dim, bool) or self.embed_dim < 0:
             problems.append(f"embed_dim must be 0 (= d_model) or a positive integer, got {self.embed_dim!r}")
-        for name in ("state_dim", "act_dim", "K", "d_model", "n_layer", "max_ep_len", "d_state",
-                     "d_conv", "expand", "n_head"):
+        for name in (
+            "state_dim",
+            "act_dim",
+            "K",
+            "d_model",
+            "n_layer",
+            "max_ep_len",
+            "d_state",
+            "d_conv",
+            "expand",
+            "n_head",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.n_head, int) and self.n_head >= 1 and isinstance(self.d_model, int) \
-                and self.d_model % self.n_head:
+        if (
+            isinstance(self.n_head, int)
+            and self.n_head >= 1
+            and isinstance(self.d_model, int)
+            and self.d_model % self.n_head
+        ):
             problems.append(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if not isinstance(self.obs_shape, tuple) or (self.obs_shape and (
-                len(self.obs_shape) != 3 or not all(isinstance(x, int) and x > 0 for x in self.obs_shape))):
+        if not isinstance(self.obs_shape, tuple) or (
+            self.obs_shape
+            and (len(self.obs_shape) != 3 or not all(isinstance(x, int) and x > 0 for x in self.obs_shape))
+        ):
             problems.append(f"obs_shape must be () or (channels, height, width), got {self.obs_shape!r}")
         elif self.obs_shape and self.state_dim != self.obs_shape[0] * self.obs_shape[1] * self.obs_shape[2]:
             problems.append(f"state_dim {self.state_dim} must be the size of obs_shape {self.obs_shape}")
         if not isinstance(self.n_actions, int) or isinstance(self.n_actions, bool) or self.n_actions < 0:
-            problems.append(f"n_actions must be 0 (continuous) or the number of discrete actions, got {self.n_actions!r}")
+            problems.append(
+                f"n_actions must be 0 (continuous) or the number of discrete actions, got {self.n_actions!r}"
+            )
         elif self.n_actions and self.act_dim != 1:
             problems.append(f"discrete actions are one index: act_dim must be 1, got {self.act_dim}")
         if not 0.0 <= self.dropout < 1.0:

@@ -43,19 +43,21 @@ def _embed_macs(cfg: ModelConfig) -> int:
 def _mamba_token_macs(cfg: ModelConfig) -> int:
     d, di, n = cfg.d_model, cfg.expand * cfg.d_model, cfg.d_state
     r = math.ceil(d / 16)
-    return (d * 2 * di            # in_proj
-            + di * cfg.d_conv     # depthwise conv
-            + di * (r + 2 * n)    # x_proj
-            + r * di              # dt_proj
-            + 3 * di * n          # selective scan
-            + di * d)             # out_proj
+    return (
+        d * 2 * di  # in_proj
+        + di * cfg.d_conv  # depthwise conv
+        + di * (r + 2 * n)  # x_proj
+        + r * di  # dt_proj
+        + 3 * di * n  # selective scan
+        + di * d
+    )  # out_proj
 
 
 def _transformer_layer_macs(cfg: ModelConfig, L: int) -> int:
     """One layer over a causal sequence of L tokens."""
     d = cfg.d_model
-    dense = L * (3 * d * d + d * d + 8 * d * d)     # qkv, proj, 4x MLP
-    attn = 2 * d * L * (L + 1) // 2                 # scores + mixing, causal
+    dense = L * (3 * d * d + d * d + 8 * d * d)  # qkv, proj, 4x MLP
+    attn = 2 * d * L * (L + 1) // 2  # scores + mixing, causal
     return dense + attn
 
 
@@ -63,7 +65,7 @@ def forward_macs(cfg: ModelConfig, steps: int | None = None) -> int:
     """MACs of one forward pass over a window of `steps` env steps (default K), batch 1."""
     T = cfg.K if steps is None else steps
     L = T * cfg.tokens_per_step
-    macs = T * _embed_macs(cfg) + T * cfg.d_model * _head_size(cfg)     # embeddings + head
+    macs = T * _embed_macs(cfg) + T * cfg.d_model * _head_size(cfg)  # embeddings + head
     if cfg.arch == "dema":
         macs += cfg.n_layer * L * _mamba_token_macs(cfg)
     else:
@@ -77,20 +79,23 @@ def step_macs(cfg: ModelConfig, mode: str = "transformer") -> int:
         return forward_macs(cfg)
     if mode != "rnn" or cfg.arch != "dema":
         raise ValueError(f"no {mode!r} inference for arch {cfg.arch!r}")
-    return (_embed_macs(cfg) + cfg.d_model * _head_size(cfg)
-            + cfg.n_layer * cfg.tokens_per_step * _mamba_token_macs(cfg))
+    return _embed_macs(cfg) + cfg.d_model * _head_size(cfg) + cfg.n_layer * cfg.tokens_per_step * _mamba_token_macs(cfg)
 
 
 def count_parameters(cfg_or_model) -> int:
     """Trainable parameters of a model, or of the model a config builds."""
     from . import build_model
+
     model = build_model(cfg_or_model) if isinstance(cfg_or_model, ModelConfig) else cfg_or_model
     return sum(p.numel() for p in model.parameters())
 
 
 def cost_summary(cfg: ModelConfig) -> dict:
-    out = {"parameters": count_parameters(cfg), "forward_macs": forward_macs(cfg),
-           "step_macs_transformer": step_macs(cfg, "transformer")}
+    out = {
+        "parameters": count_parameters(cfg),
+        "forward_macs": forward_macs(cfg),
+        "step_macs_transformer": step_macs(cfg, "transformer"),
+    }
     if cfg.arch == "dema":
         out["step_macs_rnn"] = step_macs(cfg, "rnn")
     return out

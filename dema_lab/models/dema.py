@@ -23,8 +23,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.norm = nn.RMSNorm(cfg.d_model, eps=1e-5)
-        self.mixer = Mamba(cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
-                           layer_idx=layer_idx)
+        self.mixer = Mamba(cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, layer_idx=layer_idx)
 
     def forward(self, x, return_attention=False):
         if return_attention:
@@ -35,7 +34,7 @@ class Block(nn.Module):
     def step(self, x, state: MambaState, record: list | None = None):
         h = self.norm(x)
         if record is not None:
-            record.append(h)        # the mixer's input, to rebuild hidden attention later
+            record.append(h)  # the mixer's input, to rebuild hidden attention later
         return x + self.mixer.step(h, state)
 
 
@@ -55,7 +54,7 @@ class DecisionMamba(TrajectoryModel):
         x, attn = tokens, []
         for block in self.layers:
             if return_attention:
-                x, alpha = block(x, return_attention=True)    # alpha (b, d_inner, L, L)
+                x, alpha = block(x, return_attention=True)  # alpha (b, d_inner, L, L)
                 attn.append(alpha)
             else:
                 x = block(x)
@@ -71,7 +70,7 @@ class DecisionMamba(TrajectoryModel):
         """Feed tokens (b, n, d) one at a time; returns the hidden output of the last, (b, d).
         With `record` (one list per layer), each layer's mixer input per token is appended."""
         for i in range(tokens.shape[1]):
-            x = tokens[:, i:i + 1]
+            x = tokens[:, i : i + 1]
             for layer, (block, s) in enumerate(zip(self.layers, state)):
                 x = block.step(x, s, None if record is None else record[layer])
         return self.norm_f(x)[:, 0]
@@ -83,7 +82,7 @@ class DecisionMamba(TrajectoryModel):
         inputs before them), so the rest of the episode is not needed. n_layer x (b, d_inner, n, n)."""
         out = []
         for block, inputs in zip(self.layers, record):
-            seq = torch.cat(inputs[-(n + block.mixer.d_conv - 1):], dim=1)   # (b, n + d_conv - 1, d)
+            seq = torch.cat(inputs[-(n + block.mixer.d_conv - 1) :], dim=1)  # (b, n + d_conv - 1, d)
             alpha = block.mixer.attention_inputs(seq)["alpha"]
             out.append(alpha[..., -n:, -n:])
         return out

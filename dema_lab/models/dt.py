@@ -31,14 +31,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(d, dim=2)
         q, k, v = (t.view(b, L, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))  # (b, h, L, hd)
         if return_attention:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])             # (b, h, L, L)
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])  # (b, h, L, L)
             mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
             att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
             y = self.attn_dropout(att) @ v
         else:
             att = None
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
         y = y.transpose(1, 2).contiguous().view(b, L, d)
         y = self.resid_dropout(self.c_proj(y))
         return (y, att) if return_attention else y
@@ -92,7 +93,7 @@ class DecisionTransformer(TrajectoryModel):
         x, attn = self.drop(tokens), []
         for block in self.layers:
             if return_attention:
-                x, att = block(x, return_attention=True)      # att (b, n_head, L, L)
+                x, att = block(x, return_attention=True)  # att (b, n_head, L, L)
                 attn.append(att)
             else:
                 x = block(x)

@@ -44,7 +44,7 @@ class TrajectoryEmbedding(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.token_width
-        if cfg.discrete:     # the Atari embeddings: all three end in tanh
+        if cfg.discrete:  # the Atari embeddings: all three end in tanh
             self.embed_return = nn.Sequential(nn.Linear(1, w), nn.Tanh())
             self.embed_action = DiscreteActionEmbedding(cfg.n_actions, w)
         else:
@@ -60,13 +60,18 @@ class TrajectoryEmbedding(nn.Module):
         cfg = self.cfg
         image = cfg.obs_shape and states.dim() == 5 and tuple(states.shape[2:]) == tuple(cfg.obs_shape)
         if not image and (states.dim() != 3 or states.shape[-1] != cfg.state_dim):
-            shape = f"state_dim={cfg.state_dim}" + (f" or {', '.join(map(str, cfg.obs_shape))}" if cfg.obs_shape else "")
-            raise ValueError(f"states must be (batch, steps, {shape}), got "
-                             f"{tuple(states.shape)}: the model was built for another environment?")
+            shape = f"state_dim={cfg.state_dim}" + (
+                f" or {', '.join(map(str, cfg.obs_shape))}" if cfg.obs_shape else ""
+            )
+            raise ValueError(
+                f"states must be (batch, steps, {shape}), got "
+                f"{tuple(states.shape)}: the model was built for another environment?"
+            )
         b, T = states.shape[:2]
         if actions.dim() != 3 or actions.shape[-1] != cfg.act_dim or actions.shape[:2] != (b, T):
-            raise ValueError(f"actions must be (batch={b}, steps={T}, act_dim={cfg.act_dim}), got "
-                             f"{tuple(actions.shape)}")
+            raise ValueError(
+                f"actions must be (batch={b}, steps={T}, act_dim={cfg.act_dim}), got {tuple(actions.shape)}"
+            )
         if returns_to_go.shape not in ((b, T, 1), (b, T)):
             raise ValueError(f"returns_to_go must be ({b}, {T}, 1), got {tuple(returns_to_go.shape)}")
         if timesteps.shape != (b, T):
@@ -84,9 +89,9 @@ class TrajectoryEmbedding(nn.Module):
         b, T, _ = r.shape
         parts = {"RAS": [r, a_slot, s], "ARS": [a_slot, r, s], "RSA": [r, s, a_slot]}[self.cfg.token_order]
         if self.cfg.layout == "B3LD":
-            tokens = torch.stack(parts, dim=2).reshape(b, 3 * T, -1)          # (b, 3T, w)
+            tokens = torch.stack(parts, dim=2).reshape(b, 3 * T, -1)  # (b, 3T, w)
         else:
-            tokens = torch.cat(parts, dim=-1)                                 # (b, T, 3w)
+            tokens = torch.cat(parts, dim=-1)  # (b, T, 3w)
         return self._finish(tokens)
 
     def _finish(self, tokens):
@@ -111,9 +116,9 @@ class TrajectoryEmbedding(nn.Module):
         self.check_inputs(states, actions, returns_to_go, timesteps)
         if returns_to_go.dim() == 2:
             returns_to_go = returns_to_go[..., None]
-        if self.cfg.layout == "BL3D" or self.cfg.token_order in ("RAS", "ARS"):   # the action slot holds a_{t-1}
+        if self.cfg.layout == "BL3D" or self.cfg.token_order in ("RAS", "ARS"):  # the action slot holds a_{t-1}
             actions = self.previous_actions(actions, prev_action)
-        r = self._embed(self.embed_return, returns_to_go, timesteps)      # (b, T, w)
+        r = self._embed(self.embed_return, returns_to_go, timesteps)  # (b, T, w)
         s = self._embed(self.embed_state, states, timesteps)
         a = self._embed(self.embed_action, actions, timesteps)
         return self._tokens(r, a, s)
@@ -135,10 +140,10 @@ class TrajectoryEmbedding(nn.Module):
         BL3D:     [token_t] -> (b, 1, d).
         The last token predicts a_t.
         """
-        t = timestep[:, None]                                              # (b, 1)
+        t = timestep[:, None]  # (b, 1)
         if first:
             prev_action = torch.zeros_like(prev_action)
-        r = self._embed(self.embed_return, return_to_go[:, None], t)       # (b, 1, w)
+        r = self._embed(self.embed_return, return_to_go[:, None], t)  # (b, 1, w)
         s = self._embed(self.embed_state, state[:, None], t)
         if self.cfg.layout == "B3LD" and self.cfg.token_order == "RSA":
             parts = [r, s] if first else [self._embed(self.embed_action, prev_action[:, None], t - 1), r, s]

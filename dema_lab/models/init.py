@@ -22,13 +22,12 @@ def official_init(model: nn.Module, initializer_range: float = 0.02) -> nn.Modul
     """Re-initialise `model` in place as the official code does; returns it."""
     n_layer = model.cfg.n_layer
     for module in model.modules():
-        if isinstance(module, nn.Linear) and module.bias is not None \
-                and not getattr(module.bias, "_no_reinit", False):
+        if isinstance(module, nn.Linear) and module.bias is not None and not getattr(module.bias, "_no_reinit", False):
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=initializer_range)
         out_proj = getattr(module, "out_proj", None)
-        if isinstance(out_proj, nn.Linear) and hasattr(module, "A_log"):      # a Mamba mixer
+        if isinstance(out_proj, nn.Linear) and hasattr(module, "A_log"):  # a Mamba mixer
             nn.init.kaiming_uniform_(out_proj.weight, a=math.sqrt(5))
             out_proj.weight /= math.sqrt(n_layer)
     return model

@@ -43,13 +43,20 @@ import torch
 from .checkpoint import Checkpoint, CheckpointError, load_weights
 from .config import ModelConfig
 
-OFFICIAL_K = 20            # gym/experiment.py --K
-OFFICIAL_N_HEAD = 1        # gym/experiment.py --n_head
+OFFICIAL_K = 20  # gym/experiment.py --K
+OFFICIAL_N_HEAD = 1  # gym/experiment.py --n_head
 OFFICIAL_MAX_EP_LEN = 1000
-OFFICIAL_ATARI_K = 30      # atari/run_atari.py --context_length
+OFFICIAL_ATARI_K = 30  # atari/run_atari.py --context_length
 
-__all__ = ["OfficialCheckpointError", "UnsafeCheckpointError", "RestrictedUnpickler", "read_official",
-           "official_state_dict", "infer_official", "import_official"]
+__all__ = [
+    "OfficialCheckpointError",
+    "UnsafeCheckpointError",
+    "RestrictedUnpickler",
+    "read_official",
+    "official_state_dict",
+    "infer_official",
+    "import_official",
+]
 
 
 class OfficialCheckpointError(CheckpointError):
@@ -64,6 +71,7 @@ class UnsafeCheckpointError(OfficialCheckpointError):
 # ------------------------------------------------------------------------------------------------
 # The restricted unpickler
 # ------------------------------------------------------------------------------------------------
+
 
 class InertObject:
     """Stands in for a class a checkpoint names under torch.optim (the pickled AdamW): it keeps what
@@ -119,14 +127,27 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
         ("torch", "Size"): torch.Size,
         ("torch", "device"): torch.device,
         ("torch.storage", "_load_from_bytes"): _load_from_bytes,
-        ("_codecs", "encode"): __import__("_codecs").encode,     # protocol-2 pickles of bytes
+        ("_codecs", "encode"): __import__("_codecs").encode,  # protocol-2 pickles of bytes
         ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
         ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
     }
-    for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str",
-                 "bytes", "bytearray", "slice"):
+    for name in (
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "int",
+        "float",
+        "complex",
+        "bool",
+        "str",
+        "bytes",
+        "bytearray",
+        "slice",
+    ):
         allowed[("builtins", name)] = getattr(builtins, name)
     return allowed
 
@@ -145,20 +166,21 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         global _ALLOWED
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)   # protocol 2: __builtin__ -> builtins
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # protocol 2: __builtin__ -> builtins
         if _ALLOWED is None:
             _ALLOWED = _allowed_globals()
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
-            return vars(torch)[name]                                  # torch.float32, ... (never torch.__getattr__)
+            return vars(torch)[name]  # torch.float32, ... (never torch.__getattr__)
         if module == "torch.optim" or module.startswith("torch.optim."):
-            return _stub(module, name)                                # the pickled AdamW (never run)
+            return _stub(module, name)  # the pickled AdamW (never run)
         raise UnsafeCheckpointError(
             f"{self.source} refuses global {module}.{name}: an official checkpoint holds only tensors, "
             f"plain containers and a torch.optim optimizer, so this file is not a plain checkpoint. "
             f"Nothing in it was run. If you trust it and it holds a whole model object, load it where "
-            f"that class exists and re-save {{'model': model.state_dict()}}")
+            f"that class exists and re-save {{'model': model.state_dict()}}"
+        )
 
 
 def _module_like(source: str) -> types.SimpleNamespace:
@@ -168,8 +190,14 @@ def _module_like(source: str) -> types.SimpleNamespace:
     def load(f, **kw):
         return unpickler(f, **kw).load()
 
-    return types.SimpleNamespace(__name__="dema_lab_restricted_pickle", Unpickler=unpickler, load=load,
-                                 Pickler=pickle.Pickler, dump=pickle.dump, UnpicklingError=pickle.UnpicklingError)
+    return types.SimpleNamespace(
+        __name__="dema_lab_restricted_pickle",
+        Unpickler=unpickler,
+        load=load,
+        Pickler=pickle.Pickler,
+        dump=pickle.dump,
+        UnpicklingError=pickle.UnpicklingError,
+    )
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -181,7 +209,7 @@ def restricted_torch_load(f, source: str):
     data = f.read() if hasattr(f, "read") else Path(f).read_bytes()
     module = _module_like(source)
     if data[:4] != b"PK\x03\x04":
-        first = module.load(io.BytesIO(data))          # a plain pickle, or a legacy torch file's magic number
+        first = module.load(io.BytesIO(data))  # a plain pickle, or a legacy torch file's magic number
         if not (isinstance(first, int) and first == _LEGACY_MAGIC):
             return first
     return torch.load(io.BytesIO(data), map_location="cpu", pickle_module=module, weights_only=False)
@@ -205,13 +233,16 @@ def read_official(path) -> dict:
     except Exception as e:  # noqa: BLE001 - torch and pickle raise many kinds for a foreign file
         hint = ""
         if _looks_like_safetensors(data):
-            hint = (" It is a safetensors file: a dema-lab checkpoint opens with "
-                    "dema_lab.models.load_checkpoint, no import needed.")
+            hint = (
+                " It is a safetensors file: a dema-lab checkpoint opens with "
+                "dema_lab.models.load_checkpoint, no import needed."
+            )
         elif zipfile.is_zipfile(io.BytesIO(data)):
             hint = " It is a zip archive but not one torch.save wrote (or a TorchScript archive)."
         raise OfficialCheckpointError(
             f"{path} is not a torch checkpoint (pickle) that can be read: {type(e).__name__}: {e}.{hint} "
-            f"Give the model_iter*.pkl file the official gym/experiment.py saved") from None
+            f"Give the model_iter*.pkl file the official gym/experiment.py saved"
+        ) from None
 
 
 def _looks_like_safetensors(data: bytes) -> bool:
@@ -234,8 +265,10 @@ def official_state_dict(obj, source: str = "the checkpoint") -> tuple[dict, dict
     optimizer state, when there), container ("model", "model_state_dict" or "state_dict")."""
     info: dict = {}
     if not isinstance(obj, dict):
-        raise OfficialCheckpointError(f"{source} holds a {type(obj).__name__}, not a dict: expected "
-                                      f"{{'model': state_dict, 'optimizer': ..., ...}} or a state_dict")
+        raise OfficialCheckpointError(
+            f"{source} holds a {type(obj).__name__}, not a dict: expected "
+            f"{{'model': state_dict, 'optimizer': ..., ...}} or a state_dict"
+        )
     for key in ("model", "model_state_dict", "state_dict"):
         if key in obj and isinstance(obj[key], dict):
             sd, info["container"] = obj[key], key
@@ -247,13 +280,15 @@ def official_state_dict(obj, source: str = "the checkpoint") -> tuple[dict, dict
             kinds = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:8])
             raise OfficialCheckpointError(
                 f"{source} holds no model weights: expected a dict with 'model' (or 'model_state_dict') "
-                f"holding a state_dict, or a state_dict; found {{{kinds}}}")
+                f"holding a state_dict, or a state_dict; found {{{kinds}}}"
+            )
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise OfficialCheckpointError(f"{source}: its state_dict has non-tensor entries {bad[:5]}")
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v.detach().clone() for k, v in sd.items()}
+    sd = {(k[len("module.") :] if k.startswith("module.") else k): v.detach().clone() for k, v in sd.items()}
     steps = _optimizer_steps(obj.get("optimizer_state_dict")) or _optimizer_steps(
-        getattr(obj.get("optimizer"), "state", None))
+        getattr(obj.get("optimizer"), "state", None)
+    )
     if steps:
         info["optimizer_steps"] = steps
     return sd, info
@@ -291,8 +326,9 @@ def _layer_count(sd, prefix) -> int:
     return len(idx)
 
 
-def infer_official(sd: dict, *, K: int | None = None, n_head: int = OFFICIAL_N_HEAD,
-                   source: str = "the checkpoint") -> tuple[ModelConfig, str]:
+def infer_official(
+    sd: dict, *, K: int | None = None, n_head: int = OFFICIAL_N_HEAD, source: str = "the checkpoint"
+) -> tuple[ModelConfig, str]:
     """(ModelConfig, official class name) from an official state dict's names and shapes. K: the
     context length (default: the official 20 for MuJoCo, 30 for Atari).
     Raises OfficialCheckpointError listing what was found for a layout it does not recognise."""
@@ -308,9 +344,11 @@ def infer_official(sd: dict, *, K: int | None = None, n_head: int = OFFICIAL_N_H
         return _infer_dema(sd, K, fail), "Mamba_mujoco"
     if any(k.startswith("transformer.h.") for k in keys) and "embed_return.weight" in keys:
         return _infer_dt(sd, K, n_head, fail), "DecisionTransformer"
-    fail("not a layout of the official DeMa code: expected Mamba_mujoco's (ret_emb, state_encoder, "
-         "action_embeddings, backbone.embedding, backbone.layers.{i}.mixer.*, predict_action.0) or the "
-         "DecisionTransformer's (embed_return, embed_state, embed_action, transformer.h.{i}.*, predict_action.0)")
+    fail(
+        "not a layout of the official DeMa code: expected Mamba_mujoco's (ret_emb, state_encoder, "
+        "action_embeddings, backbone.embedding, backbone.layers.{i}.mixer.*, predict_action.0) or the "
+        "DecisionTransformer's (embed_return, embed_state, embed_action, transformer.h.{i}.*, predict_action.0)"
+    )
 
 
 def _need(sd, fail, *keys):
@@ -320,27 +358,49 @@ def _need(sd, fail, *keys):
 
 
 def _infer_dema(sd, K, fail) -> ModelConfig:
-    _need(sd, fail, "ret_emb.weight", "state_encoder.weight", "action_embeddings.weight",
-          "backbone.embedding.weight", "backbone.norm_f.weight", "predict_action.0.weight")
-    E = sd["ret_emb.weight"].shape[0]                                  # ret_emb: Linear(1, E)
+    _need(
+        sd,
+        fail,
+        "ret_emb.weight",
+        "state_encoder.weight",
+        "action_embeddings.weight",
+        "backbone.embedding.weight",
+        "backbone.norm_f.weight",
+        "predict_action.0.weight",
+    )
+    E = sd["ret_emb.weight"].shape[0]  # ret_emb: Linear(1, E)
     state_dim = sd["state_encoder.weight"].shape[1]
     act_dim = sd["action_embeddings.weight"].shape[1]
-    D, width_in = sd["backbone.embedding.weight"].shape                # Linear(E or 3E, D)
+    D, width_in = sd["backbone.embedding.weight"].shape  # Linear(E or 3E, D)
     if width_in == E:
         layout = "B3LD"
     elif width_in == 3 * E:
         layout = "BL3D"
     else:
-        fail(f"backbone.embedding takes {width_in} inputs, neither the embedding width {E} (B3LD) "
-             f"nor 3 x {E} (BL3D)")
+        fail(f"backbone.embedding takes {width_in} inputs, neither the embedding width {E} (B3LD) nor 3 x {E} (BL3D)")
     n_layer, d_state, d_conv, expand = _mamba_dims(sd, D, fail)
     has_time = "embed_timestep.weight" in sd
     max_ep_len = sd["embed_timestep.weight"].shape[0] if has_time else OFFICIAL_MAX_EP_LEN
     try:
-        return ModelConfig(arch="dema", state_dim=state_dim, act_dim=act_dim, K=K, d_model=D, n_layer=n_layer,
-                           layout=layout, token_order="RAS", embed_dim=E, embed_norm="none",
-                           window_padding="left", timestep_embedding=has_time, max_ep_len=max_ep_len,
-                           d_state=d_state, d_conv=d_conv, expand=expand, dropout=0.0)
+        return ModelConfig(
+            arch="dema",
+            state_dim=state_dim,
+            act_dim=act_dim,
+            K=K,
+            d_model=D,
+            n_layer=n_layer,
+            layout=layout,
+            token_order="RAS",
+            embed_dim=E,
+            embed_norm="none",
+            window_padding="left",
+            timestep_embedding=has_time,
+            max_ep_len=max_ep_len,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            dropout=0.0,
+        )
     except (TypeError, ValueError) as e:
         fail(f"the inferred config is not valid ({e})")
 
@@ -350,15 +410,27 @@ def _infer_atari_dema(sd, K, fail) -> ModelConfig:
     `state_encoder` (Sequential indices 0, 2, 4 conv, 7 Linear to n_embed, Tanh), `ret_emb.0` Linear(1, E)
     + Tanh, `action_embeddings.0` Embedding + Tanh, the MixerModel backbone, `head` Linear(D, n_actions)
     without bias; tokens (a_{t-1}, R_t, s_t)."""
-    _need(sd, fail, "ret_emb.0.weight", "state_encoder.0.weight", "state_encoder.2.weight",
-          "state_encoder.4.weight", "state_encoder.7.weight", "action_embeddings.0.weight",
-          "backbone.embedding.weight", "backbone.norm_f.weight", "head.weight")
+    _need(
+        sd,
+        fail,
+        "ret_emb.0.weight",
+        "state_encoder.0.weight",
+        "state_encoder.2.weight",
+        "state_encoder.4.weight",
+        "state_encoder.7.weight",
+        "action_embeddings.0.weight",
+        "backbone.embedding.weight",
+        "backbone.norm_f.weight",
+        "head.weight",
+    )
     E = sd["ret_emb.0.weight"].shape[0]
     n_actions, E_a = sd["action_embeddings.0.weight"].shape
     channels = sd["state_encoder.0.weight"].shape[1]
     if sd["state_encoder.7.weight"].shape != (E, 3136) or E_a != E:
-        fail(f"state_encoder.7 is {_shape(sd, 'state_encoder.7.weight')} and action_embeddings.0 "
-             f"{(n_actions, E_a)}: expected the Nature CNN on 84x84 frames ({E}, 3136) and ({n_actions}, {E})")
+        fail(
+            f"state_encoder.7 is {_shape(sd, 'state_encoder.7.weight')} and action_embeddings.0 "
+            f"{(n_actions, E_a)}: expected the Nature CNN on 84x84 frames ({E}, 3136) and ({n_actions}, {E})"
+        )
     D, width_in = sd["backbone.embedding.weight"].shape
     if width_in == E:
         layout = "B3LD"
@@ -367,14 +439,32 @@ def _infer_atari_dema(sd, K, fail) -> ModelConfig:
     else:
         fail(f"backbone.embedding takes {width_in} inputs, neither {E} (B3LD) nor 3 x {E} (BL3D)")
     if sd["head.weight"].shape != (n_actions, D) or "head.bias" in sd:
-        fail(f"head is {_shape(sd, 'head.weight')}{' with a bias' if 'head.bias' in sd else ''}: expected "
-             f"Linear({D}, {n_actions}, bias=False)")
+        fail(
+            f"head is {_shape(sd, 'head.weight')}{' with a bias' if 'head.bias' in sd else ''}: expected "
+            f"Linear({D}, {n_actions}, bias=False)"
+        )
     n_layer, d_state, d_conv, expand = _mamba_dims(sd, D, fail)
     try:
-        return ModelConfig(arch="dema", state_dim=channels * 84 * 84, act_dim=1, obs_shape=(channels, 84, 84),
-                           n_actions=n_actions, K=K, d_model=D, n_layer=n_layer, layout=layout,
-                           token_order="ARS", embed_dim=E, embed_norm="none", window_padding="none",
-                           timestep_embedding=False, d_state=d_state, d_conv=d_conv, expand=expand, dropout=0.0)
+        return ModelConfig(
+            arch="dema",
+            state_dim=channels * 84 * 84,
+            act_dim=1,
+            obs_shape=(channels, 84, 84),
+            n_actions=n_actions,
+            K=K,
+            d_model=D,
+            n_layer=n_layer,
+            layout=layout,
+            token_order="ARS",
+            embed_dim=E,
+            embed_norm="none",
+            window_padding="none",
+            timestep_embedding=False,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            dropout=0.0,
+        )
     except (TypeError, ValueError) as e:
         fail(f"the inferred config is not valid ({e})")
 
@@ -386,13 +476,31 @@ def _mamba_dims(sd, D, fail) -> tuple[int, int, int, int]:
     if n_layer == 0:
         fail("backbone.layers holds no layer")
     if any(k.endswith(("norm.bias", "norm_f.bias")) for k in sd):
-        fail("the blocks' norms have a bias (LayerNorm, rms_norm=False); dema-lab's DeMa uses RMSNorm as "
-             "the official default (rms_norm=True)")
+        fail(
+            "the blocks' norms have a bias (LayerNorm, rms_norm=False); dema-lab's DeMa uses RMSNorm as "
+            "the official default (rms_norm=True)"
+        )
     if any(k.endswith(("in_proj.bias", "out_proj.bias")) for k in sd):
         fail("the mixers have in_proj/out_proj biases (bias=True); dema-lab's Mamba has none, as the default")
     p = "backbone.layers.0.mixer."
-    _need(sd, fail, *(p + n for n in ("in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
-                                     "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight")))
+    _need(
+        sd,
+        fail,
+        *(
+            p + n
+            for n in (
+                "in_proj.weight",
+                "conv1d.weight",
+                "conv1d.bias",
+                "x_proj.weight",
+                "dt_proj.weight",
+                "dt_proj.bias",
+                "A_log",
+                "D",
+                "out_proj.weight",
+            )
+        ),
+    )
     d_inner2, d_model_in = sd[p + "in_proj.weight"].shape
     d_inner = d_inner2 // 2
     d_state = sd[p + "A_log"].shape[1]
@@ -402,32 +510,59 @@ def _mamba_dims(sd, D, fail) -> tuple[int, int, int, int]:
         fail(f"in_proj is {tuple(sd[p + 'in_proj.weight'].shape)}: expected (2 * expand * {D}, {D})")
     expand = d_inner // D
     if dt_rank != math.ceil(D / 16):
-        fail(f"dt_rank is {dt_rank}, but dema-lab's Mamba uses dt_rank = ceil(d_model / 16) = "
-             f"{math.ceil(D / 16)} (mamba_ssm's 'auto'); a checkpoint with another dt_rank cannot be mapped")
+        fail(
+            f"dt_rank is {dt_rank}, but dema-lab's Mamba uses dt_rank = ceil(d_model / 16) = "
+            f"{math.ceil(D / 16)} (mamba_ssm's 'auto'); a checkpoint with another dt_rank cannot be mapped"
+        )
     if sd[p + "x_proj.weight"].shape != (dt_rank + 2 * d_state, d_inner):
         fail(f"x_proj is {tuple(sd[p + 'x_proj.weight'].shape)}, expected ({dt_rank + 2 * d_state}, {d_inner})")
     return n_layer, d_state, d_conv, expand
 
 
 def _infer_dt(sd, K, n_head, fail) -> ModelConfig:
-    _need(sd, fail, "embed_return.weight", "embed_state.weight", "embed_action.weight", "embed_ln.weight",
-          "transformer.ln_f.weight", "predict_action.0.weight")
+    _need(
+        sd,
+        fail,
+        "embed_return.weight",
+        "embed_state.weight",
+        "embed_action.weight",
+        "embed_ln.weight",
+        "transformer.ln_f.weight",
+        "predict_action.0.weight",
+    )
     H = sd["embed_return.weight"].shape[0]
     state_dim = sd["embed_state.weight"].shape[1]
     act_dim = sd["embed_action.weight"].shape[1]
     n_layer = _layer_count(sd, "transformer.h.")
     if n_layer == 0:
         fail("transformer.h holds no block")
-    if any(k.startswith("transformer.h.0.attn.") and k.split(".")[-2] in ("conv1d", "x_proj", "dt_proj")
-           for k in sd) or "transformer.h.0.attn.A_log" in sd:
-        fail("this DecisionTransformer was trained with attn_type='s6' (an S6 layer in place of attention); "
-             "dema-lab imports the attention DT (attn_type='attn') only")
+    if (
+        any(k.startswith("transformer.h.0.attn.") and k.split(".")[-2] in ("conv1d", "x_proj", "dt_proj") for k in sd)
+        or "transformer.h.0.attn.A_log" in sd
+    ):
+        fail(
+            "this DecisionTransformer was trained with attn_type='s6' (an S6 layer in place of attention); "
+            "dema-lab imports the attention DT (attn_type='attn') only"
+        )
     if "transformer.wpe.weight" in sd:
         fail("the GPT-2 has position embeddings (transformer.wpe), which the DT of the official code removed")
     p = "transformer.h.0."
-    _need(sd, fail, *(p + n for n in ("ln_1.weight", "attn.c_attn.weight", "attn.c_proj.weight", "ln_2.weight",
-                                     "mlp.c_fc.weight", "mlp.c_proj.weight")))
-    if _shape(sd, p + "attn.c_attn.weight") != (H, 3 * H):            # Conv1D: (in, out)
+    _need(
+        sd,
+        fail,
+        *(
+            p + n
+            for n in (
+                "ln_1.weight",
+                "attn.c_attn.weight",
+                "attn.c_proj.weight",
+                "ln_2.weight",
+                "mlp.c_fc.weight",
+                "mlp.c_proj.weight",
+            )
+        ),
+    )
+    if _shape(sd, p + "attn.c_attn.weight") != (H, 3 * H):  # Conv1D: (in, out)
         fail(f"attn.c_attn.weight is {_shape(sd, p + 'attn.c_attn.weight')}, expected GPT-2's Conv1D ({H}, {3 * H})")
     n_inner = sd[p + "mlp.c_fc.weight"].shape[1]
     if n_inner != 4 * H:
@@ -443,10 +578,25 @@ def _infer_dt(sd, K, n_head, fail) -> ModelConfig:
     # zero row and appends each action after acting, so step t's action slot holds a_{t-1} (DT was
     # trained with a_t there); this reproduces that evaluation exactly.
     try:
-        return ModelConfig(arch="dt", state_dim=state_dim, act_dim=act_dim, K=K, d_model=H, n_layer=n_layer,
-                           layout="B3LD", token_order="RSA", embed_dim=0, embed_norm="layernorm",
-                           window_padding="none", timestep_embedding=has_time, max_ep_len=max_ep_len,
-                           n_head=n_head, dropout=0.1, activation="relu", window_actions="previous")
+        return ModelConfig(
+            arch="dt",
+            state_dim=state_dim,
+            act_dim=act_dim,
+            K=K,
+            d_model=H,
+            n_layer=n_layer,
+            layout="B3LD",
+            token_order="RSA",
+            embed_dim=0,
+            embed_norm="layernorm",
+            window_padding="none",
+            timestep_embedding=has_time,
+            max_ep_len=max_ep_len,
+            n_head=n_head,
+            dropout=0.1,
+            activation="relu",
+            window_actions="previous",
+        )
     except (TypeError, ValueError) as e:
         fail(f"the inferred config is not valid ({e})")
 
@@ -456,31 +606,43 @@ def map_official(sd: dict, cfg: ModelConfig) -> tuple[dict, list[str]]:
     `infer_official` gave. DT's Conv1D weights (in, out) are transposed to nn.Linear's (out, in)."""
     out, dropped = {}, []
     if cfg.arch == "dema":
-        prefixes = [("ret_emb.", "embed.embed_return."), ("state_encoder.", "embed.embed_state."),
-                    ("action_embeddings.", "embed.embed_action."), ("embed_timestep.", "embed.embed_timestep."),
-                    ("backbone.embedding.", "embed.embed_token."), ("backbone.layers.", "layers."),
-                    ("backbone.norm_f.", "norm_f."), ("predict_action.", "predict_action."),
-                    ("head.", "predict_action.")]                               # Atari's logits head
+        prefixes = [
+            ("ret_emb.", "embed.embed_return."),
+            ("state_encoder.", "embed.embed_state."),
+            ("action_embeddings.", "embed.embed_action."),
+            ("embed_timestep.", "embed.embed_timestep."),
+            ("backbone.embedding.", "embed.embed_token."),
+            ("backbone.layers.", "layers."),
+            ("backbone.norm_f.", "norm_f."),
+            ("predict_action.", "predict_action."),
+            ("head.", "predict_action."),
+        ]  # Atari's logits head
         for k, v in sd.items():
             if k.startswith(DROPPED_DEMA):
                 dropped.append(k)
                 continue
-            new = next((n + k[len(o):] for o, n in prefixes if k.startswith(o)), None)
+            new = next((n + k[len(o) :] for o, n in prefixes if k.startswith(o)), None)
             if new is None:
                 dropped.append(k)
             else:
                 out[new] = v
         return out, dropped
     conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
-    prefixes = [("embed_return.", "embed.embed_return."), ("embed_state.", "embed.embed_state."),
-                ("embed_action.", "embed.embed_action."), ("embed_timestep.", "embed.embed_timestep."),
-                ("embed_ln.", "embed.embed_ln."), ("transformer.h.", "layers."), ("transformer.ln_f.", "ln_f."),
-                ("predict_action.", "predict_action.")]
+    prefixes = [
+        ("embed_return.", "embed.embed_return."),
+        ("embed_state.", "embed.embed_state."),
+        ("embed_action.", "embed.embed_action."),
+        ("embed_timestep.", "embed.embed_timestep."),
+        ("embed_ln.", "embed.embed_ln."),
+        ("transformer.h.", "layers."),
+        ("transformer.ln_f.", "ln_f."),
+        ("predict_action.", "predict_action."),
+    ]
     for k, v in sd.items():
         if k.startswith(DROPPED_DT) or k.endswith(DROPPED_DT_SUFFIX):
             dropped.append(k)
             continue
-        new = next((n + k[len(o):] for o, n in prefixes if k.startswith(o)), None)
+        new = next((n + k[len(o) :] for o, n in prefixes if k.startswith(o)), None)
         if new is None:
             dropped.append(k)
             continue
@@ -492,6 +654,7 @@ def map_official(sd: dict, cfg: ModelConfig) -> tuple[dict, list[str]]:
 # import_official
 # ------------------------------------------------------------------------------------------------
 
+
 def _iteration(path: Path) -> int | None:
     m = re.search(r"model_iter(\d+)", path.name)
     return int(m.group(1)) if m else None
@@ -501,28 +664,39 @@ def normalisation(dataset=None, state_mean=None, state_std=None, state_dim: int 
     """(state_mean, state_std) float32 arrays: the values given, else the dataset's (mean and std over
     all observations, std + 1e-6, as the official experiment.py)."""
     if (state_mean is None) != (state_std is None):
-        raise OfficialCheckpointError("give both state_mean and state_std, or neither (then they come "
-                                      "from the dataset)")
+        raise OfficialCheckpointError(
+            "give both state_mean and state_std, or neither (then they come from the dataset)"
+        )
     if state_mean is None:
         if dataset is None:
             raise OfficialCheckpointError(
                 "the state normalisation is not in an official checkpoint: give the dataset it was trained "
                 "on (dataset=...; mean and std + 1e-6 over its observations, as the official code) or "
-                "state_mean= and state_std=")
+                "state_mean= and state_std="
+            )
         mean, std = np.asarray(dataset.state_mean, np.float64), np.asarray(dataset.state_std, np.float64)
     else:
         mean, std = np.asarray(state_mean, np.float64).reshape(-1), np.asarray(state_std, np.float64).reshape(-1)
     if state_dim is not None and (mean.shape != (state_dim,) or std.shape != (state_dim,)):
-        raise OfficialCheckpointError(f"state_mean/state_std have {mean.size}/{std.size} entries; the checkpoint "
-                                      f"takes {state_dim}-dim states")
+        raise OfficialCheckpointError(
+            f"state_mean/state_std have {mean.size}/{std.size} entries; the checkpoint takes {state_dim}-dim states"
+        )
     if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
         raise OfficialCheckpointError("state_mean/state_std must be finite and the std positive")
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def import_official(path, *, env: str | None = None, dataset=None, state_mean=None, state_std=None,
-                    rtg_scale: float | None = None, K: int | None = None,
-                    n_head: int = OFFICIAL_N_HEAD) -> Checkpoint:
+def import_official(
+    path,
+    *,
+    env: str | None = None,
+    dataset=None,
+    state_mean=None,
+    state_std=None,
+    rtg_scale: float | None = None,
+    K: int | None = None,
+    n_head: int = OFFICIAL_N_HEAD,
+) -> Checkpoint:
     """A checkpoint of the official DeMa code (`model_iter{N}.pkl`: Mamba_mujoco or its
     DecisionTransformer) as a dema-lab Checkpoint, read without executing anything.
 
@@ -553,8 +727,9 @@ def import_official(path, *, env: str | None = None, dataset=None, state_mean=No
         if ds.obs_dim != cfg.state_dim or ds.act_dim != cfg.act_dim:
             raise OfficialCheckpointError(
                 f"{path} takes {cfg.state_dim}-dim states and {cfg.act_dim}-dim actions, but dataset "
-                f"{ds.name} has {ds.obs_dim} and {ds.act_dim}: it was trained on another environment")
-    if cfg.obs_shape:                 # Atari frames: the CNN scales them (x / 255); nothing to normalise
+                f"{ds.name} has {ds.obs_dim} and {ds.act_dim}: it was trained on another environment"
+            )
+    if cfg.obs_shape:  # Atari frames: the CNN scales them (x / 255); nothing to normalise
         mean, std = np.zeros(1, np.float32), np.ones(1, np.float32)
     else:
         mean, std = normalisation(ds if state_mean is None else None, state_mean, state_std, cfg.state_dim)
@@ -572,14 +747,26 @@ def import_official(path, *, env: str | None = None, dataset=None, state_mean=No
     model.eval()
     iteration = _iteration(path)
     step = info.get("optimizer_steps") or 0
-    meta = {"step": int(step), "run_id": "", "env": env_name, "rtg_scale": float(rtg_scale),
-            "dataset": ds.name if ds is not None else "", "device": "cpu", "source": "official",
-            "source_path": str(path.resolve()), "official_class": cls, "iteration": iteration,
-            "dropped": sorted(dropped), "container": info.get("container", "")}
+    meta = {
+        "step": int(step),
+        "run_id": "",
+        "env": env_name,
+        "rtg_scale": float(rtg_scale),
+        "dataset": ds.name if ds is not None else "",
+        "device": "cpu",
+        "source": "official",
+        "source_path": str(path.resolve()),
+        "official_class": cls,
+        "iteration": iteration,
+        "dropped": sorted(dropped),
+        "container": info.get("container", ""),
+    }
     if "optimizer_steps" in info:
         meta["optimizer_steps"] = info["optimizer_steps"]
-    extra = {"state_mean": torch.as_tensor(mean, dtype=torch.float32),
-             "state_std": torch.as_tensor(std, dtype=torch.float32)}
+    extra = {
+        "state_mean": torch.as_tensor(mean, dtype=torch.float32),
+        "state_std": torch.as_tensor(std, dtype=torch.float32),
+    }
     return Checkpoint(model=model, config=cfg, meta=meta, extra=extra, path=None)
 
 

@@ -29,28 +29,38 @@ MODES = ("transformer", "rnn")
 class Policy:
     """A model acting step by step: act(obs) -> action, observe(reward); see the module docstring."""
 
-    def __init__(self, model: TrajectoryModel, mode: str = "transformer", state_mean=None,
-                 state_std=None, rtg_scale: float = 1000.0, device=None, attention: str | None = None):
+    def __init__(
+        self,
+        model: TrajectoryModel,
+        mode: str = "transformer",
+        state_mean=None,
+        state_std=None,
+        rtg_scale: float = 1000.0,
+        device=None,
+        attention: str | None = None,
+    ):
         """attention: None, or a channel aggregation ("minmax", "abs", "mean"): then after each
         act() `self.attention` holds (n_layer, n, n), the aggregated attention among the n
         tokens of the current window that end with the current state token."""
         if mode not in MODES:
             raise ValueError(f"inference mode {mode!r} is unknown; choose 'transformer' or 'rnn'")
         if mode == "rnn" and model.cfg.arch != "dema":
-            raise ValueError("RNN-like inference needs a recurrent model (DeMa); "
-                             "a Decision Transformer can only run Transformer-like")
+            raise ValueError(
+                "RNN-like inference needs a recurrent model (DeMa); "
+                "a Decision Transformer can only run Transformer-like"
+            )
         self.model = model.eval()
         self.cfg = model.cfg
         self.mode = mode
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype     # inputs follow the weights (float64 models for tests)
+        self.dtype = next(model.parameters()).dtype  # inputs follow the weights (float64 models for tests)
         sd = self.cfg.state_dim
         self.state_mean = np.zeros(sd, np.float32) if state_mean is None else np.asarray(state_mean, np.float32)
         self.state_std = np.ones(sd, np.float32) if state_std is None else np.asarray(state_std, np.float32)
         self.rtg_scale = float(rtg_scale)
         self.attention_method = attention
         if attention is not None:
-            aggregate_channels(torch.zeros(1, 1, 1, 1), attention)   # fail early on a bad name
+            aggregate_channels(torch.zeros(1, 1, 1, 1), attention)  # fail early on a bad name
         self.reset(0.0)
 
     def reset(self, target_return: float):
@@ -58,7 +68,7 @@ class Policy:
         self.t = 0
         self.target_return = float(target_return)
         self.rtg = float(target_return) / self.rtg_scale
-        self.states: list[np.ndarray] = []     # normalised
+        self.states: list[np.ndarray] = []  # normalised
         self.actions: list[np.ndarray] = []
         self.rtgs: list[float] = []
         self.rnn_state = self.model.allocate_state(1, device=self.device) if self.mode == "rnn" else None
@@ -78,7 +88,7 @@ class Policy:
         T = len(self.states) - lo
         zero = np.zeros(cfg.act_dim, np.float32)
         actions = self.actions[lo:] + [zero] * (T - len(self.actions[lo:]))
-        if cfg.window_actions == "previous":        # the DeMa repository's DT loop: slot t holds a_{t-1}
+        if cfg.window_actions == "previous":  # the DeMa repository's DT loop: slot t holds a_{t-1}
             actions = [self.actions[lo - 1] if lo > 0 else zero] + self.actions[lo:]
         states, rtgs, steps = list(self.states[lo:]), list(self.rtgs[lo:]), list(range(lo, lo + T))
         pad = cfg.acting_steps(len(self.states) - 1) - T
@@ -86,21 +96,25 @@ class Policy:
             states = [np.zeros(cfg.state_dim, np.float32)] * pad + states
             actions = [zero] * pad + actions
             rtgs, steps = [0.0] * pad + rtgs, [0] * pad + steps
-        return {"states": self._tensor(np.stack(states))[None],                 # (1, T, state_dim)
-                "actions": self._tensor(np.stack(actions))[None],               # (1, T, act_dim)
-                "returns_to_go": self._tensor(rtgs)[None, :, None],             # (1, T, 1)
-                "timesteps": self._tensor(steps, torch.long)[None],             # (1, T)
-                "prev_action": self._tensor(self.actions[lo - 1] if lo > 0 else zero)[None]}   # (1, act_dim)
+        return {
+            "states": self._tensor(np.stack(states))[None],  # (1, T, state_dim)
+            "actions": self._tensor(np.stack(actions))[None],  # (1, T, act_dim)
+            "returns_to_go": self._tensor(rtgs)[None, :, None],  # (1, T, 1)
+            "timesteps": self._tensor(steps, torch.long)[None],  # (1, T)
+            "prev_action": self._tensor(self.actions[lo - 1] if lo > 0 else zero)[None],
+        }  # (1, act_dim)
 
     @torch.no_grad()
     def act(self, obs) -> np.ndarray:
         """The action for observation `obs` at the current step (call observe() after env.step)."""
         obs = np.asarray(obs, np.float32)
-        if self.cfg.obs_shape and obs.shape == tuple(self.cfg.obs_shape):   # Atari frames, kept flat here
+        if self.cfg.obs_shape and obs.shape == tuple(self.cfg.obs_shape):  # Atari frames, kept flat here
             obs = obs.reshape(-1)
         if obs.shape != (self.cfg.state_dim,):
-            raise ValueError(f"observation has shape {obs.shape}, the model expects "
-                             f"({self.cfg.state_dim},): is this the environment it was trained on?")
+            raise ValueError(
+                f"observation has shape {obs.shape}, the model expects "
+                f"({self.cfg.state_dim},): is this the environment it was trained on?"
+            )
         s = (obs - self.state_mean) / self.state_std
         self.states.append(s)
         self.rtgs.append(self.rtg)
@@ -109,15 +123,19 @@ class Policy:
             n = self.cfg.window_tokens(self.cfg.acting_steps(self.t))
             if self.attention_method:
                 preds, attn = self.model(**self.window(), return_attention=True)
-                attn = [a[..., :n, :n] for a in attn]      # RSA: drop the placeholder a_t token
+                attn = [a[..., :n, :n] for a in attn]  # RSA: drop the placeholder a_t token
             else:
                 preds, attn = self.model(**self.window()), None
             pred = preds[0, -1]
         else:
             prev = self.actions[-1] if self.actions else np.zeros(self.cfg.act_dim, np.float32)
-            tokens = self.model.embed.step_tokens(self._tensor(s)[None], self._tensor(prev)[None],
-                                                  self._tensor([[self.rtg]]), self._tensor([self.t], torch.long),
-                                                  first=self.t == 0)
+            tokens = self.model.embed.step_tokens(
+                self._tensor(s)[None],
+                self._tensor(prev)[None],
+                self._tensor([[self.rtg]]),
+                self._tensor([self.t], torch.long),
+                first=self.t == 0,
+            )
             pred = self.model.predict_action(self.model.step(tokens, self.rnn_state, self.record))[0]
             attn = None
             if self.record is not None:
@@ -125,9 +143,10 @@ class Policy:
                 self.record = [r[-keep:] for r in self.record]
                 attn = self.model.recorded_attention(self.record, self.cfg.window_tokens(min(self.t + 1, self.cfg.K)))
         if attn is not None:
-            self.attention = np.stack([aggregate_channels(a, self.attention_method)[0].float().cpu().numpy()
-                                       for a in attn])
-        action = self.model.choose_action(pred).float().cpu().numpy()   # discrete: a sampled index (1,)
+            self.attention = np.stack(
+                [aggregate_channels(a, self.attention_method)[0].float().cpu().numpy() for a in attn]
+            )
+        action = self.model.choose_action(pred).float().cpu().numpy()  # discrete: a sampled index (1,)
         self.actions.append(action)
         return action
 
@@ -153,18 +172,21 @@ class Policy:
         if self.mode == "transformer":
             self.reset(self.target_return)
             for t in range(step):
-                self.states.append((np.asarray(observations[t], np.float32).reshape(-1) - self.state_mean)
-                                   / self.state_std)
+                self.states.append(
+                    (np.asarray(observations[t], np.float32).reshape(-1) - self.state_mean) / self.state_std
+                )
                 self.rtgs.append(self.rtg)
                 self.actions.append(np.asarray(actions[t], np.float32))
                 self.observe(rewards[t])
             self.act(observations[step])
             self.actions[-1] = np.asarray(actions[step], np.float32)
             return
-        acted = len(self.actions) - 1               # the last step this policy acted at
+        acted = len(self.actions) - 1  # the last step this policy acted at
         if acted > step:
-            raise ValueError(f"this RNN-like policy has already acted at step {acted}; reset() it (or use a "
-                             f"snapshot taken at or before step {step}) to replay step {step}")
+            raise ValueError(
+                f"this RNN-like policy has already acted at step {acted}; reset() it (or use a "
+                f"snapshot taken at or before step {step}) to replay step {step}"
+            )
         for t in range(acted + 1, step + 1):
             if t > 0:
                 self.observe(rewards[t - 1])
@@ -181,7 +203,7 @@ class Policy:
             raise ValueError("the policy has not acted yet: call act() or replay_to() first")
         if self.mode == "transformer":
             n = cfg.window_tokens(cfg.acting_steps(self.t))
-            last = self.actions.pop()                # the window exactly as act() saw it
+            last = self.actions.pop()  # the window exactly as act() saw it
             try:
                 window = self.window()
             finally:
@@ -203,9 +225,16 @@ class BatchPolicy:
     kernels for a few rows: ~1e-7 in float32; none in float64, see tests/test_batched_eval.py).
     No attention: recorded episodes go through Policy."""
 
-    def __init__(self, model: TrajectoryModel, mode: str = "transformer", state_mean=None,
-                 state_std=None, rtg_scale: float = 1000.0, device=None):
-        self._one = Policy(model, mode, state_mean, state_std, rtg_scale, device)   # validation, normalisation
+    def __init__(
+        self,
+        model: TrajectoryModel,
+        mode: str = "transformer",
+        state_mean=None,
+        state_std=None,
+        rtg_scale: float = 1000.0,
+        device=None,
+    ):
+        self._one = Policy(model, mode, state_mean, state_std, rtg_scale, device)  # validation, normalisation
         self.model, self.cfg, self.mode = self._one.model, self._one.cfg, mode
         self.device, self.dtype = self._one.device, self._one.dtype
         self.state_mean, self.state_std, self.rtg_scale = self._one.state_mean, self._one.state_std, self._one.rtg_scale
@@ -214,10 +243,10 @@ class BatchPolicy:
     def reset(self, target_returns):
         """Start len(target_returns) episodes, row i aiming for target_returns[i] (env reward units)."""
         self.t = 0
-        self.rtg = np.asarray(target_returns, np.float64).reshape(-1) / self.rtg_scale   # (n,)
+        self.rtg = np.asarray(target_returns, np.float64).reshape(-1) / self.rtg_scale  # (n,)
         self.n = len(self.rtg)
         # the last K + 1 steps are all a window needs (the action before it included): (n, dim) each
-        self.states: list[np.ndarray] = []      # normalised, float32
+        self.states: list[np.ndarray] = []  # normalised, float32
         self.actions: list[np.ndarray] = []
         self.rtgs: list[np.ndarray] = []
         self.rnn_state = self.model.allocate_state(self.n, device=self.device) if self.mode == "rnn" else None
@@ -228,13 +257,13 @@ class BatchPolicy:
     def window(self) -> dict:
         """Policy.window() for every row at once: the model's keyword arguments, batch n."""
         cfg, n = self.cfg, self.n
-        t = self.t                                  # len(Policy.states) - 1
+        t = self.t  # len(Policy.states) - 1
         lo = max(0, t + 1 - cfg.K)
         T = t + 1 - lo
-        first = len(self.states) - T                # where step lo sits in the kept history
+        first = len(self.states) - T  # where step lo sits in the kept history
         zero = np.zeros((n, cfg.act_dim), np.float32)
-        before = self.actions[first - 1] if lo > 0 else zero                 # a_{lo-1}, (n, act_dim)
-        acts = self.actions[first:first + T - 1]
+        before = self.actions[first - 1] if lo > 0 else zero  # a_{lo-1}, (n, act_dim)
+        acts = self.actions[first : first + T - 1]
         actions = acts + [zero] if cfg.window_actions == "own" else [before] + acts
         states, rtgs, steps = self.states[first:], self.rtgs[first:], list(range(lo, lo + T))
         pad = cfg.acting_steps(t) - T
@@ -242,32 +271,41 @@ class BatchPolicy:
             states = [np.zeros((n, cfg.state_dim), np.float32)] * pad + states
             actions = [zero] * pad + actions
             rtgs, steps = [np.zeros(n)] * pad + rtgs, [0] * pad + steps
-        return {"states": self._tensor(np.stack(states, 1)),                            # (n, T, state_dim)
-                "actions": self._tensor(np.stack(actions, 1)),                          # (n, T, act_dim)
-                "returns_to_go": self._tensor(np.stack(rtgs, 1))[:, :, None],           # (n, T, 1)
-                "timesteps": self._tensor(np.tile(steps, (n, 1)), torch.long),                   # (n, T)
-                "prev_action": self._tensor(before)}                                    # (n, act_dim)
+        return {
+            "states": self._tensor(np.stack(states, 1)),  # (n, T, state_dim)
+            "actions": self._tensor(np.stack(actions, 1)),  # (n, T, act_dim)
+            "returns_to_go": self._tensor(np.stack(rtgs, 1))[:, :, None],  # (n, T, 1)
+            "timesteps": self._tensor(np.tile(steps, (n, 1)), torch.long),  # (n, T)
+            "prev_action": self._tensor(before),
+        }  # (n, act_dim)
 
     @torch.no_grad()
     def act(self, obs) -> np.ndarray:
         """Actions (n, act_dim) for observations (n, state_dim) at the current step."""
         obs = np.asarray(obs, np.float32)
-        if self.cfg.obs_shape and obs.shape == (self.n, *self.cfg.obs_shape):   # Atari frames, kept flat here
+        if self.cfg.obs_shape and obs.shape == (self.n, *self.cfg.obs_shape):  # Atari frames, kept flat here
             obs = obs.reshape(self.n, -1)
         if obs.shape != (self.n, self.cfg.state_dim):
-            raise ValueError(f"observations have shape {obs.shape}, expected ({self.n}, {self.cfg.state_dim}) "
-                             f"(live episodes, state_dim): is this the environment the model was trained on?")
+            raise ValueError(
+                f"observations have shape {obs.shape}, expected ({self.n}, {self.cfg.state_dim}) "
+                f"(live episodes, state_dim): is this the environment the model was trained on?"
+            )
         s = (obs - self.state_mean) / self.state_std
         self.states.append(s)
         self.rtgs.append(self.rtg.copy())
         if self.mode == "transformer":
-            pred = self.model(**self.window())[:, -1]                                   # (n, act_dim)
+            pred = self.model(**self.window())[:, -1]  # (n, act_dim)
         else:
             prev = self.actions[-1] if self.actions else np.zeros((self.n, self.cfg.act_dim), np.float32)
-            tokens = self.model.embed.step_tokens(self._tensor(s), self._tensor(prev), self._tensor(self.rtg[:, None]),
-                                                  self._tensor(np.full(self.n, self.t), torch.long), first=self.t == 0)
+            tokens = self.model.embed.step_tokens(
+                self._tensor(s),
+                self._tensor(prev),
+                self._tensor(self.rtg[:, None]),
+                self._tensor(np.full(self.n, self.t), torch.long),
+                first=self.t == 0,
+            )
             pred = self.model.predict_action(self.model.step(tokens, self.rnn_state))  # (n, act_dim)
-        action = self.model.choose_action(pred).float().cpu().numpy()   # discrete: sampled indices (n, 1)
+        action = self.model.choose_action(pred).float().cpu().numpy()  # discrete: sampled indices (n, 1)
         self.actions.append(action)
         keep = self.cfg.K + 1
         self.states, self.actions, self.rtgs = self.states[-keep:], self.actions[-keep:], self.rtgs[-keep:]

@@ -1,18 +1,29 @@
 """Selective state-space layers: the scan, its hidden attention and the Mamba mixer."""
 
 from .hidden_attention import (
-                               AGGREGATIONS,
-                               aggregate_channels,
-                               apply_attention,
-                               hidden_attention,
-                               hidden_attention_row,
-                               segsum,
+    AGGREGATIONS,
+    aggregate_channels,
+    apply_attention,
+    hidden_attention,
+    hidden_attention_row,
+    segsum,
 )
 from .mamba import Mamba, MambaState
 from .scan import BACKENDS, backend_for, mamba_ssm_available, selective_scan, selective_scan_ref, use_backend
 
 __all__ = [
-    "AGGREGATIONS", "BACKENDS", "Mamba", "MambaState", "aggregate_channels", "apply_attention",
-    "backend_for", "hidden_attention", "hidden_attention_row", "mamba_ssm_available", "segsum", "selective_scan",
-    "selective_scan_ref", "use_backend",
+    "AGGREGATIONS",
+    "BACKENDS",
+    "Mamba",
+    "MambaState",
+    "aggregate_channels",
+    "apply_attention",
+    "backend_for",
+    "hidden_attention",
+    "hidden_attention_row",
+    "mamba_ssm_available",
+    "segsum",
+    "selective_scan",
+    "selective_scan_ref",
+    "use_backend",
 ]

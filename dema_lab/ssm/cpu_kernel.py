@@ -57,6 +57,7 @@ _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default: x > 20 -> 
 
 # ----------------------------------------------------------------------------- vector math
 
+
 @intrinsic
 def _f32_bits(typingctx, x):
     if x != types.float32:
@@ -64,6 +65,7 @@ def _f32_bits(typingctx, x):
 
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], ir.IntType(32))
+
     return types.int32(types.float32), codegen
 
 
@@ -78,6 +80,7 @@ def _bits_f32(typingctx, i):
         if v.type.width > 32:
             v = builder.trunc(v, ir.IntType(32))
         return builder.bitcast(v, ir.FloatType())
+
     return types.float32(i), codegen
 
 
@@ -110,7 +113,7 @@ def _log_f32(x):
     """logf for normal positive x (Cephes' polynomial); branch-free."""
     bits = _f32_bits(x)
     e = ((bits >> 23) & 0xFF) - 126
-    m = _bits_f32((bits & 0x7FFFFF) | 0x3F000000)   # m in [0.5, 1)
+    m = _bits_f32((bits & 0x7FFFFF) | 0x3F000000)  # m in [0.5, 1)
     small = m < _F(0.707106781186547524)
     e = e - 1 if small else e
     f = (m + m if small else m) - _F(1.0)
@@ -150,6 +153,7 @@ def _fexp_impl(x):
 @overload(flog1p, inline="always")
 def _flog1p_impl(x):
     if x == types.float32:
+
         def impl(x):
             # for x in [0, 1] (the only use: softplus): log1p(x) = 2 atanh(s), s = x / (2 + x)
             # <= 1/3, by its series: no cancellation, so reassociation cannot hurt it.
@@ -164,11 +168,12 @@ def _flog1p_impl(x):
             p = p * s2 + _F(1.0 / 3.0)
             p = p * s2 + _F(1.0)
             return _F(2.0) * s * p
+
         return impl
     return lambda x: math.log1p(x)
 
 
-LOG2E = 1.4426950408889634   # the kernels' float32 A is pre-scaled by log2(e): exp(x) = 2**(x log2 e)
+LOG2E = 1.4426950408889634  # the kernels' float32 A is pre-scaled by log2(e): exp(x) = 2**(x log2 e)
 
 
 @numba.njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -209,7 +214,7 @@ def _kscale(dtype) -> float:
 
 # ----------------------------------------------------------------------------- kernels
 
-W = 16   # channels per tile: one AVX-512 vector of float32 (pad lanes are computed and dropped)
+W = 16  # channels per tile: one AVX-512 vector of float32 (pad lanes are computed and dropped)
 
 # The per-thread scratch buffers are arguments (allocated once by the wrappers and reused),
 # indexed [c, ...] with full indices: with no array views inside the parallel loop, numba
@@ -223,7 +228,7 @@ def _gather(src, b, d0, nw, c, dst):
     (b, d, L) contiguous or a transposed view of (b, L, d) memory: the loop order follows it."""
     L = dst.shape[1]
     zero = dst.dtype.type(0.0)
-    if src.strides[1] < src.strides[2]:          # channels vary fastest
+    if src.strides[1] < src.strides[2]:  # channels vary fastest
         for t in range(L):
             for w in range(W):
                 dst[c, t, w] = src[b, d0 + w, t] if w < nw else zero
@@ -293,8 +298,7 @@ def _load_tile(u, dr, db, A, D, z, softplus, has_z, b, d0, nw, c, uT, dtT, sgT, 
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
-def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last,
-             uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu, scale):
+def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last, uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu, scale):
     # Vectorised over the W channels of a tile (the lanes): per step t and state n, B_t[n] and
     # C_t[n] are broadcast, and exp(delta A), the state update and y's sum run on W lanes with
     # no horizontal sums. (The backward vectorises over d_state instead; see _backward.)
@@ -346,9 +350,46 @@ def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last,
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
-def _backward(u, dr, db, A, B, C, D, z, softplus, has_z, dout, dlast, has_dlast,
-              du, ddr, dz, dB, dC, dA_p, dD_p, ddb_p,
-              uT, dtT, sgT, zT, goT, gy, yT, duT, ddT, At, Ak, gr, hs, ea, Dt, Bi, scale):
+def _backward(
+    u,
+    dr,
+    db,
+    A,
+    B,
+    C,
+    D,
+    z,
+    softplus,
+    has_z,
+    dout,
+    dlast,
+    has_dlast,
+    du,
+    ddr,
+    dz,
+    dB,
+    dC,
+    dA_p,
+    dD_p,
+    ddb_p,
+    uT,
+    dtT,
+    sgT,
+    zT,
+    goT,
+    gy,
+    yT,
+    duT,
+    ddT,
+    At,
+    Ak,
+    gr,
+    hs,
+    ea,
+    Dt,
+    Bi,
+    scale,
+):
     # dA_p (nchunk, d_inner, d_state), dD_p, ddb_p (nchunk, d_inner): per-thread partial sums,
     # written here and reduced by the caller. dB, dC (batch, groups, L, d_state) are
     # accumulated here over the channels of a group, row by row (contiguous in d_state).
@@ -417,13 +458,13 @@ def _backward(u, dr, db, A, B, C, D, z, softplus, has_z, dout, dlast, has_dlast,
                             for n in range(nstate):
                                 gn = gr[c, n] + gyt * C[b, g, t, n]
                                 e = ea[c, t, n]
-                                wv = gn * hs[c, t, n] * e      # dL/dh_t * d h_t / d(delta_t A)
+                                wv = gn * hs[c, t, n] * e  # dL/dh_t * d h_t / d(delta_t A)
                                 aw += wv * A[d, n]
                                 dA_p[c, d, n] += wv * dt
                                 dB[b, g, t, n] += gn * dtu
                                 ab += gn * B[b, g, t, n]
                                 gr[c, n] = gn * e
-                            ddT[c, t, w] = aw + ab * uT[c, t, w]    # d/d delta (after softplus)
+                            ddT[c, t, w] = aw + ab * uT[c, t, w]  # d/d delta (after softplus)
                             duT[c, t, w] = ab * dt
                     # the D skip, the gate and softplus, vectorised over the tile's channels
                     for t in range(L):
@@ -453,19 +494,47 @@ def _backward(u, dr, db, A, B, C, D, z, softplus, has_z, dout, dlast, has_dlast,
 
 # ----------------------------------------------------------------------------- signatures
 
+
 def _sig(kernel: str, dtype):
     """The one signature each kernel is compiled for, per dtype: the big (b, d, L) arrays as
     any-layout ('A') arrays, so contiguous tensors and transposed views share one compiled
     kernel (instead of one per combination of layouts); everything else C-contiguous."""
     f = numba.from_dtype(np.dtype(dtype))
     A3 = types.Array(f, 3, "A")
-    C = lambda nd: types.Array(f, nd, "C")   # noqa: E731
+    C = lambda nd: types.Array(f, nd, "C")  # noqa: E731
     b = types.boolean
     if kernel == "forward":
-        return (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3,
-                C(3), C(3), C(3), C(3), C(3), C(3), C(3), C(2), C(2), C(2), C(2), f)
-    return (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3, b, A3, A3, A3,
-            C(4), C(4), C(3), C(2), C(2)) + (C(3),) * 10 + (C(2), C(2), C(3), C(3), C(2), C(2), f)
+        return (
+            A3,
+            A3,
+            C(1),
+            C(2),
+            C(4),
+            C(4),
+            C(1),
+            A3,
+            b,
+            b,
+            A3,
+            A3,
+            C(3),
+            C(3),
+            C(3),
+            C(3),
+            C(3),
+            C(3),
+            C(3),
+            C(2),
+            C(2),
+            C(2),
+            C(2),
+            f,
+        )
+    return (
+        (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3, b, A3, A3, A3, C(4), C(4), C(3), C(2), C(2))
+        + (C(3),) * 10
+        + (C(2), C(2), C(3), C(3), C(2), C(2), f)
+    )
 
 
 _ENTRY: dict = {}
@@ -480,7 +549,7 @@ def in_disk_cache(disp, sig) -> bool:
     try:
         cache = disp._cache
         return cache._index_key(sig, disp.targetctx.codegen()) in cache._cache_file._load_index()
-    except Exception:   # noqa: BLE001 - any numba-internal change: assume not cached
+    except Exception:  # noqa: BLE001 - any numba-internal change: assume not cached
         return False
 
 
@@ -506,8 +575,8 @@ def _kernel(kernel: str, dtype):
     return _ENTRY[key]
 
 
-
 # ----------------------------------------------------------------------------- wrappers
+
 
 def _set_threads() -> int:
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -593,11 +662,27 @@ def forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=F
     with _LOCK:
         nthreads = _set_threads()
         nchunk = max(1, min(ntile, 4 * nthreads))
-        lw, nw, ww = _tile_buffers("f_", nchunk, L, nstate, npdt, ("uT", "dtT", "sgT", "zT", "yT"),
-                                   ("At", "h"), ("Dt", "Bi", "y", "dtu"))
-        _kernel("forward", npdt)(_np(u), _np(delta), _np(dbv), _np(A), _np(B), _np(C), _np(Dv),
-                 _np(z) if z is not None else _dummy("z", npdt), bool(delta_softplus), z is not None,
-                 _np(out), _np(last), *lw, *nw, *ww, _kscale(npdt))
+        lw, nw, ww = _tile_buffers(
+            "f_", nchunk, L, nstate, npdt, ("uT", "dtT", "sgT", "zT", "yT"), ("At", "h"), ("Dt", "Bi", "y", "dtu")
+        )
+        _kernel("forward", npdt)(
+            _np(u),
+            _np(delta),
+            _np(dbv),
+            _np(A),
+            _np(B),
+            _np(C),
+            _np(Dv),
+            _np(z) if z is not None else _dummy("z", npdt),
+            bool(delta_softplus),
+            z is not None,
+            _np(out),
+            _np(last),
+            *lw,
+            *nw,
+            *ww,
+            _kscale(npdt),
+        )
     return out, last
 
 
@@ -622,19 +707,52 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast=No
         dA_p = u.new_empty(nchunk, dim, nstate)
         dD_p = u.new_empty(nchunk, dim)
         ddb_p = u.new_empty(nchunk, dim)
-        lw, (At,), (Dt, Bi) = _tile_buffers("b_", nchunk, L, nstate, npdt,
-                                            ("uT", "dtT", "sgT", "zT", "goT", "gy", "yT", "duT", "ddT"),
-                                            ("At",), ("Dt", "Bi"))
+        lw, (At,), (Dt, Bi) = _tile_buffers(
+            "b_",
+            nchunk,
+            L,
+            nstate,
+            npdt,
+            ("uT", "dtT", "sgT", "zT", "goT", "gy", "yT", "duT", "ddT"),
+            ("At",),
+            ("Dt", "Bi"),
+        )
         # rows padded by 64 bytes: two threads' rows (written every step) never share a cache line
         Ak, gr = (_WS.get("b_" + k, (nchunk, nstate + 16), npdt) for k in ("Ak", "gr"))
         hs = _WS.get("b_hs", (nchunk, L + 1, nstate), npdt)
         ea = _WS.get("b_ea", (nchunk, L, nstate), npdt)
-        _kernel("backward", npdt)(_np(u), _np(delta), _np(dbv), _np(A), _np(B), _np(C), _np(Dv),
-                  _np(z) if z is not None else _dummy("z", npdt), bool(delta_softplus), z is not None,
-                  _np(dout), _np(dlast.contiguous().to(u.dtype)) if dlast is not None else _dummy("dlast", npdt),
-                  dlast is not None, _np(du), _np(ddelta), _np(dz) if dz is not None else _dummy("dz", npdt),
-                  _np(dB), _np(dC), _np(dA_p), _np(dD_p), _np(ddb_p), *lw, At, Ak, gr, hs, ea, Dt, Bi,
-                  _kscale(npdt))
+        _kernel("backward", npdt)(
+            _np(u),
+            _np(delta),
+            _np(dbv),
+            _np(A),
+            _np(B),
+            _np(C),
+            _np(Dv),
+            _np(z) if z is not None else _dummy("z", npdt),
+            bool(delta_softplus),
+            z is not None,
+            _np(dout),
+            _np(dlast.contiguous().to(u.dtype)) if dlast is not None else _dummy("dlast", npdt),
+            dlast is not None,
+            _np(du),
+            _np(ddelta),
+            _np(dz) if dz is not None else _dummy("dz", npdt),
+            _np(dB),
+            _np(dC),
+            _np(dA_p),
+            _np(dD_p),
+            _np(ddb_p),
+            *lw,
+            At,
+            Ak,
+            gr,
+            hs,
+            ea,
+            Dt,
+            Bi,
+            _kscale(npdt),
+        )
     return du, ddelta, dA_p.sum(0), dB, dC, dD_p.sum(0), dz, ddb_p.sum(0)
 
 

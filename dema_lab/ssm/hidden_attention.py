@@ -24,10 +24,10 @@ def segsum(x: torch.Tensor) -> torch.Tensor:
     """Stable segment sum. x (..., L) -> S (..., L, L), S[i, j] = sum_{k=j+1..i} x_k for j <= i,
     -inf for j > i. Every entry is a sum of its own terms: no difference of large cumsums."""
     L = x.shape[-1]
-    xx = x[..., None, :].expand(*x.shape, L).transpose(-1, -2)      # xx[..., i, j] = x_i
+    xx = x[..., None, :].expand(*x.shape, L).transpose(-1, -2)  # xx[..., i, j] = x_i
     strict = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)
-    xx = xx.masked_fill(~strict, 0.0)                               # keep x_i for i > j
-    S = torch.cumsum(xx, dim=-2)                                    # S[i, j] = sum_{j<k<=i} x_k
+    xx = xx.masked_fill(~strict, 0.0)  # keep x_i for i > j
+    S = torch.cumsum(xx, dim=-2)  # S[i, j] = sum_{j<k<=i} x_k
     causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(0)
     return S.masked_fill(~causal, float("-inf"))
 
@@ -35,8 +35,7 @@ def segsum(x: torch.Tensor) -> torch.Tensor:
 IMPLS = ("auto", "segsum", "numba")
 
 
-def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chunk_channels=None,
-                     impl="auto"):
+def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chunk_channels=None, impl="auto"):
     """Exact hidden-attention matrices alpha, (batch, d_inner, L, L), zero above the diagonal.
 
     Arguments have selective_scan's layout: delta (batch, d_inner, L), A (d_inner, d_state),
@@ -57,7 +56,7 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
     delta = effective_delta(delta, delta_bias, delta_softplus, compute)
     batch, dim, L = delta.shape
     A = A.to(compute)
-    Bg = _as_grouped(B, delta).to(compute)                            # (b, g, n, L)
+    Bg = _as_grouped(B, delta).to(compute)  # (b, g, n, L)
     Cg = _as_grouped(C, delta).to(compute)
     if impl == "auto":
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (delta, A, Bg, Cg))
@@ -66,6 +65,7 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
         if delta.device.type != "cpu":
             raise RuntimeError(f"hidden-attention impl 'numba' runs on CPU only, tensors are on {delta.device}")
         from . import attention_kernel
+
         with torch.no_grad():
             return attention_kernel.alpha(delta, A, Bg, Cg)
     heads = dim // Bg.shape[1]
@@ -74,9 +74,9 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
     for d0 in range(0, dim, chunk):
         d1 = min(dim, d0 + chunk)
         g_idx = torch.arange(d0, d1, device=delta.device) // heads
-        Bc, Cc = Bg[:, g_idx], Cg[:, g_idx]                           # (b, dc, n, L)
-        logA = delta[:, d0:d1, None, :] * A[None, d0:d1, :, None]     # (b, dc, n, L)
-        decay = torch.exp(segsum(logA))                               # (b, dc, n, L, L), 0 above diag
+        Bc, Cc = Bg[:, g_idx], Cg[:, g_idx]  # (b, dc, n, L)
+        logA = delta[:, d0:d1, None, :] * A[None, d0:d1, :, None]  # (b, dc, n, L)
+        decay = torch.exp(segsum(logA))  # (b, dc, n, L, L), 0 above diag
         # alpha[i, j] = sum_n C_i[n] decay[n, i, j] B_j[n] delta_j
         a = torch.einsum("bdni,bdnij,bdnj->bdij", Cc, decay, Bc)
         alpha[:, d0:d1] = a * delta[:, d0:d1, None, :]
@@ -93,15 +93,15 @@ def hidden_attention_row(delta, A, B, C, row: int = -1, delta_bias=None, delta_s
     batch, dim, L = delta.shape
     i = row % L
     A = A.to(compute)
-    Bg = _as_grouped(B, delta).to(compute)                            # (b, g, n, L)
+    Bg = _as_grouped(B, delta).to(compute)  # (b, g, n, L)
     Cg = _as_grouped(C, delta).to(compute)
     g_idx = torch.arange(dim, device=delta.device) // (dim // Bg.shape[1])
-    d = delta[..., : i + 1]                                           # (b, dim, i+1)
+    d = delta[..., : i + 1]  # (b, dim, i+1)
     # suffix[j] = sum_{k=j+1..i} delta_k: reverse cumulative sum of delta_{1..i}, then 0 at j = i
     suffix = torch.cat([d[..., 1:].flip(-1).cumsum(-1).flip(-1), d.new_zeros(batch, dim, 1)], dim=-1)
-    decay = torch.exp(A[None, :, :, None] * suffix[:, :, None, :])    # (b, dim, n, i+1)
-    decay.mul_(Bg[:, g_idx, :, : i + 1]).mul_(Cg[:, g_idx, :, i, None])   # C_i[n] decay[n, j] B_j[n]
-    row_ = decay.sum(2) * d                                            # (b, dim, i+1)
+    decay = torch.exp(A[None, :, :, None] * suffix[:, :, None, :])  # (b, dim, n, i+1)
+    decay.mul_(Bg[:, g_idx, :, : i + 1]).mul_(Cg[:, g_idx, :, i, None])  # C_i[n] decay[n, j] B_j[n]
+    row_ = decay.sum(2) * d  # (b, dim, i+1)
     out = delta.new_zeros(batch, dim, L)
     out[..., : i + 1] = row_
     return out

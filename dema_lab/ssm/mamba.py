@@ -25,8 +25,9 @@ from .scan import selective_scan
 @dataclass
 class MambaState:
     """Recurrent state of one mixer: the last d_conv inputs of the conv and the SSM state."""
+
     conv: torch.Tensor  # (b, d_inner, d_conv)
-    ssm: torch.Tensor   # (b, d_inner, d_state), float32
+    ssm: torch.Tensor  # (b, d_inner, d_state), float32
 
 
 class Mamba(nn.Module):
@@ -36,9 +37,24 @@ class Mamba(nn.Module):
     advances one token from a MambaState (the RNN-like mode); with return_attention the hidden
     attention α (b, d_inner, L, L) of the scan is returned too (dema_lab.ssm.hidden_attention)."""
 
-    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001,
-                 dt_max=0.1, dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True,
-                 bias=False, layer_idx=None, device=None, dtype=None):
+    def __init__(
+        self,
+        d_model,
+        d_state=16,
+        d_conv=4,
+        expand=2,
+        dt_rank="auto",
+        dt_min=0.001,
+        dt_max=0.1,
+        dt_init="random",
+        dt_scale=1.0,
+        dt_init_floor=1e-4,
+        conv_bias=True,
+        bias=False,
+        layer_idx=None,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -50,22 +66,30 @@ class Mamba(nn.Module):
         self.layer_idx = layer_idx
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
-                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.conv1d = nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **factory,
+        )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
 
         # dt_proj: weights keep the variance at init; bias so that softplus(bias) is
         # log-uniform in [dt_min, dt_max] (inverse of softplus).
-        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        dt_init_std = self.dt_rank**-0.5 * dt_scale
         if dt_init == "constant":
             nn.init.constant_(self.dt_proj.weight, dt_init_std)
         elif dt_init == "random":
             nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
         else:
             raise ValueError(f"dt_init must be 'constant' or 'random', got {dt_init!r}")
-        dt = torch.exp(torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        dt = torch.exp(
+            torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
         inv_dt = dt + torch.log(-torch.expm1(-dt))
         with torch.no_grad():
             self.dt_proj.bias.copy_(inv_dt)
@@ -73,7 +97,7 @@ class Mamba(nn.Module):
 
         # S4D-real initialisation: A[d, n] = -(n + 1)
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-        self.A_log = nn.Parameter(torch.log(A))                        # (d_inner, d_state)
+        self.A_log = nn.Parameter(torch.log(A))  # (d_inner, d_state)
         self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # (d_inner,)
         self.D._no_weight_decay = True
@@ -83,23 +107,24 @@ class Mamba(nn.Module):
     def _ssm_inputs(self, hidden_states):
         """(b, L, d_model) -> x, z, dt (b, d_inner, L); B, C (b, d_state, L); A (d_inner, d_state)."""
         batch, L, _ = hidden_states.shape
-        xz = self.in_proj(hidden_states).transpose(1, 2)               # (b, 2 d_inner, L)
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2 d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :L])                            # causal conv
-        x_dbl = self.x_proj(x.transpose(1, 2))                         # (b, L, dt_rank + 2 n)
+        x = F.silu(self.conv1d(x)[..., :L])  # causal conv
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (b, L, dt_rank + 2 n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)            # (b, d_inner, L)
-        B = B.transpose(1, 2).contiguous()                             # (b, d_state, L)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (b, d_inner, L)
+        B = B.transpose(1, 2).contiguous()  # (b, d_state, L)
         C = C.transpose(1, 2).contiguous()
-        A = -torch.exp(self.A_log.float())                             # (d_inner, d_state)
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         return x, z, dt, B, C, A
 
     def forward(self, hidden_states, return_attention=False):
         """hidden_states (b, L, d_model) -> (b, L, d_model); with return_attention also the
         hidden attention alpha (b, d_inner, L, L) of this call."""
         x, z, dt, B, C, A = self._ssm_inputs(hidden_states)
-        y = selective_scan(x, dt, A, B, C, self.D.float(), z=z,
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        y = selective_scan(
+            x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True
+        )
         out = self.out_proj(y.transpose(1, 2))
         if not return_attention:
             return out
@@ -126,8 +151,13 @@ class Mamba(nn.Module):
         dtype = dtype or self.in_proj.weight.dtype
         return MambaState(
             conv=torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
-            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32
-                            if dtype != torch.float64 else dtype),
+            ssm=torch.zeros(
+                batch_size,
+                self.d_inner,
+                self.d_state,
+                device=device,
+                dtype=torch.float32 if dtype != torch.float64 else dtype,
+            ),
         )
 
     def step(self, hidden_states, state: MambaState):
@@ -135,19 +165,19 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
             raise ValueError(f"step() takes one token, (batch, 1, d_model); got {tuple(hidden_states.shape)}")
         dtype = hidden_states.dtype
-        xz = self.in_proj(hidden_states[:, 0])                          # (b, 2 d_inner)
-        x, z = xz.chunk(2, dim=-1)                                      # (b, d_inner)
+        xz = self.in_proj(hidden_states[:, 0])  # (b, 2 d_inner)
+        x, z = xz.chunk(2, dim=-1)  # (b, d_inner)
         state.conv.copy_(torch.roll(state.conv, shifts=-1, dims=-1))
         state.conv[:, :, -1] = x
-        x = (state.conv * self.conv1d.weight[:, 0, :]).sum(-1)         # (b, d_inner)
+        x = (state.conv * self.conv1d.weight[:, 0, :]).sum(-1)  # (b, d_inner)
         if self.conv1d.bias is not None:
             x = x + self.conv1d.bias
         x = F.silu(x)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(dt @ self.dt_proj.weight.t() + self.dt_proj.bias)  # (b, d_inner)
         A = -torch.exp(self.A_log.float())
-        dA = torch.exp(dt[:, :, None] * A)                               # (b, d_inner, d_state)
-        dBx = (dt * x)[:, :, None] * B[:, None, :]                       # (b, d_inner, d_state)
+        dA = torch.exp(dt[:, :, None] * A)  # (b, d_inner, d_state)
+        dBx = (dt * x)[:, :, None] * B[:, None, :]  # (b, d_inner, d_state)
         state.ssm.copy_(state.ssm * dA + dBx)
         y = (state.ssm.to(dtype) * C[:, None, :]).sum(-1) + self.D.to(dtype) * x
         y = y * F.silu(z)

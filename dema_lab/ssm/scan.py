@@ -38,12 +38,14 @@ last_backend: str | None = None  # the backend the most recent call used (visibl
 
 # ----------------------------------------------------------------------------- backends
 
+
 def _mamba_ssm_fn():
     """mamba_ssm's selective_scan_fn, or None. Any failure (no CUDA, ABI mismatch) -> None."""
     global _MAMBA_SSM
     if _MAMBA_SSM is _UNSET:
         try:
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
             _MAMBA_SSM = selective_scan_fn
         except Exception:  # noqa: BLE001 - a broken CUDA build raises anything
             _MAMBA_SSM = None
@@ -61,8 +63,10 @@ def mamba_ssm_available() -> bool:
 def forced_backend() -> str | None:
     name = getattr(_forced, "name", None) or os.environ.get(_ENV_VAR) or None
     if name is not None and name not in BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {name!r} (from use_backend or "
-                         f"${_ENV_VAR}); choose one of {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"unknown selective-scan backend {name!r} (from use_backend or "
+            f"${_ENV_VAR}); choose one of {', '.join(BACKENDS)}"
+        )
     return name
 
 
@@ -72,8 +76,10 @@ def backend_for(device: torch.device | str) -> str:
     name = forced_backend()
     if name is not None:
         if name == "cuda" and (device.type != "cuda" or not mamba_ssm_available()):
-            raise RuntimeError("scan backend 'cuda' was forced but needs CUDA tensors and an "
-                               "importable mamba_ssm (pip install 'dema-lab[cuda]' on a GPU host)")
+            raise RuntimeError(
+                "scan backend 'cuda' was forced but needs CUDA tensors and an "
+                "importable mamba_ssm (pip install 'dema-lab[cuda]' on a GPU host)"
+            )
         if name == "numba" and device.type != "cpu":
             raise RuntimeError(f"scan backend 'numba' runs on CPU only, tensors are on {device}")
         return name
@@ -97,8 +103,8 @@ def use_backend(name: str | None):
 
 # ----------------------------------------------------------------------------- public op
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
     """Drop-in replacement for mamba_ssm's `selective_scan_fn` (same arguments, same result).
 
     Returns out (batch, d_inner, L) in u's dtype, and with return_last_state also the final
@@ -115,11 +121,19 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
-    if backend == "numba":   # softplus, D and the gate are fused into the kernels
-        cast = lambda t: None if t is None else t.to(compute)   # noqa: E731
-        out, last_state = _NumbaScan.apply(cast(u), cast(delta), cast(A), cast(_as_grouped(B, u)),
-                                           cast(_as_grouped(C, u)), cast(D), cast(z), cast(delta_bias),
-                                           bool(delta_softplus))
+    if backend == "numba":  # softplus, D and the gate are fused into the kernels
+        cast = lambda t: None if t is None else t.to(compute)  # noqa: E731
+        out, last_state = _NumbaScan.apply(
+            cast(u),
+            cast(delta),
+            cast(A),
+            cast(_as_grouped(B, u)),
+            cast(_as_grouped(C, u)),
+            cast(D),
+            cast(z),
+            cast(delta_bias),
+            bool(delta_softplus),
+        )
         out = out.to(dtype_in)
         return (out, last_state) if return_last_state else out
     u_c, delta_c = u.to(compute), effective_delta(delta, delta_bias, delta_softplus, compute)
@@ -129,8 +143,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (out, last_state) if return_last_state else out
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
+def selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
     """Autograd through a per-step loop: the slow, obviously-correct reference.
 
     Follows mamba_ssm's selective_scan_ref, but keeps float64 inputs in float64.
@@ -138,24 +153,25 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
     u, delta = u.to(compute), effective_delta(delta, delta_bias, delta_softplus, compute)
-    Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)   # (b, g, n, L)
+    Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)  # (b, g, n, L)
     batch, dim, L = u.shape
     heads = dim // Bg.shape[1]
-    Bd = Bg.repeat_interleave(heads, dim=1)                                   # (b, d, n, L)
+    Bd = Bg.repeat_interleave(heads, dim=1)  # (b, d, n, L)
     Cd = Cg.repeat_interleave(heads, dim=1)
     deltaA = torch.exp(delta[:, :, None, :] * A.to(compute)[None, :, :, None])  # (b, d, n, L)
-    deltaB_u = delta[:, :, None, :] * Bd * u[:, :, None, :]                     # (b, d, n, L)
+    deltaB_u = delta[:, :, None, :] * Bd * u[:, :, None, :]  # (b, d, n, L)
     h = u.new_zeros(batch, dim, A.shape[1])
     ys = []
     for t in range(L):
         h = deltaA[..., t] * h + deltaB_u[..., t]
         ys.append((h * Cd[..., t]).sum(-1))
-    y = torch.stack(ys, dim=2)                                                # (b, d, L)
+    y = torch.stack(ys, dim=2)  # (b, d, L)
     out = skip_and_gate(y, u, D, z).to(dtype_in)
     return (out, h) if return_last_state else out
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def effective_delta(delta, delta_bias, delta_softplus, compute):
     """delta as the recurrence uses it: softplus(delta + delta_bias) when asked, in `compute`."""
@@ -186,13 +202,17 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError("complex A is not supported by dema-lab's scan; use a real A = -exp(A_log)")
     n = A.shape[1]
     for name, M in (("B", B), ("C", C)):
-        ok = ((M.dim() == 2 and tuple(M.shape) == (dim, n))
-              or (M.dim() == 3 and tuple(M.shape) == (batch, n, L))
-              or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (n, L) and dim % M.shape[1] == 0))
+        ok = (
+            (M.dim() == 2 and tuple(M.shape) == (dim, n))
+            or (M.dim() == 3 and tuple(M.shape) == (batch, n, L))
+            or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (n, L) and dim % M.shape[1] == 0)
+        )
         if not ok:
-            raise ValueError(f"{name} must be (batch, d_state, L), (batch, groups, d_state, L) or "
-                             f"(d_inner, d_state) for u {tuple(u.shape)} and d_state {n}; "
-                             f"got {tuple(M.shape)}")
+            raise ValueError(
+                f"{name} must be (batch, d_state, L), (batch, groups, d_state, L) or "
+                f"(d_inner, d_state) for u {tuple(u.shape)} and d_state {n}; "
+                f"got {tuple(M.shape)}"
+            )
     for name, v in (("D", D), ("delta_bias", delta_bias)):
         if v is not None and tuple(v.shape) != (dim,):
             raise ValueError(f"{name} must be (d_inner={dim},), got {tuple(v.shape)}")
@@ -213,6 +233,7 @@ def _as_grouped(M, u):
 
 # ----------------------------------------------------------------------------- the CPU kernel
 
+
 class _NumbaScan(torch.autograd.Function):
     """out = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus) on CPU with the
     fused compiled kernels of cpu_kernel (softplus, D skip and silu gate included).
@@ -225,6 +246,7 @@ class _NumbaScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         from . import cpu_kernel
+
         # u, delta, z: (b, d, L); A: (d, n); B, C: (b, g, n, L) -> kernel layout (b, g, L, n)
         # u, delta, z are read in place when contiguous or transposed views of (b, L, d)
         # memory (Mamba's delta and z are); anything else is copied once.
@@ -242,13 +264,24 @@ class _NumbaScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         from . import cpu_kernel
+
         u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(u)
         du, ddelta, dA, dBt, dCt, dD, dz, ddb = cpu_kernel.backward(
-            u, delta, A, Bt, Ct, D, z, delta_bias, ctx.delta_softplus, cpu_kernel.readable(dout), dlast)
-        return (du, ddelta, dA, dBt.transpose(-1, -2), dCt.transpose(-1, -2),
-                dD if D is not None else None, dz, ddb if delta_bias is not None else None, None)
+            u, delta, A, Bt, Ct, D, z, delta_bias, ctx.delta_softplus, cpu_kernel.readable(dout), dlast
+        )
+        return (
+            du,
+            ddelta,
+            dA,
+            dBt.transpose(-1, -2),
+            dCt.transpose(-1, -2),
+            dD if D is not None else None,
+            dz,
+            ddb if delta_bias is not None else None,
+            None,
+        )
 
 
 class _TorchScan(torch.autograd.Function):
@@ -259,16 +292,16 @@ class _TorchScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C):
         batch, dim, L = u.shape
         heads = dim // B.shape[1]
-        Bd = B.repeat_interleave(heads, dim=1)                     # (b, d, n, L)
+        Bd = B.repeat_interleave(heads, dim=1)  # (b, d, n, L)
         Cd = C.repeat_interleave(heads, dim=1)
         dA = torch.exp(delta[:, :, None, :] * A[None, :, :, None])  # (b, d, n, L)
-        dBu = (delta * u)[:, :, None, :] * Bd                      # (b, d, n, L)
-        hs = torch.empty_like(dA)                                  # h_t for every t
+        dBu = (delta * u)[:, :, None, :] * Bd  # (b, d, n, L)
+        hs = torch.empty_like(dA)  # h_t for every t
         h = u.new_zeros(batch, dim, A.shape[1])
         for t in range(L):
             h = dA[..., t] * h + dBu[..., t]
             hs[..., t] = h
-        y = (hs * Cd).sum(2)                                        # (b, d, L)
+        y = (hs * Cd).sum(2)  # (b, d, L)
         ctx.save_for_backward(u, delta, A, B, C, hs, dA)
         return y, h
 
@@ -279,17 +312,17 @@ class _TorchScan(torch.autograd.Function):
         groups, heads = B.shape[1], dim // B.shape[1]
         Bd = B.repeat_interleave(heads, dim=1)
         Cd = C.repeat_interleave(heads, dim=1)
-        dh_all = dy[:, :, None, :] * Cd                              # d y_t / d h_t, (b, d, n, L)
+        dh_all = dy[:, :, None, :] * Cd  # d y_t / d h_t, (b, d, n, L)
         g = torch.zeros_like(hs[..., 0])
         if dlast is not None:
             g = g + dlast
-        dh = torch.empty_like(hs)                                    # total grad wrt h_t
+        dh = torch.empty_like(hs)  # total grad wrt h_t
         for t in range(L - 1, -1, -1):
             g = g + dh_all[..., t]
             dh[..., t] = g
             g = g * dA[..., t]
         h_prev = torch.cat([torch.zeros_like(hs[..., :1]), hs[..., :-1]], dim=-1)
-        dh_dA = dh * h_prev * dA                                      # (b, d, n, L)
+        dh_dA = dh * h_prev * dA  # (b, d, n, L)
         ddelta = (dh_dA * A[None, :, :, None]).sum(2) + (dh * Bd).sum(2) * u
         dA_grad = (dh_dA * delta[:, :, None, :]).sum((0, 3))
         du = (dh * Bd).sum(2) * delta
