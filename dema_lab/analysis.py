@@ -31,16 +31,11 @@ import xarray as xr
 from .ssm import aggregate_channels
 
 
-def window_tokens(cfg) -> int:
-    """Tokens in a full acting window, up to and including the current state token."""
-    return cfg.window_tokens()
-
-
 def token_labels(cfg) -> dict:
     """Labels of the right-aligned window positions: kind (R/s/a or t) and the step each token
     belongs to, relative to now. The a token of RAS step t holds a_{t-1}: it is labelled a-1
     like RSA's a_{t-1} token, so a label always names the action's own step."""
-    L = window_tokens(cfg)
+    L = cfg.window_tokens()
     if cfg.layout == "B3LD":
         # RSA: ... R_{-1} s_{-1} a_{-1} R_0 s_0   (position L-1 is s_0)
         # RAS: ... R_{-1} a_{-2} s_{-1} R_0 a_{-1} s_0
@@ -66,7 +61,7 @@ def token_labels(cfg) -> dict:
 def token_coords(cfg, dim: str) -> dict:
     lab = token_labels(cfg)
     return {
-        dim: np.arange(window_tokens(cfg)),
+        dim: np.arange(cfg.window_tokens()),
         f"{dim}_label": (dim, lab["label"]),
         f"{dim}_kind": (dim, lab["kind"]),
         f"{dim}_step": (dim, np.asarray(lab["step"])),
@@ -285,7 +280,7 @@ def last_token_attention(model, windows: list[dict], max_batch: int = 16) -> np.
     """Mean |α| over channels of the current token's attention row, by lag, for each window.
 
     windows: what `Policy.window()` returns (the model's keyword arguments, batch 1 each; e.g.
-    from rollout.replay_windows). Returns (n_windows, n_layer, L) float64, L = window_tokens(cfg):
+    from rollout.replay_windows). Returns (n_windows, n_layer, L) float64, L = cfg.window_tokens():
     entry [w, layer, l] = mean_c |α_c[q, q - l]| with q the current token, NaN past the window's
     first token. DeMa: the d_inner channels of the hidden attention, of which only row q is
     computed (ssm.hidden_attention_row); DT: the heads' attention probabilities.
@@ -293,7 +288,7 @@ def last_token_attention(model, windows: list[dict], max_batch: int = 16) -> np.
     from .ssm import Mamba
 
     cfg = model.cfg
-    L = window_tokens(cfg)
+    L = cfg.window_tokens()
     model.eval()
     out = np.full((len(windows), cfg.n_layer, L), np.nan)
     mixers = [m for m in model.modules() if isinstance(m, Mamba)]

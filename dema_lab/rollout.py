@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .analysis import lag_profile, right_align, token_coords, window_tokens
+from .analysis import lag_profile, right_align, token_coords
 from .models import BatchPolicy, Policy
 from .ssm import AGGREGATIONS
 
@@ -149,7 +149,7 @@ def record_episode(
 
 def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) -> xr.Dataset:
     T = len(steps)
-    L = window_tokens(cfg)
+    L = cfg.window_tokens()
     data = {
         # flat (step, obs_dim); Atari's stacked frames as uint8 (they are whole numbers 0..255)
         "observation": (

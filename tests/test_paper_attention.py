@@ -19,7 +19,6 @@ from dema_lab.analysis import (
     paper_selection,
     paper_statistics,
     publish_paper_attention,
-    window_tokens,
 )
 from dema_lab.models import ModelConfig, Policy, build_model
 from dema_lab.rollout import record_episode
@@ -110,7 +109,7 @@ def test_surface_is_the_current_tokens_mean_abs_row_at_every_step_from_20(name):
     # the steps: 20 .. the episode's last, as the official --start_time 20
     assert PAPER_START == 20
     np.testing.assert_array_equal(ds.decision_step.values, np.arange(20, 26))
-    L = window_tokens(cfg)
+    L = cfg.window_tokens()
     assert ds.sizes["lag"] == L and ds.sizes["layer"] == cfg.n_layer
     # independent reference: the attention the policy recorded while acting (full hidden attention
     # of its window through the model's forward, channels aggregated "abs"), current token's row
@@ -166,7 +165,7 @@ def test_key_kinds_by_env_step_lag():
 
 def test_fits_recover_an_exponential_and_the_per_kind_fits_remove_the_sawtooth():
     cfg = small(K=6)
-    L = window_tokens(cfg)
+    L = cfg.window_tokens()
     kinds, _ = by_key_kind(np.zeros(L), cfg)
     # an exact exponential in token lag, different amplitudes per layer, same rate
     rate = 0.3

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 
-from dema_lab.analysis import window_tokens
 from dema_lab.models import CheckpointError, load_checkpoint
 from dema_lab.rollout import replay_attention
 from dema_lab.store import RunStore, StoreError, open_store
@@ -113,7 +112,7 @@ def test_rollout_contents_are_consistent(tiny_config):
 def test_stored_attention_equals_attention_recomputed_from_the_checkpoint(tiny_config):
     run = train(tiny_config, progress=False, log=lambda *_: None)
     ck = load_checkpoint(run.checkpoint_bytes(20))
-    L = window_tokens(ck.config)
+    L = ck.config.window_tokens()
     for mode in ("transformer", "rnn"):
         ro = run.open("rollout", f"step_00000020-{mode}-t0-e0").load()
         for step in (0, 1, ro.sizes["step"] - 1):
