@@ -178,6 +178,12 @@ class _FastRender(gym.Wrapper):
         flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
+        # Follow the body the env's camera config names (hopper, walker2d, halfcheetah: the torso).
+        # Gymnasium renders with camera_id -1, which resets the camera to a free one on every
+        # frame: the agent then walks out of the picture within a few hundred steps.
+        if viewer.cam.trackbodyid >= 0 and renderer.camera_id in (None, -1):
+            viewer.cam.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+            renderer.camera_id = None
         self._ready = True
 
     def render(self):

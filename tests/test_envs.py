@@ -92,3 +92,27 @@ def test_render_frames_are_small_uint8_with_expensive_effects_off():
 def test_bad_render_size():
     with pytest.raises(ValueError, match="render_size"):
         make_env("hopper", render_size=0)
+
+
+def test_the_rendered_camera_follows_the_hopper():
+    """Frames track the torso (the env's camera config): a hopper 8 m down the track is still in
+    the picture, drawn as at the start (Gymnasium's camera_id -1 made the camera free, and the
+    agent left the frame within a few hundred steps of a good episode)."""
+
+    from dema_lab.envs import make_env
+
+    def body(frame):  # the hopper's brown pixels
+        return (frame[..., 0] > 120) & (frame[..., 1] < 110) & (frame[..., 2] < 80)
+
+    env = make_env("hopper", render_size=128, seed=0)
+    try:
+        start = env.render()
+        u = env.unwrapped
+        q = u.data.qpos.copy()
+        q[0] += 8.0
+        u.set_state(q, u.data.qvel)
+        moved = env.render()
+    finally:
+        env.close()
+    assert body(start).sum() > 20
+    assert abs(int(body(moved).sum()) - int(body(start).sum())) <= 0.2 * body(start).sum()
