@@ -322,7 +322,7 @@ PRESETS = {
         eval_max_steps=27_000,
     ),
     # A small Atari DeMa for 2 CPU cores: the same tokens and CNN, 2 layers of width 64, K 8 (345k
-    # parameters). On breakout-mixed, 1300 steps (about 4 min of training on 2 idle cores) reached
+    # parameters). On breakout-mixed, 1300 steps (251 s of training on 2 cores shared with other jobs) reached
     # returns 37, 19, 0 (RNN-like, target 90) against the random policy's 1.7.
     "atari-small": dict(
         arch="dema",
