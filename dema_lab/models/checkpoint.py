@@ -311,22 +311,33 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def shape_mismatches(have: dict, want: dict, against: str = "model") -> list[str]:
+    """What differs between two {name: shape} maps, worst first, three examples each:
+    weights missing from `have`, weights `have` has too many, and shapes (have vs `against`)."""
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    shapes = [
+        f"{k}: {tuple(have[k])} vs {against} {tuple(want[k])}"
+        for k in sorted(set(want) & set(have))
+        if tuple(have[k]) != tuple(want[k])
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        parts.append("shape mismatches: " + "; ".join(shapes[:3]))
+    return parts
+
+
 def check_declared_shapes(config: ModelConfig, index: dict, name: str = "checkpoint") -> None:
     """CheckpointError unless the weights a file declares (tensor_index) are exactly those of the
     model its config describes, shape for shape."""
-    want = expected_shapes(config)
-    have = {k: shape for k, (_, shape) in index.items() if k.startswith("model.")}
-    missing = sorted(set(want) - set(have))
-    unexpected = sorted(set(have) - set(want))
-    shapes = [f"{k[6:]}: {have[k]} vs {want[k]}" for k in sorted(set(want) & set(have)) if have[k] != want[k]]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. {', '.join(k[6:] for k in missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(k[6:] for k in unexpected[:3])})")
-        if shapes:
-            parts.append("shapes declared vs config: " + "; ".join(shapes[:3]))
+    want = {k[6:]: shape for k, shape in expected_shapes(config).items()}
+    have = {k[6:]: shape for k, (_, shape) in index.items() if k.startswith("model.")}
+    parts = shape_mismatches(have, want, against="config")
+    if parts:
         raise CheckpointError(
             f"{name}: its tensors do not match the {config.arch!r} model its header describes ("
             + "; ".join(parts)
@@ -336,22 +347,10 @@ def check_declared_shapes(config: ModelConfig, index: dict, name: str = "checkpo
 
 def load_weights(model, state_dict, source="state dict") -> None:
     """load_state_dict(strict=True) with one readable error listing every mismatch."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [
-        f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state_dict))
-        if own[k].shape != state_dict[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} weights (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append("shape mismatches: " + "; ".join(shapes[:3]))
+    parts = shape_mismatches(
+        {k: v.shape for k, v in state_dict.items()}, {k: v.shape for k, v in model.state_dict().items()}
+    )
+    if parts:
         raise CheckpointError(
             f"{source} does not fit a {model.cfg.arch!r} model with this config: "
             + "; ".join(parts)

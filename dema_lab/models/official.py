@@ -371,38 +371,19 @@ def _infer_dema(sd, K, fail) -> ModelConfig:
     E = sd["ret_emb.weight"].shape[0]  # ret_emb: Linear(1, E)
     state_dim = sd["state_encoder.weight"].shape[1]
     act_dim = sd["action_embeddings.weight"].shape[1]
-    D, width_in = sd["backbone.embedding.weight"].shape  # Linear(E or 3E, D)
-    if width_in == E:
-        layout = "B3LD"
-    elif width_in == 3 * E:
-        layout = "BL3D"
-    else:
-        fail(f"backbone.embedding takes {width_in} inputs, neither the embedding width {E} (B3LD) nor 3 x {E} (BL3D)")
-    n_layer, d_state, d_conv, expand = _mamba_dims(sd, D, fail)
     has_time = "embed_timestep.weight" in sd
-    max_ep_len = sd["embed_timestep.weight"].shape[0] if has_time else OFFICIAL_MAX_EP_LEN
-    try:
-        return ModelConfig(
-            arch="dema",
-            state_dim=state_dim,
-            act_dim=act_dim,
-            K=K,
-            d_model=D,
-            n_layer=n_layer,
-            layout=layout,
-            token_order="RAS",
-            embed_dim=E,
-            embed_norm="none",
-            window_padding="left",
-            timestep_embedding=has_time,
-            max_ep_len=max_ep_len,
-            d_state=d_state,
-            d_conv=d_conv,
-            expand=expand,
-            dropout=0.0,
-        )
-    except (TypeError, ValueError) as e:
-        fail(f"the inferred config is not valid ({e})")
+    return _official_dema(
+        sd,
+        E,
+        fail,
+        state_dim=state_dim,
+        act_dim=act_dim,
+        K=K,
+        token_order="RAS",
+        window_padding="left",
+        timestep_embedding=has_time,
+        max_ep_len=sd["embed_timestep.weight"].shape[0] if has_time else OFFICIAL_MAX_EP_LEN,
+    )
 
 
 def _infer_atari_dema(sd, K, fail) -> ModelConfig:
@@ -431,39 +412,53 @@ def _infer_atari_dema(sd, K, fail) -> ModelConfig:
             f"state_encoder.7 is {_shape(sd, 'state_encoder.7.weight')} and action_embeddings.0 "
             f"{(n_actions, E_a)}: expected the Nature CNN on 84x84 frames ({E}, 3136) and ({n_actions}, {E})"
         )
+    D = sd["backbone.embedding.weight"].shape[0]
+    if sd["head.weight"].shape != (n_actions, D) or "head.bias" in sd:
+        fail(
+            f"head is {_shape(sd, 'head.weight')}{' with a bias' if 'head.bias' in sd else ''}: expected "
+            f"Linear({D}, {n_actions}, bias=False)"
+        )
+    return _official_dema(
+        sd,
+        E,
+        fail,
+        state_dim=channels * 84 * 84,
+        act_dim=1,
+        obs_shape=(channels, 84, 84),
+        n_actions=n_actions,
+        K=K,
+        token_order="ARS",
+        window_padding="none",
+        timestep_embedding=False,
+    )
+
+
+def _official_dema(sd, E, fail, **fields) -> ModelConfig:
+    """The ModelConfig of an official DeMa (MuJoCo or Atari) whose embeddings are E wide: the
+    backbone's width and layout from `backbone.embedding` (Linear(E, D) for B3LD, Linear(3E, D) for
+    BL3D), its Mamba sizes from the layers, no embedding norm, no dropout at inference; `fields`
+    give the rest (dims, K, token order, padding, timestep embedding)."""
     D, width_in = sd["backbone.embedding.weight"].shape
     if width_in == E:
         layout = "B3LD"
     elif width_in == 3 * E:
         layout = "BL3D"
     else:
-        fail(f"backbone.embedding takes {width_in} inputs, neither {E} (B3LD) nor 3 x {E} (BL3D)")
-    if sd["head.weight"].shape != (n_actions, D) or "head.bias" in sd:
-        fail(
-            f"head is {_shape(sd, 'head.weight')}{' with a bias' if 'head.bias' in sd else ''}: expected "
-            f"Linear({D}, {n_actions}, bias=False)"
-        )
+        fail(f"backbone.embedding takes {width_in} inputs, neither the embedding width {E} (B3LD) nor 3 x {E} (BL3D)")
     n_layer, d_state, d_conv, expand = _mamba_dims(sd, D, fail)
     try:
         return ModelConfig(
             arch="dema",
-            state_dim=channels * 84 * 84,
-            act_dim=1,
-            obs_shape=(channels, 84, 84),
-            n_actions=n_actions,
-            K=K,
             d_model=D,
             n_layer=n_layer,
             layout=layout,
-            token_order="ARS",
             embed_dim=E,
             embed_norm="none",
-            window_padding="none",
-            timestep_embedding=False,
             d_state=d_state,
             d_conv=d_conv,
             expand=expand,
             dropout=0.0,
+            **fields,
         )
     except (TypeError, ValueError) as e:
         fail(f"the inferred config is not valid ({e})")
