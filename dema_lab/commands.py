@@ -6,92 +6,150 @@ import argparse
 import dataclasses
 import sys
 import time
-import typing
+from typing import Annotated, Literal
 
-from .train import TrainConfig
+import tyro
 
+from .cli import STORAGE_OPTION_HELP, parse_flags, store_options, switch, typed_fields
+from .store import DEFAULT_STORE
+from .sweep import SweepConfig
+from .train import PRESETS, TrainConfig
 
-def _flag_type(hint, name: str):
-    """An argparse `type` that parses a flag's text as dema_lab.config does a file's value."""
-    from .config import ConfigError, parse_value
-
-    def parse(text):
-        try:
-            return parse_value(hint, text, name)
-        except ConfigError as e:
-            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
-
-    parse.__name__ = name
-    return parse
+PresetName = Literal[tuple(sorted(PRESETS))]
+StorageOptions = Annotated[
+    list[str], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="KEY=VALUE", help=STORAGE_OPTION_HELP)
+]
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field, parsed by its declared type (dema_lab.config); defaults
-    stay None so that only what the user typed overrides the config file."""
-    from .config import field_types
+@dataclasses.dataclass
+class TrainFlags(TrainConfig):
+    """`dema-lab train`'s flags: one per TrainConfig field (its comment is the help), and these."""
 
+    #: start from a named preset ('official': the official DeMa's MuJoCo model and training,
+    #: AndssY/dema); --config and the flags override it
+    preset: PresetName | None = None
+    config: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None  # a JSON or TOML file of TrainConfig fields
+    #: continue a killed run from its last checkpoint (with its saved config: the flags typed change it)
+    resume: Annotated[str | None, tyro.conf.arg(metavar="RUN_ID")] = None
+    #: with --resume: continue from the saved state of this step instead of the newest (the newest
+    #: keep_resume_states are kept); what came after it is trained again
+    from_step: Annotated[int | None, tyro.conf.arg(metavar="STEP")] = None
+    quiet: Annotated[bool, switch(), tyro.conf.arg(help_behavior_hint="")] = False  # no progress bar
+    #: also log live to a tracker: tensorboard DIR (event files in DIR/RUN_ID)
+    log_to: Annotated[tuple[str, str] | None, tyro.conf.arg(metavar="TRACKER DIR")] = None
+    storage_option: StorageOptions = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        """The values stay as typed here: config_from_args parses and checks them."""
+
+
+@dataclasses.dataclass
+class SweepFlags(SweepConfig):
+    """`dema-lab sweep`'s flags: one per SweepConfig field (its comment is the help), and these."""
+
+    base: tyro.conf.Suppress[TrainConfig] = dataclasses.field(default_factory=TrainConfig)
+    store: str = DEFAULT_STORE  # the store every run of the sweep goes into
+    #: every run starts from this preset (DT points with DT's own tokens); --base-config and --set
+    #: override it
+    preset: PresetName | None = None
+    #: a JSON or TOML file of TrainConfig fields for everything the grid does not set
+    base_config: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
+    #: TrainConfig fields of every run, e.g. steps=3000 d_model=64
+    set: Annotated[list[str] | None, tyro.conf.arg(metavar="KEY=VALUE [KEY=VALUE ...]")] = None
+    storage_option: StorageOptions = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        """The values stay as typed here: _sweep_args parses them, SweepConfig checks them."""
+
+
+TRAIN_DESCRIPTION = (
+    "Train a Decision Mamba or Decision Transformer; the run is logged into the store. Each "
+    "TrainConfig field is a flag (--eval_episodes or --eval-episodes); what is typed overrides "
+    "--config FILE, which overrides --preset (with --resume: the run's saved config)."
+)
+SWEEP_DESCRIPTION = (
+    "The paper's study: a grid of runs (K, layout, timestep embedding, DeMa/DT, seeds), resumable, "
+    "in parallel processes or on a Ray cluster. The grid's flags are SweepConfig's fields; --preset, "
+    "--base-config and --set give every run's other TrainConfig fields."
+)
+
+
+def _train_args(ns, argv) -> argparse.Namespace:
+    """The namespace of `dema-lab train ARGV`: cfg_<field> for each TrainConfig field (None where
+    not typed, so that only what is typed overrides --config, --preset and --resume), and the options."""
+    from .config import parse_value
+
+    flags = parse_flags(
+        TrainFlags,
+        argv,
+        ns.command_prog,
+        TRAIN_DESCRIPTION,
+        underscores=True,
+        config=(tyro.conf.FlagConversionOff,),
+    )
+    typed = typed_fields(flags, TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        hint = field_types(TrainConfig)[f.name]
-        kw: dict = {
-            "default": None,
-            "help": f"(default: {f.default if f.default is not dataclasses.MISSING else None})",
-        }
-        if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint)):
-            item = next(typing.get_args(a)[0] for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is list)
-            kw.update(type=_flag_type(item, f.name), nargs="+")
-        else:
-            kw.update(type=_flag_type(hint, f.name))
-            if hint in (bool, bool | None):
-                kw.update(metavar="BOOL")
-        parser.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", **kw)
+        setattr(ns, f"cfg_{f.name}", typed.get(f.name))
+    ns.preset = flags.preset
+    ns.config = None if flags.config is None else str(flags.config)
+    ns.resume = None if flags.resume is None else str(flags.resume)
+    ns.from_step = parse_value(int | None, flags.from_step, "--from-step")
+    ns.quiet = bool(flags.quiet)
+    ns.log_to = None if flags.log_to is None else [str(v) for v in flags.log_to]
+    ns.storage_option = [str(v) for v in flags.storage_option]
+    return ns
 
 
 def config_from_args(args) -> TrainConfig:
     """TrainConfig defaults < the --preset < the --config file < the flags typed. With --resume, the
-    run's saved config takes the defaults' place: only what is given explicitly changes."""
+    run's saved config takes the defaults' place: only what is given explicitly changes. Atari data
+    with neither --preset nor --config starts from the atari-small preset (MuJoCo's defaults, such
+    as returns-to-go scaled by 1000, do not fit a game's scores)."""
+    from .data import is_atari_spec
     from .store import DEFAULT_STORE
-    from .train import PRESETS, resumed_config
+    from .train import preset_fields, resumed_config
 
     preset = getattr(args, "preset", None)
-    if preset and getattr(args, "resume", None):
+    resume = getattr(args, "resume", None)
+    if preset and resume:
         raise ValueError("--preset starts a new run; --resume continues a run with its own saved config")
-    given = dict(PRESETS[preset]) if preset else {}
-    given.update(TrainConfig.read_file(args.config) if args.config else {})
-    given.update(
-        {
-            f.name: getattr(args, f"cfg_{f.name}")
-            for f in dataclasses.fields(TrainConfig)
-            if getattr(args, f"cfg_{f.name}") is not None
-        }
-    )
-    if getattr(args, "resume", None):
+    from_file = TrainConfig.read_file(args.config) if args.config else {}
+    typed = {
+        f.name: getattr(args, f"cfg_{f.name}")
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f"cfg_{f.name}") is not None
+    }
+    fields = {**from_file, **typed}
+    if not (preset or args.config or resume) and is_atari_spec(fields.get("dataset", "")):
+        preset = "atari-small"
+        print(
+            f"dema-lab train: Atari data ({fields['dataset']}): starting from --preset atari-small "
+            "(give --preset or --config to choose another)",
+            file=sys.stderr,
+        )
+    given = {**(preset_fields(preset, fields.get("arch")) if preset else {}), **fields}
+    if resume:
         store = given.pop("store", DEFAULT_STORE)
         return resumed_config(store, args.resume, given)
     return dataclasses.replace(TrainConfig(), **given)
 
 
 def _train(args) -> int:
-    from .models import CheckpointError
-    from .store import StoreError
     from .train import train
 
-    try:
-        cfg = config_from_args(args)
-        tracker = None
-        if getattr(args, "log_to", None):
-            from .export import live_tracker
+    cfg = config_from_args(args)
+    tracker = None
+    if getattr(args, "log_to", None):
+        from .export import live_tracker
 
-            tracker = live_tracker(*args.log_to)
-        run = train(
-            cfg,
-            resume=args.resume,
-            progress=not args.quiet,
-            tracker=tracker,
-            from_step=getattr(args, "from_step", None),
-        )
-    except (ValueError, FileNotFoundError, StoreError, CheckpointError, RuntimeError, FloatingPointError) as e:
-        print(f"dema-lab train: {e}", file=sys.stderr)
-        return 2
+        tracker = live_tracker(*args.log_to)
+    run = train(
+        cfg,
+        resume=args.resume,
+        progress=not args.quiet,
+        tracker=tracker,
+        from_step=getattr(args, "from_step", None),
+    )
     print(f"run {run.run_id} finished; store: {run.store.path}")
     print(f"  open it:   python -c \"import dema_lab; print(dema_lab.open_run('{run.store.path}', '{run.run_id}'))\"")
     print(f"  dashboard: panel serve dashboards/attention.py --address 127.0.0.1 --args --store {run.store.path}")
@@ -211,18 +269,14 @@ def _video(args) -> int:
     from .rollout import export_video
     from .store import RunStore, StoreError
 
-    try:
-        run = RunStore(args.store, mode="r").run(args.run)
-        names = run.rollouts()
-        if not names:
-            raise StoreError(f"run {args.run} has no recorded episodes yet")
-        name = args.episode or names[-1]
-        if name not in names:
-            raise StoreError(f"run {args.run} has no episode {name!r}; its episodes: {', '.join(names)}")
-        out = export_video(run.open("rollout", name), args.out or f"{args.run}-{name}.mp4", fps=args.fps)
-    except (ValueError, StoreError, OSError) as e:
-        print(f"dema-lab video: {e}", file=sys.stderr)
-        return 2
+    run = RunStore(args.store, mode="r").run(args.run)
+    names = run.rollouts()
+    if not names:
+        raise StoreError(f"run {args.run} has no recorded episodes yet")
+    name = args.episode or names[-1]
+    if name not in names:
+        raise StoreError(f"run {args.run} has no episode {name!r}; its episodes: {', '.join(names)}")
+    out = export_video(run.open("rollout", name), args.out or f"{args.run}-{name}.mp4", fps=args.fps)
     print(f"episode {name} of run {args.run} written to {out}")
     return 0
 
@@ -231,108 +285,67 @@ def register(subparsers) -> None:
     train = subparsers.add_parser(
         "train",
         help="train DeMa or DT; the run is logged into the store",
-        description="Train a Decision Mamba or Decision Transformer. Every flag "
-        "overrides the matching TrainConfig field (and --config FILE).",
+        add_help=False,  # its flags and help are TrainFlags', by tyro (_train_args)
     )
-    from .train import PRESETS
-
-    train.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="start from a named preset: 'official' is the official DeMa's MuJoCo model and "
-        "training (AndssY/dema); --config and flags override it",
-    )
-    train.add_argument("--config", help="a JSON or TOML file of TrainConfig fields")
-    train.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
-    train.add_argument(
-        "--from-step",
-        type=int,
-        metavar="STEP",
-        dest="from_step",
-        help="with --resume: continue from the saved state of this step instead of the newest "
-        "(the newest keep_resume_states are kept); what came after it is trained again",
-    )
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument(
-        "--log-to",
-        nargs=2,
-        metavar=("TRACKER", "DIR"),
-        help="also log live to a tracker: tensorboard DIR (event files in DIR/RUN_ID)",
-    )
-    _add_config_flags(train)
-    train.set_defaults(func=_train)
-    runs = subparsers.add_parser("runs", help="list the runs in a store")
-    runs.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
+    train.set_defaults(func=_train, parse_flags=_train_args)
+    runs = subparsers.add_parser("runs", help="list the runs in a store", parents=[store_options()])
     runs.add_argument(
         "--stale",
         action="store_true",
         help="only the runs marked running that no live process writes (killed trainers), with what to do about each",
     )
     runs.set_defaults(func=_runs)
-    delete = subparsers.add_parser("delete", help="delete a run (readable or not) from the store, after asking")
+    delete = subparsers.add_parser(
+        "delete", help="delete a run (readable or not) from the store, after asking", parents=[store_options()]
+    )
     delete.add_argument("run", help="run id")
-    delete.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
     delete.add_argument("--yes", action="store_true", help="delete without asking")
     delete.set_defaults(func=_delete)
-    video = subparsers.add_parser("video", help="export a recorded episode's frames to mp4 (or gif)")
+    video = subparsers.add_parser(
+        "video", help="export a recorded episode's frames to mp4 (or gif)", parents=[store_options()]
+    )
     video.add_argument("run", help="run id")
     video.add_argument("episode", nargs="?", help="recorded episode (rollout) name (default: the newest)")
-    video.add_argument("--store", default=TrainConfig().store, help="store path or URL (default: %(default)s)")
     video.add_argument("--out", help="output file, .mp4 or .gif (default: RUN-EPISODE.mp4)")
     video.add_argument("--fps", type=float, default=30.0, help="frames per second (default: %(default)s)")
     video.set_defaults(func=_video)
 
 
-def _serve_options(args, command: str) -> dict | None:
-    """serve()'s checks and live-page options from the flags: None after printing why they cannot be
+def _serve_options(args) -> dict:
+    """serve()'s checks and live-page options from the flags; a ValueError says why they cannot be
     used (a port out of range or in use, a bad --checkpoint-dir or --max-checkpoint-mb)."""
     import os
 
     from .dashboard.app import check_port, checkpoint_limit
 
-    try:
-        check_port(args.address, args.port)
-        dirs = args.checkpoint_dir or []
-        for d in dirs:
-            if not os.path.isdir(d):
-                raise ValueError(
-                    f"--checkpoint-dir {d} is not a directory: give an existing directory of .safetensors checkpoints"
-                )
-        limit = None if args.max_checkpoint_mb is None else checkpoint_limit(args.max_checkpoint_mb)
-    except ValueError as e:
-        print(f"dema-lab {command}: {e}", file=sys.stderr)
-        return None
+    check_port(args.address, args.port)
+    dirs = args.checkpoint_dir or []
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise ValueError(
+                f"--checkpoint-dir {d} is not a directory: give an existing directory of .safetensors checkpoints"
+            )
+    limit = None if args.max_checkpoint_mb is None else checkpoint_limit(args.max_checkpoint_mb)
     return {"checkpoint_dirs": dirs, "max_checkpoint_bytes": limit}
 
 
-def _run_server(args, command: str, options: dict) -> int:
+def _run_server(args, options: dict) -> int:
     from .dashboard import serve
 
-    try:
-        serve(args.store, port=args.port, address=args.address, presentation=args.presentation, **options)
-    except ValueError as e:  # the port was taken since it was checked
-        print(f"dema-lab {command}: {e}", file=sys.stderr)
-        return 2
+    serve(args.store, port=args.port, address=args.address, presentation=args.presentation, **options)
     return 0
 
 
 def _demo(args) -> int:
     from .demo import run_demo
-    from .store import StoreError
 
-    options = None if args.no_serve else _serve_options(args, "demo")  # before minutes of training
-    if options is None and not args.no_serve:
-        return 2
+    options = None if args.no_serve else _serve_options(args)  # before minutes of training
     start = time.perf_counter()
-    try:
-        ids = run_demo(
-            args.store,
-            sweep=not args.no_sweep,
-            on_progress=lambda message, fraction: print(f"[demo {fraction:4.0%}] {message}", flush=True),
-        )
-    except (ValueError, StoreError, RuntimeError) as e:
-        print(f"dema-lab demo: {e}", file=sys.stderr)
-        return 2
+    ids = run_demo(
+        args.store,
+        sweep=not args.no_sweep,
+        on_progress=lambda message, fraction: print(f"[demo {fraction:4.0%}] {message}", flush=True),
+    )
     print(f"demo runs ready in {time.perf_counter() - start:.0f} s: {', '.join(ids)} (store: {args.store})")
     if args.no_serve:
         print(f"  open them: panel serve dashboards/attention.py --address 127.0.0.1 --args --store {args.store}")
@@ -342,26 +355,20 @@ def _demo(args) -> int:
         f"Ctrl-C stops it",
         flush=True,
     )
-    return _run_server(args, "demo", options)
+    return _run_server(args, options)
 
 
 def _serve(args) -> int:
-    from .store import StoreError, check_store
+    from .store import check_store
 
-    try:
-        check_store(args.store)  # missing or empty is served: the page says how to create a run
-    except StoreError as e:
-        print(f"dema-lab serve: {e}", file=sys.stderr)
-        return 2
-    options = _serve_options(args, "serve")
-    if options is None:
-        return 2
+    check_store(args.store)  # missing or empty is served: the page says how to create a run
+    options = _serve_options(args)
     print(
         f"serving the dashboard: http://{args.address}:{args.port}/attention  (also /compare, /live, /study); "
         f"store {args.store}; Ctrl-C stops it",
         flush=True,
     )
-    return _run_server(args, "serve", options)
+    return _run_server(args, options)
 
 
 def _add_live_flags(parser: argparse.ArgumentParser) -> None:
@@ -378,17 +385,21 @@ def _add_live_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register_demo(subparsers) -> None:
-    serve = subparsers.add_parser("serve", help="serve the dashboards (attention explorer, comparison, live rollouts)")
-    serve.add_argument("--store", default=TrainConfig().store, help="store path (default: %(default)s)")
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve the dashboards (attention explorer, comparison, live rollouts)",
+        parents=[store_options()],
+    )
     serve.add_argument("--port", type=int, default=5006)
     serve.add_argument("--address", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     serve.add_argument("--presentation", action="store_true", help="full-screen template with large fonts")
     _add_live_flags(serve)
     serve.set_defaults(func=_serve)
     demo = subparsers.add_parser(
-        "demo", help="train the demo runs (default dataset, small DeMa, K sweep) and serve the dashboard"
+        "demo",
+        help="train the demo runs (default dataset, small DeMa, K sweep) and serve the dashboard",
+        parents=[store_options()],
     )
-    demo.add_argument("--store", default=TrainConfig().store, help="store path (default: %(default)s)")
     demo.add_argument("--no-sweep", action="store_true", help="only the main demo run, no K sweep")
     demo.add_argument("--no-serve", action="store_true", help="do not serve the dashboard afterwards")
     demo.add_argument("--port", type=int, default=5006)
@@ -413,45 +424,40 @@ def _parse_set(items) -> dict:
         raise ConfigError(f"--set: {e}") from None
 
 
-def _sweep_switches(texts) -> list[bool]:
-    """--timestep-embedding off on: each value parsed as a bool."""
-    from .config import parse_value
+SWEEP_CHOICES = {"layouts": ("B3LD", "BL3D"), "archs": ("dema", "dt"), "eval_modes": ("transformer", "rnn")}
 
-    return parse_value(list[bool], list(texts), "--timestep-embedding")
+
+def _sweep_args(ns, argv) -> argparse.Namespace:
+    """The namespace of `dema-lab sweep ARGV`: sweep_fields (SweepConfig's fields but base, from the
+    flags and the defaults) and the options (store, preset, base_config, set, storage_option)."""
+    from .config import ConfigError
+
+    flags = parse_flags(SweepFlags, argv, ns.command_prog, SWEEP_DESCRIPTION, underscores=False)
+    typed = typed_fields(flags, SweepConfig)
+    fields = {f.name: typed.get(f.name, getattr(flags, f.name)) for f in dataclasses.fields(SweepConfig)}
+    del fields["base"]
+    for name, allowed in SWEEP_CHOICES.items():
+        bad = [v for v in fields[name] if v not in allowed]
+        if bad:
+            raise ConfigError(f"{name}: invalid choice {bad[0]!r}; choose from {', '.join(allowed)}")
+    ns.sweep_fields = fields
+    ns.name = fields["name"]
+    ns.store = str(flags.store)
+    ns.preset = flags.preset
+    ns.base_config = None if flags.base_config is None else str(flags.base_config)
+    ns.set = None if flags.set is None else [str(v) for v in flags.set]
+    ns.storage_option = [str(v) for v in flags.storage_option]
+    return ns
 
 
 def _sweep(args) -> int:
-    from .models import CheckpointError
-    from .store import StoreError
-    from .sweep import SweepConfig, run_sweep
+    from .sweep import run_sweep
+    from .train import preset_fields
 
-    try:
-        base = TrainConfig.from_file(args.base_config) if args.base_config else TrainConfig()
-        base = dataclasses.replace(base, store=args.store, **_parse_set(args.set))
-        sweep = SweepConfig(
-            name=args.name,
-            datasets=args.datasets,
-            K=args.K,
-            layouts=args.layouts,
-            timestep_embedding=_sweep_switches(args.timestep_embedding),
-            archs=args.archs,
-            seeds=args.seeds,
-            eval_modes=args.eval_modes,
-            ablations=not args.no_ablations,
-            ablation_episodes=args.ablation_episodes,
-            ablation_layers=args.ablation_layers,
-            workers=args.workers,
-            executor=args.executor,
-            address=args.address or "",
-            num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus,
-            max_retries=args.max_retries,
-            base=base,
-        )
-        results = run_sweep(sweep)
-    except (ValueError, FileNotFoundError, StoreError, CheckpointError, ImportError) as e:
-        print(f"dema-lab sweep: {e}", file=sys.stderr)
-        return 2
+    given = preset_fields(args.preset) if args.preset else {}
+    given.update(TrainConfig.read_file(args.base_config) if args.base_config else {})
+    base = TrainConfig.from_dict({**given, **_parse_set(args.set), "store": args.store})
+    results = run_sweep(SweepConfig(**args.sweep_fields, base=base))
     failed = [r for r in results if r["what"].startswith("failed")]
     print(
         f"sweep {args.name}: {len(results) - len(failed)} of {len(results)} runs ready; "
@@ -462,13 +468,8 @@ def _sweep(args) -> int:
 
 def _report(args) -> int:
     from .report import build_report
-    from .store import StoreError
 
-    try:
-        text = build_report(args.store, args.sweep, latency=not args.no_latency).to_markdown()
-    except StoreError as e:
-        print(f"dema-lab report: {e}", file=sys.stderr)
-        return 2
+    text = build_report(args.store, args.sweep, latency=not args.no_latency).to_markdown()
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
@@ -482,37 +483,32 @@ def _ablate(args) -> int:
     """`dema-lab ablate`: one ablation of a run's checkpoint, published in the run, printed next to
     the unablated score (evaluated too when the run has none with this checkpoint, seed and episodes)."""
     from .ablation import ablation_table, episodes_published, evaluate_ablations
-    from .models import CheckpointError
-    from .store import RunStore, StoreError
+    from .store import RunStore
 
-    try:
-        run = RunStore(args.store, mode="r").run(args.run)  # a missing store or run: no write
-        run = RunStore(args.store, mode="a").run(args.run)
-        source = RunStore(args.store, mode="r").run(args.swap_from) if args.swap_from else None
-        if source is not None and args.method != "swap":
-            raise ValueError(f"--swap-from goes with --method swap, not {args.method}")
-        if args.method in ("none", "no_timestep") and str(args.layers).lower() != "all":
-            raise ValueError(f"--method {args.method} acts on the whole model; leave out --layers (or use all)")
-        ds = evaluate_ablations(
-            run,
-            [args.method],
-            args.layers,
-            checkpoint=args.checkpoint,
-            episodes=args.episodes,
-            max_steps=args.max_steps,
-            seed=args.seed,
-            swap_from=source,
+    run = RunStore(args.store, mode="r").run(args.run)  # a missing store or run: no write
+    run = RunStore(args.store, mode="a").run(args.run)
+    source = RunStore(args.store, mode="r").run(args.swap_from) if args.swap_from else None
+    if source is not None and args.method != "swap":
+        raise ValueError(f"--swap-from goes with --method swap, not {args.method}")
+    if args.method in ("none", "no_timestep") and str(args.layers).lower() != "all":
+        raise ValueError(f"--method {args.method} acts on the whole model; leave out --layers (or use all)")
+    ds = evaluate_ablations(
+        run,
+        [args.method],
+        args.layers,
+        checkpoint=args.checkpoint,
+        episodes=args.episodes,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        swap_from=source,
+    )
+    step = int(ds.checkpoint.values[0])
+    table = ablation_table(run)
+    if episodes_published(table, step, args.seed, "none") < args.episodes:
+        evaluate_ablations(
+            run, ["none"], checkpoint=step, episodes=args.episodes, max_steps=args.max_steps, seed=args.seed
         )
-        step = int(ds.checkpoint.values[0])
         table = ablation_table(run)
-        if episodes_published(table, step, args.seed, "none") < args.episodes:
-            evaluate_ablations(
-                run, ["none"], checkpoint=step, episodes=args.episodes, max_steps=args.max_steps, seed=args.seed
-            )
-            table = ablation_table(run)
-    except (ValueError, StoreError, CheckpointError) as e:
-        print(f"dema-lab ablate: {e}", file=sys.stderr)
-        return 2
     layers = str(ds.layers.values[0])
     scores = table["normalized_score"].sel(checkpoint=step, seed=args.seed).isel(episode=slice(0, args.episodes))
     print(
@@ -543,62 +539,12 @@ def register_study(subparsers) -> None:
         "sweep",
         help="the paper's study: a grid of runs (K, layout, timestep "
         "embedding, DeMa/DT, seeds), resumable, in parallel processes",
+        add_help=False,  # its flags and help are SweepFlags', by tyro (_sweep_args)
     )
-    sweep.add_argument("--name", default="sweep", help="sweep name, the prefix of its run ids (default: %(default)s)")
-    sweep.add_argument("--store", default=TrainConfig().store)
-    sweep.add_argument("--datasets", nargs="+", default=["hopper-medium"], metavar="DATASET")
-    sweep.add_argument("--K", nargs="+", type=int, default=[5, 10, 20, 40])
-    sweep.add_argument("--layouts", nargs="+", default=["B3LD"], choices=["B3LD", "BL3D"])
-    sweep.add_argument(
-        "--timestep-embedding",
-        nargs="+",
-        default=["off"],
-        metavar="off|on",
-        help="DeMa with and/or without a timestep embedding (DT always has its own)",
+    sweep.set_defaults(func=_sweep, parse_flags=_sweep_args)
+    report = subparsers.add_parser(
+        "report", help="the sweep's tables and which of the paper's findings hold", parents=[store_options()]
     )
-    sweep.add_argument("--archs", nargs="+", default=["dema"], choices=["dema", "dt"])
-    sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
-    sweep.add_argument("--eval-modes", nargs="+", default=["transformer", "rnn"], choices=["transformer", "rnn"])
-    sweep.add_argument(
-        "--no-ablations", action="store_true", help="skip the ablations (hidden attention, timestep embedding)"
-    )
-    sweep.add_argument("--ablation-episodes", type=int, default=5)
-    sweep.add_argument(
-        "--ablation-layers",
-        nargs="+",
-        default=["all"],
-        metavar="all|each|N",
-        help="hidden-attention ablations of all layers at once (all), of every layer on its own "
-        "(each), or of layer N (default: all)",
-    )
-    sweep.add_argument("--workers", type=int, default=0, help="parallel runs (default: one per core)")
-    sweep.add_argument(
-        "--executor",
-        default="local",
-        choices=["local", "ray"],
-        help="local processes (default) or a Ray cluster (the cluster extra)",
-    )
-    sweep.add_argument(
-        "--address", help="with --executor ray: the cluster's HOST:PORT (default: RAY_ADDRESS, else a local Ray)"
-    )
-    sweep.add_argument("--num-cpus", type=float, default=1.0, help="with ray: CPUs per run (default: %(default)s)")
-    sweep.add_argument(
-        "--num-gpus",
-        type=float,
-        default=0.0,
-        help="with ray: GPUs per run, fractional to share one, e.g. 0.25 (default: %(default)s)",
-    )
-    sweep.add_argument(
-        "--max-retries",
-        type=int,
-        default=3,
-        help="with ray: reruns of a run whose worker died, each resuming from the store (default: 3)",
-    )
-    sweep.add_argument("--base-config", help="JSON/TOML TrainConfig for everything the grid does not set")
-    sweep.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="TrainConfig fields, e.g. steps=3000 d_model=64")
-    sweep.set_defaults(func=_sweep)
-    report = subparsers.add_parser("report", help="the sweep's tables and which of the paper's findings hold")
-    report.add_argument("--store", default=TrainConfig().store)
     report.add_argument("--sweep", help="only the runs of this sweep (default: every finished run)")
     report.add_argument("--out", help="write Markdown here instead of printing it")
     report.add_argument("--no-latency", action="store_true", help="skip the per-step latency measurement")
@@ -607,6 +553,7 @@ def register_study(subparsers) -> None:
 
     ablate = subparsers.add_parser(
         "ablate",
+        parents=[store_options()],
         help="evaluate a run with its hidden attention ablated (the paper's or dema-lab's method)",
         description="Evaluate a run's checkpoint with one ablation and publish the scores in the run. The paper's "
         "method (merge_exp.py) edits the mixer parameters except in_proj/out_proj: mixer-zeros, "
@@ -632,5 +579,4 @@ def register_study(subparsers) -> None:
     ablate.add_argument(
         "--max-steps", type=int, default=1000, help="env steps per episode at most (default: %(default)s)"
     )
-    ablate.add_argument("--store", default=TrainConfig().store, help="store path (default: %(default)s)")
     ablate.set_defaults(func=_ablate)

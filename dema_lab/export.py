@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 from .scoring import checkpoint_scores, headline, run_scores
-from .store import Run, StoreError, step_of
+from .store import Run, step_of
 
 TRACKERS = ("tensorboard", "wandb")
 _INSTALL = "install the cluster extra: pip install -c constraints.txt 'dema-lab[cluster]'"
@@ -276,21 +276,15 @@ def export_run(run: Run, tracker: str, folder=None, project: str = "dema-lab") -
 
 # ------------------------------------------------------------------------------ the command
 def _export(args) -> int:
-    import sys
-
     from .store import RunStore
 
-    try:
-        if len(args.to) > 2:
-            raise ValueError(f"--to takes a tracker and an optional folder, got {' '.join(args.to)}")
-        tracker, folder = args.to[0], (args.to[1] if len(args.to) > 1 else None)
-        if tracker not in TRACKERS:
-            raise ValueError(f"--to {tracker}: choose one of {', '.join(TRACKERS)}")
-        run = RunStore(args.store, mode="r").run(args.run)
-        out = export_run(run, tracker, folder, project=args.project)
-    except (ValueError, StoreError, ImportError, OSError) as e:
-        print(f"dema-lab export: {e}", file=sys.stderr)
-        return 2
+    if len(args.to) > 2:
+        raise ValueError(f"--to takes a tracker and an optional folder, got {' '.join(args.to)}")
+    tracker, folder = args.to[0], (args.to[1] if len(args.to) > 1 else None)
+    if tracker not in TRACKERS:
+        raise ValueError(f"--to {tracker}: choose one of {', '.join(TRACKERS)}")
+    run = RunStore(args.store, mode="r").run(args.run)
+    out = export_run(run, tracker, folder, project=args.project)
     if tracker == "tensorboard":
         print(f"run {args.run} written to {out}; view it: tensorboard --logdir {out.parent} --host 127.0.0.1")
     else:
@@ -299,10 +293,11 @@ def _export(args) -> int:
 
 
 def register(subparsers) -> None:
-    from .store import DEFAULT_STORE
+    from .cli import store_options
 
     p = subparsers.add_parser(
         "export",
+        parents=[store_options()],
         help="replay a run into TensorBoard or an offline W&B run",
         description="Replay a run's training metrics, evaluations (last and best), decay "
         "statistics and recorded episodes into a tracker.",
@@ -315,6 +310,5 @@ def register(subparsers) -> None:
         metavar="TRACKER [DIR]",
         help="tensorboard DIR (default runs/) or wandb [DIR] (offline; default ./wandb)",
     )
-    p.add_argument("--store", default=DEFAULT_STORE, help="store path or URL (default: %(default)s)")
     p.add_argument("--project", default="dema-lab", help="W&B project name (default: %(default)s)")
     p.set_defaults(func=_export)

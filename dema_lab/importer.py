@@ -18,16 +18,15 @@ import hashlib
 import platform
 import re
 import socket
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .models import CheckpointError, count_parameters, forward_macs, save_checkpoint, step_macs
+from .models import count_parameters, forward_macs, save_checkpoint, step_macs
 from .models.checkpoint import checkpoint_bytes
-from .models.official import OFFICIAL_K, OFFICIAL_N_HEAD, OfficialCheckpointError, import_official
+from .models.official import OFFICIAL_K, OFFICIAL_N_HEAD, import_official
 from .store import DEFAULT_STORE, Run, RunStore, StoreError, checkpoint_name
 
 # How the official gym/experiment.py trains (recorded in the imported run's config; nothing is trained
@@ -220,49 +219,43 @@ def evaluate_into(run: Run, ck, ds, cfg, log=print):
 
 
 def _import(args) -> int:
-    from .data import DatasetError
-
-    try:
-        if bool(args.out) == bool(args.store):
-            raise ValueError("give either --out FILE.safetensors (a checkpoint file) or --store STORE (a run)")
-        if args.run_id and not args.store:
-            raise ValueError("--run_id names a run in a store: give --store too")
-        if args.eval_episodes < 1:
-            raise ValueError(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
-        if args.out:
-            out = Path(args.out)
-            if out.suffix != ".safetensors":
-                raise ValueError(f"--out {out}: the checkpoint is a safetensors file; name it *.safetensors")
-            ck = import_official(
-                args.path, env=args.env, dataset=args.dataset, K=args.K, n_head=args.n_head, rtg_scale=args.rtg_scale
-            )
-            save_checkpoint(out, ck.model, ck.meta, ck.extra)
-            print(
-                f"{ck.meta['official_class']} from {args.path} written to {out} ({ck.config.arch}, "
-                f"{count_parameters(ck.model)} parameters, env {ck.meta['env'] or '?'}); open it in /live or "
-                f"with dema_lab.models.load_checkpoint"
-            )
-            return 0
-        log = (lambda *a, **k: None) if args.quiet else print
-        run = import_to_store(
-            args.path,
-            args.store,
-            dataset=args.dataset,
-            env=args.env,
-            run_id=args.run_id or "",
-            K=args.K,
-            n_head=args.n_head,
-            rtg_scale=args.rtg_scale,
-            eval_episodes=args.eval_episodes,
-            eval_targets=args.targets,
-            eval_modes=args.modes,
-            eval_max_steps=args.eval_max_steps,
-            render_size=args.render_size,
-            log=log,
+    if bool(args.out) == bool(args.store):
+        raise ValueError("give either --out FILE.safetensors (a checkpoint file) or --store STORE (a run)")
+    if args.run_id and not args.store:
+        raise ValueError("--run_id names a run in a store: give --store too")
+    if args.eval_episodes < 1:
+        raise ValueError(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+    if args.out:
+        out = Path(args.out)
+        if out.suffix != ".safetensors":
+            raise ValueError(f"--out {out}: the checkpoint is a safetensors file; name it *.safetensors")
+        ck = import_official(
+            args.path, env=args.env, dataset=args.dataset, K=args.K, n_head=args.n_head, rtg_scale=args.rtg_scale
         )
-    except (OfficialCheckpointError, CheckpointError, DatasetError, StoreError, ValueError, FileNotFoundError) as e:
-        print(f"dema-lab import: {e}", file=sys.stderr)
-        return 2
+        save_checkpoint(out, ck.model, ck.meta, ck.extra)
+        print(
+            f"{ck.meta['official_class']} from {args.path} written to {out} ({ck.config.arch}, "
+            f"{count_parameters(ck.model)} parameters, env {ck.meta['env'] or '?'}); open it in /live or "
+            f"with dema_lab.models.load_checkpoint"
+        )
+        return 0
+    log = (lambda *a, **k: None) if args.quiet else print
+    run = import_to_store(
+        args.path,
+        args.store,
+        dataset=args.dataset,
+        env=args.env,
+        run_id=args.run_id or "",
+        K=args.K,
+        n_head=args.n_head,
+        rtg_scale=args.rtg_scale,
+        eval_episodes=args.eval_episodes,
+        eval_targets=args.targets,
+        eval_modes=args.modes,
+        eval_max_steps=args.eval_max_steps,
+        render_size=args.render_size,
+        log=log,
+    )
     print(
         f"run {run.run_id} imported into {run.store.path}; open it in the dashboard "
         f"(dema-lab serve --store {run.store.path}) or with dema_lab.open_run('{run.store.path}', '{run.run_id}')"
@@ -272,8 +265,13 @@ def _import(args) -> int:
 
 def register(subparsers) -> None:
     """Add `dema-lab import`."""
+    from .cli import store_options
+
     p = subparsers.add_parser(
         "import",
+        parents=[
+            store_options(default=None, help="where to (this or --out): create a run in this store and evaluate it")
+        ],
         help="import a checkpoint of the official DeMa code (model_iter*.pkl) as a file or a run",
         description="Import a checkpoint trained with the official DeMa code (github AndssY/dema: Mamba_mujoco "
         "or its DecisionTransformer). The pickle is read without executing anything; the "
@@ -302,9 +300,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--rtg_scale", type=float, default=None, help="return-to-go scale (default: the official 1000, Atari 1)"
     )
-    where = p.add_argument_group("where to (one of)")
-    where.add_argument("--out", metavar="FILE.safetensors", help="write a dema-lab checkpoint file")
-    where.add_argument("--store", help="create a run in this store and evaluate it")
+    p.add_argument(
+        "--out", metavar="FILE.safetensors", help="where to (this or --store): write a dema-lab checkpoint file"
+    )
     p.add_argument("--run_id", help="run id in the store (default: official-<dema|dt>-<dataset>-iter<N>)")
     p.add_argument("--eval-episodes", type=int, default=5, help="episodes per (mode, target) (default: %(default)s)")
     p.add_argument("--eval-max-steps", type=int, default=1000, help="episode length cap (default: %(default)s)")

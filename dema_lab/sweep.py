@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from .train import TrainConfig
+from .train import DT_PAPER, TrainConfig
 
 
 @dataclass
@@ -31,20 +31,23 @@ class SweepConfig:
     embedding, architectures and seeds, each a TrainConfig with a stable run id, trained into one
     store; finished runs are skipped and unfinished ones resumed."""
 
-    name: str = "sweep"
-    datasets: list[str] = field(default_factory=lambda: ["hopper-medium"])
-    K: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
-    layouts: list[str] = field(default_factory=lambda: ["B3LD"])
+    name: str = "sweep"  # sweep name, the prefix of its run ids
+    datasets: list[str] = field(default_factory=lambda: ["hopper-medium"])  # embedded name, .hdf5 path, minari:<id>
+    K: list[int] = field(default_factory=lambda: [5, 10, 20, 40])  # context lengths
+    layouts: list[str] = field(default_factory=lambda: ["B3LD"])  # B3LD and/or BL3D
+    #: DeMa without (off) and/or with (on) a timestep embedding (DT always has its own)
     timestep_embedding: list[bool] = field(default_factory=lambda: [False])
-    archs: list[str] = field(default_factory=lambda: ["dema"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    eval_modes: list[str] = field(default_factory=lambda: ["transformer", "rnn"])
+    archs: list[str] = field(default_factory=lambda: ["dema"])  # dema and/or dt
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds
+    eval_modes: list[str] = field(default_factory=lambda: ["transformer", "rnn"])  # transformer and/or rnn
     ablations: bool = True  # hidden attention ablated (DeMa), timestep embedding removed (if trained with one)
-    ablation_episodes: int = 5
-    ablation_layers: list[str] = field(default_factory=lambda: ["all"])  # "all", "each" (every layer alone), or N
+    ablation_episodes: int = 5  # episodes per ablation and target
+    #: hidden-attention ablations of all layers at once (all), of every layer on its own (each), or of
+    #: layer N
+    ablation_layers: list[str] = field(default_factory=lambda: ["all"])
     workers: int = 0  # 0: one per core
     executor: str = "local"  # local (processes on this machine) | ray (dema_lab.cluster)
-    address: str = ""  # ray: the cluster's HOST:PORT (default: RAY_ADDRESS, else a local one)
+    address: str = ""  # ray: the cluster's HOST:PORT ('': RAY_ADDRESS, else a local one)
     num_cpus: float = 1.0  # ray: CPUs per run (torch threads: this, at least 1)
     num_gpus: float = 0.0  # ray: GPUs per run, fractional to share one (0.25: four runs per GPU)
     max_retries: int = 3  # ray: reruns of a task whose worker died; each resumes from the store
@@ -69,12 +72,13 @@ class SweepConfig:
 
 def grid(sweep: SweepConfig) -> list[TrainConfig]:
     """One TrainConfig per grid point, with a stable run id. The timestep-embedding dimension is
-    DeMa's: DT always has its timestep embedding, as in the paper (one DT run per other point)."""
+    DeMa's: DT is always the papers' DT (train.DT_PAPER: its timestep embedding, tokens (R, s, a)),
+    one DT run per other point."""
     configs, seen = [], set()
     for dataset, K, layout, ts, arch, seed in itertools.product(
         sweep.datasets, sweep.K, sweep.layouts, sweep.timestep_embedding, sweep.archs, sweep.seeds
     ):
-        ts = True if arch == "dt" else ts
+        ts = DT_PAPER["timestep_embedding"] if arch == "dt" else ts
         if (dataset, K, layout, ts, arch, seed) in seen:
             continue
         seen.add((dataset, K, layout, ts, arch, seed))
@@ -84,6 +88,7 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
         configs.append(
             dataclasses.replace(
                 sweep.base,
+                **{k: v for k, v in DT_PAPER.items() if arch == "dt" and k != "timestep_embedding"},
                 dataset=dataset,
                 K=K,
                 layout=layout,

@@ -20,6 +20,7 @@ from dema_lab.data.registry import (
     data_dir,
     embedded_names,
     ensure_embedded,
+    is_atari_spec,
     list_datasets,
     load_dataset,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "data_dir",
     "embedded_names",
     "ensure_embedded",
+    "is_atari_spec",
     "flat_returns_to_go",
     "list_datasets",
     "load_d4rl",

@@ -5,8 +5,9 @@
     dema-lab data info SPEC
     dema-lab data train-policies ENV [--minutes M] [--seed N] [--out PATH]
 
-``register(subparsers)`` adds the ``data`` command to the main CLI; this
-module also runs standalone (``python -m dema_lab.data.cli ...``).
+``register(subparsers)`` adds the ``data`` command to the main CLI (dema_lab.cli), whose error
+handler reports failures: one line, exit status 2, or 1 when the data could not be built or read.
+``main(argv)`` and ``python -m dema_lab.data.cli ...`` are ``dema-lab data ...``.
 """
 
 from __future__ import annotations
@@ -22,47 +23,30 @@ __all__ = ["register", "main"]
 def _build(args) -> int:
     from dema_lab.data.builder import build_dataset
     from dema_lab.data.d4rl import load_d4rl
-    from dema_lab.data.registry import embedded_path
-    from dema_lab.data.trajectory import DatasetError
+    from dema_lab.data.registry import embedded_path, qualities_for
     from dema_lab.envs import env_spec
 
-    try:
-        spec = env_spec(args.env)
-    except ValueError as err:
-        print(f"dema-lab data build: {err}", file=sys.stderr)
-        return 2
-    from dema_lab.data.registry import qualities_for
-
+    spec = env_spec(args.env)
     allowed = qualities_for(spec.name)
     if not allowed:
-        print(
-            f"dema-lab data build: no embedded datasets for {spec.name}; for it, read DQN-Replay files "
-            f"(--dataset dqn-replay:/path/<Game>/1/replay_logs)",
-            file=sys.stderr,
+        raise ValueError(
+            f"no embedded datasets for {spec.name}; for it, read DQN-Replay files "
+            f"(--dataset dqn-replay:/path/<Game>/1/replay_logs)"
         )
-        return 2
     if args.quality not in allowed:
-        print(
-            f"dema-lab data build: unknown quality {args.quality!r}; choose one of {', '.join(allowed)}",
-            file=sys.stderr,
-        )
-        return 2
+        raise ValueError(f"unknown quality {args.quality!r}; choose one of {', '.join(allowed)}")
     out = args.out or embedded_path(f"{spec.name}-{args.quality}", args.seed, args.transitions)
     t0 = time.perf_counter()
-    try:
-        path = build_dataset(
-            spec.name,
-            args.quality,
-            out,
-            seed=args.seed,
-            transitions=args.transitions,
-            episodes=args.episodes,
-            action_noise=args.noise,
-            progress=not args.quiet,
-        )
-    except (DatasetError, FileNotFoundError) as err:
-        print(f"dema-lab data build: {err}", file=sys.stderr)
-        return 1
+    path = build_dataset(
+        spec.name,
+        args.quality,
+        out,
+        seed=args.seed,
+        transitions=args.transitions,
+        episodes=args.episodes,
+        action_noise=args.noise,
+        progress=not args.quiet,
+    )
     ds = load_d4rl(path)
     a = ds.attrs
     print(
@@ -89,13 +73,8 @@ def _list(args) -> int:
 
 def _info(args) -> int:
     from dema_lab.data.registry import load_dataset
-    from dema_lab.data.trajectory import DatasetError
 
-    try:
-        ds = load_dataset(args.spec, env=args.env)
-    except (DatasetError, ImportError) as err:
-        print(f"dema-lab data info: {err}", file=sys.stderr)
-        return 1
+    ds = load_dataset(args.spec, env=args.env)
     s = ds.summary()
     s["attrs"] = {k: v for k, v in ds.attrs.items()}
     print(json.dumps(s, indent=2, default=str))
@@ -130,9 +109,17 @@ def _train(args) -> int:
     return 0
 
 
+def _exit_status(error: BaseException) -> int:
+    """1 when the data could not be built or read, 2 for anything else (a bad env or quality)."""
+    from dema_lab.data.trajectory import DatasetError
+
+    return 1 if isinstance(error, (DatasetError, ImportError, FileNotFoundError)) else 2
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``data`` and its subcommands to an argparse subparsers object."""
     data = subparsers.add_parser("data", help="offline datasets: build, list, info, train-policies")
+    data.set_defaults(exit_status=_exit_status)
     sub = data.add_subparsers(dest="data_command", metavar="{build,list,info,train-policies}")
     sub.required = True
 
@@ -174,13 +161,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="dema-lab")
-    register(parser.add_subparsers(dest="command", required=True))
+    """``dema-lab data ARGV`` (dema_lab.cli.main): the same parser and error handler."""
+    from dema_lab.cli import main as dema_lab
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] != ["data"]:
-        argv = ["data", *argv]
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return dema_lab(argv if argv[:1] == ["data"] else ["data", *argv])
 
 
 if __name__ == "__main__":

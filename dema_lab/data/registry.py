@@ -71,6 +71,13 @@ def parse_embedded(name: str) -> tuple[str, str] | None:
     return None
 
 
+def is_atari_spec(spec: str) -> bool:
+    """Whether a dataset spec names Atari data, known without opening it: ``dqn-replay:...`` or an
+    embedded game's name (``breakout-mixed``)."""
+    parsed = parse_embedded(str(spec))
+    return str(spec).startswith("dqn-replay:") or (parsed is not None and ENV_SPECS[parsed[0]].kind == "atari")
+
+
 def _default_transitions(name: str) -> int:
     parsed = parse_embedded(name)
     if parsed is not None and ENV_SPECS[parsed[0]].kind == "atari":
