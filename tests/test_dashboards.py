@@ -117,11 +117,11 @@ def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     n, K = ex._ep.n_steps, ex._info.config["K"]
     assert ex.step == max(n // 2, K - 1) and K - 1 <= ex.step < n
     assert set(traces.extra_y_ranges) == {"reward"} and traces.select_one({"type": Span}).location == ex.step
-    before = ex.state()
+    before = ex.snapshot()
     heat_fig = ex._panes["heatmap"].object
     img_before = heat_fig.renderers[0].data_source.data["image"][0].copy()
     ex.step = 3
-    after = ex.state()
+    after = ex.snapshot()
     assert after["step"] == 3 and after["frame"] != before["frame"] and after["heatmap"] != before["heatmap"]
     # the served figures were patched with exactly the data the HoloViews views hold
     img = heat_fig.renderers[0].data_source.data["image"][0]

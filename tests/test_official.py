@@ -749,7 +749,7 @@ def test_the_dashboards_open_the_imported_run(imported):
     ex.run = IMPORTED_RUN
     ex.episode = "step_00000003-transformer-t0-e0"
     assert isinstance(ex.heatmap(), hv.Image)
-    ex.step = min(5, ex.param.step.bounds[1])
+    ex.step = min(5, ex.state.param.step.bounds[1])
     ex.aggregation = "abs"  # recomputed from the checkpoint
     assert np.isfinite(ex.matrix()).any() and "Cannot recompute" not in ex.message
     # the logged attention is what the imported checkpoint gives when the episode is replayed

@@ -4,8 +4,11 @@ Components (param.Parameterized / pn.viewable.Viewer; display them in a notebook
 ``pn.extension()``, or serve them):
 
     AttentionExplorer(store)     scrub a recorded episode: frame, hidden attention, lag decay, traces
+    ExplorerState(store)         its state alone (param only: run, episode, step, ...; .attention,
+                                 .window_labels, .frame), for notebooks and tests without rendering
     SequenceComparison(store)    runs that differ in K (and layout, timestep embedding, DeMa vs DT)
     LiveRollout(store)           stream a rollout of a checkpoint in an env, optionally save it
+    LiveState(store)             its state alone (the checkpoint, env, target, the playing worker)
     StudyReport(store)           the paper's tables for a sweep and which of its findings hold
     EmptyStorePage(store)        how to create a run, with a button that trains the demo runs
 
@@ -13,19 +16,52 @@ Components (param.Parameterized / pn.viewable.Viewer; display them in a notebook
 127.0.0.1`` serves the main one (without --address, panel listens on every interface).
 """
 
-from .app import EmptyStorePage, attention_app, compare_app, live_app, serve, study_app
-from .compare import SequenceComparison, runs_table
-from .data import AttentionReplayer, EpisodeData, RunInfo, StoreIndex
-from .explorer import AttentionExplorer
-from .live import LiveRollout, RolloutWorker
-from .study import StudyReport
+import importlib
+
+# where each name lives; imported when first used, so that `from dema_lab.dashboard.explorer_state
+# import ExplorerState` (or .data, .live_state) imports neither Panel nor HoloViews
+_WHERE = {
+    "EmptyStorePage": "app",
+    "attention_app": "app",
+    "compare_app": "app",
+    "live_app": "app",
+    "serve": "app",
+    "study_app": "app",
+    "SequenceComparison": "compare",
+    "runs_table": "compare",
+    "AttentionReplayer": "data",
+    "EpisodeData": "data",
+    "RunInfo": "data",
+    "StoreIndex": "data",
+    "AttentionExplorer": "explorer",
+    "ExplorerState": "explorer_state",
+    "LiveRollout": "live",
+    "LiveState": "live_state",
+    "RolloutWorker": "live_state",
+    "StudyReport": "study",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "AttentionExplorer",
     "AttentionReplayer",
     "EmptyStorePage",
     "EpisodeData",
+    "ExplorerState",
     "LiveRollout",
+    "LiveState",
     "RolloutWorker",
     "RunInfo",
     "SequenceComparison",

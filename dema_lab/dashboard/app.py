@@ -100,7 +100,8 @@ def checkpoint_limit(megabytes) -> int:
     return int(mb * 2**20)
 
 
-URL_SKIP = ("name", "status", "message", "revision", "checkpoint_file")  # never read from or written to a URL
+# never read from or written to a URL
+URL_SKIP = ("name", "status", "message", "revision", "rollout", "checkpoint_file")
 
 
 def _url_args() -> dict:
@@ -194,6 +195,12 @@ def sync_url(obj: param.Parameterized, apply: bool = False) -> list[str]:
     obj.param.watch(push, names)
     pn.state.onload(push_all)  # once the browser has sent its own URL: the whole state
     return problems
+
+
+def state_of(view) -> param.Parameterized:
+    """The param-only state a view renders (its `state`), or the view itself when it has none."""
+    state = getattr(view, "state", None)
+    return state if isinstance(state, param.Parameterized) else view
 
 
 def _allow_store_arg() -> bool:
@@ -469,7 +476,7 @@ def attention_app(store: str | None = None, presentation: bool | None = None, li
 
         index = StoreIndex(store)
         explorer = AttentionExplorer(index, presentation=presentation)
-        problems = sync_url(explorer, apply=True)
+        problems = sync_url(explorer.state, apply=True)  # the URL follows the state's parameters
         if problems:
             explorer.message = "\n\n".join([explorer.message, *problems]).strip()
         state["shown"] = "explorer"
@@ -552,9 +559,9 @@ def _component_app(component: str, title: str, failure: str, store: str | None, 
     store = store or opts["store"]
     presentation = opts["presentation"] if presentation is None else presentation
     try:
-        view = cls(store, presentation=presentation, **options, **url_settings(cls))
+        view = cls(store, presentation=presentation, **options, **url_settings(getattr(cls, "state_class", cls)))
         controls, views = view.controls(), view.views()
-        sync_url(view)
+        sync_url(state_of(view))
     except Exception as e:  # noqa: BLE001
         controls, views = None, pn.pane.Alert(f"**{failure}:** {friendly_error(e)}", alert_type="danger")
     return _template(f"dema-lab · {title}", views, controls, presentation)

@@ -9,6 +9,7 @@ Everything here is plain Python/numpy (no Panel), so it can be tested and reused
     StoreIndex.paper_attention   the paper's attention display of a checkpoint, if published
     AttentionReplayer            the attention of a recorded step under another channel
                                  aggregation (or one channel), replayed incrementally
+    lag_profile_of(att, query)   one token's row of a right-aligned attention, by lag
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ def friendly_error(e: BaseException) -> str:
     """One line for a message box (never a traceback)."""
     text = str(e).strip() or type(e).__name__
     return text if isinstance(e, (StoreError, ValueError)) else f"{type(e).__name__}: {text}"
+
+
+def lag_profile_of(att: np.ndarray, query: int) -> np.ndarray:
+    """Row `query` of a right-aligned (L, L) attention by lag: entry l is att[query, query - l]."""
+    row = att[query, : query + 1][::-1]
+    return np.asarray(row, dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,16 @@
 """The attention explorer: a recorded episode, scrubbed step by step.
 
-    explorer = AttentionExplorer(store="store")     # or StoreIndex
+    explorer = AttentionExplorer(store="store")     # or StoreIndex, or an ExplorerState
     explorer                                        # in a notebook after pn.extension()
-    explorer.step = 120                             # every view follows
+    explorer.state.step = 120                       # every view follows (explorer.step = 120 too)
 
-Views (HoloViews DynamicMaps, updated in place when a parameter changes): the env frame,
-the hidden-attention heatmap over the window's R/s/a tokens, one token's attention by lag
-with its fitted exponential and half-life, and the reward / return-to-go traces with a
-cursor; below them the checkpoint's paper's attention display (analysis.paper_attention: the
-surface of decision step x lag, its curve with the exponential fit, and the fit per key kind).
+The state (ExplorerState, dema_lab.dashboard.explorer_state: the run, checkpoint, episode, layer,
+aggregation, step and what they select) is a param-only object; this module renders it.
+Views (HoloViews elements, redrawn when the state changes): the env frame (or a note saying why
+there is none), the hidden-attention heatmap over the window's R/s/a tokens, one token's
+attention by lag with its fitted exponential and half-life, and the reward / return-to-go traces
+with a cursor; below them the checkpoint's paper's attention display (analysis.paper_attention:
+the surface of decision step x lag, its curve with the exponential fit, and the fit per key kind).
 Clicking the traces moves the step; clicking a heatmap row picks the query token whose lag
 profile is shown.
 """
@@ -16,7 +18,6 @@ profile is shown.
 from __future__ import annotations
 
 import contextlib
-import zlib
 
 import holoviews as hv
 import numpy as np
@@ -24,10 +25,8 @@ import panel as pn
 import param
 from bokeh.models import Div, Span
 
-from ..analysis import DEMA_LAB_METHOD, PAPER_METHOD, opening_step, paper_selection, right_align
-from ..demo import featured_run
-from ..store import StoreError
-from .data import AttentionReplayer, EpisodeData, RunInfo, StoreIndex, friendly_error
+from ..analysis import DEMA_LAB_METHOD, PAPER_METHOD
+from .explorer_state import AGGREGATION_LABELS, MEAN_LAYERS, ExplorerState, crc
 from .views import (
     attention_clim,
     attention_view,
@@ -43,13 +42,9 @@ from .views import (
     trace_view,
 )
 
-AGGREGATION_LABELS = {
-    "minmax (stored)": "minmax",
-    "abs (mean |α|)": "abs",
-    "mean (signed)": "mean",
-    "one channel": "channel",
-}
-MEAN_LAYERS = -1
+__all__ = ["AGGREGATION_LABELS", "MEAN_LAYERS", "AttentionExplorer", "ExplorerState", "forward_to_state", "hold"]
+
+_crc = crc  # its old name here
 
 # Plot sizes (px) at a 1600x1000 window. Normal: frame, heatmap and lag curve side by side (the lag
 # curve takes the width left), the traces below. Presentation (larger): frame and heatmap, then the
@@ -78,295 +73,99 @@ def hold():
     return pn.io.hold() if pn.state.loaded else contextlib.nullcontext()
 
 
-def _crc(a) -> str:
-    if a is None:
-        return "none"
-    return f"{zlib.crc32(np.ascontiguousarray(a).view(np.uint8).ravel()):08x}"
+def forward_to_state(view_cls: type, state_cls: type[param.Parameterized], names=()) -> type:
+    """Give a view class attributes that read and write its state's: every parameter of
+    `state_cls` and `names`, so `view.step = 40` or `view.matrix()` act on `view.state` (code
+    written when the view and its state were one class keeps working). Returns view_cls."""
+
+    def forwarded(name: str, doc: str | None):
+        def get(self):
+            return getattr(self.state, name)
+
+        def set_(self, value):
+            setattr(self.state, name, value)
+
+        return property(get, set_, doc=doc or f"the state's {name}")
+
+    for name in [n for n in state_cls.param if n != "name"] + list(names):
+        if name in view_cls.__dict__ or name in view_cls.param:
+            continue  # the view's own
+        p = state_cls.param[name] if name in state_cls.param else None
+        type.__setattr__(view_cls, name, forwarded(name, p.doc if p is not None else None))
+    return view_cls
 
 
 class AttentionExplorer(pn.viewable.Viewer):
-    """Pick a run, checkpoint, episode and layer; scrub timesteps; all views linked."""
+    """The explorer's page for one ExplorerState: selection widgets, slider and player, and the
+    linked plots. AttentionExplorer(store, run=..., step=...) makes the state too."""
 
-    run = param.Selector(objects=[], doc="run id")
-    checkpoint = param.Selector(objects=[], doc="checkpoint (training step) of the recorded episodes")
-    episode = param.Selector(objects=[], doc="recorded episode (inference mode, target, episode)")
-    layer = param.Selector(objects=[], doc="model layer, or the mean over layers")
-    aggregation = param.Selector(
-        objects=list(AGGREGATION_LABELS.values()),
-        default="minmax",
-        doc="how the channels of the hidden attention are aggregated",
-    )
-    channel = param.Integer(default=0, bounds=(0, None), doc="channel shown when aggregation is 'channel'")
-    query = param.Selector(objects=["s0"], default="s0", doc="query token whose attention by lag is shown")
-    step = param.Integer(default=0, bounds=(0, 0), doc="env step of the episode")
-    message = param.String(default="", doc="what went wrong, if anything (shown above the views)")
-    revision = param.Integer(default=0, precedence=-1, doc="bumped when the episode data is (re)loaded")
+    state = param.ClassSelector(class_=ExplorerState, constant=True, doc="what is shown")
+    presentation = param.Boolean(default=False, constant=True, doc="larger plots (full-screen talks)")
+    state_class = ExplorerState  # whose parameters a page's URL sets (app.url_settings)
 
     def __init__(self, store="store", presentation: bool = False, **params):
-        self.index = store if isinstance(store, StoreIndex) else StoreIndex(store)
-        self.presentation = presentation
-        self._info: RunInfo | None = None
-        self._ep: EpisodeData | None = None
-        self._replayers: dict = {}
-        self._matrix_key = None
-        self._matrix = None
-        self.run_errors: dict[str, str] = {}
-        self._first_episode = "step" not in params  # open mid-episode unless a step is asked for
-        super().__init__(**params)
+        """store: a store path or URL, a StoreIndex, or an ExplorerState to render; other keyword
+        arguments set the state's parameters (run, episode, step, ...)."""
+        view = {k: params.pop(k) for k in ("name",) if k in params}
+        state = store if isinstance(store, ExplorerState) else ExplorerState(store, **params)
+        if isinstance(store, ExplorerState):
+            state.param.update(**params)
+        super().__init__(state=state, presentation=presentation, **view)
         self._probe_div = Div(text="", css_classes=["dema-probe"], styles={"display": "none"})
         self._probe = pn.pane.Bokeh(self._probe_div, width=0, height=0, margin=0)
-        self.refresh()
-
-    # ------------------------------------------------------------------ selection
-    def refresh(self):
-        """Re-read the store's run list (new runs, new episodes of a running one)."""
-        infos, bad = {}, {}
-        try:
-            ids = self.index.run_ids()
-        except StoreError as e:
-            self.message = str(e)
-            ids = []
-        bad.update({r: f"its metadata cannot be read ({m})" for r, m in self.index.unreadable.items()})
-        for run_id in ids:
-            try:
-                infos[run_id] = self.index.info(run_id)
-            except StoreError as e:
-                bad[run_id] = str(e)
-        self.run_errors = bad
-        self._infos = infos
-        usable = [r for r, i in infos.items() if i.episodes] or list(infos)
-        names = {i.label and f"{r} · {i.label}": r for r, i in infos.items() if r in usable}
-        current = self.run
-        self.param.run.objects = list(names.values())
-        self.param.run.names = names
-        if current in infos and current in usable:
-            self._on_run()  # same run: pick up new checkpoints / episodes
-        elif usable:
-            self.run = featured_run({r: infos[r].config for r in usable}, {r for r in usable if infos[r].episodes})
-        else:
-            self._set_message()
-
-    def _set_message(self, extra: str = ""):
-        parts = [f"Run **{r}** cannot be read: {m}" for r, m in self.run_errors.items()]
-        if not self._infos and not self.run_errors:
-            parts.append("This store has no runs yet.")
-        if extra:
-            parts.append(extra)
-        self.message = "\n\n".join(parts)
-
-    @param.depends("run", watch=True)
-    def _on_run(self):
-        info = self._infos.get(self.run)
-        self._info = info
-        if info is None:
-            return
-        ckpts = info.episode_checkpoints()
-        names = {f"step {c}": c for c in ckpts}
-        self.param.checkpoint.names = names
-        self.param.checkpoint.objects = ckpts
-        if not ckpts:
-            self._ep = None
-            self._set_message(
-                f"Run **{info.run_id}** has no recorded episodes yet (status {info.status}, "
-                f"{info.steps_done} of {info.config.get('steps', '?')} training steps); episodes "
-                f"are recorded at each evaluation."
-            )
-            self._bump()
-            return
-        if self.checkpoint in ckpts:
-            self._on_checkpoint()
-        else:
-            self.checkpoint = ckpts[-1]
-
-    @param.depends("checkpoint", watch=True)
-    def _on_checkpoint(self):
-        info = self._info
-        if info is None or self.checkpoint is None:
-            return
-        eps = [e for e in info.episodes if e.checkpoint == self.checkpoint]
-        targets = info.provenance.get("eval_targets", [])
-
-        def label(e):
-            t = targets[e.target_index] if e.target_index < len(targets) else f"t{e.target_index}"
-            return (
-                f"{e.mode} · target {t:g} · episode {e.episode}"
-                if isinstance(t, (int, float))
-                else f"{e.mode} · {t} · episode {e.episode}"
-            )
-
-        names = {label(e): e.name for e in eps}
-        self.param.episode.names = names
-        self.param.episode.objects = [e.name for e in eps]
-        if self.episode in self.param.episode.objects:
-            self._on_episode()
-        else:
-            self.episode = eps[0].name
-
-    @param.depends("episode", watch=True)
-    def _on_episode(self):
-        if self.run is None or self.episode is None:
-            return
-        try:
-            ep = self.index.episode(self.run, self.episode)
-        except StoreError as e:
-            self._ep = None
-            self._set_message(str(e))
-            self._bump()
-            return
-        self._ep = ep
-        self._set_message()
-        layers = {f"layer {i}": i for i in range(ep.n_layers)}
-        if ep.n_layers > 1:
-            layers["mean of layers"] = MEAN_LAYERS
-        self.param.layer.names = layers
-        self.param.layer.objects = list(layers.values())
-        queries = ep.query_label or ["s0"]
-        self.param.query.objects = queries
-        with param.parameterized.batch_call_watchers(self):
-            if self.layer not in self.param.layer.objects:
-                self.layer = 0 if ep.n_layers else None
-            if self.query not in queries:
-                self.query = queries[-1]
-            self.param.step.bounds = (0, max(0, ep.n_steps - 1))
-            if self._first_episode:
-                self.step = opening_step(ep.n_steps, self._info.config.get("K", 1) if self._info else 1)
-            elif self.step > ep.n_steps - 1:
-                self.step = ep.n_steps - 1
-            self._first_episode = False
-        self._bump()
-
-    def _bump(self):
-        """Force the views to redraw after a change of episode (same step value)."""
-        self._matrix_key = None
-        self.revision += 1
-
-    # ------------------------------------------------------------------ data of the current step
-    @property
-    def stored_aggregation(self) -> str:
-        if self._ep is None:
-            return "minmax"
-        return str(self._ep.attrs.get("aggregation") or "minmax")
-
-    def matrix(self) -> np.ndarray | None:
-        """The (L, L) attention shown now (layer, aggregation and step applied), cached."""
-        ep = self._ep
-        if ep is None or ep.attention is None or self.layer is None:
-            return None
-        step = min(self.step, ep.n_steps - 1)
-        key = (ep.run_id, ep.name, step, self.layer, self.aggregation, self.channel)
-        if key == self._matrix_key:
-            return self._matrix
-        if self.aggregation == self.stored_aggregation:
-            att = ep.attention[step]
-        else:
-            att = self._replayed(ep, step)
-        if att is None:
-            return None
-        m = np.nanmean(att, axis=0) if self.layer == MEAN_LAYERS else att[self.layer]
-        self._matrix_key, self._matrix = key, m
-        return m
-
-    def _replayed(self, ep: EpisodeData, step: int) -> np.ndarray | None:
-        ckpt = int(ep.attrs.get("checkpoint", self.checkpoint))
-        key = (ep.run_id, ep.name, ckpt)
-        try:
-            rep = self._replayers.get(key)
-            if rep is None:
-                rep = AttentionReplayer(self.index.checkpoint(ep.run_id, ckpt), ep)
-                self._replayers = {key: rep}  # one episode at a time
-            att = rep.attention(step, self.aggregation, self.channel)
-        except Exception as e:  # noqa: BLE001 - shown as a message
-            self.message = f"Cannot recompute the attention with {self.aggregation!r}: {friendly_error(e)}"
-            return None
-        return right_align(att, ep.attention.shape[-1])
+        state.param.watch(self._update_probe, ["step", "revision", "layer", "aggregation", "channel", "message"])
 
     # ------------------------------------------------------------------ views
-    @param.depends("step", "revision")
+    @param.depends("state.step", "state.revision")
     def frame(self):
-        ep = self._ep
-        frame = None if ep is None or ep.frames is None else ep.frames[min(self.step, ep.n_steps - 1)]
-        title = "" if ep is None else f"step {self.step}"
-        return frame_view(frame, title=title, size=self._size("frame"))
+        s = self.state
+        title = "" if s.episode_data is None else f"step {s.step}"
+        return frame_view(s.frame, title=title, size=self._size("frame"))
 
-    @param.depends("step", "revision", "layer", "aggregation", "channel")
+    @param.depends("state.step", "state.revision", "state.layer", "state.aggregation", "state.channel")
     def heatmap(self):
-        ep = self._ep
-        m = self.matrix()
+        s = self.state
+        ep, m = s.episode_data, s.matrix()
         if ep is None or m is None:
             return attention_view(None, [], [], title="no attention recorded")
-        agg = self.aggregation if self.aggregation != "channel" else f"channel {self.channel}"
-        layer = "mean of layers" if self.layer == MEAN_LAYERS else f"layer {self.layer}"
+        agg = s.aggregation if s.aggregation != "channel" else f"channel {s.channel}"
+        layer = "mean of layers" if s.layer == MEAN_LAYERS else f"layer {s.layer}"
         return attention_view(
             m,
             ep.key_label,
             ep.query_label,
             title=f"Hidden attention · {layer} · {agg}",
-            signed=self.aggregation in ("mean", "channel"),
+            signed=s.aggregation in ("mean", "channel"),
             size=self._size("heatmap"),
         )
 
-    @param.depends("step", "revision", "layer", "aggregation", "channel", "query")
+    @param.depends("state.step", "state.revision", "state.layer", "state.aggregation", "state.channel", "state.query")
     def lag(self):
-        ep = self._ep
-        m = self.matrix()
+        s = self.state
+        ep, m = s.episode_data, s.matrix()
         w, h = self._size("lag")
         if ep is None or m is None:
             return lag_view(np.full(3, np.nan), 1, title="no attention recorded", width=w, height=h)
-        q = ep.query_label.index(self.query) if self.query in ep.query_label else len(ep.query_label) - 1
-        mass = lag_profile_of(m, q)
+        q = s.query_index
         return lag_view(
-            mass, ep.tokens_per_step, title=f"{self.query} by lag", reference=self._reference(q), width=w, height=h
+            lag_profile_of(m, q),
+            ep.tokens_per_step,
+            title=f"{s.query} by lag",
+            reference=s.reference_profile(q),
+            width=w,
+            height=h,
         )
 
-    def _reference(self, q: int):
-        """The checkpoint's dataset-average lag profile for this layer and query kind, if logged."""
-        ep, info = self._ep, self._info
-        if ep is None or info is None or not ep.query_kind:
-            return None
-        cache = getattr(self, "_decay_cache", {})
-        key = (info.run_id, self.checkpoint)
-        if key not in cache:
-            try:
-                ds = self.index.run(info.run_id).open("decay", f"step_{int(self.checkpoint):08d}").load()
-            except Exception:  # noqa: BLE001 - no decay statistics: no reference curve
-                ds = None
-            self._decay_cache = cache = {key: ds}
-        ds = cache[key]
-        if ds is None or self.aggregation == "channel":
-            return None
-        kind = ep.query_kind[q]
-        try:
-            sel = ds["mass"].sel(query_kind=kind)
-            if "checkpoint" in sel.dims:
-                sel = sel.isel(checkpoint=0)
-            sel = sel.mean("layer") if self.layer == MEAN_LAYERS else sel.sel(layer=self.layer)
-            return sel.values
-        except Exception:  # noqa: BLE001
-            return None
-
     # ------------------------------------------------------------------ the paper's display
-    def paper_data(self) -> dict | None:
-        """The checkpoint's paper's attention display for the layer shown (analysis.paper_selection;
-        the mean of layers is the paper's own), or None when the run has none for it."""
-        if self.run is None or self.checkpoint is None:
-            return None
-        try:
-            ds = self.index.paper_attention(self.run, int(self.checkpoint))
-        except StoreError:
-            return None
-        if ds is None:
-            return None
-        layer = None if self.layer in (None, MEAN_LAYERS) else int(self.layer)
-        return paper_selection(ds, layer if layer is None or layer in ds["layer"].values else None)
-
     def _paper_title(self, what: str) -> str:
-        layer = "mean of layers" if self.layer in (None, MEAN_LAYERS) else f"layer {self.layer}"
+        layer = self.state.layer
+        layer = "mean of layers" if layer in (None, MEAN_LAYERS) else f"layer {layer}"
         return f"Paper's method · {what} · {layer}" if what else f"Paper's method · {layer}"
 
-    @param.depends("revision", "layer")
+    @param.depends("state.revision", "state.layer")
     def paper_surface(self):
         """The paper's surface: decision step x lag of the current token's mean |α| (not normalised)."""
-        d = self.paper_data()
+        d = self.state.paper_data()
         w, h = self._size("paper")
         if d is None:
             return paper_surface_view(None, [], title="Paper's method: none for this checkpoint", width=w, height=h)
@@ -374,19 +173,19 @@ class AttentionExplorer(pn.viewable.Viewer):
             d["surface"], d["decision_steps"], d["lag_labels"], title=self._paper_title(""), width=w, height=h
         )
 
-    @param.depends("revision", "layer")
+    @param.depends("state.revision", "state.layer")
     def paper_curve(self):
         """The paper's curve (mean over decision steps) with its exponential fit and half-life."""
-        d = self.paper_data()
+        d = self.state.paper_data()
         w, h = self._size("paper")
         if d is None:
             return paper_curve_view(None, {}, 1, title="Paper's method: none for this checkpoint", width=w, height=h)
         return paper_curve_view(d["curve"], d["fit"], d["tokens_per_step"], title="Paper's curve", width=w, height=h)
 
-    @param.depends("revision", "layer")
+    @param.depends("state.revision", "state.layer")
     def paper_kinds(self):
         """The paper's curve split by key kind, lags in env steps, each kind with its own fit."""
-        d = self.paper_data()
+        d = self.state.paper_data()
         w, h = self._size("paper")
         if d is None:
             return kind_lag_view({}, {}, title="Paper's method: none for this checkpoint", width=w, height=h)
@@ -395,7 +194,7 @@ class AttentionExplorer(pn.viewable.Viewer):
     def _paper_note(self) -> str:
         missing = (
             ""
-            if self.paper_data() is not None
+            if self.state.paper_data() is not None
             else (
                 " *This checkpoint has none: its Transformer-like episodes end before step 20, or the store predates "
                 "it (`dema_lab.analysis.publish_paper_attention(run, checkpoint)` adds it).*"
@@ -409,38 +208,29 @@ class AttentionExplorer(pn.viewable.Viewer):
             f"dataset average (dotted) by {DEMA_LAB_METHOD.removeprefix('dema-lab: ')}."
         )
 
-    @param.depends("step", "revision")
+    @param.depends("state.step", "state.revision")
     def traces(self):
         """Return-to-go and return so far (left axis), reward per step (right axis), the step cursor."""
-        ep = self._ep
+        s = self.state
+        ep = s.episode_data
         h = self._size("traces")
         if ep is None:
-            return trace_view(np.zeros(1), np.zeros(1), height=h, cursor=self.step)
-        return trace_view(ep.reward, ep.return_to_go, height=h, cursor=self.step)
+            return trace_view(np.zeros(1), np.zeros(1), height=h, cursor=s.step)
+        return trace_view(ep.reward, ep.return_to_go, height=h, cursor=s.step)
 
     def _size(self, view: str):
         return SIZES[bool(self.presentation)][view]
 
-    @param.depends("step", "revision", "layer", "aggregation", "channel", "message", watch=True, on_init=False)
-    def _update_probe(self):
-        ep = self._ep
-        frame = None if ep is None or ep.frames is None else ep.frames[min(self.step, ep.n_steps - 1)]
+    def _update_probe(self, *_):
+        s = self.state
         self._probe_div.text = (
-            f'<span data-run="{self.run}" data-episode="{self.episode}" data-step="{self.step}" '
-            f'data-frame="{_crc(frame)}" data-heatmap="{_crc(self.matrix())}"></span>'
+            f'<span data-run="{s.run}" data-episode="{s.episode}" data-step="{s.step}" '
+            f'data-frame="{crc(s.frame)}" data-heatmap="{crc(s.matrix())}"></span>'
         )
 
-    def state(self) -> dict:
-        """What the views show now (step, frame and attention checksums), for tests and benchmarks."""
-        ep = self._ep
-        frame = None if ep is None or ep.frames is None else ep.frames[min(self.step, ep.n_steps - 1)]
-        return {
-            "run": self.run,
-            "episode": self.episode,
-            "step": self.step,
-            "frame": _crc(frame),
-            "heatmap": _crc(self.matrix()),
-        }
+    def snapshot(self) -> dict:
+        """What the views show now (ExplorerState.snapshot)."""
+        return self.state.snapshot()
 
     # ------------------------------------------------------------------ served views
     # The methods above return HoloViews objects (notebooks, exports, tests). The served layout
@@ -461,10 +251,19 @@ class AttentionExplorer(pn.viewable.Viewer):
             fig.on_event(Tap, tap)
         return fig
 
+    def _frame_slot(self):
+        """What goes where the frame goes: the frame, or the note saying why there is none (swapped in
+        its row, not hidden: a hidden pane still takes its width from the plots beside it)."""
+        return self._panes["frame_note"] if self.state.frame_note else self._panes["frame"]
+
     def _build_panes(self):
         self._spans = {}
+        self._frame_rows = []  # the rows that show the frame (or its note) first
         self._panes = {
             "frame": pn.pane.Bokeh(self._render(self.frame())),
+            "frame_note": pn.pane.Alert(
+                self.state.frame_note, alert_type="info", width=self._size("frame"), css_classes=["dema-frame-note"]
+            ),
             "heatmap": pn.pane.Bokeh(self._render(self.heatmap(), tap=self._on_tap_heatmap)),
             "lag": pn.pane.Bokeh(self._render(self.lag(), width=self._size("lag_width"))),
             "traces": pn.pane.Bokeh(
@@ -484,14 +283,19 @@ class AttentionExplorer(pn.viewable.Viewer):
             paper_kinds=pn.pane.Bokeh(self._render(self.paper_kinds(), width=self._size("paper_width"))),
             paper_note=pn.pane.Markdown(self._paper_note(), sizing_mode="stretch_width"),
         )
-        self.param.watch(self._on_step, ["step"])
-        self.param.watch(self._on_view_change, ["revision", "layer", "aggregation", "channel", "query"])
+        self.state.param.watch(self._on_step, ["step"])
+        self.state.param.watch(self._on_view_change, ["revision", "layer", "aggregation", "channel", "query"])
 
     def _on_view_change(self, *events):
         names = {e.name for e in events}
         with hold():
             if "revision" in names:
                 self._panes["frame"].object = self._render(self.frame())
+                self._panes["frame_note"].object = self.state.frame_note
+                slot = self._frame_slot()
+                for row in self._frame_rows:
+                    if row[0] is not slot:
+                        row[0] = slot
                 self._panes["traces"].object = self._render(self.traces(), tap=self._on_tap_trace, stretch=True)
             if names - {"query"}:
                 self._panes["heatmap"].object = self._render(self.heatmap(), tap=self._on_tap_heatmap)
@@ -504,57 +308,60 @@ class AttentionExplorer(pn.viewable.Viewer):
 
     def _on_step(self, *_):
         """The scrub fast path: new data into the existing figures."""
-        ep = self._ep
+        s = self.state
+        ep = s.episode_data
         with hold():
             self._info_div.text = self._info_text()
-            self._spans[id(self._panes["traces"].object)].location = float(self.step)
+            self._spans[id(self._panes["traces"].object)].location = float(s.step)
             if ep is None:
                 return
-            t = min(self.step, ep.n_steps - 1)
             fig = self._panes["frame"].object
-            if ep.frames is not None:
-                fig.renderers[0].data_source.data.update(image=[rgba(ep.frames[t])])
-            fig.title.text = f"step {self.step}"
-            m = self.matrix()
+            frame = s.frame
+            if frame is not None:
+                fig.renderers[0].data_source.data.update(image=[rgba(frame)])
+            fig.title.text = f"step {s.step}"
+            m = s.matrix()
             if m is None:
                 return
             fig = self._panes["heatmap"].object
             glyph = fig.renderers[0]
             glyph.data_source.data.update(image=[m[::-1].astype(np.float64)])
-            lo, hi = attention_clim(m, self.aggregation in ("mean", "channel"))
+            lo, hi = attention_clim(m, s.aggregation in ("mean", "channel"))
             glyph.glyph.color_mapper.update(low=lo, high=hi)
-            q = ep.query_label.index(self.query) if self.query in ep.query_label else len(ep.query_label) - 1
-            d = lag_data(lag_profile_of(m, q), ep.tokens_per_step, self._reference(q))
+            q = s.query_index
+            d = lag_data(lag_profile_of(m, q), ep.tokens_per_step, s.reference_profile(q))
             fig = self._panes["lag"].object
             for r, key in zip(fig.renderers[:4], ("points", "points", "ref", "fit_curve")):
                 x, y = d[key]
                 r.data_source.data = {"lag": x, "share": y}
             self._spans[id(fig)].location = d["half_life"]
             fig.y_range.update(start=d["ylim"][0], end=d["ylim"][1])
-            fig.title.text = lag_title(f"{self.query} by lag", d)
+            fig.title.text = lag_title(f"{s.query} by lag", d)
 
     def _on_tap_trace(self, event):
-        if event.x is not None and self._ep is not None:
-            self.step = int(np.clip(round(event.x), 0, self._ep.n_steps - 1))
+        ep = self.state.episode_data
+        if event.x is not None and ep is not None:
+            self.state.step = int(np.clip(round(event.x), 0, ep.n_steps - 1))
 
     def _on_tap_heatmap(self, event):
-        ep = self._ep
+        ep = self.state.episode_data
         if event.y is None or ep is None or not ep.query_label:
             return
         L = len(ep.query_label)
         i = int(np.clip(L - 1 - int(np.floor(event.y)), 0, L - 1))
-        self.query = ep.query_label[i]
+        self.state.query = ep.query_label[i]
 
     def _info_text(self) -> str:
-        ep = self._ep
+        s = self.state
+        ep = s.episode_data
         if ep is None:
             return ""
-        t = min(self.step, ep.n_steps - 1)
+        t = s.t
         act = ", ".join(f"{a:+.2f}" for a in ep.action[t])
         a = ep.attrs
         score = a.get("normalized_score")
         head = (
-            f"<b>{ep.run_id}</b> · checkpoint {a.get('checkpoint', self.checkpoint)} · {a.get('mode', '')} · "
+            f"<b>{ep.run_id}</b> · checkpoint {a.get('checkpoint', s.checkpoint)} · {a.get('mode', '')} · "
             f"target {a.get('target', float('nan')):g} · return {a.get('return', float('nan')):.0f}"
             + (f" (normalized {score:.1f})" if isinstance(score, (int, float)) else "")
             + f" · {ep.n_steps} steps"
@@ -565,26 +372,14 @@ class AttentionExplorer(pn.viewable.Viewer):
         )
         return f"{head}<br>{now}"
 
-    def episode_video(self):
-        """The current episode's frames as an mp4 (BytesIO), for the download button."""
-        import io
-        import tempfile
-        from pathlib import Path
-
-        from ..rollout import export_video
-
-        ds = self.index.run(self.run).open("rollout", self.episode)
-        with tempfile.TemporaryDirectory() as tmp:
-            return io.BytesIO(export_video(ds, Path(tmp) / "episode.mp4").read_bytes())
-
     def controls(self) -> pn.Column:
         """The selection widgets, slider and player (a sidebar in the app)."""
-        w = pn.widgets
+        s, w = self.state, pn.widgets
         slider = w.IntSlider.from_param(
-            self.param.step, name="Step", sizing_mode="stretch_width", css_classes=["dema-step-slider"]
+            s.param.step, name="Step", sizing_mode="stretch_width", css_classes=["dema-step-slider"]
         )
         player = w.Player.from_param(
-            self.param.step,
+            s.param.step,
             interval=120,
             loop_policy="once",
             name="Play",
@@ -593,28 +388,26 @@ class AttentionExplorer(pn.viewable.Viewer):
             scale_buttons=0.9,
             css_classes=["dema-player"],
         )
-        channel = w.IntInput.from_param(
-            self.param.channel, name="Channel", visible=self.param.aggregation.rx() == "channel"
-        )
+        channel = w.IntInput.from_param(s.param.channel, name="Channel", visible=s.param.aggregation.rx() == "channel")
         refresh = w.Button(name="Reload store", button_type="light")
-        refresh.on_click(lambda *_: self.refresh())
+        refresh.on_click(lambda *_: s.refresh())
         video = w.FileDownload(
-            callback=self.episode_video,
+            callback=s.episode_video,
             label="Download the episode (mp4)",
             embed=False,
-            filename=self.param.episode.rx().rx.pipe(lambda e: f"{self.run}-{e}.mp4"),
-            visible=self.param.revision.rx().rx.pipe(lambda _: self._ep is not None and self._ep.frames is not None),
+            filename=s.param.episode.rx().rx.pipe(lambda e: f"{s.run}-{e}.mp4"),
+            visible=s.param.revision.rx().rx.pipe(lambda _: s.frame is not None),
             sizing_mode="stretch_width",
             css_classes=["dema-video"],
         )
         return pn.Column(
-            w.Select.from_param(self.param.run, name="Run"),
-            w.Select.from_param(self.param.checkpoint, name="Checkpoint"),
-            w.Select.from_param(self.param.episode, name="Episode"),
-            w.Select.from_param(self.param.layer, name="Layer"),
+            w.Select.from_param(s.param.run, name="Run"),
+            w.Select.from_param(s.param.checkpoint, name="Checkpoint"),
+            w.Select.from_param(s.param.episode, name="Episode"),
+            w.Select.from_param(s.param.layer, name="Layer"),
             pn.pane.Markdown("Channel aggregation", margin=(5, 10, 0, 10)),
             w.RadioButtonGroup.from_param(
-                self.param.aggregation,
+                s.param.aggregation,
                 options=AGGREGATION_LABELS,
                 button_type="primary",
                 button_style="outline",
@@ -622,7 +415,7 @@ class AttentionExplorer(pn.viewable.Viewer):
                 orientation="vertical",
             ),
             channel,
-            w.Select.from_param(self.param.query, name="Lag profile of token"),
+            w.Select.from_param(s.param.query, name="Lag profile of token"),
             slider,
             player,
             refresh,
@@ -638,12 +431,18 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._update_probe()
         p = self._panes
         alert = pn.pane.Alert(
-            self.param.message, alert_type="warning", visible=self.param.message.rx.bool(), sizing_mode="stretch_width"
+            self.state.param.message,
+            alert_type="warning",
+            visible=self.state.param.message.rx.bool(),
+            sizing_mode="stretch_width",
         )
         if self.presentation:
-            plots = [pn.Row(p["frame"], p["heatmap"]), pn.Row(p["lag"], p["traces"], sizing_mode="stretch_width")]
+            row = pn.Row(self._frame_slot(), p["heatmap"])
+            plots = [row, pn.Row(p["lag"], p["traces"], sizing_mode="stretch_width")]
         else:
-            plots = [pn.Row(p["frame"], p["heatmap"], p["lag"], sizing_mode="stretch_width"), p["traces"]]
+            row = pn.Row(self._frame_slot(), p["heatmap"], p["lag"], sizing_mode="stretch_width")
+            plots = [row, p["traces"]]
+        self._frame_rows.append(row)
         paper = [
             p["paper_note"],
             pn.Row(p["paper_surface"], p["paper_curve"], p["paper_kinds"], sizing_mode="stretch_width"),
@@ -652,3 +451,21 @@ class AttentionExplorer(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")
+
+
+# explorer.run, explorer.step = 40, explorer.matrix(), explorer._ep ...: the state's
+forward_to_state(
+    AttentionExplorer,
+    ExplorerState,
+    names=(
+        "index",
+        "run_errors",
+        "refresh",
+        "matrix",
+        "stored_aggregation",
+        "paper_data",
+        "episode_video",
+        "_ep",
+        "_info",
+    ),
+)

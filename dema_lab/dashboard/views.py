@@ -17,6 +17,7 @@ import holoviews.plotting.bokeh  # noqa: F401 - registers the renderer (options 
 import numpy as np
 
 from ..analysis import fit_decay
+from .data import lag_profile_of  # noqa: F401 - where the views had it
 
 FRAME_SIZE = 340
 MAX_TICK_LABELS = 21  # token labels printed per heatmap axis (420 px: 20 px each)
@@ -105,12 +106,6 @@ def attention_clim(att: np.ndarray, signed: bool) -> tuple[float, float]:
         return (-lim, lim)
     hi = float(finite.max()) if finite.size else 1.0
     return (0.0, hi if hi > 0 else 1.0)
-
-
-def lag_profile_of(att: np.ndarray, query: int) -> np.ndarray:
-    """Row `query` of a right-aligned (L, L) attention by lag: entry l is att[query, query - l]."""
-    row = att[query, : query + 1][::-1]
-    return np.asarray(row, dtype=np.float64)
 
 
 def lag_data(mass: np.ndarray, tokens_per_step: int, reference: np.ndarray | None = None) -> dict:
