@@ -105,6 +105,7 @@ def main() -> int:
                 f"{r['expert']:.0f} ({r['expert_norm']:.1f}) | {r['medium']:.0f} ({r['medium_norm']:.1f}) |"
             )
     print(f"\nWindowSampler: {sample_ms:.3f} ms per batch of 64 windows, K=20 ({ds.num_transitions} transitions)")
+    print("\nAtari datasets (Breakout, Pong): `RESULTS-atari.md`, written by hand (their builds take minutes each).")
     if a.json:
         Path(a.json).write_text(json.dumps({"datasets": rows, "policies": policies, "sample_ms": sample_ms}, indent=2))
     return 0

@@ -23,7 +23,16 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .scoring import METHOD_TEXT, METHODS, SCORE_TEXT, format_interval, iqm_interval, run_scores, t_interval
+from .scoring import (
+    METHOD_TEXT,
+    METHODS,
+    SCORE_TEXT,
+    against_random,
+    format_interval,
+    iqm_interval,
+    run_scores,
+    t_interval,
+)
 from .store import Run, RunStore, family_label
 
 
@@ -148,6 +157,9 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
             row[f"score_{mode}"] = float(scores["last"].sel(mode=mode))
             row[f"best_score_{mode}"] = float(scores["best"].sel(mode=mode))
             row[f"macs_per_step_{mode}"] = step_macs.get(str(mode), np.nan)
+            vs = against_random(evals, str(mode))
+            row[f"random_low_{mode}"], row[f"random_high_{mode}"] = vs["low"], vs["high"]
+            row[f"episodes_{mode}"], row[f"above_random_{mode}"] = vs["episodes"], vs["above"]
     decay = run.decay()
     if "r2" in decay:
         d = decay.isel(checkpoint=-1)
@@ -359,7 +371,8 @@ class Report:
     def methods() -> str:
         """How the scores, tables and verdicts are made (dema_lab.scoring), in one paragraph."""
         return (
-            f"Scores: {SCORE_TEXT} (normalized, 0-100); {METHOD_TEXT['last']}; {METHOD_TEXT['best']}. "
+            f"Scores: {SCORE_TEXT} (normalized: 0 is the random policy, 100 the reference, D4RL's expert "
+            f"for MuJoCo or the human player for Atari (gamer-normalized)); {METHOD_TEXT['last']}; {METHOD_TEXT['best']}. "
             "Each table says which it shows. Cells are the mean ± std over seeds; the aggregate over "
             "datasets is the IQM (interquartile mean) of every (dataset, seed) run with its 95% "
             "percentile-bootstrap interval. Every score-based finding is judged twice, side by side: by each "
@@ -559,8 +572,38 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
             "Attention decay by the paper's display (last checkpoint: the current token's |α| row, mean over "
             "channels, decision steps ≥ 20 and layers, not normalised), exponential fits"
         ] = table
+    rep.tables[
+        "Against the random policy (normalized score 0): last checkpoint, every (target, episode), "
+        "95% Student-t interval"
+    ] = random_table(df)
     rep.findings = findings(df)
     return rep
+
+
+def random_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, mode): the last checkpoint's mean normalized score over its episodes with
+    the 95% interval, how many episodes scored above the random policy (0), and the verdict:
+    "beats random" when the interval lies above 0, "below random" under it, else "not shown"."""
+    rows = []
+    for _, r in df.iterrows():
+        for mode in ("transformer", "rnn"):
+            if not r.get(f"episodes_{mode}", 0) or pd.isna(r.get(f"episodes_{mode}")):
+                continue
+            low, high = r[f"random_low_{mode}"], r[f"random_high_{mode}"]
+            verdict = "beats random" if low > 0 else ("below random" if high < 0 else "not shown")
+            rows.append(
+                {
+                    "dataset": r["dataset"],
+                    "model": family_label(r["arch"], r["layout"], r["timestep_embedding"]),
+                    "K": int(r["K"]),
+                    "seed": int(r["seed"]),
+                    "inference": f"{mode}-like",
+                    "score": f"{r[f'score_{mode}']:.1f} {format_interval(low, high)}",
+                    "episodes above random": f"{int(r[f'above_random_{mode}'])} of {int(r[f'episodes_{mode}'])}",
+                    "verdict": verdict,
+                }
+            )
+    return pd.DataFrame(rows).set_index(["dataset", "model", "K", "seed"]) if rows else pd.DataFrame()
 
 
 def paired_verdict(diffs, confidence: float = 0.95) -> tuple[str, str]:

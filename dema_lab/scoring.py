@@ -38,6 +38,7 @@ __all__ = [
     "HEADLINE_MODE",
     "METHODS",
     "METHOD_TEXT",
+    "against_random",
     "SCORE_TEXT",
     "checkpoint_scores",
     "last_and_best",
@@ -203,6 +204,23 @@ def t_interval(diffs, confidence: float = 0.95) -> tuple[float, float, float, in
         return mean, np.nan, np.nan, 1
     half = float(t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
     return mean, mean - half, mean + half, n
+
+
+def against_random(evals: xr.Dataset, mode: str, confidence: float = 0.95) -> dict:
+    """The last checkpoint's episodes in `mode` against the random policy, which scores 0 by the
+    normalization (D4RL's random return, or Atari's random-play reference): {"mean", "low", "high",
+    "episodes", "above"}: the mean normalized score over every (target, episode) with its Student-t
+    interval, the episode count and how many scored above 0. NaNs (and 0 episodes) when the run has
+    no evaluation in `mode`."""
+    none = {"mean": np.nan, "low": np.nan, "high": np.nan, "episodes": 0, "above": 0}
+    if "normalized_score" not in evals or not evals.sizes.get("checkpoint"):
+        return none
+    ns = evals["normalized_score"].sortby("checkpoint").isel(checkpoint=-1)
+    if "mode" not in ns.coords or mode not in [str(m) for m in ns["mode"].values]:
+        return none
+    x = _finite(ns.sel(mode=mode).values.ravel())
+    mean, low, high, n = t_interval(x, confidence)
+    return {"mean": mean, "low": low, "high": high, "episodes": n, "above": int((x > 0).sum())}
 
 
 def format_interval(low: float, high: float, signed: bool = False) -> str:

@@ -64,8 +64,9 @@ class TrainConfig:
     embed_norm: str = "layernorm"  # layernorm | none (official DeMa)
     window_padding: str = "none"  # Transformer-like inference: none | left (official: zeros to K steps)
     activation: str = "gelu"  # DT's MLP: gelu | relu (the DT and DeMa repositories)
-    window_actions: str = "own"  # RSA inference windows: own (a_t in step t's slot) | previous (the
-    # DeMa repository's DT evaluation: a_{t-1})
+    #: RSA inference windows: own (a_t in step t's slot) | previous (the DeMa repository's DT
+    #: evaluation: a_{t-1})
+    window_actions: str = "own"
     n_layer: int = 3
     d_model: int = 128
     d_state: int = 16
@@ -76,18 +77,23 @@ class TrainConfig:
     timestep_embedding: bool | None = None  # None: off for DeMa, on for DT
     max_ep_len: int = 1000
     # optimisation
-    rtg_form: str = "current"  # training tokens: current (R_t, as at evaluation) | previous (the
-    # official trainer's R_{t-1} with s_t, its `del_r`; RAS only)
+
+    #: training tokens: current (R_t, as at evaluation) | previous (the official trainer's R_{t-1}
+    #: with s_t, its `del_r`; RAS only)
+    rtg_form: str = "current"
     decay_all: bool = False  # weight decay on every parameter (official) or on matrices only
     train_padding: str = "right"  # short training windows: right-padded, or left (the official trainer's)
-    init: str = "torch"  # initial weights: torch (PyTorch's defaults) | official (mamba_ssm's
-    # _init_weights, as Mamba_mujoco: zero Linear biases but dt_proj's,
-    # embeddings N(0, 0.02), out_proj scaled by 1/sqrt(n_layer))
+    #: initial weights: torch (PyTorch's defaults) | official (mamba_ssm's _init_weights, as
+    #: Mamba_mujoco: zero Linear biases but dt_proj's, embeddings N(0, 0.02), out_proj scaled
+    #: by 1/sqrt(n_layer))
+    init: str = "torch"
     steps: int = 10_000
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 1_000
+    lr_schedule: str = "constant"  # after the warm-up: constant | cosine (the official Atari trainer's)
+    lr_decay_steps: int = 0  # cosine: the step where lr reaches its 10% floor; 0 = steps
     grad_clip: float = 0.25
     rtg_scale: float = 1000.0
     seed: int = 0
@@ -107,7 +113,7 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     keep_resume_states: int = 3  # the newest N resume states are kept (--resume RUN --from-step S)
     # where
-    store: str = DEFAULT_STORE
+    store: str = DEFAULT_STORE  # the run store: a directory, or an fsspec URL (s3://bucket/path, memory://...)
     run_id: str = ""  # default: <arch>-<dataset>-K<K>-s<seed>-<time>
     sweep: str = ""  # the sweep this run belongs to, if any
 
@@ -147,6 +153,10 @@ class TrainConfig:
                 "train_padding 'left' with token_order RAS is the official trainer's and needs its "
                 "rtg_form 'previous' (with 'current', the first real step would see a pad action)"
             )
+        if self.lr_schedule not in ("constant", "cosine"):
+            problems.append(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_decay_steps < 0:
+            problems.append(f"lr_decay_steps must be >= 0, got {self.lr_decay_steps}")
         if self.init not in ("torch", "official"):
             problems.append(f"init must be 'torch' or 'official', got {self.init!r}")
         if self.train_padding not in ("right", "left"):
@@ -196,10 +206,8 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:
-        """The config of a named preset (PRESETS) with `overrides` on top."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        """The config of a named preset (PRESETS, for `overrides`' arch) with `overrides` on top."""
+        return cls.from_dict({**preset_fields(name, overrides.get("arch")), **overrides})
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -289,8 +297,9 @@ PRESETS = {
     # tokens (a_{t-1}, R, s) trained as (a_{t-1}, R_{t-1}, s_t), the Nature CNN, tanh embeddings 128 wide
     # through backbone.embedding to d_model 128, 6 layers, d_state 128, expand 2, dropout 0.1, context 30,
     # mamba_ssm's initial weights; returns-to-go unscaled; lr 1e-4, wd 1e-4, clip 0.8, batch 8, 10 epochs
-    # of 500k transitions (625k steps; its warm-up of 3000*32 tokens = 400 steps). Not reproduced: its
-    # cosine decay after the warm-up (the lr stays at 1e-4). Data: --dataset dqn-replay:/path/<Game>/1/replay_logs.
+    # of 500k transitions (625k steps; its warm-up of 3000*32 tokens = 400 steps), then its cosine decay
+    # whose final_tokens = 2 * 500k * 30 * 3 are 375k steps of 8 x 30 action tokens (lr_decay_steps
+    # assumes 500k transitions, as the paper's data). Data: --dataset dqn-replay:/path/<Game>/1/replay_logs.
     "atari-official": dict(
         arch="dema",
         K=30,
@@ -312,6 +321,8 @@ PRESETS = {
         lr=1e-4,
         weight_decay=1e-4,
         warmup_steps=400,
+        lr_schedule="cosine",
+        lr_decay_steps=375_000,
         grad_clip=0.8,
         batch_size=8,
         steps=625_000,
@@ -322,8 +333,9 @@ PRESETS = {
         eval_max_steps=27_000,
     ),
     # A small Atari DeMa for 2 CPU cores: the same tokens and CNN, 2 layers of width 64, K 8 (345k
-    # parameters). On breakout-mixed, 1300 steps (251 s of training on 2 cores shared with other jobs) reached
-    # returns 37, 19, 0 (RNN-like, target 90) against the random policy's 1.7.
+    # parameters). On breakout-mixed, 1500 steps (about 570 s of training on 2 loaded cores) scored
+    # 114.9 gamer-normalized Transformer-like (10 episodes, target 90; random 0), the DT 12.8
+    # (benchmarks/RESULTS-atari.md).
     "atari-small": dict(
         arch="dema",
         K=8,
@@ -346,13 +358,28 @@ PRESETS = {
         batch_size=16,
         steps=1_500,
         rtg_scale=1.0,
-        eval_episodes=3,
+        eval_episodes=10,
         eval_max_steps=3_000,
         checkpoint_every=500,
         record_episodes=1,
         decay_windows=16,
     ),
 }
+
+# DT as its papers ran it (kzl/decision-transformer, gym and atari): tokens (R_t, s_t, a_t) with the
+# current return-to-go, and a timestep embedding. The presets describe DeMa; a DT built from one (train
+# --preset P --arch dt, or a sweep's DT points) takes these instead of DeMa's token conventions.
+DT_PAPER = dict(token_order="RSA", rtg_form="current", timestep_embedding=True)
+
+
+def preset_fields(name: str, arch: str | None = None) -> dict:
+    """The TrainConfig fields of preset `name` for `arch` (default: the preset's own, DeMa); for DT
+    with DT_PAPER's tokens on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    fields = {**PRESETS[name], **({"arch": arch} if arch else {})}
+    return {**fields, **DT_PAPER} if fields.get("arch") == "dt" else fields
+
 
 # What a run is: a resume cannot change these (it may change the rest, e.g. steps or evaluation).
 RESUME_FIXED = (
@@ -380,6 +407,8 @@ RESUME_FIXED = (
     "lr",
     "weight_decay",
     "warmup_steps",
+    "lr_schedule",
+    "lr_decay_steps",
     "grad_clip",
     "rtg_scale",
     "rtg_form",
@@ -408,6 +437,20 @@ def masked_mse(pred, target, mask):
     return (err * mask).sum() / (mask.sum().clamp_min(1) * target.shape[-1])
 
 
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """lr / cfg.lr at optimiser step `step` (0-based): a linear warm-up over warmup_steps, then
+    constant, or the official Atari trainer's cosine (atari/mingpt/trainer_atari.py, in steps rather
+    than tokens): max(0.1, (1 + cos(pi p)) / 2) with p going from 0 after the warm-up to 1 at
+    lr_decay_steps. As there, p is not clipped: past lr_decay_steps the cosine rises again above
+    its 10% floor (the official 10 epochs run to p of about 1.7)."""
+    warmup = max(1, cfg.warmup_steps)
+    if step + 1 < warmup or cfg.lr_schedule == "constant":
+        return min(1.0, (step + 1) / warmup)
+    end = cfg.lr_decay_steps or cfg.steps
+    progress = (step + 1 - warmup) / max(1, end - warmup)
+    return max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def make_optimizer(model, cfg: TrainConfig):
     """AdamW with linear warm-up. Weight decay on matrices only (no decay on biases, norms, A_log
     and D), or with decay_all on every parameter, as the official DeMa trainer does."""
@@ -417,8 +460,7 @@ def make_optimizer(model, cfg: TrainConfig):
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )
-    warmup = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step))
     return opt, sched
 
 
@@ -808,7 +850,7 @@ class Trainer:
             coords={"step": np.asarray(m["step"], np.int64)},
         )
         ds["loss"].attrs = {"long_name": "masked action MSE", "units": "action units squared"}
-        ds["lr"].attrs = {"long_name": "learning rate (AdamW, linear warm-up)"}
+        ds["lr"].attrs = {"long_name": "learning rate (AdamW, linear warm-up, then cfg.lr_schedule)"}
         ds["grad_norm"].attrs = {"long_name": "gradient norm before clipping", "clip": self.cfg.grad_clip}
         ds["steps_per_second"].attrs = {"long_name": "training throughput", "units": "steps/s"}
         ds.attrs = {"run_id": self.run.run_id, "batch_size": self.cfg.batch_size}

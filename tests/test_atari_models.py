@@ -1,6 +1,9 @@
 """Discrete-action DeMa and DT with the Nature-DQN CNN (Atari): shapes, token order (a, R, s),
 causality, both inference modes, hidden attention, ablations, decay statistics, the loss, presets."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +14,7 @@ from dema_lab.analysis import decay_statistics, token_labels
 from dema_lab.models import ModelConfig, build_model, count_parameters
 from dema_lab.models.cnn import NatureCNN
 from dema_lab.ssm import apply_attention
-from dema_lab.train import PRESETS, TrainConfig, masked_cross_entropy
+from dema_lab.train import PRESETS, TrainConfig, lr_factor, make_optimizer, masked_cross_entropy
 
 OBS = (4, 84, 84)
 
@@ -191,3 +194,37 @@ def test_atari_presets():
     small = TrainConfig.from_preset("atari-small")
     assert count_parameters(small.model_config(4 * 84 * 84, 1, OBS, 4)) < n / 4
     assert {"atari-official", "atari-small"} <= set(PRESETS)
+
+
+def _official_atari_lr_mult(step, batch, K, warmup_tokens, final_tokens):
+    """atari/mingpt/trainer_atari.py's lr_mult, in tokens: (y >= 0).sum() = batch * K action
+    labels are added before each step's lr is computed."""
+    tokens = (step + 1) * batch * K
+    if tokens < warmup_tokens:
+        return tokens / max(1, warmup_tokens)
+    progress = (tokens - warmup_tokens) / max(1, final_tokens - warmup_tokens)
+    return max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def test_atari_official_lr_follows_the_official_cosine_in_tokens():
+    cfg = TrainConfig.from_preset("atari-official")
+    b, K = cfg.batch_size, cfg.K
+    warmup_tokens, final_tokens = 3000 * 32, 2 * 500_000 * K * 3  # run_atari.py, 500k transitions
+    for step in [0, 1, 198, 398, 399, 400, 1000, 100_000, 187_000, 374_999, 375_000, 450_000, 624_999]:
+        want = _official_atari_lr_mult(step, b, K, warmup_tokens, final_tokens)
+        assert lr_factor(cfg, step) == pytest.approx(want, rel=1e-9, abs=1e-12), step
+    # the floor, and the official rise past final_tokens (10 epochs end at progress ~1.67)
+    assert lr_factor(cfg, 374_999) == pytest.approx(0.1)
+    assert lr_factor(cfg, 624_999) > 0.7
+    # constant after the warm-up otherwise, and the optimiser follows the factor
+    small = TrainConfig.from_preset("atari-small")
+    assert [lr_factor(small, s) for s in (0, 49, 50, 1499)] == [1 / 50, 1.0, 1.0, 1.0]
+    model = torch.nn.Linear(2, 2)
+    opt, sched = make_optimizer(model, dataclasses.replace(cfg, warmup_steps=2, lr_decay_steps=6, steps=6))
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [cfg.lr * _official_atari_lr_mult(s, 1, 1, 2, 6) for s in range(6)]
+    assert seen == pytest.approx(want)

@@ -48,3 +48,18 @@ def test_train_and_evaluate_a_tiny_atari_dema(tmp_path):
     assert ep["observation"].dtype == np.uint8 and ep["observation"].shape[1] == 4 * 84 * 84
     assert set(np.unique(ep["action"].values)) <= {0.0, 1.0, 2.0, 3.0}
     assert "attention" in ep and r.published("decay")
+
+
+def test_an_atari_sweep_from_the_preset_gives_dt_its_own_tokens():
+    """`dema-lab sweep --preset atari-small --archs dema dt`: DeMa keeps the official Atari tokens
+    (a, R, s); DT gets the DT paper's (R, s, a) with its timestep embedding."""
+    from dema_lab.sweep import SweepConfig, grid
+    from dema_lab.train import PRESETS, preset_fields
+
+    base = TrainConfig.from_dict(preset_fields("atari-small"))
+    dema, dt = grid(SweepConfig(datasets=["breakout-mixed"], K=[8], archs=["dema", "dt"], base=base))
+    assert (dema.token_order, dema.timestep_embedding, dema.rtg_scale) == ("ARS", False, 1.0)
+    assert (dt.arch, dt.token_order, dt.rtg_form, dt.timestep_embedding) == ("dt", "RSA", "current", True)
+    assert dt.rtg_scale == dema.rtg_scale == PRESETS["atari-small"]["rtg_scale"]  # the rest is the preset's
+    assert TrainConfig.from_preset("atari-small", arch="dt").token_order == "RSA"
+    assert TrainConfig.from_preset("atari-small").token_order == "ARS"

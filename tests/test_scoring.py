@@ -182,3 +182,21 @@ def test_aggregate_table_is_the_iqm_with_its_interval():
     assert out.loc[("DeMa", 20), "last"] == f"{want:.1f} [{low:.1f}, {high:.1f}]"
     assert out.loc[("DeMa", 20), "runs"] == 9 and out.loc[("DeMa", 20), "datasets"] == 3
     assert out.loc[("DT", 20), "best"] == "35.0 [–]"  # one run: no interval
+
+
+def test_against_random_uses_the_last_checkpoints_episodes():
+    from dema_lab.scoring import against_random
+
+    ds, raw = _evals()
+    # the last checkpoint (step 3000, stored first) of the Transformer-like mode: 40, 44, 20, 40
+    last = raw[-1, 0].ravel()
+    got = against_random(ds, "transformer")
+    n, mean, sd = 4, last.mean(), last.std(ddof=1)
+    half = 3.182446305284263 * sd / np.sqrt(n)  # t(0.975, 3), from a table
+    assert got["episodes"] == 4 and got["above"] == 4
+    assert got["mean"] == pytest.approx(mean) and got["low"] == pytest.approx(mean - half, rel=1e-6)
+    # a run below random: scores shifted under 0 are counted as such
+    shifted = ds.assign(normalized_score=ds.normalized_score - 42.0)
+    below = against_random(shifted, "transformer")
+    assert below["above"] == 1 and below["high"] > 0 > below["mean"]
+    assert against_random(ds, "nope")["episodes"] == 0 and np.isnan(against_random(ds, "nope")["mean"])

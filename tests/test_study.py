@@ -109,6 +109,18 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
         "Aggregate over datasets: IQM [95% bootstrap CI]",
     ):
         assert part in titles
+    # against the random policy: one row per (run, mode), episode counts from the evaluations themselves
+    vs_random = next(t for title, t in rep.tables.items() if title.startswith("Against the random policy"))
+    vs_random = vs_random.reset_index()
+    assert sorted(zip(vs_random.model, vs_random.inference)) == [
+        ("DT B3LD +t-emb", "transformer-like"),
+        ("DeMa B3LD", "rnn-like"),
+        ("DeMa B3LD", "transformer-like"),
+    ]
+    assert set(vs_random.verdict) <= {"beats random", "below random", "not shown"}
+    ev = dema_run.evals()["normalized_score"].sortby("checkpoint").isel(checkpoint=-1).sel(mode="rnn").values
+    row = vs_random[(vs_random.model == "DeMa B3LD") & (vs_random.inference == "rnn-like")].iloc[0]
+    assert row["episodes above random"] == f"{int((ev > 0).sum())} of {ev.size}"
     # every score table says which checkpoint it shows; the score against K has both, side by side
     for title in rep.tables:
         if "score" in title and "ablation" not in title.lower() and "removed" not in title:
