@@ -82,7 +82,8 @@ def test_cli_builds_breakout_mixed(tmp_path):
         [
             sys.executable,
             "-m",
-            "dema_lab.data.cli",
+            "dema_lab.cli",
+            "data",
             "build",
             "breakout",
             "mixed",
@@ -99,7 +100,7 @@ def test_cli_builds_breakout_mixed(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "200 transitions" in r.stdout
     r = subprocess.run(
-        [sys.executable, "-m", "dema_lab.data.cli", "build", "qbert", "mixed", "--out", str(out)],
+        [sys.executable, "-m", "dema_lab.cli", "data", "build", "qbert", "mixed", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from dema_lab.cli import main as dema_lab_main
 from dema_lab.data import (
     BUILDER_VERSION,
     QUALITIES,
@@ -17,7 +18,6 @@ from dema_lab.data import (
     policy_path,
 )
 from dema_lab.data import builder as builder_mod
-from dema_lab.data.cli import main as data_cli
 from dema_lab.envs import ENV_SPECS, env_spec, make_env
 
 SHIPPED = [e for e in ENV_SPECS if policy_path(e).exists()]
@@ -210,3 +210,8 @@ def test_other_envs_rise_from_random_to_medium_to_expert(env, tmp_path):
             means.append(f.attrs["episode_return_mean"])
             assert f["observations"].shape == (2000, env_spec(env).obs_dim)
     assert means[0] < means[1] < means[2], means
+
+
+def data_cli(argv) -> int:
+    """`dema-lab data ARGV`, through the one CLI (dema_lab.cli.main)."""
+    return dema_lab_main(["data", *argv])

@@ -7,17 +7,15 @@
 
 ``register(subparsers)`` adds the ``data`` command to the main CLI (dema_lab.cli), whose error
 handler reports failures: one line, exit status 2, or 1 when the data could not be built or read.
-``main(argv)`` and ``python -m dema_lab.data.cli ...`` are ``dema-lab data ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
-__all__ = ["register", "main"]
+__all__ = ["register"]
 
 
 def _build(args) -> int:
@@ -158,15 +156,3 @@ def register(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--ars-noise", type=float, default=None, help="ARS nu")
     t.set_defaults(func=_train)
     return data
-
-
-def main(argv=None) -> int:
-    """``dema-lab data ARGV`` (dema_lab.cli.main): the same parser and error handler."""
-    from dema_lab.cli import main as dema_lab
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return dema_lab(argv if argv[:1] == ["data"] else ["data", *argv])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
