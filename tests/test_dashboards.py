@@ -470,6 +470,20 @@ def _wait_probe(page, predicate, css=".dema-probe span", timeout=30.0) -> dict:
         page.wait_for_timeout(100)
 
 
+def _wait_stable_probe(page, css=".dema-probe span", gap: float = 1.0, timeout: float = 15.0) -> dict:
+    """The probe once two reads `gap` seconds apart agree (within `timeout`)."""
+    deadline = time.time() + timeout
+    last = _probe(page, css)
+    while True:
+        time.sleep(gap)
+        now = _probe(page, css)
+        if now == last:
+            return now
+        if time.time() > deadline:
+            raise AssertionError(f"the page did not settle: {last} then {now}")
+        last = now
+
+
 # Every Bokeh figure shown: its box on the page and its plot area (the frame inside the axes, as
 # BokehJS laid it out; 0x0 when a figure is never laid out, although its box may look right).
 FIGURES_JS = """() => {
@@ -757,8 +771,9 @@ def test_browser_live_rollout_streams_changing_frames(server, browser):
     assert a["frame"] != b["frame"] and float(b["return"]) != float(a["return"])
     page.locator(".dema-live-pause button").click()  # paused: the rollout holds still
     status.get_by_text("paused").wait_for(timeout=20_000)
-    time.sleep(0.5)  # the step the worker held on is shown
-    held = _probe(page, css)
+    # the last record made before the pause may reach the page a little later on a loaded
+    # machine: wait until the shown step settles, then it must hold still
+    held = _wait_stable_probe(page, css)
     time.sleep(1.5)
     assert _probe(page, css) == held
     _assert_drawn(page, _figures(page, LIVE_PLOTS))

@@ -378,8 +378,15 @@ class AttentionExplorer(pn.viewable.Viewer):
         slider = w.IntSlider.from_param(
             s.param.step, name="Step", sizing_mode="stretch_width", css_classes=["dema-step-slider"]
         )
-        player = w.Player.from_param(
-            s.param.step,
+        # The player drives the slider in the browser (a client-side link, both ways), and only the
+        # slider talks to the server. Bound to the state too, the player's ticks came back from a
+        # busy server as pushes to the slider after the person had moved it on: the slider then
+        # showed the stale step for good (the server does not echo a value to the widget that sent
+        # it, so nothing corrected it) while the plots and the state showed the slider's last one.
+        player = w.Player(
+            value=slider.value,  # not a reference: a server push to the player would reach the slider too
+            start=slider.start,
+            end=slider.end,
             interval=120,
             loop_policy="once",
             name="Play",
@@ -388,6 +395,8 @@ class AttentionExplorer(pn.viewable.Viewer):
             scale_buttons=0.9,
             css_classes=["dema-player"],
         )
+        player.jslink(slider, value="value", bidirectional=True)
+        slider.param.watch(lambda e: setattr(player, e.name, e.new), ["start", "end"])  # a new episode's
         channel = w.IntInput.from_param(s.param.channel, name="Channel", visible=s.param.aggregation.rx() == "channel")
         refresh = w.Button(name="Reload store", button_type="light")
         refresh.on_click(lambda *_: s.refresh())
