@@ -70,6 +70,7 @@ class LiveRollout(pn.viewable.Viewer):
             )
         super().__init__(state=state, presentation=presentation, **view)
         self._callback = None
+        self._frame_crc = crc(None)  # the checksum of the frame shown (the probe names it)
         self._build()
         state.param.watch(self._on_new_rollout, ["rollout"])
         if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
@@ -172,6 +173,7 @@ class LiveRollout(pn.viewable.Viewer):
 
     def _reset_figures(self):
         s = self.state
+        self._frame_crc = crc(None)
         labels = self._labels = s.window_labels
         L, size = len(labels), self._size()
         with hold():
@@ -193,7 +195,10 @@ class LiveRollout(pn.viewable.Viewer):
             )
 
     def _tick(self):
-        """Show what the worker produced since the last tick (the newest frame and attention)."""
+        """Show what the worker produced since the last tick: the newest frame and attention (the
+        worker makes them about as often as this runs, not at every step) and the traces' new
+        points. Only deltas go to the browser: the frame's and heatmap's image data, a title, the
+        colour range and the points streamed onto the traces."""
         from ..analysis import right_align
 
         s = self.state
@@ -202,14 +207,17 @@ class LiveRollout(pn.viewable.Viewer):
         new, before = s.poll()
         if new:
             rec = new[-1]
+            seen = next((r for r in reversed(new) if r.frame is not None), None)
+            att = next((r for r in reversed(new) if r.attention is not None), None)
             with hold():
                 fig = self._frame.object
-                if rec.frame is not None:
-                    fig.renderers[0].data_source.data.update(image=[rgba(rec.frame)])
-                fig.title.text = f"step {rec.t}"
-                if rec.attention is not None:
+                if seen is not None:
+                    fig.renderers[0].data_source.data.update(image=[rgba(seen.frame)])
+                    self._frame_crc = crc(seen.frame)
+                    fig.title.text = f"step {seen.t}"
+                if att is not None:
                     L = len(self._labels)
-                    m = right_align(rec.attention, L)[min(s.layer, rec.attention.shape[0] - 1)]
+                    m = right_align(att.attention, L)[min(s.layer, att.attention.shape[0] - 1)]
                     g = self._heat.object.renderers[0]
                     g.data_source.data.update(image=[m[::-1].astype(np.float64)])
                     lo, hi = attention_clim(m, s.aggregation == "mean")
@@ -222,7 +230,7 @@ class LiveRollout(pn.viewable.Viewer):
                 for i, r in enumerate(self._act.object.renderers):
                     self._stream(r, steps, [float(x.action[i]) for x in new])
                 self._probe_div.text = (
-                    f'<span data-step="{rec.t}" data-frame="{crc(rec.frame)}" data-return="{got[-1]:.3f}"></span>'
+                    f'<span data-step="{rec.t}" data-frame="{self._frame_crc}" data-return="{got[-1]:.3f}"></span>'
                 )
         if s.drained:
             self._stop_polling()

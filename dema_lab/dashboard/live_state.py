@@ -15,10 +15,12 @@ LiveRollout (dema_lab.dashboard.live) renders one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import param
 
 from ..checkpoint_files import DEFAULT_MAX_BYTES, allowed_roots, load_checkpoint_file
@@ -31,8 +33,23 @@ from .data import StoreIndex, friendly_error
 _LOADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dema-live-load")
 
 
+# How often the page shows a step (LiveRollout's periodic callback): the worker renders frames and
+# computes the hidden attention this often, not at every env step.
+DISPLAY_FPS = 10.0
+
+# A step that ran late is made up for by running the next ones sooner, up to this far behind
+# (seconds); further behind, the schedule restarts from now (no burst after a pause or a stall).
+CATCH_UP = 0.2
+
+
 class RolloutWorker(threading.Thread):
-    """One episode in its own thread: make the env, act, render, keep every StepRecord."""
+    """One episode in its own thread: make the env, act, render, keep every StepRecord.
+
+    display_fps: render the frame and compute the hidden attention only this often (the steps in
+    between have frame and attention None), as a page shows them; None: at every step (a rollout
+    that is saved needs them all; `every_step` can be set while it runs)."""
+
+    torch_threads = 0  # intra-op threads of the model in this thread (0: torch's default)
 
     def __init__(
         self,
@@ -45,6 +62,7 @@ class RolloutWorker(threading.Thread):
         render_size: int = 256,
         max_steps: int | None = None,
         fps: float = 30.0,
+        display_fps: float | None = None,
     ):
         super().__init__(daemon=True, name=f"dema-live-{env}")
         self.ck, self.env_name, self.target, self.mode = checkpoint, env, float(target), mode
@@ -55,6 +73,9 @@ class RolloutWorker(threading.Thread):
             max_steps,
             fps,
         )
+        self.display_fps = display_fps
+        self.every_step = not display_fps
+        self.taken = 0  # records a viewer has taken (LiveState.poll): the worker details no faster
         self.records: list = []
         self.error: str = ""
         self.done = False
@@ -66,27 +87,36 @@ class RolloutWorker(threading.Thread):
     def run(self):
         from ..envs import make_env
         from ..models import Policy
-        from ..rollout import rollout_steps
 
         env = None
         try:
+            import torch
+
+            # this thread's own setting (the server's other threads keep theirs); measured on a
+            # loaded 2-core machine, 1 thread was no faster than torch's default
+            if self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
             ck = self.ck
             mean, std = ck.state_normalization()
             policy = Policy(
                 ck.model, self.mode, mean, std, float(ck.meta.get("rtg_scale", 1000.0)), attention=self.aggregation
             )
             env = make_env(self.env_name, render_size=self.render_size)
-            steps = rollout_steps(policy, env, self.target, self.seed, render=True, max_steps=self.max_steps)
-            last = time.perf_counter()
+            steps = self._steps(policy, env)
+            due = time.perf_counter()  # when the next step may run
             for rec in steps:
                 self.records.append(rec)
                 if self.fps:
-                    wait = 1.0 / self.fps - (time.perf_counter() - last)
+                    due += 1.0 / self.fps
+                    wait = due - time.perf_counter()
                     if wait > 0:
                         self._halt.wait(wait)
-                    last = time.perf_counter()
-                while not self._resume.is_set() and not self._halt.is_set():
-                    self._resume.wait(0.1)
+                    elif wait < -CATCH_UP:
+                        due = time.perf_counter()
+                if not self._resume.is_set():
+                    while not self._resume.is_set() and not self._halt.is_set():
+                        self._resume.wait(0.1)
+                    due = time.perf_counter()
                 if self._halt.is_set():
                     steps.close()
                     break
@@ -97,6 +127,47 @@ class RolloutWorker(threading.Thread):
                 env.close()
                 self.env_closed = True
             self.done = True
+
+    def _steps(self, policy, env):
+        """dema_lab.rollout.rollout_steps (the same episode, step for step), with the frame and the
+        hidden attention made only for the steps that will be shown: at the first step, and then
+        once the viewer has taken the last detailed step (`taken`) and 1 / display_fps seconds
+        have passed since it was made (every step with `every_step`). Transformer-like, the other
+        steps run the model without attention; RNN-like, the scan is recorded (and its attention
+        computed) at every step either way."""
+        from ..rollout import StepRecord, _check_finite
+
+        aggregation = self.aggregation
+        period = 1.0 / self.display_fps if self.display_fps else 0.0
+        policy.reset(self.target)
+        obs, _ = env.reset(seed=int(self.seed))
+        limit = self.max_steps or getattr(env.spec, "max_episode_steps", None) or 1000
+        shown, last = -float("inf"), -1  # when the last detailed step was made, and its index
+        for t in range(limit):
+            now = time.perf_counter()
+            # once the page has taken the last detailed step (a loaded page polls less often), and
+            # a little early rather than a tick late: the page polls on its own clock
+            detail = self.every_step or last < 0 or (self.taken > last and now - shown >= 0.8 * period)
+            if detail:
+                shown, last = now, t
+            frame = env.render() if detail else None
+            if policy.mode == "transformer":
+                policy.attention_method = aggregation if detail else None
+            rtg = policy.rtg * policy.rtg_scale
+            start = time.perf_counter()
+            action = policy.act(obs)
+            act_seconds = time.perf_counter() - start
+            _check_finite(action, t)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            policy.observe(reward)
+            done = bool(terminated or truncated) or t == limit - 1
+            attention = policy.attention if detail and aggregation else None
+            yield StepRecord(
+                t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame, attention, act_seconds
+            )
+            obs = next_obs
+            if done:
+                return
 
     def pause(self):
         self._resume.clear()
@@ -288,11 +359,18 @@ class LiveState(param.Parameterized):
             seed=self.seed,
             render_size=self.render_size,
             fps=self.fps,
+            display_fps=DISPLAY_FPS,
         )
+        self.worker.every_step = self.save  # a saved rollout keeps every frame and attention
         self._shown, self._returned = 0, 0.0
         self.rollout += 1  # the views reset
         self.worker.start()
         self.status = "running"
+
+    @param.depends("save", watch=True)
+    def _save_changed(self):
+        if self.worker is not None and not self.worker.done:
+            self.worker.every_step = self.worker.every_step or self.save
 
     def pause(self):
         """Pause a running rollout, or resume a paused one."""
@@ -327,6 +405,7 @@ class LiveState(param.Parameterized):
             return [], 0.0
         n = len(w.records)
         new = w.records[self._shown : n]
+        w.taken = n  # the worker renders the next frame (and attention) for the next poll
         before = self._returned
         if new:
             self._shown = n
@@ -356,12 +435,18 @@ class LiveState(param.Parameterized):
         if run_id is None:
             self.message = "Rollouts of a checkpoint file are not saved: choose a checkpoint from the store."
             return
+        records, note = w.records, ""
+        for field, what in (("frame", "frames"), ("attention", "hidden attention")):
+            if any(getattr(r, field) is None for r in records) and any(getattr(r, field) is not None for r in records):
+                # saving was switched on while it ran: the steps before were not all rendered
+                records = [dataclasses.replace(r, **{field: None}) for r in records]
+                note += f" (without {what}: saving was switched on after the start)"
         try:
             name = save_rollout(
                 self.index.path,
                 run_id,
                 step,
-                w.records,
+                records,
                 ck.config,
                 attrs={
                     "target": self.target,
@@ -378,4 +463,4 @@ class LiveState(param.Parameterized):
             self.message = f"Saving failed: {friendly_error(e)}"
             return
         self.saved = name
-        self.status += f" · saved as {name}"
+        self.status += f" · saved as {name}{note}"
