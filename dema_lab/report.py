@@ -603,7 +603,10 @@ def random_table(df: pd.DataFrame) -> pd.DataFrame:
                     "verdict": verdict,
                 }
             )
-    return pd.DataFrame(rows).set_index(["dataset", "model", "K", "seed"]) if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).sort_values(["dataset", "model", "K", "seed", "inference"], kind="stable")
+    return table.set_index(["dataset", "model", "K", "seed"])  # sorted: the same on every store
 
 
 def paired_verdict(diffs, confidence: float = 0.95) -> tuple[str, str]:
