@@ -54,27 +54,40 @@ def _check_finite(action: np.ndarray, t: int):
         )
 
 
-def rollout_steps(policy: Policy, env, target: float, seed: int, render: bool = False, max_steps: int | None = None):
-    """Run one episode, yielding a StepRecord after every env step. Stop early by closing the generator."""
+def rollout_steps(
+    policy: Policy, env, target: float, seed: int, render: bool = False, max_steps: int | None = None, detail=None
+):
+    """Run one episode, yielding a StepRecord after every env step. Stop early by closing the generator.
+    detail(t) -> bool, if given, picks the steps that get a frame (with `render`) and hidden
+    attention (the live page: only those it shows); Transformer-like, the others run the model
+    without attention."""
+    method = policy.attention_method
     policy.reset(target)
     obs, _ = env.reset(seed=int(seed))
     limit = max_steps or getattr(env.spec, "max_episode_steps", None) or 1000
-    for t in range(limit):
-        frame = env.render() if render else None
-        rtg = policy.rtg * policy.rtg_scale
-        start = time.perf_counter()
-        action = policy.act(obs)
-        act_seconds = time.perf_counter() - start
-        _check_finite(action, t)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        policy.observe(reward)
-        done = bool(terminated or truncated) or t == limit - 1
-        yield StepRecord(
-            t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame, policy.attention, act_seconds
-        )
-        obs = next_obs
-        if done:
-            return
+    try:
+        for t in range(limit):
+            full = detail is None or detail(t)
+            frame = env.render() if render and full else None
+            if policy.mode == "transformer":
+                policy.attention_method = method if full else None
+            rtg = policy.rtg * policy.rtg_scale
+            start = time.perf_counter()
+            action = policy.act(obs)
+            act_seconds = time.perf_counter() - start
+            _check_finite(action, t)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            policy.observe(reward)
+            done = bool(terminated or truncated) or t == limit - 1
+            attention = policy.attention if full else None
+            yield StepRecord(
+                t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame, attention, act_seconds
+            )
+            obs = next_obs
+            if done:
+                return
+    finally:
+        policy.attention_method = method
 
 
 def rollout_batch(policy: BatchPolicy, envs, targets, seeds, max_steps: int | None = None, on_done=None):

@@ -20,7 +20,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import param
 
 from ..checkpoint_files import DEFAULT_MAX_BYTES, allowed_roots, load_checkpoint_file
@@ -135,39 +134,24 @@ class RolloutWorker(threading.Thread):
         have passed since it was made (every step with `every_step`). Transformer-like, the other
         steps run the model without attention; RNN-like, the scan is recorded (and its attention
         computed) at every step either way."""
-        from ..rollout import StepRecord, _check_finite
+        from ..rollout import rollout_steps
 
-        aggregation = self.aggregation
         period = 1.0 / self.display_fps if self.display_fps else 0.0
-        policy.reset(self.target)
-        obs, _ = env.reset(seed=int(self.seed))
-        limit = self.max_steps or getattr(env.spec, "max_episode_steps", None) or 1000
         shown, last = -float("inf"), -1  # when the last detailed step was made, and its index
-        for t in range(limit):
-            now = time.perf_counter()
+
+        def detail(t: int) -> bool:
             # once the page has taken the last detailed step (a loaded page polls less often), and
             # a little early rather than a tick late: the page polls on its own clock
-            detail = self.every_step or last < 0 or (self.taken > last and now - shown >= 0.8 * period)
-            if detail:
+            nonlocal shown, last
+            now = time.perf_counter()
+            if self.every_step or last < 0 or (self.taken > last and now - shown >= 0.8 * period):
                 shown, last = now, t
-            frame = env.render() if detail else None
-            if policy.mode == "transformer":
-                policy.attention_method = aggregation if detail else None
-            rtg = policy.rtg * policy.rtg_scale
-            start = time.perf_counter()
-            action = policy.act(obs)
-            act_seconds = time.perf_counter() - start
-            _check_finite(action, t)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            policy.observe(reward)
-            done = bool(terminated or truncated) or t == limit - 1
-            attention = policy.attention if detail and aggregation else None
-            yield StepRecord(
-                t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame, attention, act_seconds
-            )
-            obs = next_obs
-            if done:
-                return
+                return True
+            return False
+
+        yield from rollout_steps(
+            policy, env, self.target, self.seed, render=True, max_steps=self.max_steps, detail=detail
+        )
 
     def pause(self):
         self._resume.clear()
