@@ -62,6 +62,9 @@ class TrainConfig:
     token_order: str = "RSA"  # RSA (DT's R_t, s_t, a_t) | RAS (official DeMa's R_t, a_{t-1}, s_t)
     embed_dim: int = 0  # 0: embeddings are d_model wide; N: N wide, projected to d_model
     embed_norm: str = "layernorm"  # layernorm | none (official DeMa)
+    #: Atari CNN input: scale (x / 255, official) | center (minus the data's mean frame, over its
+    #: pixel std; dema-lab's)
+    frame_norm: str = "scale"
     window_padding: str = "none"  # Transformer-like inference: none | left (official: zeros to K steps)
     activation: str = "gelu"  # DT's MLP: gelu | relu (the DT and DeMa repositories)
     #: RSA inference windows: own (a_t in step t's slot) | previous (the DeMa repository's DT
@@ -199,6 +202,7 @@ class TrainConfig:
             token_order=self.token_order,
             embed_dim=self.embed_dim,
             embed_norm=self.embed_norm,
+            frame_norm=self.frame_norm,
             window_padding=self.window_padding,
             activation=self.activation,
             window_actions=self.window_actions,
@@ -349,6 +353,7 @@ PRESETS = {
         expand=2,
         dropout=0.1,
         embed_norm="none",
+        frame_norm="center",
         timestep_embedding=False,
         rtg_form="current",
         lr=1e-3,
@@ -390,6 +395,7 @@ RESUME_FIXED = (
     "token_order",
     "embed_dim",
     "embed_norm",
+    "frame_norm",
     "window_padding",
     "activation",
     "window_actions",
@@ -696,6 +702,8 @@ class Trainer:
         self.model = build_model(self.model_cfg)
         if cfg.init == "official" and not resume:
             official_init(self.model)
+        if self.model_cfg.frame_norm == "center" and not resume:  # a resume loads them with the weights
+            self.model.embed.embed_state.set_frame_stats(*self.dataset.frame_stats())
         self.model = self.model.to(self.device)
         self.opt, self.sched = make_optimizer(self.model, cfg)
         self.targets = cfg.eval_targets or DEFAULT_TARGETS.get(self.env, [float(self.dataset.returns.max())])

@@ -44,6 +44,26 @@ def test_breakout_expert_beats_random_and_is_stored_compactly(tmp_path):
     assert exp.attrs["normalized_score_mean"] == pytest.approx(100 * (exp.returns.mean() - 1.7) / 28.8)
 
 
+def test_pong_expert_returns_balls_and_old_revisions_are_rebuilt(tmp_path, monkeypatch):
+    # the RAM policy (revision 2) against random over the same 2500 steps: random loses every
+    # point (about 40 steps each), the expert returns the ball and wins points
+    exp = load_d4rl(build_atari_dataset("pong", "expert", tmp_path / "e.hdf5", transitions=2500, progress=False))
+    rnd = load_d4rl(build_atari_dataset("pong", "random", tmp_path / "r.hdf5", transitions=2500, progress=False))
+    won = sum(float((t.rewards > 0).sum()) for t in exp.trajectories)
+    assert won >= 3 and exp.returns.sum() > rnd.returns.sum() + 8
+    assert exp.attrs["policy_revision"] == 2
+    # a cached Pong file of the screen-reading policy (revision 1, no attr) is stale, Breakout's is not
+    from dema_lab.data import registry
+
+    with h5py.File(tmp_path / "e.hdf5", "r+") as f:
+        del f.attrs["policy_revision"]
+    assert not registry._is_current(tmp_path / "e.hdf5", "pong", "expert")
+    b = build_atari_dataset("breakout", "random", tmp_path / "b.hdf5", transitions=20, progress=False)
+    with h5py.File(b, "r+") as f:
+        del f.attrs["policy_revision"]
+    assert registry._is_current(b, "breakout", "random")
+
+
 def test_same_seed_same_data(tmp_path):
     a = build_atari_dataset("pong", "mixed", tmp_path / "a.hdf5", transitions=150, progress=False)
     b = build_atari_dataset("pong", "mixed", tmp_path / "b.hdf5", transitions=150, progress=False)

@@ -62,6 +62,25 @@ def test_nature_cnn_is_the_dqn_encoder():
     assert cnn[7].in_features == 3136
 
 
+def test_centred_frames_subtract_the_data_mean_frame():
+    torch.manual_seed(0)
+    cnn = NatureCNN(OBS, 32, norm="center")
+    mean = torch.rand(84, 84) * 255
+    cnn.set_frame_stats(mean.numpy(), 47.0)
+    x = torch.randint(0, 256, (3, *OBS), dtype=torch.uint8)
+    ref = NatureCNN(OBS, 32)  # the official x / 255, with the same weights
+    ref.load_state_dict({k: v for k, v in cnn.state_dict().items() if not k.startswith("frame_")})
+    # (x - mean) / std = ((x - mean) * 255 / std) / 255
+    torch.testing.assert_close(cnn(x), ref((x.float() - mean) * (255.0 / 47.0)))
+    assert set(cnn.state_dict()) - set(ref.state_dict()) == {"frame_mean", "frame_std"}  # saved with it
+    with pytest.raises(ValueError, match="mean frame of shape"):
+        cnn.set_frame_stats(np.zeros((4, 84, 84)), 1.0)
+    with pytest.raises(ValueError, match="norm 'center' only"):
+        ref.set_frame_stats(mean, 1.0)
+    with pytest.raises(ValueError, match="choose"):
+        ModelConfig(state_dim=4 * 84 * 84, act_dim=1, obs_shape=OBS, n_actions=4, frame_norm="mean")
+
+
 def test_ars_tokens_are_previous_action_return_state():
     m = _model()
     x = _inputs()
@@ -193,6 +212,7 @@ def test_atari_presets():
     assert n == cnn + embeds + 6 * layer + d + d * 4  # + norm_f + head (no bias)
     small = TrainConfig.from_preset("atari-small")
     assert count_parameters(small.model_config(4 * 84 * 84, 1, OBS, 4)) < n / 4
+    assert (off.frame_norm, small.frame_norm) == ("scale", "center")  # official x / 255; dema-lab's
     assert {"atari-official", "atari-small"} <= set(PRESETS)
 
 

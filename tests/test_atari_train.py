@@ -48,6 +48,16 @@ def test_train_and_evaluate_a_tiny_atari_dema(tmp_path):
     assert ep["observation"].dtype == np.uint8 and ep["observation"].shape[1] == 4 * 84 * 84
     assert set(np.unique(ep["action"].values)) <= {0.0, 1.0, 2.0, 3.0}
     assert "attention" in ep and r.published("decay")
+    # the preset centres frames on the training data's mean frame, which the checkpoint carries
+    from dema_lab.data import load_d4rl
+    from dema_lab.models import load_checkpoint
+
+    ck = load_checkpoint(r.checkpoint_bytes(4), map_location="cpu")
+    cnn = ck.model.embed.embed_state
+    mean, std = load_d4rl(data).frame_stats()
+    assert ck.config.frame_norm == "center" and cnn.norm == "center"
+    np.testing.assert_allclose(cnn.frame_mean.numpy(), mean, rtol=1e-6)
+    assert float(cnn.frame_std) == pytest.approx(std) and 20 < std < 120
 
 
 def test_an_atari_sweep_from_the_preset_gives_dt_its_own_tokens():

@@ -105,14 +105,15 @@ def _is_current(path: Path, env: str, quality: str) -> bool:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("builder_version", -1))
             digest = f.attrs.get("policy_digest", "")
+            revision = int(f.attrs.get("policy_revision", 1))
     except (OSError, ValueError):
         return False
     if isinstance(digest, bytes):
         digest = digest.decode()
     if ENV_SPECS[env].kind == "atari":
-        from dema_lab.data.atari import ATARI_BUILDER_VERSION
+        from dema_lab.data.atari import ATARI_BUILDER_VERSION, ATARI_POLICY_REVISIONS
 
-        return version == ATARI_BUILDER_VERSION
+        return version == ATARI_BUILDER_VERSION and revision == ATARI_POLICY_REVISIONS.get(env, 1)
     want = "" if quality == "random" else _file_digest(policy_path(env))
     return version == BUILDER_VERSION and digest == want
 

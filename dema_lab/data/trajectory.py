@@ -195,6 +195,16 @@ class TrajectoryDataset:
         """(obs_dim,) float32 std over all observations, plus 1e-6."""
         return self._compute_stats()[1]
 
+    def frame_stats(self, max_frames: int = 20_000) -> tuple[np.ndarray, float]:
+        """Image datasets: the mean frame (H, W) float32 and the pixel std over all frames, in
+        [0, 255] units (every n-th frame, at most max_frames of them); what a CNN with frame_norm
+        "center" subtracts and divides by."""
+        if not self.is_image:
+            raise ValueError("frame statistics are for image (Atari) datasets")
+        every = max(1, -(-self.num_transitions // max_frames))
+        frames = np.concatenate([t.observations for t in self.trajectories])[::every].astype(np.float32)
+        return frames.mean(0), float(frames.std()) + 1e-6
+
     # ---- scores ------------------------------------------------------------
     def normalized_score(self, returns=None):
         """D4RL normalized score of ``returns`` (default: this dataset's episode returns)."""

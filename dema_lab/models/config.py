@@ -13,7 +13,11 @@ Atari (discrete actions, image states): `obs_shape` (4, 84, 84) encodes states w
 CNN (models/cnn.py), `n_actions` > 0 embeds actions with nn.Embedding (act_dim 1 holds the index)
 and predicts logits (Linear without bias) for a cross-entropy loss; the return, state and action
 embeddings then end in tanh, as in the Atari DT and DeMa. Token order "ARS" is the official Atari
-DeMa's (a_{t-1}, R_t, s_t) (atari/models/mamba.py).
+DeMa's (a_{t-1}, R_t, s_t) (atari/models/mamba.py). `frame_norm` "scale" feeds the CNN x / 255, as
+the official code does; "center" (dema-lab's, the atari-small preset's) subtracts the training
+data's mean frame and divides by its pixel std, the analogue of the MuJoCo state normalization:
+Pong's 1-pixel ball is otherwise too faint against the static court for the CNN to pick up in a
+few thousand steps (benchmarks/RESULTS-atari.md).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ ARCHS = ("dema", "dt")
 LAYOUTS = ("B3LD", "BL3D")
 TOKEN_ORDERS = ("RSA", "RAS", "ARS")
 EMBED_NORMS = ("layernorm", "none")
+FRAME_NORMS = ("scale", "center")
 WINDOW_PADDINGS = ("none", "left")
 WINDOW_ACTIONS = ("own", "previous")
 ACTIVATIONS = ("gelu", "relu")
@@ -60,6 +65,8 @@ class ModelConfig:
     # Atari
     obs_shape: tuple = ()  # image states, e.g. (4, 84, 84): the Nature CNN encodes them; () = vectors
     n_actions: int = 0  # discrete actions: logits over n_actions, cross-entropy; 0 = continuous
+    frame_norm: str = "scale"  # the CNN's input: "scale" x / 255 (official), "center" (x - the data's
+    # mean frame) / its pixel std (dema-lab's; models/cnn.py)
 
     def __post_init__(self):
         if self.timestep_embedding is None:
@@ -79,6 +86,7 @@ class ModelConfig:
             ("window_padding", WINDOW_PADDINGS),
             ("window_actions", WINDOW_ACTIONS),
             ("activation", ACTIVATIONS),
+            ("frame_norm", FRAME_NORMS),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} {getattr(self, name)!r} is unknown (choose {' or '.join(allowed)})")

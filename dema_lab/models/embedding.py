@@ -50,7 +50,7 @@ class TrajectoryEmbedding(nn.Module):
         else:
             self.embed_return = nn.Linear(1, w)
             self.embed_action = nn.Linear(cfg.act_dim, w)
-        self.embed_state = NatureCNN(cfg.obs_shape, w) if cfg.obs_shape else nn.Linear(cfg.state_dim, w)
+        self.embed_state = NatureCNN(cfg.obs_shape, w, cfg.frame_norm) if cfg.obs_shape else nn.Linear(cfg.state_dim, w)
         self.embed_timestep = nn.Embedding(cfg.max_ep_len, w) if cfg.timestep_embedding else None
         width_in = 3 * w if cfg.layout == "BL3D" else w
         self.embed_token = nn.Linear(width_in, cfg.d_model) if cfg.embed_dim or cfg.layout == "BL3D" else None
