@@ -337,9 +337,10 @@ PRESETS = {
         eval_max_steps=27_000,
     ),
     # A small Atari DeMa for 2 CPU cores: the same tokens and CNN, 2 layers of width 64, K 8 (345k
-    # parameters). On breakout-mixed, 1500 steps (about 570 s of training on 2 loaded cores) scored
-    # 114.9 gamer-normalized Transformer-like (10 episodes, target 90; random 0), the DT 12.8
-    # (benchmarks/RESULTS-atari.md).
+    # parameters), frames centred on the data's mean frame (frame_norm "center", dema-lab's). 1500
+    # steps (about 8 min of training on one core each, two runs at a time) scored 155.6 on
+    # breakout-mixed and 39.7 on pong-mixed, gamer-normalized Transformer-like (10 episodes; random
+    # 0); the DT 152.8 and 35.1 (benchmarks/RESULTS-atari.md).
     "atari-small": dict(
         arch="dema",
         K=8,
