@@ -255,19 +255,24 @@ def rollout_encoding(ds: xr.Dataset) -> dict:
 
 
 @contextlib.contextmanager
-def single_threaded():
-    """Run torch (and so the numba scan, which follows torch's thread count) on one thread.
-    Acting is batch 1: its ops are far too small to split, and on a busy machine idle-spinning
-    thread pools made each step 20-50x slower. torch's thread count is process-wide, so use
-    this only where nothing else in the process is computing (the trainer's evaluation)."""
+def torch_threads(n: int):
+    """Run torch (and so the numba scan, which follows torch's thread count) on n threads, then
+    restore the count. torch's thread count is process-wide, so use this only where nothing else
+    in the process is computing (the trainer's evaluation)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, int(n)))
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def single_threaded():
+    """torch_threads(1). Acting at batch 1: its ops are far too small to split, and on a busy
+    machine idle-spinning thread pools made each step 20-50x slower."""
+    return torch_threads(1)
 
 
 def evaluate(
@@ -286,6 +291,7 @@ def evaluate(
     max_steps: int | None = None,
     on_episode=None,
     scorer=None,
+    batch_threads: int | None = None,
 ):
     """Evaluate a model: `episodes` episodes per (mode, target).
 
@@ -295,7 +301,13 @@ def evaluate(
     target, episode), {name: recorded episode Dataset}). Episode seeds are shared across modes.
     scorer(returns) gives normalized scores (default: D4RL's reference returns for the env).
     on_episode(mode, target, episode, return, length) as each episode ends.
+    batch_threads: torch threads for the batched model calls (None: the count in effect when
+    evaluate is called, i.e. the run's --threads; a sweep worker's 1). The recorded episodes run
+    at batch 1 on one thread; a batch of 10 windows is large enough to split (measured on 2 cores,
+    paper-size DeMa at K 20: 11.2 ms a call on 1 thread, benchmarks/RESULTS.md).
     """
+    import torch
+
     from .data import normalized_score
     from .envs import env_spec, make_env
 
@@ -306,6 +318,7 @@ def evaluate(
     lengths = np.zeros_like(returns, dtype=np.int64)
     recordings = {}
     batch = [(i, e) for i in range(len(targets)) for e in range(max(0, record), episodes)]  # unrecorded
+    batch_threads = torch.get_num_threads() if batch_threads is None else batch_threads
     with single_threaded(), contextlib.ExitStack() as cleanup:
         envs = []
         for _ in range(max(1, len(batch))):  # one env per batch row; envs[0] also records
@@ -341,14 +354,15 @@ def evaluate(
                 if on_episode:
                     on_episode(mode, targets[i], e, ret, length)
 
-            rollout_batch(
-                BatchPolicy(model, mode, state_mean, state_std, rtg_scale),
-                envs[: len(batch)],
-                [targets[i] for i, _ in batch],
-                [seed + 10_000 * i + e for i, e in batch],
-                max_steps=max_steps,
-                on_done=done,
-            )
+            with torch_threads(batch_threads if len(batch) > 1 else 1):
+                rollout_batch(
+                    BatchPolicy(model, mode, state_mean, state_std, rtg_scale),
+                    envs[: len(batch)],
+                    [targets[i] for i, _ in batch],
+                    [seed + 10_000 * i + e for i, e in batch],
+                    max_steps=max_steps,
+                    on_done=done,
+                )
     results = xr.Dataset(
         {
             "return": (("mode", "target", "episode"), returns),

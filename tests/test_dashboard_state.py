@@ -190,3 +190,29 @@ def test_a_run_without_frames_says_how_to_get_them_and_that_works(no_frames_stor
     assert state.frame is not None and state.frame.shape == (32, 32, 3) and state.frame_note == ""
     assert row[0] is ex._panes["frame"] and ex._panes["frame_note"] not in row
     assert ex._panes["frame"].object.title.text == f"step {state.step}"
+
+
+def test_live_worker_computes_only_the_shown_layers_attention():
+    # at display speed, Transformer-like: the records' attention is the shown layer's (the others
+    # NaN), and after the layer changes, the next detailed step has the new one's; every_step
+    # (a saved rollout): every layer's
+    import torch
+
+    from dema_lab.dashboard.live_state import RolloutWorker
+    from dema_lab.models import ModelConfig, build_model
+    from dema_lab.models.checkpoint import Checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="dema", state_dim=11, act_dim=3, K=3, d_model=16, n_layer=2, d_state=4)
+    ck = Checkpoint(build_model(cfg).eval(), cfg, extra={"state_mean": torch.zeros(11), "state_std": torch.ones(11)})
+    w = RolloutWorker(ck, "hopper", 3600.0, "transformer", "abs", render_size=32, max_steps=6, fps=0, display_fps=1e6)
+    w.layer = 1
+    w.taken = 10**9  # a page that has taken every step: each step is detailed
+    w.run()
+    assert not w.error and len(w.records) == 6
+    for r in w.records:
+        assert np.isnan(r.attention[0]).all() and np.isfinite(r.attention[1]).all()
+    w = RolloutWorker(ck, "hopper", 3600.0, "transformer", "abs", render_size=32, max_steps=3, fps=0)
+    w.layer = 1  # ignored: every step, every layer
+    w.run()
+    assert all(np.isfinite(r.attention).all() for r in w.records)

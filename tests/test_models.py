@@ -190,3 +190,31 @@ def test_models_learn_a_simple_mapping():
             opt.step()
             losses.append(loss.item())
         assert np.mean(losses[-10:]) < np.mean(losses[:10]) / 10, (arch, losses[:3], losses[-3:])
+
+
+@pytest.mark.parametrize("arch", ["dema", "dt"])
+def test_attention_of_chosen_layers_only(arch):
+    # return_attention may name layers: theirs equal the all-layers maps, the others are None, and
+    # the prediction is the same; a Policy given attention_layers fills the others with NaN
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, state_dim=SD, act_dim=AD, K=6, d_model=16, n_layer=3, d_state=4))
+    model.eval()
+    x = window()
+    with torch.no_grad():
+        pred, full = model(**x, return_attention=True)
+        pred1, some = model(**x, return_attention=[1])
+        pred0, none = model(**x, return_attention=())
+    torch.testing.assert_close(pred1, pred)
+    torch.testing.assert_close(pred0, pred)
+    assert some[0] is None and some[2] is None and none == [None, None, None]
+    torch.testing.assert_close(some[1], full[1])
+    obs = np.random.default_rng(0).normal(size=(3, SD)).astype(np.float32)
+    p_all, p_one = Policy(model, attention="minmax"), Policy(model, attention="minmax")
+    p_one.attention_layers = (2,)
+    for o in obs:
+        # (DT's attention path is an explicit softmax, its other path fused attention: ~1e-7 apart)
+        np.testing.assert_allclose(p_one.act(o), p_all.act(o), atol=1e-5)
+        p_all.observe(1.0)
+        p_one.observe(1.0)
+    assert np.isnan(p_one.attention[:2]).all() and not np.isnan(p_one.attention[2]).any()
+    np.testing.assert_allclose(p_one.attention[2], p_all.attention[2], rtol=1e-5, atol=1e-7)

@@ -14,6 +14,7 @@ session stops its rollout.
 from __future__ import annotations
 
 import logging
+import time
 
 import holoviews as hv
 import numpy as np
@@ -34,6 +35,11 @@ if log.level == logging.NOTSET:
     log.setLevel(logging.INFO)  # `panel serve` leaves the root logger at WARNING; sessions are news
 
 _crc = crc  # its old name here
+
+# How often the return and action traces get their new points (seconds); the frame and the
+# heatmap follow every tick (100 ms). A stream re-ranges and redraws both stretched plots in the
+# browser, which on 2 cores took the CPU the rollout needed.
+TRACE_PERIOD = 0.5
 
 
 class LiveRollout(pn.viewable.Viewer):
@@ -71,6 +77,8 @@ class LiveRollout(pn.viewable.Viewer):
         super().__init__(state=state, presentation=presentation, **view)
         self._callback = None
         self._frame_crc = crc(None)  # the checksum of the frame shown (the probe names it)
+        self._pending: list = []  # records whose trace points are not streamed yet
+        self._streamed_at = -float("inf")  # when the traces were last streamed
         self._build()
         state.param.watch(self._on_new_rollout, ["rollout"])
         if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
@@ -174,6 +182,7 @@ class LiveRollout(pn.viewable.Viewer):
     def _reset_figures(self):
         s = self.state
         self._frame_crc = crc(None)
+        self._pending, self._streamed_at = [], -float("inf")
         labels = self._labels = s.window_labels
         L, size = len(labels), self._size()
         with hold():
@@ -205,10 +214,22 @@ class LiveRollout(pn.viewable.Viewer):
         if s.worker is None:
             return
         new, before = s.poll()
-        if new:
-            rec = new[-1]
+        if not self._pending:
+            self._pending_before = before
+        self._pending += new
+        now = time.perf_counter()
+        # the traces get their new points every TRACE_PERIOD (each stream re-ranges and redraws
+        # two stretched plots in the browser), the frame and heatmap at every tick
+        flush = self._pending and (now - self._streamed_at >= TRACE_PERIOD or s.drained)
+        if new or flush:
             seen = next((r for r in reversed(new) if r.frame is not None), None)
-            att = next((r for r in reversed(new) if r.attention is not None), None)
+
+            # the newest attention of the layer shown (the worker computes only that layer's: right
+            # after the layer is changed, the newest records hold the previous one's, NaN for it)
+            def has_layer(r):
+                return r.attention is not None and np.isfinite(r.attention[min(s.layer, len(r.attention) - 1)]).any()
+
+            att = next((r for r in reversed(new) if has_layer(r)), None)
             with hold():
                 fig = self._frame.object
                 if seen is not None:
@@ -222,15 +243,19 @@ class LiveRollout(pn.viewable.Viewer):
                     g.data_source.data.update(image=[m[::-1].astype(np.float64)])
                     lo, hi = attention_clim(m, s.aggregation == "mean")
                     g.glyph.color_mapper.update(low=lo, high=hi)
-                steps = [r.t for r in new]
-                got = before + np.cumsum([r.reward for r in new])
-                rs = self._ret.object.renderers
-                self._stream(rs[0], steps, got)
-                self._stream(rs[1], steps, [r.return_to_go for r in new])
-                for i, r in enumerate(self._act.object.renderers):
-                    self._stream(r, steps, [float(x.action[i]) for x in new])
+                if flush:
+                    batch, self._pending, self._streamed_at = self._pending, [], now
+                    steps = [r.t for r in batch]
+                    got = self._pending_before + np.cumsum([r.reward for r in batch])
+                    rs = self._ret.object.renderers
+                    self._stream(rs[0], steps, got)
+                    self._stream(rs[1], steps, [r.return_to_go for r in batch])
+                    for i, r in enumerate(self._act.object.renderers):
+                        self._stream(r, steps, [float(x.action[i]) for x in batch])
+                last = new[-1] if new else batch[-1]
+                got = before + sum(r.reward for r in new)
                 self._probe_div.text = (
-                    f'<span data-step="{rec.t}" data-frame="{self._frame_crc}" data-return="{got[-1]:.3f}"></span>'
+                    f'<span data-step="{last.t}" data-frame="{self._frame_crc}" data-return="{got:.3f}"></span>'
                 )
         if s.drained:
             self._stop_polling()

@@ -40,6 +40,9 @@ DISPLAY_FPS = 10.0
 # (seconds); further behind, the schedule restarts from now (no burst after a pause or a stall).
 CATCH_UP = 0.2
 
+# How often poll() rewrites the running status ("running · step t · return r"), in seconds.
+STATUS_PERIOD = 0.5
+
 
 class RolloutWorker(threading.Thread):
     """One episode in its own thread: make the env, act, render, keep every StepRecord.
@@ -74,6 +77,9 @@ class RolloutWorker(threading.Thread):
         )
         self.display_fps = display_fps
         self.every_step = not display_fps
+        # the layer whose hidden attention the page shows: at display speed only its attention is
+        # computed (Transformer-like; the others are NaN); None, or with every_step: all layers
+        self.layer: int | None = None
         self.taken = 0  # records a viewer has taken (LiveState.poll): the worker details no faster
         self.records: list = []
         self.error: str = ""
@@ -146,6 +152,7 @@ class RolloutWorker(threading.Thread):
             now = time.perf_counter()
             if self.every_step or last < 0 or (self.taken > last and now - shown >= 0.8 * period):
                 shown, last = now, t
+                policy.attention_layers = None if self.every_step or self.layer is None else (self.layer,)
                 return True
             return False
 
@@ -208,6 +215,7 @@ class LiveState(param.Parameterized):
         self.worker: RolloutWorker | None = None
         self._source = None  # (run_id, step, Checkpoint) of the rollout
         self._shown = 0  # records handed out by poll()
+        self._status_at = -float("inf")  # when poll() last wrote the running status
         self._returned = 0.0  # their return
         self.saved: str = ""
         super().__init__(**params)
@@ -346,10 +354,16 @@ class LiveState(param.Parameterized):
             display_fps=DISPLAY_FPS,
         )
         self.worker.every_step = self.save  # a saved rollout keeps every frame and attention
-        self._shown, self._returned = 0, 0.0
+        self.worker.layer = self.layer  # the page shows one layer: only its attention is computed
+        self._shown, self._returned, self._status_at = 0, 0.0, -float("inf")
         self.rollout += 1  # the views reset
         self.worker.start()
         self.status = "running"
+
+    @param.depends("layer", watch=True)
+    def _layer_changed(self):
+        if self.worker is not None:
+            self.worker.layer = self.layer
 
     @param.depends("save", watch=True)
     def _save_changed(self):
@@ -394,7 +408,10 @@ class LiveState(param.Parameterized):
         if new:
             self._shown = n
             self._returned = before + float(sum(r.reward for r in new))
-            if self.status.startswith("running"):
+            now = time.perf_counter()
+            if self.status.startswith("running") and now - self._status_at >= STATUS_PERIOD:
+                # a new status re-renders the page's status pane: twice a second is enough to read
+                self._status_at = now
                 self.status = f"running · step {new[-1].t} · return {self._returned:.0f}"
         if self.drained and not self.status.startswith(("stopped", "finished")):
             self._finish(stopped=False)

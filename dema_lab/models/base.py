@@ -32,17 +32,27 @@ class TrajectoryModel(nn.Module):
             self.predict_action = nn.Sequential(nn.Linear(cfg.d_model, cfg.act_dim), nn.Tanh())
 
     def backbone(self, tokens, return_attention=False):
-        """tokens (b, L, d) -> hidden (b, L, d) [, list of per-layer attention maps]."""
+        """tokens (b, L, d) -> hidden (b, L, d) [, list of per-layer attention maps]. return_attention:
+        True (every layer's map), or a collection of layer indices (the other entries are None)."""
         raise NotImplementedError
+
+    @staticmethod
+    def attention_wanted(return_attention, layer: int) -> bool:
+        """Whether a backbone computes `layer`'s attention map for this `return_attention`."""
+        return return_attention is True or (not isinstance(return_attention, bool) and layer in return_attention)
 
     def forward(self, states, actions, returns_to_go, timesteps, return_attention=False, prev_action=None):
         """Action predictions (b, T, act_dim) for a window [, per-layer attention maps].
-        prev_action (b, act_dim): the action before the window (token order RAS; default zeros)."""
+        prev_action (b, act_dim): the action before the window (token order RAS; default zeros).
+        return_attention: True for every layer's map, or the layer indices whose maps are computed
+        (the list then holds None for the others: the live page computes only the layer it shows)."""
+        if return_attention is not False and not isinstance(return_attention, bool):
+            return_attention = frozenset(int(i) for i in return_attention)
         tokens = self.embed(states, actions, returns_to_go, timesteps, prev_action)  # (b, L, d)
         out = self.backbone(tokens, return_attention)
-        hidden, attn = out if return_attention else (out, None)
+        hidden, attn = out if return_attention is not False else (out, None)
         pred = self.predict_action(hidden[:, self.embed.action_positions(states.shape[1])])
-        return (pred, attn) if return_attention else pred
+        return (pred, attn) if return_attention is not False else pred
 
     @torch.no_grad()
     def attention(self, states, actions, returns_to_go, timesteps, aggregate: str | None = "minmax", prev_action=None):

@@ -52,14 +52,15 @@ class DecisionMamba(TrajectoryModel):
 
     def backbone(self, tokens, return_attention=False):
         x, attn = tokens, []
-        for block in self.layers:
-            if return_attention:
+        for i, block in enumerate(self.layers):
+            if self.attention_wanted(return_attention, i):
                 x, alpha = block(x, return_attention=True)  # alpha (b, d_inner, L, L)
                 attn.append(alpha)
             else:
                 x = block(x)
+                attn.append(None)
         x = self.norm_f(x)
-        return (x, attn) if return_attention else x
+        return (x, attn) if return_attention is not False else x
 
     # ------------------------------------------------------------ recurrent inference
     def allocate_state(self, batch_size: int, device=None) -> list[MambaState]:

@@ -91,11 +91,12 @@ class DecisionTransformer(TrajectoryModel):
 
     def backbone(self, tokens, return_attention=False):
         x, attn = self.drop(tokens), []
-        for block in self.layers:
-            if return_attention:
+        for i, block in enumerate(self.layers):
+            if self.attention_wanted(return_attention, i):
                 x, att = block(x, return_attention=True)  # att (b, n_head, L, L)
                 attn.append(att)
             else:
                 x = block(x)
+                attn.append(None)
         x = self.ln_f(x)
-        return (x, attn) if return_attention else x
+        return (x, attn) if return_attention is not False else x

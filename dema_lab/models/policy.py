@@ -59,6 +59,9 @@ class Policy:
         self.state_std = np.ones(sd, np.float32) if state_std is None else np.asarray(state_std, np.float32)
         self.rtg_scale = float(rtg_scale)
         self.attention_method = attention
+        # Transformer-like: the layers whose attention act() computes (None: all); the others are
+        # NaN in `attention`. RNN-like acting rebuilds every layer's from its record.
+        self.attention_layers: tuple[int, ...] | None = None
         if attention is not None:
             aggregate_channels(torch.zeros(1, 1, 1, 1), attention)  # fail early on a bad name
         self.reset(0.0)
@@ -122,8 +125,9 @@ class Policy:
             # tokens of the current window, up to and including the current state token
             n = self.cfg.window_tokens(self.cfg.acting_steps(self.t))
             if self.attention_method:
-                preds, attn = self.model(**self.window(), return_attention=True)
-                attn = [a[..., :n, :n] for a in attn]  # RSA: drop the placeholder a_t token
+                layers = True if self.attention_layers is None else self.attention_layers
+                preds, attn = self.model(**self.window(), return_attention=layers)
+                attn = [None if a is None else a[..., :n, :n] for a in attn]  # RSA: drop the a_t placeholder
             else:
                 preds, attn = self.model(**self.window()), None
             pred = preds[0, -1]
@@ -143,8 +147,15 @@ class Policy:
                 self.record = [r[-keep:] for r in self.record]
                 attn = self.model.recorded_attention(self.record, self.cfg.window_tokens(min(self.t + 1, self.cfg.K)))
         if attn is not None:
+            sizes = [a.shape[-1] for a in attn if a is not None]  # RNN-like: every layer's
+            n = sizes[0] if sizes else n
             self.attention = np.stack(
-                [aggregate_channels(a, self.attention_method)[0].float().cpu().numpy() for a in attn]
+                [
+                    np.full((n, n), np.nan, np.float32)
+                    if a is None
+                    else aggregate_channels(a, self.attention_method)[0].float().cpu().numpy()
+                    for a in attn
+                ]
             )
         action = self.model.choose_action(pred).float().cpu().numpy()  # discrete: a sampled index (1,)
         self.actions.append(action)
