@@ -214,8 +214,6 @@ class LiveRollout(pn.viewable.Viewer):
         if s.worker is None:
             return
         new, before = s.poll()
-        if not self._pending:
-            self._pending_before = before
         self._pending += new
         now = time.perf_counter()
         # the traces get their new points every TRACE_PERIOD (each stream re-ranges and redraws
@@ -246,7 +244,8 @@ class LiveRollout(pn.viewable.Viewer):
                 if flush:
                     batch, self._pending, self._streamed_at = self._pending, [], now
                     steps = [r.t for r in batch]
-                    got = self._pending_before + np.cumsum([r.reward for r in batch])
+                    rewards = [r.reward for r in batch]  # the return before them is derived, not kept
+                    got = s.return_so_far - float(sum(rewards)) + np.cumsum(rewards)
                     rs = self._ret.object.renderers
                     self._stream(rs[0], steps, got)
                     self._stream(rs[1], steps, [r.return_to_go for r in batch])
