@@ -56,6 +56,25 @@ def test_fused_kernel_matches_reference_float64(transposed, groups, dim):
         torch.testing.assert_close(g_f[k], g_r[k], rtol=0, atol=1e-11, msg=k)
 
 
+@pytest.mark.parametrize("n", [16, 32, 40])  # the backward pads states to a multiple of 32
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_kernel_padded_states_and_uneven_chunks_float64(n, threads):
+    """d_state below, at and above a multiple of the backward's padding, and more batch rows
+    than work chunks (8 per thread) so that threads get unequal shares: exact in float64."""
+    x = inputs(batch=19, dim=20, n=n, L=11, groups=2, transposed=True)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out_f, last_f, g_f = grads(x, "numba", torch.float64)
+    finally:
+        torch.set_num_threads(saved)
+    out_r, last_r, g_r = grads(x, "reference", torch.float64)
+    torch.testing.assert_close(out_f, out_r, rtol=0, atol=1e-12)
+    torch.testing.assert_close(last_f, last_r, rtol=0, atol=1e-12)
+    for k in g_r:
+        torch.testing.assert_close(g_f[k], g_r[k], rtol=0, atol=1e-11, msg=k)
+
+
 @pytest.mark.parametrize("softplus", [True, False])
 def test_fused_kernel_options_and_gradcheck(softplus):
     x = inputs(batch=2, dim=17, n=3, L=5, transposed=True)
@@ -213,3 +232,32 @@ def test_attention_auto_dispatch():
     assert alpha.requires_grad
     with pytest.raises(ValueError, match="unknown hidden-attention impl"):
         hidden_attention(dt, A, B, C, impl="cuda")
+
+
+THREADS_CHILD = r"""
+import json, torch
+torch.set_num_threads(1)
+import numba
+from dema_lab.ssm import selective_scan, use_backend
+u = torch.randn(2, 20, 9, requires_grad=True)
+with use_backend("numba"):
+    selective_scan(u, u, -torch.rand(20, 4) - 0.5, torch.randn(2, 4, 9), torch.randn(2, 4, 9),
+                   delta_softplus=True).sum().backward()
+print(json.dumps({"torch": torch.get_num_threads(), "numba": numba.get_num_threads()}))
+"""
+
+
+def test_scan_keeps_the_processs_torch_thread_count():
+    """A fresh process on one torch thread (a sweep worker, batch-1 evaluation) stays on one
+    thread after its first scan: launching numba's OpenMP pool used to reset OpenMP's thread
+    count, and with it torch's, to the number of cores."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")  # a pool larger than the one thread asked for
+    env.pop("DEMA_LAB_WARM_KERNELS", None)
+    r = subprocess.run([sys.executable, "-c", THREADS_CHILD], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"torch": 1, "numba": 1}

@@ -21,7 +21,11 @@ over batch rows (so that the sums over channels into dB and dC never race), take
 at a time with the loops over d_state innermost and unit-stride: it recomputes exp(delta_t A)
 and h_t into a per-thread (L, d_state) buffer (L1/L2-resident), accumulating dC, then runs the
 reverse-time recurrence, accumulating dB rows and dA directly (no lane-wise partial sums);
-per-thread partial sums for dA, dD and d(delta_bias). Nothing of size batch x d_inner x L x
+per-thread partial sums for dA, dD and d(delta_bias). Its d_state loops run over NPAD, d_state
+rounded up to a multiple of 32 (B_t, C_t, dB_t, dC_t rows copied to per-thread padded buffers
+once per batch row, zero in the pad): LLVM vectorises an unknown-length loop 32 floats at a
+time and leaves the rest to a scalar loop, so at d_state 16 the whole loop was scalar (2x
+slower than the kernel before). Nothing of size batch x d_inner x L x
 d_state is allocated, and the scratch buffers are allocated once and reused between calls.
 
 float32 runs in float32 throughout: exp(delta A) is 2**(delta A log2 e) with A pre-scaled, by a
@@ -214,6 +218,7 @@ def _kscale(dtype) -> float:
 
 # ----------------------------------------------------------------------------- kernels
 
+NPAD = 32  # the backward's loops over states run to a multiple of this (see the module docstring)
 W = 16  # channels per tile: one AVX-512 vector of float32 (pad lanes are computed and dropped)
 
 # The per-thread scratch buffers are arguments (allocated once by the wrappers and reused),
@@ -372,6 +377,10 @@ def _backward(
     dA_p,
     dD_p,
     ddb_p,
+    Bp,
+    Cp,
+    dBp,
+    dCp,
     uT,
     dtT,
     sgT,
@@ -383,6 +392,8 @@ def _backward(
     ddT,
     At,
     Ak,
+    Ar,
+    dAr,
     gr,
     hs,
     ea,
@@ -392,14 +403,17 @@ def _backward(
 ):
     # dA_p (nchunk, d_inner, d_state), dD_p, ddb_p (nchunk, d_inner): per-thread partial sums,
     # written here and reduced by the caller. dB, dC (batch, groups, L, d_state) are
-    # accumulated here over the channels of a group, row by row (contiguous in d_state).
-    # Parallel over batch, so nothing races.
+    # accumulated here over the channels of a group, in thread c's padded rows dBp, dCp
+    # (L, npad), and written out per batch row. Parallel over batch, so nothing races.
+    # Every loop over states runs to npad (a multiple of 32): pad states have A = B = C = 0,
+    # so their h, dL/dh and gradients stay 0.
     batch, dim, L = u.shape
     groups = B.shape[1]
     nstate = A.shape[1]
     pg = dim // groups
     tpg = (pg + W - 1) // W
     nchunk = dA_p.shape[0]
+    npad = Bp.shape[2]
     one = u.dtype.type(1.0)
     zero = u.dtype.type(0.0)
     for c in numba.prange(nchunk):
@@ -411,9 +425,11 @@ def _backward(
         for b in range(c * batch // nchunk, (c + 1) * batch // nchunk):
             for g in range(groups):
                 for t in range(L):
-                    for n in range(nstate):
-                        dB[b, g, t, n] = zero
-                        dC[b, g, t, n] = zero
+                    for n in range(npad):
+                        Bp[c, t, n] = B[b, g, t, n] if n < nstate else zero
+                        Cp[c, t, n] = C[b, g, t, n] if n < nstate else zero
+                        dBp[c, t, n] = zero
+                        dCp[c, t, n] = zero
                 for j in range(tpg):
                     d0 = g * pg + j * W
                     nw = min(W, pg - j * W)
@@ -429,8 +445,11 @@ def _backward(
                             gy[c, t, w] = go
                     for w in range(nw):
                         d = d0 + w
-                        for n in range(nstate):
-                            Ak[c, n] = A[d, n] * scale
+                        for n in range(npad):
+                            a = A[d, n] if n < nstate else zero
+                            Ar[c, n] = a
+                            Ak[c, n] = a * scale
+                            dAr[c, n] = zero
                             hs[c, 0, n] = zero
                         # recompute exp(delta_t A) and the states (and y, for dz); dC on the way
                         for t in range(L):
@@ -438,34 +457,36 @@ def _backward(
                             dtu = dt * uT[c, t, w]
                             gyt = gy[c, t, w]
                             acc = zero
-                            for n in range(nstate):
+                            for n in range(npad):
                                 e = fexpk(dt * Ak[c, n])
                                 ea[c, t, n] = e
-                                hn = e * hs[c, t, n] + dtu * B[b, g, t, n]
+                                hn = e * hs[c, t, n] + dtu * Bp[c, t, n]
                                 hs[c, t + 1, n] = hn
-                                acc += C[b, g, t, n] * hn
-                                dC[b, g, t, n] += gyt * hn
+                                acc += Cp[c, t, n] * hn
+                                dCp[c, t, n] += gyt * hn
                             yT[c, t, w] = acc
                         # reverse-time recurrence; gr: dL/dh_t carried back
-                        for n in range(nstate):
-                            gr[c, n] = dlast[b, d, n] if has_dlast else zero
+                        for n in range(npad):
+                            gr[c, n] = dlast[b, d, n] if has_dlast and n < nstate else zero
                         for t in range(L - 1, -1, -1):
                             dt = dtT[c, t, w]
                             dtu = dt * uT[c, t, w]
                             gyt = gy[c, t, w]
                             aw = zero
                             ab = zero
-                            for n in range(nstate):
-                                gn = gr[c, n] + gyt * C[b, g, t, n]
+                            for n in range(npad):
+                                gn = gr[c, n] + gyt * Cp[c, t, n]
                                 e = ea[c, t, n]
                                 wv = gn * hs[c, t, n] * e  # dL/dh_t * d h_t / d(delta_t A)
-                                aw += wv * A[d, n]
-                                dA_p[c, d, n] += wv * dt
-                                dB[b, g, t, n] += gn * dtu
-                                ab += gn * B[b, g, t, n]
+                                aw += wv * Ar[c, n]
+                                dAr[c, n] += wv * dt
+                                dBp[c, t, n] += gn * dtu
+                                ab += gn * Bp[c, t, n]
                                 gr[c, n] = gn * e
                             ddT[c, t, w] = aw + ab * uT[c, t, w]  # d/d delta (after softplus)
                             duT[c, t, w] = ab * dt
+                        for n in range(nstate):
+                            dA_p[c, d, n] += dAr[c, n]
                     # the D skip, the gate and softplus, vectorised over the tile's channels
                     for t in range(L):
                         for w in range(W):
@@ -490,6 +511,10 @@ def _backward(
                         _scatter(yT, c, b, d0, nw, dz)
                     _scatter(duT, c, b, d0, nw, du)
                     _scatter(ddT, c, b, d0, nw, ddr)
+                for t in range(L):
+                    for n in range(nstate):
+                        dB[b, g, t, n] = dBp[c, t, n]
+                        dC[b, g, t, n] = dCp[c, t, n]
 
 
 # ----------------------------------------------------------------------------- signatures
@@ -532,8 +557,8 @@ def _sig(kernel: str, dtype):
         )
     return (
         (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3, b, A3, A3, A3, C(4), C(4), C(3), C(2), C(2))
-        + (C(3),) * 10
-        + (C(2), C(2), C(3), C(3), C(2), C(2), f)
+        + (C(3),) * 14
+        + (C(2), C(2), C(2), C(2), C(3), C(3), C(2), C(2), f)
     )
 
 
@@ -579,8 +604,17 @@ def _kernel(kernel: str, dtype):
 
 
 def _set_threads() -> int:
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    """Run the kernels on torch's thread count (at most numba's pool), and leave torch's alone.
+
+    numba's OpenMP layer shares the OpenMP runtime with torch, and launching its pool (on the
+    first parallel call of a process) resets OpenMP's thread count to the number of cores: a
+    process that had called torch.set_num_threads(1) (a sweep worker, batch-1 evaluation) ran
+    every later torch op and kernel on all cores. The count torch had is put back."""
+    wanted = torch.get_num_threads()
+    n = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
     return n
 
 
@@ -703,7 +737,11 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast=No
     dout = dout.to(u.dtype)
     with _LOCK:
         nthreads = _set_threads()
-        nchunk = max(1, min(batch, nthreads))
+        # 8 chunks per thread: with one chunk per thread the 2-thread backward ran barely faster
+        # than the 1-thread one (measured: 26.8 against 28.1 ms at b 64, d_inner 128, n 64, L 60;
+        # 18.0 ms with 16 chunks)
+        nchunk = max(1, min(batch, 8 * nthreads))
+        npad = -(-nstate // NPAD) * NPAD
         dA_p = u.new_empty(nchunk, dim, nstate)
         dD_p = u.new_empty(nchunk, dim)
         ddb_p = u.new_empty(nchunk, dim)
@@ -718,9 +756,10 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast=No
             ("Dt", "Bi"),
         )
         # rows padded by 64 bytes: two threads' rows (written every step) never share a cache line
-        Ak, gr = (_WS.get("b_" + k, (nchunk, nstate + 16), npdt) for k in ("Ak", "gr"))
-        hs = _WS.get("b_hs", (nchunk, L + 1, nstate), npdt)
-        ea = _WS.get("b_ea", (nchunk, L, nstate), npdt)
+        Ak, Ar, dAr, gr = (_WS.get("b_" + k, (nchunk, npad + 16), npdt) for k in ("Ak", "Ar", "dAr", "gr"))
+        hs = _WS.get("b_hs", (nchunk, L + 1, npad), npdt)
+        ea = _WS.get("b_ea", (nchunk, L, npad), npdt)
+        rows = [_WS.get("b_" + k, (nchunk, L, npad), npdt) for k in ("Bp", "Cp", "dBp", "dCp")]
         _kernel("backward", npdt)(
             _np(u),
             _np(delta),
@@ -743,9 +782,12 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast=No
             _np(dA_p),
             _np(dD_p),
             _np(ddb_p),
+            *rows,
             *lw,
             At,
             Ak,
+            Ar,
+            dAr,
             gr,
             hs,
             ea,
