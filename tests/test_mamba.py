@@ -71,3 +71,29 @@ def test_foreign_state_dict_is_rejected_clearly():
     theirs = build_model(ModelConfig(arch="dt", d_model=32)).state_dict()
     with pytest.raises(CheckpointError, match="another architecture or config"):
         load_weights(model, theirs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_causal_conv_is_torchs_padded_conv1d(bias):
+    """Mamba.causal_conv (shifted multiply-adds on (b, L, d)) against what mamba_simple computes
+    without causal_conv1d: conv1d(x (b, d, L)) with d_conv - 1 zeros of padding, first L outputs;
+    values and gradients, float64."""
+    torch.manual_seed(0)
+    m = Mamba(d_model=8, d_state=4, conv_bias=bias).double()
+    with torch.no_grad():
+        m.conv1d.weight.normal_()
+        if bias:
+            m.conv1d.bias.normal_()
+    x = torch.randn(3, 7, m.d_inner, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 7, m.d_inner, dtype=torch.float64)
+    ours = m.causal_conv(x)
+    (ours * w).sum().backward()
+    g_ours = [x.grad.clone()] + [p.grad.clone() for p in m.conv1d.parameters()]
+    x.grad = None
+    m.zero_grad()
+    ref = m.conv1d(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+    (ref * w).sum().backward()
+    g_ref = [x.grad] + [p.grad for p in m.conv1d.parameters()]
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -104,13 +104,29 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     # ------------------------------------------------------------------ sequence mode
+    def causal_conv(self, x):
+        """The causal depthwise conv1d, x (b, L, d_inner) -> (b, L, d_inner): what
+        conv1d(x.transpose(1, 2))[..., :L] computes (mamba_simple's path without causal_conv1d),
+        with conv1d's own weight and bias, as d_conv shifted multiply-adds in the (b, L, d)
+        layout in_proj gives. torch's CPU depthwise conv needed a (b, d, L) copy and spent
+        ~5 ms per layer in its backward at the paper size (b 64, d_inner 128, L 60)."""
+        L, k = x.shape[1], self.d_conv
+        w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
+        xp = F.pad(x, (0, 0, k - 1, 0))  # (b, L + d_conv - 1, d_inner), zeros before the start
+        y = xp[:, k - 1 :] * w[:, k - 1]
+        for j in range(k - 1):
+            y = y + xp[:, j : j + L] * w[:, j]
+        return y if self.conv1d.bias is None else y + self.conv1d.bias
+
     def _ssm_inputs(self, hidden_states):
         """(b, L, d_model) -> x, z, dt (b, d_inner, L); B, C (b, d_state, L); A (d_inner, d_state)."""
         batch, L, _ = hidden_states.shape
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2 d_inner, L)
-        x, z = xz.chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :L])  # causal conv
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (b, L, dt_rank + 2 n)
+        xz = self.in_proj(hidden_states)  # (b, L, 2 d_inner)
+        x, z = xz.chunk(2, dim=-1)
+        z = z.transpose(1, 2)  # (b, d_inner, L), a view
+        x = F.silu(self.causal_conv(x))  # (b, L, d_inner)
+        x_dbl = self.x_proj(x)  # (b, L, dt_rank + 2 n)
+        x = x.transpose(1, 2)  # (b, d_inner, L), a view
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (b, d_inner, L)
         B = B.transpose(1, 2).contiguous()  # (b, d_state, L)
