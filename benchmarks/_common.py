@@ -27,6 +27,26 @@ def make_batch(cfg: ModelConfig, batch: int, seed: int = 0):
     ), mask
 
 
+def scan_inputs(b=64, d=128, n=64, L=60, seed=0, device="cpu"):
+    """selective_scan's inputs at a benchmark size, leaves that require grad, and a (b, d, L)
+    weight for the loss. Mamba's layout: delta and z are transposed views of (b, L, d) memory;
+    dt around softplus(-3), A in [-16, -1]."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = dict(
+        u=r(b, d, L),
+        delta=(r(b, L, d) * 0.5 - 3).transpose(1, 2),
+        A=-(torch.rand(d, n, generator=g) * 15 + 1),
+        B=r(b, n, L),
+        C=r(b, n, L),
+        D=r(d),
+        z=r(b, L, d).transpose(1, 2),
+        delta_bias=r(d) * 0.1,
+    )
+    w = r(b, d, L).to(device)
+    return {k: v.to(device).requires_grad_() for k, v in x.items()}, w
+
+
 def make_trainer(cfg: ModelConfig, batch: int, seed: int = 0):
     """A closure running one training step: forward, masked action MSE, backward, clip, AdamW."""
     torch.manual_seed(seed)

@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 
 THREADS = 2
 BEGIN, END = "<!-- bench_scan: begin -->", "<!-- bench_scan: end -->"
-NOTES = "<!-- notes: kept across runs -->"  # benchmarks/report.py keeps what follows it
 
 
 def _scan_function(kernel_module):
@@ -78,24 +77,11 @@ def bench_scan(repeat: int, b=64, d=128, n=64, L=60, full=True) -> dict:
     issue's size, legacy vs new, interleaved."""
     import torch
 
+    from benchmarks._common import scan_inputs
     from benchmarks.run_all import interleaved
     from dema_lab.ssm import selective_scan, use_backend
 
-    g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    # Mamba's layout: delta and z are transposed views of (b, L, d) memory
-    x = dict(
-        u=r(b, d, L),
-        delta=(r(b, L, d) * 0.5 - 3).transpose(1, 2),
-        A=-(torch.rand(d, n, generator=g) * 15 + 1),
-        B=r(b, n, L),
-        C=r(b, n, L),
-        D=r(d),
-        z=r(b, L, d).transpose(1, 2),
-        delta_bias=r(d) * 0.1,
-    )
-    x = {k: v.requires_grad_() for k, v in x.items()}
-    w = r(b, d, L)
+    x, w = scan_inputs(b, d, n, L)
 
     def run(legacy, grad):
         def f():
@@ -319,20 +305,6 @@ def section(res: dict, cmd: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path) -> None:
-    """Put the section into RESULTS.md after the kept-notes marker, replacing an earlier one."""
-    doc = path.read_text() if path.exists() else ""
-    if BEGIN in doc and END in doc:
-        a, b = doc.index(BEGIN), doc.index(END) + len(END)
-        doc = doc[:a] + text + doc[b:]
-    else:
-        if NOTES not in doc:
-            doc = doc.rstrip("\n") + "\n\n" + NOTES + "\n"
-        a = doc.index(NOTES) + len(NOTES)
-        doc = doc[:a] + "\n" + text + "\n" + doc[a:]
-    path.write_text(doc)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -340,6 +312,8 @@ def main(argv=None) -> None:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--json", default=None, help="also keep the raw measurements here")
     args = p.parse_args(argv)
+    from benchmarks.report import write_section
+
     res = measure(args.quick)
     cmd = "python benchmarks/bench_scan.py" + (" --quick" if args.quick else "")
     text = section(res, cmd)
@@ -347,7 +321,7 @@ def main(argv=None) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(res))
     if not args.no_write:
-        write_section(text, Path(args.results))
+        write_section(text, Path(args.results), BEGIN, END)
         print(f"wrote the section into {args.results}")
 
 

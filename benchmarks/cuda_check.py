@@ -46,7 +46,6 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 BEGIN, END = "<!-- cuda_check: begin -->", "<!-- cuda_check: end -->"
-NOTES = "<!-- notes: kept across runs -->"
 CKPT, ACTIONS, REPORT = "cuda_ckpt.safetensors", "cuda_actions.json", "cuda_check.json"
 OBS_STEPS = 40
 
@@ -110,26 +109,14 @@ def act_sequence(model, obs, rewards, target=3600.0):
 
 def time_scan(device, threads=None, repeat=20, b=64, d=128, n=64, L=60):
     """Median ms of the scan forward (no grad) and forward+backward at the issue's size."""
+    from benchmarks._common import scan_inputs
     from dema_lab.ssm import selective_scan, use_backend
 
     backend = "torch" if device.type == "cuda" else "numba"
     saved = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    x = dict(
-        u=r(b, d, L),
-        delta=(r(b, L, d) * 0.5 - 3).transpose(1, 2),
-        A=-(torch.rand(d, n, generator=g) * 15 + 1),
-        B=r(b, n, L),
-        C=r(b, n, L),
-        D=r(d),
-        z=r(b, L, d).transpose(1, 2),
-        delta_bias=r(d) * 0.1,
-    )
-    x = {k: v.to(device).requires_grad_() for k, v in x.items()}
-    w = torch.randn(b, d, L, generator=g).to(device)
+    x, w = scan_inputs(b, d, n, L, device=device)
 
     def sync():
         if device.type == "cuda":
@@ -294,19 +281,6 @@ def section(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path) -> None:
-    doc = path.read_text() if path.exists() else ""
-    if BEGIN in doc and END in doc:
-        a, b = doc.index(BEGIN), doc.index(END) + len(END)
-        doc = doc[:a] + text + doc[b:]
-    else:
-        if NOTES not in doc:
-            doc = doc.rstrip("\n") + "\n\n" + NOTES + "\n"
-        a = doc.index(NOTES) + len(NOTES)
-        doc = doc[:a] + "\n" + text + "\n" + doc[a:]
-    path.write_text(doc)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a dry run)")
@@ -316,12 +290,14 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--no-write", action="store_true", help="with --compare: print the section only")
     args = p.parse_args(argv)
+    from benchmarks.report import write_section
+
     if args.compare:
         rep = compare_here(Path(args.compare))
         text = section(rep)
         print(text)
         if not args.no_write:
-            write_section(text, Path(args.results))
+            write_section(text, Path(args.results), BEGIN, END)
             print(f"wrote the section into {args.results}")
         return 0
     rep = check(args.device, args.steps, Path(args.out))

@@ -9,6 +9,22 @@ KS = (5, 10, 20, 40, 80)
 NOTES = "<!-- notes: kept across runs -->"
 
 
+def write_section(text: str, path: Path, begin: str, end: str) -> None:
+    """Put a benchmark's own section (text, from its `begin` to its `end` marker) into a RESULTS
+    file after the kept-notes marker, replacing the earlier one: the table run_all.py writes above
+    the marker and the other sections are left alone."""
+    doc = path.read_text() if path.exists() else ""
+    if begin in doc and end in doc:
+        a, b = doc.index(begin), doc.index(end) + len(end)
+        doc = doc[:a] + text + doc[b:]
+    else:
+        if NOTES not in doc:
+            doc = doc.rstrip("\n") + "\n\n" + NOTES + "\n"
+        a = doc.index(NOTES) + len(NOTES)
+        doc = doc[:a] + "\n" + text + "\n" + doc[a:]
+    path.write_text(doc)
+
+
 def _med(xs):
     xs = sorted(xs)
     n = len(xs)

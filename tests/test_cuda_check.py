@@ -5,6 +5,7 @@ the reloaded checkpoint must act exactly as the model that saved it."""
 import json
 
 from benchmarks import cuda_check
+from benchmarks.report import write_section
 
 
 def test_cuda_check_dry_run_on_cpu(tmp_path):
@@ -26,8 +27,8 @@ def test_cuda_check_dry_run_on_cpu(tmp_path):
     assert "| the same checkpoint on this machine's CPU build" in text
     results = tmp_path / "RESULTS.md"
     results.write_text("# results\n\n<!-- notes: kept across runs -->\n\nkept\n")
-    cuda_check.write_section(text, results)
-    cuda_check.write_section(text, results)  # replaced, not appended
+    write_section(text, results, cuda_check.BEGIN, cuda_check.END)
+    write_section(text, results, cuda_check.BEGIN, cuda_check.END)  # replaced, not appended
     doc = results.read_text()
     assert doc.count(cuda_check.BEGIN) == 1 and doc.endswith("kept\n")
 
