@@ -289,16 +289,17 @@ def section(res: dict, cmd: str) -> str:
         "32 floats at a time and left any rest, at d_state 16 the whole loop, to scalar code) and 8 "
         "work chunks per thread (with one, the second core sat mostly idle). What is left: the "
         "backward recomputes exp(delta A) and the states (~40% of it, one thread), then runs the "
-        "reverse recurrence (~45%) over five (L, d_state) arrays per channel that stream from L2 "
-        "(~75 KB, twice L1), each about 2x its FMA-bound cycle count; tile loads and the gate are "
+        "reverse recurrence (~45%) over seven (L, d_state) arrays per channel pair that stream from L2 "
+        "(~105 KB, three times L1), each about 2x its FMA-bound cycle count; tile loads and the gate are "
         "the rest. Two exps per element remain (forward, and the recomputation), so no layout change "
         "alone reaches 3x, and with the scan still ~50% of it the DeMa step stays above 0.5x DT's "
-        "(the matrix products alone are ~20% of the step at sgemm speed). At the demo size (d_state "
-        "16) the scan alone is still slower than the legacy kernel's (before the padding: ~0.35x of it at b64, L60, one thread): "
-        "the per-channel backward pays three horizontal sums per channel and step (y, d delta, du), "
-        "which the legacy kernel's channels-in-lanes backward keeps lane-wise, and half of each "
-        "32-wide loop is pad. The demo's whole train step is still faster with the new kernel "
-        "(30.6 against 34.5 ms, interleaved, 2026-12-03).",
+        "(the matrix products alone are ~20% of the step at sgemm speed). The backward takes two "
+        "channels at a time, so the B_t, C_t, dB_t and dC_t rows are read once for both: at the "
+        "demo size (d_state 16) that brought the scan back to the legacy kernel's speed (it was "
+        "~0.35x of it at b64, L60, one thread, before the padding and ~0.84x after it): there the "
+        "per-channel backward pays three horizontal sums per channel and step (y, d delta, du) that "
+        "the legacy kernel's channels-in-lanes backward keeps lane-wise, and half of each 32-wide "
+        "loop is pad.",
         "",
         END,
     ]

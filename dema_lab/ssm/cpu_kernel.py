@@ -17,9 +17,10 @@ Work is split into tiles of W = 16 channels of one batch row; a tile's (L, W) sl
 z are gathered into per-thread buffers, softplus, the D skip and the gate run on the W lanes.
 The forward runs the recurrence on the W channel lanes too (B_t[n], C_t[n] broadcast; only
 the running state h, d_state x W values, is kept), parallel over tiles. The backward, parallel
-over batch rows (so that the sums over channels into dB and dC never race), takes one channel
-at a time with the loops over d_state innermost and unit-stride: it recomputes exp(delta_t A)
-and h_t into a per-thread (L, d_state) buffer (L1/L2-resident), accumulating dC, then runs the
+over batch rows (so that the sums over channels into dB and dC never race), takes two channels
+at a time (so the B_t, C_t, dB_t and dC_t rows are read once for both) with the loops over
+d_state innermost and unit-stride: it recomputes exp(delta_t A) and h_t into per-thread
+(L, d_state) buffers (L1/L2-resident), accumulating dC, then runs the
 reverse-time recurrence, accumulating dB rows and dA directly (no lane-wise partial sums);
 per-thread partial sums for dA, dD and d(delta_bias). Its d_state loops run over NPAD, d_state
 rounded up to a multiple of 32 (B_t, C_t, dB_t, dC_t rows copied to per-thread padded buffers
@@ -443,50 +444,90 @@ def _backward(
                                 zt = zT[c, t, w]
                                 go = go * (zt / (one + fexp(-zt)))
                             gy[c, t, w] = go
-                    for w in range(nw):
+                    # channels two at a time (w, w + 1): B_t, C_t and dB_t rows are read once for
+                    # both; a pad lane w + 1 = nw has u = gy = 0 and A = 0, so it adds nothing
+                    for w in range(0, nw, 2):
                         d = d0 + w
+                        two = w + 1 < nw
                         for n in range(npad):
-                            a = A[d, n] if n < nstate else zero
-                            Ar[c, n] = a
-                            Ak[c, n] = a * scale
-                            dAr[c, n] = zero
-                            hs[c, 0, n] = zero
+                            a0 = A[d, n] if n < nstate else zero
+                            a1 = A[d + 1, n] if two and n < nstate else zero
+                            Ar[c, 0, n] = a0
+                            Ar[c, 1, n] = a1
+                            Ak[c, 0, n] = a0 * scale
+                            Ak[c, 1, n] = a1 * scale
+                            dAr[c, 0, n] = zero
+                            dAr[c, 1, n] = zero
+                            hs[c, 0, 0, n] = zero
+                            hs[c, 1, 0, n] = zero
                         # recompute exp(delta_t A) and the states (and y, for dz); dC on the way
                         for t in range(L):
-                            dt = dtT[c, t, w]
-                            dtu = dt * uT[c, t, w]
-                            gyt = gy[c, t, w]
-                            acc = zero
+                            dt0 = dtT[c, t, w]
+                            dt1 = dtT[c, t, w + 1]
+                            dtu0 = dt0 * uT[c, t, w]
+                            dtu1 = dt1 * uT[c, t, w + 1]
+                            gy0 = gy[c, t, w]
+                            gy1 = gy[c, t, w + 1]
+                            acc0 = zero
+                            acc1 = zero
                             for n in range(npad):
-                                e = fexpk(dt * Ak[c, n])
-                                ea[c, t, n] = e
-                                hn = e * hs[c, t, n] + dtu * Bp[c, t, n]
-                                hs[c, t + 1, n] = hn
-                                acc += Cp[c, t, n] * hn
-                                dCp[c, t, n] += gyt * hn
-                            yT[c, t, w] = acc
+                                bn = Bp[c, t, n]
+                                cn = Cp[c, t, n]
+                                e0 = fexpk(dt0 * Ak[c, 0, n])
+                                e1 = fexpk(dt1 * Ak[c, 1, n])
+                                ea[c, 0, t, n] = e0
+                                ea[c, 1, t, n] = e1
+                                h0 = e0 * hs[c, 0, t, n] + dtu0 * bn
+                                h1 = e1 * hs[c, 1, t, n] + dtu1 * bn
+                                hs[c, 0, t + 1, n] = h0
+                                hs[c, 1, t + 1, n] = h1
+                                acc0 += cn * h0
+                                acc1 += cn * h1
+                                dCp[c, t, n] += gy0 * h0 + gy1 * h1
+                            yT[c, t, w] = acc0
+                            yT[c, t, w + 1] = acc1
                         # reverse-time recurrence; gr: dL/dh_t carried back
                         for n in range(npad):
-                            gr[c, n] = dlast[b, d, n] if has_dlast and n < nstate else zero
+                            gr[c, 0, n] = dlast[b, d, n] if has_dlast and n < nstate else zero
+                            gr[c, 1, n] = dlast[b, d + 1, n] if has_dlast and two and n < nstate else zero
                         for t in range(L - 1, -1, -1):
-                            dt = dtT[c, t, w]
-                            dtu = dt * uT[c, t, w]
-                            gyt = gy[c, t, w]
-                            aw = zero
-                            ab = zero
+                            dt0 = dtT[c, t, w]
+                            dt1 = dtT[c, t, w + 1]
+                            dtu0 = dt0 * uT[c, t, w]
+                            dtu1 = dt1 * uT[c, t, w + 1]
+                            gy0 = gy[c, t, w]
+                            gy1 = gy[c, t, w + 1]
+                            aw0 = zero
+                            aw1 = zero
+                            ab0 = zero
+                            ab1 = zero
                             for n in range(npad):
-                                gn = gr[c, n] + gyt * Cp[c, t, n]
-                                e = ea[c, t, n]
-                                wv = gn * hs[c, t, n] * e  # dL/dh_t * d h_t / d(delta_t A)
-                                aw += wv * Ar[c, n]
-                                dAr[c, n] += wv * dt
-                                dBp[c, t, n] += gn * dtu
-                                ab += gn * Bp[c, t, n]
-                                gr[c, n] = gn * e
-                            ddT[c, t, w] = aw + ab * uT[c, t, w]  # d/d delta (after softplus)
-                            duT[c, t, w] = ab * dt
+                                bn = Bp[c, t, n]
+                                cn = Cp[c, t, n]
+                                g0 = gr[c, 0, n] + gy0 * cn
+                                g1 = gr[c, 1, n] + gy1 * cn
+                                e0 = ea[c, 0, t, n]
+                                e1 = ea[c, 1, t, n]
+                                w0 = g0 * hs[c, 0, t, n] * e0  # dL/dh_t * d h_t / d(delta_t A)
+                                w1 = g1 * hs[c, 1, t, n] * e1
+                                aw0 += w0 * Ar[c, 0, n]
+                                aw1 += w1 * Ar[c, 1, n]
+                                dAr[c, 0, n] += w0 * dt0
+                                dAr[c, 1, n] += w1 * dt1
+                                dBp[c, t, n] += g0 * dtu0 + g1 * dtu1
+                                ab0 += g0 * bn
+                                ab1 += g1 * bn
+                                gr[c, 0, n] = g0 * e0
+                                gr[c, 1, n] = g1 * e1
+                            ddT[c, t, w] = aw0 + ab0 * uT[c, t, w]  # d/d delta (after softplus)
+                            ddT[c, t, w + 1] = aw1 + ab1 * uT[c, t, w + 1]
+                            duT[c, t, w] = ab0 * dt0
+                            duT[c, t, w + 1] = ab1 * dt1
                         for n in range(nstate):
-                            dA_p[c, d, n] += dAr[c, n]
+                            dA_p[c, d, n] += dAr[c, 0, n]
+                        if two:
+                            for n in range(nstate):
+                                dA_p[c, d + 1, n] += dAr[c, 1, n]
                     # the D skip, the gate and softplus, vectorised over the tile's channels
                     for t in range(L):
                         for w in range(W):
@@ -558,7 +599,7 @@ def _sig(kernel: str, dtype):
     return (
         (A3, A3, C(1), C(2), C(4), C(4), C(1), A3, b, b, A3, A3, b, A3, A3, A3, C(4), C(4), C(3), C(2), C(2))
         + (C(3),) * 14
-        + (C(2), C(2), C(2), C(2), C(3), C(3), C(2), C(2), f)
+        + (C(3), C(3), C(3), C(3), C(4), C(4), C(2), C(2), f)
     )
 
 
@@ -756,9 +797,9 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast=No
             ("Dt", "Bi"),
         )
         # rows padded by 64 bytes: two threads' rows (written every step) never share a cache line
-        Ak, Ar, dAr, gr = (_WS.get("b_" + k, (nchunk, npad + 16), npdt) for k in ("Ak", "Ar", "dAr", "gr"))
-        hs = _WS.get("b_hs", (nchunk, L + 1, npad), npdt)
-        ea = _WS.get("b_ea", (nchunk, L, npad), npdt)
+        Ak, Ar, dAr, gr = (_WS.get("b_" + k, (nchunk, 2, npad + 16), npdt) for k in ("Ak", "Ar", "dAr", "gr"))
+        hs = _WS.get("b_hs", (nchunk, 2, L + 1, npad), npdt)
+        ea = _WS.get("b_ea", (nchunk, 2, L, npad), npdt)
         rows = [_WS.get("b_" + k, (nchunk, L, npad), npdt) for k in ("Bp", "Cp", "dBp", "dCp")]
         _kernel("backward", npdt)(
             _np(u),
