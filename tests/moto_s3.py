@@ -33,6 +33,7 @@ def s3_server(bucket: str = "dema"):
         s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
         yield endpoint
     finally:
+        _close_sessions()
         server.stop()
         for k, v in saved.items():
             if v is None:
@@ -42,3 +43,21 @@ def s3_server(bucket: str = "dema"):
         import s3fs
 
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _close_sessions():
+    """Close the aiohttp sessions of the cached s3fs filesystems before the cache drops them
+    (aiohttp would print "Unclosed client session" when they are collected). The synchronous ones
+    run on fsspec's loop; the asynchronous ones zarr made (FsspecStore) on zarr's."""
+    import s3fs
+    from fsspec.asyn import sync
+    from zarr.core.sync import sync as zarr_sync
+
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        if getattr(fs, "_s3", None) is None:
+            continue
+        if fs.asynchronous:
+            zarr_sync(fs._s3.__aexit__(None, None, None))
+        else:
+            sync(fs.loop, fs._s3.__aexit__, None, None, None)
+        fs._s3 = None

@@ -377,7 +377,7 @@ class EmptyStorePage(pn.viewable.Viewer):
         self.job = DemoJob.for_store(store)
         self.on_ready = on_ready
         self._button = pn.widgets.Button(
-            name="Start the demo run", button_type="primary", css_classes=["dema-demo-button"], width=260, height=48
+            label="Start the demo run", color="primary", css_classes=["dema-demo-button"], width=260, height=48
         )
         self._button.on_click(lambda *_: self.start())
         self._progress = DemoProgress(self.job, on_update=self._updated)
@@ -390,12 +390,12 @@ class EmptyStorePage(pn.viewable.Viewer):
 
     def _watch(self):
         self._button.disabled = True
-        self._button.name = "Demo running…"
+        self._button.label = "Demo running…"
         self._progress.watch()
 
     def _updated(self, job: DemoJob, runs: int):
         if job.error:
-            self._button.disabled, self._button.name = False, "Try again"
+            self._button.disabled, self._button.label = False, "Try again"
         if runs:
             self._progress.stop()  # the explorer, taking over, shows its own
             if self.on_ready is not None:

@@ -287,11 +287,11 @@ class SequenceComparison(pn.viewable.Viewer):
 
     def controls(self):
         w = pn.widgets
-        refresh = w.Button(name="Reload store", button_type="light")
+        refresh = w.Button(label="Reload store", color="light")
         refresh.on_click(lambda *_: self.refresh())
         return pn.Column(
             w.MultiSelect.from_param(self.param.runs, name="Runs", size=8),
-            w.RadioButtonGroup.from_param(self.param.mode, button_type="primary", button_style="outline"),
+            w.RadioButtonGroup.from_param(self.param.mode, color="primary", variant="outline"),
             w.Select.from_param(self.param.layer, name="Decay curves: layer"),
             w.Select.from_param(self.param.query_kind, name="Decay curves: query tokens"),
             refresh,

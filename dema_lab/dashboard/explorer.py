@@ -389,7 +389,7 @@ class AttentionExplorer(pn.viewable.Viewer):
             end=slider.end,
             interval=120,
             loop_policy="once",
-            name="Play",
+            label="Play",
             show_loop_controls=False,
             sizing_mode="stretch_width",
             scale_buttons=0.9,
@@ -398,7 +398,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         player.jslink(slider, value="value", bidirectional=True)
         slider.param.watch(lambda e: setattr(player, e.name, e.new), ["start", "end"])  # a new episode's
         channel = w.IntInput.from_param(s.param.channel, name="Channel", visible=s.param.aggregation.rx() == "channel")
-        refresh = w.Button(name="Reload store", button_type="light")
+        refresh = w.Button(label="Reload store", color="light")
         refresh.on_click(lambda *_: s.refresh())
         video = w.FileDownload(
             callback=s.episode_video,
@@ -418,8 +418,8 @@ class AttentionExplorer(pn.viewable.Viewer):
             w.RadioButtonGroup.from_param(
                 s.param.aggregation,
                 options=AGGREGATION_LABELS,
-                button_type="primary",
-                button_style="outline",
+                color="primary",
+                variant="outline",
                 sizing_mode="stretch_width",
                 orientation="vertical",
             ),

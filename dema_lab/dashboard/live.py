@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import holoviews as hv
 import numpy as np
@@ -134,7 +135,10 @@ class LiveRollout(pn.viewable.Viewer):
     def _figure(self, element, stretch=False, follow_y=True):
         from bokeh.models import DataRange1d
 
-        fig = hv.render(element, backend="bokeh")
+        with warnings.catch_warnings():
+            # a new rollout's heatmap is all NaN (no token yet), on purpose: holoviews' range check warns
+            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+            fig = hv.render(element, backend="bokeh")
         if stretch:  # streaming traces: ranges follow the data as it arrives
             fig.sizing_mode = "stretch_width"
             fig.x_range = DataRange1d()
@@ -268,9 +272,9 @@ class LiveRollout(pn.viewable.Viewer):
     # ------------------------------------------------------------------ layout
     def controls(self):
         s, w = self.state, pn.widgets
-        start = w.Button(name="Start", button_type="success", css_classes=["dema-live-start"])
-        pause = w.Button(name="Pause / resume", button_type="warning", css_classes=["dema-live-pause"])
-        stop = w.Button(name="Stop", button_type="danger", css_classes=["dema-live-stop"])
+        start = w.Button(label="Start", color="success", css_classes=["dema-live-start"])
+        pause = w.Button(label="Pause / resume", color="warning", css_classes=["dema-live-pause"])
+        stop = w.Button(label="Stop", color="danger", css_classes=["dema-live-stop"])
         start.on_click(self.start_async)  # a coroutine: Panel awaits it on the server's loop
         pause.on_click(lambda *_: self.pause())
         stop.on_click(lambda *_: self.stop())
@@ -283,7 +287,7 @@ class LiveRollout(pn.viewable.Viewer):
             ),
             w.Select.from_param(s.param.env, name="Environment"),
             w.FloatInput.from_param(s.param.target, name="Target return", step=100),
-            w.RadioButtonGroup.from_param(s.param.mode, button_type="primary", button_style="outline"),
+            w.RadioButtonGroup.from_param(s.param.mode, color="primary", variant="outline"),
             w.Select.from_param(s.param.aggregation, name="Channel aggregation"),
             w.IntInput.from_param(s.param.layer, name="Layer shown"),
             w.IntInput.from_param(s.param.seed, name="Seed"),
