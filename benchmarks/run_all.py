@@ -89,22 +89,14 @@ def matmul_peak(threads: int) -> float:
 # ---------------------------------------------------------------------------- scan
 
 
-def scan_inputs(b=64, d=256, n=16, L=60, seed=0):
-    import torch
+SCAN_SIZE = dict(b=64, d=256, n=16, L=60)  # the scan rows' size (issue 5's benchmark size)
 
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    x = dict(
-        u=r(b, d, L),
-        delta=r(b, d, L) * 0.5 - 3,
-        A=-(torch.rand(d, n, generator=g) * 15 + 1),
-        B=r(b, n, L),
-        C=r(b, n, L),
-        D=r(d),
-        z=r(b, d, L),
-        delta_bias=r(d) * 0.1,
-    )
-    return {k: v.requires_grad_() for k, v in x.items()}, r(b, d, L)
+
+def scan_inputs(**size):
+    """_common.scan_inputs at SCAN_SIZE unless given another size."""
+    from benchmarks._common import scan_inputs as make
+
+    return make(**(size or SCAN_SIZE))
 
 
 def bench_scan(repeat: int) -> dict:
