@@ -192,6 +192,17 @@ def test_comparison_table_and_plots(dash_store):
     for plot in (comp.score_plot(), comp.cost_plot(), comp.time_plot(), comp.decay_plot(), comp.half_life_plot()):
         assert isinstance(plot, (hv.Overlay, hv.Layout, hv.Bars)), type(plot)
         hv.render(plot)
+    # sizes on a linear axis start at 0: parameters equal across K draw a flat line, not noise
+    # around them on an axis a few units tall; MACs stay on a log axis
+    params = hv.render(comp.parameters_plot())
+    assert params.y_range.start == 0 and params.y_range.end == pytest.approx(1.15 * df["parameters"].max())
+    assert hv.render(comp.half_life_plot()).y_range.start == 0
+    assert type(hv.render(comp.macs_plot()).y_scale).__name__ == "LogScale"
+    # the table prints scores to 0.1 and counts with separators, through bokeh's formatters
+    table = comp.table_view()
+    fmt = {k: v.format for k, v in table.formatters.items()}
+    assert fmt["last_score"] == fmt["best_score"] == "0.0" and fmt["parameters"] == fmt["steps"] == "0,0"
+    assert "K" not in fmt and "run" not in fmt
 
 
 def test_comparison_of_dema_dt_and_layouts(tiny_config):

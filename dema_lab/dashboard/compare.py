@@ -99,9 +99,42 @@ def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = F
         c = PALETTE[i % len(PALETTE)]
         layers.append(hv.Curve(part, "K", (y, ylabel), label=fam).opts(color=c))
         layers.append(hv.Scatter(part, "K", [(y, ylabel), "run"], label=fam).opts(color=c, size=9, tools=["hover"]))
+    # a linear axis starts at 0 (parameters and half-lives are sizes): equal values across K show
+    # as a flat line, not as noise around them on an axis of a few units
+    from bokeh.models import NumeralTickFormatter
+
+    top = float(df[y].max())
+    ylim = {} if logy else {"ylim": (0, top * 1.15 if top > 0 else 1)}
     return hv.Overlay(layers).opts(
-        title=title, width=width, height=height, logy=logy, show_grid=True, legend_position="top_left", toolbar="above"
+        title=title,
+        width=width,
+        height=height,
+        logy=logy,
+        show_grid=True,
+        legend_position="top_left" if logy else "bottom_right",
+        toolbar="above",
+        yformatter=NumeralTickFormatter(format="0.[0]a"),  # 99651 -> 99.7k, 6500000 -> 6.5m
+        **ylim,
     )
+
+
+def _number_formats(df: pd.DataFrame) -> dict:
+    """The runs table's number columns, readable: scores to 0.1, counts with thousands
+    separators, the other floats to 3 significant digits' worth."""
+    from bokeh.models.widgets.tables import NumberFormatter
+
+    out = {}
+    for col in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[col]) or col == "K":
+            continue
+        if col.endswith("_score"):
+            fmt = "0.0"
+        elif col in ("steps", "parameters", "forward_macs", "step_macs"):
+            fmt = "0,0"
+        else:
+            fmt = "0.00"
+        out[col] = NumberFormatter(format=fmt)
+    return out
 
 
 def _score_by_family(df: pd.DataFrame, title: str, width=430, height=300):
@@ -277,7 +310,7 @@ class SequenceComparison(pn.viewable.Viewer):
                 disabled=True,
                 sizing_mode="stretch_width",
                 height=220,
-                formatters={},
+                formatters=_number_formats(df),
                 titles=titles,
                 layout="fit_data_table",
             )
