@@ -40,6 +40,8 @@ def local_minari(tmp_path, monkeypatch):
         "dema/hopper-test-v0",
         buffers,
         env="Hopper-v5",
+        eval_env="Hopper-v5",
+        description="random Hopper episodes for dema-lab's Minari reader tests",
         algorithm_name="random",
         author="dema-lab tests",
         author_email="tests@example.com",

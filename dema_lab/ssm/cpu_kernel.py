@@ -304,6 +304,15 @@ def _load_tile(u, dr, db, A, D, z, softplus, has_z, b, d0, nw, c, uT, dtT, sgT, 
                 sgT[c, t, w] = one
 
 
+@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _pair_step(dtT, uT, gy, c, t, w):
+    """Step t of the backward's channel pair (w, w + 1): delta, delta * u and the output
+    gradient of each (the scalars its loops over the states broadcast)."""
+    dt0 = dtT[c, t, w]
+    dt1 = dtT[c, t, w + 1]
+    return dt0, dt1, dt0 * uT[c, t, w], dt1 * uT[c, t, w + 1], gy[c, t, w], gy[c, t, w + 1]
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
 def _forward(u, dr, db, A, B, C, D, z, softplus, has_z, out, last, uT, dtT, sgT, zT, yT, At, h, Dt, Bi, y, dtu, scale):
     # Vectorised over the W channels of a tile (the lanes): per step t and state n, B_t[n] and
@@ -463,12 +472,7 @@ def _backward(
                             hs[c, 1, 0, n] = zero
                         # recompute exp(delta_t A) and the states (and y, for dz); dC on the way
                         for t in range(L):
-                            dt0 = dtT[c, t, w]
-                            dt1 = dtT[c, t, w + 1]
-                            dtu0 = dt0 * uT[c, t, w]
-                            dtu1 = dt1 * uT[c, t, w + 1]
-                            gy0 = gy[c, t, w]
-                            gy1 = gy[c, t, w + 1]
+                            dt0, dt1, dtu0, dtu1, gy0, gy1 = _pair_step(dtT, uT, gy, c, t, w)
                             acc0 = zero
                             acc1 = zero
                             for n in range(npad):
@@ -492,12 +496,7 @@ def _backward(
                             gr[c, 0, n] = dlast[b, d, n] if has_dlast and n < nstate else zero
                             gr[c, 1, n] = dlast[b, d + 1, n] if has_dlast and two and n < nstate else zero
                         for t in range(L - 1, -1, -1):
-                            dt0 = dtT[c, t, w]
-                            dt1 = dtT[c, t, w + 1]
-                            dtu0 = dt0 * uT[c, t, w]
-                            dtu1 = dt1 * uT[c, t, w + 1]
-                            gy0 = gy[c, t, w]
-                            gy1 = gy[c, t, w + 1]
+                            dt0, dt1, dtu0, dtu1, gy0, gy1 = _pair_step(dtT, uT, gy, c, t, w)
                             aw0 = zero
                             aw1 = zero
                             ab0 = zero
