@@ -687,11 +687,14 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     def across(claim, runs_a, runs_b, label_a, label_b, score="score_transformer"):
         """A claim of "A at least as good as B": a difference within the noise holds."""
         if score not in runs_a or score not in runs_b:
-            out.append((claim, "not measured", f"needs {score} of {label_a} and {label_b}"))
+            what = _LABELS.get(score, score)  # "Transformer-like", "Transformer-like, best", ...
+            out.append((claim, "not measured", f"needs {what} scores of {label_a} runs and {label_b} runs"))
             return
         joined = runs_a[pair_key + [score]].merge(runs_b[pair_key + [score]], on=pair_key, suffixes=("_a", "_b"))
         if joined.empty:
-            out.append((claim, "not measured", f"needs runs of {label_a} and {label_b} with the same dataset, K, seed"))
+            out.append(
+                (claim, "not measured", f"needs {label_a} runs and {label_b} runs on the same dataset, K and seed")
+            )
             return
         a, b = joined[score + "_a"], joined[score + "_b"]
         verdict, evidence = paired_verdict(a - b)
@@ -729,8 +732,8 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
             f"No timestep embedding is needed (without scores at least as well) · {scoring}",
             b3[~b3.timestep_embedding],
             b3[b3.timestep_embedding],
-            "without",
-            "with",
+            "no-timestep-embedding",
+            "timestep-embedding",
             prefix + "transformer",
         )
     if "ablation_no_timestep" in dema and dema.ablation_no_timestep.notna().any():

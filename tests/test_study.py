@@ -143,6 +143,13 @@ def test_sweep_runs_resumes_skips_and_reports(tiny_config):
             f"{claim} · best checkpoint (the paper's scoring)",
             f"{claim} · last checkpoint (dema-lab's)",
         }
+    # a finding these runs cannot decide says which runs would
+    evidence = {f: e for f, _, e in rep.findings}
+    te = "No timestep embedding is needed (without scores at least as well) · last checkpoint (dema-lab's)"
+    assert verdicts[te] == "not measured"
+    assert (
+        evidence[te] == "needs no-timestep-embedding runs and timestep-embedding runs on the same dataset, K and seed"
+    )
     md = rep.to_markdown()
     assert md.startswith("# Sweep report (2 runs)") and "| paper's finding |" in md
     assert "last: the final checkpoint" in md and "Student-t interval" in md
