@@ -92,20 +92,14 @@ def matmul_peak(threads: int) -> float:
 SCAN_SIZE = dict(b=64, d=256, n=16, L=60)  # the scan rows' size (issue 5's benchmark size)
 
 
-def scan_inputs(**size):
-    """_common.scan_inputs at SCAN_SIZE unless given another size."""
-    from benchmarks._common import scan_inputs as make
-
-    return make(**(size or SCAN_SIZE))
-
-
 def bench_scan(repeat: int) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from benchmarks._common import scan_inputs
     from dema_lab.ssm import selective_scan, use_backend
 
-    x, w = scan_inputs()
+    x, w = scan_inputs(**SCAN_SIZE)
 
     def ours(backend, grad=True):
         def f():
@@ -324,9 +318,10 @@ def bench_accuracy() -> dict:
     small size."""
     import torch
 
+    from benchmarks._common import scan_inputs
     from dema_lab.ssm import selective_scan, use_backend
 
-    x, w = scan_inputs()
+    x, w = scan_inputs(**SCAN_SIZE)
     res = {}
     for name, dtype, backend in (("ref", torch.float64, "reference"), ("fast", torch.float32, "numba")):
         args = {k: v.detach().to(dtype).requires_grad_() for k, v in x.items()}
@@ -354,9 +349,10 @@ def bench_cuda(repeat: int) -> dict:
 
     if not torch.cuda.is_available():
         return {}
+    from benchmarks._common import scan_inputs
     from dema_lab.ssm import mamba_ssm_available, selective_scan, use_backend
 
-    x, w = scan_inputs()
+    x, w = scan_inputs(**SCAN_SIZE)
     xc = {k: v.detach().cuda().requires_grad_() for k, v in x.items()}
     wc = w.cuda()
 

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import NumeralTickFormatter
+from bokeh.models.widgets.tables import NumberFormatter
 
 from ..scoring import METHODS, headline
 from ..store import family_label
@@ -101,8 +103,6 @@ def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = F
         layers.append(hv.Scatter(part, "K", [(y, ylabel), "run"], label=fam).opts(color=c, size=9, tools=["hover"]))
     # a linear axis starts at 0 (parameters and half-lives are sizes): equal values across K show
     # as a flat line, not as noise around them on an axis of a few units
-    from bokeh.models import NumeralTickFormatter
-
     top = float(df[y].max())
     ylim = {} if logy else {"ylim": (0, top * 1.15 if top > 0 else 1)}
     return hv.Overlay(layers).opts(
@@ -120,9 +120,7 @@ def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = F
 
 def _number_formats(df: pd.DataFrame) -> dict:
     """The runs table's number columns, readable: scores to 0.1, counts with thousands
-    separators, the other floats to 3 significant digits' worth."""
-    from bokeh.models.widgets.tables import NumberFormatter
-
+    separators, the other numbers (seconds, steps/s, half-lives) to 0.01; K as it is."""
     out = {}
     for col in df.columns:
         if not pd.api.types.is_numeric_dtype(df[col]) or col == "K":
