@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 
 from dema_lab.data import QUALITIES, WindowSampler, build_dataset, load_d4rl, load_policy_set, normalized_score
-from dema_lab.data.policy import policy_path
+from dema_lab.data.generate.policy import policy_path
 
 
 def main() -> int:

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def sequential(model, env_name, targets, episodes, mode, max_steps, seed=0):
     """The pre-issue-16 loop of rollout.evaluate for unrecorded episodes (returns by (target, episode))."""
-    from dema_lab.envs import make_env
+    from dema_lab.envs.spec import make_env
+    from dema_lab.evaluation.rollout import rollout_steps, single_threaded
     from dema_lab.models import Policy
-    from dema_lab.rollout import rollout_steps, single_threaded
 
     out = np.zeros((len(targets), episodes))
     with single_threaded():
@@ -54,7 +54,7 @@ def sequential(model, env_name, targets, episodes, mode, max_steps, seed=0):
 
 
 def batched(model, env_name, targets, episodes, mode, max_steps, seed=0, threads=None):
-    from dema_lab.rollout import evaluate
+    from dema_lab.evaluation.rollout import evaluate
 
     res, _ = evaluate(
         model,
@@ -79,7 +79,7 @@ def cpu_busy():
 
 def main(argv=None) -> None:
     from dema_lab.models import build_model
-    from dema_lab.train import TrainConfig
+    from dema_lab.training.trainer import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200, help="max steps per episode")

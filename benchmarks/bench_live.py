@@ -85,8 +85,8 @@ def _checkpoint(store: str, run: str) -> tuple[str, str, int, dict]:
 
     index = StoreIndex(store)
     if run not in index.run_ids() or not index.info(run).checkpoints:
-        from dema_lab.demo import DEMO_CONFIG
-        from dema_lab.train import train
+        from dema_lab.study.demo import DEMO_CONFIG
+        from dema_lab.training.trainer import train
 
         store = str(Path(tempfile.mkdtemp(prefix="bench-live-")) / "store")
         run = "bench-live-K20"

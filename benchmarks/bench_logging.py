@@ -27,9 +27,9 @@ def dir_size(path: Path) -> tuple[int, int]:
 
 
 def main(argv=None) -> None:
+    from dema_lab.evaluation.rollout import evaluate, rollout_encoding
     from dema_lab.models import ModelConfig, build_model
-    from dema_lab.rollout import evaluate, rollout_encoding
-    from dema_lab.store import RunStore
+    from dema_lab.store.zarr_store import RunStore
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=300)

@@ -32,7 +32,7 @@ BEGIN, END = "<!-- bench_scan: begin -->", "<!-- bench_scan: end -->"
 
 
 def _scan_function(kernel_module):
-    """scan._NumbaScan's autograd Function, calling `kernel_module` (the new or the legacy kernel)."""
+    """scan.NumbaScan's autograd Function, calling `kernel_module` (the new or the legacy kernel)."""
     import torch
 
     class Scan(torch.autograd.Function):
@@ -61,15 +61,16 @@ class legacy_kernel:
 
     def __enter__(self):
         import benchmarks._legacy_cpu_kernel as legacy
+
         from dema_lab.ssm import scan
 
-        self._saved = scan._NumbaScan
-        scan._NumbaScan = _scan_function(legacy)
+        self._saved = scan.NumbaScan
+        scan.NumbaScan = _scan_function(legacy)
 
     def __exit__(self, *exc):
         from dema_lab.ssm import scan
 
-        scan._NumbaScan = self._saved
+        scan.NumbaScan = self._saved
 
 
 def bench_scan(repeat: int, b=64, d=128, n=64, L=60, full=True) -> dict:
@@ -186,9 +187,10 @@ def measure(quick: bool) -> dict:
 
     torch.set_num_threads(THREADS)
     import benchmarks._legacy_cpu_kernel as legacy
+
     from benchmarks._common import machine
     from benchmarks.run_all import busy_fraction_since, load_probe, matmul_peak, train_flops
-    from dema_lab.ssm import cpu_kernel
+    from dema_lab.ssm.kernels import scan_cpu as cpu_kernel
 
     cpu_kernel.warm_up()
     legacy.warm_up()

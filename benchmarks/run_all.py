@@ -216,8 +216,8 @@ def bench_inference(steps: int) -> dict:
     import numpy as np
     import torch
 
+    from dema_lab.evaluation.rollout import single_threaded
     from dema_lab.models import ModelConfig, Policy, build_model
-    from dema_lab.rollout import single_threaded
 
     with single_threaded():
         return _bench_inference(steps, np, torch, ModelConfig, Policy, build_model)
@@ -270,7 +270,7 @@ def bench_attention(repeat: int) -> dict:
     """Hidden attention of one rollout step at the demo config: all layers over the context
     window (K 10, 30 tokens), batch 1, as the dashboards ask for it; fast kernel vs the
     segment-sum reference. Single-threaded, as evaluation runs."""
-    from dema_lab.rollout import single_threaded
+    from dema_lab.evaluation.rollout import single_threaded
 
     with single_threaded():
         return _bench_attention(repeat)

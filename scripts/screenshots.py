@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "dema_lab.cli", "serve", "--store", args.store, "--port", str(port)],
+        [sys.executable, "-m", "dema_lab.cli.main", "serve", "--store", args.store, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         env={**os.environ, "TQDM_DISABLE": "1"},

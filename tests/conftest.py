@@ -7,6 +7,18 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+BROWSER_FIXTURES = {"browser", "page"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers by what a test uses: a browser fixture makes it `browser`, tests/notebooks/ `notebook`."""
+    for item in items:
+        if BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.browser)
+        if "notebooks" in item.path.parts:
+            item.add_marker(pytest.mark.notebook)
+
+
 @pytest.fixture
 def seed():
     torch.manual_seed(0)
@@ -42,6 +54,6 @@ TINY_RUN = dict(
 @pytest.fixture
 def tiny_config(hopper_small, tmp_path):
     """A TrainConfig that trains, evaluates and logs in a few seconds."""
-    from dema_lab.train import TrainConfig
+    from dema_lab.training.trainer import TrainConfig
 
     return TrainConfig(dataset=str(hopper_small), store=str(tmp_path / "store"), steps=20, run_id="tiny", **TINY_RUN)

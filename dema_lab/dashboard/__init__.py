@@ -1,4 +1,6 @@
-"""Panel dashboards over a dema-lab run store (issue 6).
+"""Panel dashboards over a dema-lab run store: one folder per page, common/ for what they share.
+
+The top layer, beside cli: it may import every package below it.
 
 Components (param.Parameterized / pn.viewable.Viewer; display them in a notebook after
 ``pn.extension()``, or serve them):
@@ -18,27 +20,27 @@ Components (param.Parameterized / pn.viewable.Viewer; display them in a notebook
 
 import importlib
 
-# where each name lives; imported when first used, so that `from dema_lab.dashboard.explorer_state
-# import ExplorerState` (or .data, .live_state) imports neither Panel nor HoloViews
+# where each name lives; imported when first used, so that `from dema_lab.dashboard.explorer.state
+# import ExplorerState` (or common.data, live.state) imports neither Panel nor HoloViews
 _WHERE = {
-    "EmptyStorePage": "app",
+    "EmptyStorePage": "empty_store.page",
     "attention_app": "app",
     "compare_app": "app",
     "live_app": "app",
-    "serve": "app",
+    "serve": "server",
     "study_app": "app",
-    "SequenceComparison": "compare",
-    "runs_table": "compare",
-    "AttentionReplayer": "data",
-    "EpisodeData": "data",
-    "RunInfo": "data",
-    "StoreIndex": "data",
-    "AttentionExplorer": "explorer",
-    "ExplorerState": "explorer_state",
-    "LiveRollout": "live",
-    "LiveState": "live_state",
-    "RolloutWorker": "live_state",
-    "StudyReport": "study",
+    "SequenceComparison": "compare.view",
+    "runs_table": "compare.view",
+    "AttentionReplayer": "common.data",
+    "EpisodeData": "common.data",
+    "RunInfo": "common.data",
+    "StoreIndex": "common.data",
+    "AttentionExplorer": "explorer.view",
+    "ExplorerState": "explorer.state",
+    "LiveRollout": "live.view",
+    "LiveState": "live.state",
+    "RolloutWorker": "live.state",
+    "StudyReport": "study.view",
 }
 
 

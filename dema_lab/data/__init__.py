@@ -1,5 +1,7 @@
 """Offline RL datasets for dema-lab: one trajectory interface for every source.
 
+sources/ reads files, generate/ builds the embedded datasets; may import common and envs.
+
 Sources
     load_d4rl(path)          D4RL-layout HDF5 files (validated, split into episodes)
     load_minari(id)          local Minari datasets (optional extra)
@@ -11,10 +13,8 @@ Training
     normalized_score         D4RL's 0-100 normalized score
 """
 
-from dema_lab.data.builder import BUILDER_VERSION, DEFAULT_TRANSITIONS, QUALITIES, build_dataset
-from dema_lab.data.d4rl import load_d4rl, split_episodes, write_d4rl
-from dema_lab.data.minari_source import load_minari
-from dema_lab.data.policy import LinearPolicy, PolicySet, load_policy_set, policy_path
+from dema_lab.data.generate.builder import BUILDER_VERSION, DEFAULT_TRANSITIONS, QUALITIES, build_dataset
+from dema_lab.data.generate.policy import LinearPolicy, PolicySet, load_policy_set, policy_path
 from dema_lab.data.registry import (
     DEFAULT_DATASET,
     data_dir,
@@ -25,6 +25,8 @@ from dema_lab.data.registry import (
     load_dataset,
 )
 from dema_lab.data.scores import REF_SCORES, normalized_score, reference_scores
+from dema_lab.data.sources.d4rl import load_d4rl, split_episodes, write_d4rl
+from dema_lab.data.sources.minari import load_minari
 from dema_lab.data.trajectory import DatasetError, Trajectory, TrajectoryDataset
 from dema_lab.data.windows import ReturnScale, WindowSampler, flat_returns_to_go
 

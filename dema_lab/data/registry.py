@@ -6,9 +6,9 @@ A spec is one of
                              shipped policies into the cache dir, reused after
     path/to/file.hdf5        a D4RL-layout file
     minari:<dataset id>      a dataset in the local Minari directory
-    breakout-mixed           an embedded Atari dataset (:mod:`dema_lab.data.atari`), built likewise
+    breakout-mixed           an embedded Atari dataset (:mod:`dema_lab.data.generate.atari`), built likewise
     dqn-replay:<folder>      a DQN-Replay run folder (``<Game>/<run>/replay_logs``), read with
-                             :mod:`dema_lab.data.dqn_replay`
+                             :mod:`dema_lab.data.sources.dqn_replay`
 
 The cache dir is ``$DEMA_LAB_DATA`` or ``~/.cache/dema-lab/datasets``. A
 cached file is rebuilt when the builder version or the policy weights it was
@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dema_lab.data import builder
-from dema_lab.data.builder import BUILDER_VERSION, QUALITIES, build_dataset
-from dema_lab.data.d4rl import load_d4rl
-from dema_lab.data.policy import policy_path
+from dema_lab.data.generate import builder
+from dema_lab.data.generate.builder import BUILDER_VERSION, QUALITIES, build_dataset
+from dema_lab.data.generate.policy import policy_path
+from dema_lab.data.sources.d4rl import load_d4rl
 from dema_lab.data.trajectory import DatasetError, TrajectoryDataset
-from dema_lab.envs import ENV_SPECS
+from dema_lab.envs.spec import ENV_SPECS
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -50,9 +50,9 @@ def data_dir() -> Path:
 
 def qualities_for(env: str) -> tuple[str, ...]:
     """The qualities the builder makes for an env: the MuJoCo suite's, or the Atari games' that
-    have a behaviour policy (:mod:`dema_lab.data.atari`)."""
+    have a behaviour policy (:mod:`dema_lab.data.generate.atari`)."""
     if ENV_SPECS[env].kind == "atari":
-        from dema_lab.data.atari import ATARI_POLICIES, ATARI_QUALITIES
+        from dema_lab.data.generate.atari import ATARI_POLICIES, ATARI_QUALITIES
 
         return ATARI_QUALITIES if env in ATARI_POLICIES else ()
     return QUALITIES
@@ -81,7 +81,7 @@ def is_atari_spec(spec: str) -> bool:
 def _default_transitions(name: str) -> int:
     parsed = parse_embedded(name)
     if parsed is not None and ENV_SPECS[parsed[0]].kind == "atari":
-        from dema_lab.data.atari import ATARI_DEFAULT_TRANSITIONS
+        from dema_lab.data.generate.atari import ATARI_DEFAULT_TRANSITIONS
 
         return ATARI_DEFAULT_TRANSITIONS
     return builder.DEFAULT_TRANSITIONS
@@ -95,11 +95,11 @@ def embedded_path(name: str, seed: int = 0, transitions: int | None = None) -> P
     return data_dir() / f"{name}{suffix}.hdf5"
 
 
-def _is_current(path: Path, env: str, quality: str) -> bool:
+def is_current(path: Path, env: str, quality: str) -> bool:
     """True if the cached file exists and was built by this builder from these weights."""
     import h5py
 
-    from dema_lab.data.builder import _file_digest
+    from dema_lab.data.generate.builder import file_digest
 
     try:
         with h5py.File(path, "r") as f:
@@ -111,10 +111,10 @@ def _is_current(path: Path, env: str, quality: str) -> bool:
     if isinstance(digest, bytes):
         digest = digest.decode()
     if ENV_SPECS[env].kind == "atari":
-        from dema_lab.data.atari import ATARI_BUILDER_VERSION, ATARI_POLICY_REVISIONS
+        from dema_lab.data.generate.atari import ATARI_BUILDER_VERSION, ATARI_POLICY_REVISIONS
 
         return version == ATARI_BUILDER_VERSION and revision == ATARI_POLICY_REVISIONS.get(env, 1)
-    want = "" if quality == "random" else _file_digest(policy_path(env))
+    want = "" if quality == "random" else file_digest(policy_path(env))
     return version == BUILDER_VERSION and digest == want
 
 
@@ -125,7 +125,7 @@ def ensure_embedded(name: str, seed: int = 0, transitions: int | None = None, pr
         raise DatasetError(f"{name!r} is not an embedded dataset; choose one of {', '.join(embedded_names())}")
     env, quality = parsed
     path = embedded_path(name, seed, transitions)
-    if not _is_current(path, env, quality):
+    if not is_current(path, env, quality):
         if progress:
             print(f"building {name} into {path} (once; reused afterwards)", flush=True)
         build_dataset(env, quality, path, seed=seed, transitions=transitions, progress=progress)
@@ -141,11 +141,11 @@ def load_dataset(spec, env: str | None = None, progress: bool = True) -> Traject
     if not isinstance(spec, str) or not spec:
         raise DatasetError(f"dataset spec must be a name, path or minari:<id>, got {spec!r}")
     if spec.startswith("minari:"):
-        from dema_lab.data.minari_source import load_minari
+        from dema_lab.data.sources.minari import load_minari
 
         return load_minari(spec[len("minari:") :], env=env)
     if spec.startswith("dqn-replay:"):
-        from dema_lab.data.dqn_replay import load_dqn_replay
+        from dema_lab.data.sources.dqn_replay import load_dqn_replay
 
         return load_dqn_replay(spec[len("dqn-replay:") :], env=env)
     parsed = parse_embedded(spec)
@@ -171,7 +171,7 @@ def list_datasets() -> list[dict]:
                 "name": name,
                 "path": str(path),
                 "cached": path.exists(),
-                "current": path.exists() and _is_current(path, env, quality),
+                "current": path.exists() and is_current(path, env, quality),
                 "policy": ENV_SPECS[env].kind == "atari" or policy_path(env).exists() or quality == "random",
             }
         )

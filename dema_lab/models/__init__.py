@@ -1,20 +1,24 @@
-"""Decision Mamba and the Decision Transformer baseline, with one data interface."""
+"""Decision Mamba and the Decision Transformer baseline, with one data interface: configs, the
+models, the policies that act with them, their cost, and checkpoint files (official/ reads the
+official code's). May import common and ssm only: data and envs come in as arguments."""
 
-from .base import TrajectoryModel
-from .checkpoint import Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint, load_weights, save_checkpoint
-from .config import ARCHS, LAYOUTS, ModelConfig
-from .cost import cost_summary, count_parameters, forward_macs, step_macs
-from .dema import DecisionMamba
-from .dt import DecisionTransformer
-from .init import official_init
-from .official import OfficialCheckpointError, UnsafeCheckpointError, import_official
-from .policy import MODES, BatchPolicy, Policy
-
-
-def build_model(cfg: ModelConfig) -> TrajectoryModel:
-    """The model a config describes."""
-    return DecisionMamba(cfg) if cfg.arch == "dema" else DecisionTransformer(cfg)
-
+from dema_lab.models.base import TrajectoryModel
+from dema_lab.models.build import build_model
+from dema_lab.models.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_bytes,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from dema_lab.models.config import ARCHS, LAYOUTS, ModelConfig
+from dema_lab.models.cost import cost_summary, count_parameters, forward_macs, step_macs
+from dema_lab.models.dema import DecisionMamba
+from dema_lab.models.dt import DecisionTransformer
+from dema_lab.models.init import official_init
+from dema_lab.models.official.unpickler import OfficialCheckpointError, UnsafeCheckpointError
+from dema_lab.models.policy import MODES, BatchPolicy, Policy
 
 __all__ = [
     "ARCHS",
@@ -32,7 +36,6 @@ __all__ = [
     "Policy",
     "TrajectoryModel",
     "build_model",
-    "import_official",
     "official_init",
     "cost_summary",
     "count_parameters",

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ssm import aggregate_channels
-from .config import ModelConfig
-from .embedding import TrajectoryEmbedding
+from dema_lab.models.config import ModelConfig
+from dema_lab.models.embedding import TrajectoryEmbedding
+from dema_lab.ssm import aggregate_channels
 
 
 class TrajectoryModel(nn.Module):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from dema_lab.models.build import build_model
+from dema_lab.models.config import ModelConfig
 
 FORMAT = "dema-lab-checkpoint"
 VERSION = 1
@@ -147,8 +148,6 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
     """Rebuild the model from a checkpoint (a path, or bytes from the run store) on
     `map_location`. With `expect`, also check that it has that architecture and config."""
     from safetensors.torch import load
-
-    from . import build_model
 
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     path = None if is_bytes else Path(source)
@@ -298,8 +297,7 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     (from its MACs per env step and its embedding tables) to be small is built on the CPU, with
     the global RNG left as it was; a larger one on the meta device (shapes only, no memory), which
     costs a few seconds the first time in a process (torch imports its compiler stack there)."""
-    from . import build_model
-    from .cost import forward_macs
+    from dema_lab.models.cost import forward_macs
 
     estimate = 4 * (forward_macs(config, 1) + (config.max_ep_len + 1) * max(config.d_model, config.embed_dim))
     if estimate <= SMALL_MODEL_BYTES:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from .config import ModelConfig
+from dema_lab.models.build import build_model
+from dema_lab.models.config import ModelConfig
 
 
 def _cnn_macs(obs_shape, width: int) -> int:
@@ -84,7 +85,6 @@ def step_macs(cfg: ModelConfig, mode: str = "transformer") -> int:
 
 def count_parameters(cfg_or_model) -> int:
     """Trainable parameters of a model, or of the model a config builds."""
-    from . import build_model
 
     model = build_model(cfg_or_model) if isinstance(cfg_or_model, ModelConfig) else cfg_or_model
     return sum(p.numel() for p in model.parameters())

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ssm import Mamba, MambaState
-from .base import TrajectoryModel
-from .config import ModelConfig
+from dema_lab.models.base import TrajectoryModel
+from dema_lab.models.config import ModelConfig
+from dema_lab.ssm import Mamba, MambaState
 
 
 class Block(nn.Module):

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TrajectoryModel
-from .config import ModelConfig
+from dema_lab.models.base import TrajectoryModel
+from dema_lab.models.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):

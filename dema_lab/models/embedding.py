@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .cnn import NatureCNN
-from .config import ModelConfig
+from dema_lab.models.cnn import NatureCNN
+from dema_lab.models.config import ModelConfig
 
 
 class DiscreteActionEmbedding(nn.Sequential):

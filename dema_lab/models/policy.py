@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..ssm import aggregate_channels
-from .base import TrajectoryModel
+from dema_lab.models.base import TrajectoryModel
+from dema_lab.ssm import aggregate_channels
 
 MODES = ("transformer", "rnn")
 

@@ -1,6 +1,7 @@
-"""Selective state-space layers: the scan, its hidden attention and the Mamba mixer."""
+"""Selective state-space layers: the scan, its hidden attention and the Mamba mixer (kernels/
+holds the compiled CPU code). May import common only."""
 
-from .hidden_attention import (
+from dema_lab.ssm.hidden_attention import (
     AGGREGATIONS,
     aggregate_channels,
     apply_attention,
@@ -8,8 +9,15 @@ from .hidden_attention import (
     hidden_attention_row,
     segsum,
 )
-from .mamba import Mamba, MambaState
-from .scan import BACKENDS, backend_for, mamba_ssm_available, selective_scan, selective_scan_ref, use_backend
+from dema_lab.ssm.mamba import Mamba, MambaState
+from dema_lab.ssm.scan import (
+    BACKENDS,
+    backend_for,
+    mamba_ssm_available,
+    selective_scan,
+    selective_scan_ref,
+    use_backend,
+)
 
 __all__ = [
     "AGGREGATIONS",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .scan import _as_grouped, effective_delta, skip_and_gate
+from dema_lab.ssm.scan import as_grouped, effective_delta, skip_and_gate
 
 AGGREGATIONS = ("minmax", "abs", "mean")
 
@@ -46,7 +46,7 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
     many channels at a time.
 
     impl: "segsum" is the reference (torch, differentiable, any device); "numba" the compiled
-    CPU kernel of dema_lab.ssm.attention_kernel (same segment sums, accumulated per source
+    CPU kernel of dema_lab.ssm.kernels.attention_cpu (same segment sums, accumulated per source
     token, without the (b, d, n, L, L) intermediate; not differentiable); "auto" (default)
     takes the kernel for CPU tensors when no gradient is being recorded, else the reference.
     """
@@ -56,15 +56,15 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False, chun
     delta = effective_delta(delta, delta_bias, delta_softplus, compute)
     batch, dim, L = delta.shape
     A = A.to(compute)
-    Bg = _as_grouped(B, delta).to(compute)  # (b, g, n, L)
-    Cg = _as_grouped(C, delta).to(compute)
+    Bg = as_grouped(B, delta).to(compute)  # (b, g, n, L)
+    Cg = as_grouped(C, delta).to(compute)
     if impl == "auto":
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (delta, A, Bg, Cg))
         impl = "numba" if delta.device.type == "cpu" and not recording else "segsum"
     if impl == "numba":
         if delta.device.type != "cpu":
             raise RuntimeError(f"hidden-attention impl 'numba' runs on CPU only, tensors are on {delta.device}")
-        from . import attention_kernel
+        from dema_lab.ssm.kernels import attention_cpu as attention_kernel
 
         with torch.no_grad():
             return attention_kernel.alpha(delta, A, Bg, Cg)
@@ -93,8 +93,8 @@ def hidden_attention_row(delta, A, B, C, row: int = -1, delta_bias=None, delta_s
     batch, dim, L = delta.shape
     i = row % L
     A = A.to(compute)
-    Bg = _as_grouped(B, delta).to(compute)  # (b, g, n, L)
-    Cg = _as_grouped(C, delta).to(compute)
+    Bg = as_grouped(B, delta).to(compute)  # (b, g, n, L)
+    Cg = as_grouped(C, delta).to(compute)
     g_idx = torch.arange(dim, device=delta.device) // (dim // Bg.shape[1])
     d = delta[..., : i + 1]  # (b, dim, i+1)
     # suffix[j] = sum_{k=j+1..i} delta_k: reverse cumulative sum of delta_{1..i}, then 0 at j = i

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .hidden_attention import hidden_attention, hidden_attention_row
-from .scan import selective_scan
+from dema_lab.ssm.hidden_attention import hidden_attention, hidden_attention_row
+from dema_lab.ssm.scan import selective_scan
 
 
 @dataclass

@@ -11,7 +11,7 @@ with delta = softplus(delta + delta_bias) when asked. Layout, as in mamba_ssm:
 
 Backends (see `backend_for` / `use_backend`):
     "cuda"      mamba_ssm's fused kernels (CUDA tensors, mamba_ssm importable)
-    "numba"     the project's compiled CPU kernel (dema_lab.ssm.cpu_kernel): default on CPU
+    "numba"     the project's compiled CPU kernel (dema_lab.ssm.kernels.scan_cpu): default on CPU
     "torch"     a PyTorch autograd Function with a hand-written reverse-time backward;
                 runs on any device, the fallback on CUDA without mamba_ssm
     "reference" plain autograd through a per-step loop; the float64 reference for tests
@@ -123,12 +123,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
     if backend == "numba":  # softplus, D and the gate are fused into the kernels
         cast = lambda t: None if t is None else t.to(compute)  # noqa: E731
-        out, last_state = _NumbaScan.apply(
+        out, last_state = NumbaScan.apply(
             cast(u),
             cast(delta),
             cast(A),
-            cast(_as_grouped(B, u)),
-            cast(_as_grouped(C, u)),
+            cast(as_grouped(B, u)),
+            cast(as_grouped(C, u)),
             cast(D),
             cast(z),
             cast(delta_bias),
@@ -137,7 +137,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         out = out.to(dtype_in)
         return (out, last_state) if return_last_state else out
     u_c, delta_c = u.to(compute), effective_delta(delta, delta_bias, delta_softplus, compute)
-    Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)
+    Bg, Cg = as_grouped(B, u).to(compute), as_grouped(C, u).to(compute)
     y, last_state = _TorchScan.apply(u_c, delta_c, A.to(compute), Bg, Cg)
     out = skip_and_gate(y, u_c, D, z).to(dtype_in)
     return (out, last_state) if return_last_state else out
@@ -153,7 +153,7 @@ def selective_scan_ref(
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
     u, delta = u.to(compute), effective_delta(delta, delta_bias, delta_softplus, compute)
-    Bg, Cg = _as_grouped(B, u).to(compute), _as_grouped(C, u).to(compute)  # (b, g, n, L)
+    Bg, Cg = as_grouped(B, u).to(compute), as_grouped(C, u).to(compute)  # (b, g, n, L)
     batch, dim, L = u.shape
     heads = dim // Bg.shape[1]
     Bd = Bg.repeat_interleave(heads, dim=1)  # (b, d, n, L)
@@ -220,7 +220,7 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
 
 
-def _as_grouped(M, u):
+def as_grouped(M, u):
     """B or C as (batch, groups, d_state, L). A constant (d_inner, d_state) matrix becomes
     one group per channel, broadcast over batch and time."""
     batch, dim, L = u.shape
@@ -234,7 +234,7 @@ def _as_grouped(M, u):
 # ----------------------------------------------------------------------------- the CPU kernel
 
 
-class _NumbaScan(torch.autograd.Function):
+class NumbaScan(torch.autograd.Function):
     """out = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus) on CPU with the
     fused compiled kernels of cpu_kernel (softplus, D skip and silu gate included).
 
@@ -245,7 +245,7 @@ class _NumbaScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        from . import cpu_kernel
+        from dema_lab.ssm.kernels import scan_cpu as cpu_kernel
 
         # u, delta, z: (b, d, L); A: (d, n); B, C: (b, g, n, L) -> kernel layout (b, g, L, n)
         # u, delta, z are read in place when contiguous or transposed views of (b, L, d)
@@ -263,7 +263,7 @@ class _NumbaScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        from . import cpu_kernel
+        from dema_lab.ssm.kernels import scan_cpu as cpu_kernel
 
         u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
         if dout is None:

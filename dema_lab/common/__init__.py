@@ -1,0 +1,4 @@
+"""Building blocks every layer shares: typed config values (parse_value, truthy, ConfigError).
+
+The lowest layer: it may import only the standard library.
+"""

@@ -1,0 +1,354 @@
+"""Sequence-length comparison: runs that differ in K (and layout, timestep embedding, DeMa vs DT).
+
+runs_table(index)            one row per readable run (pandas DataFrame) and the unreadable ones
+SequenceComparison(store)    score (last and best checkpoint, dema_lab.analysis.scoring), parameters /
+                             MACs, training time, decay curves and half-life against K, one
+                             line per family of runs
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from bokeh.models import NumeralTickFormatter
+from bokeh.models.widgets.tables import NumberFormatter
+
+from dema_lab.analysis.runs import family_label
+from dema_lab.analysis.scoring import METHODS, headline
+from dema_lab.dashboard.common.data import StoreIndex, friendly_error
+from dema_lab.dashboard.common.views import PALETTE
+
+
+def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFrame, dict[str, str]]:
+    """One row per readable run: K, family, its scores in `mode` (the run's headline mode when it
+    was not evaluated in `mode`) at the last and at the best checkpoint (dema_lab.analysis.scoring:
+    mean over targets; best per target), cost, time, half-life (layer mean, state tokens).
+    Unreadable runs come back as {run_id: message}."""
+    rows, bad = [], {}
+    ids = index.run_ids()
+    bad.update({r: f"its metadata cannot be read ({m})" for r, m in index.unreadable.items()})
+    for run_id in ids:
+        try:
+            info = index.info(run_id)
+            run = index.run(run_id)
+            cfg, prov = info.config, info.provenance
+            scores = headline(run.evals(), mode)
+            decay = run.decay()
+            half = np.nan
+            if "half_life_steps" in decay and decay.sizes.get("checkpoint"):
+                hl = decay["half_life_steps"].isel(checkpoint=-1)
+                kind = "s" if "s" in hl["query_kind"].values else hl["query_kind"].values[0]
+                vals = hl.sel(query_kind=kind).values
+                vals = vals[np.isfinite(vals)]
+                half = float(np.median(vals)) if vals.size else np.nan
+            metrics = run.train_metrics()
+            sps = float(np.nanmedian(metrics["steps_per_second"].values)) if "steps_per_second" in metrics else np.nan
+            macs = prov.get("step_macs", {}) or {}
+            rows.append(
+                dict(
+                    run=run_id,
+                    family=family_label(
+                        cfg.get("arch", ""),
+                        cfg.get("layout", ""),
+                        prov.get("timestep_embedding", cfg.get("timestep_embedding")),
+                    ),
+                    K=int(cfg.get("K", 0)),
+                    arch=cfg.get("arch", ""),
+                    layout=cfg.get("layout", ""),
+                    status=info.status,
+                    steps=info.steps_done,
+                    last_score=scores["last"],
+                    best_score=scores["best"],
+                    parameters=float(prov.get("parameters", np.nan)),
+                    forward_macs=float(prov.get("forward_macs", np.nan)),
+                    step_macs=float(macs.get(mode, next(iter(macs.values()), np.nan)) if macs else np.nan),
+                    train_seconds=info.wall_seconds,
+                    steps_per_second=sps,
+                    half_life_steps=half,
+                )
+            )
+        except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
+            bad[run_id] = friendly_error(e)
+    cols = [
+        "run",
+        "family",
+        "K",
+        "arch",
+        "layout",
+        "status",
+        "steps",
+        "last_score",
+        "best_score",
+        "parameters",
+        "forward_macs",
+        "step_macs",
+        "train_seconds",
+        "steps_per_second",
+        "half_life_steps",
+    ]
+    return pd.DataFrame(rows, columns=cols).sort_values(["family", "K"]).reset_index(drop=True), bad
+
+
+def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = False, width=430, height=300):
+    if df.empty or df[y].isna().all():
+        return hv.Curve([], "K", y).opts(title=f"{title} (no data yet)", width=width, height=height)
+    layers = []
+    for i, (fam, part) in enumerate(df.dropna(subset=[y]).groupby("family", sort=True)):
+        part = part.sort_values("K")
+        c = PALETTE[i % len(PALETTE)]
+        layers.append(hv.Curve(part, "K", (y, ylabel), label=fam).opts(color=c))
+        layers.append(hv.Scatter(part, "K", [(y, ylabel), "run"], label=fam).opts(color=c, size=9, tools=["hover"]))
+    # a linear axis starts at 0 (parameters and half-lives are sizes): equal values across K show
+    # as a flat line, not as noise around them on an axis of a few units
+    top = float(df[y].max())
+    ylim = {} if logy else {"ylim": (0, top * 1.15 if top > 0 else 1)}
+    return hv.Overlay(layers).opts(
+        title=title,
+        width=width,
+        height=height,
+        logy=logy,
+        show_grid=True,
+        legend_position="top_left" if logy else "bottom_right",
+        toolbar="above",
+        yformatter=NumeralTickFormatter(format="0.[0]a"),  # 99651 -> 99.7k, 6500000 -> 6.5m
+        **ylim,
+    )
+
+
+def _number_formats(df: pd.DataFrame) -> dict:
+    """The runs table's number columns, readable: scores to 0.1, counts with thousands
+    separators, the other numbers (seconds, steps/s, half-lives) to 0.01; K as it is."""
+    out = {}
+    for col in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[col]) or col == "K":
+            continue
+        if col.endswith("_score"):
+            fmt = "0.0"
+        elif col in ("steps", "parameters", "forward_macs", "step_macs"):
+            fmt = "0,0"
+        else:
+            fmt = "0.00"
+        out[col] = NumberFormatter(format=fmt)
+    return out
+
+
+def _score_by_family(df: pd.DataFrame, title: str, width=430, height=300):
+    """last_score (solid) and best_score (dashed) against K, one colour per family."""
+    cols = [f"{m}_score" for m in METHODS]
+    if df.empty or df[cols].isna().all().all():
+        return hv.Curve([], "K", "last_score").opts(title=f"{title} (no data yet)", width=width, height=height)
+    layers = []
+    for i, (fam, part) in enumerate(df.groupby("family", sort=True)):
+        c = PALETTE[i % len(PALETTE)]
+        for m, dash in zip(METHODS, ("solid", "dashed")):
+            p = part.dropna(subset=[f"{m}_score"]).sort_values("K").rename(columns={f"{m}_score": "score"})
+            if p.empty:
+                continue
+            label = f"{fam} · {m}"
+            layers.append(hv.Curve(p, "K", ("score", "normalized score"), label=label).opts(color=c, line_dash=dash))
+            layers.append(
+                hv.Scatter(p, "K", [("score", "normalized score"), "run"], label=label).opts(
+                    color=c,
+                    size=9 if m == "last" else 6,
+                    tools=["hover"],
+                    marker="circle" if m == "last" else "triangle",
+                )
+            )
+    return hv.Overlay(layers).opts(
+        title=title, width=width, height=height, show_grid=True, legend_position="top_left", toolbar="above"
+    )
+
+
+class SequenceComparison(pn.viewable.Viewer):
+    """How the context length K (and the architecture variants) change score, cost and memory."""
+
+    runs = param.ListSelector(default=[], objects=[], doc="runs compared (default: all readable ones)")
+    mode = param.Selector(objects=["transformer", "rnn"], default="transformer", doc="inference mode of scores/MACs")
+    layer = param.Selector(objects=["mean"], default="mean", doc="layer of the decay curves")
+    query_kind = param.Selector(objects=["s", "R", "a", "t"], default="s", doc="query tokens of the decay curves")
+    message = param.String(default="")
+
+    def __init__(self, store="store", presentation: bool = False, **params):
+        self.index = store if isinstance(store, StoreIndex) else StoreIndex(store)
+        self.presentation = presentation
+        super().__init__(**params)
+        self.refresh()
+
+    def refresh(self):
+        try:
+            df, bad = runs_table(self.index, self.mode)
+        except Exception as e:  # noqa: BLE001
+            df, bad = pd.DataFrame(columns=["run", "family", "K"]), {"(store)": friendly_error(e)}
+        self._all, self.bad = df, bad
+        ids = list(df["run"]) if not df.empty else []
+        self.param.runs.objects = ids
+        self.runs = [r for r in self.runs if r in ids] or ids
+        layers = ["mean"]
+        for r in ids:
+            try:
+                d = self.index.run(r).decay()
+                layers = ["mean"] + [int(x) for x in d["layer"].values] if "layer" in d.dims else layers
+                break
+            except Exception:  # noqa: BLE001
+                continue
+        self.param.layer.objects = layers
+        self.message = "\n\n".join(f"Run **{r}** cannot be read: {m}" for r, m in bad.items())
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self._all[self._all["run"].isin(self.runs)] if not self._all.empty else self._all
+
+    def _size(self):
+        return (540, 370) if self.presentation else (395, 290)
+
+    @param.depends("runs", "mode")
+    def score_plot(self):
+        """Normalized score against K per family: the last checkpoint (solid) and the best
+        (dashed), side by side."""
+        w, h = self._size()
+        return _score_by_family(
+            self.table, f"Normalized score vs K ({self.mode}; last solid, best dashed)", width=w, height=h
+        )
+
+    @param.depends("runs")
+    def parameters_plot(self):
+        w, h = self._size()
+        return _by_family(self.table, "parameters", "parameters", "Parameters vs K", width=w, height=h)
+
+    @param.depends("runs", "mode")
+    def macs_plot(self):
+        w, h = self._size()
+        return _by_family(
+            self.table,
+            "step_macs",
+            "MACs per env step",
+            f"MACs per step vs K ({self.mode})",
+            logy=True,
+            width=w,
+            height=h,
+        )
+
+    @param.depends("runs", "mode")
+    def cost_plot(self):
+        """Parameters and MACs per env step against K, side by side."""
+        return (self.parameters_plot() + self.macs_plot()).cols(2)
+
+    @param.depends("runs")
+    def time_plot(self):
+        w, h = self._size()
+        df = self.table
+        if df.empty:
+            return hv.Bars([], "run", "train_seconds").opts(title="Training time (no runs)", width=w, height=h)
+        bars = hv.Bars(
+            df.assign(label=[f"{r} (K={k})" for r, k in zip(df.run, df.K)]),
+            "label",
+            [("train_seconds", "training time (s)"), "steps_per_second", "steps"],
+        )
+        return bars.opts(
+            title="Training time", width=w, height=h, xrotation=30, tools=["hover"], color=PALETTE[0], xlabel="run"
+        )
+
+    @param.depends("runs", "layer", "query_kind")
+    def decay_plot(self):
+        w, h = self._size()
+        layers = []
+        for i, r in enumerate(self.table["run"] if not self.table.empty else []):
+            try:
+                d = self.index.run(r).decay()
+                if "mass" not in d or not d.sizes.get("checkpoint"):
+                    continue
+                m = d["mass"].isel(checkpoint=-1)
+                kinds = list(m["query_kind"].values)
+                kind = self.query_kind if self.query_kind in kinds else kinds[0]
+                m = m.sel(query_kind=kind)
+                m = m.mean("layer") if self.layer == "mean" else m.sel(layer=self.layer)
+                x = d["lag_steps"].values if "lag_steps" in d.coords else d["lag"].values
+                ok = np.isfinite(m.values) & (m.values > 0)
+                layers.append(
+                    hv.Curve(
+                        (x[ok], m.values[ok]), ("lag_steps", "lag (env steps)"), ("mass", "attention mass"), label=r
+                    ).opts(color=PALETTE[i % len(PALETTE)])
+                )
+            except Exception as e:  # noqa: BLE001
+                self.bad[r] = friendly_error(e)
+        if not layers:
+            return hv.Curve([], "lag_steps", "mass").opts(title="Decay curves (none logged yet)", width=w, height=h)
+        return hv.Overlay(layers).opts(
+            title=f"Attention by lag ({self.query_kind}, layer {self.layer})",
+            logy=True,
+            width=w,
+            height=h,
+            legend_position="top_right",
+            show_grid=True,
+            toolbar="above",
+        )
+
+    @param.depends("runs")
+    def half_life_plot(self):
+        w, h = self._size()
+        return _by_family(
+            self.table, "half_life_steps", "half-life (env steps)", "Half-life of attention vs K", width=w, height=h
+        )
+
+    @param.depends("runs", "mode")
+    def table_view(self):
+        df = self.table.copy()
+        # the score columns say how they are made (dema_lab.analysis.scoring), in their titles
+        titles = {
+            "last_score": "last score (final checkpoint)",
+            "best_score": "best score (each target's best checkpoint)",
+        }
+        return (
+            pn.widgets.Tabulator(
+                df,
+                show_index=False,
+                disabled=True,
+                sizing_mode="stretch_width",
+                height=220,
+                formatters=_number_formats(df),
+                titles=titles,
+                layout="fit_data_table",
+            )
+            if not df.empty
+            else pn.pane.Markdown("No readable runs in this store yet.")
+        )
+
+    def controls(self):
+        w = pn.widgets
+        refresh = w.Button(label="Reload store", color="light")
+        refresh.on_click(lambda *_: self.refresh())
+        return pn.Column(
+            w.MultiSelect.from_param(self.param.runs, name="Runs", size=8),
+            w.RadioButtonGroup.from_param(self.param.mode, color="primary", variant="outline"),
+            w.Select.from_param(self.param.layer, name="Decay curves: layer"),
+            w.Select.from_param(self.param.query_kind, name="Decay curves: query tokens"),
+            refresh,
+            sizing_mode="stretch_width",
+        )
+
+    def views(self):
+        """Six plots, three to a row (two in presentation mode: larger), then the runs table. Plain
+        Rows: a pn.FlexBox leaves Bokeh figures unrendered."""
+        alert = pn.pane.Alert(
+            self.param.message, alert_type="warning", visible=self.param.message.rx.bool(), sizing_mode="stretch_width"
+        )
+        plots = [
+            pn.pane.HoloViews(p)
+            for p in (
+                self.score_plot,
+                self.half_life_plot,
+                self.decay_plot,
+                self.parameters_plot,
+                self.macs_plot,
+                self.time_plot,
+            )
+        ]
+        n = 2 if self.presentation else 3
+        rows = [pn.Row(*plots[i : i + n]) for i in range(0, len(plots), n)]
+        return pn.Column(alert, *rows, self.table_view, sizing_mode="stretch_width")
+
+    def __panel__(self):
+        return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

@@ -1,0 +1,1 @@
+"""The attention explorer page: its param-only state (state) and its renderer (view)."""

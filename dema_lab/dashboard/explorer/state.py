@@ -1,0 +1,370 @@
+"""The attention explorer's state: which episode, step, layer and aggregation, and what they show.
+
+    state = ExplorerState(store="store")        # or a StoreIndex; no Panel, no HoloViews
+    state.step = 40
+    state.attention                             # (L, L) hidden attention now (layer, aggregation applied)
+    state.window_labels, state.frame            # the window's token labels, the env frame (or None)
+
+Parameters only, and the data they select, read through dema_lab.dashboard.common.data; the rules of
+what to open on are the library's (dema_lab.analysis.runs.featured_run, dema_lab.analysis.opening_step).
+AttentionExplorer (dema_lab.dashboard.explorer.view) renders one; a notebook or a test can use one alone.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import param
+
+from dema_lab.analysis import opening_step, paper_selection, right_align
+from dema_lab.analysis.runs import featured_run
+from dema_lab.dashboard.common.data import (
+    AttentionReplayer,
+    EpisodeData,
+    RunInfo,
+    StoreIndex,
+    friendly_error,
+    lag_profile_of,
+)
+from dema_lab.store.errors import StoreError
+
+AGGREGATION_LABELS = {
+    "minmax (stored)": "minmax",
+    "abs (mean |α|)": "abs",
+    "mean (signed)": "mean",
+    "one channel": "channel",
+}
+MEAN_LAYERS = -1
+
+
+def crc(a) -> str:
+    """A short checksum of an array (what a view shows), "none" for None."""
+    if a is None:
+        return "none"
+    return f"{zlib.crc32(np.ascontiguousarray(a).view(np.uint8).ravel()):08x}"
+
+
+class ExplorerState(param.Parameterized):
+    """A run, checkpoint, episode, layer and aggregation of a store, and a step of the episode;
+    every choice list follows the one before it (run -> checkpoint -> episode -> layer, query)."""
+
+    run = param.Selector(objects=[], doc="run id")
+    checkpoint = param.Selector(objects=[], doc="checkpoint (training step) of the recorded episodes")
+    episode = param.Selector(objects=[], doc="recorded episode (inference mode, target, episode)")
+    layer = param.Selector(objects=[], doc="model layer, or the mean over layers")
+    aggregation = param.Selector(
+        objects=list(AGGREGATION_LABELS.values()),
+        default="minmax",
+        doc="how the channels of the hidden attention are aggregated",
+    )
+    channel = param.Integer(default=0, bounds=(0, None), doc="channel shown when aggregation is 'channel'")
+    query = param.Selector(objects=["s0"], default="s0", doc="query token whose attention by lag is shown")
+    step = param.Integer(default=0, bounds=(0, 0), doc="env step of the episode")
+    message = param.String(default="", doc="what went wrong, if anything (shown above the views)")
+    revision = param.Integer(default=0, precedence=-1, doc="bumped when the episode data is (re)loaded")
+
+    def __init__(self, store="store", **params):
+        self.index = store if isinstance(store, StoreIndex) else StoreIndex(store)
+        self._infos: dict[str, RunInfo] = {}
+        self._info: RunInfo | None = None
+        self._ep: EpisodeData | None = None
+        self._replayers: dict = {}
+        self._matrix_key = None
+        self._matrix = None
+        self._decay_cache: dict = {}
+        self.run_errors: dict[str, str] = {}
+        self._first_episode = "step" not in params  # open mid-episode unless a step is asked for
+        super().__init__(**params)
+        self.refresh()
+
+    # ------------------------------------------------------------------ selection
+    def refresh(self):
+        """Re-read the store's run list (new runs, new episodes of a running one)."""
+        infos, bad = {}, {}
+        try:
+            ids = self.index.run_ids()
+        except StoreError as e:
+            self.message = str(e)
+            ids = []
+        bad.update({r: f"its metadata cannot be read ({m})" for r, m in self.index.unreadable.items()})
+        for run_id in ids:
+            try:
+                infos[run_id] = self.index.info(run_id)
+            except StoreError as e:
+                bad[run_id] = str(e)
+        self.run_errors = bad
+        self._infos = infos
+        usable = [r for r, i in infos.items() if i.episodes] or list(infos)
+        names = {i.label and f"{r} · {i.label}": r for r, i in infos.items() if r in usable}
+        current = self.run
+        self.param.run.objects = list(names.values())
+        self.param.run.names = names
+        if current in infos and current in usable:
+            self._on_run()  # same run: pick up new checkpoints / episodes
+        elif usable:
+            self.run = featured_run({r: infos[r].config for r in usable}, {r for r in usable if infos[r].episodes})
+        else:
+            self._set_message()
+
+    def _set_message(self, extra: str = ""):
+        parts = [f"Run **{r}** cannot be read: {m}" for r, m in self.run_errors.items()]
+        if not self._infos and not self.run_errors:
+            parts.append("This store has no runs yet.")
+        if extra:
+            parts.append(extra)
+        self.message = "\n\n".join(parts)
+
+    @param.depends("run", watch=True)
+    def _on_run(self):
+        info = self._infos.get(self.run)
+        self._info = info
+        if info is None:
+            return
+        ckpts = info.episode_checkpoints()
+        names = {f"step {c}": c for c in ckpts}
+        self.param.checkpoint.names = names
+        self.param.checkpoint.objects = ckpts
+        if not ckpts:
+            self._ep = None
+            self._set_message(
+                f"Run **{info.run_id}** has no recorded episodes yet (status {info.status}, "
+                f"{info.steps_done} of {info.config.get('steps', '?')} training steps); episodes "
+                f"are recorded at each evaluation."
+            )
+            self._bump()
+            return
+        if self.checkpoint in ckpts:
+            self._on_checkpoint()
+        else:
+            self.checkpoint = ckpts[-1]
+
+    @param.depends("checkpoint", watch=True)
+    def _on_checkpoint(self):
+        info = self._info
+        if info is None or self.checkpoint is None:
+            return
+        eps = [e for e in info.episodes if e.checkpoint == self.checkpoint]
+        targets = info.provenance.get("eval_targets", [])
+
+        def label(e):
+            t = targets[e.target_index] if e.target_index < len(targets) else f"t{e.target_index}"
+            return (
+                f"{e.mode} · target {t:g} · episode {e.episode}"
+                if isinstance(t, (int, float))
+                else f"{e.mode} · {t} · episode {e.episode}"
+            )
+
+        names = {label(e): e.name for e in eps}
+        self.param.episode.names = names
+        self.param.episode.objects = [e.name for e in eps]
+        if self.episode in self.param.episode.objects:
+            self._on_episode()
+        else:
+            self.episode = eps[0].name
+
+    @param.depends("episode", watch=True)
+    def _on_episode(self):
+        if self.run is None or self.episode is None:
+            return
+        try:
+            ep = self.index.episode(self.run, self.episode)
+        except StoreError as e:
+            self._ep = None
+            self._set_message(str(e))
+            self._bump()
+            return
+        self._ep = ep
+        self._set_message()
+        layers = {f"layer {i}": i for i in range(ep.n_layers)}
+        if ep.n_layers > 1:
+            layers["mean of layers"] = MEAN_LAYERS
+        self.param.layer.names = layers
+        self.param.layer.objects = list(layers.values())
+        queries = ep.query_label or ["s0"]
+        self.param.query.objects = queries
+        with param.parameterized.batch_call_watchers(self):
+            if self.layer not in self.param.layer.objects:
+                self.layer = 0 if ep.n_layers else None
+            if self.query not in queries:
+                self.query = queries[-1]
+            self.param.step.bounds = (0, max(0, ep.n_steps - 1))
+            if self._first_episode:
+                self.step = opening_step(ep.n_steps, self._info.config.get("K", 1) if self._info else 1)
+            elif self.step > ep.n_steps - 1:
+                self.step = ep.n_steps - 1
+            self._first_episode = False
+        self._bump()
+
+    def _bump(self):
+        """Tell the views to redraw after a change of episode (same step value)."""
+        self._matrix_key = None
+        self.revision += 1
+
+    # ------------------------------------------------------------------ what is selected
+    @property
+    def run_info(self) -> RunInfo | None:
+        """The selected run's RunInfo (config, provenance, checkpoints, episodes)."""
+        return self._info
+
+    @property
+    def episode_data(self) -> EpisodeData | None:
+        """The selected episode, in memory (None when there is none)."""
+        return self._ep
+
+    @property
+    def t(self) -> int | None:
+        """The step, within the episode (None without one)."""
+        ep = self._ep
+        return None if ep is None else min(self.step, ep.n_steps - 1)
+
+    @property
+    def frame(self) -> np.ndarray | None:
+        """The env frame (H, W, 3) of the step; None when the episode has no frames."""
+        ep = self._ep
+        return None if ep is None or ep.frames is None else ep.frames[self.t]
+
+    @property
+    def frame_note(self) -> str:
+        """Why no frame is shown and how to get some, or "" when there are frames (or no episode)."""
+        ep, info = self._ep, self._info
+        if ep is None or ep.frames is not None:
+            return ""
+        step = ep.attrs.get("checkpoint", self.checkpoint)
+        how = (
+            f"play checkpoint {step} on the [live rollout page](live?checkpoint={ep.run_id}@{step}&save=true) "
+            f"with *Save the rollout to the run* ticked: the episode it saves has frames and opens here"
+        )
+        if info is not None and info.config.get("render_size") == 0:
+            return f"**No frames recorded:** run {ep.run_id} was trained with render_size=0. To see frames, {how}."
+        return f"**No frames recorded** in this episode. To see frames, {how}."
+
+    @property
+    def window_labels(self) -> list[str]:
+        """The labels of the window's tokens (keys, oldest first: R/s/a and the step back from now)."""
+        return [] if self._ep is None else list(self._ep.key_label)
+
+    @property
+    def query_labels(self) -> list[str]:
+        return [] if self._ep is None else list(self._ep.query_label)
+
+    @property
+    def query_index(self) -> int | None:
+        """The row of the attention of the query token (the last one when it is not in the window)."""
+        ep = self._ep
+        if ep is None or not ep.query_label:
+            return None
+        return ep.query_label.index(self.query) if self.query in ep.query_label else len(ep.query_label) - 1
+
+    @property
+    def attention(self) -> np.ndarray | None:
+        """The (L, L) hidden attention of the step (layer and aggregation applied), right-aligned."""
+        return self.matrix()
+
+    @property
+    def lag_profile(self) -> np.ndarray | None:
+        """The query token's attention by lag (entry l: the key l tokens back), not normalised."""
+        m, q = self.matrix(), self.query_index
+        return None if m is None or q is None else lag_profile_of(m, q)
+
+    @property
+    def stored_aggregation(self) -> str:
+        if self._ep is None:
+            return "minmax"
+        return str(self._ep.attrs.get("aggregation") or "minmax")
+
+    def matrix(self) -> np.ndarray | None:
+        """The (L, L) attention shown now (layer, aggregation and step applied), cached."""
+        ep = self._ep
+        if ep is None or ep.attention is None or self.layer is None:
+            return None
+        step = self.t
+        key = (ep.run_id, ep.name, step, self.layer, self.aggregation, self.channel)
+        if key == self._matrix_key:
+            return self._matrix
+        if self.aggregation == self.stored_aggregation:
+            att = ep.attention[step]
+        else:
+            att = self._replayed(ep, step)
+        if att is None:
+            return None
+        m = np.nanmean(att, axis=0) if self.layer == MEAN_LAYERS else att[self.layer]
+        self._matrix_key, self._matrix = key, m
+        return m
+
+    def _replayed(self, ep: EpisodeData, step: int) -> np.ndarray | None:
+        ckpt = int(ep.attrs.get("checkpoint", self.checkpoint))
+        key = (ep.run_id, ep.name, ckpt)
+        try:
+            rep = self._replayers.get(key)
+            if rep is None:
+                rep = AttentionReplayer(self.index.checkpoint(ep.run_id, ckpt), ep)
+                self._replayers = {key: rep}  # one episode at a time
+            att = rep.attention(step, self.aggregation, self.channel)
+        except Exception as e:  # noqa: BLE001 - shown as a message
+            self.message = f"Cannot recompute the attention with {self.aggregation!r}: {friendly_error(e)}"
+            return None
+        return right_align(att, ep.attention.shape[-1])
+
+    def reference_profile(self, q: int | None = None) -> np.ndarray | None:
+        """The checkpoint's dataset-average lag profile (its decay statistics) for this layer and the
+        kind of query token `q` (default: the query's), if logged; None for one channel."""
+        ep, info = self._ep, self._info
+        q = self.query_index if q is None else q
+        if ep is None or info is None or not ep.query_kind or q is None:
+            return None
+        key = (info.run_id, self.checkpoint)
+        if key not in self._decay_cache:
+            try:
+                ds = self.index.run(info.run_id).open("decay", f"step_{int(self.checkpoint):08d}").load()
+            except Exception:  # noqa: BLE001 - no decay statistics: no reference curve
+                ds = None
+            self._decay_cache = {key: ds}
+        ds = self._decay_cache[key]
+        if ds is None or self.aggregation == "channel":
+            return None
+        kind = ep.query_kind[q]
+        try:
+            sel = ds["mass"].sel(query_kind=kind)
+            if "checkpoint" in sel.dims:
+                sel = sel.isel(checkpoint=0)
+            sel = sel.mean("layer") if self.layer == MEAN_LAYERS else sel.sel(layer=self.layer)
+            return sel.values
+        except Exception:  # noqa: BLE001
+            return None
+
+    def paper_data(self) -> dict | None:
+        """The checkpoint's paper's attention display for the layer shown (analysis.paper_selection;
+        the mean of layers is the paper's own), or None when the run has none for it."""
+        if self.run is None or self.checkpoint is None:
+            return None
+        try:
+            ds = self.index.paper_attention(self.run, int(self.checkpoint))
+        except StoreError:
+            return None
+        if ds is None:
+            return None
+        layer = None if self.layer in (None, MEAN_LAYERS) else int(self.layer)
+        return paper_selection(ds, layer if layer is None or layer in ds["layer"].values else None)
+
+    def snapshot(self) -> dict:
+        """What the views show now (step, frame and attention checksums), for tests and benchmarks."""
+        return {
+            "run": self.run,
+            "episode": self.episode,
+            "step": self.step,
+            "frame": crc(self.frame),
+            "heatmap": crc(self.matrix()),
+        }
+
+    def episode_video(self):
+        """The current episode's frames as an mp4 (BytesIO), for the download button."""
+        import io
+        import tempfile
+        from pathlib import Path
+
+        from dema_lab.evaluation.rollout import export_video
+
+        ds = self.index.run(self.run).open("rollout", self.episode)
+        with tempfile.TemporaryDirectory() as tmp:
+            return io.BytesIO(export_video(ds, Path(tmp) / "episode.mp4").read_bytes())

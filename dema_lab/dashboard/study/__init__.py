@@ -1,0 +1,1 @@
+"""The study report page: the paper's findings with their verdicts, and the report's tables."""

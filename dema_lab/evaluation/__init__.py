@@ -1,0 +1,27 @@
+"""Evaluation: rollouts of a policy in its env, recorded episodes, the ablations, the paper's
+attention display on recorded episodes, and the defaults of what a run is evaluated on.
+
+May import common, ssm, models, envs, data, store and analysis (not training: the trainer calls it).
+"""
+
+from dema_lab.evaluation.ablation import ablate, complete_ablations, evaluate_ablation, evaluate_ablations
+from dema_lab.evaluation.defaults import DEFAULT_TARGETS, default_modes, default_targets
+from dema_lab.evaluation.paper import paper_attention, publish_paper_attention
+from dema_lab.evaluation.rollout import evaluate, export_video, record_episode, rollout_steps, save_rollout
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "ablate",
+    "complete_ablations",
+    "default_modes",
+    "default_targets",
+    "evaluate",
+    "evaluate_ablation",
+    "evaluate_ablations",
+    "export_video",
+    "paper_attention",
+    "publish_paper_attention",
+    "record_episode",
+    "rollout_steps",
+    "save_rollout",
+]

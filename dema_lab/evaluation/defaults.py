@@ -1,0 +1,31 @@
+"""What a run is evaluated on when its config does not say: the targets and the inference modes."""
+
+from __future__ import annotations
+
+# The official evaluation targets (return-to-go at the start), DeMa and DT papers.
+DEFAULT_TARGETS = {
+    "hopper": [3600.0, 1800.0],
+    "halfcheetah": [12000.0, 6000.0],
+    "walker2d": [5000.0, 2500.0],
+    # Atari: the first target of each game in atari/mingpt/trainer_atari.py (the DT paper's)
+    "breakout": [90.0],
+    "pong": [20.0],
+    "qbert": [14000.0],
+    "seaquest": [1150.0],
+}
+
+
+def default_targets(env: str, dataset=None) -> list[float]:
+    """The papers' targets for `env`; for another env, the dataset's best episode return."""
+    if env in DEFAULT_TARGETS:
+        return list(DEFAULT_TARGETS[env])
+    if dataset is None:
+        raise ValueError(
+            f"no default target returns for env {env!r}; pass targets=[...] (--eval_targets on the command line)"
+        )
+    return [float(dataset.returns.max())]
+
+
+def default_modes(arch: str) -> list[str]:
+    """DeMa is evaluated Transformer-like and RNN-like; DT has only the Transformer-like mode."""
+    return ["transformer", "rnn"] if arch == "dema" else ["transformer"]

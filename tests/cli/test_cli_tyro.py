@@ -1,0 +1,106 @@
+"""One CLI (issue 18, item 4): `dema-lab train` and `dema-lab sweep` take their flags and help from
+TrainConfig and SweepConfig by tyro (each field's comment is its help), both spellings of a flag
+work, and every error, a command line's too, is one line `dema-lab COMMAND: ...` with exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dema_lab.cli.main import build_parser, main
+from dema_lab.cli.train import config_from_args
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "dema_lab.cli.main", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def parse(*argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_train_help_is_the_field_comments():
+    out = run("train", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.replace("│", " ").split())
+    # token_order's comment in TrainConfig, as the help of --token_order
+    assert "--token_order STR RSA (DT's R_t, s_t, a_t) | RAS (official DeMa's R_t, a_{t-1}, s_t)" in text
+    # a comment above a field (#:) is that field's help, not the next one's
+    assert "previous (the DeMa repository's DT evaluation: a_{t-1}) (default: own)" in text
+    assert "--n_layer INT (default: 3)" in text
+    for flag in (
+        "--preset",
+        "--config",
+        "--resume",
+        "--from_step",
+        "--quiet",
+        "--log_to",
+        "--storage_option",
+        "--store",
+    ):
+        assert flag in text, flag
+
+
+def test_sweep_help_lists_its_flags():
+    out = run("sweep", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.replace("│", " ").split())
+    for flag in ("--preset", "--K INT [INT ...] context lengths", "--no-ablations", "--set", "--storage-option"):
+        assert flag in text, flag
+    assert "--base " not in text  # SweepConfig.base is --preset, --base-config and --set
+
+
+@pytest.mark.parametrize("flag", ["--eval-episodes", "--eval_episodes"])
+def test_both_spellings_of_a_flag(flag):
+    cfg = parse(flag, "2", "--decay-all", "yes", "--eval_targets", "3600", "1800")
+    assert (cfg.eval_episodes, cfg.decay_all, cfg.eval_targets) == (2, True, [3600.0, 1800.0])
+
+
+def test_only_typed_flags_override_the_preset(tmp_path):
+    cfg = parse("--preset", "official", "--steps", "7")
+    official = parse("--preset", "official")
+    assert cfg.steps == 7 and cfg.d_model == official.d_model != parse().d_model
+    args = build_parser().parse_args(["train", "--quiet", "--from-step", "4", "--log-to", "tensorboard", "tb"])
+    assert (args.quiet, args.from_step, args.log_to, args.cfg_steps) == (True, 4, ["tensorboard", "tb"], None)
+
+
+def test_sweep_flags_become_the_sweep_config(monkeypatch, capsys, tmp_path):
+    from dema_lab.study import sweep
+
+    seen = {}
+    monkeypatch.setattr(sweep, "run_sweep", lambda cfg: seen.setdefault("cfg", cfg) and [])
+    argv = ["sweep", "--K", "5", "10", "--timestep-embedding", "off", "on", "--no-ablations"]
+    assert main([*argv, "--eval_modes", "rnn", "--store", str(tmp_path / "s"), "--set", "steps=3"]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.K, cfg.timestep_embedding, cfg.ablations, cfg.eval_modes) == ([5, 10], [False, True], False, ["rnn"])
+    assert (cfg.base.steps, cfg.base.store, cfg.datasets) == (3, str(tmp_path / "s"), ["hopper-medium"])
+    capsys.readouterr()
+    assert main(["sweep", "--layouts", "B4LD"]) == 2
+    assert capsys.readouterr().err.strip() == "dema-lab sweep: layouts: invalid choice 'B4LD'; choose from B3LD, BL3D"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--steps", "ten"], "dema-lab train: steps: expected an integer, got 'ten'"),
+        (["train", "--stepz", "3"], "dema-lab train: Unrecognized options: --stepz, 3; did you mean --steps?"),
+        (["train", "--preset", "nope"], "dema-lab train: invalid choice 'nope' for argument '--preset'"),
+        (["train", "--log-to", "tensorboard"], "dema-lab train: Missing value for argument --log_to"),
+        (["sweep", "--K", "x"], "dema-lab sweep: K: expected a list of integers, got ['x']"),
+        (["runs", "--bogus"], "dema-lab runs: unrecognized arguments: --bogus"),
+        (["data", "build", "tetris", "random"], "dema-lab data build: unknown env 'tetris'"),
+    ],
+)
+def test_a_bad_command_line_is_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "╭" not in err, err
+
+
+def test_a_bad_value_in_a_process_is_one_line_and_exit_2(tmp_path):
+    out = run("train", "--eval-episodes", "two", "--store", str(tmp_path / "store"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["dema-lab train: eval_episodes: expected an integer, got 'two'"]
+    assert not (tmp_path / "store").exists()

@@ -1,0 +1,971 @@
+"""The dashboards (issue 6): components on a store made by a small real run, then the served
+apps in real headless Chromium (screenshots under test-artifacts/).
+
+The browser tests check what a person sees, not only the server's state: every main plot is laid
+out at a usable size inside the window, drawn, not overlapping another, and the step text follows
+the slider. With DEMA_LAB_SCREENSHOTS=docs/screenshots they also write the README's screenshots
+there (1600x1000, under 400 KB each)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_RUN
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("DEMA_LAB_SCREENSHOTS")  # e.g. docs/screenshots (relative to the repo)
+SCREENSHOT_MAX_BYTES = 400_000
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="session")
+def dash_store(hopper_small, tmp_path_factory):
+    """Two small real runs (K 3 and K 5, frames 96x96, 40-step episodes) and one run whose
+    metadata is corrupt, in one store, built once per session."""
+    from dema_lab.training.trainer import TrainConfig, train
+
+    reuse = os.environ.get("DEMA_LAB_TEST_DASH_STORE")  # developers: keep the store between sessions
+    if reuse and (Path(reuse) / "runs" / "broken").exists():
+        return reuse
+    store = Path(reuse) if reuse else tmp_path_factory.mktemp("dash") / "store"
+    base = TrainConfig(
+        dataset=str(hopper_small),
+        store=str(store),
+        steps=20,
+        run_id="tiny-K3",
+        **{**TINY_RUN, "render_size": 96, "eval_max_steps": 40},
+    )
+    train(base, progress=False, log=lambda *_: None)
+    train(
+        dataclasses.replace(base, K=5, run_id="tiny-K5", eval_modes=["transformer"]),
+        progress=False,
+        log=lambda *_: None,
+    )
+    broken = store / "runs" / "broken"
+    shutil.copytree(store / "runs" / "tiny-K5", broken)
+    text = (broken / "zarr.json").read_text()
+    (broken / "zarr.json").write_text(text[: len(text) // 2])  # a truncated write
+    return str(store)
+
+
+# ---------------------------------------------------------------------------- components
+def test_store_index_lists_runs_and_reports_the_unreadable_one(dash_store):
+    from dema_lab.dashboard import StoreIndex
+
+    index = StoreIndex(dash_store)
+    good, bad = index.infos()
+    assert [i.run_id for i in good] == ["tiny-K3", "tiny-K5"]
+    assert list(bad) == ["broken"] and "cannot be read" in bad["broken"]
+    k3 = good[0]
+    assert k3.checkpoints == [10, 20] and {e.mode for e in k3.episodes} == {"transformer", "rnn"}
+    ep = index.episode("tiny-K3", k3.episodes[0].name)
+    assert ep.frames.shape[1:] == (96, 96, 3) and ep.attention.shape[2:] == (8, 8) and ep.tokens_per_step == 3
+
+
+def test_store_index_of_a_missing_or_empty_store_is_empty_and_of_a_file_an_error(tmp_path):
+    from dema_lab.dashboard import StoreIndex
+    from dema_lab.store.errors import StoreError
+
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "missing", tmp_path / "empty"):
+        index = StoreIndex(str(path))
+        assert index.is_empty() and index.run_ids() == [] and not index.unreadable
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        StoreIndex(str(tmp_path / "a-file")).is_empty()
+
+
+def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
+    import holoviews as hv
+    import panel as pn
+    from bokeh.document import Document
+    from bokeh.models import Span
+
+    from dema_lab.dashboard import AttentionExplorer
+
+    ex = AttentionExplorer(dash_store)
+    assert ex.run == "tiny-K5" and "broken" in ex.message and ex.episode.startswith("step_00000020")
+    assert isinstance(ex.frame(), hv.RGB) and isinstance(ex.heatmap(), hv.Image)
+    assert isinstance(ex.lag(), hv.Overlay) and isinstance(ex.traces(), hv.Overlay)
+    pn.panel(ex).get_root(Document())  # what a notebook or server renders
+    traces = ex._panes["traces"].object  # reward on its own axis, not flat on the return's
+    assert [a.axis_label for a in traces.yaxis] == ["return", "reward per step"]
+    # it opens mid-episode with a full window (dema_lab.analysis.opening_step), cursor there
+    n, K = ex._ep.n_steps, ex._info.config["K"]
+    assert ex.step == max(n // 2, K - 1) and K - 1 <= ex.step < n
+    assert set(traces.extra_y_ranges) == {"reward"} and traces.select_one({"type": Span}).location == ex.step
+    before = ex.snapshot()
+    heat_fig = ex._panes["heatmap"].object
+    img_before = heat_fig.renderers[0].data_source.data["image"][0].copy()
+    ex.step = 3
+    after = ex.snapshot()
+    assert after["step"] == 3 and after["frame"] != before["frame"] and after["heatmap"] != before["heatmap"]
+    # the served figures were patched with exactly the data the HoloViews views hold
+    img = heat_fig.renderers[0].data_source.data["image"][0]
+    assert not np.array_equal(np.nan_to_num(img), np.nan_to_num(img_before))
+    fresh = hv.render(ex.heatmap()).renderers[0].data_source.data["image"][0]
+    np.testing.assert_array_equal(np.nan_to_num(img), np.nan_to_num(fresh))
+    frame = hv.render(ex.frame()).renderers[0].data_source.data["image"][0]
+    np.testing.assert_array_equal(ex._panes["frame"].object.renderers[0].data_source.data["image"][0], frame)
+    assert "3" in ex._probe_div.text and after["frame"] in ex._probe_div.text
+    assert "step <b>3</b>" in ex._info_div.text and traces.select_one({"type": Span}).location == 3
+    # the trace's click moves the step; a heatmap click picks the query token
+    ex._on_tap_trace(type("E", (), {"x": 5.2})())
+    assert ex.step == 5
+    ex._on_tap_heatmap(type("E", (), {"y": 0.5})())  # the bottom row: the current state token
+    assert ex.query == "s0"
+    ex._on_tap_heatmap(type("E", (), {"y": len(ex._ep.query_label) - 0.5})())  # the top row
+    assert ex.query == ex._ep.query_label[0]
+
+
+@pytest.mark.parametrize("mode", ["transformer", "rnn"])
+def test_other_aggregations_are_recomputed_from_the_checkpoint(dash_store, mode):
+    from dema_lab.analysis import right_align
+    from dema_lab.dashboard import AttentionExplorer
+    from dema_lab.evaluation.rollout import replay_attention
+
+    ex = AttentionExplorer(dash_store, run="tiny-K3")
+    ex.run = "tiny-K3"
+    ex.episode = f"step_00000020-{mode}-t0-e0"
+    stored = ex.matrix().copy()
+    ck = ex.index.checkpoint("tiny-K3", 20)
+    ro = ex._ep.dataset.load()
+    for step in (7, 3, 15):  # forward, back, forward again
+        ex.step = step
+        ex.aggregation = "minmax"
+        np.testing.assert_allclose(ex.matrix(), ro.attention.values[step, 0], equal_nan=True)
+        ex.aggregation = "abs"
+        want = replay_attention(
+            ck.model,
+            ro,
+            step,
+            "abs",
+            ck.extra["state_mean"].numpy(),
+            ck.extra["state_std"].numpy(),
+            ck.meta["rtg_scale"],
+        )
+        np.testing.assert_allclose(ex.matrix(), right_align(want, 8)[0], rtol=1e-5, atol=1e-7, equal_nan=True)
+    ex.aggregation = "channel"
+    ex.channel = 3
+    assert ex.matrix().shape == stored.shape and np.nanmin(ex.matrix()) < 0 < np.nanmax(ex.matrix())
+    assert "Cannot recompute" not in ex.message
+
+
+def test_comparison_table_and_plots(dash_store):
+    import holoviews as hv
+
+    from dema_lab.dashboard import SequenceComparison
+
+    comp = SequenceComparison(dash_store)
+    df = comp.table
+    assert list(df["K"]) == [3, 5] and (df["parameters"] > 0).all() and (df["train_seconds"] > 0).all()
+    assert np.isfinite(df["last_score"]).all() and np.isfinite(df["step_macs"]).all()
+    # the scores are dema_lab.analysis.scoring's: mean over targets of the episodes' mean, last and best checkpoint
+    for _, row in df.iterrows():
+        ns = comp.index.run(row.run).evals()["normalized_score"].sel(mode="transformer").mean("episode")
+        assert row.last_score == pytest.approx(float(ns.isel(checkpoint=-1).mean()))
+        assert row.best_score == pytest.approx(float(ns.max("checkpoint").mean()))
+    assert "broken" in comp.message
+    for plot in (comp.score_plot(), comp.cost_plot(), comp.time_plot(), comp.decay_plot(), comp.half_life_plot()):
+        assert isinstance(plot, (hv.Overlay, hv.Layout, hv.Bars)), type(plot)
+        hv.render(plot)
+    # sizes on a linear axis start at 0: parameters equal across K draw a flat line, not noise
+    # around them on an axis a few units tall; MACs stay on a log axis
+    params = hv.render(comp.parameters_plot())
+    assert params.y_range.start == 0 and params.y_range.end == pytest.approx(1.15 * df["parameters"].max())
+    assert hv.render(comp.half_life_plot()).y_range.start == 0
+    assert type(hv.render(comp.macs_plot()).y_scale).__name__ == "LogScale"
+    # the table prints scores to 0.1 and counts with separators, through bokeh's formatters
+    table = comp.table_view()
+    fmt = {k: v.format for k, v in table.formatters.items()}
+    assert fmt["last_score"] == fmt["best_score"] == "0.0" and fmt["parameters"] == fmt["steps"] == "0,0"
+    assert "K" not in fmt and "run" not in fmt
+
+
+def test_comparison_of_dema_dt_and_layouts(tiny_config):
+    # the comparison page on runs that differ in model, layout and timestep embedding, not only K
+    import holoviews as hv
+
+    from dema_lab.dashboard import SequenceComparison
+    from dema_lab.training.trainer import train
+
+    cfg = dataclasses.replace(tiny_config, eval_modes=["transformer"], render_size=0)
+    for change in (
+        dict(run_id="dema-K3"),
+        dict(run_id="dema-K5", K=5),
+        dict(run_id="dema-bl3d", layout="BL3D"),
+        dict(run_id="dt-K3", arch="dt"),
+    ):
+        train(dataclasses.replace(cfg, **change), progress=False, log=lambda *_: None)
+    comp = SequenceComparison(cfg.store)
+    df = comp.table.set_index("run")
+    assert not comp.bad and comp.message == ""
+    assert df.family.to_dict() == {
+        "dema-K3": "DeMa B3LD",
+        "dema-K5": "DeMa B3LD",
+        "dema-bl3d": "DeMa BL3D",
+        "dt-K3": "DT B3LD +t-emb",
+    }
+    assert df.loc["dt-K3", "parameters"] > df.loc["dema-K3", "parameters"]
+    assert np.isfinite(df.last_score).all() and np.isfinite(df.best_score).all() and np.isfinite(df.step_macs).all()
+    assert np.isfinite(df.half_life_steps).all()  # DT's is from its softmax attention (heads)
+    score = comp.score_plot()
+    labels = {el.label for el in score}
+    assert labels == {f"{f} · {m}" for f in ("DeMa B3LD", "DeMa BL3D", "DT B3LD +t-emb") for m in ("last", "best")}
+    decay = comp.decay_plot()  # hidden attention and DT's overlaid
+    assert {el.label for el in decay} == {"dema-K3", "dema-K5", "dema-bl3d", "dt-K3"} and not comp.bad
+    for plot in (score, comp.cost_plot(), comp.time_plot(), decay, comp.half_life_plot()):
+        hv.render(plot)
+
+
+def test_study_report_lists_findings_tables_and_the_unreadable_run(dash_store):
+    import holoviews as hv
+    import panel as pn
+
+    from dema_lab.dashboard import StudyReport
+    from dema_lab.dashboard.study.view import ALL_RUNS
+
+    study = StudyReport(dash_store, latency=False)
+    assert study.param.sweep.objects == [ALL_RUNS] and study.sweep == ALL_RUNS  # no sweep: every finished run
+    rep = study.report()
+    assert sorted(rep.runs.run) == ["tiny-K3", "tiny-K5"] and "broken" in rep.skipped
+    summary = study._summary()
+    text = " ".join(str(p.object) for p in summary.objects if isinstance(p, (pn.pane.Markdown, pn.pane.HTML)))
+    assert "2 finished runs" in text and "broken" in text and "each target's best checkpoint" in text
+    assert "Transformer-like DeMa beats RNN-like DeMa" in text and "A short K (8–20) is enough" in text
+    plot = next(p.object for p in summary.objects if isinstance(p, pn.pane.HoloViews))
+    hv.render(plot)
+    assert plot.get(0).data["K"].tolist() == [3, 5]
+    frames = [p.object for p in study._tables().objects if isinstance(p, pn.pane.DataFrame)]
+    assert len(frames) == len(rep.tables) >= 4
+    by_k = frames[0]
+    assert list(by_k.columns) == ["dataset", "3 / last", "3 / best", "5 / last", "5 / best"], by_k.columns
+    runs = rep.runs.set_index("run")
+    assert by_k.iloc[0]["3 / last"] == f"{runs.loc['tiny-K3', 'score_transformer']:.1f}"
+    assert by_k.iloc[0]["5 / best"] == f"{runs.loc['tiny-K5', 'best_score_transformer']:.1f}"
+
+
+def test_live_worker_streams_changing_frames_and_closes_its_env(dash_store):
+    from dema_lab.dashboard import LiveRollout, RolloutWorker, StoreIndex
+
+    ck = StoreIndex(dash_store).checkpoint("tiny-K3", 20)
+    w = RolloutWorker(ck, "hopper", 3600.0, "rnn", "minmax", render_size=64, max_steps=15, fps=0)
+    w.start()
+    w.join(60)
+    assert w.done and not w.error and w.env_closed and len(w.records) == 15
+    assert len({r.frame.tobytes() for r in w.records}) > 5 and w.records[-1].attention.shape == (1, 8, 8)
+    # stopping a paused rollout ends it and closes the env
+    w = RolloutWorker(ck, "hopper", 3600.0, "transformer", "abs", render_size=64, fps=20)
+    w.start()
+    while len(w.records) < 3:
+        time.sleep(0.02)
+    w.pause()
+    w.stop()
+    assert w.done and w.env_closed and len(w.records) < 1000
+    # the component: a finished rollout is saved to its (finished) run and reopens as an episode
+    live = LiveRollout(dash_store, render_size=64)
+    live.checkpoint, live.save, live.fps = "tiny-K3@20", True, 240.0
+    live.start()
+    deadline = time.time() + 120
+    while not live.worker.done and time.time() < deadline:
+        time.sleep(0.05)
+    live._tick()
+    assert live.status.startswith("finished"), (live.status, live.message)
+    assert live.saved and live.saved in StoreIndex(dash_store).info("tiny-K3").episodes[-1].name
+    assert live.message == ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"  # a zombie has exited
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("guarded", [True, False])
+def test_the_demo_child_dies_with_the_server_however_it_dies(guarded):
+    # the dashboard trains the demo in a child process; a server stopped by SIGTERM runs no
+    # atexit hooks, so the kernel has to stop the child (the unguarded case shows the difference)
+    code = (
+        "import subprocess, sys, time\n"
+        + ("from dema_lab.dashboard.empty_store.job import stop_with_parent\n" if guarded else "")
+        + f"p = subprocess.Popen(['sleep', '120'], preexec_fn={'stop_with_parent()' if guarded else 'None'})\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        parent.terminate()
+        parent.wait(10)
+        deadline = time.time() + 5
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert _alive(child) != guarded
+    finally:
+        if _alive(child):
+            os.kill(child, 15)
+
+
+# ---------------------------------------------------------------------------- the browser
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`panel serve` of the three dashboards in a subprocess on 127.0.0.1."""
+
+    def __init__(self, store: str, log: Path, args: tuple = ()):
+        self.port = _free_port()
+        self.log_path = log
+        self.log = open(log, "w")
+        apps = [str(ROOT / "dashboards" / f"{a}.py") for a in ("attention", "compare", "live", "study")]
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "panel",
+                "serve",
+                *apps,
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--allow-websocket-origin",
+                f"127.0.0.1:{self.port}",
+                "--liveness",
+                "--index",
+                str(ROOT / "dema_lab" / "dashboard" / "index.html"),  # as `dema-lab serve` does
+                # a closed browser tab's session is destroyed within about 2 s (default: 15-30 s)
+                "--check-unused-sessions",
+                "1000",
+                "--unused-session-lifetime",
+                "1000",
+                "--args",
+                "--store",
+                store,
+                *args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "MUJOCO_GL": "egl"},
+        )
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            assert self.proc.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/liveness", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("panel serve did not start")
+
+    def url(self, app: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{app}"
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # `make test` installs Chromium and sets DEMA_LAB_REQUIRE_BROWSER=1: there a missing browser fails
+    required = os.environ.get("DEMA_LAB_REQUIRE_BROWSER") == "1"
+    try:
+        import playwright.sync_api as pw_api
+    except ImportError:
+        (pytest.fail if required else pytest.skip)("playwright is not installed (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if required else pytest.skip)(f"{CHROMIUM} is missing (make apt installs Debian's chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with pw_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(dash_store, tmp_path_factory):
+    ARTIFACTS.mkdir(exist_ok=True)
+    checkpoints = tmp_path_factory.mktemp("checkpoints")  # where /live's file field may read
+    s = Server(dash_store, ARTIFACTS / "dashboards-server.log", args=("--checkpoint-dir", str(checkpoints)))
+    s.checkpoint_dir = checkpoints
+    yield s
+    s.stop()
+
+
+class Page:
+    """A page with its JavaScript errors, failed requests and requests leaving 127.0.0.1."""
+
+    def __init__(self, browser, url: str):
+        self.page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        self.errors, self.external = [], []
+        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url}"))
+        self.page.on(
+            "request",
+            lambda r: (
+                self.external.append(r.url)
+                if not r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))
+                else None
+            ),
+        )
+        self.page.goto(url, wait_until="load", timeout=90_000)
+
+    def check_clean(self):
+        assert not self.errors, self.errors
+        assert not self.external, f"requests outside 127.0.0.1 (the page must work offline): {self.external}"
+
+    def shot(self, name: str, docs: bool = False):
+        """test-artifacts/NAME.png; with docs, also $DEMA_LAB_SCREENSHOTS/NAME.png if that is set."""
+        self.page.evaluate(SCROLL_TOP_JS)
+        png = self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        if docs and SCREENSHOTS:
+            out = ROOT / SCREENSHOTS / f"{name}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(png)
+            assert len(png) < SCREENSHOT_MAX_BYTES, f"{out}: {len(png)} bytes"
+
+
+def _probe(page, css=".dema-probe span") -> dict:
+    data = page.locator(css).evaluate("e => Object.assign({}, e.dataset)", timeout=2000)  # one consistent read
+    return {k: data.get(k) for k in ("step", "frame", "heatmap", "return")}
+
+
+def _wait_probe(page, predicate, css=".dema-probe span", timeout=30.0) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            state = _probe(page, css)
+            if predicate(state):
+                return state
+        except Exception:  # noqa: BLE001 - not attached yet
+            state = None
+        if time.time() > deadline:
+            raise AssertionError(f"timed out; last state {state}")
+        page.wait_for_timeout(100)
+
+
+def _wait_stable_probe(page, css=".dema-probe span", gap: float = 1.0, timeout: float = 15.0) -> dict:
+    """The probe once two reads `gap` seconds apart agree (within `timeout`)."""
+    deadline = time.time() + timeout
+    last = _probe(page, css)
+    while True:
+        time.sleep(gap)
+        now = _probe(page, css)
+        if now == last:
+            return now
+        if time.time() > deadline:
+            raise AssertionError(f"the page did not settle: {last} then {now}")
+        last = now
+
+
+# Every Bokeh figure shown: its box on the page and its plot area (the frame inside the axes, as
+# BokehJS laid it out; 0x0 when a figure is never laid out, although its box may look right).
+FIGURES_JS = """() => {
+  const out = [];
+  for (const v of Bokeh.index.all_views()) {
+    if (v.model.type !== 'Figure' || !v.el.isConnected || !v.el.checkVisibility()) continue;
+    const r = v.el.getBoundingClientRect(), f = v.frame.bbox;
+    const labels = [];
+    for (const axis of [...v.model.below, ...v.model.left]) {
+      const o = axis.major_label_overrides;
+      if (o instanceof Map) labels.push(...o.values()); else if (o) labels.push(...Object.values(o));
+    }
+    out.push({title: v.model.title ? v.model.title.text : '', x: r.x, y: r.y, w: r.width, h: r.height,
+              fx: r.x + f.x, fy: r.y + f.y, fw: f.width, fh: f.height, labels: labels.map(String)});
+  }
+  return {figures: out, width: document.documentElement.clientWidth,
+          idle: Bokeh.documents.length > 0 && Bokeh.documents.every(d => d.is_idle)};
+}"""
+SCROLL_TOP_JS = (
+    "() => { for (const e of document.querySelectorAll('*')) if (e.scrollTop) e.scrollTop = 0; window.scrollTo(0, 0); }"
+)
+MIN_PX = 150
+EXPLORER_PLOTS = [
+    r"step \d+",
+    r"Hidden attention · .*",
+    r".* by lag · .*",
+    r"Reward and return-to-go .*",
+    r"Paper's method · (layer \d+|mean of layers)",
+    r"Paper's curve · .*",
+    r"By key kind .*",
+]
+COMPARISON_PLOTS = [
+    r"Normalized score vs K .*",
+    r"Half-life of attention vs K",
+    r"Attention by lag .*",
+    r"Parameters vs K",
+    r"MACs per step vs K .*",
+    r"Training time",
+]
+LIVE_PLOTS = [r"step \d+", r"Hidden attention · .*", r"Return", r"Actions"]
+
+
+def _figures(page, expected: list[str], timeout: float = 30.0) -> dict[str, dict]:
+    """The page's figures by expected title (regex): each shown once, at a usable size, inside the
+    window's width, not overlapping another, its plot area laid out."""
+    deadline = time.time() + timeout
+    while not (got := page.evaluate(FIGURES_JS))["idle"] and time.time() < deadline:
+        page.wait_for_timeout(200)
+    figs = got["figures"]
+    assert got["idle"], "BokehJS never finished rendering the page (and Panel then drops held updates)"
+    titles = [f["title"] for f in figs]
+    byname = {}
+    for pattern in expected:
+        hits = [f for f in figs if re.fullmatch(pattern, f["title"])]
+        assert len(hits) == 1, f"plot {pattern!r}: {len(hits)} of the figures shown {titles}"
+        byname[pattern] = hits[0]
+    assert len(figs) == len(expected), f"unexpected figures: {titles}"
+    for f in figs:
+        what = f"{f['title']!r} at x {f['x']:.0f} y {f['y']:.0f}, {f['w']:.0f}x{f['h']:.0f}"
+        assert f["w"] > MIN_PX and f["h"] > MIN_PX, f"{what}: too small"
+        assert f["fw"] > MIN_PX and f["fh"] > MIN_PX, (
+            f"{what}: its plot area is {f['fw']:.0f}x{f['fh']:.0f} (not laid out)"
+        )
+        assert f["x"] >= 0 and f["x"] + f["w"] <= got["width"] + 0.5, (
+            f"{what}: outside the window's width {got['width']}"
+        )
+    for i, a in enumerate(figs):
+        for b in figs[i + 1 :]:
+            dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+            dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+            assert dx <= 1 or dy <= 1, f"{a['title']!r} and {b['title']!r} overlap by {dx:.0f}x{dy:.0f} px"
+    return byname
+
+
+def _assert_drawn(page, figures: dict[str, dict]):
+    """Each plot area, as the screen shows it, holds a drawing (not one flat colour)."""
+    import imageio.v3 as iio
+
+    for f in figures.values():
+        page.evaluate(
+            "t => { for (const v of Bokeh.index.all_views()) if (v.model.type === 'Figure' && "
+            "v.model.title && v.model.title.text === t) v.el.scrollIntoView({block: 'nearest'}); }",
+            f["title"],
+        )
+        f = next(g for g in page.evaluate(FIGURES_JS)["figures"] if g["title"] == f["title"])
+        img = iio.imread(
+            io.BytesIO(page.screenshot(clip={"x": f["fx"], "y": f["fy"], "width": f["fw"], "height": f["fh"]}))
+        )[..., :3]
+        px = img.reshape(-1, 3)
+        colours, counts = np.unique(px, axis=0, return_counts=True)
+        ink = 1 - counts.max() / len(px)  # share of pixels not in the commonest colour
+        assert len(colours) >= 8 and ink > 0.01, (
+            f"plot {f['title']!r} looks blank ({len(colours)} colours, {100 * ink:.1f}% not background)"
+        )
+    page.evaluate(SCROLL_TOP_JS)
+
+
+def _shown_steps(page) -> dict:
+    """The step as the slider, the text above the plots and the frame's title show it."""
+    slider = page.locator(".dema-step-slider .bk-slider-value").inner_text(timeout=5000)
+    info = page.locator(".dema-step-info .bk-clearfix").inner_text(timeout=5000)
+    m = re.search(r"^step (\d+) ·", info, re.M)
+    frame = [f["title"] for f in page.evaluate(FIGURES_JS)["figures"] if re.fullmatch(r"step \d+", f["title"])]
+    return {"slider": slider.strip(), "text": m and m.group(1), "frame": frame[0][5:] if frame else None}
+
+
+def _wait_steps_agree(page, step: int | None = None, timeout: float = 20.0) -> int:
+    """Wait until the step text and the frame's title show the slider's step (that step, if given)."""
+    deadline = time.time() + timeout
+    while True:
+        shown = _shown_steps(page)
+        if len(set(shown.values())) == 1 and (step is None or shown["slider"] == str(step)):
+            return int(shown["slider"])
+        if time.time() > deadline:
+            raise AssertionError(
+                f"the step shown does not follow the slider{'' if step is None else f' ({step})'}: {shown}"
+            )
+        page.wait_for_timeout(100)
+
+
+def _scrub_to(page, step: int):
+    """Move the slider with the keyboard, as a person does."""
+    handle = page.locator(".dema-step-slider .noUi-handle")
+    handle.focus()
+    for _ in range(200):
+        now = round(float(handle.get_attribute("aria-valuenow")))
+        if now == step:
+            return
+        page.keyboard.press("ArrowRight" if now < step else "ArrowLeft")
+    raise AssertionError(f"the slider did not reach step {step}")
+
+
+def _show_middle(page) -> int:
+    """Scrub to the middle of the episode and check that every explorer plot is drawn there."""
+    middle = _middle_step(page)
+    _scrub_to(page, middle)
+    _wait_probe(page, lambda s: s["step"] == str(middle))
+    _wait_steps_agree(page, middle)
+    _assert_drawn(page, _figures(page, EXPLORER_PLOTS))
+    page.wait_for_timeout(300)
+    return middle
+
+
+def _middle_step(page) -> int:
+    """A step in the middle of the episode (its attention window is full there)."""
+    return round(float(page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuemax"))) // 2
+
+
+def test_browser_explorer_loads_scrubs_and_plays(server, browser):
+    p = Page(browser, server.url("attention"))
+    page = p.page
+    first = _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
+    # it opens mid-episode, where the window is full (dema_lab.analysis.opening_step; K 5 here)
+    n_steps = round(float(page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuemax"))) + 1
+    assert first["step"] == str(max(n_steps // 2, 4)), (first, n_steps)
+    page.get_by_text("cannot be read").first.wait_for(timeout=10_000)  # the broken run's message
+    figures = _figures(page, EXPLORER_PLOTS)
+    _assert_drawn(page, figures)
+    heat = figures[EXPLORER_PLOTS[1]]
+    assert {"R0", "s0", "a-1", "s-1"} <= set(heat["labels"]), heat["labels"]  # R/s/a token ticks
+    _scrub_to(page, 6)
+    moved = _wait_probe(page, lambda s: s["step"] == "6")
+    assert moved["frame"] != first["frame"] and moved["heatmap"] != first["heatmap"]
+    _wait_steps_agree(page, 6)
+    # the player advances the step on its own; the text follows it
+    page.locator(".dema-player button").nth(5).click()  # ▶ play
+    played = _wait_probe(page, lambda s: int(s["step"]) >= int(moved["step"]) + 3)
+    assert played["frame"] != moved["frame"]
+    page.locator(".dema-player button").nth(4).click()  # ⏸ pause
+    assert _wait_steps_agree(page) >= 9
+    # the middle of the episode: the window of tokens is full, the heatmap filled
+    middle = _show_middle(page)
+    p.shot("attention-explorer", docs=True)
+    # the episode downloads as an mp4 of its frames
+    import imageio.v3 as iio
+
+    with page.expect_download(timeout=60_000) as got:
+        page.locator(".dema-video button").click()
+    assert re.fullmatch(r"tiny-K\d-step_\d{8}-\w+-t\d-e\d\.mp4", got.value.suggested_filename)
+    got.value.save_as(ARTIFACTS / "explorer-episode.mp4")
+    video = iio.imread(ARTIFACTS / "explorer-episode.mp4")
+    assert video.shape[0] > middle and video.shape[1:] == (96, 96, 3) and video.std() > 0
+    p.check_clean()
+    page.close()
+
+
+def _wait_url(page, **expected) -> dict:
+    """Wait until the page's URL carries the expected query settings; its settings."""
+    from urllib.parse import parse_qs, urlparse
+
+    deadline = time.time() + 30
+    while True:
+        q = {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+        if all(q.get(k) == str(v) for k, v in expected.items()):
+            return q
+        if time.time() > deadline:
+            raise AssertionError(f"the URL {page.url} does not carry {expected}")
+        page.wait_for_timeout(100)
+
+
+def test_browser_every_view_round_trips_through_its_url(server, browser):
+    """A view's state is in its URL as it changes, and opening that URL shows the same view
+    (presentation mode included): a presenter can bookmark the exact view of a talk."""
+    p = Page(browser, server.url("attention") + "?presentation=1&run=tiny-K3&step=5&layer=0")
+    page = p.page
+    _wait_probe(page, lambda s: s["step"] == "5" and s["heatmap"] not in (None, "none"), timeout=60)
+    q = _wait_url(page, run="tiny-K3", step=5, presentation=1)
+    assert {"checkpoint", "episode", "layer", "aggregation", "query"} <= set(q), q
+    _scrub_to(page, 8)
+    q = _wait_url(page, step=8, presentation=1)
+    bookmark = page.url
+    p.check_clean()
+    page.close()
+    p = Page(browser, bookmark)  # the bookmark opens the same view
+    page = p.page
+    shown = _wait_probe(page, lambda s: s["step"] == "8" and s["heatmap"] not in (None, "none"), timeout=60)
+    assert page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuenow").startswith("8")
+    assert _wait_url(page, **q) and shown["step"] == "8"
+    assert "tiny-K3" in page.locator("select").first.input_value()
+    p.check_clean()
+    page.close()
+    # the other pages carry their settings too, and read them back
+    for path, setting, written in (
+        ("compare", {"mode": "rnn"}, "query_kind"),
+        ("study", {"latency": "false"}, "sweep"),
+        ("live", {"fps": "7.0", "mode": "rnn"}, "env"),
+    ):
+        query = "&".join(f"{k}={v}" for k, v in setting.items())
+        p = Page(browser, server.url(path) + f"?presentation=1&{query}")
+        deadline = time.time() + 30
+        while written not in (got := _wait_url(p.page, presentation=1, **setting)) and time.time() < deadline:
+            p.page.wait_for_timeout(200)
+        assert written in got, f"/{path} writes only what it was given: {got}"
+        p.check_clean()
+        p.page.close()
+
+
+def test_browser_index_page_lists_the_pages_offline(server, browser):
+    p = Page(browser, server.url(""))
+    links = p.page.locator(".dema-index-page")
+    links.first.wait_for(timeout=30_000)
+    assert [links.nth(i).get_attribute("href").rsplit("/", 1)[-1] for i in range(links.count())] == [
+        "attention",
+        "compare",
+        "live",
+        "study",
+    ]
+    p.check_clean()
+    p.page.close()
+
+
+def test_browser_presentation_mode_and_comparison(server, browser):
+    p = Page(browser, server.url("attention") + "?presentation=1")
+    page = p.page
+    _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
+    _show_middle(page)
+    p.shot("attention-presentation", docs=True)
+    p.check_clean()
+    page.close()
+    for url in (server.url("compare"), server.url("compare") + "?presentation=1"):
+        p = Page(browser, url)
+        page = p.page
+        page.get_by_text("tiny-K5").first.wait_for(timeout=60_000)  # the runs table
+        page.get_by_text("cannot be read").first.wait_for(timeout=10_000)  # the broken run's message
+        page.wait_for_timeout(1000)
+        _assert_drawn(page, _figures(page, COMPARISON_PLOTS))
+        if "presentation" not in url:
+            p.shot("sequence-length", docs=True)
+        p.check_clean()
+        page.close()
+
+
+def test_browser_live_rollout_streams_changing_frames(server, browser):
+    # 4 steps a second (set from the URL), and stopped while paused: the tiny model's episode
+    # (13 steps or more) cannot end between what the page last showed and a click, even on a
+    # loaded machine
+    p = Page(browser, server.url("live") + "?fps=4")
+    page = p.page
+    status = page.locator(".dema-live-status")
+    page.get_by_text(re.compile(r"Max steps per second:\s*4(\.0)?$")).first.wait_for(timeout=60_000)
+    page.locator(".dema-live-start button").click(timeout=60_000)
+    css = ".dema-live-probe span"
+    a = _wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
+    b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 3, css=css)
+    assert a["frame"] != b["frame"] and float(b["return"]) != float(a["return"])
+    page.locator(".dema-live-pause button").click()  # paused: the rollout holds still
+    status.get_by_text("paused").wait_for(timeout=20_000)
+    # the last record made before the pause may reach the page a little later on a loaded
+    # machine: wait until the shown step settles, then it must hold still
+    held = _wait_stable_probe(page, css)
+    time.sleep(1.5)
+    assert _probe(page, css) == held
+    _assert_drawn(page, _figures(page, LIVE_PLOTS))
+    page.locator(".dema-live-pause button").click()  # resumed: it goes on
+    _wait_probe(page, lambda s: int(s["step"]) >= int(held["step"]) + 2, css=css)
+    page.locator(".dema-live-pause button").click()  # paused again, then stopped
+    status.get_by_text("paused").wait_for(timeout=20_000)
+    p.shot("live-rollout", docs=True)
+    page.locator(".dema-live-stop button").click()
+    status.get_by_text("stopped").wait_for(timeout=20_000)
+    p.check_clean()
+    page.close()
+
+
+def test_browser_live_runs_a_checkpoint_imported_from_the_official_code(server, browser, hopper_small, tmp_path):
+    """A model_iter*.pkl written as the official DeMa code writes it (AdamW object included),
+    imported with `dema-lab import --out`, typed into /live's file field, runs: frames change, and
+    the heatmap's tokens follow its (R, a, s) order."""
+    from test_official import official_dema_sd, save_official
+
+    from dema_lab.cli.main import main
+
+    pkl = save_official(official_dema_sd(seed=7), tmp_path / "model_iter9.pkl")
+    out = server.checkpoint_dir / "official.safetensors"  # the field reads only the store and --checkpoint-dir
+    assert main(["import", str(pkl), "--dataset", str(hopper_small), "--K", "4", "--out", str(out)]) == 0
+    # 2 steps a second: the untrained model's hopper falls within seconds, and the pause below
+    # must come before the episode's end even on a loaded machine
+    p = Page(browser, server.url("live") + "?fps=2")
+    page = p.page
+    page.get_by_text(re.compile(r"Max steps per second:\s*2(\.0)?$")).first.wait_for(timeout=60_000)
+    field = page.get_by_placeholder("/path/to/checkpoint.safetensors")
+    field.fill(str(out))
+    field.press("Enter")
+    page.locator(".dema-live-start button").click(timeout=60_000)
+    css = ".dema-live-probe span"
+    a = _wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
+    b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 1, css=css)
+    assert a["frame"] != b["frame"]
+    page.locator(".dema-live-pause button").click()
+    page.locator(".dema-live-status").get_by_text("paused").wait_for(timeout=20_000)
+    figs = _figures(page, LIVE_PLOTS)
+    labels = set(figs[r"Hidden attention · .*"]["labels"])
+    assert {"R0", "a-1", "s0"} <= labels, sorted(labels)
+    page.locator(".dema-live-stop button").click()
+    page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
+    p.check_clean()
+    page.close()
+
+
+def test_browser_live_sessions_run_side_by_side_and_a_closed_one_stops(server, browser):
+    # two browser sessions, each with its own rollout (3 steps a second: the episodes outlast the test)
+    pages = [Page(browser, server.url("live") + "?fps=3") for _ in range(2)]
+    css = ".dema-live-probe span"
+    for p in pages:
+        p.page.locator(".dema-live-start button").click(timeout=60_000)
+    for p in pages:
+        a = _wait_probe(p.page, lambda s: s["step"] is not None and int(s["step"]) >= 1, css=css, timeout=60)
+        _wait_probe(p.page, lambda s, a=a: int(s["step"]) >= int(a["step"]) + 2, css=css)
+    stopped = "closed: its live rollout stopped after"
+    before = server.log_text().count(stopped)
+    pages[0].page.close()
+    # the server destroys the closed session: its rollout stops and its env is closed ...
+    deadline = time.time() + 60
+    while server.log_text().count(stopped) == before:
+        assert time.time() < deadline, "closing the tab did not stop its rollout:\n" + server.log_text()[-2000:]
+        time.sleep(0.3)
+    line = [ln for ln in server.log_text().splitlines() if stopped in ln][-1]
+    assert line.endswith("env closed: True"), line
+    # ... while the other session's rollout goes on
+    now = _probe(pages[1].page, css)
+    _wait_probe(pages[1].page, lambda s: int(s["step"]) >= int(now["step"]) + 2, css=css)
+    pages[1].page.locator(".dema-live-stop button").click()
+    pages[1].page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
+    pages[1].check_clean()
+    pages[1].page.close()
+
+
+STUDY_PLOTS = [r"normalized score against K \(transformer-like, last checkpoint\)"]
+
+
+def test_browser_study_report(server, browser):
+    p = Page(browser, server.url("study"))
+    page = p.page
+    page.get_by_text("Which of the paper's findings hold").wait_for(timeout=90_000)
+    page.get_by_text("2 finished runs").first.wait_for(timeout=10_000)
+    findings = page.locator(".dema-study-findings")
+    for scoring in ("best checkpoint (the paper's scoring)", "last checkpoint (dema-lab's)"):  # side by side
+        findings.get_by_text(f"Transformer-like DeMa beats RNN-like DeMa · {scoring}").wait_for(timeout=10_000)
+    page.get_by_text("is left out").first.wait_for(timeout=10_000)  # the broken run, named
+    page.locator(".dema-study-table table").first.wait_for(timeout=30_000)
+    assert page.locator(".dema-study-table table").count() >= 4
+    _assert_drawn(page, _figures(page, STUDY_PLOTS))
+    p.shot("study-report", docs=True)
+    p.check_clean()
+    page.close()
+
+
+def _processes_with(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
+    empty = tmp_path / "no-store-yet"  # a path that does not exist yet (`dema-lab serve` on
+    assert not empty.exists()  # a fresh clone): the same page as an empty directory
+    s = Server(str(empty), tmp_path / "server.log")
+    try:
+        p = Page(browser, s.url("attention"))
+        page = p.page
+        page.get_by_text("This store has no runs yet").wait_for(timeout=60_000)
+        assert page.locator(".dema-demo-button button").is_visible()
+        assert "Traceback" not in page.content()
+        p.shot("empty-store")
+        p.check_clean()
+        # the button trains the demo runs in a child process and shows its progress
+        page.locator(".dema-demo-button button").click(timeout=60_000)
+        # "NN% · what it is doing" (Panel's panes live in shadow roots: get_by_text pierces them)
+        status = page.get_by_text(
+            re.compile(
+                r"\d+% · (starting the demo runs|building the default dataset|"
+                r"training demo-dema-K10)"
+            )
+        )
+        status.first.wait_for(timeout=60_000)
+        text = status.first.inner_text()
+        p.shot("demo-button-progress")
+        trainer = _processes_with(f"demo --no-serve --store {empty}")
+        assert len(trainer) == 1, trainer  # the training runs in a child process
+        # the explorer replaces the page as soon as the first run is in the store
+        page.get_by_text("This store has no runs yet").wait_for(state="detached", timeout=240_000)
+        page.locator("option", has_text="demo-dema-K10").first.wait_for(state="attached", timeout=60_000)
+        # and shows the training's progress above its tabs while the demo goes on
+        page.get_by_text(re.compile(r"demo-dema-K10: \d+/2000 steps \(running\)")).first.wait_for(timeout=60_000)
+        p.shot("demo-explorer-while-training")
+        p.check_clean()
+    finally:
+        s.stop()
+    # the server gone (SIGTERM, no atexit hooks), its demo training stops too
+    deadline = time.time() + 10
+    while _processes_with(f"demo --no-serve --store {empty}") and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_with(f"demo --no-serve --store {empty}"), "the demo training outlived the server"
+    assert "%" in text
+
+
+def test_components_made_before_the_page_is_rendered_link_the_servers_files():
+    """A component made for a session's page before the server renders the page's HTML (by a
+    background thread, say) takes its stylesheet URLs from the document; Panel falls back to its
+    CDN there, which fails offline. The page builders pin the server's own files first."""
+    import panel as pn
+    from bokeh.document import Document
+    from panel.io.state import set_curdoc
+
+    from dema_lab.dashboard.common.template import pin_local_resources
+
+    class Request:
+        arguments: dict = {}
+        headers: dict = {}
+        cookies: dict = {}
+        path = "/live"
+
+    class Session:  # what a served document has: a session context
+        request = Request()
+        id = "test-session"
+
+    def sheets(pin: bool) -> list[str]:
+        doc = Document()
+        session = Session()
+        doc._session_context = lambda: session  # bokeh keeps a weak reference
+        with set_curdoc(doc):
+            if pin:
+                pin_local_resources()
+            model = pn.widgets.Button(label="x").get_root(doc)
+        return [str(s.url) for s in model.stylesheets if hasattr(s, "url")]
+
+    assert [u for u in sheets(pin=False) if "cdn.holoviz.org" in u]  # Panel's fallback: the test bites
+    pinned = sheets(pin=True)
+    assert pinned and not [u for u in pinned if "cdn.holoviz.org" in u], pinned
