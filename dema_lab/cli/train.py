@@ -15,15 +15,20 @@ from dema_lab.cli.flags import (
     parse_flags,
     switch,
     typed_fields,
+    values_rule,
 )
+from dema_lab.models.config import ModelConfig
 from dema_lab.store.zarr_store import DEFAULT_STORE
-from dema_lab.training.trainer import TrainConfig
+from dema_lab.training.config import FROM_DATA, SECTIONS, TrainConfig, flat_types
 
 
 @dataclasses.dataclass
-class TrainFlags(TrainConfig):
-    """`dema-lab train`'s flags: one per TrainConfig field (its comment is the help), and these."""
+class TrainFlags:
+    """`dema-lab train`'s flags: one per TrainConfig field, without its section's prefix (the
+    field's comment is the help), and these. tyro collects the config's flags as they were typed
+    (values_rule); config_from_args builds and checks the TrainConfig from them."""
 
+    training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     #: start from a named preset ('official': the official DeMa's MuJoCo model and training,
     #: AndssY/dema); --config and the flags override it
     preset: PresetName | None = None
@@ -38,9 +43,6 @@ class TrainFlags(TrainConfig):
     log_to: Annotated[tuple[str, str] | None, tyro.conf.arg(metavar="TRACKER DIR")] = None
     storage_option: StorageOptions = dataclasses.field(default_factory=list)
 
-    def __post_init__(self):
-        """The values stay as typed here: config_from_args parses and checks them."""
-
 
 TRAIN_DESCRIPTION = (
     "Train a Decision Mamba or Decision Transformer; the run is logged into the store. Each "
@@ -48,10 +50,15 @@ TRAIN_DESCRIPTION = (
     "--config FILE, which overrides --preset (with --resume: the run's saved config)."
 )
 
+# the config's classes, whose flags tyro collects without constructing them
+CONFIG_VALUES = values_rule({TrainConfig, *SECTIONS.values()}, hidden=FROM_DATA)
+assert ModelConfig in SECTIONS.values()
+
 
 def _train_args(ns, argv) -> argparse.Namespace:
-    """The namespace of `dema-lab train ARGV`: cfg_<field> for each TrainConfig field (None where
-    not typed, so that only what is typed overrides --config, --preset and --resume), and the options."""
+    """The namespace of `dema-lab train ARGV`: `typed`, the TrainConfig fields typed (flat, parsed
+    by their declared types), so that only what is typed overrides --config, --preset and --resume;
+    and the options."""
     from dema_lab.common.values import parse_value
 
     flags = parse_flags(
@@ -60,12 +67,11 @@ def _train_args(ns, argv) -> argparse.Namespace:
         ns.command_prog,
         TRAIN_DESCRIPTION,
         underscores=True,
-        config=(tyro.conf.FlagConversionOff,),
+        config=(tyro.conf.FlagConversionOff, tyro.conf.OmitArgPrefixes),
+        rules=(CONFIG_VALUES,),
     )
-    typed = typed_fields(flags, TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        setattr(ns, f"cfg_{f.name}", typed.get(f.name))
-    ns.preset = flags.preset
+    ns.typed = typed_fields(flags.training, flat_types())
+    ns.preset = parse_value(PresetName | None, flags.preset, "preset")
     ns.config = None if flags.config is None else str(flags.config)
     ns.resume = None if flags.resume is None else str(flags.resume)
     ns.from_step = parse_value(int | None, flags.from_step, "--from-step")
@@ -81,19 +87,15 @@ def config_from_args(args) -> TrainConfig:
     with neither --preset nor --config starts from the atari-small preset (MuJoCo's defaults, such
     as returns-to-go scaled by 1000, do not fit a game's scores)."""
     from dema_lab.data import is_atari_spec
-    from dema_lab.training.trainer import preset_fields, resumed_config
+    from dema_lab.training.presets import preset_fields
+    from dema_lab.training.resume import resumed_config
 
     preset = getattr(args, "preset", None)
     resume = getattr(args, "resume", None)
     if preset and resume:
         raise ValueError("--preset starts a new run; --resume continues a run with its own saved config")
     from_file = TrainConfig.read_file(args.config) if args.config else {}
-    typed = {
-        f.name: getattr(args, f"cfg_{f.name}")
-        for f in dataclasses.fields(TrainConfig)
-        if getattr(args, f"cfg_{f.name}") is not None
-    }
-    fields = {**from_file, **typed}
+    fields = {**from_file, **args.typed}
     if not (preset or args.config or resume) and is_atari_spec(fields.get("dataset", "")):
         preset = "atari-small"
         print(
@@ -105,24 +107,24 @@ def config_from_args(args) -> TrainConfig:
     if resume:
         store = given.pop("store", DEFAULT_STORE)
         return resumed_config(store, args.resume, given)
-    return dataclasses.replace(TrainConfig(), **given)
+    return TrainConfig.from_flat(given)
 
 
 def _train(args) -> int:
-    from dema_lab.training.trainer import train
+    from dema_lab.training import Tracker, train
 
     cfg = config_from_args(args)
-    tracker = None
+    hooks = []
     if getattr(args, "log_to", None):
         from dema_lab.integrations.trackers import live_tracker
 
-        tracker = live_tracker(*args.log_to)
+        hooks.append(Tracker(live_tracker(*args.log_to)))
     run = train(
         cfg,
         resume=args.resume,
         progress=not args.quiet,
-        tracker=tracker,
         from_step=getattr(args, "from_step", None),
+        hooks=hooks,
     )
     print(f"run {run.run_id} finished; store: {run.store.path}")
     print(f"  open it:   python -c \"import dema_lab; print(dema_lab.open_run('{run.store.path}', '{run.run_id}'))\"")

@@ -7,6 +7,7 @@ value of that type, or text that parses as one, the same text a command-line fla
     float   1e-4, 3, "1e-4"                     not False, "fast"
     bool    true, false, 0, 1, and the text true/false, yes/no, on/off, 1/0 (any case)
     str     "dema"                              not 5
+    Literal one of its choices                          (the config's choices: Literal["a", "b"])
     list[X] [1, 2], "1,2", or one X (a list of one)
     X|None  null (JSON), or the text none/null, or an X
 
@@ -48,6 +49,8 @@ def _describe(hint) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if _is_optional(hint):
         return f"{_describe(args[0])} or none"
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
     if typing.get_origin(hint) is list:
         inner = _describe(typing.get_args(hint)[0])
         return "a list of " + {
@@ -88,6 +91,11 @@ def parse_value(hint, value, name: str):
             return [parse_value(item, v, name) for v in value]
         except ConfigError:
             raise refuse() from None
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+        if isinstance(value, str) and value.strip() in choices:
+            return value.strip()
+        raise refuse()
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -145,9 +153,10 @@ def field_types(cls) -> dict:
 
 def parse_fields(cls, values: dict, what: str = "") -> dict:
     """`values` with every value parsed by its field's declared type; ConfigError for an unknown
-    key (listing the known ones) or a value of the wrong type (naming the field and the type)."""
-    types_ = field_types(cls)
-    what = what or f"{cls.__name__} "
+    key (listing the known ones) or a value of the wrong type (naming the field and the type).
+    `cls` is a dataclass, or a {name: type} dict of fields (a config composed of sections)."""
+    types_ = cls if isinstance(cls, dict) else field_types(cls)
+    what = what or f"{getattr(cls, '__name__', 'config')} "
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise ConfigError(f"unknown {what}keys {unknown}; its fields: {', '.join(types_)}")
@@ -156,6 +165,6 @@ def parse_fields(cls, values: dict, what: str = "") -> dict:
 
 def coerce(obj) -> None:
     """Parse every field of a dataclass instance in place by its declared type (for __post_init__:
-    `TrainConfig(steps="10")` holds 10, `TrainConfig(steps="ten")` raises ConfigError)."""
+    `OptimConfig(steps="10")` holds 10, `OptimConfig(steps="ten")` raises ConfigError)."""
     for name, hint in field_types(type(obj)).items():
         object.__setattr__(obj, name, parse_value(hint, getattr(obj, name), name))

@@ -5,6 +5,7 @@ May import common, ssm, models, envs, data, store and analysis (not training: th
 """
 
 from dema_lab.evaluation.ablation import ablate, complete_ablations, evaluate_ablation, evaluate_ablations
+from dema_lab.evaluation.checkpoint import evaluate_checkpoint, full_windows
 from dema_lab.evaluation.defaults import DEFAULT_TARGETS, default_modes, default_targets
 from dema_lab.evaluation.paper import paper_attention, publish_paper_attention
 from dema_lab.evaluation.rollout import evaluate, export_video, record_episode, rollout_steps, save_rollout
@@ -18,7 +19,9 @@ __all__ = [
     "evaluate",
     "evaluate_ablation",
     "evaluate_ablations",
+    "evaluate_checkpoint",
     "export_video",
+    "full_windows",
     "paper_attention",
     "publish_paper_attention",
     "record_episode",

@@ -17,7 +17,6 @@ already initialised in this process (a notebook, the tests) is used as it is.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 import time
@@ -93,7 +92,7 @@ def run_ray(sweep, configs, log=print) -> list[dict]:
             cause = getattr(e, "cause", None) or e
             results.append(
                 {
-                    "run_id": cfg.run_id,
+                    "run_id": cfg.run.run_id,
                     "what": f"failed: {type(cause).__name__}: "
                     f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}",
                     "seconds": 0.0,
@@ -108,18 +107,22 @@ def run_point(cfg, ablations: bool, ablation_episodes: int, ablation_layers=("al
     import torch
 
     from dema_lab.evaluation.ablation import complete_ablations
-    from dema_lab.training.trainer import ensure_trained
+    from dema_lab.training import ensure_trained
 
-    torch.set_num_threads(max(1, cfg.threads or 1))
+    torch.set_num_threads(max(1, cfg.run.threads or 1))
     start = time.perf_counter()
     run, what = ensure_trained(cfg, progress=False, log=lambda *_: None)
     if ablations:  # hidden attention (DeMa), the timestep embedding (when the model has one)
         _, kinds = complete_ablations(
-            run, episodes=ablation_episodes, max_steps=cfg.eval_max_steps, seed=cfg.seed, layers=ablation_layers
+            run,
+            episodes=ablation_episodes,
+            max_steps=cfg.evaluation.eval_max_steps,
+            seed=cfg.optim.seed,
+            layers=ablation_layers,
         )
         if kinds and what == "skipped":
             what = f"ablations added ({', '.join(kinds)})"
-    return {"run_id": cfg.run_id, "what": what, "seconds": time.perf_counter() - start}
+    return {"run_id": cfg.run.run_id, "what": what, "seconds": time.perf_counter() - start}
 
 
 def cuda_device_count() -> int:
@@ -173,15 +176,17 @@ def run_local(sweep, configs, log=print) -> list[dict]:
     out as torch threads, GPUs round robin (worker_devices); one failed run does not stop the rest."""
     workers = sweep.workers or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // workers)
-    configs = [dataclasses.replace(c, threads=threads) for c in configs]
-    log(f"sweep {sweep.name}: {len(configs)} runs, {workers} worker(s) x {threads} thread(s), store {sweep.base.store}")
+    configs = [c.replace(threads=threads) for c in configs]
+    log(
+        f"sweep {sweep.name}: {len(configs)} runs, {workers} worker(s) x {threads} thread(s), store {sweep.base.run.store}"
+    )
     results = []
     if workers == 1:
         for cfg in configs:
             results.append(run_point(cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers))
             log(result_line(results[-1], len(results), len(configs)))
         return results
-    devices = worker_devices(workers, sweep.base.device)
+    devices = worker_devices(workers, sweep.base.run.device)
     if any(devices):
         log(f"GPUs, round robin over the workers: CUDA_VISIBLE_DEVICES={', '.join(dict.fromkeys(devices))}")
     with local_pool(workers, devices) as pool:
@@ -194,6 +199,6 @@ def run_local(sweep, configs, log=print) -> list[dict]:
             try:
                 results.append(fut.result())
             except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep
-                results.append({"run_id": cfg.run_id, "what": f"failed: {type(e).__name__}: {e}", "seconds": 0.0})
+                results.append({"run_id": cfg.run.run_id, "what": f"failed: {type(e).__name__}: {e}", "seconds": 0.0})
             log(result_line(results[-1], len(results), len(configs)))
     return results

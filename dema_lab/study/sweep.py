@@ -14,13 +14,12 @@ Runs execute in parallel worker processes, one per core by default, each with on
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 from dataclasses import dataclass, field
 
 from dema_lab.study.executors import run_local, run_ray
-from dema_lab.training.trainer import DT_PAPER, TrainConfig
+from dema_lab.training import DT_PAPER, TrainConfig
 
 
 @dataclass
@@ -84,8 +83,7 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
         run_id = f"{sweep.name}-{short}-{arch}-{layout}-ts{int(ts)}-K{K}-s{seed}"
         modes = [m for m in sweep.eval_modes if arch == "dema" or m == "transformer"]
         configs.append(
-            dataclasses.replace(
-                sweep.base,
+            sweep.base.replace(
                 **{k: v for k, v in DT_PAPER.items() if arch == "dt" and k != "timestep_embedding"},
                 dataset=dataset,
                 K=K,
@@ -107,20 +105,20 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     from dema_lab.store.zarr_store import RunStore, check_store
 
     configs = grid(sweep)
-    check_store(sweep.base.store)  # a path that is not a store fails first
+    check_store(sweep.base.run.store)  # a path that is not a store fails first
     embedded = set(embedded_names())
     for name in dict.fromkeys(sweep.datasets):
         if name in embedded:
             ensure_embedded(name, progress=False)  # build shared datasets once, not in each worker
         else:
             load_dataset(name, progress=False)  # a missing or malformed file fails here, not in every run
-    RunStore(sweep.base.store, mode="a")  # create the store once, before the workers
+    RunStore(sweep.base.run.store, mode="a")  # create the store once, before the workers
     if "dema" in sweep.archs:
         from dema_lab.ssm.kernels import scan_cpu as cpu_kernel
 
         cpu_kernel.warm_up()  # compile the scan into numba's cache once, too
     if sweep.executor == "ray":
-        configs = [dataclasses.replace(c, threads=max(1, int(sweep.num_cpus))) for c in configs]
-        log(f"sweep {sweep.name}: {len(configs)} runs on Ray, store {sweep.base.store}")
+        configs = [c.replace(threads=max(1, int(sweep.num_cpus))) for c in configs]
+        log(f"sweep {sweep.name}: {len(configs)} runs on Ray, store {sweep.base.run.store}")
         return run_ray(sweep, configs, log=log)
     return run_local(sweep, configs, log=log)

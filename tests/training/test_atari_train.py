@@ -9,7 +9,7 @@ pytest.importorskip("cv2")
 
 from dema_lab.data.generate.atari import build_atari_dataset  # noqa: E402
 from dema_lab.store.zarr_store import RunStore  # noqa: E402
-from dema_lab.training.trainer import TrainConfig, train  # noqa: E402
+from dema_lab.training import TrainConfig, train  # noqa: E402
 
 
 def test_train_and_evaluate_a_tiny_atari_dema(tmp_path):
@@ -48,6 +48,9 @@ def test_train_and_evaluate_a_tiny_atari_dema(tmp_path):
     assert ep["observation"].dtype == np.uint8 and ep["observation"].shape[1] == 4 * 84 * 84
     assert set(np.unique(ep["action"].values)) <= {0.0, 1.0, 2.0, 3.0}
     assert "attention" in ep and r.published("decay")
+    # discrete actions are trained with cross-entropy, and the logged loss says so
+    loss = r.open("train", r.published("train")[0])["loss"]
+    assert (loss.attrs["long_name"], loss.attrs["units"]) == ("masked action cross-entropy", "nats")
     # the preset centres frames on the training data's mean frame, which the checkpoint carries
     from dema_lab.data import load_d4rl
     from dema_lab.models import load_checkpoint
@@ -64,12 +67,17 @@ def test_an_atari_sweep_from_the_preset_gives_dt_its_own_tokens():
     """`dema-lab sweep --preset atari-small --archs dema dt`: DeMa keeps the official Atari tokens
     (a, R, s); DT gets the DT paper's (R, s, a) with its timestep embedding."""
     from dema_lab.study.sweep import SweepConfig, grid
-    from dema_lab.training.trainer import PRESETS, preset_fields
+    from dema_lab.training import PRESETS, preset_fields
 
-    base = TrainConfig.from_dict(preset_fields("atari-small"))
+    base = TrainConfig.from_flat(preset_fields("atari-small"))
     dema, dt = grid(SweepConfig(datasets=["breakout-mixed"], K=[8], archs=["dema", "dt"], base=base))
-    assert (dema.token_order, dema.timestep_embedding, dema.rtg_scale) == ("ARS", False, 1.0)
-    assert (dt.arch, dt.token_order, dt.rtg_form, dt.timestep_embedding) == ("dt", "RSA", "current", True)
-    assert dt.rtg_scale == dema.rtg_scale == PRESETS["atari-small"]["rtg_scale"]  # the rest is the preset's
-    assert TrainConfig.from_preset("atari-small", arch="dt").token_order == "RSA"
-    assert TrainConfig.from_preset("atari-small").token_order == "ARS"
+    assert (dema.model.token_order, dema.model.timestep_embedding, dema.data.rtg_scale) == ("ARS", False, 1.0)
+    assert (dt.model.arch, dt.model.token_order, dt.data.rtg_form, dt.model.timestep_embedding) == (
+        "dt",
+        "RSA",
+        "current",
+        True,
+    )
+    assert dt.data.rtg_scale == dema.data.rtg_scale == PRESETS["atari-small"]["rtg_scale"]  # the rest is the preset's
+    assert TrainConfig.from_preset("atari-small", arch="dt").model.token_order == "RSA"
+    assert TrainConfig.from_preset("atari-small").model.token_order == "ARS"

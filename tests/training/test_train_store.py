@@ -1,21 +1,20 @@
 """The trainer and the run store: a real tiny run, reopened, resumed, read while written."""
 
-import dataclasses
 import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from helpers import wait_until
 
 from dema_lab import open_store
 from dema_lab.evaluation.rollout import replay_attention
 from dema_lab.models import CheckpointError, load_checkpoint
 from dema_lab.store import RunStore
 from dema_lab.store.errors import StoreError
-from dema_lab.training.trainer import TrainConfig, train
+from dema_lab.training import TrainConfig, train
 
 
 def cli(*args, **kw):
@@ -27,8 +26,8 @@ def test_tiny_run_trains_evaluates_logs_and_reopens_in_a_new_process(tiny_config
     assert run.attrs["status"] == "finished" and run.attrs["steps_done"] == 20
     code = f"""
 import json, dema_lab
-summary = dema_lab.open_store({tiny_config.store!r})
-tree = dema_lab.open_run({tiny_config.store!r}, "tiny")
+summary = dema_lab.open_store({tiny_config.run.store!r})
+tree = dema_lab.open_run({tiny_config.run.store!r}, "tiny")
 out = {{"runs": list(summary.run.values), "train": dict(tree["train"].ds.sizes),
        "eval": dict(tree["eval"].ds.sizes), "decay": dict(tree["decay"].ds.sizes),
        "rollouts": {{k: dict(v.ds.sizes) for k, v in tree["rollout"].children.items()}},
@@ -49,11 +48,11 @@ print(json.dumps(out))
         assert sizes["query"] == sizes["key"] == sizes["lag"] == L and sizes["layer"] == 1
         assert sizes["y"] == sizes["x"] == 32 and sizes["rgb"] == 3 and 1 <= sizes["step"] <= 25
     assert out["backend"] in ("numba", "torch")
-    listing = cli("runs", "--store", tiny_config.store)
+    listing = cli("runs", "--store", tiny_config.run.store)
     assert listing.returncode == 0 and "tiny" in listing.stdout and "finished" in listing.stdout
     # the headline scores, last and best side by side: Transformer-like, mean over targets of the
     # episodes' mean (one checkpoint here, so last = best)
-    summary = open_store(tiny_config.store)
+    summary = open_store(tiny_config.run.store)
     want = float(run.evals()["normalized_score"].isel(checkpoint=-1).sel(mode="transformer").mean("episode").mean())
     assert summary.score_mode.item() == "transformer"
     assert summary.last_score.item() == pytest.approx(want) and summary.best_score.item() == pytest.approx(want)
@@ -92,23 +91,23 @@ def test_rollout_contents_are_consistent(tiny_config):
         "tiny",
         "step_00000020-transformer-t0-e0",
         "--store",
-        tiny_config.store,
+        tiny_config.run.store,
         "--out",
-        str(tiny_config.store + "-ep.mp4"),
+        str(tiny_config.run.store + "-ep.mp4"),
         "--fps",
         "25",
     )
     assert out.returncode == 0, out.stderr
-    video = iio.imread(tiny_config.store + "-ep.mp4")
+    video = iio.imread(tiny_config.run.store + "-ep.mp4")
     assert video.shape == ro.frames.shape
     assert np.abs(video.astype(float) - ro.frames.values).mean() < 6
-    assert iio.immeta(tiny_config.store + "-ep.mp4")["fps"] == 25
-    out = cli("video", "tiny", "nope", "--store", tiny_config.store)
+    assert iio.immeta(tiny_config.run.store + "-ep.mp4")["fps"] == 25
+    out = cli("video", "tiny", "nope", "--store", tiny_config.run.store)
     assert out.returncode == 2 and "has no episode 'nope'" in out.stderr
     from dema_lab.evaluation.rollout import export_video
 
     with pytest.raises(ValueError, match="recorded without frames"):
-        export_video(ro.drop_vars("frames"), tiny_config.store + "-x.mp4")
+        export_video(ro.drop_vars("frames"), tiny_config.run.store + "-x.mp4")
 
 
 def test_stored_attention_equals_attention_recomputed_from_the_checkpoint(tiny_config):
@@ -133,34 +132,34 @@ def test_stored_attention_equals_attention_recomputed_from_the_checkpoint(tiny_c
 
 
 def test_a_run_killed_midway_resumes_to_the_same_result(tiny_config, tmp_path):
-    cfg = dataclasses.replace(tiny_config, steps=300, eval_every=0, checkpoint_every=25, log_every=5)
+    cfg = tiny_config.replace(steps=300, eval_every=0, checkpoint_every=25, log_every=5)
     args = ["train", "--quiet"] + [
-        f"--{k}={v}" for k, v in dataclasses.asdict(cfg).items() if v is not None and not isinstance(v, list)
+        f"--{k}={v}" for k, v in cfg.to_flat().items() if v is not None and not isinstance(v, list)
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "dema_lab.cli.main", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if RunStore(cfg.store).run("tiny").published("resume"):  # a complete checkpoint
-                break
-        except StoreError:
-            pass
+
+    def resumable() -> bool:  # a complete checkpoint is in the store
         assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
+        try:
+            return RunStore(cfg.run.store).run("tiny").published("resume")
+        except StoreError:
+            return False
+
+    wait_until(resumable, 120, "the trainer's first resume checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed = RunStore(cfg.store).run("tiny")
+    killed = RunStore(cfg.run.store).run("tiny")
     assert killed.attrs["status"] == "running" and 25 <= killed.attrs["steps_done"] < 300
-    resumed = cli("train", "--quiet", "--store", cfg.store, "--resume", "tiny")
+    resumed = cli("train", "--quiet", "--store", cfg.run.store, "--resume", "tiny")
     assert resumed.returncode == 0, resumed.stderr
-    run = RunStore(cfg.store).run("tiny")
+    run = RunStore(cfg.run.store).run("tiny")
     assert run.attrs["status"] == "finished" and run.attrs["steps_done"] == 300
     metrics = run.train_metrics()
     assert list(metrics.step.values) == list(range(1, 301))
     # the same run without interruption ends with the same weights
-    straight = train(dataclasses.replace(cfg, store=str(tmp_path / "straight")), progress=False, log=lambda *_: None)
+    straight = train(cfg.replace(store=str(tmp_path / "straight")), progress=False, log=lambda *_: None)
     a = load_checkpoint(run.checkpoint_bytes(300)).model.state_dict()
     b = load_checkpoint(straight.checkpoint_bytes(300)).model.state_dict()
     for k in a:
@@ -261,14 +260,14 @@ def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
     out = cli("train", "--store", str(tmp_path / "s"), "--resume", "nope")
     assert out.returncode == 2 and "run 'nope' is not in store" in out.stderr
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        TrainConfig(steps=0)
+        TrainConfig.from_flat(steps=0)
     with pytest.raises(ValueError, match="unknown training config keys \\['kk'\\]"):
-        TrainConfig.from_dict({"kk": 1})
+        TrainConfig.from_flat({"kk": 1})
     # a run whose checkpoint is corrupt cannot be resumed, and says which
     run = train(tiny_config, progress=False, log=lambda *_: None)
     run.write_bytes("checkpoint", "step_00000020", b"\x00" * 64)
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        train(dataclasses.replace(tiny_config, steps=30), resume="tiny", progress=False, log=lambda *_: None)
+        train(tiny_config.replace(steps=30), resume="tiny", progress=False, log=lambda *_: None)
     # a run id that already exists is not overwritten
     with pytest.raises(StoreError, match="already exists"):
         train(tiny_config, progress=False, log=lambda *_: None)
@@ -298,9 +297,14 @@ def test_config_file_flags_and_resume_overrides(tiny_config, tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"K": 7, "steps": 50, "eval_targets": [100.0]}))
     (tmp_path / "c.toml").write_text('K = 9\nlayout = "BL3D"\n')
     cfg = parse("--config", str(tmp_path / "c.json"), "--steps", "60")
-    assert (cfg.K, cfg.steps, cfg.eval_targets, cfg.d_model) == (7, 60, [100.0], TrainConfig().d_model)
+    assert (cfg.model.K, cfg.optim.steps, cfg.evaluation.eval_targets, cfg.model.d_model) == (
+        7,
+        60,
+        [100.0],
+        TrainConfig().model.d_model,
+    )
     cfg = parse("--config", str(tmp_path / "c.toml"))
-    assert (cfg.K, cfg.layout) == (9, "BL3D")
+    assert (cfg.model.K, cfg.model.layout) == (9, "BL3D")
     (tmp_path / "bad.json").write_text("{K: 3")
     with pytest.raises(ValueError, match="cannot be parsed"):
         parse("--config", str(tmp_path / "bad.json"))
@@ -310,16 +314,25 @@ def test_config_file_flags_and_resume_overrides(tiny_config, tmp_path):
 
     # a resume continues with the run's saved config; only what is given changes
     train(tiny_config, progress=False, log=lambda *_: None)
-    cfg = parse("--store", tiny_config.store, "--resume", "tiny", "--steps", "30", "--eval_episodes", "2")
-    assert (cfg.K, cfg.d_model, cfg.steps, cfg.eval_episodes) == (3, 16, 30, 2)
+    cfg = parse("--store", tiny_config.run.store, "--resume", "tiny", "--steps", "30", "--eval_episodes", "2")
+    assert (cfg.model.K, cfg.model.d_model, cfg.optim.steps, cfg.evaluation.eval_episodes) == (3, 16, 30, 2)
     out = cli(
-        "train", "--quiet", "--store", tiny_config.store, "--resume", "tiny", "--steps", "30", "--eval_episodes", "2"
+        "train",
+        "--quiet",
+        "--store",
+        tiny_config.run.store,
+        "--resume",
+        "tiny",
+        "--steps",
+        "30",
+        "--eval_episodes",
+        "2",
     )
     assert out.returncode == 0, out.stderr
-    run = RunStore(tiny_config.store).run("tiny")
+    run = RunStore(tiny_config.run.store).run("tiny")
     assert run.attrs["steps_done"] == 30 and run.attrs["config"]["eval_episodes"] == 2
     assert run.evals().sel(checkpoint=30).sizes["episode"] == 2
-    out = cli("train", "--quiet", "--store", tiny_config.store, "--resume", "tiny", "--K", "5", "--steps", "40")
+    out = cli("train", "--quiet", "--store", tiny_config.run.store, "--resume", "tiny", "--K", "5", "--steps", "40")
     assert out.returncode == 2 and "cannot change K (3 -> 5)" in out.stderr
 
 
@@ -327,11 +340,11 @@ def test_warm_up_and_gradient_clipping():
     import torch
 
     from dema_lab.models import ModelConfig, build_model
-    from dema_lab.training.trainer import make_optimizer, masked_mse, train_step
+    from dema_lab.training.objective import make_optimizer, masked_mse, train_step
 
-    cfg = TrainConfig(lr=1e-3, warmup_steps=4, grad_clip=0.01)
+    cfg = TrainConfig.from_flat(lr=1e-3, warmup_steps=4, grad_clip=0.01)
     model = build_model(ModelConfig(state_dim=11, act_dim=3, K=3, d_model=16, d_state=4, n_layer=1))
-    opt, sched = make_optimizer(model, cfg)
+    opt, sched = make_optimizer(model, cfg.optim)
     g = torch.Generator().manual_seed(0)
     batch = dict(
         states=torch.randn(4, 3, 11, generator=g),
@@ -343,10 +356,10 @@ def test_warm_up_and_gradient_clipping():
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
-        _, gnorm = train_step(model, batch, opt, sched, cfg.grad_clip)
-        assert gnorm > cfg.grad_clip  # the raw norm is reported ...
+        _, gnorm = train_step(model, batch, opt, sched, cfg.optim.grad_clip)
+        assert gnorm > cfg.optim.grad_clip  # the raw norm is reported ...
         clipped = torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
-        assert float(clipped) <= cfg.grad_clip * 1.0001  # ... and the step used the clipped one
+        assert float(clipped) <= cfg.optim.grad_clip * 1.0001  # ... and the step used the clipped one
     np.testing.assert_allclose(lrs, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert float(masked_mse(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), torch.tensor([[1.0, 0.0]]))) == 1.0
 
@@ -395,29 +408,29 @@ def test_a_live_rollout_is_saved_only_into_a_run_that_no_trainer_writes(tiny_con
         env.close()
     step = run.checkpoints()[-1]
     attrs = {"target": 3600.0, "seed": 0, "mode": "transformer", "aggregation": "minmax", "env": "hopper"}
-    name = save_rollout(tiny_config.store, "tiny", step, records, ck.config, attrs)
+    name = save_rollout(tiny_config.run.store, "tiny", step, records, ck.config, attrs)
     parsed = parse_rollout_name(name)
     assert (parsed.step, parsed.mode) == (step, "transformer") and name.startswith(
         f"step_{step:08d}-transformer-t0-e0-live"
     )
-    assert name in RunStore(tiny_config.store).run("tiny").rollouts()
-    before = RunStore(tiny_config.store).run("tiny").rollouts()
-    writable = RunStore(tiny_config.store, mode="a").run("tiny")
+    assert name in RunStore(tiny_config.run.store).run("tiny").rollouts()
+    before = RunStore(tiny_config.run.store).run("tiny").rollouts()
+    writable = RunStore(tiny_config.run.store, mode="a").run("tiny")
     writable.set_attrs(status="running")
     with pytest.raises(StoreError, match="being trained"):
-        save_rollout(tiny_config.store, "tiny", step, records, ck.config, attrs)
+        save_rollout(tiny_config.run.store, "tiny", step, records, ck.config, attrs)
     writable.set_attrs(status="finished")
-    held = RunLock(tiny_config.store, "tiny").acquire()  # as a trainer in another process would
+    held = RunLock(tiny_config.run.store, "tiny").acquire()  # as a trainer in another process would
     try:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         with ctx.Pool(1) as pool:  # another process: a lock is per process, so the refusal needs a second one
-            err = pool.apply(_save_in_child, (tiny_config.store, step, attrs))
+            err = pool.apply(_save_in_child, (tiny_config.run.store, step, attrs))
         assert err.startswith("RunBusyError:") and f"pid {os.getpid()}" in err, err  # names the holder
     finally:
         held.release()
-    assert RunStore(tiny_config.store).run("tiny").rollouts() == before
+    assert RunStore(tiny_config.run.store).run("tiny").rollouts() == before
 
 
 def _save_in_child(store, step, attrs) -> str:

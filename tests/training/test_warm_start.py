@@ -1,4 +1,4 @@
-"""Issue 16, warm start: the compiled scan kernels are cached on disk, so a second process
+"""Warm start: the compiled scan kernels are cached on disk, so a second process
 loads them instead of compiling, and only the first run says it is compiling.
 
 Two fresh interpreters share an empty NUMBA_CACHE_DIR. The check is numba's own cache
