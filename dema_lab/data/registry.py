@@ -37,9 +37,15 @@ __all__ = [
     "ensure_embedded",
     "load_dataset",
     "list_datasets",
+    "UnknownDatasetError",
 ]
 
 DEFAULT_DATASET = "hopper-medium"
+
+
+class UnknownDatasetError(DatasetError):
+    """A dataset spec that names no dataset (no file, no minari:<id>, no embedded name): a bad
+    argument, not data that could not be read."""
 
 
 def data_dir() -> Path:
@@ -155,7 +161,7 @@ def load_dataset(spec, env: str | None = None, progress: bool = True) -> Traject
     path = Path(spec).expanduser()
     if path.exists() or path.suffix.lower() in (".hdf5", ".h5", ".he5"):
         return load_d4rl(path, env=env)
-    raise DatasetError(
+    raise UnknownDatasetError(
         f"unknown dataset {spec!r}: not a file, not minari:<id>, not an embedded name ({', '.join(embedded_names())})"
     )
 

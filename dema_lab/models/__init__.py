@@ -13,7 +13,15 @@ from dema_lab.models.checkpoint import (
     save_checkpoint,
 )
 from dema_lab.models.config import ARCHS, LAYOUTS, ModelConfig
-from dema_lab.models.cost import cost_summary, count_parameters, forward_macs, step_macs
+from dema_lab.models.cost import (
+    cost_summary,
+    count_parameters,
+    forward_macs,
+    memory_problem,
+    parameter_bytes,
+    parameter_count,
+    step_macs,
+)
 from dema_lab.models.dema import DecisionMamba
 from dema_lab.models.dt import DecisionTransformer
 from dema_lab.models.init import official_init
@@ -42,6 +50,9 @@ __all__ = [
     "forward_macs",
     "load_checkpoint",
     "load_weights",
+    "memory_problem",
+    "parameter_bytes",
+    "parameter_count",
     "save_checkpoint",
     "step_macs",
 ]

@@ -19,6 +19,7 @@ import torch
 
 from dema_lab.models.build import build_model
 from dema_lab.models.config import ModelConfig
+from dema_lab.models.cost import memory_problem, parameter_bytes
 
 FORMAT = "dema-lab-checkpoint"
 VERSION = 1
@@ -152,11 +153,7 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     path = None if is_bytes else Path(source)
     header, name = read_header(source), ("checkpoint bytes" if is_bytes else str(path))
-    try:
-        config = ModelConfig.from_dict(json.loads(header["model_config"]))
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{name}: its model config cannot be read ({e})") from None
-    check_config_limits(config, name)
+    config = header_config(header, name)
     if expect is not None:
         if expect.arch != config.arch:
             raise CheckpointError(f"{name} holds a {config.arch!r} model, but a {expect.arch!r} model was expected")
@@ -169,6 +166,9 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
     device = torch.device(map_location)
     data = bytes(source) if is_bytes else path.read_bytes()
     check_declared_shapes(config, tensor_index(data, name), name)  # before any tensor or module exists
+    too_big = memory_problem(config, copies=2, what=f"{name}: loading its model")  # its tensors and the model
+    if too_big:
+        raise CheckpointError(too_big)
     try:
         tensors = load(data)
     except Exception as e:  # noqa: BLE001
@@ -185,21 +185,6 @@ def load_checkpoint(source, map_location="cpu", expect: ModelConfig | None = Non
     return Checkpoint(model=model, config=config, meta=meta, extra=extra, path=path)
 
 
-# Sane bounds of a checkpoint's model config. A header is input: one that claims a huge model
-# fails here by name, before anything is built (official DeMa: d_model 64, 3 layers, d_state 64).
-CONFIG_LIMITS = {
-    "state_dim": 100_000,
-    "act_dim": 100_000,
-    "K": 100_000,
-    "d_model": 8192,
-    "n_layer": 128,
-    "max_ep_len": 10_000_000,
-    "d_state": 1024,
-    "d_conv": 64,
-    "expand": 16,
-    "n_head": 256,
-    "embed_dim": 8192,
-}
 # bytes per element of the safetensors dtypes
 _DTYPE_SIZES = {
     "BOOL": 1,
@@ -220,18 +205,24 @@ _DTYPE_SIZES = {
 }
 
 
-def check_config_limits(config: ModelConfig, name: str = "checkpoint") -> None:
-    """CheckpointError naming every field of `config` above CONFIG_LIMITS."""
-    over = [
-        f"{k}={getattr(config, k)} (at most {limit})"
-        for k, limit in CONFIG_LIMITS.items()
-        if getattr(config, k) > limit
-    ]
-    if over:
+def header_config(header: dict, name: str = "checkpoint") -> ModelConfig:
+    """The ModelConfig a checkpoint header holds, validated as training validates it (its bounds
+    included: ModelConfig is the one definition), so what trains always loads and a header that
+    claims more fails by name; CheckpointError with ModelConfig's own message."""
+    try:
+        raw = json.loads(header["model_config"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{name}: its model config cannot be read ({e}); the file is corrupt") from None
+    if not isinstance(raw, dict):
         raise CheckpointError(
-            f"{name}: its model config is out of bounds: {', '.join(over)}; the header is "
-            f"corrupt or was not written by dema-lab"
+            f"{name}: its model config is a {type(raw).__name__}, not a JSON object; the file is corrupt"
         )
+    try:
+        return ModelConfig.from_dict(raw)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{name}: {e}; this dema-lab cannot build that model (the header is corrupt or was not written by dema-lab)"
+        ) from None
 
 
 def tensor_index(data: bytes, name: str = "checkpoint") -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -294,13 +285,10 @@ SMALL_MODEL_BYTES = 256 * 2**20  # below this estimate a model is built on the C
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """{"model.<name>": shape} of the model `config` builds. A model whose weights are estimated
-    (from its MACs per env step and its embedding tables) to be small is built on the CPU, with
+    (models.cost.parameter_bytes) to be small is built on the CPU, with
     the global RNG left as it was; a larger one on the meta device (shapes only, no memory), which
     costs a few seconds the first time in a process (torch imports its compiler stack there)."""
-    from dema_lab.models.cost import forward_macs
-
-    estimate = 4 * (forward_macs(config, 1) + (config.max_ep_len + 1) * max(config.d_model, config.embed_dim))
-    if estimate <= SMALL_MODEL_BYTES:
+    if parameter_bytes(config) <= SMALL_MODEL_BYTES:
         with torch.random.fork_rng(devices=[]):
             model = build_model(config)
     else:

@@ -9,7 +9,11 @@ The rules, in order:
     opened), opened non-blocking without following a last symlink, and checked again with fstat;
   * its size is capped (1 GiB unless told otherwise);
   * the 8-byte safetensors header length is read first and refused when absurd, then the header,
-    which must be a dema-lab checkpoint's, then only the tensor bytes that header declares.
+    which must be a dema-lab checkpoint's: its tensor table consistent, every tensor a weight of the
+    model its config describes (shape for shape) or an extra of at most state_dim values (the
+    state normalization), all floating point
+    (what the models' weights are; a file of bytes declared U8 would be widened to 4x its size);
+    then only the tensor bytes that header declares.
 A path outside the allowed directories and a missing file get the same message: the answers never
 tell a visitor whether an arbitrary path exists.
 """
@@ -21,10 +25,17 @@ import os
 import stat
 from pathlib import Path
 
-from dema_lab.models.checkpoint import CheckpointError, read_header
+from dema_lab.models.checkpoint import (
+    CheckpointError,
+    check_declared_shapes,
+    header_config,
+    read_header,
+    tensor_index,
+)
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: the models trained here are a few MB
 MAX_HEADER_BYTES = 16 << 20  # a dema-lab header is a few KB; safetensors itself allows 100 MB
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # the weights' (save_checkpoint writes the model's, F32)
 
 
 class CheckpointAccessError(CheckpointError):
@@ -177,7 +188,7 @@ def _read_safetensors(fd: int, size: int, name: str) -> bytearray:
     head[:8] = prefix
     _read_exactly(fd, memoryview(head)[8:], name)
     try:
-        read_header(bytes(head))  # a dema-lab checkpoint's header, or its CheckpointError
+        header = read_header(bytes(head))  # a dema-lab checkpoint's header, or its CheckpointError
     except CheckpointError as e:
         raise CheckpointError(_named(e, name)) from None
     try:
@@ -187,8 +198,52 @@ def _read_safetensors(fd: int, size: int, name: str) -> bytearray:
         raise corrupt(f"its tensor list cannot be read: {e}") from None
     if end < 0 or 8 + n + end > size:
         raise corrupt(f"it declares {8 + n + end} bytes of header and tensors, the file has {size}")
-    data = bytearray(8 + n + end)
+    check_tensors(header, tensor_index(_Header(head, size), name), name)  # before any data is read
+    data = bytearray(8 + n + end)  # tensor_index checked that the ranges lie inside the file
     data[: 8 + n] = head
     del head
     _read_exactly(fd, memoryview(data)[8 + n :], name)
     return data
+
+
+class _Header:
+    """The header bytes of a safetensors file of `size` bytes, as tensor_index reads a file (its
+    length, and slices of the header), so that the table is checked before the data is read."""
+
+    def __init__(self, head: bytearray, size: int):
+        self.head, self.size = head, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, where):
+        return self.head[where]
+
+
+def check_tensors(header: dict, index: dict, name: str) -> None:
+    """CheckpointError (one line) unless the tensors a checkpoint's table declares (tensor_index)
+    are the weights of the model its header's config describes, shape for shape, and extras (the
+    state normalization: at most state_dim values each), all of a floating-point dtype. Reads no
+    data."""
+    config = header_config(header, name)
+    for key, (dtype, shape) in index.items():
+        kind, _, what = key.partition(".")
+        if kind not in ("model", "extra"):
+            raise CheckpointError(
+                f"{name} holds a tensor {key!r} that a dema-lab checkpoint does not have; "
+                f"give a checkpoint written by dema-lab"
+            )
+        if dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{name}: its tensor {key!r} is declared {dtype}, but a {config.arch!r} model's weights "
+                f"are floating point ({', '.join(FLOAT_DTYPES)}); the file is corrupt or was not written by dema-lab"
+            )
+        numel = 1
+        for d in shape:
+            numel *= d
+        if kind == "extra" and numel > config.state_dim:
+            raise CheckpointError(
+                f"{name}: its {what} has {numel} values, the model's state has {config.state_dim}; "
+                f"the file is corrupt or its header was edited"
+            )
+    check_declared_shapes(config, index, name)  # every weight of the model, shape for shape

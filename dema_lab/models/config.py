@@ -33,6 +33,25 @@ WINDOW_PADDINGS = ("none", "left")
 WINDOW_ACTIONS = ("own", "previous")
 ACTIVATIONS = ("gelu", "relu")
 
+# The largest value of each size field: what trains can always be saved, loaded and imported, and
+# a checkpoint header that claims more fails by name before anything is built (the paper's DeMa:
+# d_model 64 to 256, 3 to 12 layers, d_state 16 to 64). ModelConfig.validate is the one check; the
+# trainer, the importer and the checkpoint loader all construct a ModelConfig.
+LIMITS = {
+    "state_dim": 100_000,
+    "act_dim": 100_000,
+    "K": 100_000,
+    "d_model": 8192,
+    "n_layer": 128,
+    "max_ep_len": 10_000_000,
+    "d_state": 1024,
+    "d_conv": 64,
+    "expand": 16,
+    "n_head": 256,
+    "embed_dim": 8192,
+    "n_actions": 100_000,
+}
+
 
 @dataclass
 class ModelConfig:
@@ -129,6 +148,10 @@ class ModelConfig:
             )
         elif self.n_actions and self.act_dim != 1:
             problems.append(f"discrete actions are one index: act_dim must be 1, got {self.act_dim}")
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                problems.append(f"{name} {value} is above the largest dema-lab builds ({name} at most {limit})")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         if problems:

@@ -8,6 +8,9 @@ token: decay x state, input x B, C x state). Norms, activations and exp are not 
 from __future__ import annotations
 
 import math
+import os
+
+import torch
 
 from dema_lab.models.build import build_model
 from dema_lab.models.config import ModelConfig
@@ -88,6 +91,97 @@ def count_parameters(cfg_or_model) -> int:
 
     model = build_model(cfg_or_model) if isinstance(cfg_or_model, ModelConfig) else cfg_or_model
     return sum(p.numel() for p in model.parameters())
+
+
+def _norm_params(cfg: ModelConfig) -> int:
+    return 2 * cfg.d_model  # LayerNorm: weight and bias
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of the model `cfg` builds, counted from the config alone (no model is built, so
+    this is instant and safe for any size): what count_parameters(cfg) returns."""
+    d, w = cfg.d_model, cfg.token_width
+    n = 2 * w  # embed_return: Linear(1, w)
+    n += cfg.n_actions * w if cfg.discrete else cfg.act_dim * w + w
+    if cfg.obs_shape:  # the Nature CNN
+        c, h, wd = cfg.obs_shape
+        for c_out, k, s in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+            n += c_out * c * k * k + c_out
+            h, wd, c = (h - k) // s + 1, (wd - k) // s + 1, c_out
+        n += c * h * wd * w + w
+    else:
+        n += cfg.state_dim * w + w
+    if cfg.timestep_embedding:
+        n += cfg.max_ep_len * w
+    if cfg.embed_dim or cfg.layout == "BL3D":
+        n += (3 * w if cfg.layout == "BL3D" else w) * d + d
+    if cfg.embed_norm == "layernorm":
+        n += _norm_params(cfg)
+    n += d * cfg.n_actions if cfg.discrete else d * cfg.act_dim + cfg.act_dim  # the action head
+    if cfg.arch == "dema":
+        di, r, ds = cfg.expand * d, math.ceil(d / 16), cfg.d_state
+        mixer = d * 2 * di + di * cfg.d_conv + di + di * (r + 2 * ds) + r * di + di + di * ds + di + di * d
+        n += cfg.n_layer * (d + mixer) + d  # RMSNorm per block, the final RMSNorm
+    else:
+        block = 2 * _norm_params(cfg) + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
+        n += cfg.n_layer * block + _norm_params(cfg)
+    return n
+
+
+def parameter_bytes(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of one copy of the model's weights and buffers (a state dict) in `dtype`, from the config
+    alone. A caller multiplies by the copies it holds: loading a checkpoint holds about two (the
+    file's tensors and the model), training about four (weights, gradients, AdamW's two moments)
+    plus the activations it estimates itself."""
+    buffers = cfg.obs_shape[1] * cfg.obs_shape[2] + 1 if cfg.obs_shape and cfg.frame_norm == "center" else 0
+    return (parameter_count(cfg) + buffers) * dtype.itemsize
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the machine can give now (Linux MemAvailable; else free physical pages);
+    None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB', 4.4e12 -> '4.0 TiB'."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def memory_problem(
+    cfg: ModelConfig, copies: int = 2, what: str = "the model", available: int | None = None
+) -> str | None:
+    """None if `copies` copies of the model's weights (parameter_bytes) fit the memory available
+    (default: available_memory()), else one line naming the size, the memory and the config values
+    that set it: what a loader, an importer or a trainer raises before it allocates anything."""
+    available = available_memory() if available is None else available
+    need = copies * parameter_bytes(cfg)
+    if available is None or need <= available:
+        return None
+    sizes = [f"d_model {cfg.d_model}", f"n_layer {cfg.n_layer}"]
+    if cfg.embed_dim:
+        sizes.append(f"embed_dim {cfg.embed_dim}")
+    if cfg.timestep_embedding:
+        sizes.append(f"max_ep_len {cfg.max_ep_len}")
+    if cfg.arch == "dema":
+        sizes += [f"d_state {cfg.d_state}", f"expand {cfg.expand}"]
+    return (
+        f"{what} needs about {format_bytes(need)} of memory for its {parameter_count(cfg):,} parameters "
+        f"({', '.join(sizes)}), more than the {format_bytes(available)} available: choose smaller sizes"
+    )
 
 
 def cost_summary(cfg: ModelConfig) -> dict:

@@ -196,3 +196,36 @@ def test_dqn_replay_malformed_folder_names_the_file(tmp_path):
         load_dqn_replay(tmp_path)
     with pytest.raises(DatasetError, match="no checkpoint 4"):
         load_dqn_replay(f"{folder}@4")
+
+
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        (-1, r"action -1 at index 6 \(1 actions are outside 0\.\.3 \(breakout has 4 actions\)\)"),
+        (4, r"action 4 at index 6 .*outside 0\.\.3 .*is this another game's folder\? \(pass env\)"),
+    ],
+)
+def test_dqn_replay_actions_outside_the_game_are_refused_at_load_naming_the_index(tmp_path, action, message):
+    folder, frames, actions, rewards, terminals = _replay(tmp_path)
+    actions[6] = action
+    _write_replay(folder, 0, frames, actions, rewards, terminals)
+    with pytest.raises(DatasetError, match=r"\$store\$_action_ckpt\.0\.gz: " + message):
+        load_dqn_replay(folder)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_dqn_replay_nan_or_infinite_rewards_are_refused_at_load(tmp_path, value):
+    folder, frames, actions, rewards, terminals = _replay(tmp_path)
+    rewards[[2, 8]] = value
+    _write_replay(folder, 0, frames, actions, rewards, terminals)
+    with pytest.raises(DatasetError, match=rf"\$store\$_reward_ckpt\.0\.gz: reward {value} at index 2 \(2 rewards"):
+        load_dqn_replay(folder)
+
+
+def test_dqn_replay_checks_only_the_rows_in_use(tmp_path):
+    """dopamine's buffer past add_count is uninitialised: garbage there is not the data's."""
+    folder, frames, actions, rewards, terminals = _replay(tmp_path)
+    rewards[8:], actions[8:] = np.nan, -7
+    _write_replay(folder, 0, frames, actions, rewards, terminals, add_count=8)
+    ds = load_dqn_replay(folder)
+    assert ds.num_transitions == 8 and np.isfinite(ds.returns).all()

@@ -194,6 +194,17 @@ def test_env_argument_checks_action_dims(tmp_path):
         load_d4rl(path, env="Hopper-v5")
 
 
+@pytest.mark.timeout(60)  # opening the FIFO would block
+def test_a_fifo_or_a_device_is_not_a_regular_file_and_is_never_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "data.hdf5"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), ("/dev/zero", "a device")):
+        with pytest.raises(DatasetError, match=f"is not a regular file \\({kind}\\); give an HDF5 file"):
+            load_dataset(str(path))
+
+
 def test_missing_file_and_unknown_spec(tmp_path):
     with pytest.raises(DatasetError, match="no such file"):
         load_d4rl(tmp_path / "nope.hdf5")

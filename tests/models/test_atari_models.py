@@ -1,7 +1,6 @@
 """Discrete-action DeMa and DT with the Nature-DQN CNN (Atari): shapes, token order (a, R, s),
 causality, both inference modes, hidden attention, ablations, decay statistics, the loss, presets."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +13,8 @@ from dema_lab.evaluation.ablation import ablate
 from dema_lab.models import ModelConfig, build_model, count_parameters
 from dema_lab.models.cnn import NatureCNN
 from dema_lab.ssm import apply_attention
-from dema_lab.training.trainer import PRESETS, TrainConfig, lr_factor, make_optimizer, masked_cross_entropy
+from dema_lab.training import PRESETS, TrainConfig
+from dema_lab.training.objective import lr_factor, make_optimizer, masked_cross_entropy
 
 OBS = (4, 84, 84)
 
@@ -167,11 +167,11 @@ def test_masked_cross_entropy_matches_torch():
 
 
 def test_training_steps_fit_a_tiny_batch():
-    from dema_lab.training.trainer import make_optimizer, train_step
+    from dema_lab.training.objective import make_optimizer, train_step
 
     m = _model(n_layer=1).train()
-    cfg = TrainConfig(lr=3e-3, warmup_steps=1, grad_clip=1.0)
-    opt, sched = make_optimizer(m, cfg)
+    cfg = TrainConfig.from_flat(lr=3e-3, warmup_steps=1, grad_clip=1.0)
+    opt, sched = make_optimizer(m, cfg.optim)
     x = _inputs(b=4)
     batch = dict(x, mask=torch.ones(4, 3, dtype=torch.bool), prev_action=torch.zeros(4, 1))
     losses = [train_step(m, batch, opt, sched, 1.0)[0] for _ in range(30)]
@@ -212,7 +212,7 @@ def test_atari_presets():
     assert n == cnn + embeds + 6 * layer + d + d * 4  # + norm_f + head (no bias)
     small = TrainConfig.from_preset("atari-small")
     assert count_parameters(small.model_config(4 * 84 * 84, 1, OBS, 4)) < n / 4
-    assert (off.frame_norm, small.frame_norm) == ("scale", "center")  # official x / 255; dema-lab's
+    assert (off.model.frame_norm, small.model.frame_norm) == ("scale", "center")  # official x / 255; dema-lab's
     assert {"atari-official", "atari-small"} <= set(PRESETS)
 
 
@@ -228,23 +228,23 @@ def _official_atari_lr_mult(step, batch, K, warmup_tokens, final_tokens):
 
 def test_atari_official_lr_follows_the_official_cosine_in_tokens():
     cfg = TrainConfig.from_preset("atari-official")
-    b, K = cfg.batch_size, cfg.K
+    b, K = cfg.optim.batch_size, cfg.model.K
     warmup_tokens, final_tokens = 3000 * 32, 2 * 500_000 * K * 3  # run_atari.py, 500k transitions
     for step in [0, 1, 198, 398, 399, 400, 1000, 100_000, 187_000, 374_999, 375_000, 450_000, 624_999]:
         want = _official_atari_lr_mult(step, b, K, warmup_tokens, final_tokens)
-        assert lr_factor(cfg, step) == pytest.approx(want, rel=1e-9, abs=1e-12), step
+        assert lr_factor(cfg.optim, step) == pytest.approx(want, rel=1e-9, abs=1e-12), step
     # the floor, and the official rise past final_tokens (10 epochs end at progress ~1.67)
-    assert lr_factor(cfg, 374_999) == pytest.approx(0.1)
-    assert lr_factor(cfg, 624_999) > 0.7
+    assert lr_factor(cfg.optim, 374_999) == pytest.approx(0.1)
+    assert lr_factor(cfg.optim, 624_999) > 0.7
     # constant after the warm-up otherwise, and the optimiser follows the factor
     small = TrainConfig.from_preset("atari-small")
-    assert [lr_factor(small, s) for s in (0, 49, 50, 1499)] == [1 / 50, 1.0, 1.0, 1.0]
+    assert [lr_factor(small.optim, s) for s in (0, 49, 50, 1499)] == [1 / 50, 1.0, 1.0, 1.0]
     model = torch.nn.Linear(2, 2)
-    opt, sched = make_optimizer(model, dataclasses.replace(cfg, warmup_steps=2, lr_decay_steps=6, steps=6))
+    opt, sched = make_optimizer(model, cfg.replace(warmup_steps=2, lr_decay_steps=6, steps=6).optim)
     seen = []
     for _ in range(6):
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    want = [cfg.lr * _official_atari_lr_mult(s, 1, 1, 2, 6) for s in range(6)]
+    want = [cfg.optim.lr * _official_atari_lr_mult(s, 1, 1, 2, 6) for s in range(6)]
     assert seen == pytest.approx(want)

@@ -10,8 +10,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from helpers.official import RefMixer, linear, rmsnorm  # the official mamba_simple / RMSNorm reference
 from numpy.lib.stride_tricks import sliding_window_view
-from test_official import RefMixer, linear, rmsnorm  # the official mamba_simple / RMSNorm reference
 
 from dema_lab.integrations import import_official
 from dema_lab.models.official import OfficialCheckpointError, UnsafeCheckpointError

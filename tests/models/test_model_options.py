@@ -7,7 +7,8 @@ import torch
 
 from dema_lab.analysis import token_labels
 from dema_lab.models import ModelConfig, Policy, build_model, cost_summary
-from dema_lab.training.trainer import PRESETS, TrainConfig, training_form
+from dema_lab.training import PRESETS, TrainConfig
+from dema_lab.training.objective import training_form
 
 OFFICIAL = dict(token_order="RAS", embed_dim=24, d_model=16, embed_norm="none", window_padding="left")
 
@@ -105,12 +106,20 @@ def test_previous_rtg_training_form_is_the_official_del_r():
     torch.testing.assert_close(slots, x["actions"][:, :-1])
     assert training_form(x, "current") is x
     with pytest.raises(ValueError, match="needs token_order RAS"):
-        TrainConfig(rtg_form="previous")
+        TrainConfig.from_flat(rtg_form="previous")
 
 
 def test_official_preset_is_the_papers_model():
     cfg = TrainConfig.from_preset("official", dataset="hopper-medium")
-    assert (cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.grad_clip, cfg.batch_size, cfg.K, cfg.steps) == (
+    assert (
+        cfg.optim.lr,
+        cfg.optim.weight_decay,
+        cfg.optim.warmup_steps,
+        cfg.optim.grad_clip,
+        cfg.optim.batch_size,
+        cfg.model.K,
+        cfg.optim.steps,
+    ) == (
         1e-4,
         1e-4,
         10_000,
@@ -119,7 +128,7 @@ def test_official_preset_is_the_papers_model():
         20,
         100_000,
     )
-    assert cfg.decay_all and cfg.rtg_form == "previous"
+    assert cfg.optim.decay_all and cfg.data.rtg_form == "previous"
     mc = cfg.model_config(11, 3)  # Hopper
     n = cost_summary(mc)["parameters"]
     # reference.md: the official DeMa has about 165k parameters on hopper; its two unused heads
@@ -131,15 +140,15 @@ def test_official_preset_is_the_papers_model():
 
 
 def test_decay_all_puts_weight_decay_on_every_parameter():
-    from dema_lab.training.trainer import make_optimizer
+    from dema_lab.training.objective import make_optimizer
 
-    cfg = TrainConfig(
+    cfg = TrainConfig.from_flat(
         arch="dema", d_model=16, d_state=4, n_layer=1, K=3, **{k: v for k, v in OFFICIAL.items() if k != "d_model"}
     )
     model = build_model(cfg.model_config(4, 2))
-    opt, _ = make_optimizer(model, cfg)
+    opt, _ = make_optimizer(model, cfg.optim)
     assert sum(p.numel() for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]) > 0
-    opt, _ = make_optimizer(model, TrainConfig(**{**cfg.__dict__, "decay_all": True}))
+    opt, _ = make_optimizer(model, cfg.replace(decay_all=True).optim)
     assert all(g["weight_decay"] == 1e-4 for g in opt.param_groups if g["params"])
     assert sum(p.numel() for g in opt.param_groups if g["weight_decay"] for p in g["params"]) == sum(
         p.numel() for p in model.parameters()
@@ -263,7 +272,7 @@ def test_official_init_is_mamba_ssms_init_weights():
         bound = math.sqrt(6 / (6 * w.shape[1])) / math.sqrt(cfg.n_layer)
         assert w.abs().max() <= bound + 1e-7 and w.abs().max() > 0.8 * bound
     assert abs(float(model.embed.embed_timestep.weight.detach().std()) - 0.02) < 0.002
-    assert TrainConfig.from_preset("official").init == "official" and TrainConfig().init == "torch"
+    assert TrainConfig.from_preset("official").optim.init == "official" and TrainConfig().optim.init == "torch"
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ unterminated episode. ``d4rl`` itself is not needed: h5py reads the file.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,21 @@ def read_d4rl_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise DatasetError(f"{path}: no such file")
     if path.is_dir():
         raise DatasetError(f"{path}: is a directory, expected a D4RL .hdf5 file")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # checked before anything opens it: reading a FIFO would block
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a special file"
+        )
+        raise DatasetError(
+            f"{path}: is not a regular file ({kind}); give an HDF5 file (a D4RL-layout .hdf5, e.g. one "
+            f"`dema-lab data build ENV QUALITY` writes)"
+        )
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: the file is empty (0 bytes); rebuild or re-download it")
     if not h5py.is_hdf5(path):

@@ -58,8 +58,46 @@ def _load(path: Path) -> np.ndarray:
         ) from None
 
 
-def _read_checkpoint(folder: Path, n: int) -> dict[str, np.ndarray]:
-    """The valid transitions of checkpoint n, oldest first, starting at an episode's start."""
+def _check_values(name, actions, rewards, rows: np.ndarray, n_actions: int | None, game: str) -> None:
+    """DatasetError naming the file and the first bad index among `rows` (the rows in use; dopamine
+    leaves the rest of its buffer uninitialised): actions that are not indices 0..n-1 of
+    the game's actions (a negative one would index the embedding table from its end, one past the
+    end fails inside training), rewards that are NaN or infinite (the loss would diverge, and the
+    divergence would look like a learning-rate problem)."""
+    actions, rewards = actions[rows], rewards[rows]
+
+    def first(bad) -> tuple[int, int]:  # (position in rows, index in the file) of the first bad row
+        k = int(np.flatnonzero(bad)[0])
+        return k, int(rows[k])
+
+    bad = ~np.isfinite(rewards) if rewards.dtype.kind == "f" else np.zeros(len(rewards), bool)
+    if bad.any():
+        k, i = first(bad)
+        raise DatasetError(
+            f"{name('reward')}: reward {rewards[k]} at index {i} ({int(bad.sum())} rewards are NaN or "
+            f"infinite); the file is damaged: re-download this file of the DQN-Replay run"
+        )
+    if actions.dtype.kind == "f":
+        bad = ~np.isfinite(actions) | (actions != np.round(actions))
+        if bad.any():
+            k, i = first(bad)
+            raise DatasetError(f"{name('action')}: action {actions[k]} at index {i} is not an action index")
+    bad = actions < 0
+    if n_actions:
+        bad |= actions >= n_actions
+    if bad.any():
+        k, i = first(bad)
+        allowed = f"0..{n_actions - 1} ({game} has {n_actions} actions)" if n_actions else "0 or more"
+        hint = "; is this another game's folder? (pass env)" if n_actions and actions[k] >= n_actions else ""
+        raise DatasetError(
+            f"{name('action')}: action {actions[k]} at index {i} ({int(bad.sum())} actions are outside "
+            f"{allowed}){hint}; the file is damaged or from another game"
+        )
+
+
+def _read_checkpoint(folder: Path, n: int, n_actions: int | None = None, game: str = "") -> dict[str, np.ndarray]:
+    """The valid transitions of checkpoint n, oldest first, starting at an episode's start; actions
+    and rewards checked (_check_values) before anything is built from them."""
     a = {k: _load(folder / f"$store$_{k}_ckpt.{n}.gz") for k in STORE_KEYS}
     count_path = folder / f"add_count_ckpt.{n}.gz"
     add_count = int(np.asarray(_load(count_path)).reshape(-1)[0]) if count_path.exists() else None
@@ -89,6 +127,7 @@ def _read_checkpoint(folder: Path, n: int) -> dict[str, np.ndarray]:
     order = order[first:]
     if not len(order):
         raise DatasetError(f"{folder}: checkpoint {n} holds no complete episode start")
+    _check_values(name, a["action"], a["reward"], order, n_actions, game)  # the rows in use only
     return {k: v[order] for k, v in a.items()}
 
 
@@ -129,7 +168,7 @@ def load_dqn_replay(spec: str | Path, env: str | None = None) -> TrajectoryDatas
         env_spec(env)  # raises the clear unknown-env error
     trajs = []
     for n in chosen:
-        a = _read_checkpoint(folder, n)
+        a = _read_checkpoint(folder, n, espec.n_actions if espec is not None else None, espec.name if espec else game)
         done = a["terminal"] != 0
         ends = np.flatnonzero(done) + 1
         if not len(ends) or ends[-1] != len(done):
@@ -149,11 +188,6 @@ def load_dqn_replay(spec: str | Path, env: str | None = None) -> TrajectoryDatas
     n_actions = (
         espec.n_actions if espec is not None and espec.n_actions else int(max(t.actions.max() for t in trajs)) + 1
     )
-    if espec is not None and espec.n_actions and max(t.actions.max() for t in trajs) >= espec.n_actions:
-        raise DatasetError(
-            f"{folder}: actions go up to {int(max(t.actions.max() for t in trajs))} but "
-            f"{espec.name} has {espec.n_actions}; is this another game's folder? (pass env)"
-        )
     attrs = {
         "frame_stack": 4,
         "n_actions": n_actions,

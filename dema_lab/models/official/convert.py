@@ -36,6 +36,7 @@ import torch
 from dema_lab.models.build import build_model
 from dema_lab.models.checkpoint import Checkpoint, CheckpointError, load_weights
 from dema_lab.models.config import ModelConfig
+from dema_lab.models.cost import memory_problem
 from dema_lab.models.official.unpickler import OfficialCheckpointError, read_official
 
 OFFICIAL_K = 20  # gym/experiment.py --K
@@ -48,14 +49,6 @@ __all__ = [
     "infer_official",
     "official_checkpoint",
 ]
-
-
-# ------------------------------------------------------------------------------------------------
-# The restricted unpickler
-# ------------------------------------------------------------------------------------------------
-
-
-_ALLOWED: dict | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -537,6 +530,9 @@ def official_checkpoint(
         rtg_scale = 1.0 if cfg.discrete else 1000.0
     env_name = env or ""
 
+    too_big = memory_problem(cfg, copies=2, what=f"{path}: its model")
+    if too_big:
+        raise OfficialCheckpointError(too_big)
     model = build_model(cfg)
     try:
         load_weights(model, weights, source=f"{path} (mapped from {cls})")
