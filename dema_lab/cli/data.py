@@ -108,9 +108,13 @@ def _train(args) -> int:
 
 
 def _exit_status(error: BaseException) -> int:
-    """1 when the data could not be built or read, 2 for anything else (a bad env or quality)."""
+    """1 when the data could not be built or read, 2 for anything else (a bad env or quality, a
+    spec that names no dataset)."""
+    from dema_lab.data.registry import UnknownDatasetError
     from dema_lab.data.trajectory import DatasetError
 
+    if isinstance(error, UnknownDatasetError):
+        return 2
     return 1 if isinstance(error, (DatasetError, ImportError, FileNotFoundError)) else 2
 
 

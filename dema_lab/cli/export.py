@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dema_lab.integrations.trackers import TRACKERS, export_run
+from dema_lab.integrations.trackers import TRACKERS, export_run, other_event_files
 from dema_lab.store.zarr_store import RunStore
 
 
@@ -15,7 +15,18 @@ def _export(args) -> int:
     run = RunStore(args.store, mode="r").run(args.run)
     out = export_run(run, tracker, folder, project=args.project)
     if tracker == "tensorboard":
-        print(f"run {args.run} written to {out}; view it: tensorboard --logdir {out.parent} --host 127.0.0.1")
+        print(
+            f"run {args.run} written to {out} (replacing an earlier export there); view it: "
+            f"tensorboard --logdir {out.parent} --host 127.0.0.1"
+        )
+        others = other_event_files(out)
+        if others:
+            print(
+                f"note: {out} also holds {len(others)} event file(s) that this export did not write (live "
+                f"logging during training, or an export by an older dema-lab), and TensorBoard shows "
+                f"their scalars too: remove them ({others[0].name}{', ...' if len(others) > 1 else ''}) "
+                f"to see this export alone"
+            )
     else:
         print(f"run {args.run} written to the offline W&B run {out}; upload it (optional): wandb sync {out}")
     return 0

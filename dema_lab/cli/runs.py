@@ -71,6 +71,12 @@ def _runs(args) -> int:
         for row in rows:
             print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
         print(f"scores: normalized, in score_mode; {SCORE_TEXT}; {METHOD_TEXT['last']}; {METHOD_TEXT['best']}")
+    deleting = [str(r) for r, st in zip(summary.run.values, status) if st == "deleting"]
+    if deleting:
+        print(
+            f"deleting: a `dema-lab delete` of {len(deleting)} run(s) was interrupted; run it again to "
+            f"finish: " + ", ".join(f"dema-lab delete {r} --store {args.store}" for r in deleting)
+        )
     if stale:
         print(
             f"stale: marked running, but no live process writes them ({len(stale)}); "
@@ -90,9 +96,10 @@ def _delete(args) -> int:
         store.run(args.run)  # StoreError: not in the store, with the close matches
     if args.run in store.unreadable:
         what = f"unreadable run {args.run} ({store.unreadable[args.run]})"
+    elif (attrs := store.run(args.run).attrs).get("status") == "deleting":
+        what = f"run {args.run} (partly deleted: an earlier delete was interrupted)"
     else:
         run = store.run(args.run)
-        attrs = run.attrs
         what = (
             f"run {args.run} ({attrs.get('status', '?')}, {attrs.get('steps_done', 0)} steps, "
             f"{len(run.checkpoints())} checkpoint(s))"

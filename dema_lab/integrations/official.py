@@ -13,27 +13,22 @@ groups, and status "finished". Reading the pickle executes nothing (dema_lab.mod
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import platform
 import re
-import socket
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from dema_lab import __version__
 from dema_lab.data import load_dataset
 from dema_lab.envs.spec import env_spec
+from dema_lab.evaluation.checkpoint import evaluate_checkpoint
 from dema_lab.evaluation.defaults import default_modes, default_targets
-from dema_lab.models import count_parameters, forward_macs, step_macs
 from dema_lab.models.checkpoint import checkpoint_bytes
 from dema_lab.models.official.convert import OFFICIAL_N_HEAD, official_checkpoint
 from dema_lab.models.official.unpickler import OfficialCheckpointError
 from dema_lab.store.errors import StoreError
+from dema_lab.store.provenance import provenance
 from dema_lab.store.schema import checkpoint_name
 from dema_lab.store.zarr_store import DEFAULT_STORE, Run, RunStore
+from dema_lab.training import PRESETS, TrainConfig
 
 # How the official gym/experiment.py trains (recorded in the imported run's config; nothing is trained
 # here): the optimiser and sampling settings of the 'official' preset, which DeMa and DT share there.
@@ -57,33 +52,18 @@ def default_run_id(ck, dataset_name: str, source: Path) -> str:
 
 
 def train_config_for(ck, dataset: str, **fields):
-    """The TrainConfig that describes an imported model (its ModelConfig fields, the official
-    optimiser settings) with `fields` (store, run_id, evaluation settings) on top."""
-    from dema_lab.training.trainer import TrainConfig
-
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = ck.config.to_dict()
-    from_data = ("state_dim", "act_dim", "obs_shape", "n_actions")  # the dataset's, not settings
-    model_fields = {k: v for k, v in cfg.items() if k in known and k not in from_data}
-    missing = sorted(k for k in cfg if k not in known and k not in from_data)
-    if missing:
-        raise ValueError(
-            f"this dema-lab's TrainConfig cannot describe the imported model (no field for "
-            f"{', '.join(missing)}); update dema-lab"
-        )
-    from dema_lab.training.trainer import PRESETS
-
+    """The TrainConfig that describes an imported model (its ModelConfig, the official optimiser
+    settings) with flat `fields` (store, run_id, evaluation settings) on top."""
     extra = {k: PRESETS["official"][k] for k in OFFICIAL_TRAINING_FIELDS}
     if ck.config.arch == "dema" and ck.config.token_order == "RAS":
         extra["rtg_form"] = "previous"  # the official trainer's R_{t-1} with s_t (`del_r`)
-    extra = {k: v for k, v in extra.items() if k in known}
     steps = max(1, int(ck.meta.get("step") or 0))
-    return TrainConfig(
+    return TrainConfig.from_flat(
+        {"model": ck.config.to_dict()},
         dataset=dataset,
         steps=steps,
         rtg_scale=float(ck.meta["rtg_scale"]),
         device="cpu",
-        **model_fields,
         **extra,
         **fields,
     )
@@ -153,36 +133,23 @@ def import_to_store(
     )
     step = int(ck.meta["step"])
     meta = {**ck.meta, "run_id": run_id}
-    provenance = {
-        "source": "official",
-        "source_path": meta["source_path"],
-        "source_sha256": _sha256(path),
-        "official_class": meta["official_class"],
-        "iteration": meta["iteration"],
-        "dropped_tensors": meta["dropped"],
-        "optimizer_steps": meta.get("optimizer_steps"),
-        "dataset": ds.name,
-        "dataset_source": str(ds.source or ""),
-        "dataset_attrs": {k: v for k, v in ds.attrs.items() if isinstance(v, (str, int, float, bool))},
-        "env": env_name,
-        "episodes": len(ds),
-        "transitions": ds.num_transitions,
-        "code_version": __version__,
-        "device": "cpu",
-        "backend": _backend(ck.config.arch),
-        "torch": torch.__version__,
-        "host": socket.gethostname(),
-        "python": platform.python_version(),
-        "model_config": ck.config.to_dict(),
-        "timestep_embedding": ck.config.timestep_embedding,
-        "parameters": count_parameters(ck.model),
-        "forward_macs": forward_macs(ck.config),
-        "step_macs": {m: step_macs(ck.config, m) for m in modes},
-        "eval_targets": targets,
-        "eval_modes": modes,
-        "state_normalisation": "dataset mean and std + 1e-6 over all observations (as the official code)",
-    }
-    run = rs.create_run(run_id, asdict(cfg), provenance)
+    prov = provenance(
+        ds,
+        env_name,
+        ck.model,
+        modes,
+        targets,
+        device="cpu",
+        source="official",
+        source_path=meta["source_path"],
+        source_sha256=_sha256(path),
+        official_class=meta["official_class"],
+        iteration=meta["iteration"],
+        dropped_tensors=meta["dropped"],
+        optimizer_steps=meta.get("optimizer_steps"),
+        state_normalisation="dataset mean and std + 1e-6 over all observations (as the official code)",
+    )
+    run = rs.create_run(run_id, cfg.to_flat(), prov)
     try:
         run.write_bytes("checkpoint", checkpoint_name(step), checkpoint_bytes(ck.model, meta, ck.extra), attrs=meta)
         run.set_attrs(steps_done=step)
@@ -194,30 +161,26 @@ def import_to_store(
     return run
 
 
-def _backend(arch: str) -> str:
-    from dema_lab.ssm import backend_for
-
-    return backend_for(torch.device("cpu")) if arch == "dema" else "attention"
-
-
 def evaluate_into(run: Run, ck, ds, cfg, log=print):
-    """Evaluate an imported checkpoint as the trainer does (train.evaluate_checkpoint) and publish
+    """Evaluate an imported checkpoint as the trainer does (evaluate_checkpoint) and publish
     eval/, rollout/, decay/ and paper_attention/ under its checkpoint name."""
     from dema_lab.data import WindowSampler
-    from dema_lab.training.trainer import evaluate_checkpoint
 
     mean, std = ck.extra["state_mean"].numpy(), ck.extra["state_std"].numpy()
-    sampler = WindowSampler(ds, cfg.K, rtg_scale=cfg.rtg_scale, seed=cfg.seed, state_mean=mean, state_std=std)
+    K, rtg_scale, seed = cfg.model.K, cfg.data.rtg_scale, cfg.optim.seed
+    sampler = WindowSampler(ds, K, rtg_scale=rtg_scale, seed=seed, state_mean=mean, state_std=std)
     return evaluate_checkpoint(
         run,
         ck.model,
         int(ck.meta["step"]),
-        cfg,
+        cfg.evaluation,
         ck.meta["env"],
-        cfg.eval_targets,
-        cfg.eval_modes,
+        cfg.evaluation.eval_targets,
+        cfg.evaluation.eval_modes,
         sampler,
         ds.normalized_score,
+        rtg_scale=rtg_scale,
+        seed=seed,
         log=log,
         attrs={"source": "official"},
     )

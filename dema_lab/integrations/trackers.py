@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -146,12 +147,15 @@ def _gif(run: Run, name: str, folder: str, fps: float = 30.0) -> Path | None:
 
 
 # ------------------------------------------------------------------------------ TensorBoard
-def _tensorboard_writer(logdir):
+EXPORT_SUFFIX = ".dema-lab-export"  # the end of the event files that `dema-lab export` writes
+
+
+def _tensorboard_writer(logdir, filename_suffix: str = ""):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ImportError(f"exporting to TensorBoard needs the tensorboard package; {_INSTALL}") from None
-    return SummaryWriter(log_dir=str(logdir))
+    return SummaryWriter(log_dir=str(logdir), filename_suffix=filename_suffix)
 
 
 def _write_tensorboard(writer, run: Run, rec: Replay, fps: float) -> None:
@@ -173,20 +177,52 @@ def _write_tensorboard(writer, run: Run, rec: Replay, fps: float) -> None:
 
 
 def to_tensorboard(run: Run, logdir, fps: float = 30.0) -> Path:
-    """Write the run's records as TensorBoard event files under logdir/<run_id>; returns that folder."""
-    out = Path(logdir).expanduser() / run.run_id
+    """Write the run's records as TensorBoard event files under logdir/<run_id>; returns that folder.
+
+    Exporting again replaces the previous export (its event files end in EXPORT_SUFFIX), so no
+    scalar is doubled: the new file is written whole in a hidden folder beside the export, the old
+    export's files are removed, then the new file is renamed in. A killed export leaves at worst
+    that hidden folder (removed by the next export) or no export, never two."""
+    logdir = Path(logdir).expanduser()
+    out = logdir / run.run_id
     rec = replay(run)
-    writer = _tensorboard_writer(out)
+    logdir.mkdir(parents=True, exist_ok=True)
+    partial = f".{run.run_id}.export-"
+    for old in logdir.glob(partial + "*"):  # what a killed export left
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=partial, dir=logdir))
     try:
-        writer.add_text("config", "```\n" + json.dumps(rec.config, indent=2, sort_keys=True, default=str) + "\n```", 0)
-        _write_tensorboard(writer, run, rec, fps)
-        summary = run_summary(run)
-        for key in ("score/last", "score/best"):
-            if np.isfinite(summary[key]):
-                writer.add_scalar(key, summary[key], max(summary["score/last_checkpoint"], 0))
+        writer = _tensorboard_writer(tmp, EXPORT_SUFFIX)
+        try:
+            writer.add_text(
+                "config", "```\n" + json.dumps(rec.config, indent=2, sort_keys=True, default=str) + "\n```", 0
+            )
+            _write_tensorboard(writer, run, rec, fps)
+            summary = run_summary(run)
+            for key in ("score/last", "score/best"):
+                if np.isfinite(summary[key]):
+                    writer.add_scalar(key, summary[key], max(summary["score/last_checkpoint"], 0))
+        finally:
+            writer.close()
+        out.mkdir(parents=True, exist_ok=True)
+        for old in exported_event_files(out):
+            old.unlink()
+        for new in exported_event_files(tmp):
+            new.rename(out / new.name)
     finally:
-        writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def exported_event_files(folder) -> list[Path]:
+    """The event files of `dema-lab export` in `folder` (not those of live logging, or of others)."""
+    return sorted(Path(folder).glob(f"events.out.tfevents.*{EXPORT_SUFFIX}"))
+
+
+def other_event_files(folder) -> list[Path]:
+    """The event files in `folder` that `dema-lab export` did not write (live logging during
+    training, an export by an older dema-lab): TensorBoard shows their scalars beside the export's."""
+    return [p for p in sorted(Path(folder).glob("events.out.tfevents.*")) if not p.name.endswith(EXPORT_SUFFIX)]
 
 
 class LiveTensorBoard:

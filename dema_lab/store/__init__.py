@@ -6,7 +6,7 @@ per run; remote: fsspec URLs and their storage options. May import common, ssm, 
 data; scores and display labels live above it (dema_lab.analysis).
 """
 
-from dema_lab.store.errors import EmptyStoreError, IntegrityError, StoreError
+from dema_lab.store.errors import EmptyStoreError, IntegrityError, StoreError, StoreFullError
 from dema_lab.store.lock import RunBusyError, RunLock
 from dema_lab.store.schema import KINDS, STORE_VERSION, checkpoint_name, parse_rollout_name, rollout_name, step_of
 from dema_lab.store.zarr_store import DEFAULT_STORE, Run, RunStore, check_store, open_run
@@ -22,6 +22,7 @@ __all__ = [
     "RunLock",
     "RunStore",
     "StoreError",
+    "StoreFullError",
     "check_store",
     "checkpoint_name",
     "open_run",

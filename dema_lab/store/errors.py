@@ -14,3 +14,7 @@ class IntegrityError(StoreError):
 
 class EmptyStoreError(StoreError):
     """A store path that does not exist yet, or an empty directory: no runs, nothing wrong."""
+
+
+class StoreFullError(StoreError):
+    """The store's device is full (ENOSPC) while writing: names the store and what to do."""

@@ -24,24 +24,36 @@ touches the group readers are using: each name has a ring of slots (<name>, <nam
 <name>.slot2); the new version is written whole into the next slot, and the run's `slots`
 attribute switches to it in the same atomic write that publishes it. A reader that looked up
 the old slot can still read it until two more versions have been written.
+
+Deleting a run first marks it (status "deleting", nothing published) in one write of its zarr.json,
+then removes its files, that zarr.json last: a killed delete leaves a listed run that a second
+delete finishes. The runs are listed from the `runs` group, or from the run directories on disk
+when its zarr.json is missing (rewritten by a writable store).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import os
-import re
+import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import zarr
 
-from dema_lab.store.errors import EmptyStoreError, IntegrityError, StoreError
-from dema_lab.store.schema import KINDS, RUN_ID, STORE_VERSION, checkpoint_name, parse_rollout_name, rollout_name, step_of
+from dema_lab.store.errors import EmptyStoreError, IntegrityError, StoreError, StoreFullError
+from dema_lab.store.schema import (
+    KINDS,
+    RUN_ID,
+    STORE_VERSION,
+    checkpoint_name,
+    step_of,
+)
 
 DEFAULT_STORE = os.environ.get("DEMA_LAB_STORE", "store")
 SLOTS = 3  # versions of a rewritten name kept on disk (see the publishing protocol)
@@ -88,6 +100,25 @@ def _url_is_empty(url: str) -> bool:
             f"cannot read {url} ({type(e).__name__}: {e}); check the URL, the credentials and the "
             f"endpoint (--storage-option KEY=VALUE, or the environment as the filesystem reads it: "
             f"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for s3://)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _space_advice(store_path: str, what: str, partial=None):
+    """A full disk (ENOSPC) while writing `what` becomes a StoreFullError that names the store and
+    what to do; `partial()` first removes what was written of an unpublished group (no reader
+    looks there), giving its space back so that the writer can still record the run's status."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        if partial is not None:
+            with contextlib.suppress(Exception):
+                partial()
+        raise StoreFullError(
+            f"no space left on the device of store {store_path} while writing {what} (nothing partial "
+            f"was published); free space or choose another --store"
         ) from None
 
 
@@ -186,21 +217,11 @@ class RunStore:
 
     # ---------------------------------------------------------------- runs
     def run_ids(self) -> list[str]:
-        """Runs in the store, oldest first (a run is listed once its group is created)."""
-        try:
-            runs = self.root["runs"]
-        except KeyError:
-            return []
-        found = []
+        """Runs in the store, oldest first (a run is listed once its group is created). A run being
+        deleted is listed (status "deleting") until its last file goes: `dema-lab delete` finishes it."""
         self.unreadable.clear()
-        with warnings.catch_warnings():
-            # a run being created by another process is a directory without zarr.json yet
-            warnings.simplefilter("ignore", category=UserWarning)
-            try:
-                groups = list(runs.groups())
-            except Exception:  # noqa: BLE001 - one corrupt run: read the others one by one
-                groups = self._groups_one_by_one(runs)
-        for name, group in groups:
+        found = []
+        for name, group in self._run_groups():
             meta = group.attrs.get("dema_lab")
             if isinstance(meta, dict) and meta.get("kind") == "run":
                 prov = group.attrs.get("provenance", {})
@@ -209,18 +230,78 @@ class RunStore:
                 self.unreadable[name] = "its attributes hold no dema-lab run marker (damaged or not a run)"
         return [name for _, name in sorted(found)]
 
-    def _groups_one_by_one(self, runs) -> list:
-        """The readable run groups of a local store whose listing failed; the others go to
-        `self.unreadable` as {run_id: reason} (dashboards show them as messages)."""
-        if _is_url(self.path):
-            raise StoreError(f"the runs of store {self.path} cannot be listed: one of them is damaged")
-        groups = []
-        for child in sorted(p for p in (Path(self.path) / "runs").iterdir() if p.is_dir()):
+    def _run_groups(self) -> list:
+        """(run_id, group) of the store's runs. Read through the `runs` group's listing; when its
+        index (runs/zarr.json) is missing, from the run directories on disk, and the index is written
+        again when the store is writable. Run directories without a zarr.json (a delete killed by an
+        older release, a damaged run) go to `self.unreadable`, so that `delete` can remove them."""
+        with warnings.catch_warnings():
+            # a run being created by another process is a directory without zarr.json yet
+            warnings.simplefilter("ignore", category=UserWarning)
             try:
-                groups.append((child.name, runs[child.name]))
-            except Exception as e:  # noqa: BLE001
-                self.unreadable[child.name] = f"{type(e).__name__}: {e}"
+                runs = self.root["runs"]
+            except KeyError:
+                runs = None
+            if runs is None:
+                groups = self._groups_one_by_one(self._run_dirs())
+                if self.mode != "r":
+                    self.root.require_group("runs")  # the index again; the runs in it are untouched
+                return groups
+            try:
+                groups = list(runs.groups())
+            except Exception:  # noqa: BLE001 - one corrupt run: read the others one by one
+                if _is_url(self.path):
+                    raise StoreError(
+                        f"the runs of store {self.path} cannot be listed: one of them is damaged"
+                    ) from None
+                return self._groups_one_by_one(self._run_dirs())
+        if not _is_url(self.path):
+            listed = {name for name, _ in groups}
+            groups += self._groups_one_by_one([d for d in self._run_dirs() if d not in listed])
         return groups
+
+    def _run_dirs(self) -> list[str]:
+        """The names of the directories (prefixes) under runs/, whatever they hold."""
+        if not _is_url(self.path):
+            runs = Path(self.path) / "runs"
+            return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.path)
+        try:
+            entries = fs.ls(f"{root.rstrip('/')}/runs", detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+    def _groups_one_by_one(self, names) -> list:
+        """The readable run groups among `names` (directories under runs/); the others go to
+        `self.unreadable` as {run_id: reason} (`runs` and the dashboards show them as messages). A
+        directory without zarr.json whose run lock a live process holds is being created or deleted
+        right now: skipped."""
+        from dema_lab.store.lock import RunLock
+
+        groups = []
+        for name in names:
+            try:
+                groups.append((name, zarr.open_group(self.path, path=f"runs/{name}", mode="r", zarr_format=3)))
+            except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a damaged group
+                if self._has_index(name):
+                    self.unreadable[name] = f"{type(e).__name__}: {e}"
+                elif RunLock(self.path, name).holder() is None:
+                    self.unreadable[name] = (
+                        "its zarr.json is missing, so it is not a complete run (a delete that was "
+                        "interrupted, or a damaged run)"
+                    )
+        return groups
+
+    def _has_index(self, name: str) -> bool:
+        if not _is_url(self.path):
+            return (Path(self.path) / "runs" / name / "zarr.json").exists()
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.path)
+        return fs.exists(f"{root.rstrip('/')}/runs/{name}/zarr.json")
 
     def run(self, run_id: str) -> Run:
         ids = self.run_ids()
@@ -274,7 +355,10 @@ class RunStore:
             }
             try:
                 # the group and its attributes appear in one write of its zarr.json
-                self.root.require_group("runs").create_group(run_id, attributes=attrs)
+                with _space_advice(self.path, f"run {run_id}"):
+                    self.root.require_group("runs").create_group(run_id, attributes=attrs)
+            except StoreFullError:
+                raise
             except Exception as e:  # noqa: BLE001 - zarr and the filesystem raise many kinds here
                 raise StoreError(
                     f"run {run_id!r} cannot be created in {self.path} ({type(e).__name__}: {e}); "
@@ -289,7 +373,12 @@ class RunStore:
 
     def delete_run(self, run_id: str) -> None:
         """Delete a run, readable or not, with everything in it. The run's writer lock is held while
-        it goes: a run that a live process writes is refused (RunBusyError naming the writer)."""
+        it goes: a run that a live process writes is refused (RunBusyError naming the writer).
+
+        Resumable: the run is first marked (status "deleting", nothing published, in one atomic
+        write of its zarr.json), so readers stop reading its groups; then its files go, its zarr.json
+        last. Killed at any point, the run is still listed (status "deleting", or unreadable once
+        only its directory is left) and deleting it again finishes the job."""
         from dema_lab.store.lock import RunBusyError, RunLock, describe
 
         if self.mode == "r":
@@ -305,10 +394,46 @@ class RunStore:
                 f"first, or wait for it to finish, then delete the run"
             ) from None
         try:
-            del self.root["runs"][run_id]
+            if run_id not in self.unreadable:
+                with _space_advice(self.path, f"run {run_id}'s status"):
+                    Run(self, run_id).group.update_attributes(
+                        {"status": "deleting", "published": {k: [] for k in KINDS}, "slots": {}}
+                    )
+            self._remove_run_files(run_id)
         finally:
             lock.release()
         self.unreadable.pop(run_id, None)
+
+    def _remove_run_files(self, run_id: str) -> None:
+        """Remove runs/<run_id>: every file but the run's zarr.json, then its zarr.json, then the
+        directory (so that a kill leaves a listed run, see delete_run)."""
+        if _is_url(self.path):
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(self.path)
+            base = f"{root.rstrip('/')}/runs/{run_id}"
+            index = f"{base}/zarr.json"
+            files = [f for f in fs.find(base) if f.rstrip("/") != index]
+            if files:
+                fs.rm(files)
+            for target in (index, base):
+                try:
+                    fs.rm(target, recursive=target == base)
+                except FileNotFoundError:
+                    pass
+            return
+        base = Path(self.path) / "runs" / run_id
+        index = base / "zarr.json"
+        for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+            here = Path(dirpath)
+            for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
+                if here / name != index:
+                    (here / name).unlink()
+            if here != base:
+                here.rmdir()
+        index.unlink(missing_ok=True)
+        if base.is_dir():
+            base.rmdir()
 
     def stale_runs(self) -> list[str]:
         """Runs whose status is "running" but that no live process writes (dema_lab.store.lock): killed
@@ -460,7 +585,8 @@ class Run:
         }
         if slot not in (None, name):
             slots[f"{kind}/{name}"] = slot
-        group.update_attributes({"published": published, "slots": slots, **_jsonable(run_attrs or {})})
+        with _space_advice(self.store.path, f"run {self.run_id}'s list of published {kind} groups"):
+            group.update_attributes({"published": published, "slots": slots, **_jsonable(run_attrs or {})})
 
     def unpublish(self, kind: str, names) -> None:
         group = self.group
@@ -468,7 +594,8 @@ class Run:
         published = dict(group.attrs.get("published", {}))
         published[kind] = [n for n in published.get(kind, []) if n not in names]
         slots = {k: v for k, v in group.attrs.get("slots", {}).items() if k not in {f"{kind}/{n}" for n in names}}
-        group.update_attributes({"published": published, "slots": slots})
+        with _space_advice(self.store.path, f"run {self.run_id}'s list of published {kind} groups"):
+            group.update_attributes({"published": published, "slots": slots})
 
     def write(self, kind: str, name: str, ds: xr.Dataset, encoding: dict | None = None) -> None:
         """Write a whole dataset as <kind>/<name>, then publish it."""
@@ -476,18 +603,31 @@ class Run:
             raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
         ds = _portable_strings(ds.assign_attrs(_jsonable(dict(ds.attrs))))
         slot = self._free_slot(kind, name)
-        if _is_url(self.store.path):  # an object store: one concurrent upload, not a request per step
-            _upload_dataset(ds, self.store.path, f"{self.prefix}/{kind}/{slot}", encoding or {})
-        else:
-            ds.to_zarr(
-                self.store.path,
-                group=f"{self.prefix}/{kind}/{slot}",
-                mode="w",
-                zarr_format=3,
-                consolidated=False,
-                encoding=encoding or {},
-            )
+        with _space_advice(self.store.path, f"run {self.run_id}'s {kind}/{name}", lambda: self._discard(kind, slot)):
+            if _is_url(self.store.path):  # an object store: one concurrent upload, not a request per step
+                _upload_dataset(ds, self.store.path, f"{self.prefix}/{kind}/{slot}", encoding or {})
+            else:
+                ds.to_zarr(
+                    self.store.path,
+                    group=f"{self.prefix}/{kind}/{slot}",
+                    mode="w",
+                    zarr_format=3,
+                    consolidated=False,
+                    encoding=encoding or {},
+                )
         self._publish(kind, name, slot=slot)
+
+    def _discard(self, kind: str, slot: str) -> None:
+        """Remove an unpublished slot's partial write (a full disk stopped it), whatever of it was
+        written (its zarr.json, its parent group's, may be missing)."""
+        where = f"{self.prefix}/{kind}/{slot}"
+        if _is_url(self.store.path):
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(self.store.path)
+            fs.rm(f"{root.rstrip('/')}/{where}", recursive=True)
+        else:
+            shutil.rmtree(Path(self.store.path) / where)
 
     def write_bytes(
         self,
@@ -505,17 +645,18 @@ class Run:
         attrs = {**(attrs or {}), "sha256": hashlib.sha256(data).hexdigest(), "nbytes": len(buf)}
         slot = self._free_slot(kind, name)
         gone = [self.location(kind, old).rsplit("/", 1)[-1] for old in replace if old != name]
-        arr = zarr.create_array(
-            self.store.path,
-            name=f"{self.prefix}/{kind}/{slot}",
-            shape=buf.shape,
-            dtype="uint8",
-            chunks=(max(1, min(len(buf), 1 << 24)),),
-            attributes=_jsonable(attrs or {}),
-            overwrite=True,
-            zarr_format=3,
-        )
-        arr[:] = buf
+        with _space_advice(self.store.path, f"run {self.run_id}'s {kind}/{name}", lambda: self._discard(kind, slot)):
+            arr = zarr.create_array(
+                self.store.path,
+                name=f"{self.prefix}/{kind}/{slot}",
+                shape=buf.shape,
+                dtype="uint8",
+                chunks=(max(1, min(len(buf), 1 << 24)),),
+                attributes=_jsonable(attrs or {}),
+                overwrite=True,
+                zarr_format=3,
+            )
+            arr[:] = buf
         self._publish(kind, name, remove=replace, run_attrs=run_attrs, slot=slot)
         for old in gone:
             try:
@@ -530,9 +671,9 @@ class Run:
         return dict(arr.attrs)
 
     def set_attrs(self, **attrs) -> None:
-        group = self.group
-        for k, v in attrs.items():
-            group.attrs[k] = _jsonable(v)
+        """Set run attributes, all in one atomic write of the run's zarr.json."""
+        with _space_advice(self.store.path, f"run {self.run_id}'s attributes ({', '.join(attrs)})"):
+            self.group.update_attributes(_jsonable(attrs))
 
     # ---------------------------------------------------------------- reading
     def _check_published(self, kind: str, name: str) -> dict:

@@ -7,18 +7,19 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import TINY_RUN
 
 pytest.importorskip("tensorboard", reason="the cluster extra (tensorboard) is not installed")
 
 
 @pytest.fixture(scope="module")
-def run(hopper_small, tmp_path_factory):
+def run(hopper_small, tiny_run, tmp_path_factory):
     """A tiny run with two evaluated checkpoints (steps 10 and 20)."""
-    from dema_lab.training.trainer import TrainConfig, train
+    from dema_lab.training import TrainConfig, train
 
     store = tmp_path_factory.mktemp("export") / "store"
-    cfg = TrainConfig(dataset=str(hopper_small), store=str(store), steps=20, eval_every=10, run_id="tiny", **TINY_RUN)
+    cfg = TrainConfig.from_flat(
+        dataset=str(hopper_small), store=str(store), steps=20, eval_every=10, run_id="tiny", **tiny_run
+    )
     return train(cfg, progress=False, log=lambda *_: None)
 
 
@@ -83,7 +84,46 @@ def test_export_tensorboard(run, tmp_path):
     assert "config" in "".join(acc.Tags()["tensors"])
 
 
-def test_train_logs_live_to_tensorboard(hopper_small, tmp_path):
+def _scalar_records(folder) -> dict[str, int]:
+    """How many scalar records each tag has in the folder's event files, every file read in full
+    (EventAccumulator's default drops the records that a later file 'orphans', hiding doubles
+    that TensorBoard's own reader shows)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+    acc.Reload()
+    return {tag: len(acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
+
+
+def test_export_tensorboard_again_replaces_the_previous_export(run, tmp_path, capsys):
+    """Exporting twice into one folder (or after a killed export) doubled every scalar."""
+    from dema_lab.cli.main import main
+
+    argv = ["export", "tiny", "--store", run.store.path, "--to", "tensorboard", str(tmp_path / "tb")]
+    out = tmp_path / "tb" / "tiny"
+    assert main(argv) == 0
+    first = _scalar_records(out)
+    assert first["train/loss"] == 20 and first["eval/transformer/last"] == 2
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 1
+    # a second export, and one after an export killed while writing (its hidden folder is left)
+    killed = tmp_path / "tb" / ".tiny.export-killed"
+    killed.mkdir()
+    (killed / files[0]).write_bytes((out / files[0]).read_bytes())
+    for _ in range(2):
+        assert main(argv) == 0
+        assert _scalar_records(out) == first
+        assert len(list(out.iterdir())) == 1 and sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["tiny"]
+    _check_tensorboard(_accumulator(out), run)
+    assert "note:" not in capsys.readouterr().out
+    # event files that the export did not write (live logging) are kept, and named
+    (out / "events.out.tfevents.1.host.1.0").write_bytes((out / next(out.iterdir()).name).read_bytes())
+    assert main(argv) == 0
+    assert "events.out.tfevents.1.host.1.0" in capsys.readouterr().out
+    assert (out / "events.out.tfevents.1.host.1.0").exists() and len(list(out.iterdir())) == 2
+
+
+def test_train_logs_live_to_tensorboard(hopper_small, tiny_run, tmp_path):
     from dema_lab.cli.main import main
     from dema_lab.store.zarr_store import RunStore
 
@@ -104,7 +144,7 @@ def test_train_logs_live_to_tensorboard(hopper_small, tmp_path):
         "tensorboard",
         str(tmp_path / "tb"),
     ]
-    for key, value in TINY_RUN.items():
+    for key, value in tiny_run.items():
         args += [f"--{key}", str(value)]
     assert main(args) == 0
     run = RunStore(tmp_path / "store").run("live")
@@ -138,7 +178,7 @@ def _wandb_records(path):
     return out
 
 
-def test_export_wandb_offline(run, tmp_path, monkeypatch):
+def test_export_wandb_offline(run, tiny_run, tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="the cluster extra (wandb) is not installed")
     from dema_lab.cli.main import main
 
@@ -169,7 +209,7 @@ def test_export_wandb_offline(run, tmp_path, monkeypatch):
         assert by_step[step]["eval/transformer/best"] == pytest.approx(want_best, rel=1e-6)
         assert by_step[step]["rollout/transformer-t0-e0/_type"] == "video-file"
     assert summary["score/best"] == pytest.approx(_expected_scores(run)[20][1], rel=1e-6)
-    assert config["K"] == TINY_RUN["K"] and config["run_id"] == "tiny"
+    assert config["K"] == tiny_run["K"] and config["run_id"] == "tiny"
     gifs = glob.glob(folders[0] + "/files/media/videos/rollout/*.gif")
     assert len(gifs) == 8 and all(open(g, "rb").read(6) == b"GIF89a" for g in gifs)
 

@@ -1,7 +1,6 @@
-"""Checkpoints validated before allocation, checksums and a resume history, one writer per run
-(issue 19, parts 2-4), and the messages for a damaged store and a diverging loss."""
+"""Checkpoints validated before allocation, checksums and a resume history, one writer per run,
+and the messages for a damaged store and a diverging loss."""
 
-import dataclasses
 import json
 import os
 import resource
@@ -15,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import wait_until
 
 from dema_lab.cli.main import main as cli
 from dema_lab.models import CheckpointError, ModelConfig, build_model, checkpoint_bytes, load_checkpoint
 from dema_lab.store.errors import IntegrityError, StoreError
 from dema_lab.store.lock import RunBusyError, RunLock
 from dema_lab.store.zarr_store import RunStore
-from dema_lab.training.trainer import train
+from dema_lab.training import train
 
 QUIET = dict(progress=False, log=lambda *_: None)
 FAST_EVAL = dict(eval_modes=["transformer"], eval_targets=[3600.0], render_size=0, decay_windows=0)
@@ -48,12 +48,14 @@ def _peak_rss_mb() -> float:
 def test_a_header_claiming_a_huge_model_fails_fast_without_allocating(tmp_path):
     huge = dict(ModelConfig(state_dim=11, act_dim=3).to_dict(), d_model=32768, n_layer=48)
     data = _fake_checkpoint(huge, {"model.x": torch.zeros(4)})
-    assert len(data) < 1000  # the issue's file was 580 bytes
+    assert len(data) < 1000  # a 580-byte file can claim a huge tensor
     path = tmp_path / "huge.safetensors"
     path.write_bytes(data)
     before, start = _peak_rss_mb(), time.perf_counter()
     for source in (path, data):
-        with pytest.raises(CheckpointError, match=r"out of bounds: d_model=32768 \(at most \d+\)"):
+        with pytest.raises(
+            CheckpointError, match=r"d_model 32768 is above the largest dema-lab builds \(d_model at most \d+\)"
+        ):
             load_checkpoint(source)
     assert time.perf_counter() - start < 5
     assert _peak_rss_mb() - before < 100  # the unchecked load reached for 17 GB
@@ -116,7 +118,7 @@ def _chunk_of(run, kind, name) -> Path:
 
 
 def test_a_damaged_stored_checkpoint_is_refused_by_name_and_an_earlier_state_resumes(tiny_config, capsys):
-    cfg = dataclasses.replace(tiny_config, steps=40, **FAST_EVAL)  # checkpoints 10..40, states 20..40
+    cfg = tiny_config.replace(steps=40, **FAST_EVAL)  # checkpoints 10..40, states 20..40
     run = train(cfg, **QUIET)
     assert run.checkpoints() == [10, 20, 30, 40]
     assert run.published("resume") == ["step_00000020", "step_00000030", "step_00000040"]  # keep_resume_states 3
@@ -137,12 +139,12 @@ def test_a_damaged_stored_checkpoint_is_refused_by_name_and_an_earlier_state_res
         run.checkpoint_bytes(40)
     load_checkpoint(run.checkpoint_bytes(30))  # the others still load
     # the resume refuses it, naming it and the states it can go back to; no traceback, exit 2
-    assert cli.main(["train", "--quiet", "--store", cfg.store, "--resume", "tiny", "--steps", "50"]) == 2
+    assert cli(["train", "--quiet", "--store", cfg.run.store, "--resume", "tiny", "--steps", "50"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert "checkpoint of step 40 (step_00000040) is damaged" in err
     assert "dema-lab train --resume tiny --from-step S (S: 30, 20)" in err
-    assert RunStore(cfg.store).run("tiny").writer() is None  # the refused resume let go of the run
+    assert RunStore(cfg.run.store).run("tiny").writer() is None  # the refused resume let go of the run
 
     # --from-step 20: the older state, replayed to step 40, gives the undamaged run's weights again
     run = train(cfg, resume="tiny", from_step=20, **QUIET)
@@ -157,7 +159,7 @@ def test_a_damaged_stored_checkpoint_is_refused_by_name_and_an_earlier_state_res
 
 
 def test_a_truncated_chunk_gives_one_line_naming_the_run_and_checkpoint(tiny_config, capsys):
-    cfg = dataclasses.replace(tiny_config, steps=20, **FAST_EVAL)
+    cfg = tiny_config.replace(steps=20, **FAST_EVAL)
     run = train(cfg, **QUIET)
     chunk = _chunk_of(run, "resume", "step_00000020")
     chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
@@ -167,7 +169,7 @@ def test_a_truncated_chunk_gives_one_line_naming_the_run_and_checkpoint(tiny_con
         r"read: .*; to continue training, resume from an earlier state.*S: 10",
     ):
         run.read_bytes("resume", "step_00000020")
-    assert cli.main(["train", "--quiet", "--store", cfg.store, "--resume", "tiny", "--steps", "30"]) == 2
+    assert cli(["train", "--quiet", "--store", cfg.run.store, "--resume", "tiny", "--steps", "30"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "run tiny" in err and "step_00000020" in err and "--from-step" in err
     # a checkpoint chunk that is gone altogether reads as zeros in zarr: the size and checksum catch it
@@ -189,7 +191,7 @@ def test_blobs_stored_without_a_checksum_still_load(tmp_path):
 def test_a_diverging_loss_says_what_a_resume_can_do(tiny_config, monkeypatch, capsys):
     import dema_lab.training.trainer as train_module
 
-    cfg = dataclasses.replace(tiny_config, steps=30, **FAST_EVAL)
+    cfg = tiny_config.replace(steps=30, **FAST_EVAL)
     train(cfg, **QUIET)
     real = train_module.train_step
     calls = {"n": 0}
@@ -200,7 +202,7 @@ def test_a_diverging_loss_says_what_a_resume_can_do(tiny_config, monkeypatch, ca
         return (float("nan") if calls["n"] >= 3 else loss), gnorm
 
     monkeypatch.setattr(train_module, "train_step", diverging)
-    assert cli.main(["train", "--quiet", "--store", cfg.store, "--resume", "tiny", "--steps", "40"]) == 2
+    assert cli(["train", "--quiet", "--store", cfg.run.store, "--resume", "tiny", "--steps", "40"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert (
@@ -208,20 +210,20 @@ def test_a_diverging_loss_says_what_a_resume_can_do(tiny_config, monkeypatch, ca
     ) in err
     assert "resume from another saved state: dema-lab train --resume tiny --from-step S (S: 20, 10)" in err
     assert "a resume keeps the run's lr (0.001)" in err and "train a new run (--lr 0.0001" in err
-    assert RunStore(cfg.store).run("tiny").attrs["status"] == "interrupted"
+    assert RunStore(cfg.run.store).run("tiny").attrs["status"] == "interrupted"
     # a fresh run that diverges: no resume can change lr, so the advice is a new run
     calls["n"] = 0
     assert (
-        cli.main(
+        cli(
             [
                 "train",
                 "--quiet",
                 "--store",
-                cfg.store,
+                cfg.run.store,
                 "--run_id",
                 "fresh",
                 "--dataset",
-                cfg.dataset,
+                cfg.data.dataset,
                 "--steps",
                 "5",
                 "--K",
@@ -257,40 +259,41 @@ time.sleep(600)
 
 
 def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(tiny_config, capsys):
-    cfg = dataclasses.replace(tiny_config, steps=20, **FAST_EVAL)
+    cfg = tiny_config.replace(steps=20, **FAST_EVAL)
     train(cfg, **QUIET)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, cfg.store, "tiny"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, cfg.run.store, "tiny"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        run = RunStore(cfg.store).run("tiny")
+        run = RunStore(cfg.run.store).run("tiny")
         writer = run.writer()
         assert writer["pid"] == holder.pid and writer["host"] == socket.gethostname()
-        assert cli.main(["train", "--quiet", "--store", cfg.store, "--resume", "tiny", "--steps", "30"]) == 2
+        assert cli(["train", "--quiet", "--store", cfg.run.store, "--resume", "tiny", "--steps", "30"]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "Traceback" not in err
         assert f"run tiny is being written by host {socket.gethostname()}, pid {holder.pid}, since 20" in err
         before = run.attrs
-        assert RunStore(cfg.store).run("tiny").attrs == before  # the refused writer wrote nothing
+        assert RunStore(cfg.run.store).run("tiny").attrs == before  # the refused writer wrote nothing
         with pytest.raises(RunBusyError, match=f"pid {holder.pid}"):
-            RunStore(cfg.store, mode="a").create_run("tiny", {}, {})
+            RunStore(cfg.run.store, mode="a").create_run("tiny", {}, {})
     finally:
         holder.kill()  # SIGKILL: no chance to let go of the lock
         holder.wait()
-    assert RunStore(cfg.store).run("tiny").writer() is None
-    run = train(dataclasses.replace(cfg, steps=30), resume="tiny", **QUIET)  # the stale lock is taken over
+    assert RunStore(cfg.run.store).run("tiny").writer() is None
+    run = train(cfg.replace(steps=30), resume="tiny", **QUIET)  # the stale lock is taken over
     assert run.attrs["steps_done"] == 30 and run.writer() is None
 
 
 CREATOR = """
-import sys, time
+import sys
 from dema_lab.store.zarr_store import RunStore
 from dema_lab.store.errors import StoreError
-store, start, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+store, who = sys.argv[1], sys.argv[2]
 rs = RunStore(store, mode="a")
-for i in range(rounds):
-    time.sleep(max(0.0, start + i - time.time()))
+print("ready", flush=True)
+for line in sys.stdin:  # one round per line: both creators get it at once and race
+    i = int(line)
     try:
-        rs.create_run(f"same-{i}", {"who": sys.argv[4]}, {})
+        rs.create_run(f"same-{i}", {"who": who}, {})
         print(f"{i} won", flush=True)
     except StoreError as e:
         print(f"{i} lost {type(e).__name__}: {e}", flush=True)
@@ -300,17 +303,29 @@ for i in range(rounds):
 def test_two_creators_of_one_run_id_cannot_both_win(tmp_path):
     store = str(tmp_path / "store")
     RunStore(store, mode="a")
-    start, rounds = time.time() + 8, 4  # both processes imported by then
+    rounds = 4
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CREATOR, store, str(start), str(rounds), who],
+            [sys.executable, "-c", CREATOR, store, who],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for who in "ab"
     ]
-    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]  # both imported
+    answers = [[], []]
+    for i in range(rounds):  # the round starts in both at once; the next once both answered
+        for p in procs:
+            p.stdin.write(f"{i}\n")
+            p.stdin.flush()
+        for p, got in zip(procs, answers):
+            got.append(p.stdout.readline())
+    outs = []
+    for p, got in zip(procs, answers):
+        rest, err = p.communicate(timeout=120)  # closes its stdin: the creator ends
+        outs.append(("".join(got) + rest, err))
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0 and "Traceback" not in err, err
     lines = [dict(line.split(" ", 1) for line in out.strip().splitlines()) for out, _ in outs]
@@ -335,18 +350,25 @@ def test_a_remote_lease_names_its_holder_keeps_alive_and_expires(monkeypatch, tm
         RunBusyError, match=f"run r1 is being written by host {socket.gethostname()}, pid {os.getpid()}"
     ):
         RunLock(url, "r1", lease_seconds=1.0).acquire()
-    time.sleep(2.0)  # twice the lease: the heartbeat kept it
+    lease = tmp_path / "remote-store/locks/r1.lease.json"
+    first_expiry = json.loads(lease.read_text())["expires"]
+    # past the first lease's expiry, the heartbeat has pushed it forward: still held
+    wait_until(
+        lambda: time.time() > first_expiry and json.loads(lease.read_text())["expires"] > time.time(),
+        10,
+        "the heartbeat to outlive the first lease",
+    )
     with pytest.raises(RunBusyError):
         RunLock(url, "r1").acquire()
     a.release()
     assert RunLock(url, "r1").holder() is None
     # a holder that stopped refreshing (killed on another host): taken over once its lease expired
     path = tmp_path / "remote-store/locks/r1.lease.json"
-    record = {"host": "elsewhere", "pid": 1, "since": time.time() - 100, "expires": time.time() + 0.5, "token": "x"}
+    record = {"host": "elsewhere", "pid": 1, "since": time.time() - 100, "expires": time.time() + 60, "token": "x"}
     path.write_text(json.dumps(record))
     with pytest.raises(RunBusyError, match="host elsewhere, pid 1"):
         RunLock(url, "r1").acquire()
-    time.sleep(0.6)
+    path.write_text(json.dumps(dict(record, expires=time.time() - 1)))  # the same lease, a minute on: expired
     b = RunLock(url, "r1", lease_seconds=1.0).acquire()
     assert json.loads(path.read_text())["token"] == b.token
     # on this host, a lease whose pid is dead is stale at once
@@ -356,7 +378,7 @@ def test_a_remote_lease_names_its_holder_keeps_alive_and_expires(monkeypatch, tm
     c = RunLock(url, "r1", lease_seconds=1.0).acquire()
     # a holder whose lease was taken over finds out at its next heartbeat and stops publishing
     path.write_text(json.dumps(dict(record, expires=time.time() + 60)))
-    time.sleep(0.6)
+    wait_until(lambda: c.lost is not None, 10, "the holder's heartbeat to see the takeover")
     with pytest.raises(RunBusyError, match="taken over by host elsewhere, pid 1"):
         c.check()
     c.release()

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_RUN
 
 pytest.importorskip("s3fs", reason="the cluster extra (s3fs) is not installed")
 pytest.importorskip("moto", reason="the cluster extra (moto[server]) is not installed")
 
-from moto_s3 import s3_server  # noqa: E402
+from helpers.moto_s3 import s3_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,7 +119,7 @@ def _check_published(run, seen: set) -> None:
         seen.add(("checkpoint", name))
 
 
-def test_publish_after_write_holds_on_s3(s3, hopper_small):
+def test_publish_after_write_holds_on_s3(s3, hopper_small, tiny_run):
     """A trainer in another process writes into S3; this process polls the store all along."""
     from dema_lab.store.errors import EmptyStoreError
     from dema_lab.store.zarr_store import RunStore
@@ -143,7 +142,7 @@ def test_publish_after_write_holds_on_s3(s3, hopper_small):
         "polled",
         "--quiet",
     ]
-    for key, value in {**TINY_RUN, "log_every": 4, "checkpoint_every": 5}.items():
+    for key, value in {**tiny_run, "log_every": 4, "checkpoint_every": 5}.items():
         args += [f"--{key}", str(value)]
     writer = subprocess.Popen(
         args,
