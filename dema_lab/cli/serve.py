@@ -15,10 +15,11 @@ def _serve_options(args) -> dict:
     used (a port out of range or in use, a bad --checkpoint-dir or --max-checkpoint-mb)."""
     import os
 
-    from dema_lab.dashboard.common.options import checkpoint_limit
+    from dema_lab.dashboard.common.options import checkpoint_limit, session_limits
     from dema_lab.dashboard.server import check_port
 
     check_port(args.address, args.port)
+    session_limits()  # $DEMA_LAB_MAX_SESSIONS / $DEMA_LAB_UNUSED_SESSION_S, checked before anything starts
     dirs = args.checkpoint_dir or []
     for d in dirs:
         if not os.path.isdir(d):

@@ -1,8 +1,8 @@
-"""The dashboards on Atari runs (issue 15), in real headless Chromium: the explorer shows the game's
+"""The dashboards on Atari runs, in real headless Chromium: the explorer shows the game's
 colour frame and the hidden attention over (a, R, s) tokens, the live page plays an Atari checkpoint,
 and the comparison and study pages render with Atari runs (a DeMa with ARS tokens and a DT with RSA
 tokens). Every page is checked for console errors. The server and browser helpers are
-tests/test_dashboards.py's."""
+in tests/helpers/browser.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("ale_py")
 pytest.importorskip("cv2")
 
-from test_dashboards import (  # noqa: E402
+from helpers.browser import (  # noqa: E402
     ARTIFACTS,
     COMPARISON_PLOTS,
     EXPLORER_PLOTS,
@@ -24,11 +24,10 @@ from test_dashboards import (  # noqa: E402
     STUDY_PLOTS,
     Page,
     Server,
-    _assert_drawn,
-    _figures,
-    _probe,
-    _wait_probe,
-    browser,  # noqa: F401 - the module's Chromium (a fixture)
+    assert_drawn,
+    page_figures,
+    read_probe,
+    wait_probe,
 )
 
 TINY_ATARI = dict(
@@ -54,7 +53,7 @@ def atari_store(tmp_path_factory):
     for 4 steps, each evaluated with a recorded 24-step episode of 32x32 colour frames (24: the
     paper's attention display starts at step 20)."""
     from dema_lab.data.generate.atari import build_atari_dataset
-    from dema_lab.training.trainer import TrainConfig, train
+    from dema_lab.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("atari-dash")
     data = build_atari_dataset("breakout", "mixed", root / "bm.hdf5", transitions=120, progress=False)
@@ -108,10 +107,10 @@ def _colour_share(page, fig: dict) -> float:
 def test_browser_explorer_shows_the_game_frame_and_attention_over_a_r_s_tokens(atari_server, browser):  # noqa: F811
     p = Page(browser, atari_server.url("attention") + "?run=atari-dema")
     page = p.page
-    shown = _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=90)
+    shown = wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=90)
     assert shown["frame"] not in (None, "none"), shown
-    figures = _figures(page, EXPLORER_PLOTS)
-    _assert_drawn(page, figures)
+    figures = page_figures(page, EXPLORER_PLOTS)
+    assert_drawn(page, figures)
     # ARS tokens (atari-small): ... a-2 R-1 s-1 a-1 R0 s0, the a token holding the previous action
     labels = set(figures[EXPLORER_PLOTS[1]]["labels"])
     assert {"a-2", "R-1", "s-1", "a-1", "R0", "s0"} <= labels, sorted(labels)
@@ -137,14 +136,14 @@ def test_browser_live_plays_an_atari_checkpoint(atari_server, browser):  # noqa:
     assert "breakout" in chosen, chosen  # the env, from the checkpoint's run
     page.locator(".dema-live-start button").click(timeout=60_000)
     css = ".dema-live-probe span"
-    a = _wait_probe(page, lambda s: s["step"] is not None and int(s["step"]) >= 1, css=css, timeout=60)
-    _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 3, css=css)
+    a = wait_probe(page, lambda s: s["step"] is not None and int(s["step"]) >= 1, css=css, timeout=60)
+    wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 3, css=css)
     page.locator(".dema-live-pause button").click()
     page.locator(".dema-live-status").get_by_text("paused").wait_for(timeout=20_000)
     page.wait_for_timeout(500)
-    assert _probe(page, css)["frame"] not in (None, "none")
-    figs = _figures(page, LIVE_PLOTS)
-    _assert_drawn(page, figs)
+    assert read_probe(page, css)["frame"] not in (None, "none")
+    figs = page_figures(page, LIVE_PLOTS)
+    assert_drawn(page, figs)
     labels = set(figs[r"Hidden attention · .*"]["labels"])
     assert {"a-1", "R0", "s0"} <= labels, sorted(labels)
     assert _colour_share(page, _figure(page, LIVE_PLOTS[0])) > 0.02  # the game's colour frame
@@ -167,7 +166,7 @@ def test_browser_compare_and_study_pages_render_atari_runs(atari_server, browser
     page.get_by_text("atari-dema").first.wait_for(timeout=60_000)  # the runs table
     page.get_by_text("atari-dt").first.wait_for(timeout=10_000)
     page.wait_for_timeout(1000)
-    _assert_drawn(page, _figures(page, COMPARISON_PLOTS))
+    assert_drawn(page, page_figures(page, COMPARISON_PLOTS))
     p.shot("atari-compare")
     p.check_clean()
     page.close()
@@ -177,7 +176,7 @@ def test_browser_compare_and_study_pages_render_atari_runs(atari_server, browser
     page.get_by_text("2 finished runs").first.wait_for(timeout=10_000)
     page.locator(".dema-study-table table").first.wait_for(timeout=30_000)
     assert "breakout" in page.locator(".dema-study-table table").first.inner_text()
-    _assert_drawn(page, _figures(page, STUDY_PLOTS))
+    assert_drawn(page, page_figures(page, STUDY_PLOTS))
     p.shot("atari-study")
     p.check_clean()
     page.close()

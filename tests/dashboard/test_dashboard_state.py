@@ -1,11 +1,10 @@
-"""The dashboards' param-only states (issue 18): ExplorerState and LiveState on small real runs,
+"""The dashboards' param-only states: ExplorerState and LiveState on small real runs,
 without a browser and without rendering, checked against what dema_lab.analysis and
 dema_lab.evaluation.rollout compute from the stored checkpoint and episode; the live page opens on the
 explorer's featured run; a run trained without frames says how to get some."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 import sys
@@ -15,8 +14,6 @@ from urllib.parse import parse_qsl, urlparse
 
 import numpy as np
 import pytest
-from conftest import TINY_RUN
-from test_dashboards import dash_store  # noqa: F401 - the fixture: runs tiny-K3 and tiny-K5, and a broken one
 
 
 def _checkpoint_and_episode(store: str, run_id: str, step: int, episode: str):
@@ -41,7 +38,7 @@ def test_the_states_import_neither_panel_nor_holoviews():
 
 
 @pytest.mark.parametrize("mode", ["transformer", "rnn"])
-def test_explorer_state_shows_the_stored_steps_attention_labels_and_frame(dash_store, mode):  # noqa: F811
+def test_explorer_state_shows_the_stored_steps_attention_labels_and_frame(dash_store, mode):
     from dema_lab.analysis import lag_profile, opening_step, right_align, token_labels
     from dema_lab.dashboard import ExplorerState
     from dema_lab.evaluation.rollout import replay_attention
@@ -77,7 +74,7 @@ def test_explorer_state_shows_the_stored_steps_attention_labels_and_frame(dash_s
     assert state.snapshot()["step"] == 15 and "Cannot recompute" not in state.message
 
 
-def test_the_explorer_view_renders_a_given_state_and_forwards_to_it(dash_store):  # noqa: F811
+def test_the_explorer_view_renders_a_given_state_and_forwards_to_it(dash_store):
     from dema_lab.dashboard import AttentionExplorer, ExplorerState
 
     state = ExplorerState(dash_store, run="tiny-K3")
@@ -102,7 +99,7 @@ def _copy_store_with_main_run(store: str, to: Path) -> str:
     return str(out)
 
 
-def test_live_opens_on_the_explorers_featured_run(dash_store, tmp_path):  # noqa: F811
+def test_live_opens_on_the_explorers_featured_run(dash_store, tmp_path):
     from dema_lab.analysis.runs import MAIN_RUN
     from dema_lab.dashboard import ExplorerState, LiveRollout, LiveState
 
@@ -119,7 +116,7 @@ def test_live_opens_on_the_explorers_featured_run(dash_store, tmp_path):  # noqa
     assert LiveState(store, checkpoint="tiny-K3@10").checkpoint == "tiny-K3@10"
 
 
-def test_live_state_plays_a_checkpoint_without_a_page(dash_store):  # noqa: F811
+def test_live_state_plays_a_checkpoint_without_a_page(dash_store):
     from dema_lab.analysis import token_labels
     from dema_lab.dashboard import LiveState
 
@@ -145,13 +142,13 @@ def test_live_state_plays_a_checkpoint_without_a_page(dash_store):  # noqa: F811
 
 # ---------------------------------------------------------------------------- a run without frames
 @pytest.fixture(scope="module")
-def no_frames_store(hopper_small, tmp_path_factory):
+def no_frames_store(hopper_small, tiny_run, tmp_path_factory):
     """A store with one tiny run trained with render_size=0: its episodes have no frames."""
-    from dema_lab.training.trainer import TrainConfig, train
+    from dema_lab.training import TrainConfig, train
 
     store = str(tmp_path_factory.mktemp("no-frames") / "store")
-    cfg = TrainConfig(dataset=str(hopper_small), store=store, steps=10, run_id="no-frames", **TINY_RUN)
-    train(dataclasses.replace(cfg, eval_modes=["transformer"], render_size=0), progress=False, log=lambda *_: None)
+    cfg = TrainConfig.from_flat(dataset=str(hopper_small), store=store, steps=10, run_id="no-frames", **tiny_run)
+    train(cfg.replace(eval_modes=["transformer"], render_size=0), progress=False, log=lambda *_: None)
     return store
 
 
@@ -173,13 +170,15 @@ def test_a_run_without_frames_says_how_to_get_them_and_that_works(no_frames_stor
     [row] = ex._frame_rows
     assert row[0] is ex._panes["frame_note"] and ex._panes["frame_note"].object == note
     assert ex._panes["frame"] not in row
-    # the note's link opens the live page on the run's checkpoint with saving on
+    # the note's link opens the live page on the run's checkpoint; saving is the visitor's own
+    # tick there (a link never pre-arms a write: common.url.URL_SKIP)
     link = note.split("](", 1)[1].split(")", 1)[0]
     assert urlparse(link).path == "live"
-    settings = {k: from_url(LiveState.param[k], k, v) for k, v in parse_qsl(urlparse(link).query)}
-    assert settings == {"checkpoint": "no-frames@10", "save": True}
+    live = LiveState(no_frames_store, render_size=32, fps=240.0)
+    settings = {k: from_url(live.param[k], k, v) for k, v in parse_qsl(urlparse(link).query)}
+    assert settings == {"checkpoint": "no-frames@10"}
     # and what it says to do gives an episode with frames, which the explorer shows
-    live = LiveState(no_frames_store, render_size=32, fps=240.0, **settings)
+    live.param.update(**settings, save=True)
     assert live.checkpoint == "no-frames@10" and live.save
     live.start()
     live.worker.join(120)

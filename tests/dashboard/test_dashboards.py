@@ -1,4 +1,4 @@
-"""The dashboards (issue 6): components on a store made by a small real run, then the served
+"""The dashboards: components on a store made by a small real run, then the served
 apps in real headless Chromium (screenshots under test-artifacts/).
 
 The browser tests check what a person sees, not only the server's state: every main plot is laid
@@ -8,67 +8,30 @@ there (1600x1000, under 400 KB each)."""
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_RUN
-
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = os.environ.get("DEMA_LAB_SCREENSHOTS")  # e.g. docs/screenshots (relative to the repo)
-SCREENSHOT_MAX_BYTES = 400_000
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-@pytest.fixture(scope="session")
-def dash_store(hopper_small, tmp_path_factory):
-    """Two small real runs (K 3 and K 5, frames 96x96, 40-step episodes) and one run whose
-    metadata is corrupt, in one store, built once per session."""
-    from dema_lab.training.trainer import TrainConfig, train
-
-    reuse = os.environ.get("DEMA_LAB_TEST_DASH_STORE")  # developers: keep the store between sessions
-    if reuse and (Path(reuse) / "runs" / "broken").exists():
-        return reuse
-    store = Path(reuse) if reuse else tmp_path_factory.mktemp("dash") / "store"
-    base = TrainConfig(
-        dataset=str(hopper_small),
-        store=str(store),
-        steps=20,
-        run_id="tiny-K3",
-        **{**TINY_RUN, "render_size": 96, "eval_max_steps": 40},
-    )
-    train(base, progress=False, log=lambda *_: None)
-    train(
-        dataclasses.replace(base, K=5, run_id="tiny-K5", eval_modes=["transformer"]),
-        progress=False,
-        log=lambda *_: None,
-    )
-    broken = store / "runs" / "broken"
-    shutil.copytree(store / "runs" / "tiny-K5", broken)
-    text = (broken / "zarr.json").read_text()
-    (broken / "zarr.json").write_text(text[: len(text) // 2])  # a truncated write
-    return str(store)
+from helpers import wait_until
+from helpers.browser import (
+    ARTIFACTS,
+    COMPARISON_PLOTS,
+    EXPLORER_PLOTS,
+    FIGURES_JS,
+    LIVE_PLOTS,
+    STUDY_PLOTS,
+    Page,
+    Server,
+    assert_drawn,
+    page_figures,
+    read_probe,
+    wait_probe,
+)
 
 
 # ---------------------------------------------------------------------------- components
@@ -210,17 +173,17 @@ def test_comparison_of_dema_dt_and_layouts(tiny_config):
     import holoviews as hv
 
     from dema_lab.dashboard import SequenceComparison
-    from dema_lab.training.trainer import train
+    from dema_lab.training import train
 
-    cfg = dataclasses.replace(tiny_config, eval_modes=["transformer"], render_size=0)
+    cfg = tiny_config.replace(eval_modes=["transformer"], render_size=0)
     for change in (
         dict(run_id="dema-K3"),
         dict(run_id="dema-K5", K=5),
         dict(run_id="dema-bl3d", layout="BL3D"),
         dict(run_id="dt-K3", arch="dt"),
     ):
-        train(dataclasses.replace(cfg, **change), progress=False, log=lambda *_: None)
-    comp = SequenceComparison(cfg.store)
+        train(cfg.replace(**change), progress=False, log=lambda *_: None)
+    comp = SequenceComparison(cfg.run.store)
     df = comp.table.set_index("run")
     assert not comp.bad and comp.message == ""
     assert df.family.to_dict() == {
@@ -253,7 +216,9 @@ def test_study_report_lists_findings_tables_and_the_unreadable_run(dash_store):
     rep = study.report()
     assert sorted(rep.runs.run) == ["tiny-K3", "tiny-K5"] and "broken" in rep.skipped
     summary = study._summary()
-    text = " ".join(str(p.object) for p in summary.objects if isinstance(p, (pn.pane.Markdown, pn.pane.HTML)))
+    from test_escaping import texts_of
+
+    text = texts_of([summary])  # what the page shows (store strings in the Markdown are escaped)
     assert "2 finished runs" in text and "broken" in text and "each target's best checkpoint" in text
     assert "Transformer-like DeMa beats RNN-like DeMa" in text and "A short K (8–20) is enough" in text
     plot = next(p.object for p in summary.objects if isinstance(p, pn.pane.HoloViews))
@@ -280,8 +245,7 @@ def test_live_worker_streams_changing_frames_and_closes_its_env(dash_store):
     # stopping a paused rollout ends it and closes the env
     w = RolloutWorker(ck, "hopper", 3600.0, "transformer", "abs", render_size=64, fps=20)
     w.start()
-    while len(w.records) < 3:
-        time.sleep(0.02)
+    wait_until(lambda: len(w.records) >= 3, 60, "three records of the rollout", interval=0.02)
     w.pause()
     w.stop()
     assert w.done and w.env_closed and len(w.records) < 1000
@@ -289,9 +253,7 @@ def test_live_worker_streams_changing_frames_and_closes_its_env(dash_store):
     live = LiveRollout(dash_store, render_size=64)
     live.checkpoint, live.save, live.fps = "tiny-K3@20", True, 240.0
     live.start()
-    deadline = time.time() + 120
-    while not live.worker.done and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: live.worker.done, 120, "the live rollout to finish")
     live._tick()
     assert live.status.startswith("finished"), (live.status, live.message)
     assert live.saved and live.saved in StoreIndex(dash_store).info("tiny-K3").episodes[-1].name
@@ -333,91 +295,6 @@ def test_the_demo_child_dies_with_the_server_however_it_dies(guarded):
 
 
 # ---------------------------------------------------------------------------- the browser
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`panel serve` of the three dashboards in a subprocess on 127.0.0.1."""
-
-    def __init__(self, store: str, log: Path, args: tuple = ()):
-        self.port = _free_port()
-        self.log_path = log
-        self.log = open(log, "w")
-        apps = [str(ROOT / "dashboards" / f"{a}.py") for a in ("attention", "compare", "live", "study")]
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "panel",
-                "serve",
-                *apps,
-                "--address",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--allow-websocket-origin",
-                f"127.0.0.1:{self.port}",
-                "--liveness",
-                "--index",
-                str(ROOT / "dema_lab" / "dashboard" / "index.html"),  # as `dema-lab serve` does
-                # a closed browser tab's session is destroyed within about 2 s (default: 15-30 s)
-                "--check-unused-sessions",
-                "1000",
-                "--unused-session-lifetime",
-                "1000",
-                "--args",
-                "--store",
-                store,
-                *args,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "MUJOCO_GL": "egl"},
-        )
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            assert self.proc.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/liveness", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError("panel serve did not start")
-
-    def url(self, app: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{app}"
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text()
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(20)
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    # `make test` installs Chromium and sets DEMA_LAB_REQUIRE_BROWSER=1: there a missing browser fails
-    required = os.environ.get("DEMA_LAB_REQUIRE_BROWSER") == "1"
-    try:
-        import playwright.sync_api as pw_api
-    except ImportError:
-        (pytest.fail if required else pytest.skip)("playwright is not installed (pip install -e '.[dev]')")
-    if not Path(CHROMIUM).exists():
-        (pytest.fail if required else pytest.skip)(f"{CHROMIUM} is missing (make apt installs Debian's chromium)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with pw_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture(scope="module")
 def server(dash_store, tmp_path_factory):
     ARTIFACTS.mkdir(exist_ok=True)
@@ -428,168 +305,18 @@ def server(dash_store, tmp_path_factory):
     s.stop()
 
 
-class Page:
-    """A page with its JavaScript errors, failed requests and requests leaving 127.0.0.1."""
-
-    def __init__(self, browser, url: str):
-        self.page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        self.errors, self.external = [], []
-        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url}"))
-        self.page.on(
-            "request",
-            lambda r: (
-                self.external.append(r.url)
-                if not r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))
-                else None
-            ),
-        )
-        self.page.goto(url, wait_until="load", timeout=90_000)
-
-    def check_clean(self):
-        assert not self.errors, self.errors
-        assert not self.external, f"requests outside 127.0.0.1 (the page must work offline): {self.external}"
-
-    def shot(self, name: str, docs: bool = False):
-        """test-artifacts/NAME.png; with docs, also $DEMA_LAB_SCREENSHOTS/NAME.png if that is set."""
-        self.page.evaluate(SCROLL_TOP_JS)
-        png = self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-        if docs and SCREENSHOTS:
-            out = ROOT / SCREENSHOTS / f"{name}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(png)
-            assert len(png) < SCREENSHOT_MAX_BYTES, f"{out}: {len(png)} bytes"
-
-
-def _probe(page, css=".dema-probe span") -> dict:
-    data = page.locator(css).evaluate("e => Object.assign({}, e.dataset)", timeout=2000)  # one consistent read
-    return {k: data.get(k) for k in ("step", "frame", "heatmap", "return")}
-
-
-def _wait_probe(page, predicate, css=".dema-probe span", timeout=30.0) -> dict:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            state = _probe(page, css)
-            if predicate(state):
-                return state
-        except Exception:  # noqa: BLE001 - not attached yet
-            state = None
-        if time.time() > deadline:
-            raise AssertionError(f"timed out; last state {state}")
-        page.wait_for_timeout(100)
-
-
 def _wait_stable_probe(page, css=".dema-probe span", gap: float = 1.0, timeout: float = 15.0) -> dict:
     """The probe once two reads `gap` seconds apart agree (within `timeout`)."""
     deadline = time.time() + timeout
-    last = _probe(page, css)
+    last = read_probe(page, css)
     while True:
         time.sleep(gap)
-        now = _probe(page, css)
+        now = read_probe(page, css)
         if now == last:
             return now
         if time.time() > deadline:
             raise AssertionError(f"the page did not settle: {last} then {now}")
         last = now
-
-
-# Every Bokeh figure shown: its box on the page and its plot area (the frame inside the axes, as
-# BokehJS laid it out; 0x0 when a figure is never laid out, although its box may look right).
-FIGURES_JS = """() => {
-  const out = [];
-  for (const v of Bokeh.index.all_views()) {
-    if (v.model.type !== 'Figure' || !v.el.isConnected || !v.el.checkVisibility()) continue;
-    const r = v.el.getBoundingClientRect(), f = v.frame.bbox;
-    const labels = [];
-    for (const axis of [...v.model.below, ...v.model.left]) {
-      const o = axis.major_label_overrides;
-      if (o instanceof Map) labels.push(...o.values()); else if (o) labels.push(...Object.values(o));
-    }
-    out.push({title: v.model.title ? v.model.title.text : '', x: r.x, y: r.y, w: r.width, h: r.height,
-              fx: r.x + f.x, fy: r.y + f.y, fw: f.width, fh: f.height, labels: labels.map(String)});
-  }
-  return {figures: out, width: document.documentElement.clientWidth,
-          idle: Bokeh.documents.length > 0 && Bokeh.documents.every(d => d.is_idle)};
-}"""
-SCROLL_TOP_JS = (
-    "() => { for (const e of document.querySelectorAll('*')) if (e.scrollTop) e.scrollTop = 0; window.scrollTo(0, 0); }"
-)
-MIN_PX = 150
-EXPLORER_PLOTS = [
-    r"step \d+",
-    r"Hidden attention · .*",
-    r".* by lag · .*",
-    r"Reward and return-to-go .*",
-    r"Paper's method · (layer \d+|mean of layers)",
-    r"Paper's curve · .*",
-    r"By key kind .*",
-]
-COMPARISON_PLOTS = [
-    r"Normalized score vs K .*",
-    r"Half-life of attention vs K",
-    r"Attention by lag .*",
-    r"Parameters vs K",
-    r"MACs per step vs K .*",
-    r"Training time",
-]
-LIVE_PLOTS = [r"step \d+", r"Hidden attention · .*", r"Return", r"Actions"]
-
-
-def _figures(page, expected: list[str], timeout: float = 30.0) -> dict[str, dict]:
-    """The page's figures by expected title (regex): each shown once, at a usable size, inside the
-    window's width, not overlapping another, its plot area laid out."""
-    deadline = time.time() + timeout
-    while not (got := page.evaluate(FIGURES_JS))["idle"] and time.time() < deadline:
-        page.wait_for_timeout(200)
-    figs = got["figures"]
-    assert got["idle"], "BokehJS never finished rendering the page (and Panel then drops held updates)"
-    titles = [f["title"] for f in figs]
-    byname = {}
-    for pattern in expected:
-        hits = [f for f in figs if re.fullmatch(pattern, f["title"])]
-        assert len(hits) == 1, f"plot {pattern!r}: {len(hits)} of the figures shown {titles}"
-        byname[pattern] = hits[0]
-    assert len(figs) == len(expected), f"unexpected figures: {titles}"
-    for f in figs:
-        what = f"{f['title']!r} at x {f['x']:.0f} y {f['y']:.0f}, {f['w']:.0f}x{f['h']:.0f}"
-        assert f["w"] > MIN_PX and f["h"] > MIN_PX, f"{what}: too small"
-        assert f["fw"] > MIN_PX and f["fh"] > MIN_PX, (
-            f"{what}: its plot area is {f['fw']:.0f}x{f['fh']:.0f} (not laid out)"
-        )
-        assert f["x"] >= 0 and f["x"] + f["w"] <= got["width"] + 0.5, (
-            f"{what}: outside the window's width {got['width']}"
-        )
-    for i, a in enumerate(figs):
-        for b in figs[i + 1 :]:
-            dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
-            dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
-            assert dx <= 1 or dy <= 1, f"{a['title']!r} and {b['title']!r} overlap by {dx:.0f}x{dy:.0f} px"
-    return byname
-
-
-def _assert_drawn(page, figures: dict[str, dict]):
-    """Each plot area, as the screen shows it, holds a drawing (not one flat colour)."""
-    import imageio.v3 as iio
-
-    for f in figures.values():
-        page.evaluate(
-            "t => { for (const v of Bokeh.index.all_views()) if (v.model.type === 'Figure' && "
-            "v.model.title && v.model.title.text === t) v.el.scrollIntoView({block: 'nearest'}); }",
-            f["title"],
-        )
-        f = next(g for g in page.evaluate(FIGURES_JS)["figures"] if g["title"] == f["title"])
-        img = iio.imread(
-            io.BytesIO(page.screenshot(clip={"x": f["fx"], "y": f["fy"], "width": f["fw"], "height": f["fh"]}))
-        )[..., :3]
-        px = img.reshape(-1, 3)
-        colours, counts = np.unique(px, axis=0, return_counts=True)
-        ink = 1 - counts.max() / len(px)  # share of pixels not in the commonest colour
-        assert len(colours) >= 8 and ink > 0.01, (
-            f"plot {f['title']!r} looks blank ({len(colours)} colours, {100 * ink:.1f}% not background)"
-        )
-    page.evaluate(SCROLL_TOP_JS)
 
 
 def _shown_steps(page) -> dict:
@@ -631,9 +358,9 @@ def _show_middle(page) -> int:
     """Scrub to the middle of the episode and check that every explorer plot is drawn there."""
     middle = _middle_step(page)
     _scrub_to(page, middle)
-    _wait_probe(page, lambda s: s["step"] == str(middle))
+    wait_probe(page, lambda s: s["step"] == str(middle))
     _wait_steps_agree(page, middle)
-    _assert_drawn(page, _figures(page, EXPLORER_PLOTS))
+    assert_drawn(page, page_figures(page, EXPLORER_PLOTS))
     page.wait_for_timeout(300)
     return middle
 
@@ -646,22 +373,22 @@ def _middle_step(page) -> int:
 def test_browser_explorer_loads_scrubs_and_plays(server, browser):
     p = Page(browser, server.url("attention"))
     page = p.page
-    first = _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
+    first = wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
     # it opens mid-episode, where the window is full (dema_lab.analysis.opening_step; K 5 here)
     n_steps = round(float(page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuemax"))) + 1
     assert first["step"] == str(max(n_steps // 2, 4)), (first, n_steps)
     page.get_by_text("cannot be read").first.wait_for(timeout=10_000)  # the broken run's message
-    figures = _figures(page, EXPLORER_PLOTS)
-    _assert_drawn(page, figures)
+    figures = page_figures(page, EXPLORER_PLOTS)
+    assert_drawn(page, figures)
     heat = figures[EXPLORER_PLOTS[1]]
     assert {"R0", "s0", "a-1", "s-1"} <= set(heat["labels"]), heat["labels"]  # R/s/a token ticks
     _scrub_to(page, 6)
-    moved = _wait_probe(page, lambda s: s["step"] == "6")
+    moved = wait_probe(page, lambda s: s["step"] == "6")
     assert moved["frame"] != first["frame"] and moved["heatmap"] != first["heatmap"]
     _wait_steps_agree(page, 6)
     # the player advances the step on its own; the text follows it
     page.locator(".dema-player button").nth(5).click()  # ▶ play
-    played = _wait_probe(page, lambda s: int(s["step"]) >= int(moved["step"]) + 3)
+    played = wait_probe(page, lambda s: int(s["step"]) >= int(moved["step"]) + 3)
     assert played["frame"] != moved["frame"]
     page.locator(".dema-player button").nth(4).click()  # ⏸ pause
     assert _wait_steps_agree(page) >= 9
@@ -700,7 +427,7 @@ def test_browser_every_view_round_trips_through_its_url(server, browser):
     (presentation mode included): a presenter can bookmark the exact view of a talk."""
     p = Page(browser, server.url("attention") + "?presentation=1&run=tiny-K3&step=5&layer=0")
     page = p.page
-    _wait_probe(page, lambda s: s["step"] == "5" and s["heatmap"] not in (None, "none"), timeout=60)
+    wait_probe(page, lambda s: s["step"] == "5" and s["heatmap"] not in (None, "none"), timeout=60)
     q = _wait_url(page, run="tiny-K3", step=5, presentation=1)
     assert {"checkpoint", "episode", "layer", "aggregation", "query"} <= set(q), q
     _scrub_to(page, 8)
@@ -710,7 +437,7 @@ def test_browser_every_view_round_trips_through_its_url(server, browser):
     page.close()
     p = Page(browser, bookmark)  # the bookmark opens the same view
     page = p.page
-    shown = _wait_probe(page, lambda s: s["step"] == "8" and s["heatmap"] not in (None, "none"), timeout=60)
+    shown = wait_probe(page, lambda s: s["step"] == "8" and s["heatmap"] not in (None, "none"), timeout=60)
     assert page.locator(".dema-step-slider .noUi-handle").get_attribute("aria-valuenow").startswith("8")
     assert _wait_url(page, **q) and shown["step"] == "8"
     assert "tiny-K3" in page.locator("select").first.input_value()
@@ -749,7 +476,7 @@ def test_browser_index_page_lists_the_pages_offline(server, browser):
 def test_browser_presentation_mode_and_comparison(server, browser):
     p = Page(browser, server.url("attention") + "?presentation=1")
     page = p.page
-    _wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
+    wait_probe(page, lambda s: s["heatmap"] not in (None, "none"), timeout=60)
     _show_middle(page)
     p.shot("attention-presentation", docs=True)
     p.check_clean()
@@ -760,7 +487,7 @@ def test_browser_presentation_mode_and_comparison(server, browser):
         page.get_by_text("tiny-K5").first.wait_for(timeout=60_000)  # the runs table
         page.get_by_text("cannot be read").first.wait_for(timeout=10_000)  # the broken run's message
         page.wait_for_timeout(1000)
-        _assert_drawn(page, _figures(page, COMPARISON_PLOTS))
+        assert_drawn(page, page_figures(page, COMPARISON_PLOTS))
         if "presentation" not in url:
             p.shot("sequence-length", docs=True)
         p.check_clean()
@@ -777,8 +504,8 @@ def test_browser_live_rollout_streams_changing_frames(server, browser):
     page.get_by_text(re.compile(r"Max steps per second:\s*4(\.0)?$")).first.wait_for(timeout=60_000)
     page.locator(".dema-live-start button").click(timeout=60_000)
     css = ".dema-live-probe span"
-    a = _wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
-    b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 3, css=css)
+    a = wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
+    b = wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 3, css=css)
     assert a["frame"] != b["frame"] and float(b["return"]) != float(a["return"])
     page.locator(".dema-live-pause button").click()  # paused: the rollout holds still
     status.get_by_text("paused").wait_for(timeout=20_000)
@@ -786,10 +513,10 @@ def test_browser_live_rollout_streams_changing_frames(server, browser):
     # machine: wait until the shown step settles, then it must hold still
     held = _wait_stable_probe(page, css)
     time.sleep(1.5)
-    assert _probe(page, css) == held
-    _assert_drawn(page, _figures(page, LIVE_PLOTS))
+    assert read_probe(page, css) == held
+    assert_drawn(page, page_figures(page, LIVE_PLOTS))
     page.locator(".dema-live-pause button").click()  # resumed: it goes on
-    _wait_probe(page, lambda s: int(s["step"]) >= int(held["step"]) + 2, css=css)
+    wait_probe(page, lambda s: int(s["step"]) >= int(held["step"]) + 2, css=css)
     page.locator(".dema-live-pause button").click()  # paused again, then stopped
     status.get_by_text("paused").wait_for(timeout=20_000)
     p.shot("live-rollout", docs=True)
@@ -803,7 +530,7 @@ def test_browser_live_runs_a_checkpoint_imported_from_the_official_code(server, 
     """A model_iter*.pkl written as the official DeMa code writes it (AdamW object included),
     imported with `dema-lab import --out`, typed into /live's file field, runs: frames change, and
     the heatmap's tokens follow its (R, a, s) order."""
-    from test_official import official_dema_sd, save_official
+    from helpers.official import official_dema_sd, save_official
 
     from dema_lab.cli.main import main
 
@@ -820,12 +547,12 @@ def test_browser_live_runs_a_checkpoint_imported_from_the_official_code(server, 
     field.press("Enter")
     page.locator(".dema-live-start button").click(timeout=60_000)
     css = ".dema-live-probe span"
-    a = _wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
-    b = _wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 1, css=css)
+    a = wait_probe(page, lambda s: s["step"] not in (None,) and int(s["step"]) >= 1, css=css, timeout=60)
+    b = wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 1, css=css)
     assert a["frame"] != b["frame"]
     page.locator(".dema-live-pause button").click()
     page.locator(".dema-live-status").get_by_text("paused").wait_for(timeout=20_000)
-    figs = _figures(page, LIVE_PLOTS)
+    figs = page_figures(page, LIVE_PLOTS)
     labels = set(figs[r"Hidden attention · .*"]["labels"])
     assert {"R0", "a-1", "s0"} <= labels, sorted(labels)
     page.locator(".dema-live-stop button").click()
@@ -841,28 +568,22 @@ def test_browser_live_sessions_run_side_by_side_and_a_closed_one_stops(server, b
     for p in pages:
         p.page.locator(".dema-live-start button").click(timeout=60_000)
     for p in pages:
-        a = _wait_probe(p.page, lambda s: s["step"] is not None and int(s["step"]) >= 1, css=css, timeout=60)
-        _wait_probe(p.page, lambda s, a=a: int(s["step"]) >= int(a["step"]) + 2, css=css)
+        a = wait_probe(p.page, lambda s: s["step"] is not None and int(s["step"]) >= 1, css=css, timeout=60)
+        wait_probe(p.page, lambda s, a=a: int(s["step"]) >= int(a["step"]) + 2, css=css)
     stopped = "closed: its live rollout stopped after"
     before = server.log_text().count(stopped)
     pages[0].page.close()
     # the server destroys the closed session: its rollout stops and its env is closed ...
-    deadline = time.time() + 60
-    while server.log_text().count(stopped) == before:
-        assert time.time() < deadline, "closing the tab did not stop its rollout:\n" + server.log_text()[-2000:]
-        time.sleep(0.3)
+    wait_until(lambda: server.log_text().count(stopped) > before, 60, "the closed tab's rollout to stop", interval=0.3)
     line = [ln for ln in server.log_text().splitlines() if stopped in ln][-1]
     assert line.endswith("env closed: True"), line
     # ... while the other session's rollout goes on
-    now = _probe(pages[1].page, css)
-    _wait_probe(pages[1].page, lambda s: int(s["step"]) >= int(now["step"]) + 2, css=css)
+    now = read_probe(pages[1].page, css)
+    wait_probe(pages[1].page, lambda s: int(s["step"]) >= int(now["step"]) + 2, css=css)
     pages[1].page.locator(".dema-live-stop button").click()
     pages[1].page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
     pages[1].check_clean()
     pages[1].page.close()
-
-
-STUDY_PLOTS = [r"normalized score against K \(transformer-like, last checkpoint\)"]
 
 
 def test_browser_study_report(server, browser):
@@ -876,20 +597,23 @@ def test_browser_study_report(server, browser):
     page.get_by_text("is left out").first.wait_for(timeout=10_000)  # the broken run, named
     page.locator(".dema-study-table table").first.wait_for(timeout=30_000)
     assert page.locator(".dema-study-table table").count() >= 4
-    _assert_drawn(page, _figures(page, STUDY_PLOTS))
+    assert_drawn(page, page_figures(page, STUDY_PLOTS))
     p.shot("study-report", docs=True)
     p.check_clean()
     page.close()
 
 
-def _processes_with(text: str) -> list[int]:
+def _demo_children(server: int) -> list[int]:
+    """The processes multiprocessing spawned for `server` (the demo's; not its resource tracker)."""
     pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            pass
+            ppid = int(stat.read_text().rsplit(") ", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == server and "spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
     return pids
 
 
@@ -917,7 +641,7 @@ def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
         status.first.wait_for(timeout=60_000)
         text = status.first.inner_text()
         p.shot("demo-button-progress")
-        trainer = _processes_with(f"demo --no-serve --store {empty}")
+        trainer = _demo_children(s.proc.pid)
         assert len(trainer) == 1, trainer  # the training runs in a child process
         # the explorer replaces the page as soon as the first run is in the store
         page.get_by_text("This store has no runs yet").wait_for(state="detached", timeout=240_000)
@@ -929,10 +653,12 @@ def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
     finally:
         s.stop()
     # the server gone (SIGTERM, no atexit hooks), its demo training stops too
-    deadline = time.time() + 10
-    while _processes_with(f"demo --no-serve --store {empty}") and time.time() < deadline:
-        time.sleep(0.2)
-    assert not _processes_with(f"demo --no-serve --store {empty}"), "the demo training outlived the server"
+    wait_until(
+        lambda: not any(_alive(pid) for pid in trainer),
+        10,
+        "the demo training to stop with the server",
+        interval=0.2,
+    )
     assert "%" in text
 
 

@@ -1,4 +1,4 @@
-"""Issue 19, part 1: a live page that one visitor cannot take down, and `serve`/`demo` that refuse
+"""A live page that one visitor cannot take down, and `serve`/`demo` that refuse
 a bad port with one line.
 
 The file field of /live reads only regular files under the store and the server's
@@ -22,14 +22,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import test_dashboards
 import torch
+from helpers import wait_until
+from helpers.browser import ARTIFACTS, Page, free_port
 
 from dema_lab.models import CheckpointError, ModelConfig, build_model, save_checkpoint
 from dema_lab.models.checkpoint_files import CheckpointAccessError, load_checkpoint_file, read_checkpoint_file
 
 ROOT = Path(__file__).resolve().parents[2]
-browser = test_dashboards.browser  # the headless Chromium fixture
 
 
 def _checkpoint(path: Path, normalization: bool = True) -> Path:
@@ -209,10 +209,11 @@ def test_live_start_async_loads_off_the_event_loop(live, allowed, monkeypatch):
     """The page's Start awaits the load in a worker thread: the loop keeps running meanwhile."""
     live.checkpoint_file = str(_checkpoint(allowed / "ck.safetensors"))
     slow_load, loop_threads = live._load, set()
+    ticked = threading.Event()  # set by the event loop's ticker after 10 ticks
 
-    def slow():
+    def slow():  # a load that lasts until the event loop has ticked 10 times meanwhile
         loop_threads.add(threading.current_thread().name)
-        time.sleep(1.0)
+        ticked.wait(10)
         return slow_load()
 
     monkeypatch.setattr(live, "_load", slow)
@@ -226,6 +227,8 @@ def test_live_start_async_loads_off_the_event_loop(live, allowed, monkeypatch):
             while True:
                 await asyncio.sleep(0.05)
                 ticks += 1
+                if ticks >= 10:
+                    ticked.set()
 
         t = asyncio.ensure_future(ticker())
         await live.start_async()
@@ -233,7 +236,7 @@ def test_live_start_async_loads_off_the_event_loop(live, allowed, monkeypatch):
         return ticks
 
     ticks = asyncio.run(main())
-    assert ticks >= 10, ticks  # ~20 in the second the load took
+    assert ticks >= 10, ticks  # the loop kept ticking while the load waited for it (a blocked loop: 0)
     assert loop_threads and all(n.startswith("dema-live-load") for n in loop_threads)
     assert live.worker is not None
     live.stop()
@@ -327,27 +330,24 @@ class Poller(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def live_server(hopper_small, tmp_path_factory):
+def live_server(hopper_small, tiny_run, tmp_path_factory):
     """`dema-lab serve` of a store with one tiny run and one --checkpoint-dir, on 127.0.0.1."""
-    from conftest import TINY_RUN
-    from test_dashboards import ARTIFACTS, _free_port
-
-    from dema_lab.training.trainer import TrainConfig, train
+    from dema_lab.training import TrainConfig, train
 
     store = str(tmp_path_factory.mktemp("live-store") / "store")
     train(
-        TrainConfig(
+        TrainConfig.from_flat(
             dataset=str(hopper_small),
             store=store,
             steps=10,
             run_id="tiny",
-            **{**TINY_RUN, "eval_modes": ["transformer"], "render_size": 0},
+            **{**tiny_run, "eval_modes": ["transformer"], "render_size": 0},
         ),
         progress=False,
         log=lambda *_: None,
     )
     allowed = tmp_path_factory.mktemp("checkpoints")
-    port = _free_port()
+    port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "live-security-server.log", "w")
     proc = subprocess.Popen(
@@ -369,15 +369,16 @@ def live_server(hopper_small, tmp_path_factory):
         env={**os.environ, "MUJOCO_GL": "egl"},
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
+
+    def answers() -> bool:
         assert proc.poll() is None, (ARTIFACTS / "live-security-server.log").read_text()
         try:
             urllib.request.urlopen(base + "/", timeout=1)
-            break
+            return True
         except OSError:
-            assert time.time() < deadline, "dema-lab serve did not start"
-            time.sleep(0.3)
+            return False
+
+    wait_until(answers, 90, "dema-lab serve to answer", interval=0.3)
     yield {"base": base, "pid": proc.pid, "allowed": allowed}
     proc.terminate()
     proc.wait(20)
@@ -385,8 +386,6 @@ def live_server(hopper_small, tmp_path_factory):
 
 
 def test_browser_live_page_refuses_hostile_files_while_the_server_keeps_answering(live_server, browser, tmp_path):
-    from test_dashboards import Page
-
     allowed = live_server["allowed"]
     fifo = allowed / "fifo.safetensors"
     os.mkfifo(fifo)

@@ -1,5 +1,6 @@
 """The options a dashboard server was started with: the store, the live page's checkpoint
-directories and size limit, presentation mode (`--args ...` on `panel serve`, or `serve()`'s)."""
+directories and size limit, presentation mode (`--args ...` on `panel serve`, or `serve()`'s), and
+the bounds on its sessions (how many per page, how long an unused one lives)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import sys
 
 import panel as pn
+
+from dema_lab.common.values import ConfigError, parse_value
 
 
 def app_options(argv: list[str] | None = None) -> dict:
@@ -60,3 +63,37 @@ def checkpoint_limit(megabytes) -> int:
 
 def allow_store_arg() -> bool:
     return os.environ.get("DEMA_LAB_ALLOW_STORE_ARG") == "1"
+
+
+# ---------------------------------------------------------------------- session bounds
+MAX_SESSIONS = 8  # open sessions per page: a few tabs each for a person or two, on 2 CPU cores
+UNUSED_SESSION_S = 5.0  # how long a session no browser has connected to is kept
+
+
+def session_limits(max_sessions=None, unused_session_s=None) -> tuple[int, float]:
+    """The session bounds a server runs with: at most `max_sessions` open sessions per page (a
+    request beyond it is told the server is busy), and a session no browser is connected to
+    (a page fetched by something that never ran its script, or a closed tab) destroyed after
+    `unused_session_s` seconds. None takes $DEMA_LAB_MAX_SESSIONS / $DEMA_LAB_UNUSED_SESSION_S,
+    else MAX_SESSIONS / UNUSED_SESSION_S. ValueError naming the setting for anything else than a
+    positive whole number of sessions and a positive number of seconds."""
+    if max_sessions is None:
+        max_sessions = os.environ.get("DEMA_LAB_MAX_SESSIONS") or MAX_SESSIONS
+        max_name = "DEMA_LAB_MAX_SESSIONS"
+    else:
+        max_name = "max_sessions"
+    if unused_session_s is None:
+        unused_session_s = os.environ.get("DEMA_LAB_UNUSED_SESSION_S") or UNUSED_SESSION_S
+        unused_name = "DEMA_LAB_UNUSED_SESSION_S"
+    else:
+        unused_name = "unused_session_s"
+    try:
+        n = parse_value(int, max_sessions, max_name)
+        if n < 1:
+            raise ConfigError(f"{max_name} must be at least 1, not {n}")
+        s = parse_value(float, unused_session_s, unused_name)
+        if not 0 < s < float("inf"):
+            raise ConfigError(f"{unused_name} must be a positive number of seconds, not {s:g}")
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the dashboard's session bounds)") from None
+    return n, s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import panel as pn
 
 from dema_lab.dashboard.common.data import friendly_error
+from dema_lab.dashboard.common.text import alert, md
 
 
 def pin_local_resources() -> None:
@@ -56,6 +57,4 @@ def guarded(build, title: str):
     try:
         return build()
     except Exception as e:  # noqa: BLE001
-        return pn.pane.Alert(
-            f"**{title} cannot be shown:** {friendly_error(e)}", alert_type="danger", sizing_mode="stretch_width"
-        )
+        return alert(md("**{} cannot be shown:** {}", title, friendly_error(e)), "danger", sizing_mode="stretch_width")

@@ -17,7 +17,6 @@ import holoviews.plotting.bokeh  # noqa: F401 - registers the renderer (options 
 import numpy as np
 
 from dema_lab.analysis import fit_decay
-from dema_lab.dashboard.common.data import lag_profile_of  # noqa: F401 - where the views had it
 
 FRAME_SIZE = 340
 MAX_TICK_LABELS = 21  # token labels printed per heatmap axis (420 px: 20 px each)

@@ -19,6 +19,7 @@ from bokeh.models.widgets.tables import NumberFormatter
 from dema_lab.analysis.runs import family_label
 from dema_lab.analysis.scoring import METHODS, headline
 from dema_lab.dashboard.common.data import StoreIndex, friendly_error
+from dema_lab.dashboard.common.text import alert, join_markdown, md
 from dema_lab.dashboard.common.views import PALETTE
 
 
@@ -90,6 +91,18 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
         "half_life_steps",
     ]
     return pd.DataFrame(rows, columns=cols).sort_values(["family", "K"]).reset_index(drop=True), bad
+
+
+def short_labels(df: pd.DataFrame) -> list[str]:
+    """A label per run that fits a plot: its family and K (`DeMa B3LD K=5`), numbered where several
+    runs share them (seeds); the run id itself is in the hover and the table."""
+    base = [f"{f} K={k}" for f, k in zip(df["family"], df["K"])]
+    seen: dict[str, int] = {}
+    out = []
+    for b in base:
+        seen[b] = seen.get(b, 0) + 1
+        out.append(b if base.count(b) == 1 else f"{b} #{seen[b]}")
+    return out
 
 
 def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = False, width=430, height=300):
@@ -195,7 +208,7 @@ class SequenceComparison(pn.viewable.Viewer):
             except Exception:  # noqa: BLE001
                 continue
         self.param.layer.objects = layers
-        self.message = "\n\n".join(f"Run **{r}** cannot be read: {m}" for r, m in bad.items())
+        self.message = join_markdown(md("Run **{}** cannot be read: {}", r, m) for r, m in bad.items())
 
     @property
     def table(self) -> pd.DataFrame:
@@ -243,19 +256,21 @@ class SequenceComparison(pn.viewable.Viewer):
         if df.empty:
             return hv.Bars([], "run", "train_seconds").opts(title="Training time (no runs)", width=w, height=h)
         bars = hv.Bars(
-            df.assign(label=[f"{r} (K={k})" for r, k in zip(df.run, df.K)]),
+            df.assign(label=short_labels(df)),
             "label",
-            [("train_seconds", "training time (s)"), "steps_per_second", "steps"],
+            [("train_seconds", "training time (s)"), "run", "steps_per_second", "steps"],
         )
+        # horizontal bars: the labels read across instead of taking the plot's height
         return bars.opts(
-            title="Training time", width=w, height=h, xrotation=30, tools=["hover"], color=PALETTE[0], xlabel="run"
+            title="Training time", width=w, height=h, invert_axes=True, tools=["hover"], color=PALETTE[0], xlabel=""
         )
 
     @param.depends("runs", "layer", "query_kind")
     def decay_plot(self):
         w, h = self._size()
         layers = []
-        for i, r in enumerate(self.table["run"] if not self.table.empty else []):
+        names = dict(zip(self.table["run"], short_labels(self.table))) if not self.table.empty else {}
+        for i, r in enumerate(names):
             try:
                 d = self.index.run(r).decay()
                 if "mass" not in d or not d.sizes.get("checkpoint"):
@@ -269,7 +284,10 @@ class SequenceComparison(pn.viewable.Viewer):
                 ok = np.isfinite(m.values) & (m.values > 0)
                 layers.append(
                     hv.Curve(
-                        (x[ok], m.values[ok]), ("lag_steps", "lag (env steps)"), ("mass", "attention mass"), label=r
+                        (x[ok], m.values[ok]),
+                        ("lag_steps", "lag (env steps)"),
+                        ("mass", "attention mass"),
+                        label=names[r],
                     ).opts(color=PALETTE[i % len(PALETTE)])
                 )
             except Exception as e:  # noqa: BLE001
@@ -332,9 +350,7 @@ class SequenceComparison(pn.viewable.Viewer):
     def views(self):
         """Six plots, three to a row (two in presentation mode: larger), then the runs table. Plain
         Rows: a pn.FlexBox leaves Bokeh figures unrendered."""
-        alert = pn.pane.Alert(
-            self.param.message, alert_type="warning", visible=self.param.message.rx.bool(), sizing_mode="stretch_width"
-        )
+        message = alert(self.param.message, "warning", sizing_mode="stretch_width")
         plots = [
             pn.pane.HoloViews(p)
             for p in (
@@ -348,7 +364,7 @@ class SequenceComparison(pn.viewable.Viewer):
         ]
         n = 2 if self.presentation else 3
         rows = [pn.Row(*plots[i : i + n]) for i in range(0, len(plots), n)]
-        return pn.Column(alert, *rows, self.table_view, sizing_mode="stretch_width")
+        return pn.Column(message, *rows, self.table_view, sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

@@ -1,10 +1,9 @@
-"""The demo job the empty-store page starts: trains the demo runs in a child process and reports
-its progress."""
+"""The demo job the empty-store page starts: trains the demo runs (dema_lab.study.demo.run_demo) in
+a child process that dies with the server, and reports its progress as structured events."""
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 
 import param
@@ -15,7 +14,7 @@ from dema_lab.dashboard.common.data import StoreIndex, friendly_error
 def stop_with_parent():
     """A preexec_fn for subprocess.Popen that has Linux send the child SIGTERM when its parent
     dies, however it dies (`panel serve` stopped by SIGTERM runs no atexit hooks, and a child
-    that is evaluating prints nothing for minutes, so a broken pipe would not stop it either).
+    that is evaluating reports nothing for minutes, so a broken pipe would not stop it either).
     None where prctl is missing."""
     try:
         import ctypes
@@ -25,6 +24,35 @@ def stop_with_parent():
         return lambda: prctl(1, sigterm)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return None
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child process: stop_with_parent's rule, set by the child itself (a multiprocessing
+    child has no preexec_fn); exits at once if `parent` has already gone."""
+    arm = stop_with_parent()
+    if arm is not None:
+        arm()
+    if os.getppid() != parent:  # the parent died before the rule was set
+        os._exit(1)
+
+
+def demo_process(store: str, events, parent: int) -> None:
+    """The demo job's child process: dema_lab.study.demo.run_demo into `store`, its progress put on
+    `events` as {"event": "progress", "message", "fraction"}, then {"event": "done", "runs"} or
+    {"event": "failed", "error"} (one line)."""
+    die_with_parent(parent)
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        from dema_lab.study.demo import run_demo
+
+        def progress(message: str, fraction: float):
+            events.put({"event": "progress", "message": str(message), "fraction": float(fraction)})
+
+        runs = run_demo(store, on_progress=progress, progress=False)
+        events.put({"event": "done", "runs": list(runs)})
+    except BaseException as e:  # noqa: BLE001 - reported to the page, then the child exits
+        events.put({"event": "failed", "error": friendly_error(e)})
+        raise SystemExit(1) from None
 
 
 # ---------------------------------------------------------------------- the demo job
@@ -53,6 +81,7 @@ class DemoJob(param.Parameterized):
         super().__init__(**params)
         self.path = path
         self._thread = None
+        self.process = None  # the child process training the runs (multiprocessing's)
 
     def start(self):
         with self._lock:
@@ -67,35 +96,39 @@ class DemoJob(param.Parameterized):
         self.message, self.fraction = message, float(fraction)
 
     def _run(self):
-        """Train in a child process (`dema-lab demo --no-serve`): the server keeps its GIL and
-        its single-threaded acting for the live rollouts, and a crash cannot take it down.
-        Progress comes from the child's "[demo NN%] message" lines."""
-        import atexit
-        import re
-        import subprocess
+        """Train in a child process (demo_process, started by multiprocessing's spawn): the server
+        keeps its GIL and its single-threaded acting for the live rollouts, a crash cannot take it
+        down, and the child dies with the server however the server stops. Progress comes as events
+        on a queue."""
+        import multiprocessing
+        import queue
 
-        cmd = [sys.executable, "-m", "dema_lab.cli.main", "demo", "--no-serve", "--store", self.path]
-        tail = []
         try:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                bufsize=1,
-                env={**os.environ, "TQDM_DISABLE": "1"},
-                preexec_fn=stop_with_parent(),
+            ctx = multiprocessing.get_context("spawn")  # not fork: the server has threads
+            events = ctx.Queue()
+            # daemon: a server that exits normally terminates it (multiprocessing's exit handler);
+            # one that is killed has the kernel do it (die_with_parent)
+            proc = self.process = ctx.Process(
+                target=demo_process, args=(self.path, events, os.getpid()), name="dema-lab demo", daemon=True
             )
-            atexit.register(proc.terminate)  # the server stopping stops the training
-            for line in proc.stdout:
-                tail = (tail + [line.rstrip()])[-5:]
-                m = re.search(r"\[demo\s+(\d+)%\] (.*)", line.split("\r")[-1].strip())
-                if m:
-                    self._progress(m.group(2), int(m.group(1)) / 100)
-            if proc.wait() != 0:
-                self.error = "the demo runs failed: " + " / ".join(t for t in tail if t)
-            else:
+            proc.start()
+            ended = None
+            while ended is None:
+                try:
+                    event = events.get(timeout=1.0)
+                except queue.Empty:
+                    if not proc.is_alive():
+                        ended = {"event": "failed", "error": f"the demo process stopped (exit code {proc.exitcode})"}
+                    continue
+                if event["event"] == "progress":
+                    self._progress(event["message"], event["fraction"])
+                else:
+                    ended = event
+            proc.join(30)
+            if ended["event"] == "done":
                 self.finished = True
+            else:
+                self.error = "the demo runs failed: " + ended["error"]
         except Exception as e:  # noqa: BLE001 - shown on the page
             self.error = friendly_error(e)
         finally:
@@ -111,11 +144,12 @@ class DemoJob(param.Parameterized):
             ids = idx.run_ids()
             done, total, parts = 0, 0, []
             for cfg in demo_runs(self.path):
-                total += cfg.steps
-                if cfg.run_id in ids:
-                    info = idx.info(cfg.run_id)
-                    done += min(info.steps_done, cfg.steps)
-                    parts.append(f"{cfg.run_id}: {info.steps_done}/{cfg.steps} steps ({info.status})")
+                run_id, steps = cfg.run.run_id, cfg.optim.steps
+                total += steps
+                if run_id in ids:
+                    info = idx.info(run_id)
+                    done += min(info.steps_done, steps)
+                    parts.append(f"{run_id}: {info.steps_done}/{steps} steps ({info.status})")
             return done / max(total, 1), "; ".join(parts), len(ids)
         except Exception:  # noqa: BLE001 - the store may be being created
             return self.fraction, "", 0

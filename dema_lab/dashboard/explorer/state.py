@@ -27,6 +27,7 @@ from dema_lab.dashboard.common.data import (
     friendly_error,
     lag_profile_of,
 )
+from dema_lab.dashboard.common.text import Markdown, join_markdown, md
 from dema_lab.store.errors import StoreError
 
 AGGREGATION_LABELS = {
@@ -108,12 +109,12 @@ class ExplorerState(param.Parameterized):
             self._set_message()
 
     def _set_message(self, extra: str = ""):
-        parts = [f"Run **{r}** cannot be read: {m}" for r, m in self.run_errors.items()]
+        """The message: the runs that cannot be read, and `extra` (Markdown made by text.md, or
+        plain text); store strings in it are escaped (dashboard.common.text)."""
+        parts = [md("Run **{}** cannot be read: {}", r, m) for r, m in self.run_errors.items()]
         if not self._infos and not self.run_errors:
             parts.append("This store has no runs yet.")
-        if extra:
-            parts.append(extra)
-        self.message = "\n\n".join(parts)
+        self.message = join_markdown([*parts, extra])
 
     @param.depends("run", watch=True)
     def _on_run(self):
@@ -128,9 +129,14 @@ class ExplorerState(param.Parameterized):
         if not ckpts:
             self._ep = None
             self._set_message(
-                f"Run **{info.run_id}** has no recorded episodes yet (status {info.status}, "
-                f"{info.steps_done} of {info.config.get('steps', '?')} training steps); episodes "
-                f"are recorded at each evaluation."
+                md(
+                    "Run **{}** has no recorded episodes yet (status {}, {} of {} training steps); "
+                    "episodes are recorded at each evaluation.",
+                    info.run_id,
+                    info.status,
+                    info.steps_done,
+                    info.config.get("steps", "?"),
+                )
             )
             self._bump()
             return
@@ -203,11 +209,6 @@ class ExplorerState(param.Parameterized):
 
     # ------------------------------------------------------------------ what is selected
     @property
-    def run_info(self) -> RunInfo | None:
-        """The selected run's RunInfo (config, provenance, checkpoints, episodes)."""
-        return self._info
-
-    @property
     def episode_data(self) -> EpisodeData | None:
         """The selected episode, in memory (None when there is none)."""
         return self._ep
@@ -225,19 +226,28 @@ class ExplorerState(param.Parameterized):
         return None if ep is None or ep.frames is None else ep.frames[self.t]
 
     @property
-    def frame_note(self) -> str:
-        """Why no frame is shown and how to get some, or "" when there are frames (or no episode)."""
+    def frame_note(self) -> Markdown:
+        """Why no frame is shown and how to get some, or "" when there are frames (or no episode).
+        Its link opens the live page on the checkpoint; saving is the visitor's own tick there (a
+        link never pre-arms a write)."""
+        from urllib.parse import urlencode
+
         ep, info = self._ep, self._info
         if ep is None or ep.frames is not None:
-            return ""
-        step = ep.attrs.get("checkpoint", self.checkpoint)
-        how = (
-            f"play checkpoint {step} on the [live rollout page](live?checkpoint={ep.run_id}@{step}&save=true) "
-            f"with *Save the rollout to the run* ticked: the episode it saves has frames and opens here"
+            return Markdown("")
+        step = self.checkpoint  # the episode's checkpoint (its name's), not an attribute it holds
+        link = "live?" + urlencode({"checkpoint": f"{ep.run_id}@{step}"})  # %-escaped: no Markdown in it
+        how = md(
+            "play checkpoint {} on the [live rollout page]({}) with *Save the rollout to the run* ticked: "
+            "the episode it saves has frames and opens here",
+            step,
+            Markdown(link),
         )
         if info is not None and info.config.get("render_size") == 0:
-            return f"**No frames recorded:** run {ep.run_id} was trained with render_size=0. To see frames, {how}."
-        return f"**No frames recorded** in this episode. To see frames, {how}."
+            return md(
+                "**No frames recorded:** run {} was trained with render_size=0. To see frames, {}.", ep.run_id, how
+            )
+        return md("**No frames recorded** in this episode. To see frames, {}.", how)
 
     @property
     def window_labels(self) -> list[str]:
@@ -293,7 +303,7 @@ class ExplorerState(param.Parameterized):
         return m
 
     def _replayed(self, ep: EpisodeData, step: int) -> np.ndarray | None:
-        ckpt = int(ep.attrs.get("checkpoint", self.checkpoint))
+        ckpt = int(self.checkpoint)  # the episode name's checkpoint, not an attribute it holds
         key = (ep.run_id, ep.name, ckpt)
         try:
             rep = self._replayers.get(key)

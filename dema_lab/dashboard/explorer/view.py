@@ -26,13 +26,14 @@ import param
 from bokeh.models import Div, Span
 
 from dema_lab.analysis import DEMA_LAB_METHOD, PAPER_METHOD
+from dema_lab.dashboard.common.data import lag_profile_of
+from dema_lab.dashboard.common.text import alert, html, markdown_pane, trusted_markdown
 from dema_lab.dashboard.common.views import (
     attention_clim,
     attention_view,
     frame_view,
     kind_lag_view,
     lag_data,
-    lag_profile_of,
     lag_title,
     lag_view,
     paper_curve_view,
@@ -101,7 +102,6 @@ class AttentionExplorer(pn.viewable.Viewer):
 
     state = param.ClassSelector(class_=ExplorerState, constant=True, doc="what is shown")
     presentation = param.Boolean(default=False, constant=True, doc="larger plots (full-screen talks)")
-    state_class = ExplorerState  # whose parameters a page's URL sets (app.url_settings)
 
     def __init__(self, store="store", presentation: bool = False, **params):
         """store: a store path or URL, a StoreIndex, or an ExplorerState to render; other keyword
@@ -192,6 +192,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         return kind_lag_view(d["by_kind"], d["kind_fits"], title="By key kind (lags in env steps)", width=w, height=h)
 
     def _paper_note(self) -> str:
+        """What the paper's display shows: text of this code and of dema_lab.analysis (no store strings)."""
         missing = (
             ""
             if self.state.paper_data() is not None
@@ -200,7 +201,7 @@ class AttentionExplorer(pn.viewable.Viewer):
                 "it (`dema_lab.evaluation.publish_paper_attention(run, checkpoint)` adds it).*"
             )
         )
-        return (
+        return trusted_markdown(
             f"**The paper's attention display**, per decision step and lag (left), its curve with an exponential "
             f"fit (middle) and the fits by key kind, lags in env steps (right). Method: {PAPER_METHOD}."
             f"{missing}<br>"
@@ -223,9 +224,13 @@ class AttentionExplorer(pn.viewable.Viewer):
 
     def _update_probe(self, *_):
         s = self.state
-        self._probe_div.text = (
-            f'<span data-run="{s.run}" data-episode="{s.episode}" data-step="{s.step}" '
-            f'data-frame="{crc(s.frame)}" data-heatmap="{crc(s.matrix())}"></span>'
+        self._probe_div.text = html(
+            '<span data-run="{}" data-episode="{}" data-step="{}" data-frame="{}" data-heatmap="{}"></span>',
+            s.run,
+            s.episode,
+            s.step,
+            crc(s.frame),
+            crc(s.matrix()),
         )
 
     def snapshot(self) -> dict:
@@ -261,8 +266,8 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._frame_rows = []  # the rows that show the frame (or its note) first
         self._panes = {
             "frame": pn.pane.Bokeh(self._render(self.frame())),
-            "frame_note": pn.pane.Alert(
-                self.state.frame_note, alert_type="info", width=self._size("frame"), css_classes=["dema-frame-note"]
+            "frame_note": alert(
+                self.state.frame_note, "info", width=self._size("frame"), css_classes=["dema-frame-note"]
             ),
             "heatmap": pn.pane.Bokeh(self._render(self.heatmap(), tap=self._on_tap_heatmap)),
             "lag": pn.pane.Bokeh(self._render(self.lag(), width=self._size("lag_width"))),
@@ -281,7 +286,7 @@ class AttentionExplorer(pn.viewable.Viewer):
             paper_surface=pn.pane.Bokeh(self._render(self.paper_surface(), width=self._size("paper_width"))),
             paper_curve=pn.pane.Bokeh(self._render(self.paper_curve(), width=self._size("paper_width"))),
             paper_kinds=pn.pane.Bokeh(self._render(self.paper_kinds(), width=self._size("paper_width"))),
-            paper_note=pn.pane.Markdown(self._paper_note(), sizing_mode="stretch_width"),
+            paper_note=markdown_pane(self._paper_note(), sizing_mode="stretch_width"),
         )
         self.state.param.watch(self._on_step, ["step"])
         self.state.param.watch(self._on_view_change, ["revision", "layer", "aggregation", "channel", "query"])
@@ -352,6 +357,9 @@ class AttentionExplorer(pn.viewable.Viewer):
         self.state.query = ep.query_label[i]
 
     def _info_text(self) -> str:
+        """The episode's line (run, checkpoint, mode, target, return) and the step's, as HTML: the
+        run id and the rollout's attributes are store strings, escaped (text.html); an attribute
+        of the wrong type shows as its text."""
         s = self.state
         ep = s.episode_data
         if ep is None:
@@ -360,17 +368,26 @@ class AttentionExplorer(pn.viewable.Viewer):
         act = ", ".join(f"{a:+.2f}" for a in ep.action[t])
         a = ep.attrs
         score = a.get("normalized_score")
-        head = (
-            f"<b>{ep.run_id}</b> · checkpoint {a.get('checkpoint', s.checkpoint)} · {a.get('mode', '')} · "
-            f"target {a.get('target', float('nan')):g} · return {a.get('return', float('nan')):.0f}"
-            + (f" (normalized {score:.1f})" if isinstance(score, (int, float)) else "")
-            + f" · {ep.n_steps} steps"
+        head = html(
+            "<b>{}</b> · checkpoint {} · {} · target {:g} · return {:.0f}",
+            ep.run_id,
+            a.get("checkpoint", s.checkpoint),
+            a.get("mode", ""),
+            a.get("target", float("nan")),
+            a.get("return", float("nan")),
         )
-        now = (
-            f"step <b>{t}</b> · reward {ep.reward[t]:.2f} · return-to-go {ep.return_to_go[t]:.0f} · "
-            f"return so far {ep.reward[: t + 1].sum():.0f} · action [{act}]"
+        if isinstance(score, (int, float)):
+            head += html(" (normalized {:.1f})", score)
+        head += html(" · {} steps", ep.n_steps)
+        now = html(
+            "step <b>{}</b> · reward {:.2f} · return-to-go {:.0f} · return so far {:.0f} · action [{}]",
+            t,
+            ep.reward[t],
+            ep.return_to_go[t],
+            ep.reward[: t + 1].sum(),
+            act,
         )
-        return f"{head}<br>{now}"
+        return head + html("<br>") + now
 
     def controls(self) -> pn.Column:
         """The selection widgets, slider and player (a sidebar in the app)."""
@@ -439,12 +456,7 @@ class AttentionExplorer(pn.viewable.Viewer):
             self._build_panes()
         self._update_probe()
         p = self._panes
-        alert = pn.pane.Alert(
-            self.state.param.message,
-            alert_type="warning",
-            visible=self.state.param.message.rx.bool(),
-            sizing_mode="stretch_width",
-        )
+        message = alert(self.state.param.message, "warning", sizing_mode="stretch_width")
         if self.presentation:
             row = pn.Row(self._frame_slot(), p["heatmap"])
             plots = [row, pn.Row(p["lag"], p["traces"], sizing_mode="stretch_width")]
@@ -456,7 +468,7 @@ class AttentionExplorer(pn.viewable.Viewer):
             p["paper_note"],
             pn.Row(p["paper_surface"], p["paper_curve"], p["paper_kinds"], sizing_mode="stretch_width"),
         ]
-        return pn.Column(alert, self._info_pane, *plots, *paper, sizing_mode="stretch_width")
+        return pn.Column(message, self._info_pane, *plots, *paper, sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")

@@ -394,6 +394,8 @@ class LiveState(param.Parameterized):
         """The state is done with (its page closed): stop, and start nothing still loading."""
         self._closed = True
         self.stop()
+        # the model, its env's records and frames go now, not when the session's objects are collected
+        self.worker, self._source = None, None
 
     def poll(self) -> tuple[list, float]:
         """The StepRecords played since the last poll and the return before them; once the worker is

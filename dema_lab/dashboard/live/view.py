@@ -23,6 +23,7 @@ import panel as pn
 import param
 from bokeh.models import Div
 
+from dema_lab.dashboard.common.text import alert, markdown_pane, md
 from dema_lab.dashboard.common.views import PALETTE, attention_clim, attention_view, frame_view, rgba
 from dema_lab.dashboard.explorer.state import crc
 from dema_lab.dashboard.explorer.view import forward_to_state, hold
@@ -49,7 +50,6 @@ class LiveRollout(pn.viewable.Viewer):
 
     state = param.ClassSelector(class_=LiveState, constant=True, doc="what plays")
     presentation = param.Boolean(default=False, constant=True, doc="larger plots (full-screen talks)")
-    state_class = LiveState  # whose parameters a page's URL sets (app.url_settings)
 
     def __init__(
         self,
@@ -299,14 +299,12 @@ class LiveRollout(pn.viewable.Viewer):
 
     def views(self):
         s = self.state
-        alert = pn.pane.Alert(
-            s.param.message, alert_type="warning", visible=s.param.message.rx.bool(), sizing_mode="stretch_width"
-        )
-        status = pn.pane.Markdown(
-            s.param.status.rx.pipe(lambda t: f"**Status:** {t}"), css_classes=["dema-live-status"]
+        message = alert(s.param.message, "warning", sizing_mode="stretch_width")
+        status = markdown_pane(
+            s.param.status.rx.pipe(lambda t: md("**Status:** {}", t)), css_classes=["dema-live-status"]
         )
         return pn.Column(
-            alert,
+            message,
             status,
             pn.Row(self._frame, self._heat),
             pn.Row(self._ret, self._act, sizing_mode="stretch_width"),

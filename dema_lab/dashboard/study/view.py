@@ -17,6 +17,8 @@ import panel as pn
 import param
 
 from dema_lab.dashboard.common.data import StoreIndex, friendly_error
+from dema_lab.dashboard.common.text import alert, html_pane, markdown_pane, md, trusted_html
+from dema_lab.study.render import score_plot
 from dema_lab.study.report import Report, build_report, sweep_names
 
 ALL_RUNS = "(all finished runs)"
@@ -29,8 +31,8 @@ VERDICT_COLOURS = {
 }
 
 
-def _findings_html(rep: Report) -> str:
-    """The findings as an HTML table, each verdict in its colour."""
+def _findings_html(rep: Report):
+    """The findings as an HTML table, each verdict in its colour (every cell's text escaped)."""
     rows = []
     for finding, verdict, evidence in rep.findings:
         colour = VERDICT_COLOURS.get(verdict, "#57606a")
@@ -39,7 +41,7 @@ def _findings_html(rep: Report) -> str:
             f"<td style='color:{colour};font-weight:600;white-space:nowrap'>{html.escape(verdict)}</td>"
             f"<td>{html.escape(evidence)}</td></tr>"
         )
-    return (
+    return trusted_html(
         "<table class='dema-findings' style='border-collapse:collapse;width:100%'>"
         "<thead><tr><th style='text-align:left'>paper's finding</th><th style='text-align:left'>on this data</th>"
         "<th style='text-align:left'>evidence</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
@@ -99,28 +101,33 @@ class StudyReport(pn.viewable.Viewer):
         try:
             rep = self.report()
         except Exception as e:  # noqa: BLE001
-            return pn.pane.Alert(
-                f"**The report cannot be built:** {friendly_error(e)}", alert_type="danger", sizing_mode="stretch_width"
+            return alert(
+                md("**The report cannot be built:** {}", friendly_error(e)), "danger", sizing_mode="stretch_width"
             )
+        # sweep names, run ids, reasons and the store path are outside strings: escaped (text.md)
         n = len(rep.runs)
-        what = f" of sweep **{self.sweep}**" if self.sweep != ALL_RUNS else ""
-        head = f"### Which of the paper's findings hold\n{n} finished run{'s' * (n != 1)}{what} in `{self.store}`."
+        what = md(" of sweep **{}**", self.sweep) if self.sweep != ALL_RUNS else ""
+        head = md(
+            "### Which of the paper's findings hold\n{} finished run{}{} in {}.", n, "s" * (n != 1), what, self.store
+        )
         if n:
-            head += "\n\n" + rep.methods()
+            head += md("\n\n{}", rep.methods())
         if rep.skipped:
-            head += "\n\n" + "\n".join(f"* Run **{r}** is left out: {why}" for r, why in rep.skipped.items())
+            head += md("\n\n") + md("\n").join(
+                md("* Run **{}** is left out: {}", r, why) for r, why in rep.skipped.items()
+            )
         if not n:
-            head += (
-                "\n\nRun a sweep first, e.g. `dema-lab sweep --name study --store "
-                f"{self.store} --datasets hopper-medium --K 5 10 20 40`."
+            head += md(
+                "\n\nRun a sweep first, e.g. dema-lab sweep --name study --store {} --datasets hopper-medium --K 5 10 20 40.",
+                self.store,
             )
         plot = pn.pane.HoloViews(
-            rep.score_plot(width=1000 if self.presentation else 860, height=440 if self.presentation else 360),
+            score_plot(rep, width=1000 if self.presentation else 860, height=440 if self.presentation else 360),
             css_classes=["dema-study-score"],
         )
         return pn.Column(
-            pn.pane.Markdown(head, sizing_mode="stretch_width", css_classes=["dema-study-head"]),
-            pn.pane.HTML(_findings_html(rep), sizing_mode="stretch_width", css_classes=["dema-study-findings"]),
+            markdown_pane(head, sizing_mode="stretch_width", css_classes=["dema-study-head"]),
+            html_pane(_findings_html(rep), sizing_mode="stretch_width", css_classes=["dema-study-findings"]),
             plot,
             sizing_mode="stretch_width",
         )
@@ -133,9 +140,9 @@ class StudyReport(pn.viewable.Viewer):
             return pn.Column()
         parts = []
         for title, table in rep.tables.items():
-            parts.append(pn.pane.Markdown(f"#### {title}", sizing_mode="stretch_width"))
+            parts.append(markdown_pane(md("#### {}", title), sizing_mode="stretch_width"))
             if table.empty:
-                parts.append(pn.pane.Markdown("(no runs for this table)"))
+                parts.append(markdown_pane("(no runs for this table)"))
             else:
                 parts.append(
                     pn.pane.DataFrame(_flat(table), index=False, justify="left", css_classes=["dema-study-table"])
