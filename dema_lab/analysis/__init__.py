@@ -2,8 +2,9 @@
 
 tokens: which token is which (labels, right alignment); decay: attention by lag and its
 exponential fit (dema-lab's method); paper: the paper's attention display; scoring: last/best
-scores and the statistics behind verdicts. May import common, ssm, models, envs, data and store;
-it writes nothing (evaluation/ and training/ store what it computes).
+scores and the statistics behind verdicts; runs: the runs of a store as one table (open_store).
+May import common, ssm, models, envs, data and store; it writes nothing (evaluation/ and
+training/ store what it computes).
 """
 
 from dema_lab.analysis.decay import (
@@ -16,6 +17,7 @@ from dema_lab.analysis.decay import (
     lag_profile,
 )
 from dema_lab.analysis.paper import PAPER_METHOD, PAPER_START, last_token_attention, paper_selection, paper_statistics
+from dema_lab.analysis.runs import open_store
 from dema_lab.analysis.tokens import current_token, opening_step, query_kinds, right_align, token_coords, token_labels
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "fit_decay",
     "lag_profile",
     "last_token_attention",
+    "open_store",
     "opening_step",
     "paper_selection",
     "paper_statistics",

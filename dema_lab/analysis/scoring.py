@@ -25,6 +25,8 @@ Statistics (scipy.stats):
     iqm(x)                       interquartile mean, trim_mean(x, 0.25) (rliable's IQM)
     iqm_interval(x)              the IQM with its 95% percentile-bootstrap interval
     t_interval(diffs)            mean paired difference with its 95% Student-t interval
+    evidence_gap(x)              what a verdict from these values lacks ('' when enough):
+                                 MIN_PAIRS values, and values that are not all equal
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ __all__ = [
     "iqm",
     "iqm_interval",
     "t_interval",
+    "MIN_PAIRS",
+    "evidence_gap",
     "format_interval",
 ]
 
@@ -206,13 +210,36 @@ def t_interval(diffs, confidence: float = 0.95) -> tuple[float, float, float, in
     return mean, mean - half, mean + half, n
 
 
+# A verdict from a Student-t interval needs at least this many values. With two, the interval rests
+# on one degree of freedom (t = 12.7 at 95%) and on a spread estimated from a single deviation,
+# which is exactly 0 whenever the two are equal (MuJoCo evaluation is deterministic per seed);
+# three is the fewest with which the spread itself is estimated from more than one deviation.
+MIN_PAIRS = 3
+
+
+def evidence_gap(x, unit: str = "pairs", minimum: int = MIN_PAIRS) -> str:
+    """What a verdict from the finite values `x` (paired differences, or episode scores) lacks,
+    "" when they are enough: "3 pairs needed, 2 measured" with fewer than `minimum`, and "all 3
+    differences are equal: add seeds or episodes" when two or more have no spread (a sample std of
+    0, up to rounding: their Student-t interval would have zero width, a certainty no measurement
+    gives); both, joined by "; ", when both apply."""
+    d = _finite(x)
+    gaps = []
+    if len(d) < minimum:
+        gaps.append(f"{minimum} {unit} needed, {len(d)} measured")
+    if len(d) >= 2 and np.ptp(d) <= 1e-9 * max(1.0, float(np.abs(d).max())):
+        gaps.append(f"all {len(d)} {'differences' if unit == 'pairs' else unit} are equal: add seeds or episodes")
+    return "; ".join(gaps)
+
+
 def against_random(evals: xr.Dataset, mode: str, confidence: float = 0.95) -> dict:
     """The last checkpoint's episodes in `mode` against the random policy, which scores 0 by the
     normalization (D4RL's random return, or Atari's random-play reference): {"mean", "low", "high",
-    "episodes", "above"}: the mean normalized score over every (target, episode) with its Student-t
-    interval, the episode count and how many scored above 0. NaNs (and 0 episodes) when the run has
-    no evaluation in `mode`."""
-    none = {"mean": np.nan, "low": np.nan, "high": np.nan, "episodes": 0, "above": 0}
+    "episodes", "above", "gap"}: the mean normalized score over every (target, episode) with its
+    Student-t interval, the episode count, how many scored above 0, and what a verdict on them
+    lacks (evidence_gap; "" when they are enough). NaNs (and 0 episodes) when the run has no
+    evaluation in `mode`."""
+    none = {"mean": np.nan, "low": np.nan, "high": np.nan, "episodes": 0, "above": 0, "gap": "no episodes"}
     if "normalized_score" not in evals or not evals.sizes.get("checkpoint"):
         return none
     ns = evals["normalized_score"].sortby("checkpoint").isel(checkpoint=-1)
@@ -220,7 +247,8 @@ def against_random(evals: xr.Dataset, mode: str, confidence: float = 0.95) -> di
         return none
     x = _finite(ns.sel(mode=mode).values.ravel())
     mean, low, high, n = t_interval(x, confidence)
-    return {"mean": mean, "low": low, "high": high, "episodes": n, "above": int((x > 0).sum())}
+    gap = evidence_gap(x, "episodes")
+    return {"mean": mean, "low": low, "high": high, "episodes": n, "above": int((x > 0).sum()), "gap": gap}
 
 
 def format_interval(low: float, high: float, signed: bool = False) -> str:

@@ -435,20 +435,34 @@ def evaluate_ablations(
 
 
 def complete_ablations(
-    run, checkpoint: int | None = None, episodes: int = 5, max_steps: int = 1000, seed: int = 0, layers=("all",)
+    run,
+    checkpoint: int | None = None,
+    episodes: int = 5,
+    max_steps: int = 1000,
+    seed: int = 0,
+    layers=("all",),
+    methods=None,
 ) -> tuple[xr.Dataset | None, tuple[str, ...]]:
     """Make the published ablations of a run's checkpoint complete (what a rerun of `dema-lab
     sweep` does): for a DeMa run the paper's method (mixer-zeros, mixer-random) and dema-lab's
     (alpha-zeros, alpha-random), 'none', and no_timestep for a model trained with a timestep
-    embedding; at every layer set of `layers` ('all', 'each' = every layer on its own, or
-    indices) for the hidden-attention methods. Only the missing ones are evaluated, with as many
-    episodes as those already published. Returns the run's ablation_table (None for a model with
-    no ablation) and labels of what was evaluated now ("mixer-zeros", "alpha-random layer 1")."""
+    embedding (`methods`: only those of them named); at every layer set of `layers` ('all',
+    'each' = every layer on its own, or indices) for the hidden-attention methods. Only the
+    missing ones are evaluated, with as many episodes as those already published. Returns the
+    run's ablation_table (None for a model with no ablation) and labels of what was evaluated now
+    ("mixer-zeros", "alpha-random layer 1")."""
     ck = _load(run, checkpoint)
     step = int(ck.meta["step"])
     possible = methods_for(ck.model)
     if possible == ("none",):
         return None, ()
+    if methods is not None:
+        unknown = [m for m in methods if m not in possible]
+        if unknown:
+            raise ValueError(
+                f"run {run.run_id} cannot be ablated by {', '.join(unknown)}; its model takes {', '.join(possible)}"
+            )
+        possible = tuple(m for m in possible if m in methods)
     n_layer = len(mixers(ck.model))
     wanted_layers = []
     for item in (layers,) if isinstance(layers, (str, int)) else layers:

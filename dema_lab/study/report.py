@@ -1,4 +1,5 @@
-"""The sweep report: the paper's tables from the runs in a store, and which findings hold.
+"""The sweep report: the paper's tables from the runs in a store, and which findings hold
+(read, computed and judged here; drawn as Markdown and plots by dema_lab.study.render).
 
     sweep_names(store)        the sweeps with finished runs in a store
     run_table(store, sweep)   one row per run (xarray Dataset, dim `run`): what it is, its cost,
@@ -8,8 +9,9 @@
     build_report(...)         the tables (pandas DataFrames, cells "mean ± std" over seeds; the
                               aggregate over datasets "IQM [95% bootstrap CI]") and the findings,
                               as plain statements with their numbers (paired t intervals)
-    Report.to_markdown()      all of it as Markdown (for `dema-lab report`, notebooks, notes)
-    Report.score_plot()       normalized score against K, one line per dataset and family (HoloViews)
+    paired_verdict(diffs)     a verdict from paired differences, with the evidence it needs
+                              (at least MIN_PAIRS pairs, not all equal) or what it lacks
+    Report.methods()          the method paragraph: how the scores, tables and verdicts are made
 
 The dashboard's "Study report" tab (dema_lab.dashboard.StudyReport) and notebook 04 show the same.
 """
@@ -27,8 +29,10 @@ from dema_lab.analysis.runs import family_label
 from dema_lab.analysis.scoring import (
     METHOD_TEXT,
     METHODS,
+    MIN_PAIRS,
     SCORE_TEXT,
     against_random,
+    evidence_gap,
     format_interval,
     iqm_interval,
     run_scores,
@@ -162,6 +166,7 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
             vs = against_random(evals, str(mode))
             row[f"random_low_{mode}"], row[f"random_high_{mode}"] = vs["low"], vs["high"]
             row[f"episodes_{mode}"], row[f"above_random_{mode}"] = vs["episodes"], vs["above"]
+            row[f"random_gap_{mode}"] = vs["gap"]
     decay = run.decay()
     if "r2" in decay:
         d = decay.isel(checkpoint=-1)
@@ -339,7 +344,7 @@ _LABELS = {
 class Report:
     """The study's report on a set of runs (build_report): one row per run, the paper's tables,
     the findings with their verdicts and evidence, the runs left out and why, and the command
-    that rebuilds it."""
+    that rebuilds it. dema_lab.study.render draws it (to_markdown, score_plot)."""
 
     runs: pd.DataFrame
     tables: dict = field(default_factory=dict)  # title -> DataFrame
@@ -381,71 +386,19 @@ class Report:
             "target's best checkpoint (the paper's scoring) and by the last checkpoint (dema-lab's). Scores "
             "are compared in pairs (same run, or same dataset, K and seed) with a 95% Student-t interval on "
             "the mean paired difference: holds when the interval lies above 0, does not hold when below, "
-            "inconclusive when it contains 0 or there is a single pair. The hidden-attention ablations name "
+            'inconclusive when it contains 0 (for a claim of "at least as good": holds, no significant '
+            f"difference). A verdict needs at least {MIN_PAIRS} pairs whose differences are not all equal (a "
+            "sample std above 0): MuJoCo evaluation is deterministic per seed, and equal differences give a "
+            "zero-width interval, a certainty no measurement has. Short of that, the finding is inconclusive "
+            "and its evidence says what is missing. The verdict against the random policy, over a run's "
+            f"episodes, needs the same: {MIN_PAIRS} episodes, not all scoring the same. The hidden-attention "
+            "ablations name "
             "their method: the paper's parameter-level ones (merge_exp.py) and dema-lab's α-level ones; the "
             "decay finding is judged on the paper's attention display and on dema-lab's decay statistics."
         )
 
     def findings_table(self) -> pd.DataFrame:
         return pd.DataFrame(self.findings, columns=["paper's finding", "on this data", "evidence"])
-
-    def score_plot(self, mode: str = "transformer", width: int = 520, height: int = 320, method: str = "last"):
-        """Normalized score against K at the `method` ("last" or "best") checkpoint: a line per
-        dataset and family (DeMa / DT, layout, timestep embedding), points at each run's mean over
-        seeds, error bars at ± one std over seeds."""
-        import holoviews as hv
-
-        if method not in METHODS:
-            raise ValueError(f"unknown score method {method!r}; use one of {', '.join(METHODS)}")
-        col = f"score_{mode}" if method == "last" else f"best_score_{mode}"
-        title = f"normalized score against K ({mode}-like, {method} checkpoint)"
-        if self.runs.empty or col not in self.runs:
-            return hv.Curve([], "K", "normalized score").opts(title=f"{title}: no runs", width=width, height=height)
-        df = self.runs.dropna(subset=[col]).copy()
-        df["family"] = [family_label(a, lay, te) for a, lay, te in zip(df.arch, df.layout, df.timestep_embedding)]
-        stats = df.groupby(["dataset", "family", "K"])[col].agg(["mean", "std", "count"]).reset_index()
-        stats["std"] = stats["std"].fillna(0.0)
-        layers = []
-        for (dataset, family), part in stats.groupby(["dataset", "family"]):
-            label = f"{dataset} · {family}"
-            layers.append(hv.Curve(part, "K", ("mean", "normalized score"), label=label))
-            layers.append(
-                hv.Scatter(part, "K", [("mean", "normalized score"), "count"], label=label).opts(
-                    size=7, tools=["hover"]
-                )
-            )
-            if (part["count"] > 1).any():
-                layers.append(hv.ErrorBars(part, "K", [("mean", "normalized score"), "std"]))
-        ks = sorted(stats.K.unique())
-        return hv.Overlay(layers).opts(
-            title=title,
-            width=width,
-            height=height,
-            logx=bool(len(ks) > 2 and ks[-1] >= 4 * ks[0]),
-            xticks=[int(k) for k in ks],
-            show_grid=True,
-            legend_position="right",
-            toolbar="above",
-        )
-
-    def to_markdown(self) -> str:
-        lines = [f"# Sweep report ({len(self.runs)} runs)", ""]
-        if self.source:
-            lines += [f"Made by `{self.source}`.", ""]
-        if len(self.runs):
-            lines += ["Settings: " + "; ".join(self.settings()) + ".", "", self.methods(), ""]
-        if self.skipped:
-            lines += [
-                "Runs left out because they cannot be read: "
-                + "; ".join(f"{r} ({why})" for r, why in self.skipped.items()),
-                "",
-            ]
-        lines += ["## Findings", "", "| paper's finding | on this data | evidence |", "|---|---|---|"]
-        lines += [f"| {f} | {v} | {e} |" for f, v, e in self.findings]
-        for title, table in self.tables.items():
-            lines += ["", f"## {title}", ""]
-            lines += [_markdown(table) if not table.empty else "(no runs for this table)"]
-        return "\n".join(lines) + "\n"
 
 
 def _values(values) -> str:
@@ -454,15 +407,6 @@ def _values(values) -> str:
     nums = [v for v in vals if isinstance(v, (int, float, np.number))]
     text = [f"{float(v):g}" for v in sorted(nums)] + sorted(str(v) for v in vals if v not in nums)
     return ", ".join(dict.fromkeys(text)) or "–"
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    df = df.reset_index()
-    cols = [" / ".join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c) for c in df.columns]
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        out.append("| " + " | ".join(str(v) for v in r.values) + " |")
-    return "\n".join(out)
 
 
 def build_report(store, sweep: str | None = None, latency: bool = True) -> Report:
@@ -585,7 +529,8 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
 def random_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, mode): the last checkpoint's mean normalized score over its episodes with
     the 95% interval, how many episodes scored above the random policy (0), and the verdict:
-    "beats random" when the interval lies above 0, "below random" under it, else "not shown"."""
+    "beats random" when the interval lies above 0, "below random" under it, else "not shown"
+    (also when the episodes are too few or all score the same: evidence_gap)."""
     rows = []
     for _, r in df.iterrows():
         for mode in ("transformer", "rnn"):
@@ -593,6 +538,8 @@ def random_table(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             low, high = r[f"random_low_{mode}"], r[f"random_high_{mode}"]
             verdict = "beats random" if low > 0 else ("below random" if high < 0 else "not shown")
+            if r.get(f"random_gap_{mode}"):  # too few episodes, or no spread: no verdict
+                verdict = "not shown"
             rows.append(
                 {
                     "dataset": r["dataset"],
@@ -611,17 +558,26 @@ def random_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.set_index(["dataset", "model", "K", "seed"])  # sorted: the same on every store
 
 
-def paired_verdict(diffs, confidence: float = 0.95) -> tuple[str, str]:
-    """Verdict on "A beats B" from paired differences A - B (same run, or same dataset, K and
-    seed), from the Student-t interval on their mean (paired_interval): holds if the interval
-    lies above 0, does not hold if below, inconclusive if it contains 0 or cannot be formed (a
-    single pair). Returns (verdict, evidence with the interval)."""
+def paired_verdict(diffs, confidence: float = 0.95, at_least: bool = False) -> tuple[str, str]:
+    """Verdict on "A beats B" (with `at_least`, "A is at least as good as B") from paired
+    differences A - B (same run, or same dataset, K and seed), from the Student-t interval on
+    their mean (paired_interval). No pairs: not measured. Evidence short of a verdict (fewer than
+    MIN_PAIRS pairs, or differences all equal: dema_lab.analysis.scoring.evidence_gap):
+    inconclusive, the evidence saying what is missing. Otherwise holds if the interval lies above
+    0, does not hold if below, and when it contains 0 inconclusive ("A beats B") or "holds (no
+    significant difference)" ("A at least as good as B"). Returns (verdict, evidence)."""
     mean, low, high, n = paired_interval(diffs, confidence)
     if not n:
         return "not measured", "no paired runs"
-    if n == 1:
-        return "inconclusive", f"one pair, difference {mean:+.1f}: too few for an interval"
-    verdict = "holds" if low > 0 else ("does not hold" if high < 0 else "inconclusive")
+    gap = evidence_gap(diffs)
+    if gap:
+        return "inconclusive", f"{gap}; mean paired difference {mean:+.1f} over {n} pair{'s' * (n != 1)}"
+    if low > 0:
+        verdict = "holds"
+    elif high < 0:
+        verdict = "does not hold"
+    else:
+        verdict = "holds (no significant difference)" if at_least else "inconclusive"
     return verdict, (
         f"mean paired difference {mean:+.1f}, {confidence:.0%} t-interval "
         f"{format_interval(low, high, signed=True)} over {n} pairs"
@@ -643,7 +599,8 @@ SHORT_K_COMPARISONS = ((20, 40), (5, 20))  # fixed in advance: the first decides
 def short_k_finding(main: pd.DataFrame, score: str = "score_transformer", scoring: str = "") -> tuple[str, str, str]:
     """ "A short K (8-20) is enough", from two comparisons fixed in advance (no K is chosen by its
     score): K=20 against K=40 decides (holds when K=20 scores better, "holds (no significant
-    difference)" when the interval contains 0, does not hold when K=40 scores better); K=5
+    difference)" when the interval contains 0, does not hold when K=40 scores better, and
+    inconclusive without the evidence a verdict needs: paired_verdict); K=5
     against K=20 says whether an even shorter K loses score, and is reported without changing
     the verdict. Each comparison pairs every (dataset, seed) run at both K (last-checkpoint,
     Transformer-like scores)."""
@@ -656,14 +613,14 @@ def short_k_finding(main: pd.DataFrame, score: str = "score_transformer", scorin
             parts.append(f"K={k_a} against K={k_b} ({role}): no (dataset, seed) run at both")
             continue
         both = grid[[k_a, k_b]].dropna()
-        v, paired = paired_verdict(both[k_a] - both[k_b])
+        v, paired = paired_verdict(both[k_a] - both[k_b], at_least=i == 0)
         names = sorted(set(both.index.get_level_values("dataset")))
         parts.append(
             f"K={k_a} against K={k_b} ({role}; {len(both)} pair(s) on {', '.join(names)}): "
             f"{both[k_a].mean():.1f} vs {both[k_b].mean():.1f}, {paired}"
         )
-        if i == 0:  # "no difference" needs an interval: one pair stays inconclusive
-            verdict = "holds (no significant difference)" if v == "inconclusive" and len(both) > 1 else v
+        if i == 0:
+            verdict = v
     if verdict == "not measured":
         parts[0] += "; run K=20 and K=40 on the same datasets and seeds"
     return claim, verdict, "; ".join(parts)
@@ -699,9 +656,7 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
             )
             return
         a, b = joined[score + "_a"], joined[score + "_b"]
-        verdict, evidence = paired_verdict(a - b)
-        if verdict == "inconclusive" and len(joined) > 1:  # one pair has no interval: stays inconclusive
-            verdict = "holds (no significant difference)"
+        verdict, evidence = paired_verdict(a - b, at_least=True)
         out.append((claim, verdict, f"{evidence}; {label_a} {a.mean():.1f} vs {label_b} {b.mean():.1f}"))
 
     # score comparisons, by both scorings side by side: the paper's (each target's best checkpoint

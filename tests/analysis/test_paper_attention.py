@@ -195,7 +195,7 @@ def test_fits_recover_an_exponential_and_the_per_kind_fits_remove_the_sawtooth()
 def test_trainer_publishes_it_and_it_reopens_in_a_new_process(tiny_config):
     from dema_lab.dashboard.common.data import StoreIndex
     from dema_lab.dashboard.explorer.view import AttentionExplorer
-    from dema_lab.training.trainer import train
+    from dema_lab.training import train
 
     run = train(tiny_config, progress=False, log=lambda *_: None)
     assert run.published("paper_attention") == ["step_00000020"]
@@ -206,7 +206,7 @@ def test_trainer_publishes_it_and_it_reopens_in_a_new_process(tiny_config):
     np.testing.assert_array_equal(stored.decision_step.values, np.arange(20, n))
     code = f"""
 import json, dema_lab
-tree = dema_lab.open_run({tiny_config.store!r}, "tiny")
+tree = dema_lab.open_run({tiny_config.run.store!r}, "tiny")
 ds = tree["paper_attention"].ds
 print(json.dumps({{"sizes": dict(ds.sizes), "curve": ds.curve.values.tolist(), "r2": ds.curve_r2.values.tolist(),
                   "method": ds.attrs["method"]}}))
@@ -225,7 +225,7 @@ print(json.dumps({{"sizes": dict(ds.sizes), "curve": ds.curve.values.tolist(), "
         publish_paper_attention(run, 20, start=400)
 
     # the explorer draws the surface (decision step x lag) and the curve with its stored fit
-    ex = AttentionExplorer(store=StoreIndex(tiny_config.store))
+    ex = AttentionExplorer(store=StoreIndex(tiny_config.run.store))
     assert ex.checkpoint == 20
     ex.layer = 0
     img = ex.paper_surface()

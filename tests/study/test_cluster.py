@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RUN
 
 
 # ---------------------------------------------------------------------------- devices
@@ -104,7 +103,7 @@ def test_sweep_command_passes_the_ray_settings(monkeypatch, capsys):
         0.25,
         5,
     )
-    assert cfg.base.store == "s3://bucket/study" and cfg.base.steps == 7
+    assert cfg.base.run.store == "s3://bucket/study" and cfg.base.optim.steps == 7
     assert seen["conf"] == {"endpoint_url": "http://127.0.0.1:9", "anon": False}
     assert seen["env"] == '{"endpoint_url": "http://127.0.0.1:9", "anon": false}'
     # only for the command: a later command in this process does not inherit them
@@ -133,11 +132,13 @@ def ray_cluster():
     ray.shutdown()
 
 
-def tiny_sweep(name, dataset, store, steps=60, **kw):
+def tiny_sweep(tiny_run, name, dataset, store, steps=60, **kw):
     from dema_lab.study.sweep import SweepConfig
-    from dema_lab.training.trainer import TrainConfig
+    from dema_lab.training import TrainConfig
 
-    base = TrainConfig(dataset=str(dataset), store=str(store), steps=steps, **{**TINY_RUN, "checkpoint_every": 5})
+    base = TrainConfig.from_flat(
+        dataset=str(dataset), store=str(store), steps=steps, **{**tiny_run, "checkpoint_every": 5}
+    )
     return SweepConfig(
         name=name,
         datasets=[str(dataset)],
@@ -183,7 +184,8 @@ def run_with_a_kill(sweep_cfg):
 
     killed, stop, lines = {}, threading.Event(), []
     watcher = threading.Thread(
-        target=kill_one_writer_mid_run, args=(sweep_cfg.base.store, [c.run_id for c in grid(sweep_cfg)], killed, stop)
+        target=kill_one_writer_mid_run,
+        args=(sweep_cfg.base.run.store, [c.run.run_id for c in grid(sweep_cfg)], killed, stop),
     )
     watcher.start()
     try:
@@ -198,22 +200,23 @@ def run_with_a_kill(sweep_cfg):
 def s3():
     pytest.importorskip("s3fs", reason="the cluster extra (s3fs) is not installed")
     pytest.importorskip("moto", reason="the cluster extra (moto[server]) is not installed")
-    from moto_s3 import s3_server
+    from helpers.moto_s3 import s3_server
 
     with s3_server("study") as endpoint:
         yield endpoint
 
 
-def test_ray_sweep_into_s3_survives_a_killed_worker(ray_cluster, s3, hopper_small, tmp_path, request):
-    """The issue's test: a 2-run tiny sweep on a real local Ray cluster into a moto S3 store, one
+def test_ray_sweep_into_s3_survives_a_killed_worker(ray_cluster, s3, hopper_small, tiny_run, tmp_path, request):
+    """A 2-run tiny sweep on a real local Ray cluster into a moto S3 store, one
     worker killed mid-run; both runs complete, the report from S3 is the report of the same sweep
     run locally, and the dashboard serves the S3 store in Chromium."""
     from dema_lab.store.zarr_store import RunStore
+    from dema_lab.study.render import to_markdown
     from dema_lab.study.report import build_report
     from dema_lab.study.sweep import run_sweep
 
     url = "s3://study/paper"
-    sweep_cfg = tiny_sweep("study", hopper_small, url, executor="ray", num_cpus=1, max_retries=2)
+    sweep_cfg = tiny_sweep(tiny_run, "study", hopper_small, url, executor="ray", num_cpus=1, max_retries=2)
     results, killed, lines = run_with_a_kill(sweep_cfg)
     assert len(killed) == 1, f"no worker was caught mid-run: {lines}"
     ((killed_run, pid),) = killed.items()
@@ -233,13 +236,11 @@ def test_ray_sweep_into_s3_survives_a_killed_worker(ray_cluster, s3, hopper_smal
     assert sorted(r["what"] for r in run_sweep(sweep_cfg, log=lambda *_: None)) == ["skipped", "skipped"]
 
     # the same sweep, run locally (one thread per run, as each Ray task has): the same report
-    local = tiny_sweep("study", hopper_small, tmp_path / "local", workers=2)
+    local = tiny_sweep(tiny_run, "study", hopper_small, tmp_path / "local", workers=2)
     assert all(r["what"] == "trained" for r in run_sweep(local, log=lambda *_: None))
-    remote_md = build_report(url, "study", latency=False).to_markdown().replace(url, "STORE")
-    local_md = (
-        build_report(str(tmp_path / "local"), "study", latency=False)
-        .to_markdown()
-        .replace(str(tmp_path / "local"), "STORE")
+    remote_md = to_markdown(build_report(url, "study", latency=False)).replace(url, "STORE")
+    local_md = to_markdown(build_report(str(tmp_path / "local"), "study", latency=False)).replace(
+        str(tmp_path / "local"), "STORE"
     )
     wall = re.compile(r"training time: [0-9.]+ h")  # wall-clock, the one thing that differs
     assert wall.sub("training time", remote_md) == wall.sub("training time", local_md)
@@ -249,7 +250,7 @@ def test_ray_sweep_into_s3_survives_a_killed_worker(ray_cluster, s3, hopper_smal
     if not Path("/usr/bin/chromium").exists() and os.environ.get("DEMA_LAB_REQUIRE_BROWSER") != "1":
         pytest.skip("no Chromium here (make apt installs it)")
     import playwright.sync_api as pw_api
-    from test_dashboards import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Page, Server
+    from helpers.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Page, Server
 
     ARTIFACTS.mkdir(exist_ok=True)
     server = Server(url, ARTIFACTS / "cluster-s3-server.log")
