@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages: EGL/OSMesa for headless MuJoCo rendering, Chromium for the browser tests.
 APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6 chromium fonts-dejavu-core
 
-.PHONY: test demo bench study screenshots venv apt clean-venv
+.PHONY: test test-fast demo bench study screenshots venv apt clean-venv
 
 venv: $(STAMP)
 
@@ -22,10 +22,18 @@ $(STAMP): pyproject.toml constraints.txt
 apt:
 	./scripts/ensure-apt.sh $(APT_PKGS)
 
+# Everything, the browser (headless Chromium) and notebook tests included: a missing browser fails.
 test: apt $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DEMA_LAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+
+# The inner loop (under 3 minutes on 2 cores): all but the tests marked browser, notebook and slow
+# (pyproject.toml declares the markers; tests/helpers/markers.py lists the slow tests).
+test-fast: apt $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q -m "not browser and not notebook and not slow"
 
 # The main job: default dataset, a small DeMa, a small K sweep, then the dashboard (Ctrl-C stops it).
 demo: apt $(STAMP)
@@ -41,7 +49,7 @@ bench: apt $(STAMP)
 	$(PY) benchmarks/bench_data.py > benchmarks/RESULTS-data.md
 	$(VENV)/bin/dema-lab demo --no-serve --no-sweep --store store
 	$(PY) benchmarks/bench_dashboard.py --store store > benchmarks/RESULTS-dashboard.md
-	# the live page in Chromium (issue 16, part 3): printed; RESULTS.md keeps the hand-written section
+	# the live page in Chromium: printed; RESULTS.md keeps the hand-written section
 	$(PY) benchmarks/bench_live.py --store store
 
 # The README's screenshots, from the demo store (trained first when missing) in headless Chromium.

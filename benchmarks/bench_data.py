@@ -84,7 +84,7 @@ def main() -> int:
         s.sample(64)
     sample_ms = (time.perf_counter() - t0) / 500 * 1e3
 
-    print("# Embedded datasets: build time, returns and normalized scores (issue 3)\n")
+    print("# Embedded datasets: build time, returns and normalized scores\n")
     print(
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} "
         "at the end) with `make bench`, or `.venv/bin/python benchmarks/bench_data.py` alone."

@@ -1,8 +1,8 @@
-"""Batched evaluation against the sequential one (issue 16, part 2): episodes per second.
+"""Batched evaluation against the sequential one: episodes per second.
 
 The paper-size DeMa (the "official" preset's model: d_model 64, 3 layers, d_state 64, K 20,
 left-padded windows), Transformer-like, 10 episodes:
-    sequential  what `rollout.evaluate` did for every unrecorded episode before issue 16: one
+    sequential  what `rollout.evaluate` did for every unrecorded episode before batching: one
                 Policy and one episode at a time on one env, batch 1 (rollout_steps), single-threaded
     batched     `rollout.evaluate(record=0)` now: the 10 episodes as one batch (BatchPolicy +
                 rollout_batch), one model call per env step for the live episodes, 10 envs; its
@@ -79,7 +79,7 @@ def cpu_busy():
 
 def main(argv=None) -> None:
     from dema_lab.models import build_model
-    from dema_lab.training.trainer import TrainConfig
+    from dema_lab.training import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200, help="max steps per episode")

@@ -1,4 +1,4 @@
-"""The live page at display speed (issue 16, part 3): env steps per second of a K 20 DeMa
+"""The live page at display speed : env steps per second of a K 20 DeMa
 rollout on /live, with frames and hidden attention on, at a 30 steps/s setting, measured in a
 real browser (target: >= 25 env steps/s).
 
@@ -18,7 +18,6 @@ section; the server is stopped at the end.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -86,13 +85,12 @@ def _checkpoint(store: str, run: str) -> tuple[str, str, int, dict]:
     index = StoreIndex(store)
     if run not in index.run_ids() or not index.info(run).checkpoints:
         from dema_lab.study.demo import DEMO_CONFIG
-        from dema_lab.training.trainer import train
+        from dema_lab.training import train
 
         store = str(Path(tempfile.mkdtemp(prefix="bench-live-")) / "store")
         run = "bench-live-K20"
         print(f"(training {run} into {store}: a few hundred steps)", file=sys.stderr)
-        cfg = dataclasses.replace(
-            DEMO_CONFIG,
+        cfg = DEMO_CONFIG.replace(
             store=store,
             run_id=run,
             K=20,

@@ -1,4 +1,4 @@
-"""Issue 16, part 5: the one prepared check for a lent GPU. It finds out and reports three things:
+"""The one prepared check for a lent GPU. It finds out and reports three things:
 
 1. whether dema-lab trains on `cuda` with the PyTorch scan (backend "torch": mamba-ssm is not on
    that machine): the paper-size DeMa (d_model 64, 3 layers, d_state 64, K 20, batch 64) for
@@ -108,7 +108,7 @@ def act_sequence(model, obs, rewards, target=3600.0):
 
 
 def time_scan(device, threads=None, repeat=20, b=64, d=128, n=64, L=60):
-    """Median ms of the scan forward (no grad) and forward+backward at the issue's size."""
+    """Median ms of the scan forward (no grad) and forward+backward at the benchmark size (b64, d_inner 128, n64, L60)."""
     from benchmarks._common import scan_inputs
     from dema_lab.ssm import selective_scan, use_backend
 
@@ -247,7 +247,7 @@ def section(rep: dict) -> str:
     dev = sc["device"]
     lines = [
         BEGIN,
-        "## CUDA (issue 16, part 5)",
+        "## CUDA",
         "",
         f"Measured {rep['date']} on {rep['gpu'] or rep['device']} ({rep['cpu_cores']} CPU cores), torch {rep['torch']}, "
         f"by `python3 benchmarks/cuda_check.py` (mamba_ssm importable: {rep['mamba_ssm']}; scan backend on the "

@@ -236,7 +236,7 @@ def write_report(runs: dict, mem: dict, path: Path, cmd: str, total_s: float) ->
                 )
 
     lines = [
-        "# dema-lab benchmarks (issue 5: performance)",
+        "# dema-lab benchmarks: performance",
         "",
         f"Measured {datetime.date.today().isoformat()} on **{machine}**, {tag}; suite took {total_s / 60:.1f} min.",
         "",

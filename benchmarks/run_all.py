@@ -1,4 +1,4 @@
-"""Issue 5's benchmark suite: one command, every target, a table in benchmarks/RESULTS.md.
+"""The benchmark suite: one command, every target, a table in benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/run_all.py            # full (a few minutes on 2 cores)
     .venv/bin/python benchmarks/run_all.py --quick    # fewer repeats, for a smoke run
@@ -89,7 +89,7 @@ def matmul_peak(threads: int) -> float:
 # ---------------------------------------------------------------------------- scan
 
 
-SCAN_SIZE = dict(b=64, d=256, n=16, L=60)  # the scan rows' size (issue 5's benchmark size)
+SCAN_SIZE = dict(b=64, d=256, n=16, L=60)  # the scan rows' size (the benchmark size of the performance targets)
 
 
 def bench_scan(repeat: int) -> dict:

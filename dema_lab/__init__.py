@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 # public name -> the package that owns it
 _PUBLIC = {
-    "open_store": "dema_lab.analysis.runs",
+    "open_store": "dema_lab.analysis",
     "open_run": "dema_lab.store",
     "RunStore": "dema_lab.store",
     "load_dataset": "dema_lab.data",

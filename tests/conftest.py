@@ -1,7 +1,11 @@
 import os
+import types
+from pathlib import Path
 
 import pytest
 import torch
+from helpers.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from helpers.markers import is_slow
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -11,12 +15,15 @@ BROWSER_FIXTURES = {"browser", "page"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Markers by what a test uses: a browser fixture makes it `browser`, tests/notebooks/ `notebook`."""
+    """Markers by what a test uses: a browser fixture makes it `browser`, tests/notebooks/ `notebook`;
+    the tests helpers.markers.SLOW lists are `slow`."""
     for item in items:
         if BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.browser)
         if "notebooks" in item.path.parts:
             item.add_marker(pytest.mark.notebook)
+        if is_slow(item.nodeid):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -54,6 +61,33 @@ TINY_RUN = dict(
 @pytest.fixture
 def tiny_config(hopper_small, tmp_path):
     """A TrainConfig that trains, evaluates and logs in a few seconds."""
-    from dema_lab.training.trainer import TrainConfig
+    from dema_lab.training import TrainConfig
 
-    return TrainConfig(dataset=str(hopper_small), store=str(tmp_path / "store"), steps=20, run_id="tiny", **TINY_RUN)
+    return TrainConfig.from_flat(
+        dataset=str(hopper_small), store=str(tmp_path / "store"), steps=20, run_id="tiny", **TINY_RUN
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run():
+    """TINY_RUN, read-only: the TrainConfig fields of a run that trains, evaluates and logs in seconds
+    (`TrainConfig.from_flat(..., **tiny_run)`, `{**tiny_run, "K": 5}`)."""
+    return types.MappingProxyType(TINY_RUN)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium (helpers.browser.CHROMIUM_ARGS), one per test module. Without it
+    or playwright the test is skipped; `make test` sets DEMA_LAB_REQUIRE_BROWSER=1, which fails it."""
+    required = os.environ.get("DEMA_LAB_REQUIRE_BROWSER") == "1"
+    try:
+        import playwright.sync_api as pw_api
+    except ImportError:
+        (pytest.fail if required else pytest.skip)("playwright is not installed (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).exists():
+        (pytest.fail if required else pytest.skip)(f"{CHROMIUM} is missing (make apt installs Debian's chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with pw_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from dema_lab.training.trainer import PRESETS
+from dema_lab.training import PRESETS
 
 STORE_HELP = "store path or URL (default: %(default)s)"
 STORAGE_OPTION_HELP = (
@@ -91,8 +92,14 @@ class Texts(list):
     """A list flag's values as typed."""
 
 
+def _is_choice(hint) -> bool:
+    return typing.get_origin(hint) is Literal
+
+
 def _metavar(hint) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if _is_choice(hint):
+        return "{" + ",".join(map(str, typing.get_args(hint))) + "}"
     if typing.get_origin(hint) is list:
         one = _metavar(typing.get_args(hint)[0])
         return f"{one} [{one} ...]"
@@ -114,7 +121,7 @@ def _text_rule(info):
     hint = info.type
     if tyro.conf.UseAppendAction in info.markers:
         return None
-    if not (_is_list(hint) or hint in (int, float, str, bool, bool | None)):
+    if not (_is_list(hint) or _is_choice(hint) or hint in (int, float, str, bool, bool | None)):
         return None
     if hint is bool and tyro.conf.FlagConversionOff not in info.markers:
         return None
@@ -147,15 +154,50 @@ def switch():
     )
 
 
-def typed_fields(flags, cls) -> dict:
-    """{field: value} of the fields of dataclass `cls` given on the command line (`flags`, from
-    parse_flags), each parsed by its declared type (dema_lab.common.values: "no" is False, "ten" is not an
-    integer). Fields not given are left out."""
-    from dema_lab.common.values import ConfigError, field_types, parse_value
+class FlagValues(dict):
+    """The values of a config's flags as given (Text, Texts) or defaulted, by flat field name: what
+    tyro builds for the config classes given to parse_flags's `values_of` instead of constructing
+    them, so that the configs' checks run once, on the merged config, not on each flag."""
+
+
+def values_rule(classes, hidden=()):
+    """A tyro struct rule: each dataclass of `classes` keeps tyro's flags and help (its fields, their
+    comments) but is instantiated as FlagValues of its fields, its nested configs' flattened into it;
+    fields named in `hidden` get no flag."""
+    import tyro
+
+    busy = set()
+
+    def rule(info):
+        if info.type not in classes or info.type in busy:
+            return None
+        busy.add(info.type)
+        try:  # tyro's own spec of the dataclass: fields, defaults, help from the comments
+            spec = tyro.constructors.ConstructorRegistry.get_struct_spec(info)
+        finally:
+            busy.discard(info.type)
+
+        def instantiate(**given):
+            out = FlagValues()
+            for name, value in given.items():
+                out.update(value) if isinstance(value, FlagValues) else out.__setitem__(name, value)
+            return out
+
+        fields = tuple(f for f in spec.fields if f.name not in hidden)
+        return tyro.constructors.StructConstructorSpec(instantiate=instantiate, fields=fields)
+
+    return rule
+
+
+def typed_fields(values: dict, types: dict) -> dict:
+    """{field: value} of the fields (`types`: {name: declared type}) given on the command line
+    (`values`: a parsed flags' dataclass's vars(), or FlagValues), each parsed by its declared type
+    (dema_lab.common.values: "no" is False, "ten" is not an integer). Fields not given are left out."""
+    from dema_lab.common.values import ConfigError, parse_value
 
     out = {}
-    for name, hint in field_types(cls).items():
-        value = getattr(flags, name)
+    for name, hint in types.items():
+        value = values.get(name)
         if isinstance(value, Texts):
             if not value:
                 raise ConfigError(f"{name}: give at least one value")
@@ -165,15 +207,19 @@ def typed_fields(flags, cls) -> dict:
     return out
 
 
-def parse_flags(cls, argv: list[str], prog: str, description: str, *, underscores: bool, config: tuple = ()):
+def parse_flags(
+    cls, argv: list[str], prog: str, description: str, *, underscores: bool, config: tuple = (), rules: tuple = ()
+):
     """An instance of dataclass `cls` from the command line, by tyro: one flag per field, the
     field's comment as its help; both --eval_episodes and --eval-episodes are accepted. The config
     types' values stay text (Text, Texts) for typed_fields. --help prints the help and exits 0; a
-    command line tyro refuses is a UsageError of one line."""
+    command line tyro refuses is a UsageError of one line. `rules`: more tyro struct rules (values_rule)."""
     import tyro
 
     registry = tyro.constructors.ConstructorRegistry()
     registry.primitive_rule(_text_rule)
+    for rule in rules:  # values_rule: config classes whose flags are collected, not constructed
+        registry.struct_rule(rule)
     kw = dict(
         args=list(argv),
         prog=prog,
@@ -222,6 +268,9 @@ def _one_line(text: str, prog: str) -> str:
 
 def error_line(e: BaseException) -> str:
     """One line that names the problem (and, for the filesystem's errors, the path and what to do)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # a write's ENOSPC names no file
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"{where}no space left on the device; free space or choose another --store (or output path)"
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         advice = {
             PermissionError: "it cannot be written (or read) by this user: choose another path or fix its permissions",

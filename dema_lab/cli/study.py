@@ -14,18 +14,21 @@ from dema_lab.cli.flags import (
     parse_flags,
     store_options,
     typed_fields,
+    values_rule,
 )
 from dema_lab.models import ARCHS, LAYOUTS, MODES
 from dema_lab.store.zarr_store import DEFAULT_STORE
 from dema_lab.study.sweep import SweepConfig
-from dema_lab.training.trainer import TrainConfig
+from dema_lab.training.config import TrainConfig, parse_flat
 
 
 @dataclasses.dataclass
-class SweepFlags(SweepConfig):
-    """`dema-lab sweep`'s flags: one per SweepConfig field (its comment is the help), and these."""
+class SweepFlags:
+    """`dema-lab sweep`'s flags: one per SweepConfig field but base (its comment is the help), and
+    these. tyro collects the grid's flags as they were typed (values_rule); _sweep_args parses them
+    and SweepConfig checks them."""
 
-    base: tyro.conf.Suppress[TrainConfig] = dataclasses.field(default_factory=TrainConfig)
+    grid: SweepConfig = dataclasses.field(default_factory=SweepConfig)
     store: str = DEFAULT_STORE  # the store every run of the sweep goes into
     #: every run starts from this preset (DT points with DT's own tokens); --base-config and --set
     #: override it
@@ -35,9 +38,6 @@ class SweepFlags(SweepConfig):
     #: TrainConfig fields of every run, e.g. steps=3000 d_model=64
     set: Annotated[list[str] | None, tyro.conf.arg(metavar="KEY=VALUE [KEY=VALUE ...]")] = None
     storage_option: StorageOptions = dataclasses.field(default_factory=list)
-
-    def __post_init__(self):
-        """The values stay as typed here: _sweep_args parses them, SweepConfig checks them."""
 
 
 SWEEP_DESCRIPTION = (
@@ -49,7 +49,7 @@ SWEEP_DESCRIPTION = (
 
 def parse_set(items) -> dict:
     """KEY=VALUE pairs for TrainConfig fields, parsed by their declared types (dema_lab.common.values)."""
-    from dema_lab.common.values import ConfigError, parse_fields
+    from dema_lab.common.values import ConfigError
 
     out = {}
     for item in items or []:
@@ -58,10 +58,13 @@ def parse_set(items) -> dict:
         key, text = item.split("=", 1)
         out[key] = text
     try:
-        return parse_fields(TrainConfig, out, "training config ")
+        return parse_flat(out)
     except ConfigError as e:
         raise ConfigError(f"--set: {e}") from None
 
+
+# SweepConfig's flags, collected as typed (its base is --preset, --base-config and --set)
+GRID_VALUES = values_rule({SweepConfig}, hidden=("base",))
 
 # the grid flags whose values are the models' own choices
 SWEEP_CHOICES = {"layouts": LAYOUTS, "archs": ARCHS, "eval_modes": MODES}
@@ -70,12 +73,20 @@ SWEEP_CHOICES = {"layouts": LAYOUTS, "archs": ARCHS, "eval_modes": MODES}
 def _sweep_args(ns, argv) -> argparse.Namespace:
     """The namespace of `dema-lab sweep ARGV`: sweep_fields (SweepConfig's fields but base, from the
     flags and the defaults) and the options (store, preset, base_config, set, storage_option)."""
-    from dema_lab.common.values import ConfigError
+    from dema_lab.common.values import ConfigError, field_types, parse_value
 
-    flags = parse_flags(SweepFlags, argv, ns.command_prog, SWEEP_DESCRIPTION, underscores=False)
-    typed = typed_fields(flags, SweepConfig)
-    fields = {f.name: typed.get(f.name, getattr(flags, f.name)) for f in dataclasses.fields(SweepConfig)}
-    del fields["base"]
+    flags = parse_flags(
+        SweepFlags,
+        argv,
+        ns.command_prog,
+        SWEEP_DESCRIPTION,
+        underscores=False,
+        config=(tyro.conf.OmitArgPrefixes,),
+        rules=(GRID_VALUES,),
+    )
+    types = {name: hint for name, hint in field_types(SweepConfig).items() if name != "base"}
+    typed = typed_fields(flags.grid, types)
+    fields = {name: typed.get(name, flags.grid[name]) for name in types}
     for name, allowed in SWEEP_CHOICES.items():
         bad = [v for v in fields[name] if v not in allowed]
         if bad:
@@ -83,7 +94,7 @@ def _sweep_args(ns, argv) -> argparse.Namespace:
     ns.sweep_fields = fields
     ns.name = fields["name"]
     ns.store = str(flags.store)
-    ns.preset = flags.preset
+    ns.preset = parse_value(PresetName | None, flags.preset, "preset")
     ns.base_config = None if flags.base_config is None else str(flags.base_config)
     ns.set = None if flags.set is None else [str(v) for v in flags.set]
     ns.storage_option = [str(v) for v in flags.storage_option]
@@ -92,11 +103,11 @@ def _sweep_args(ns, argv) -> argparse.Namespace:
 
 def _sweep(args) -> int:
     from dema_lab.study.sweep import run_sweep
-    from dema_lab.training.trainer import preset_fields
+    from dema_lab.training.presets import preset_fields
 
     given = preset_fields(args.preset) if args.preset else {}
     given.update(TrainConfig.read_file(args.base_config) if args.base_config else {})
-    base = TrainConfig.from_dict({**given, **parse_set(args.set), "store": args.store})
+    base = TrainConfig.from_flat({**given, **parse_set(args.set), "store": args.store})
     results = run_sweep(SweepConfig(**args.sweep_fields, base=base))
     failed = [r for r in results if r["what"].startswith("failed")]
     print(
@@ -107,9 +118,15 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
-    from dema_lab.study.report import build_report
+    from dema_lab.study.render import to_markdown
+    from dema_lab.study.report import build_report, sweep_names
 
-    text = build_report(args.store, args.sweep, latency=not args.no_latency).to_markdown()
+    if args.sweep is not None and args.sweep not in (names := sweep_names(args.store)):
+        raise ValueError(
+            f"store {args.store} has no finished run of sweep {args.sweep!r}; sweeps with finished runs: "
+            f"{', '.join(names) or 'none yet'} (leave out --sweep to report every finished run)"
+        )
+    text = to_markdown(build_report(args.store, args.sweep, latency=not args.no_latency))
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

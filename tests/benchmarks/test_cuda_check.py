@@ -1,4 +1,4 @@
-"""Issue 16, part 5: the prepared GPU check runs end to end on the CPU (its dry run), so the one
+"""The prepared GPU check runs end to end on the CPU (its dry run), so the one
 device call a lent GPU allows does not fail on a typo. On the CPU both sides are the same device:
 the reloaded checkpoint must act exactly as the model that saved it."""
 

@@ -1,4 +1,4 @@
-"""One CLI (issue 18, item 4): `dema-lab train` and `dema-lab sweep` take their flags and help from
+"""One CLI: `dema-lab train` and `dema-lab sweep` take their flags and help from
 TrainConfig and SweepConfig by tyro (each field's comment is its help), both spellings of a flag
 work, and every error, a command line's too, is one line `dema-lab COMMAND: ...` with exit status 2."""
 
@@ -25,11 +25,15 @@ def test_train_help_is_the_field_comments():
     out = run("train", "--help")
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.replace("│", " ").split())
-    # token_order's comment in TrainConfig, as the help of --token_order
-    assert "--token_order STR RSA (DT's R_t, s_t, a_t) | RAS (official DeMa's R_t, a_{t-1}, s_t)" in text
-    # a comment above a field (#:) is that field's help, not the next one's
-    assert "previous (the DeMa repository's DT evaluation: a_{t-1}) (default: own)" in text
+    # the model's fields are flags without their section's prefix (--K, not --model.K)
+    assert "--token_order STR" in text and "--model." not in text
     assert "--n_layer INT (default: 3)" in text
+    # dataset's comment in TrainConfig's data section, as the help of --dataset
+    assert "--dataset STR embedded name, D4RL .hdf5 path, or minari:<id> (default: hopper-medium)" in text
+    # a comment above a field (#:) is that field's help, not the next one's; a choice lists its values
+    assert "--rtg_form {current,previous} training tokens: current (R_t, as at evaluation)" in text
+    assert "`del_r`; RAS only) (default: current)" in text
+    assert "--attention {minmax,abs,mean}" in text
     for flag in (
         "--preset",
         "--config",
@@ -55,15 +59,19 @@ def test_sweep_help_lists_its_flags():
 @pytest.mark.parametrize("flag", ["--eval-episodes", "--eval_episodes"])
 def test_both_spellings_of_a_flag(flag):
     cfg = parse(flag, "2", "--decay-all", "yes", "--eval_targets", "3600", "1800")
-    assert (cfg.eval_episodes, cfg.decay_all, cfg.eval_targets) == (2, True, [3600.0, 1800.0])
+    assert (cfg.evaluation.eval_episodes, cfg.optim.decay_all, cfg.evaluation.eval_targets) == (
+        2,
+        True,
+        [3600.0, 1800.0],
+    )
 
 
 def test_only_typed_flags_override_the_preset(tmp_path):
     cfg = parse("--preset", "official", "--steps", "7")
     official = parse("--preset", "official")
-    assert cfg.steps == 7 and cfg.d_model == official.d_model != parse().d_model
+    assert cfg.optim.steps == 7 and cfg.model.d_model == official.model.d_model != parse().model.d_model
     args = build_parser().parse_args(["train", "--quiet", "--from-step", "4", "--log-to", "tensorboard", "tb"])
-    assert (args.quiet, args.from_step, args.log_to, args.cfg_steps) == (True, 4, ["tensorboard", "tb"], None)
+    assert (args.quiet, args.from_step, args.log_to, args.typed) == (True, 4, ["tensorboard", "tb"], {})
 
 
 def test_sweep_flags_become_the_sweep_config(monkeypatch, capsys, tmp_path):
@@ -75,7 +83,7 @@ def test_sweep_flags_become_the_sweep_config(monkeypatch, capsys, tmp_path):
     assert main([*argv, "--eval_modes", "rnn", "--store", str(tmp_path / "s"), "--set", "steps=3"]) == 0
     cfg = seen["cfg"]
     assert (cfg.K, cfg.timestep_embedding, cfg.ablations, cfg.eval_modes) == ([5, 10], [False, True], False, ["rnn"])
-    assert (cfg.base.steps, cfg.base.store, cfg.datasets) == (3, str(tmp_path / "s"), ["hopper-medium"])
+    assert (cfg.base.optim.steps, cfg.base.run.store, cfg.datasets) == (3, str(tmp_path / "s"), ["hopper-medium"])
     capsys.readouterr()
     assert main(["sweep", "--layouts", "B4LD"]) == 2
     assert capsys.readouterr().err.strip() == "dema-lab sweep: layouts: invalid choice 'B4LD'; choose from B3LD, BL3D"
@@ -86,7 +94,7 @@ def test_sweep_flags_become_the_sweep_config(monkeypatch, capsys, tmp_path):
     [
         (["train", "--steps", "ten"], "dema-lab train: steps: expected an integer, got 'ten'"),
         (["train", "--stepz", "3"], "dema-lab train: Unrecognized options: --stepz, 3; did you mean --steps?"),
-        (["train", "--preset", "nope"], "dema-lab train: invalid choice 'nope' for argument '--preset'"),
+        (["train", "--preset", "nope"], "dema-lab train: preset: expected one of 'atari-official', 'atari-small'"),
         (["train", "--log-to", "tensorboard"], "dema-lab train: Missing value for argument --log_to"),
         (["sweep", "--K", "x"], "dema-lab sweep: K: expected a list of integers, got ['x']"),
         (["runs", "--bogus"], "dema-lab runs: unrecognized arguments: --bogus"),

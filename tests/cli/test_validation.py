@@ -1,5 +1,5 @@
-"""Bad input is refused early, with one line that names the problem and what to do (issue 19,
-parts 5 and 6): config values parsed by their declared types, the dataset checked against K,
+"""Bad input is refused early, with one line that names the problem and what to do:
+config values parsed by their declared types, the dataset checked against K,
 K against max_ep_len, unreadable and stale runs listed, runs deleted, a read-only store refused."""
 
 import json
@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from dema_lab.cli.main import main
 from dema_lab.common.values import ConfigError, parse_value
 from dema_lab.store.errors import StoreError
 from dema_lab.store.zarr_store import RunStore
-from dema_lab.training.trainer import TrainConfig
+from dema_lab.training import TrainConfig
 
 
 def _cli(capsys, *argv):
@@ -52,10 +51,10 @@ def test_toml_timestep_embedding_is_parsed_as_a_bool(tmp_path, text, expected):
     """A TOML string "no" used to be kept as the string, which is truthy: the embedding was on."""
     path = tmp_path / "c.toml"
     path.write_text(f"timestep_embedding = {text}\n")
+    assert TrainConfig.read_file(path)["timestep_embedding"] is expected
     cfg = TrainConfig.from_file(path)
-    assert cfg.timestep_embedding is expected
     want = bool(expected) if expected is not None else False  # None: off for DeMa
-    assert cfg.model_config(11, 3).timestep_embedding is want
+    assert cfg.model.timestep_embedding is want and cfg.model_config(11, 3).timestep_embedding is want
 
 
 def test_file_values_are_parsed_like_flags(tmp_path):
@@ -66,7 +65,14 @@ def test_file_values_are_parsed_like_flags(tmp_path):
         )
     )
     cfg = TrainConfig.from_file(path)
-    assert (cfg.steps, cfg.lr, cfg.eval_targets, cfg.K, cfg.eval_modes, cfg.decay_all) == (
+    assert (
+        cfg.optim.steps,
+        cfg.optim.lr,
+        cfg.evaluation.eval_targets,
+        cfg.model.K,
+        cfg.evaluation.eval_modes,
+        cfg.optim.decay_all,
+    ) == (
         30,
         3e-4,
         [3600.0, 1800.0],
@@ -74,7 +80,7 @@ def test_file_values_are_parsed_like_flags(tmp_path):
         ["rnn"],
         True,
     )
-    assert type(cfg.steps) is int and type(cfg.K) is int and type(cfg.lr) is float
+    assert type(cfg.optim.steps) is int and type(cfg.model.K) is int and type(cfg.optim.lr) is float
     from dema_lab.cli.main import build_parser
     from dema_lab.cli.train import config_from_args
 
@@ -126,14 +132,14 @@ def test_a_bad_config_value_is_one_line_naming_field_and_type(tmp_path, capsys, 
 
 def test_bad_values_from_python_and_flags_are_refused_too(capsys, tmp_path):
     with pytest.raises(ConfigError, match="steps: expected an integer, got 'ten'"):
-        TrainConfig(steps="ten")
-    assert TrainConfig(steps="10").steps == 10
+        TrainConfig.from_flat(steps="ten")
+    assert TrainConfig.from_flat(steps="10").optim.steps == 10
     rc, _, err = _cli(capsys, "train", "--timestep_embedding", "maybe")
     assert rc == 2 and _one_line_error(err).startswith("dema-lab train: timestep_embedding: expected true or false")
     rc, _, err = _cli(capsys, "sweep", "--set", "steps=ten", "--store", tmp_path / "store")
     assert rc == 2 and "steps: expected an integer, got 'ten'" in _one_line_error(err)
     with pytest.raises(ConfigError, match=r"unknown training config keys \['stepz'\]"):
-        TrainConfig.from_dict({"stepz": 3})
+        TrainConfig.from_flat({"stepz": 3})
 
 
 def test_sweep_set_values_are_parsed_like_the_train_flags():
@@ -168,11 +174,26 @@ def test_a_directory_as_config_file_is_one_line(tmp_path, capsys):
     assert rc == 2 and "is a directory" in _one_line_error(err)
 
 
+@pytest.mark.timeout(60)  # reading the FIFO would block: the check must stat it, never open it
+@pytest.mark.parametrize("flag", ["--config", "--dataset"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_fifo_or_a_device_as_config_or_dataset_is_not_a_regular_file(tmp_path, capsys, flag, kind):
+    path = tmp_path / "fifo" if kind == "fifo" else kind
+    if kind == "fifo":
+        os.mkfifo(path)
+    rc, _, err = _cli(capsys, "train", flag, path, "--steps", 1, "--store", tmp_path / "store")
+    line = _one_line_error(err)
+    assert rc == 2 and f"{path}" in line and "is not a regular file" in line, line
+    assert "does not exist" not in line and "empty" not in line
+    if flag == "--dataset":
+        assert f"({'a FIFO' if kind == 'fifo' else 'a device'}); give an HDF5 file" in line
+
+
 # ---------------------------------------------------------------- K against max_ep_len and the dataset
 def test_K_longer_than_max_ep_len_is_refused_at_once(capsys, tmp_path):
     with pytest.raises(ConfigError, match="K=100000 is longer than max_ep_len=1000"):
-        TrainConfig(K=100000)
-    assert TrainConfig(K=50, max_ep_len=50).K == 50
+        TrainConfig.from_flat(K=100000)
+    assert TrainConfig.from_flat(K=50, max_ep_len=50).model.K == 50
     rc, _, err = _cli(capsys, "train", "--K", "100000", "--store", tmp_path / "store")
     assert rc == 2 and "use K <= 1000" in _one_line_error(err)
 
@@ -235,7 +256,7 @@ def test_episodes_shorter_than_K_are_refused_before_training(hopper_small, tmp_p
 def _store_with_runs(path, *run_ids):
     store = RunStore(path, mode="a")
     for run_id in run_ids:
-        store.create_run(run_id, asdict(TrainConfig(run_id=run_id)), {})
+        store.create_run(run_id, TrainConfig.from_flat(run_id=run_id).to_flat(), {})
         store.run(run_id).set_attrs(status="finished")
     return store
 
@@ -296,9 +317,9 @@ def test_runs_stale_lists_runs_running_without_a_live_writer(tmp_path, capsys):
         f"import json, sys; from dema_lab.store.zarr_store import RunStore; "
         f"RunStore({str(path)!r}, mode='a').create_run('killed', json.loads(sys.argv[1]), {{}})"
     )
-    config = json.dumps(asdict(TrainConfig(run_id="killed")))
+    config = json.dumps(TrainConfig.from_flat(run_id="killed").to_flat())
     subprocess.run([sys.executable, "-c", code, config], check=True, timeout=300)  # the process dies, "running"
-    store.create_run("alive", asdict(TrainConfig(run_id="alive")), {})
+    store.create_run("alive", TrainConfig.from_flat(run_id="alive").to_flat(), {})
     live = store.run("alive").claim()
     try:
         assert RunStore(path, mode="r").stale_runs() == ["killed"]
@@ -392,12 +413,10 @@ def test_a_directory_given_as_a_checkpoint_is_one_line(tmp_path, capsys):
 def test_a_killed_run_without_checkpoint_is_deleted_and_trained_again(tiny_config):
     """ensure_trained (the sweep's) restarts such a run through RunStore.delete_run, not by
     deleting the store's internals."""
-    import dataclasses
 
-    from dema_lab.training.trainer import ensure_trained
+    from dema_lab.training import ensure_trained
 
-    cfg = dataclasses.replace(
-        tiny_config,
+    cfg = tiny_config.replace(
         steps=2,
         eval_modes=["transformer"],
         render_size=0,
@@ -407,10 +426,10 @@ def test_a_killed_run_without_checkpoint_is_deleted_and_trained_again(tiny_confi
     )
     code = (
         f"import json, sys; from dema_lab.store.zarr_store import RunStore; "
-        f"RunStore({cfg.store!r}, mode='a').create_run('restart', json.loads(sys.argv[1]), {{}})"
+        f"RunStore({cfg.run.store!r}, mode='a').create_run('restart', json.loads(sys.argv[1]), {{}})"
     )
-    subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], check=True, timeout=300)
-    assert RunStore(cfg.store, mode="r").stale_runs() == ["restart"]
+    subprocess.run([sys.executable, "-c", code, json.dumps(cfg.to_flat())], check=True, timeout=300)
+    assert RunStore(cfg.run.store, mode="r").stale_runs() == ["restart"]
     run, what = ensure_trained(cfg, progress=False, log=lambda *a: None)
     assert what == "trained" and run.attrs["status"] == "finished" and run.checkpoints() == [2]
-    assert RunStore(cfg.store, mode="r").stale_runs() == []
+    assert RunStore(cfg.run.store, mode="r").stale_runs() == []

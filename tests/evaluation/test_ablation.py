@@ -2,7 +2,6 @@
 dema-lab's α-level one, their evaluation, the store layout (old stores too) and `dema-lab ablate`."""
 
 import copy
-import dataclasses
 
 import numpy as np
 import pytest
@@ -298,10 +297,9 @@ def test_old_ablation_groups_read_as_alpha_methods(tmp_path):
 def tiny_runs(tiny_config):
     """A tiny trained DeMa (2 layers) and DT in one store."""
     from dema_lab.store.zarr_store import RunStore
-    from dema_lab.training.trainer import train
+    from dema_lab.training import train
 
-    base = dataclasses.replace(
-        tiny_config,
+    base = tiny_config.replace(
         steps=10,
         checkpoint_every=10,
         render_size=0,
@@ -309,10 +307,10 @@ def tiny_runs(tiny_config):
         eval_targets=[3600.0],
         decay_windows=2,
     )
-    train(dataclasses.replace(base, run_id="ab-dema", n_layer=2), progress=False)
-    train(dataclasses.replace(base, run_id="ab-dt", arch="dt"), progress=False)
-    rs = RunStore(base.store, mode="a")
-    return base.store, rs.run("ab-dema"), rs.run("ab-dt")
+    train(base.replace(run_id="ab-dema", n_layer=2), progress=False)
+    train(base.replace(run_id="ab-dt", arch="dt"), progress=False)
+    rs = RunStore(base.run.store, mode="a")
+    return base.run.store, rs.run("ab-dema"), rs.run("ab-dt")
 
 
 def test_evaluate_ablation_cli_and_completion(tiny_runs, capsys):

@@ -1,4 +1,4 @@
-"""Correctness of the fast paths against their references (issue 5). No timing here: the
+"""Correctness of the fast paths against their references. No timing here: the
 benchmarks live in benchmarks/ and are not tests."""
 
 import pytest
@@ -92,7 +92,7 @@ def test_fused_kernel_options_and_gradcheck(softplus):
 
 
 def test_float32_full_size_gradients_match_float64_reference():
-    """Issue 5: at the benchmark size's shape family (d_state 16, L 60) the float32 fast scan's
+    """At the benchmark size's shape family (d_state 16, L 60) the float32 fast scan's
     gradients are within 1e-4 (relative, in norm) of the float64 reference loop."""
     x = inputs(batch=4, dim=64, n=16, L=60, transposed=True)
     x["delta"] = x["delta"] - 2  # dt around softplus(-3): Mamba's range
@@ -121,7 +121,7 @@ def test_softplus_extremes_and_long_sequences_float32():
 
 
 def test_vectorised_exp2_accuracy_against_float64():
-    """Issue 16: the float32 kernels' exp is 2**x by a degree-5 polynomial after rounding x to
+    """The float32 kernels' exp is 2**x by a degree-5 polynomial after rounding x to
     the nearest integer. Against float64 2**x of the same float32 inputs, over the whole range
     the scan uses ([-126, 0]: delta * A <= 0) and beyond, its max relative error is 3.0e-7
     (float32's unit roundoff is 6e-8), and its mean error is near 0. Below 2**-126 it saturates at ~1e-38."""
@@ -162,7 +162,7 @@ def test_vectorised_exp2_accuracy_against_float64():
 
 
 def test_float32_paper_state_size_matches_float64_reference():
-    """Issue 16: at DeMa's d_state 64 (Mamba-like A, dt around softplus(-3)) the float32 kernels'
+    """At DeMa's d_state 64 (Mamba-like A, dt around softplus(-3)) the float32 kernels'
     output, last state and gradients are within 1e-5 / 1e-4 of the float64 reference loop."""
     x = inputs(batch=3, dim=32, n=64, L=60, transposed=True)
     x["A"] = -torch.arange(1, 65, dtype=torch.float64).expand(32, 64) * (1 + 0.1 * torch.rand(32, 64))
