@@ -39,19 +39,20 @@ def main() -> int:
         print(f"store {a.store} has no runs: run `make demo` (or the dashboard's demo button) first", file=sys.stderr)
         return 1
     run = a.run if a.run in runs else runs[-1]
-    ex = AttentionExplorer(index)
+    view = AttentionExplorer(index)
+    ex = view.state
     ex.run = run
     if a.episode:
         ex.episode = a.episode
-    if ex._ep is None:
+    if ex.episode_data is None:
         print(f"run {run} has no recorded episode yet: {ex.message}", file=sys.stderr)
         return 1
     doc = Document()
-    doc.add_root(pn.panel(ex).get_root(doc))
+    doc.add_root(pn.panel(view).get_root(doc))
     events = []
     doc.callbacks.on_change(lambda event: events.append(event))
     protocol = Protocol()
-    n = ex._ep.n_steps
+    n = ex.episode_data.n_steps
     rng = np.random.default_rng(0)
     # a drag of the slider: mostly neighbouring steps, some jumps
     targets = np.clip(np.cumsum(rng.choice([1, 1, 1, 2, -1, 25], size=a.steps + 10)), 0, n - 1)
@@ -68,7 +69,7 @@ def main() -> int:
         if i >= 10:
             samples.append(dt)
     ms = np.array(samples) * 1000
-    cfg = ex._info.config
+    cfg = ex.index.info(ex.run).config
     row = {
         "run": run,
         "episode": ex.episode,
@@ -76,7 +77,7 @@ def main() -> int:
         "K": cfg.get("K"),
         "d_model": cfg.get("d_model"),
         "n_layer": cfg.get("n_layer"),
-        "frame": list(ex._ep.frames.shape[1:3]) if ex._ep.frames is not None else None,
+        "frame": list(ex.episode_data.frames.shape[1:3]) if ex.episode_data.frames is not None else None,
         "samples": len(ms),
         "median_ms": float(np.median(ms)),
         "p90_ms": float(np.percentile(ms, 90)),

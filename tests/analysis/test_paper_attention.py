@@ -225,16 +225,17 @@ print(json.dumps({{"sizes": dict(ds.sizes), "curve": ds.curve.values.tolist(), "
         publish_paper_attention(run, 20, start=400)
 
     # the explorer draws the surface (decision step x lag) and the curve with its stored fit
-    ex = AttentionExplorer(store=StoreIndex(tiny_config.run.store))
+    view = AttentionExplorer(store=StoreIndex(tiny_config.run.store))
+    ex = view.state
     assert ex.checkpoint == 20
     ex.layer = 0
-    img = ex.paper_surface()
+    img = view.paper_surface()
     ds0 = stored.isel(checkpoint=0)
     grid = img.dimension_values("mean |α|", flat=False)  # (lag, decision step)
     np.testing.assert_allclose(grid.T, ds0.surface.sel(layer=0).values, rtol=1e-12)
     np.testing.assert_array_equal(img.dimension_values("decision step", expanded=False), np.arange(20, n))
     assert img.opts.get().kwargs["title"] == "Paper's method · layer 0"
-    curve = ex.paper_curve()
+    curve = view.paper_curve()
     np.testing.assert_allclose(curve.get(0).dimension_values(1), ds0.mass.sel(layer=0).values, rtol=1e-12)
     fit = curve.get(2)
     lag = fit.dimension_values(0)
@@ -245,10 +246,10 @@ print(json.dumps({{"sizes": dict(ds.sizes), "curve": ds.curve.values.tolist(), "
     )
     sel = paper_selection(ds0, None)  # the paper's own: mean of layers
     np.testing.assert_allclose(sel["surface"], ds0.surface.mean("layer").values, rtol=1e-12)
-    kinds = ex.paper_kinds()
+    kinds = view.paper_kinds()
     assert len(kinds) == 2 * ds0.sizes["key_kind"]
-    ex.views()  # the served layout builds
-    assert "paper_surface" in ex._panes and "not normalised" in ex._panes["paper_note"].object
+    view.views()  # the served layout builds
+    assert "paper_surface" in view._panes and "not normalised" in view._panes["paper_note"].object
 
 
 def test_decay_statistics_split_the_current_tokens_row_by_key_kind():

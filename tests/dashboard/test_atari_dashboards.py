@@ -208,7 +208,8 @@ def test_explorer_recomputes_atari_attention_from_the_checkpoint(atari_store, mo
     from dema_lab.store.zarr_store import RunStore
 
     name = f"step_00000004-{mode}-t0-e0"
-    ex = AttentionExplorer(atari_store, run="atari-dema")
+    view = AttentionExplorer(atari_store, run="atari-dema")
+    ex = view.state
     ex.episode = name
     ro = RunStore(atari_store, mode="r").run("atari-dema").open("rollout", name).load()
     ck = StoreIndex(atari_store).checkpoint("atari-dema", 4)

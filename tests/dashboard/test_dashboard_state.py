@@ -74,18 +74,17 @@ def test_explorer_state_shows_the_stored_steps_attention_labels_and_frame(dash_s
     assert state.snapshot()["step"] == 15 and "Cannot recompute" not in state.message
 
 
-def test_the_explorer_view_renders_a_given_state_and_forwards_to_it(dash_store):
+def test_the_explorer_view_renders_a_given_state(dash_store):
     from dema_lab.dashboard import AttentionExplorer, ExplorerState
 
     state = ExplorerState(dash_store, run="tiny-K3")
-    ex = AttentionExplorer(state, presentation=True)
-    assert ex.state is state and ex.presentation
-    ex.views()
-    ex.step = 4  # the view's attributes are the state's
-    assert state.step == 4 and ex.matrix() is state.matrix() and ex._ep is state.episode_data
-    assert ex.snapshot() == state.snapshot() and 'data-step="4"' in ex._probe_div.text
-    state.step = 6  # and the view follows the state
-    assert "step <b>6</b>" in ex._info_div.text and ex._panes["frame"].object.title.text == "step 6"
+    view = AttentionExplorer(state, presentation=True)
+    assert view.state is state and view.presentation
+    view.views()
+    state.step = 4  # the view follows its state
+    assert view.snapshot() == state.snapshot() and 'data-step="4"' in view._probe_div.text
+    state.step = 6
+    assert "step <b>6</b>" in view._info_div.text and view._panes["frame"].object.title.text == "step 6"
 
 
 def _copy_store_with_main_run(store: str, to: Path) -> str:
@@ -111,7 +110,7 @@ def test_live_opens_on_the_explorers_featured_run(dash_store, tmp_path):
     assert live.param.checkpoint.objects[-1] == "tiny-K5@20"  # the newest: what /live opened on before
     assert ExplorerState(store).run == MAIN_RUN
     assert live.checkpoint == f"{MAIN_RUN}@20"
-    assert LiveRollout(store, render_size=32).checkpoint == f"{MAIN_RUN}@20"
+    assert LiveRollout(store, render_size=32).state.checkpoint == f"{MAIN_RUN}@20"
     # a checkpoint asked for (the page's URL) is kept
     assert LiveState(store, checkpoint="tiny-K3@10").checkpoint == "tiny-K3@10"
 

@@ -69,39 +69,40 @@ def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
 
     from dema_lab.dashboard import AttentionExplorer
 
-    ex = AttentionExplorer(dash_store)
+    view = AttentionExplorer(dash_store)
+    ex = view.state
     assert ex.run == "tiny-K5" and "broken" in ex.message and ex.episode.startswith("step_00000020")
-    assert isinstance(ex.frame(), hv.RGB) and isinstance(ex.heatmap(), hv.Image)
-    assert isinstance(ex.lag(), hv.Overlay) and isinstance(ex.traces(), hv.Overlay)
-    pn.panel(ex).get_root(Document())  # what a notebook or server renders
-    traces = ex._panes["traces"].object  # reward on its own axis, not flat on the return's
+    assert isinstance(view.frame(), hv.RGB) and isinstance(view.heatmap(), hv.Image)
+    assert isinstance(view.lag(), hv.Overlay) and isinstance(view.traces(), hv.Overlay)
+    pn.panel(view).get_root(Document())  # what a notebook or server renders
+    traces = view._panes["traces"].object  # reward on its own axis, not flat on the return's
     assert [a.axis_label for a in traces.yaxis] == ["return", "reward per step"]
     # it opens mid-episode with a full window (dema_lab.analysis.opening_step), cursor there
-    n, K = ex._ep.n_steps, ex._info.config["K"]
+    n, K = ex.episode_data.n_steps, ex.index.info(ex.run).config["K"]
     assert ex.step == max(n // 2, K - 1) and K - 1 <= ex.step < n
     assert set(traces.extra_y_ranges) == {"reward"} and traces.select_one({"type": Span}).location == ex.step
-    before = ex.snapshot()
-    heat_fig = ex._panes["heatmap"].object
+    before = view.snapshot()
+    heat_fig = view._panes["heatmap"].object
     img_before = heat_fig.renderers[0].data_source.data["image"][0].copy()
     ex.step = 3
-    after = ex.snapshot()
+    after = view.snapshot()
     assert after["step"] == 3 and after["frame"] != before["frame"] and after["heatmap"] != before["heatmap"]
     # the served figures were patched with exactly the data the HoloViews views hold
     img = heat_fig.renderers[0].data_source.data["image"][0]
     assert not np.array_equal(np.nan_to_num(img), np.nan_to_num(img_before))
-    fresh = hv.render(ex.heatmap()).renderers[0].data_source.data["image"][0]
+    fresh = hv.render(view.heatmap()).renderers[0].data_source.data["image"][0]
     np.testing.assert_array_equal(np.nan_to_num(img), np.nan_to_num(fresh))
-    frame = hv.render(ex.frame()).renderers[0].data_source.data["image"][0]
-    np.testing.assert_array_equal(ex._panes["frame"].object.renderers[0].data_source.data["image"][0], frame)
-    assert "3" in ex._probe_div.text and after["frame"] in ex._probe_div.text
-    assert "step <b>3</b>" in ex._info_div.text and traces.select_one({"type": Span}).location == 3
+    frame = hv.render(view.frame()).renderers[0].data_source.data["image"][0]
+    np.testing.assert_array_equal(view._panes["frame"].object.renderers[0].data_source.data["image"][0], frame)
+    assert "3" in view._probe_div.text and after["frame"] in view._probe_div.text
+    assert "step <b>3</b>" in view._info_div.text and traces.select_one({"type": Span}).location == 3
     # the trace's click moves the step; a heatmap click picks the query token
-    ex._on_tap_trace(type("E", (), {"x": 5.2})())
+    view._on_tap_trace(type("E", (), {"x": 5.2})())
     assert ex.step == 5
-    ex._on_tap_heatmap(type("E", (), {"y": 0.5})())  # the bottom row: the current state token
+    view._on_tap_heatmap(type("E", (), {"y": 0.5})())  # the bottom row: the current state token
     assert ex.query == "s0"
-    ex._on_tap_heatmap(type("E", (), {"y": len(ex._ep.query_label) - 0.5})())  # the top row
-    assert ex.query == ex._ep.query_label[0]
+    view._on_tap_heatmap(type("E", (), {"y": len(ex.episode_data.query_label) - 0.5})())  # the top row
+    assert ex.query == ex.episode_data.query_label[0]
 
 
 @pytest.mark.parametrize("mode", ["transformer", "rnn"])
@@ -110,12 +111,13 @@ def test_other_aggregations_are_recomputed_from_the_checkpoint(dash_store, mode)
     from dema_lab.dashboard import AttentionExplorer
     from dema_lab.evaluation.rollout import replay_attention
 
-    ex = AttentionExplorer(dash_store, run="tiny-K3")
+    view = AttentionExplorer(dash_store, run="tiny-K3")
+    ex = view.state
     ex.run = "tiny-K3"
     ex.episode = f"step_00000020-{mode}-t0-e0"
     stored = ex.matrix().copy()
     ck = ex.index.checkpoint("tiny-K3", 20)
-    ro = ex._ep.dataset.load()
+    ro = ex.episode_data.dataset.load()
     for step in (7, 3, 15):  # forward, back, forward again
         ex.step = step
         ex.aggregation = "minmax"
@@ -250,11 +252,12 @@ def test_live_worker_streams_changing_frames_and_closes_its_env(dash_store):
     w.stop()
     assert w.done and w.env_closed and len(w.records) < 1000
     # the component: a finished rollout is saved to its (finished) run and reopens as an episode
-    live = LiveRollout(dash_store, render_size=64)
+    view = LiveRollout(dash_store, render_size=64)
+    live = view.state
     live.checkpoint, live.save, live.fps = "tiny-K3@20", True, 240.0
-    live.start()
+    view.start()
     wait_until(lambda: live.worker.done, 120, "the live rollout to finish")
-    live._tick()
+    view._tick()
     assert live.status.startswith("finished"), (live.status, live.message)
     assert live.saved and live.saved in StoreIndex(dash_store).info("tiny-K3").episodes[-1].name
     assert live.message == ""

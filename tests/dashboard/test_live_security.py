@@ -179,9 +179,9 @@ def test_absurd_headers_are_refused_and_only_declared_bytes_are_read(allowed):
 # ---------------------------------------------------------------------------- the live component
 @pytest.fixture
 def live(tmp_path, allowed):
-    from dema_lab.dashboard import LiveRollout
+    from dema_lab.dashboard import LiveState
 
-    return LiveRollout(str(tmp_path / "store"), checkpoint_dirs=[str(allowed)], render_size=32)
+    return LiveState(str(tmp_path / "store"), checkpoint_dirs=[str(allowed)], render_size=32)
 
 
 def test_live_page_names_a_checkpoint_without_state_mean_and_a_directory(live, allowed):
@@ -201,7 +201,7 @@ def test_live_page_names_a_checkpoint_without_state_mean_and_a_directory(live, a
     live.start()
     assert live.message == "" and live.worker is not None
     live.worker.join(60)
-    live._tick()
+    live.poll()
     assert live.status.startswith("finished"), (live.status, live.message)
 
 

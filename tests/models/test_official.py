@@ -453,11 +453,12 @@ def test_the_dashboards_open_the_imported_run(imported):
     from dema_lab.dashboard import AttentionExplorer, RolloutWorker, SequenceComparison, StoreIndex
 
     store = str(imported["store"])
-    ex = AttentionExplorer(store, run=IMPORTED_RUN)
+    view = AttentionExplorer(store, run=IMPORTED_RUN)
+    ex = view.state
     ex.run = IMPORTED_RUN
     ex.episode = "step_00000003-transformer-t0-e0"
-    assert isinstance(ex.heatmap(), hv.Image)
-    ex.step = min(5, ex.state.param.step.bounds[1])
+    assert isinstance(view.heatmap(), hv.Image)
+    ex.step = min(5, ex.param.step.bounds[1])
     ex.aggregation = "abs"  # recomputed from the checkpoint
     assert np.isfinite(ex.matrix()).any() and "Cannot recompute" not in ex.message
     # the logged attention is what the imported checkpoint gives when the episode is replayed
@@ -465,7 +466,7 @@ def test_the_dashboards_open_the_imported_run(imported):
     from dema_lab.evaluation.rollout import replay_attention
 
     ck = StoreIndex(store).checkpoint(IMPORTED_RUN, 3)
-    ro = ex._ep.dataset.load()
+    ro = ex.episode_data.dataset.load()
     want = replay_attention(
         ck.model,
         ro,

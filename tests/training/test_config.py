@@ -158,7 +158,9 @@ def test_memory_estimate_refuses_what_cannot_fit(tiny_config, tmp_path, capsys):
     # independent lower bound: the batch's float32 states alone
     assert training_bytes(mc, 10**8) > 4 * 10**8 * mc.K * mc.state_dim
     assert check_memory(mc, 8, None, available=10**12) == small
-    with pytest.raises(ValueError, match=r"^--batch_size 8000 .* needs ~.* [KMGT]iB, the machine has .* [KMGT]iB available; lower"):
+    with pytest.raises(
+        ValueError, match=r"^--batch_size 8000 .* needs ~.* [KMGT]iB, the machine has .* [KMGT]iB available; lower"
+    ):
         check_memory(mc, 8000, None, available=small)
     store = tmp_path / "store"
     flags = [

@@ -43,7 +43,7 @@ from dema_lab.dashboard.common.views import (
 )
 from dema_lab.dashboard.explorer.state import AGGREGATION_LABELS, MEAN_LAYERS, ExplorerState, crc
 
-__all__ = ["AGGREGATION_LABELS", "MEAN_LAYERS", "AttentionExplorer", "ExplorerState", "forward_to_state", "hold"]
+__all__ = ["AGGREGATION_LABELS", "MEAN_LAYERS", "AttentionExplorer", "ExplorerState", "hold"]
 
 _crc = crc  # its old name here
 
@@ -72,28 +72,6 @@ def hold():
     """pn.io.hold() once the browser has reported the document ready; before that, no hold (Panel
     drops the model changes held in a session it does not yet count as connected)."""
     return pn.io.hold() if pn.state.loaded else contextlib.nullcontext()
-
-
-def forward_to_state(view_cls: type, state_cls: type[param.Parameterized], names=()) -> type:
-    """Give a view class attributes that read and write its state's: every parameter of
-    `state_cls` and `names`, so `view.step = 40` or `view.matrix()` act on `view.state` (code
-    written when the view and its state were one class keeps working). Returns view_cls."""
-
-    def forwarded(name: str, doc: str | None):
-        def get(self):
-            return getattr(self.state, name)
-
-        def set_(self, value):
-            setattr(self.state, name, value)
-
-        return property(get, set_, doc=doc or f"the state's {name}")
-
-    for name in [n for n in state_cls.param if n != "name"] + list(names):
-        if name in view_cls.__dict__ or name in view_cls.param:
-            continue  # the view's own
-        p = state_cls.param[name] if name in state_cls.param else None
-        type.__setattr__(view_cls, name, forwarded(name, p.doc if p is not None else None))
-    return view_cls
 
 
 class AttentionExplorer(pn.viewable.Viewer):
@@ -472,21 +450,3 @@ class AttentionExplorer(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")
-
-
-# explorer.run, explorer.step = 40, explorer.matrix(), explorer._ep ...: the state's
-forward_to_state(
-    AttentionExplorer,
-    ExplorerState,
-    names=(
-        "index",
-        "run_errors",
-        "refresh",
-        "matrix",
-        "stored_aggregation",
-        "paper_data",
-        "episode_video",
-        "_ep",
-        "_info",
-    ),
-)

@@ -26,7 +26,7 @@ from bokeh.models import Div
 from dema_lab.dashboard.common.text import alert, markdown_pane, md
 from dema_lab.dashboard.common.views import PALETTE, attention_clim, attention_view, frame_view, rgba
 from dema_lab.dashboard.explorer.state import crc
-from dema_lab.dashboard.explorer.view import forward_to_state, hold
+from dema_lab.dashboard.explorer.view import hold
 from dema_lab.dashboard.live.state import LiveState, RolloutWorker
 from dema_lab.models.checkpoint_files import DEFAULT_MAX_BYTES
 
@@ -314,23 +314,3 @@ class LiveRollout(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")
-
-
-# live.checkpoint = ..., live.worker, live.saved, live._load ...: the state's
-forward_to_state(
-    LiveRollout,
-    LiveState,
-    names=(
-        "index",
-        "render_size",
-        "allowed",
-        "max_checkpoint_bytes",
-        "worker",
-        "saved",
-        "refresh",
-        "poll",
-        "_load",
-        "_try_load",
-        "_source",
-    ),
-)
