@@ -95,3 +95,19 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def scan_step(x: dict, w, backend: str, grad: bool = True):
+    """A timed call of selective_scan on `backend` with the inputs of scan_inputs: the forward, and
+    with `grad` the backward of (out * w).sum() (the inputs' grads cleared first)."""
+    from dema_lab.ssm import selective_scan, use_backend
+
+    def f():
+        for v in x.values():
+            v.grad = None
+        with use_backend(backend), torch.set_grad_enabled(grad):
+            out = selective_scan(**x, delta_softplus=True)
+            if grad:
+                (out * w).sum().backward()
+
+    return f

@@ -41,25 +41,13 @@ def bench_scan(repeat: int, b=64, d=128, n=64, L=60, full=True) -> dict:
     size: the compiled kernel against the PyTorch backend, interleaved."""
     import torch
 
-    from benchmarks._common import scan_inputs
+    from benchmarks._common import scan_inputs, scan_step
     from benchmarks.run_all import interleaved
-    from dema_lab.ssm import selective_scan, use_backend
 
     x, w = scan_inputs(b, d, n, L)
 
-    def run(backend, grad):
-        def f():
-            for v in x.values():
-                v.grad = None
-            with use_backend(backend), torch.set_grad_enabled(grad):
-                out = selective_scan(**x, delta_softplus=True)
-                if grad:
-                    (out * w).sum().backward()
-
-        return f
-
     def pair(grad):
-        return {PYTORCH: run(PYTORCH, grad), COMPILED: run(COMPILED, grad)}
+        return {PYTORCH: scan_step(x, w, PYTORCH, grad), COMPILED: scan_step(x, w, COMPILED, grad)}
 
     res = interleaved(pair(True), repeat, warmup=2)
     if not full:

@@ -96,21 +96,12 @@ def bench_scan(repeat: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from benchmarks._common import scan_inputs
-    from dema_lab.ssm import selective_scan, use_backend
+    from benchmarks._common import scan_inputs, scan_step
 
     x, w = scan_inputs(**SCAN_SIZE)
 
     def ours(backend, grad=True):
-        def f():
-            for v in x.values():
-                v.grad = None
-            with use_backend(backend), torch.set_grad_enabled(grad):
-                out = selective_scan(**x, delta_softplus=True)
-                if grad:
-                    (out * w).sum().backward()
-
-        return f
+        return scan_step(x, w, backend, grad)
 
     # mambapy's MambaBlock.selective_scan (pscan), with the same softplus(delta + bias) and
     # silu(z) gate around it, in its (B, L, ED) layout: the full op, as mambapy trains it.

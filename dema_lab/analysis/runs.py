@@ -51,6 +51,25 @@ def run_summary_row(run: Run) -> dict:
     }
 
 
+# The columns of runs_summary, in order.
+SUMMARY_KEYS = (
+    "arch",
+    "dataset",
+    "env",
+    "K",
+    "layout",
+    "timestep_embedding",
+    "seed",
+    "status",
+    "steps_done",
+    "score_mode",
+    "last_score",
+    "best_score",
+    "parameters",
+    "created",
+)
+
+
 def runs_summary(store: RunStore) -> xr.Dataset:
     """One row per run: what it is, how far it got and its headline scores, last and best
     checkpoint side by side (dim `run`; see dema_lab.analysis.scoring). A run that cannot be read has
@@ -62,22 +81,7 @@ def runs_summary(store: RunStore) -> xr.Dataset:
         except Exception as e:  # noqa: BLE001 - one bad run must not hide the others
             rows.append({"run": run_id, "status": f"unreadable: {e}"})
     rows += [{"run": run_id, "status": f"unreadable: {why}"} for run_id, why in store.unreadable.items()]
-    keys = [
-        "arch",
-        "dataset",
-        "env",
-        "K",
-        "layout",
-        "timestep_embedding",
-        "seed",
-        "status",
-        "steps_done",
-        "score_mode",
-        "last_score",
-        "best_score",
-        "parameters",
-        "created",
-    ]
+    keys = SUMMARY_KEYS
     text = ("arch", "dataset", "env", "layout", "status", "created", "score_mode")
     data = {k: ("run", [r.get(k, "") if k in text else r.get(k, np.nan) for r in rows]) for k in keys}
     for k in text + ("timestep_embedding",):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dema_lab.analysis.runs import runs_summary
+from dema_lab.analysis.runs import SUMMARY_KEYS, runs_summary
 from dema_lab.cli.flags import (
     store_options,
 )
@@ -39,18 +39,7 @@ def _runs(args) -> int:
         return 0
     status = [str(v) for v in summary.status.values]
     bad = {str(r): st.split(": ", 1)[1] for r, st in zip(summary.run.values, status) if st.startswith("unreadable")}
-    cols = [
-        "arch",
-        "dataset",
-        "K",
-        "layout",
-        "status",
-        "steps_done",
-        "score_mode",
-        "last_score",
-        "best_score",
-        "parameters",
-    ]
+    cols = [k for k in SUMMARY_KEYS if k not in ("env", "timestep_embedding", "seed", "created")]
     rows = [
         [str(r)]
         + [

@@ -186,38 +186,20 @@ def evaluate_into(run: Run, ck, ds, cfg, log=print):
     )
 
 
-def import_official(
-    path,
-    *,
-    env: str | None = None,
-    dataset=None,
-    state_mean=None,
-    state_std=None,
-    rtg_scale: float | None = None,
-    K: int | None = None,
-    n_head: int = OFFICIAL_N_HEAD,
-):
+def import_official(path, *, env: str | None = None, dataset=None, **options):
     """A checkpoint of the official DeMa code (`model_iter{N}.pkl`: Mamba_mujoco or its
     DecisionTransformer) as a dema-lab Checkpoint, read without executing anything.
 
     dataset: a name/path for dema_lab.data.load_dataset, or a loaded dataset: the state
         normalisation (mean, std + 1e-6) and the env come from it. Or give state_mean/state_std
         (and env). env: validated with dema_lab.envs.env_spec; must agree with the dataset's.
-    The rest as dema_lab.models.official.official_checkpoint (K, n_head, rtg_scale; Atari).
+    options: dema_lab.models.official.official_checkpoint's state_mean, state_std, rtg_scale, K
+    (not in the weights; the official default 20, Atari 30) and n_head (DT's; the official 1).
     """
     ds = None
     if dataset is not None:
         ds = dataset if hasattr(dataset, "state_mean") else load_dataset(dataset, progress=False)
-    return official_checkpoint(
-        path,
-        env=_resolve_env(env, ds),
-        dataset=ds,
-        state_mean=state_mean,
-        state_std=state_std,
-        rtg_scale=rtg_scale,
-        K=K,
-        n_head=n_head,
-    )
+    return official_checkpoint(path, env=_resolve_env(env, ds), dataset=ds, **options)
 
 
 def _resolve_env(env, ds) -> str:

@@ -432,18 +432,12 @@ class Trainer:
         )
 
 
-def train(
-    cfg: TrainConfig,
-    resume: str | None = None,
-    progress: bool = True,
-    log=print,
-    from_step: int | None = None,
-    hooks=(),
-) -> Run:
-    """Train (or resume) a run; returns it once finished. `hooks` (Hook: a live tracker's, say)
-    run beside the built-in ones. `from_step` (with `resume`): resume from that saved state, not
-    the newest."""
-    return Trainer(cfg, resume=resume, progress=progress, log=log, from_step=from_step, hooks=hooks).run_loop()
+def train(cfg: TrainConfig, resume: str | None = None, **options) -> Run:
+    """Train (or resume the run `resume`) and return the finished run. `options` are Trainer's:
+    progress (a progress bar), log (a print-like function), from_step (with `resume`: resume from
+    that saved state, not the newest) and hooks (Hook objects, a live tracker's say, run beside the
+    built-in ones)."""
+    return Trainer(cfg, resume=resume, **options).run_loop()
 
 
 def ensure_trained(cfg: TrainConfig, progress: bool = True, log=print) -> tuple[Run, str]:
