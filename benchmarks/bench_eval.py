@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def sequential(model, env_name, targets, episodes, mode, max_steps, seed=0):
     """The pre-issue-16 loop of rollout.evaluate for unrecorded episodes (returns by (target, episode))."""
-    from dema_lab.envs.spec import make_env
+    from dema_lab.envs.make import make_env
     from dema_lab.evaluation.rollout import rollout_steps, single_threaded
     from dema_lab.models import Policy
 

@@ -1,17 +1,26 @@
-"""Environments: the spec of every env dema-lab knows (MuJoCo, Atari) and how to make one.
+"""Environments: the spec of every env dema-lab knows (spec), MuJoCo tasks rendered headless
+(mujoco), Atari games with the DQN preprocessing (atari), and make_env (make).
 
-May import common only.
+Rendering is headless: ``MUJOCO_GL`` is set to ``egl`` here, before MuJoCo is imported, unless the
+user chose a backend already. May import common only.
 """
 
-from dema_lab.envs.spec import (
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+from dema_lab.envs.make import make_env  # noqa: E402
+from dema_lab.envs.spec import (  # noqa: E402
     ATARI_FRAME_SIZE,
     ATARI_FRAME_SKIP,
     ATARI_FRAME_STACK,
     ATARI_MAX_FRAMES,
+    ENV_SPECS,
     EnvSpec,
     env_spec,
     known_envs,
-    make_env,
 )
 
 __all__ = [
@@ -19,6 +28,7 @@ __all__ = [
     "ATARI_FRAME_SKIP",
     "ATARI_FRAME_STACK",
     "ATARI_MAX_FRAMES",
+    "ENV_SPECS",
     "EnvSpec",
     "env_spec",
     "known_envs",

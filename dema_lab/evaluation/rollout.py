@@ -309,7 +309,8 @@ def evaluate(
     import torch
 
     from dema_lab.data import normalized_score
-    from dema_lab.envs.spec import env_spec, make_env
+    from dema_lab.envs.make import make_env
+    from dema_lab.envs.spec import env_spec
 
     spec = env_spec(env_name)
     scorer = scorer or (lambda r: normalized_score(spec.name, r))

@@ -17,7 +17,7 @@ from dema_lab.data.registry import embedded_names, embedded_path, parse_embedded
 from dema_lab.data.sources.d4rl import load_d4rl  # noqa: E402
 from dema_lab.data.sources.dqn_replay import load_dqn_replay  # noqa: E402
 from dema_lab.data.trajectory import DatasetError, Trajectory, TrajectoryDataset  # noqa: E402
-from dema_lab.envs.spec import make_env  # noqa: E402
+from dema_lab.envs.make import make_env  # noqa: E402
 
 
 def test_registry_names_atari_datasets_next_to_mujoco():

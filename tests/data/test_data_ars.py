@@ -5,7 +5,7 @@ import pytest
 
 from dema_lab.data import LinearPolicy, load_policy_set
 from dema_lab.data.generate.ars import ARSConfig, RunningStat, rollout, train_ars
-from dema_lab.envs.spec import make_env
+from dema_lab.envs.make import make_env
 
 
 def test_running_stat_matches_numpy():

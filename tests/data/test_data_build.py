@@ -18,7 +18,8 @@ from dema_lab.data import (
     policy_path,
 )
 from dema_lab.data.generate import builder as builder_mod
-from dema_lab.envs.spec import ENV_SPECS, env_spec, make_env
+from dema_lab.envs.make import make_env
+from dema_lab.envs.spec import ENV_SPECS, env_spec
 
 SHIPPED = [e for e in ENV_SPECS if policy_path(e).exists()]
 

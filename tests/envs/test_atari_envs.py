@@ -7,7 +7,8 @@ pytest.importorskip("ale_py")
 pytest.importorskip("cv2")
 
 from dema_lab.data.scores import normalized_score, reference_scores  # noqa: E402
-from dema_lab.envs.spec import ENV_SPECS, env_spec, known_envs, make_env  # noqa: E402
+from dema_lab.envs.make import make_env  # noqa: E402
+from dema_lab.envs.spec import ENV_SPECS, env_spec, known_envs
 
 GAMES = {
     "breakout": ("ALE/Breakout-v5", 4),

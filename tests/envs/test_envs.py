@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dema_lab.envs.spec import ENV_SPECS, env_spec, make_env
+from dema_lab.envs.make import make_env
+from dema_lab.envs.spec import ENV_SPECS, env_spec
 
 
 @pytest.mark.parametrize("name", sorted(n for n, s in ENV_SPECS.items() if s.kind == "mujoco"))
@@ -99,7 +100,7 @@ def test_the_rendered_camera_follows_the_hopper():
     the picture, drawn as at the start (Gymnasium's camera_id -1 made the camera free, and the
     agent left the frame within a few hundred steps of a good episode)."""
 
-    from dema_lab.envs.spec import make_env
+    from dema_lab.envs.make import make_env
 
     def body(frame):  # the hopper's brown pixels
         return (frame[..., 0] > 120) & (frame[..., 1] < 110) & (frame[..., 2] < 80)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from dema_lab.envs.spec import make_env
+from dema_lab.envs.make import make_env
 from dema_lab.evaluation.rollout import evaluate, rollout_batch, rollout_steps, single_threaded
 from dema_lab.models import BatchPolicy, ModelConfig, Policy, build_model
 

@@ -180,7 +180,7 @@ def test_training_steps_fit_a_tiny_batch():
 
 def test_policy_acts_in_breakout_in_both_modes():
     pytest.importorskip("ale_py")
-    from dema_lab.envs.spec import make_env
+    from dema_lab.envs.make import make_env
     from dema_lab.models import Policy
 
     m = _model()

@@ -393,7 +393,7 @@ def test_a_live_rollout_is_saved_only_into_a_run_that_no_trainer_writes(tiny_con
     process holds, is refused and nothing is written."""
     import os
 
-    from dema_lab.envs.spec import make_env
+    from dema_lab.envs.make import make_env
     from dema_lab.evaluation.rollout import rollout_steps, save_rollout
     from dema_lab.models import Policy
     from dema_lab.store.lock import RunLock

@@ -90,7 +90,7 @@ class RolloutWorker(threading.Thread):
         self._halt = threading.Event()
 
     def run(self):
-        from dema_lab.envs.spec import make_env
+        from dema_lab.envs.make import make_env
         from dema_lab.models import Policy
 
         env = None

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from dema_lab.data.generate.policy import LinearPolicy, PolicySet, policy_path, save_policy_set
-from dema_lab.envs.spec import env_spec, make_env
+from dema_lab.envs.make import make_env
+from dema_lab.envs.spec import env_spec
 
 __all__ = ["ARSConfig", "DEFAULT_CONFIGS", "train_ars", "evaluate", "rollout"]
 

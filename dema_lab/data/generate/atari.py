@@ -30,7 +30,8 @@ import numpy as np
 from dema_lab.data.scores import reference_scores
 from dema_lab.data.sources.d4rl import write_d4rl
 from dema_lab.data.trajectory import DatasetError
-from dema_lab.envs.spec import ATARI_FRAME_STACK, env_spec, make_env
+from dema_lab.envs.make import make_env
+from dema_lab.envs.spec import ATARI_FRAME_STACK, env_spec
 
 __all__ = [
     "ATARI_QUALITIES",

@@ -32,7 +32,8 @@ from dema_lab.data.generate.policy import LinearPolicy, PolicySet, load_policy_s
 from dema_lab.data.scores import reference_scores
 from dema_lab.data.sources.d4rl import write_d4rl
 from dema_lab.data.trajectory import DatasetError
-from dema_lab.envs.spec import env_spec, make_env
+from dema_lab.envs.make import make_env
+from dema_lab.envs.spec import env_spec
 
 __all__ = ["QUALITIES", "BUILDER_VERSION", "DEFAULT_TRANSITIONS", "ACTION_NOISE", "build_dataset", "collect"]
 
