@@ -201,7 +201,9 @@ def test_comparison_of_dema_dt_and_layouts(tiny_config):
     labels = {el.label for el in score}
     assert labels == {f"{f} · {m}" for f in ("DeMa B3LD", "DeMa BL3D", "DT B3LD +t-emb") for m in ("last", "best")}
     decay = comp.decay_plot()  # hidden attention and DT's overlaid
-    assert {el.label for el in decay} == {"dema-K3", "dema-K5", "dema-bl3d", "dt-K3"} and not comp.bad
+    # each curve is named by its run's family and K (the run ids are in the table)
+    assert {el.label for el in decay} == {"DeMa B3LD K=3", "DeMa B3LD K=5", "DeMa BL3D K=3", "DT B3LD +t-emb K=3"}
+    assert not comp.bad
     for plot in (score, comp.cost_plot(), comp.time_plot(), decay, comp.half_life_plot()):
         hv.render(plot)
 

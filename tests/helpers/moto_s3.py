@@ -3,6 +3,7 @@ environment s3fs (botocore) reads pointed at it."""
 
 import contextlib
 import os
+import urllib.request
 
 
 @contextlib.contextmanager
@@ -18,6 +19,8 @@ def s3_server(bucket: str = "dema"):
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in process-wide state: start each server empty
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
