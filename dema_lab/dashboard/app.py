@@ -62,7 +62,7 @@ def attention_app(store: str | None = None, presentation: bool | None = None, li
         explorer = AttentionExplorer(index, presentation=presentation)
         problems = sync_url(explorer.state, apply=True)  # the URL follows the state's parameters
         if problems:
-            explorer.message = join_markdown([explorer.message, *problems])
+            explorer.state.message = join_markdown([explorer.state.message, *problems])
         state["shown"] = "explorer"
         state["explorer"] = explorer
         tabs = lazy_tabs(
@@ -151,7 +151,7 @@ def _keep_refreshing(explorer, demo: DemoJob):
     """While the demo trains, pick up its new runs and episodes every few seconds."""
 
     def tick():
-        explorer.refresh()
+        explorer.state.refresh()
         if not demo.running and cb is not None:
             cb.stop()
 
