@@ -1,7 +1,8 @@
 """Analysis of hidden attention and of scores: pure functions of arrays, models and xarray data.
 
 tokens: which token is which (labels, right alignment); decay: attention by lag and its
-exponential fit (dema-lab's method); paper: the paper's attention display; scoring: last/best
+exponential fit (dema-lab's method); paper: the paper's attention display; explain: one
+decision's relevance by method and the Mamba mixer's whole implicit attention; scoring: last/best
 scores and the statistics behind verdicts; runs: the runs of a store as one table (open_store).
 May import common, ssm, models, envs, data and store; it writes nothing (evaluation/ and
 training/ store what it computes).
@@ -16,6 +17,7 @@ from dema_lab.analysis.decay import (
     fit_decay,
     lag_profile,
 )
+from dema_lab.analysis.explain import relevance, unified_attention
 from dema_lab.analysis.paper import PAPER_METHOD, PAPER_START, last_token_attention, paper_selection, paper_statistics
 from dema_lab.analysis.runs import open_store
 from dema_lab.analysis.tokens import current_token, opening_step, query_kinds, right_align, token_coords, token_labels
@@ -37,7 +39,9 @@ __all__ = [
     "paper_selection",
     "paper_statistics",
     "query_kinds",
+    "relevance",
     "right_align",
     "token_coords",
     "token_labels",
+    "unified_attention",
 ]

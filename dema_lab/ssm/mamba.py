@@ -161,6 +161,27 @@ class Mamba(nn.Module):
         x, z, dt, B, C, A = self._ssm_inputs(hidden_states)
         return hidden_attention_row(dt, A, B, C, row, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
 
+    def scan_arguments(self, hidden_states) -> dict:
+        """Every factor of this call as forward() computes and passes it: conv_input (the x half
+        of in_proj) and conv_output (its causal conv, before the SiLU), (b, d_inner, L); the
+        scan's u = silu(conv_output), z, delta (before delta_bias and softplus), B, C, A, and D
+        and delta_bias as forward() hands them to the scan (float32, as mamba_ssm does). What an
+        explanation of the whole mixer builds on (dema_lab.analysis.explain.unified_attention)."""
+        x_in = self.in_proj(hidden_states).chunk(2, dim=-1)[0]  # (b, L, d_inner)
+        u, z, dt, B, C, A = self._ssm_inputs(hidden_states)
+        return {
+            "conv_input": x_in.transpose(1, 2),
+            "conv_output": self.causal_conv(x_in).transpose(1, 2),
+            "u": u,
+            "z": z,
+            "delta": dt,
+            "B": B,
+            "C": C,
+            "A": A,
+            "D": self.D.float(),
+            "delta_bias": self.dt_proj.bias.float(),
+        }
+
     # ------------------------------------------------------------------ recurrent mode
     def allocate_state(self, batch_size, device=None, dtype=None) -> MambaState:
         device = device or self.in_proj.weight.device
