@@ -30,7 +30,7 @@ DEMO_CONFIG = TrainConfig.from_flat(
     lr=6e-4,
     warmup_steps=100,
     eval_every=1000,
-    eval_episodes=2,
+    eval_episodes=1,  # deterministic MuJoCo: one episode per (mode, target), the recorded one
     eval_targets=[3600.0, 1800.0],
     eval_max_steps=1000,
     record_episodes=1,
@@ -45,7 +45,7 @@ DEMO_CONFIG = TrainConfig.from_flat(
 DEMO_SWEEP = "demo"
 
 # The K sweep beside it: as long as the main run (the score against K compares K, not training
-# lengths), evaluated once at the end, one recorded episode each.
+# lengths), evaluated once at the end, Transformer-like (the main run shows both modes).
 SWEEP_K = (5, 20)
 
 # DT beside the main run: the same dataset, K, size, steps and evaluation (so the two pair up on
@@ -63,7 +63,11 @@ def demo_runs(store: str, sweep: bool = True) -> list[TrainConfig]:
     runs = [main]
     if sweep:
         for K in SWEEP_K:
-            runs.append(main.replace(K=K, eval_every=0, eval_targets=[3600.0], run_id=f"demo-dema-K{K}"))
+            runs.append(
+                main.replace(
+                    K=K, eval_every=0, eval_targets=[3600.0], eval_modes=["transformer"], run_id=f"demo-dema-K{K}"
+                )
+            )
         runs.append(main.replace(arch="dt", **DT_PAPER, run_id=DT_RUN))
     return runs
 
