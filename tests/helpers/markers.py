@@ -1,10 +1,28 @@
-"""The tests marked `slow` (tests/conftest.py adds the marker): each trains or evaluates for more
-than about ten seconds on 2 cores (see `pytest --durations=30`). `make test-fast` leaves
+"""The tests marked `slow` (tests/conftest.py adds the marker): each trains, evaluates or starts
+processes for more than about three seconds on 2 cores (see `pytest --durations=30`). `make test-fast` leaves
 them out; `make test` runs them. An entry is a test's node id without its parameters (every
 parametrisation is slow) or a file (every test in it is)."""
 
 SLOW = frozenset(
     {
+        "tests/training/test_warm_start.py::test_second_process_loads_the_kernels_from_the_cache",
+        "tests/ssm/test_perf_paths.py::test_fused_kernel_matches_reference_float64",
+        "tests/training/test_train_store.py::test_bad_input_gets_clear_errors",
+        "tests/training/test_train_store.py::test_config_file_flags_and_resume_overrides",
+        "tests/analysis/test_paper_attention.py::test_surface_is_the_current_tokens_mean_abs_row_at_every_step_from_20",
+        "tests/training/test_train_store.py::test_a_live_rollout_is_saved_only_into_a_run_that_no_trainer_writes",
+        "tests/models/test_models.py::test_models_learn_a_simple_mapping",
+        "tests/dashboard/test_dashboards.py::test_the_demo_child_dies_with_the_server_however_it_dies",
+        "tests/study/test_cluster.py::test_local_pool_gives_each_worker_its_gpu",
+        "tests/dashboard/test_live_security.py::test_serve_port_in_use_in_a_process_prints_one_line",
+        "tests/dashboard/test_demo_job.py::test_a_spawned_demo_child_dies_with_the_server_however_it_dies",
+        "tests/integrations/test_export.py::test_export_tensorboard_again_replaces_the_previous_export",
+        "tests/data/test_data_ars.py::test_short_training_run_improves_and_writes_loadable_weights",
+        "tests/training/test_train_store.py::test_tiny_run_trains_evaluates_logs_and_reopens_in_a_new_process",
+        "tests/training/test_train_store.py::test_rollout_contents_are_consistent",
+        "tests/store/test_store_recovery.py::test_on_s3_a_killed_delete_is_finished_and_a_missing_index_rebuilt",
+        "tests/training/test_train_store.py::test_a_reader_polling_while_a_writer_appends_and_rewrites_sees_only_whole_groups",
+        "tests/ssm/test_perf_paths.py::test_fused_kernel_options_and_gradcheck",
         "tests/analysis/test_paper_attention.py::test_trainer_publishes_it_and_it_reopens_in_a_new_process",
         "tests/benchmarks/test_cuda_check.py::test_cuda_check_dry_run_on_cpu",
         "tests/dashboard/test_dashboards.py::test_comparison_of_dema_dt_and_layouts",
