@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --quiet --upgrade pip setuptools wheel
 	$(PIP) --quiet torch==2.13.0
-	$(PIP) --quiet -e '.[dev,minari,cluster,atari]'
+	$(PIP) --quiet -e '.[dev,minari,cluster,atari,memory,deploy]'
 	touch $(STAMP)
 
 apt:
