@@ -45,6 +45,7 @@ def _demo(args) -> int:
     ids = run_demo(
         args.store,
         sweep=not args.no_sweep,
+        workers=args.workers,
         on_progress=lambda message, fraction: print(f"[demo {fraction:4.0%}] {message}", flush=True),
     )
     print(f"demo runs ready in {time.perf_counter() - start:.0f} s: {', '.join(ids)} (store: {args.store})")
@@ -103,6 +104,13 @@ def register(subparsers) -> None:
     )
     demo.add_argument("--no-sweep", action="store_true", help="only the main demo run, no K sweep")
     demo.add_argument("--no-serve", action="store_true", help="do not serve the dashboard afterwards")
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train the demo runs in N processes at once (default: 2 with two cores or more, else 1)",
+    )
     demo.add_argument("--port", type=int, default=5006)
     demo.add_argument("--presentation", action="store_true", help="full-screen template with large fonts")
     demo.set_defaults(func=_demo, address="127.0.0.1")

@@ -279,7 +279,7 @@ def test_the_demo_child_dies_with_the_server_however_it_dies(guarded):
     # atexit hooks, so the kernel has to stop the child (the unguarded case shows the difference)
     code = (
         "import subprocess, sys, time\n"
-        + ("from dema_lab.dashboard.empty_store.job import stop_with_parent\n" if guarded else "")
+        + ("from dema_lab.common.process import stop_with_parent\n" if guarded else "")
         + f"p = subprocess.Popen(['sleep', '120'], preexec_fn={'stop_with_parent()' if guarded else 'None'})\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(120)\n"

@@ -43,7 +43,7 @@ def test_a_spawned_demo_child_dies_with_the_server_however_it_dies(tmp_path):
         textwrap.dedent(
             """
             import multiprocessing, os, time
-            from dema_lab.dashboard.empty_store.job import die_with_parent
+            from dema_lab.common.process import die_with_parent
 
             def child(parent):
                 die_with_parent(parent)

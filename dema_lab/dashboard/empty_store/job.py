@@ -3,37 +3,23 @@ a child process that dies with the server, and reports its progress as structure
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import threading
 
 import param
 
+from dema_lab.common.process import die_with_parent
 from dema_lab.dashboard.common.data import StoreIndex, friendly_error
 
 
-def stop_with_parent():
-    """A preexec_fn for subprocess.Popen that has Linux send the child SIGTERM when its parent
-    dies, however it dies (`panel serve` stopped by SIGTERM runs no atexit hooks, and a child
-    that is evaluating reports nothing for minutes, so a broken pipe would not stop it either).
-    None where prctl is missing."""
-    try:
-        import ctypes
-        import signal
-
-        prctl, sigterm = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGTERM)  # resolved before the fork
-        return lambda: prctl(1, sigterm)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return None
-
-
-def die_with_parent(parent: int) -> None:
-    """In a child process: stop_with_parent's rule, set by the child itself (a multiprocessing
-    child has no preexec_fn); exits at once if `parent` has already gone."""
-    arm = stop_with_parent()
-    if arm is not None:
-        arm()
-    if os.getppid() != parent:  # the parent died before the rule was set
-        os._exit(1)
+def stop_process(proc) -> None:
+    """At the server's exit: terminate the demo child (and so its workers) if it still runs. It is
+    not a daemon, so multiprocessing's own exit handler would wait for it instead."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(10)
 
 
 def demo_process(store: str, events, parent: int) -> None:
@@ -106,12 +92,15 @@ class DemoJob(param.Parameterized):
         try:
             ctx = multiprocessing.get_context("spawn")  # not fork: the server has threads
             events = ctx.Queue()
-            # daemon: a server that exits normally terminates it (multiprocessing's exit handler);
-            # one that is killed has the kernel do it (die_with_parent)
+            # not a daemon, since it trains in worker processes of its own (a daemon may have no
+            # children): a server that exits normally terminates it (the atexit hook), one that is
+            # killed has the kernel do it (die_with_parent)
             proc = self.process = ctx.Process(
-                target=demo_process, args=(self.path, events, os.getpid()), name="dema-lab demo", daemon=True
+                target=demo_process, args=(self.path, events, os.getpid()), name="dema-lab demo", daemon=False
             )
             proc.start()
+            stop = functools.partial(stop_process, proc)  # this job's own hook, unregistered below
+            atexit.register(stop)
             ended = None
             while ended is None:
                 try:
@@ -125,6 +114,7 @@ class DemoJob(param.Parameterized):
                 else:
                     ended = event
             proc.join(30)
+            atexit.unregister(stop)
             if ended["event"] == "done":
                 self.finished = True
             else:
