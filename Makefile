@@ -6,6 +6,9 @@ PIP    := $(PY) -m pip install -c constraints.txt
 STAMP  := $(VENV)/.installed
 # Debian packages: EGL/OSMesa for headless MuJoCo rendering, Chromium for the browser tests.
 APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6 chromium fonts-dejavu-core
+# The tests run in one pytest-xdist worker per core, each test file handed out whole (module
+# fixtures such as a served dashboard are built once per file); XDIST= runs them in one process.
+XDIST ?= -n auto --dist loadfile
 
 .PHONY: test test-fast demo bench study screenshots venv apt clean-venv
 
@@ -26,14 +29,14 @@ apt:
 test: apt $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	DEMA_LAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+	DEMA_LAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q $(XDIST)
 
 # The inner loop (under 3 minutes on 2 cores): all but the tests marked browser, notebook and slow
 # (pyproject.toml declares the markers; tests/helpers/markers.py lists the slow tests).
 test-fast: apt $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -m "not browser and not notebook and not slow"
+	$(PY) -m pytest -q -m "not browser and not notebook and not slow" $(XDIST)
 
 # The main job: default dataset, a small DeMa, a small K sweep, then the dashboard (Ctrl-C stops it).
 demo: apt $(STAMP)

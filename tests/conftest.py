@@ -8,7 +8,8 @@ from helpers.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from helpers.markers import is_slow
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# the cores shared out between pytest-xdist's workers (`make test` runs one per core)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 BROWSER_FIXTURES = {"browser", "page"}
