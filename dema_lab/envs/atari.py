@@ -4,8 +4,9 @@ for videos and dashboards."""
 from __future__ import annotations
 
 import gymnasium as gym
-import numpy as np
 
+from dema_lab.envs.actions import action_index
+from dema_lab.envs.frames import resize_frame
 from dema_lab.envs.spec import ATARI_FRAME_SIZE, ATARI_FRAME_SKIP, ATARI_FRAME_STACK, ATARI_MAX_FRAMES, EnvSpec
 
 
@@ -19,21 +20,10 @@ class ColourFrames(gym.Wrapper):
 
     def step(self, action):
         """Takes the action as an int or as a policy's (1,) array holding the index."""
-        a = np.asarray(action).reshape(-1)
-        if a.size != 1 or not np.isfinite(a[0]) or a[0] != round(float(a[0])) or not 0 <= a[0] < self.action_space.n:
-            raise ValueError(
-                f"{self.spec.id if self.spec else 'Atari'} takes one action index in "
-                f"0..{self.action_space.n - 1}, got {action!r}"
-            )
-        return self.env.step(int(round(float(a[0]))))
+        return self.env.step(action_index(self, action))
 
     def render(self):
-        frame = self.env.unwrapped.ale.getScreenRGB()  # (210, 160, 3) uint8
-        if self.size:
-            import cv2
-
-            frame = cv2.resize(frame, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(frame, dtype=np.uint8)
+        return resize_frame(self.env.unwrapped.ale.getScreenRGB(), self.size)  # from (210, 160, 3) uint8
 
 
 def make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.Env:
