@@ -59,13 +59,13 @@ def _list(args) -> int:
     from dema_lab.data.registry import data_dir, list_datasets
 
     print(f"cache dir: {data_dir()}  (set DEMA_LAB_DATA to move it)")
-    print(f"{'name':28s} {'state':10s} path")
+    print(f"{'name':32s} {'state':10s} path")
     for row in list_datasets():
         if row["cached"]:
             state = "cached" if row["current"] in (True, None) else "stale"
         else:
             state = "-" if row["policy"] else "no policy"
-        print(f"{row['name']:28s} {state:10s} {row['path'] if row['cached'] else ''}")
+        print(f"{row['name']:32s} {state:10s} {row['path'] if row['cached'] else ''}")
     return 0
 
 

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dema_lab.data.generate.episodes import collect_episodes, end_flags, return_attrs, step_budget
 from dema_lab.data.generate.memory_policies import MemoryExpert, RepeatPreviousExpert
-from dema_lab.data.scores import reference_scores
 from dema_lab.data.sources.d4rl import write_d4rl
 from dema_lab.data.trajectory import DatasetError
-from dema_lab.envs.make import make_env
 from dema_lab.envs.spec import POPGYM_LAGS, env_spec
 
 __all__ = [
@@ -112,45 +111,23 @@ def build_scripted_dataset(
         raise DatasetError(
             f"unknown quality {quality!r} for {spec.name}; choose one of {', '.join(SCRIPTED_QUALITIES)}"
         )
-    if episodes is not None and episodes <= 0:
-        raise DatasetError(f"episodes must be positive, got {episodes}")
-    budget = None if episodes is not None else int(transitions or SCRIPTED_DEFAULT_TRANSITIONS)
-    if budget is not None and budget <= 0:
-        raise DatasetError(f"transitions must be positive, got {budget}")
+    budget = step_budget(transitions, episodes, SCRIPTED_DEFAULT_TRANSITIONS)
     mix = MIXES[spec.kind]
     rng = np.random.default_rng([seed, 13])
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
-    e = make_env(spec.name)
-    bar = tqdm(
-        total=budget, unit="step", desc=f"{spec.name}-{quality}", disable=not progress, leave=False, mininterval=1.0
+
+    def run(e, k, steps):
+        eps, guess = mix[k % len(mix)]
+        episode = run_episode(e, scripted_policy(spec.name, guess), eps, rng, steps)
+        return episode, len(episode["rewards"]), episode["terminated"]
+
+    parts, complete = collect_episodes(
+        spec.name, f"{spec.name}-{quality}", budget, episodes, spec.max_episode_steps, run, progress
     )
-    parts, complete, used, n, k = [], [], [], 0, 0
-    try:
-        while (budget is None or n < budget) and (episodes is None or k < episodes):
-            eps, guess = mix[k % len(mix)]
-            steps = spec.max_episode_steps if budget is None else min(spec.max_episode_steps, budget - n)
-            ep = run_episode(e, scripted_policy(spec.name, guess), eps, rng, steps)
-            T = len(ep["rewards"])
-            complete.append(ep["terminated"] or T == spec.max_episode_steps)
-            parts.append(ep)
-            used.append([eps, guess])
-            n += T
-            k += 1
-            bar.update(T)
-    finally:
-        bar.close()
-        e.close()
-    term = [np.arange(len(p["rewards"])) == len(p["rewards"]) - 1 for p in parts]
-    data = {
-        key: np.concatenate([p[key] for p in parts]) for key in ("observations", "actions", "rewards", "cue_visible")
-    }
-    terminals = np.concatenate([t & p["terminated"] for t, p in zip(term, parts)])
-    timeouts = np.concatenate([t & (not p["terminated"]) for t, p in zip(term, parts)])
+    keys = ("observations", "actions", "rewards", "cue_visible")
+    data = {key: np.concatenate([p[key] for p in parts]) for key in keys}
+    terminals, timeouts = end_flags([len(p["rewards"]) for p in parts], [p["terminated"] for p in parts])
     rets = np.asarray([float(p["rewards"].sum()) for p in parts])
-    full = rets[np.asarray(complete)] if any(complete) else rets
-    ref_min, ref_max = reference_scores(spec.d4rl_key)
     attrs = {
         "env": spec.name,
         "dataset_name": spec.name,
@@ -161,16 +138,9 @@ def build_scripted_dataset(
         "policy_digest": "",
         "n_actions": spec.n_actions,
         "mix": json.dumps([list(m) for m in mix]),
-        "episode_mix": json.dumps(used),
+        "episode_mix": json.dumps([list(mix[k % len(mix)]) for k in range(len(parts))]),
         "transitions": int(len(data["rewards"])),
-        "episodes": int(len(rets)),
-        "complete_episodes": int(np.sum(complete)),
-        "episode_return_mean": float(full.mean()),
-        "episode_return_std": float(full.std()),
-        "normalized_score_mean": float(100 * (full.mean() - ref_min) / (ref_max - ref_min)),
-        "d4rl_key": spec.d4rl_key,
-        "ref_min_score": ref_min,
-        "ref_max_score": ref_max,
+        **return_attrs(rets, complete, spec.d4rl_key),
         "build_seconds": float(time.perf_counter() - t0),
         "versions": json.dumps(_versions(spec.kind)),
     }
@@ -178,7 +148,7 @@ def build_scripted_dataset(
     if spec.kind == "minigrid":
         lags = _cue_lags(parts)
         attrs.update(
-            success_rate=float(np.mean(full > 0)),
+            success_rate=attrs["episode_return_mean"],  # the return is the success
             cue_seen_rate=float(np.mean([p["cue_visible"].any() for p in parts])),
             cue_lag_mean=float(np.mean(lags)) if lags else -1.0,
             cue_lag_max=int(np.max(lags)) if lags else -1,
