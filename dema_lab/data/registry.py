@@ -36,6 +36,7 @@ __all__ = [
     "data_dir",
     "embedded_names",
     "embedded_name",
+    "is_memory_task_spec",
     "qualities_for",
     "parse_embedded",
     "embedded_path",
@@ -108,6 +109,13 @@ def is_atari_spec(spec: str) -> bool:
     embedded game's name (``breakout-mixed``)."""
     parsed = parse_embedded(str(spec))
     return str(spec).startswith("dqn-replay:") or (parsed is not None and ENV_SPECS[parsed[0]].kind == "atari")
+
+
+def is_memory_task_spec(spec: str) -> bool:
+    """Whether a dataset spec names an embedded MiniGrid or POPGym dataset (returns of at most 1, so
+    returns-to-go want no scaling)."""
+    parsed = parse_embedded(str(spec))
+    return parsed is not None and _scripted(parsed[0])
 
 
 def _default_transitions(name: str) -> int:

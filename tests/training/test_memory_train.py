@@ -63,3 +63,16 @@ print(r.attrs["status"], ep["observation"].shape[1], sorted(ev.target.values.tol
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "finished 5 [1800.0, 3600.0] hopper-pomdp"  # the full task's targets
+
+
+def test_the_cli_leaves_memory_task_returns_unscaled_unless_told(capsys):
+    from dema_lab.cli.main import build_parser
+    from dema_lab.cli.train import config_from_args
+
+    def parse(*argv):
+        return config_from_args(build_parser().parse_args(["train", *argv]))
+
+    assert parse("--dataset", "minigrid-memory-s7").data.rtg_scale == 1.0
+    assert "returns-to-go unscaled" in capsys.readouterr().err
+    assert parse("--dataset", "popgym-repeatprevious-easy", "--rtg_scale", "10").data.rtg_scale == 10.0
+    assert parse("--dataset", "hopper-medium-pomdp").data.rtg_scale == 1000.0  # MuJoCo returns
