@@ -118,3 +118,46 @@ def test_popgym_cards_are_one_hot_and_scored_by_the_game():
         assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8 and frame.max() > frame.min()
     finally:
         e.close()
+
+
+def test_a_recorded_minigrid_episode_marks_the_steps_whose_view_holds_the_cue():
+    """record_episode keeps MiniGrid's cue flag per step; replaying the recorded actions in a fresh env
+    of the same seed, the cue cell is in the agent's unoccluded view at exactly those steps."""
+    pytest.importorskip("minigrid")
+    import torch
+
+    from dema_lab.envs.minigrid_memory import cue_position
+    from dema_lab.evaluation.rollout import record_episode
+    from dema_lab.models import ModelConfig, Policy, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(state_dim=147, act_dim=1, n_actions=3, K=4, d_model=16, n_layer=1, d_state=4))
+    marks = []
+    for seed in range(3):
+        e = make_env("minigrid-memory-s7")
+        try:
+            ep = record_episode(Policy(model), e, 1.0, seed=seed, max_steps=20)
+        finally:
+            e.close()
+        replay = make_env("minigrid-memory-s7")
+        try:
+            replay.reset(seed=seed)
+            u = replay.unwrapped
+            seen = []
+            for a in ep["action"].values[:, 0]:
+                seen.append(bool(u.agent_sees(*cue_position(u))))
+                replay.step(int(a))
+        finally:
+            replay.close()
+        assert ep["cue_visible"].dtype == bool
+        np.testing.assert_array_equal(ep["cue_visible"].values, seen)
+        marks += seen
+    assert any(marks) and not all(marks)  # both kinds of step occur
+    e = make_env("hopper")
+    try:
+        hopper = record_episode(
+            Policy(build_model(ModelConfig(K=4, d_model=16, n_layer=1, d_state=4))), e, 3600.0, 0, max_steps=3
+        )
+    finally:
+        e.close()
+    assert "cue_visible" not in hopper  # other envs say nothing about a cue
