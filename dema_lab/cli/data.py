@@ -129,7 +129,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     b.add_argument(
         "env",
         help="hopper, halfcheetah, walker2d (their -pomdp tasks: hopper-pomdp ...), breakout, pong, "
-        "minigrid-memory-s7/-s11/-s13/-s17, popgym-repeatprevious-easy/-medium (or a Gymnasium id)",
+        "minigrid-memory-s7/-s11/-s13/-s17/-s31, popgym-repeatprevious-easy/-medium (or a Gymnasium id)",
     )
     b.add_argument(
         "quality",

@@ -10,6 +10,7 @@ next to the other one fails; either ends the episode.
 from __future__ import annotations
 
 import os
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -75,6 +76,9 @@ def make_minigrid(spec: EnvSpec, render_size: int | None, seed: int | None) -> g
     if render_size is not None and int(render_size) <= 0:
         raise ValueError(f"render_size must be a positive int, got {render_size!r}")
     gym.register_envs(minigrid)
+    fixed = re.fullmatch(r"MiniGrid-MemoryS(\d+)-v0", spec.gym_id)
+    if spec.gym_id not in gym.registry and fixed:  # a size MiniGrid does not register (S31)
+        gym.register(spec.gym_id, entry_point="minigrid.envs:MemoryEnv", kwargs={"size": int(fixed.group(1))})
     kwargs = {"render_mode": "rgb_array"} if render_size is not None else {}
     e = gym.make(spec.gym_id, max_episode_steps=spec.max_episode_steps, **kwargs)
     e = MemoryView(e, spec.n_actions, None if render_size is None else int(render_size))

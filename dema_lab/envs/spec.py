@@ -108,9 +108,16 @@ for _name, _game, _n in (
 # MiniGrid's Memory task (the `memory` extra): a cue object in the start room, a corridor, and two
 # objects at its end; reaching the one that matches the cue succeeds. The state is the agent's
 # symbolic 7x7x3 egocentric view, flattened (147); the actions are MiniGrid's first three (left,
-# right, forward: all the task needs). S17 exists only with a random corridor length.
+# right, forward: all the task needs). S17 exists only with a random corridor length; S31, a corridor
+# longer than 20 steps, is MiniGrid's MemoryEnv at size 31, registered by dema-lab.
 MINIGRID_VIEW = (7, 7, 3)
-for _size, _gym_id in ((7, "MemoryS7"), (11, "MemoryS11"), (13, "MemoryS13"), (17, "MemoryS17Random")):
+for _size, _gym_id in (
+    (7, "MemoryS7"),
+    (11, "MemoryS11"),
+    (13, "MemoryS13"),
+    (17, "MemoryS17Random"),
+    (31, "MemoryS31"),
+):
     ENV_SPECS[f"minigrid-memory-s{_size}"] = EnvSpec(
         f"minigrid-memory-s{_size}",
         f"MiniGrid-{_gym_id}-v0",

@@ -81,6 +81,11 @@ def test_the_scripted_minigrid_policy_succeeds_at_epsilon_0_and_looks_at_the_cue
     success = np.mean([ep["rewards"].sum() > 0 for ep in episodes])
     assert success >= 0.95
     assert all(ep["cue_visible"].any() for ep in episodes)  # it saw the cue in every episode
+    lags = [len(ep["rewards"]) - 1 - np.flatnonzero(ep["cue_visible"])[-1] for ep in episodes]
+    if env == "minigrid-memory-s31":  # dema-lab's long corridor: the cue lies beyond 20 steps back
+        assert min(lags) > 20
+    else:
+        assert max(lags) <= 21
 
 
 def test_the_success_reward_is_the_minigrid_success_and_guessing_is_a_coin_flip():

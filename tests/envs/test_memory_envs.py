@@ -62,6 +62,7 @@ def test_an_evaluated_pomdp_episode_has_masked_observations():
         ("Walker2d-v5", "walker2d"),
         ("MiniGrid-MemoryS7-v0", "minigrid-memory-s7"),
         ("minigrid-memory-s17", "minigrid-memory-s17"),
+        ("MiniGrid-MemoryS31-v0", "minigrid-memory-s31"),
         ("popgym-RepeatPreviousEasy-v0", "popgym-repeatprevious-easy"),
     ],
 )
@@ -74,7 +75,7 @@ def test_default_targets_of_a_pomdp_task_are_its_full_tasks():
     assert default_targets("minigrid-memory-s11") == [1.0] == default_targets("popgym-repeatprevious-easy")
 
 
-@pytest.mark.parametrize("name", ["minigrid-memory-s7", "minigrid-memory-s17"])
+@pytest.mark.parametrize("name", ["minigrid-memory-s7", "minigrid-memory-s17", "minigrid-memory-s31"])
 def test_minigrid_view_actions_and_frames(name):
     pytest.importorskip("minigrid")
     spec = env_spec(name)

@@ -1,7 +1,8 @@
 """The embedded memory-task datasets: scripted behaviour policies (generate/memory_policies.py) mixed
 with epsilon-random actions, rolled out in dema-lab's own envs (vector states, index actions).
 
-    minigrid-memory-s7, -s11, -s13, -s17   MiniGrid Memory (S17: random corridor length)
+    minigrid-memory-s7, -s11, -s13, -s17, -s31   MiniGrid Memory (S17: random corridor length;
+                                                 S31: dema-lab's, a corridor beyond 20 steps)
     popgym-repeatprevious-easy, -medium    POPGym RepeatPrevious (lag 3 and 31)
 
 One quality each, "mixed": episode k follows the k-th entry of the env kind's MIXES, in turn:
