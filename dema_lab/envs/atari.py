@@ -26,7 +26,7 @@ class ColourFrames(gym.Wrapper):
         return resize_frame(self.env.unwrapped.ale.getScreenRGB(), self.size)  # from (210, 160, 3) uint8
 
 
-def make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.Env:
+def make_atari(spec: EnvSpec, render_size: int | None) -> gym.Env:
     """An ALE game with the standard DQN preprocessing (Mnih et al. 2015; as the DQN-Replay data):
     frame skip 4 with the max over the last 2 frames, 84x84 grey, a stack of 4, up to 30 no-ops at
     reset, no sticky actions (repeat_action_probability 0), the minimal action set, a cap of 108k
@@ -40,8 +40,6 @@ def make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.
         ) from None
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-    if render_size is not None and int(render_size) <= 0:
-        raise ValueError(f"render_size must be a positive int, got {render_size!r}")
     gym.register_envs(ale_py)
     e = gym.make(
         spec.gym_id,
@@ -61,7 +59,4 @@ def make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.
     )
     e = FrameStackObservation(e, ATARI_FRAME_STACK)
     e = ColourFrames(e, None if render_size is None else int(render_size))
-    if seed is not None:
-        e.reset(seed=int(seed))
-        e.action_space.seed(int(seed))
     return e

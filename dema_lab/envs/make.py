@@ -23,10 +23,11 @@ def make_env(env: str | EnvSpec, render_size: int | None = None, seed: int | Non
     The caller owns the env and must ``close()`` it.
     """
     spec = env_spec(env)
-    if spec.kind == "atari":
-        return make_atari(spec, render_size, seed)
-    if spec.kind == "minigrid":
-        return make_minigrid(spec, render_size, seed)
-    if spec.kind == "popgym":
-        return make_popgym(spec, render_size, seed)
-    return make_mujoco(spec, render_size, seed)
+    if render_size is not None and int(render_size) <= 0:
+        raise ValueError(f"render_size must be a positive int, got {render_size!r}")
+    make = {"atari": make_atari, "minigrid": make_minigrid, "popgym": make_popgym}.get(spec.kind, make_mujoco)
+    e = make(spec, render_size)
+    if seed is not None:
+        e.reset(seed=int(seed))
+        e.action_space.seed(int(seed))
+    return e

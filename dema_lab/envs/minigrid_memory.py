@@ -65,7 +65,7 @@ class MemoryView(gym.Wrapper):
         return resize_frame(self.env.render(), self.size)  # from (32 * width, 32 * height, 3)
 
 
-def make_minigrid(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.Env:
+def make_minigrid(spec: EnvSpec, render_size: int | None) -> gym.Env:
     """A MiniGrid Memory env for `spec` (see dema_lab.envs.make_env)."""
     try:
         import minigrid
@@ -73,8 +73,6 @@ def make_minigrid(spec: EnvSpec, render_size: int | None, seed: int | None) -> g
         raise ImportError(
             f"MiniGrid envs need the memory extra ({err.name} is missing): pip install -c constraints.txt -e '.[memory]'"
         ) from None
-    if render_size is not None and int(render_size) <= 0:
-        raise ValueError(f"render_size must be a positive int, got {render_size!r}")
     gym.register_envs(minigrid)
     fixed = re.fullmatch(r"MiniGrid-MemoryS(\d+)-v0", spec.gym_id)
     if spec.gym_id not in gym.registry and fixed:  # a size MiniGrid does not register (S31)
@@ -82,7 +80,4 @@ def make_minigrid(spec: EnvSpec, render_size: int | None, seed: int | None) -> g
     kwargs = {"render_mode": "rgb_array"} if render_size is not None else {}
     e = gym.make(spec.gym_id, max_episode_steps=spec.max_episode_steps, **kwargs)
     e = MemoryView(e, spec.n_actions, None if render_size is None else int(render_size))
-    if seed is not None:
-        e.reset(seed=int(seed))
-        e.action_space.seed(int(seed))
     return e

@@ -89,21 +89,15 @@ class PositionsOnly(gym.ObservationWrapper):
         return observation[: self.keep]
 
 
-def make_mujoco(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.Env:
+def make_mujoco(spec: EnvSpec, render_size: int | None) -> gym.Env:
     """A Gymnasium MuJoCo env for `spec` (see dema_lab.envs.make_env)."""
     route_mujoco_warnings()
     kwargs: dict = {}
     if render_size is not None:
-        size = int(render_size)
-        if size <= 0:
-            raise ValueError(f"render_size must be a positive int, got {render_size!r}")
-        kwargs.update(render_mode="rgb_array", width=size, height=size)
+        kwargs.update(render_mode="rgb_array", width=int(render_size), height=int(render_size))
     e = gym.make(spec.gym_id, max_episode_steps=spec.max_episode_steps, **kwargs)
     if render_size is not None:
         e = FastRender(e)
     if spec.full_env:
         e = PositionsOnly(e, spec.obs_dim)
-    if seed is not None:
-        e.reset(seed=int(seed))
-        e.action_space.seed(int(seed))
     return e

@@ -48,7 +48,7 @@ class OneHotGame(gym.Wrapper):
         return frame
 
 
-def make_popgym(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.Env:
+def make_popgym(spec: EnvSpec, render_size: int | None) -> gym.Env:
     """A POPGym game for `spec` (see dema_lab.envs.make_env)."""
     try:
         import popgym
@@ -56,11 +56,6 @@ def make_popgym(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym
         raise ImportError(
             f"POPGym envs need the memory extra ({err.name} is missing): pip install -c constraints.txt -e '.[memory]'"
         ) from None
-    if render_size is not None and int(render_size) <= 0:
-        raise ValueError(f"render_size must be a positive int, got {render_size!r}")
     gym.register_envs(popgym)
     e = OneHotGame(gym.make(spec.gym_id, max_episode_steps=spec.max_episode_steps), render_size)
-    if seed is not None:
-        e.reset(seed=int(seed))
-        e.action_space.seed(int(seed))
     return e
