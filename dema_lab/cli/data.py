@@ -20,7 +20,7 @@ __all__ = ["register"]
 
 def _build(args) -> int:
     from dema_lab.data.generate.builder import build_dataset
-    from dema_lab.data.registry import embedded_path, qualities_for
+    from dema_lab.data.registry import embedded_name, embedded_path, qualities_for
     from dema_lab.data.sources.d4rl import load_d4rl
     from dema_lab.envs.spec import env_spec
 
@@ -33,7 +33,7 @@ def _build(args) -> int:
         )
     if args.quality not in allowed:
         raise ValueError(f"unknown quality {args.quality!r}; choose one of {', '.join(allowed)}")
-    out = args.out or embedded_path(f"{spec.name}-{args.quality}", args.seed, args.transitions)
+    out = args.out or embedded_path(embedded_name(spec.name, args.quality), args.seed, args.transitions)
     t0 = time.perf_counter()
     path = build_dataset(
         spec.name,
@@ -59,13 +59,13 @@ def _list(args) -> int:
     from dema_lab.data.registry import data_dir, list_datasets
 
     print(f"cache dir: {data_dir()}  (set DEMA_LAB_DATA to move it)")
-    print(f"{'name':28s} {'state':10s} path")
+    print(f"{'name':32s} {'state':10s} path")
     for row in list_datasets():
         if row["cached"]:
             state = "cached" if row["current"] in (True, None) else "stale"
         else:
             state = "-" if row["policy"] else "no policy"
-        print(f"{row['name']:28s} {state:10s} {row['path'] if row['cached'] else ''}")
+        print(f"{row['name']:32s} {state:10s} {row['path'] if row['cached'] else ''}")
     return 0
 
 
@@ -126,14 +126,22 @@ def register(subparsers) -> argparse.ArgumentParser:
     sub.required = True
 
     b = sub.add_parser("build", help="build an embedded dataset in D4RL's HDF5 layout")
-    b.add_argument("env", help="hopper, halfcheetah, walker2d, breakout, pong (or a Gymnasium id)")
     b.add_argument(
-        "quality", help="random, medium, expert, medium-replay, medium-expert (Atari: random, medium, expert, mixed)"
+        "env",
+        help="hopper, halfcheetah, walker2d (their -pomdp tasks: hopper-pomdp ...), breakout, pong, "
+        "minigrid-memory-s7/-s11/-s13/-s17/-s31, popgym-repeatprevious-easy/-medium (or a Gymnasium id)",
+    )
+    b.add_argument(
+        "quality",
+        help="random, medium, expert, medium-replay, medium-expert (Atari: random, medium, expert, mixed; "
+        "MiniGrid and POPGym: mixed)",
     )
     b.add_argument("--out", default=None, help="output .hdf5 (default: the dataset cache)")
     b.add_argument("--seed", type=int, default=0)
     size = b.add_mutually_exclusive_group()
-    size.add_argument("--transitions", type=int, default=None, help="total steps (default 100000)")
+    size.add_argument(
+        "--transitions", type=int, default=None, help="total steps (default 100000; Atari 50000; memory tasks 20000)"
+    )
     size.add_argument("--episodes", type=int, default=None, help="whole episodes instead of a step budget")
     b.add_argument("--noise", type=float, default=None, help="Gaussian action-noise std for medium/expert")
     b.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -85,8 +85,10 @@ def config_from_args(args) -> TrainConfig:
     """TrainConfig defaults < the --preset < the --config file < the flags typed. With --resume, the
     run's saved config takes the defaults' place: only what is given explicitly changes. Atari data
     with neither --preset nor --config starts from the atari-small preset (MuJoCo's defaults, such
-    as returns-to-go scaled by 1000, do not fit a game's scores)."""
+    as returns-to-go scaled by 1000, do not fit a game's scores); a MiniGrid or POPGym dataset
+    gets rtg_scale 1 unless one is given."""
     from dema_lab.data import is_atari_spec
+    from dema_lab.data.registry import is_memory_task_spec
     from dema_lab.training.presets import preset_fields
     from dema_lab.training.resume import resumed_config
 
@@ -101,6 +103,15 @@ def config_from_args(args) -> TrainConfig:
         print(
             f"dema-lab train: Atari data ({fields['dataset']}): starting from --preset atari-small "
             "(give --preset or --config to choose another)",
+            file=sys.stderr,
+        )
+    if not (preset or args.config or resume or "rtg_scale" in fields) and is_memory_task_spec(
+        fields.get("dataset", "")
+    ):
+        fields["rtg_scale"] = 1.0
+        print(
+            f"dema-lab train: {fields['dataset']} scores returns of at most 1: returns-to-go unscaled "
+            "(--rtg_scale 1; give --rtg_scale to choose another)",
             file=sys.stderr,
         )
     given = {**(preset_fields(preset, fields.get("arch")) if preset else {}), **fields}

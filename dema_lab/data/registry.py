@@ -4,6 +4,9 @@ A spec is one of
 
     hopper-medium            an embedded dataset: built on first use from the
                              shipped policies into the cache dir, reused after
+    hopper-medium-pomdp      its partially observed copy (positions only; generate/pomdp.py)
+    minigrid-memory-s7       an embedded memory task (MiniGrid Memory, POPGym RepeatPrevious:
+    popgym-repeatprevious-easy  scripted policies, generate/scripted.py), built likewise
     path/to/file.hdf5        a D4RL-layout file
     minari:<dataset id>      a dataset in the local Minari directory
     breakout-mixed           an embedded Atari dataset (:mod:`dema_lab.data.generate.atari`), built likewise
@@ -23,6 +26,7 @@ from pathlib import Path
 from dema_lab.data.generate import builder
 from dema_lab.data.generate.builder import BUILDER_VERSION, QUALITIES, build_dataset
 from dema_lab.data.generate.policy import policy_path
+from dema_lab.data.generate.pomdp import mask_dataset, pomdp_name
 from dema_lab.data.sources.d4rl import load_d4rl
 from dema_lab.data.trajectory import DatasetError, TrajectoryDataset
 from dema_lab.envs.spec import ENV_SPECS
@@ -31,6 +35,8 @@ __all__ = [
     "DEFAULT_DATASET",
     "data_dir",
     "embedded_names",
+    "embedded_name",
+    "is_memory_task_spec",
     "qualities_for",
     "parse_embedded",
     "embedded_path",
@@ -54,26 +60,47 @@ def data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dema-lab" / "datasets"
 
 
+def _scripted(env: str) -> bool:
+    return ENV_SPECS[env].kind in ("minigrid", "popgym")
+
+
 def qualities_for(env: str) -> tuple[str, ...]:
-    """The qualities the builder makes for an env: the MuJoCo suite's, or the Atari games' that
-    have a behaviour policy (:mod:`dema_lab.data.generate.atari`)."""
+    """The qualities the builder makes for an env: the MuJoCo suite's (a ``-pomdp`` task's too),
+    the Atari games' that have a behaviour policy (:mod:`dema_lab.data.generate.atari`), or the
+    memory tasks' one, "mixed" (:mod:`dema_lab.data.generate.scripted`)."""
     if ENV_SPECS[env].kind == "atari":
         from dema_lab.data.generate.atari import ATARI_POLICIES, ATARI_QUALITIES
 
         return ATARI_QUALITIES if env in ATARI_POLICIES else ()
+    if _scripted(env):
+        from dema_lab.data.generate.scripted import SCRIPTED_QUALITIES
+
+        return SCRIPTED_QUALITIES
     return QUALITIES
 
 
+def embedded_name(env: str, quality: str) -> str:
+    """The name of an env's dataset of a quality: ``hopper-medium``, ``hopper-medium-pomdp`` for
+    ``hopper-pomdp``, and the bare task for a memory task's one quality (``minigrid-memory-s7``)."""
+    spec = ENV_SPECS[env]
+    if spec.full_env:
+        return pomdp_name(spec.full_env, quality)
+    return env if _scripted(env) else f"{env}-{quality}"
+
+
 def embedded_names() -> list[str]:
-    """All ``<env>-<quality>`` names the builder can make."""
-    return [f"{e}-{q}" for e in ENV_SPECS for q in qualities_for(e)]
+    """All the names the builder can make (embedded_name of every env and quality)."""
+    return [embedded_name(e, q) for e in ENV_SPECS for q in qualities_for(e)]
 
 
 def parse_embedded(name: str) -> tuple[str, str] | None:
-    """``hopper-medium-replay`` -> (``hopper``, ``medium-replay``); None if not embedded."""
+    """``hopper-medium-replay`` -> (``hopper``, ``medium-replay``), ``hopper-medium-pomdp`` ->
+    (``hopper-pomdp``, ``medium``), ``minigrid-memory-s7`` -> (``minigrid-memory-s7``, ``mixed``);
+    None if not embedded."""
     for e in ENV_SPECS:
-        if name.startswith(e + "-") and name[len(e) + 1 :] in qualities_for(e):
-            return e, name[len(e) + 1 :]
+        for q in qualities_for(e):
+            if embedded_name(e, q) == name:
+                return e, q
     return None
 
 
@@ -84,12 +111,23 @@ def is_atari_spec(spec: str) -> bool:
     return str(spec).startswith("dqn-replay:") or (parsed is not None and ENV_SPECS[parsed[0]].kind == "atari")
 
 
+def is_memory_task_spec(spec: str) -> bool:
+    """Whether a dataset spec names an embedded MiniGrid or POPGym dataset (returns of at most 1, so
+    returns-to-go want no scaling)."""
+    parsed = parse_embedded(str(spec))
+    return parsed is not None and _scripted(parsed[0])
+
+
 def _default_transitions(name: str) -> int:
     parsed = parse_embedded(name)
     if parsed is not None and ENV_SPECS[parsed[0]].kind == "atari":
         from dema_lab.data.generate.atari import ATARI_DEFAULT_TRANSITIONS
 
         return ATARI_DEFAULT_TRANSITIONS
+    if parsed is not None and _scripted(parsed[0]):
+        from dema_lab.data.generate.scripted import SCRIPTED_DEFAULT_TRANSITIONS
+
+        return SCRIPTED_DEFAULT_TRANSITIONS
     return builder.DEFAULT_TRANSITIONS
 
 
@@ -120,7 +158,11 @@ def is_current(path: Path, env: str, quality: str) -> bool:
         from dema_lab.data.generate.atari import ATARI_BUILDER_VERSION, ATARI_POLICY_REVISIONS
 
         return version == ATARI_BUILDER_VERSION and revision == ATARI_POLICY_REVISIONS.get(env, 1)
-    want = "" if quality == "random" else file_digest(policy_path(env))
+    if _scripted(env):
+        from dema_lab.data.generate.scripted import SCRIPTED_BUILDER_VERSION
+
+        return version == SCRIPTED_BUILDER_VERSION
+    want = "" if quality == "random" else file_digest(policy_path(ENV_SPECS[env].full_env or env))
     return version == BUILDER_VERSION and digest == want
 
 
@@ -132,9 +174,14 @@ def ensure_embedded(name: str, seed: int = 0, transitions: int | None = None, pr
     env, quality = parsed
     path = embedded_path(name, seed, transitions)
     if not is_current(path, env, quality):
+        full_env = ENV_SPECS[env].full_env
+        full = ensure_embedded(embedded_name(full_env, quality), seed, transitions, progress) if full_env else None
         if progress:
             print(f"building {name} into {path} (once; reused afterwards)", flush=True)
-        build_dataset(env, quality, path, seed=seed, transitions=transitions, progress=progress)
+        if full is not None:  # the cached full dataset's episodes, velocities taken out
+            mask_dataset(full, path, env)
+        else:
+            build_dataset(env, quality, path, seed=seed, transitions=transitions, progress=progress)
     return path
 
 
@@ -178,7 +225,10 @@ def list_datasets() -> list[dict]:
                 "path": str(path),
                 "cached": path.exists(),
                 "current": path.exists() and is_current(path, env, quality),
-                "policy": ENV_SPECS[env].kind == "atari" or policy_path(env).exists() or quality == "random",
+                "policy": ENV_SPECS[env].kind == "atari"
+                or _scripted(env)
+                or policy_path(ENV_SPECS[env].full_env or env).exists()
+                or quality == "random",
             }
         )
     # other files in the cache dir (other seeds/sizes, user copies)

@@ -57,6 +57,11 @@ REF_SCORES: dict[str, tuple[float, float]] = {
     "bullet-maze2d-umaze": (32.46, 153.99),
     "bullet-maze2d-medium": (14.87, 238.05),
     "bullet-maze2d-large": (1.82, 285.92),
+    # Memory tasks (dema-lab's envs): MiniGrid Memory's return is its success (0 or 1), so the score
+    # is the success rate in %; POPGym RepeatPrevious's (uniformly random suits, the optimum)
+    "minigrid-memory": (0.0, 1.0),
+    "popgym-repeatprevious-easy": (-0.5, 1.0),
+    "popgym-repeatprevious-medium": (-0.5, 1.0),
     # Atari: gamer-normalized, (random, human) scores of the DQN/DT papers; the same formula
     # 100 * (score - random) / (human - random) on the same 0-100 scale
     "breakout": (1.7, 30.5),

@@ -163,6 +163,10 @@ class TrajectoryDataset:
 
     @property
     def name(self) -> str:
+        """The dataset's name: the file's ``dataset_name`` attr (``hopper-medium-pomdp``,
+        ``minigrid-memory-s7``), else ``<env>-<quality>``, else its source."""
+        if self.attrs.get("dataset_name"):
+            return str(self.attrs["dataset_name"])
         if self.env and self.quality:
             return f"{self.env}-{self.quality}"
         return str(self.source or self.env or "dataset")

@@ -1,5 +1,7 @@
 """Environments: the spec of every env dema-lab knows (spec), MuJoCo tasks rendered headless
-(mujoco), Atari games with the DQN preprocessing (atari), and make_env (make).
+(mujoco; the "-pomdp" tasks see positions only), Atari games with the DQN preprocessing (atari), the
+memory tasks MiniGrid Memory (minigrid_memory) and POPGym (popgym_games) with vector states and
+index actions, and make_env (make).
 
 Rendering is headless: ``MUJOCO_GL`` is set to ``egl`` here, before MuJoCo is imported, unless the
 user chose a backend already. May import common only.

@@ -4,8 +4,9 @@ for videos and dashboards."""
 from __future__ import annotations
 
 import gymnasium as gym
-import numpy as np
 
+from dema_lab.envs.actions import action_index
+from dema_lab.envs.frames import resize_frame
 from dema_lab.envs.spec import ATARI_FRAME_SIZE, ATARI_FRAME_SKIP, ATARI_FRAME_STACK, ATARI_MAX_FRAMES, EnvSpec
 
 
@@ -19,24 +20,13 @@ class ColourFrames(gym.Wrapper):
 
     def step(self, action):
         """Takes the action as an int or as a policy's (1,) array holding the index."""
-        a = np.asarray(action).reshape(-1)
-        if a.size != 1 or not np.isfinite(a[0]) or a[0] != round(float(a[0])) or not 0 <= a[0] < self.action_space.n:
-            raise ValueError(
-                f"{self.spec.id if self.spec else 'Atari'} takes one action index in "
-                f"0..{self.action_space.n - 1}, got {action!r}"
-            )
-        return self.env.step(int(round(float(a[0]))))
+        return self.env.step(action_index(self, action))
 
     def render(self):
-        frame = self.env.unwrapped.ale.getScreenRGB()  # (210, 160, 3) uint8
-        if self.size:
-            import cv2
-
-            frame = cv2.resize(frame, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(frame, dtype=np.uint8)
+        return resize_frame(self.env.unwrapped.ale.getScreenRGB(), self.size)  # from (210, 160, 3) uint8
 
 
-def make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.Env:
+def make_atari(spec: EnvSpec, render_size: int | None) -> gym.Env:
     """An ALE game with the standard DQN preprocessing (Mnih et al. 2015; as the DQN-Replay data):
     frame skip 4 with the max over the last 2 frames, 84x84 grey, a stack of 4, up to 30 no-ops at
     reset, no sticky actions (repeat_action_probability 0), the minimal action set, a cap of 108k
@@ -50,8 +40,6 @@ def make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.
         ) from None
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-    if render_size is not None and int(render_size) <= 0:
-        raise ValueError(f"render_size must be a positive int, got {render_size!r}")
     gym.register_envs(ale_py)
     e = gym.make(
         spec.gym_id,
@@ -71,7 +59,4 @@ def make_atari(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.
     )
     e = FrameStackObservation(e, ATARI_FRAME_STACK)
     e = ColourFrames(e, None if render_size is None else int(render_size))
-    if seed is not None:
-        e.reset(seed=int(seed))
-        e.action_space.seed(int(seed))
     return e

@@ -1,6 +1,7 @@
 """MuJoCo tasks, rendered headless: shadows, reflections and the skybox are switched off, which
 makes off-screen frames 3-4x cheaper; if EGL cannot create a context, the first ``render()`` falls
-back to OSMesa (the package's __init__ sets MUJOCO_GL before MuJoCo is imported)."""
+back to OSMesa (the package's __init__ sets MUJOCO_GL before MuJoCo is imported). The ``-pomdp``
+tasks see the positions only (PositionsOnly)."""
 
 from __future__ import annotations
 
@@ -74,19 +75,29 @@ class FastRender(gym.Wrapper):
         return np.ascontiguousarray(frame, dtype=np.uint8)
 
 
-def make_mujoco(spec: EnvSpec, render_size: int | None, seed: int | None) -> gym.Env:
+class PositionsOnly(gym.ObservationWrapper):
+    """Keep the first `keep` observations, the positions (qpos[1:]), and drop the velocities: the
+    partially observed "-P" tasks. The env itself, its rewards and its termination are unchanged."""
+
+    def __init__(self, env: gym.Env, keep: int):
+        super().__init__(env)
+        box = env.observation_space
+        self.keep = int(keep)
+        self.observation_space = gym.spaces.Box(box.low[: self.keep], box.high[: self.keep], dtype=box.dtype)
+
+    def observation(self, observation):
+        return observation[: self.keep]
+
+
+def make_mujoco(spec: EnvSpec, render_size: int | None) -> gym.Env:
     """A Gymnasium MuJoCo env for `spec` (see dema_lab.envs.make_env)."""
     route_mujoco_warnings()
     kwargs: dict = {}
     if render_size is not None:
-        size = int(render_size)
-        if size <= 0:
-            raise ValueError(f"render_size must be a positive int, got {render_size!r}")
-        kwargs.update(render_mode="rgb_array", width=size, height=size)
+        kwargs.update(render_mode="rgb_array", width=int(render_size), height=int(render_size))
     e = gym.make(spec.gym_id, max_episode_steps=spec.max_episode_steps, **kwargs)
     if render_size is not None:
         e = FastRender(e)
-    if seed is not None:
-        e.reset(seed=int(seed))
-        e.action_space.seed(int(seed))
+    if spec.full_env:
+        e = PositionsOnly(e, spec.obs_dim)
     return e

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dema_lab.envs.spec import ENV_SPECS, known_envs
+
 # The official evaluation targets (return-to-go at the start), DeMa and DT papers.
 DEFAULT_TARGETS = {
     "hopper": [3600.0, 1800.0],
@@ -15,8 +17,15 @@ DEFAULT_TARGETS = {
 }
 
 
+# The memory tasks: their best return (MiniGrid Memory's success, POPGym's optimum)
+DEFAULT_TARGETS.update({name: [1.0] for name in known_envs("minigrid") + known_envs("popgym")})
+
+
 def default_targets(env: str, dataset=None) -> list[float]:
-    """The papers' targets for `env`; for another env, the dataset's best episode return."""
+    """The papers' targets for `env` (a partially observed task: its full task's); for another env,
+    the dataset's best episode return."""
+    if env in ENV_SPECS and ENV_SPECS[env].full_env:
+        env = ENV_SPECS[env].full_env
     if env in DEFAULT_TARGETS:
         return list(DEFAULT_TARGETS[env])
     if dataset is None:

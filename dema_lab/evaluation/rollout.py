@@ -4,6 +4,7 @@ rollout_steps(policy, env, target, seed)   yields one StepRecord per env step (l
 record_episode(...)                        one episode as an xarray Dataset (the run store's
                                            rollout/<name> group): frames, observations,
                                            actions, rewards, returns-to-go, hidden attention
+                                           (memory tasks: whether the cue was in view)
 rollout_batch(policy, envs, targets, seeds) N episodes in lockstep, one model call per env step
                                            for the live ones (BatchPolicy): returns and lengths
 evaluate(...)                              returns by (mode, target, episode), plus recordings
@@ -43,6 +44,7 @@ class StepRecord:
     frame: np.ndarray | None  # (H, W, 3) uint8, the scene the action was chosen in
     attention: np.ndarray | None  # (n_layer, n, n) aggregated, window ending at s_t
     act_seconds: float  # time to choose the action (model + attention)
+    cue_visible: bool | None = None  # memory tasks (MiniGrid): the cue is in the observation acted on
 
 
 def _check_finite(action: np.ndarray, t: int):
@@ -63,7 +65,7 @@ def rollout_steps(
     without attention."""
     method = policy.attention_method
     policy.reset(target)
-    obs, _ = env.reset(seed=int(seed))
+    obs, info = env.reset(seed=int(seed))
     limit = max_steps or getattr(env.spec, "max_episode_steps", None) or 1000
     try:
         for t in range(limit):
@@ -76,12 +78,13 @@ def rollout_steps(
             action = policy.act(obs)
             act_seconds = time.perf_counter() - start
             _check_finite(action, t)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
+            cue = info.get("cue_visible")
+            next_obs, reward, terminated, truncated, info = env.step(action)
             policy.observe(reward)
             done = bool(terminated or truncated) or t == limit - 1
             attention = policy.attention if full else None
             yield StepRecord(
-                t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame, attention, act_seconds
+                t, np.asarray(obs, np.float32), action, float(reward), rtg, done, frame, attention, act_seconds, cue
             )
             obs = next_obs
             if done:
@@ -177,6 +180,8 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
         "act_seconds": ("step", np.array([s.act_seconds for s in steps], np.float32)),
     }
     coords = {"step": np.arange(T)}
+    if steps and steps[0].cue_visible is not None:
+        data["cue_visible"] = ("step", np.array([bool(s.cue_visible) for s in steps]))
     if steps and steps[0].frame is not None:
         data["frames"] = (("step", "y", "x", "rgb"), np.stack([s.frame for s in steps]))
         h, w = steps[0].frame.shape[:2]
@@ -198,6 +203,8 @@ def steps_to_dataset(steps: list[StepRecord], cfg, attrs: dict | None = None) ->
     ds["act_seconds"].attrs = {"long_name": "time to choose the action (model + attention)", "units": "s"}
     if "frames" in ds:
         ds["frames"].attrs = {"long_name": "rendered env frame, before the action", "export": "dema-lab video"}
+    if "cue_visible" in ds:
+        ds["cue_visible"].attrs = {"long_name": "the memory task's cue is in the observation acted on"}
     if "attention" in ds:
         ds["attention"].attrs = {
             "long_name": "hidden attention, channels aggregated",

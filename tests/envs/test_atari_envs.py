@@ -20,7 +20,8 @@ GAMES = {
 
 def test_atari_games_are_registered_with_the_mujoco_tasks():
     assert set(known_envs("atari")) == set(GAMES)
-    assert set(known_envs("mujoco")) == {"hopper", "halfcheetah", "walker2d"}
+    full = {"hopper", "halfcheetah", "walker2d"}
+    assert set(known_envs("mujoco")) == full | {f"{e}-pomdp" for e in full}  # and their positions-only tasks
     for name, (gym_id, n) in GAMES.items():
         spec = env_spec(name)
         assert (spec.gym_id, spec.n_actions, spec.obs_shape, spec.act_dim) == (gym_id, n, (4, 84, 84), 1)

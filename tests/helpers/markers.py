@@ -27,6 +27,8 @@ SLOW = frozenset(
         "tests/benchmarks/test_cuda_check.py::test_cuda_check_dry_run_on_cpu",
         "tests/dashboard/test_dashboards.py::test_comparison_of_dema_dt_and_layouts",
         "tests/data/test_atari_data.py",
+        "tests/training/test_memory_train.py::test_train_and_evaluate_on_a_memory_task",
+        "tests/training/test_memory_train.py::test_train_a_pomdp_run_from_the_cli_and_reopen_it_in_a_new_process",
         "tests/data/test_data_build.py::test_other_envs_rise_from_random_to_medium_to_expert",
         "tests/evaluation/test_ablation.py::test_evaluate_ablation_cli_and_completion",
         "tests/integrations/test_export.py::test_train_logs_live_to_tensorboard",

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dema_lab.data.scores import reference_scores
+from dema_lab.data.generate.episodes import collect_episodes, end_flags, return_attrs, step_budget
 from dema_lab.data.sources.d4rl import write_d4rl
 from dema_lab.data.trajectory import DatasetError
-from dema_lab.envs.make import make_env
 from dema_lab.envs.spec import ATARI_FRAME_STACK, env_spec
 
 __all__ = [
@@ -149,46 +148,24 @@ def build_atari_dataset(
     policy = game_policy(spec.name) if quality != "random" else (lambda ale, memory: 0)
     if quality not in ATARI_QUALITIES:
         raise DatasetError(f"unknown quality {quality!r} for {spec.name}; choose one of {', '.join(ATARI_QUALITIES)}")
-    if episodes is not None and episodes <= 0:
-        raise DatasetError(f"episodes must be positive, got {episodes}")
-    budget = None if episodes is not None else int(transitions or ATARI_DEFAULT_TRANSITIONS)
-    if budget is not None and budget <= 0:
-        raise DatasetError(f"transitions must be positive, got {budget}")
+    budget = step_budget(transitions, episodes, ATARI_DEFAULT_TRANSITIONS)
     epsilons = ATARI_EPSILONS[quality]
     rng = np.random.default_rng([seed, ATARI_QUALITIES.index(quality), 11])
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
-    e = make_env(spec.name)
-    bar = tqdm(
-        total=budget, unit="step", desc=f"{spec.name}-{quality}", disable=not progress, leave=False, mininterval=1.0
+
+    def run(e, k, steps):
+        frames, actions, rewards, terminated = _episode(
+            e, policy, epsilons[k % len(epsilons)], rng, steps, spec.n_actions
+        )
+        return (frames, actions, rewards, terminated), len(rewards), terminated
+
+    parts, complete = collect_episodes(
+        spec.name, f"{spec.name}-{quality}", budget, episodes, spec.max_episode_steps, run, progress
     )
-    parts, returns, complete, eps_used, n, k = [], [], [], [], 0, 0
-    try:
-        while (budget is None or n < budget) and (episodes is None or k < episodes):
-            eps = epsilons[k % len(epsilons)]
-            steps = spec.max_episode_steps if budget is None else min(spec.max_episode_steps, budget - n)
-            frames, actions, rewards, terminated = _episode(e, policy, eps, rng, steps, spec.n_actions)
-            T = len(rewards)
-            cut = not terminated and T == steps and steps < spec.max_episode_steps
-            term = np.zeros(T, bool)
-            term[-1] = terminated
-            timeout = np.zeros(T, bool)
-            timeout[-1] = not terminated
-            parts.append((frames, actions, rewards, term, timeout))
-            returns.append(float(rewards.sum()))
-            complete.append(not cut)
-            eps_used.append(eps)
-            n += T
-            k += 1
-            bar.update(T)
-    finally:
-        bar.close()
-        e.close()
-    frames, actions, rewards, term, timeout = (np.concatenate(x) for x in zip(*parts))
-    rets = np.asarray(returns)
-    full = rets[np.asarray(complete)] if any(complete) else rets
-    ref_min, ref_max = reference_scores(spec.d4rl_key)
+    frames, actions, rewards = (np.concatenate(x) for x in list(zip(*parts))[:3])
+    lengths = [len(p[2]) for p in parts]
+    term, timeout = end_flags(lengths, [p[3] for p in parts])
+    eps_used = [epsilons[k % len(epsilons)] for k in range(len(parts))]
     attrs = {
         "env": spec.name,
         "gym_id": spec.gym_id,
@@ -202,14 +179,7 @@ def build_atari_dataset(
         "epsilons": json.dumps(list(epsilons)),
         "episode_epsilons": json.dumps(eps_used),
         "transitions": int(len(rewards)),
-        "episodes": int(len(rets)),
-        "complete_episodes": int(np.sum(complete)),
-        "episode_return_mean": float(full.mean()),
-        "episode_return_std": float(full.std()),
-        "normalized_score_mean": float(100 * (full.mean() - ref_min) / (ref_max - ref_min)),
-        "d4rl_key": spec.d4rl_key,
-        "ref_min_score": ref_min,
-        "ref_max_score": ref_max,
+        **return_attrs([float(p[2].sum()) for p in parts], complete, spec.d4rl_key),
         "build_seconds": float(time.perf_counter() - t0),
         "versions": json.dumps(_versions()),
     }

@@ -13,6 +13,10 @@ Medium and expert act with Gaussian action noise (D4RL's policies were
 stochastic; a deterministic linear policy would repeat one trajectory).
 The policies are the shipped ARS weights (:mod:`dema_lab.data.generate.policy`).
 
+A ``-pomdp`` env's dataset is the full env's of the same seed with the velocities taken out of its
+observations (:mod:`dema_lab.data.generate.pomdp`); the memory tasks' are built by
+:mod:`dema_lab.data.generate.scripted`, Atari's by :mod:`dema_lab.data.generate.atari`.
+
 Output is D4RL's HDF5 layout (:mod:`dema_lab.data.sources.d4rl`) with
 ``infos/qpos``/``infos/qvel`` (so a stored state can be restored and
 rendered) and attrs recording env, quality, policy returns, seed, noise and
@@ -23,12 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from dema_lab.data.generate.policy import LinearPolicy, PolicySet, load_policy_set
+from dema_lab.data.generate.pomdp import mask_dataset
 from dema_lab.data.scores import reference_scores
 from dema_lab.data.sources.d4rl import write_d4rl
 from dema_lab.data.trajectory import DatasetError
@@ -226,6 +232,20 @@ def build_dataset(
         return build_atari_dataset(
             spec.name, quality, out_path, seed=seed, transitions=transitions, episodes=episodes, progress=progress
         )
+    if spec.kind in ("minigrid", "popgym"):  # scripted memory-task policies (dema_lab.data.generate.scripted)
+        from dema_lab.data.generate.scripted import build_scripted_dataset
+
+        return build_scripted_dataset(
+            spec.name, quality, out_path, seed=seed, transitions=transitions, episodes=episodes, progress=progress
+        )
+    if spec.full_env:  # positions only: the full dataset of this seed, masked (dema_lab.data.generate.pomdp)
+        out_path = Path(out_path)
+        full = out_path.with_name(f".{out_path.name}.{os.getpid()}.full.hdf5")
+        try:
+            build_dataset(spec.full_env, quality, full, seed, transitions, episodes, action_noise, policies, progress)
+            return mask_dataset(full, out_path, spec.name)
+        finally:
+            full.unlink(missing_ok=True)
     if quality not in QUALITIES:
         raise DatasetError(f"unknown quality {quality!r}; choose one of {', '.join(QUALITIES)}")
     if episodes is not None and episodes <= 0:
