@@ -205,7 +205,12 @@ def page_figures(page, expected: list[str], timeout: float = 30.0) -> dict[str, 
     """The page's figures by expected title (regex): each shown once, at a usable size, inside the
     window's width, not overlapping another, its plot area laid out."""
     deadline = time.time() + timeout
-    while not (got := page.evaluate(FIGURES_JS))["idle"] and time.time() < deadline:
+
+    def settled(got) -> bool:  # idle, and every expected figure shown (a busy machine lays out late)
+        titles = [f["title"] for f in got["figures"]]
+        return got["idle"] and all(sum(bool(re.fullmatch(p, t)) for t in titles) == 1 for p in expected)
+
+    while not settled(got := page.evaluate(FIGURES_JS)) and time.time() < deadline:
         page.wait_for_timeout(200)
     figs = got["figures"]
     assert got["idle"], "BokehJS never finished rendering the page (and Panel then drops held updates)"
