@@ -3,7 +3,7 @@ return; numpy, onnxruntime and gymnasium only (ale_py for Atari), no dema-lab.
 
     python examples/run_onnx_policy.py policy.onnx [--seed 0] [--target R] [--max-steps N]
 
-policy.json (beside the file) says how to act: normalise s = (obs - state_mean) / state_std, condition
+policy.onnx.json (beside the file) says how to act: normalise s = (obs - state_mean) / state_std, condition
 on return-to-go / rtg_scale, and (mode "transformer") build the K-step window exactly as dema-lab's
 Policy.window() does, or (mode "rnn") carry the conv and SSM states (zeros at the start).
 Atari: dema-lab's games are gymnasium's ALE envs with frameskip=1 and repeat_action_probability=0,
@@ -26,8 +26,10 @@ class OnnxPolicy:
     """act(obs) -> action; observe(reward) after env.step."""
 
     def __init__(self, path, sample=False, seed=0):
-        self.info = info = json.loads(Path(path).with_suffix(".json").read_text())
-        self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.info = info = json.loads(Path(f"{path}.json").read_text())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1  # batch 1: too small to split
+        self.sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.sess.get_inputs()]
         self.K, self.scale, self.act_dim = info["K"], info["rtg_scale"], info["model_config"]["act_dim"]
         self.mean, self.std = np.asarray(info["state_mean"], np.float32), np.asarray(info["state_std"], np.float32)

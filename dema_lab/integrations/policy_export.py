@@ -200,6 +200,7 @@ def export_model(model, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, me
     `metadata` (string values) as metadata_props. Returns the path."""
     check_exportable(model, mode, fmt, opset)
     model = onnx_ready(model) if fmt == "onnx" else copy.deepcopy(model).float().cpu().eval()
+    model.requires_grad_(False)  # a deployed graph computes no gradient
     graph = (StepGraph if mode == "rnn" else WindowGraph)(model).eval()
     inputs = example_inputs(model.cfg, mode)
     out = Path(out)
@@ -307,8 +308,10 @@ def deploy_info(checkpoint: Checkpoint, mode: str, fmt: str, opset: int, graph_i
 
 
 def sidecar(path) -> Path:
-    """The JSON beside an exported file: policy.onnx -> policy.json."""
-    return Path(path).with_suffix(".json")
+    """The JSON beside an exported file: policy.onnx -> policy.onnx.json (a TorchScript file of the
+    same stem keeps its own)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
 
 
 def export_policy(
@@ -320,8 +323,6 @@ def export_policy(
     check_exportable(checkpoint.model, mode, fmt, opset)
     checkpoint.state_normalization()  # fails by name before anything is written
     out = Path(out)
-    if sidecar(out) == out:
-        raise ExportError(f"--out {out} would be overwritten by its JSON; name it .onnx or .pt")
     inputs = example_inputs(checkpoint.config, mode)
     info = deploy_info(checkpoint, mode, fmt, opset, list(inputs), provenance)
     text = json.dumps(info, indent=1)
