@@ -31,6 +31,7 @@ SLOW = frozenset(
         "tests/evaluation/test_ablation.py::test_evaluate_ablation_cli_and_completion",
         "tests/integrations/test_export.py::test_train_logs_live_to_tensorboard",
         "tests/integrations/test_policy_export.py::test_run_refusals_and_the_cli",
+        "tests/dashboard/test_live_export.py::test_browser_live_export_button_downloads_the_policy",
         "tests/integrations/test_policy_export.py::test_example_plays_hopper_with_dema_labs_return",
         "tests/integrations/test_policy_export.py::test_example_plays_pong_greedily_as_dema_lab_does",
         "tests/models/test_model_options.py::test_train_with_the_official_preset_from_the_cli",
