@@ -186,6 +186,12 @@ def check_exportable(model, mode: str, fmt: str, opset: int = DEFAULT_OPSET) -> 
         raise ExportError(f"a {cfg.arch.upper()} acts Transformer-like only; export it with --mode transformer")
     if fmt == "onnx" and int(opset) < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old for LayerNormalization; use --opset {MIN_OPSET} or newer")
+    ablation = getattr(model, "ablation", None)  # set on evaluation.ablation.ablate's copies
+    if ablation:
+        raise ExportError(
+            f"the model is ablated ({' '.join(map(str, ablation))}); export the run's own checkpoint, "
+            f"not an ablated copy"
+        )
     hooked = [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
     if hooked:
         raise ExportError(

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from copy import deepcopy as copy_module
 from pathlib import Path
 
 import numpy as np
@@ -219,9 +220,17 @@ def test_refusals_are_one_line(exports, tmp_path):
     assert "opset 13 is too old" in one_line_error(
         lambda: export_policy(ck, "transformer", "onnx", tmp_path / "a.onnx", opset=13)
     )
-    with ablate(ck.model, "alpha-zeros") as ablated:
-        hooked = type(ck)(ablated, ck.config, ck.meta, ck.extra)
-        assert "ablated" in one_line_error(lambda: export_policy(hooked, "transformer", "onnx", tmp_path / "a.onnx"))
+    for method in ("alpha-zeros", "mixer-zeros", "no_timestep"):
+        with ablate(dt.model if method == "no_timestep" else ck.model, method) as ablated:
+            copy = type(ck)(ablated, ablated.cfg, ck.meta, ck.extra)
+            assert f"the model is ablated ({method} all)" in one_line_error(
+                lambda: export_policy(copy, "transformer", "onnx", tmp_path / "a.onnx")  # noqa: B023
+            )
+    hooked = type(ck)(copy_module(ck.model), ck.config, ck.meta, ck.extra)
+    hooked.model.layers[0].mixer.register_forward_hook(lambda *a: None)
+    assert "forward hooks on layers.0.mixer" in one_line_error(
+        lambda: export_policy(hooked, "transformer", "onnx", tmp_path / "a.onnx")
+    )
     other = type(ck)(ck.model, ck.config, ck.meta, ck.extra)
     other.model = torch.nn.Module()
     other.model.cfg = ModelConfig(arch="dema")
