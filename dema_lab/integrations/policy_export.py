@@ -26,8 +26,13 @@ RNN-like graph ("rnn", DeMa only), one env step:
      new states back at the next step. timestep 0 marks the episode's first step (token order RSA
      then feeds no a_{t-1} token).
 
+Inputs a model does not use (timesteps without a timestep embedding, prev_action with RSA) are
+not in an ONNX graph: feed the session's inputs (the JSON lists them).
+
 The selective scan goes through the reference backend (a per-token loop, unrolled at export), so
-the graph holds only ONNX standard ops.
+the graph holds only standard ONNX ops. ONNX files come from torch.onnx.export's TorchScript-based
+exporter (dynamo=False: no onnxscript needed), nn.RMSNorm written out (ExplicitRMSNorm), and pass
+onnx.checker; TorchScript files are torch.jit.trace of the same graphs.
 """
 
 from __future__ import annotations
