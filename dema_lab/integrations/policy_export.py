@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,9 @@ def export_model(model, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, me
     inputs = example_inputs(model.cfg, mode)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), use_backend("reference"):
+    with torch.no_grad(), use_backend("reference"), warnings.catch_warnings():
+        # the input checks' Python conditions on shapes are constants of the fixed-shape graph
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "torchscript":
             traced = torch.jit.trace(graph, tuple(inputs.values()), check_trace=False)
             torch.jit.save(traced, str(out))
