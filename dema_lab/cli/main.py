@@ -16,6 +16,7 @@ import sys
 from dema_lab import __version__
 from dema_lab.cli.data import register as data
 from dema_lab.cli.export import register as export
+from dema_lab.cli.export_policy import register as export_policy
 from dema_lab.cli.flags import CommandLine, UsageError, error_line
 from dema_lab.cli.official import register as import_official
 from dema_lab.cli.runs import register as runs
@@ -75,7 +76,7 @@ def _store_of(args):
 
 def _registrars():
     """The subcommands, one module each."""
-    return [data, train, runs, serve, study, import_official, export]
+    return [data, train, runs, serve, study, import_official, export, export_policy]
 
 
 def main(argv=None) -> int:

@@ -250,6 +250,7 @@ def ablate(model, method: str, layers="all", seed: int = 0, swap_from=None):
     no_timestep drops the copy's timestep embedding."""
     label = _check(model, method, layers)
     ablated = copy.deepcopy(model).eval()
+    ablated.ablation = (method, label)  # what was done to it (an exporter refuses an ablated copy)
     handles = []
     try:
         if method in PARAMETER_METHODS:

@@ -1,5 +1,6 @@
 """dema-lab and the world around it: checkpoints of the official DeMa code imported as runs, and
-runs replayed into trackers (TensorBoard, W&B).
+runs replayed into trackers (TensorBoard, W&B), policies exported as ONNX or TorchScript graphs for
+acting without dema-lab (policy_export).
 
 May import every layer up to study.
 """

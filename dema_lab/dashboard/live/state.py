@@ -282,6 +282,39 @@ class LiveState(param.Parameterized):
             raise ValueError("RNN-like inference needs a DeMa checkpoint; a DT runs Transformer-like only")
         return ck, run_id, step
 
+    def policy_zip(self):
+        """The selected checkpoint exported as an ONNX graph of the selected inference mode, with its
+        JSON (dema_lab.integrations.policy_export), as a zip in memory: the page's Export button.
+        On failure `message` says why and the error is raised."""
+        import io
+        import tempfile
+        import zipfile
+        from pathlib import Path
+
+        from dema_lab.integrations.policy_export import export_policy
+
+        try:
+            ck, run_id, _ = self._load()
+            provenance = self.index.run(run_id).attrs.get("provenance", {}) if run_id else {}
+            with tempfile.TemporaryDirectory() as folder:
+                path, info = export_policy(ck, self.mode, "onnx", Path(folder) / "policy.onnx", provenance=provenance)
+                buffer = io.BytesIO()
+                with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+                    z.write(path, path.name)
+                    z.write(info, info.name)
+        except Exception as e:
+            self.message = f"Cannot export: {friendly_error(e)}"
+            raise
+        self.message = ""
+        buffer.seek(0)
+        return buffer
+
+    @property
+    def export_filename(self) -> str:
+        """The name of the Export button's zip: run, step and mode of the selected checkpoint."""
+        source = self.checkpoint.replace("@", "-step") if self.checkpoint else "policy"
+        return f"{source}-{self.mode}-onnx.zip"
+
     def _try_load(self):
         """_load's result, or the message saying why it failed."""
         try:

@@ -294,6 +294,14 @@ class LiveRollout(pn.viewable.Viewer):
             w.FloatSlider.from_param(s.param.fps, name="Max steps per second"),
             w.Checkbox.from_param(s.param.save, name="Save the rollout to the run"),
             pn.Row(start, pause, stop),
+            w.FileDownload(
+                callback=s.policy_zip,
+                label="Export policy (ONNX + JSON)",
+                embed=False,
+                filename=pn.bind(lambda *_: s.export_filename, s.param.checkpoint, s.param.mode),
+                sizing_mode="stretch_width",
+                css_classes=["dema-live-export"],
+            ),
             sizing_mode="stretch_width",
         )
 
