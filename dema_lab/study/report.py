@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from dema_lab.analysis.runs import family_label
+from dema_lab.analysis.runs import ARCH_LABELS, family_label
 from dema_lab.analysis.scoring import (
     METHOD_TEXT,
     METHODS,
@@ -311,7 +311,7 @@ def aggregate_table(df: pd.DataFrame, mode: str = "transformer", confidence: flo
     cols = {m: f"score_{mode}" if m == "last" else f"best_score_{mode}" for m in METHODS}
     if df.empty or cols["last"] not in df:
         return pd.DataFrame()
-    model = df.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(df.arch)
+    model = df.arch.map(ARCH_LABELS).fillna(df.arch)
     rows = []
     for (name, k), part in df.assign(model=model).groupby(["model", "K"]):
         row = {"model": name, "K": k}
@@ -466,9 +466,7 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
             "runs of every K and seed; drop = ablated − unablated, paired within each run)"
         ] = methods
     if "ablation_no_timestep" in df:
-        with_te = df[df.ablation_no_timestep.notna()].assign(
-            model=lambda d: d.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(d.arch)
-        )
+        with_te = df[df.ablation_no_timestep.notna()].assign(model=lambda d: d.arch.map(ARCH_LABELS).fillna(d.arch))
         rep.tables["Timestep embedding removed at evaluation (models trained with one; normalized score)"] = pd.concat(
             [_table(with_te, key + ["model", "K"], [], c) for c in ("ablation_none", "ablation_no_timestep")], axis=1
         )

@@ -105,7 +105,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         s = self.state
         ep, m = s.episode_data, s.matrix()
         if ep is None or m is None:
-            return attention_view(None, [], [], title="no attention recorded")
+            return attention_view(None, [], [], title=s.attention_note)
         agg = s.aggregation if s.aggregation != "channel" else f"channel {s.channel}"
         layer = "mean of layers" if s.layer == MEAN_LAYERS else f"layer {s.layer}"
         return attention_view(
@@ -123,7 +123,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         ep, m = s.episode_data, s.matrix()
         w, h = self._size("lag")
         if ep is None or m is None:
-            return lag_view(np.full(3, np.nan), 1, title="no attention recorded", width=w, height=h)
+            return lag_view(np.full(3, np.nan), 1, title=s.attention_note, width=w, height=h)
         q = s.query_index
         return lag_view(
             lag_profile_of(m, q),
