@@ -279,12 +279,15 @@ class ExplorerState(param.Parameterized):
         return None if m is None or q is None else lag_profile_of(m, q)
 
     @property
+    def model_has_attention(self) -> bool:
+        """Whether the run's model has attention maps (not an LSTM, GRU or MLP baseline)."""
+        arch = self._info.config.get("arch") if self._info is not None else None
+        return not arch or arch in ATTENTION_ARCHS
+
+    @property
     def attention_note(self) -> str:
         """Why no attention is shown: the run's model has none (LSTM, GRU, MLP), or none was recorded."""
-        arch = self._info.config.get("arch") if self._info is not None else None
-        if arch and arch not in ATTENTION_ARCHS:
-            return "this model has no hidden attention"
-        return "no attention recorded"
+        return "no attention recorded" if self.model_has_attention else "this model has no hidden attention"
 
     @property
     def stored_aggregation(self) -> str:

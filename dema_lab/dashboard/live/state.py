@@ -25,6 +25,7 @@ import param
 from dema_lab.analysis.runs import featured_run
 from dema_lab.dashboard.common.data import StoreIndex, friendly_error
 from dema_lab.envs.spec import known_envs
+from dema_lab.evaluation.defaults import default_modes
 from dema_lab.models.checkpoint_files import DEFAULT_MAX_BYTES, allowed_roots, load_checkpoint_file
 from dema_lab.models.policy import inference_modes
 
@@ -259,9 +260,9 @@ class LiveState(param.Parameterized):
             targets = info.provenance.get("eval_targets") or []
             if targets:
                 self.target = float(targets[0])
-            arch = info.config.get("arch", "dema")
-            if self.mode not in inference_modes(arch):  # DT and the MLP act Transformer-like only
-                self.mode = "transformer"
+            modes = default_modes(info.config.get("arch", "dema"))
+            if self.mode not in modes:  # DT and the MLP act Transformer-like only, LSTM and GRU RNN-like
+                self.mode = modes[0]
         except Exception:  # noqa: BLE001 - the choice stays as it was
             pass
 
