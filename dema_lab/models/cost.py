@@ -113,9 +113,9 @@ def carried_state_bytes(cfg: ModelConfig, mode: str = "rnn", dtype: torch.dtype 
     """Bytes a policy carries from one env step to the next, per episode, in `dtype`.
     RNN-like: DeMa's conv inputs (d_inner x d_conv) and SSM state (d_inner x d_state, always
     float32) per layer; the LSTM's h and c, the GRU's h (n_layer x d_model each).
-    Transformer-like: the last K steps' inputs (state, action, return-to-go) it re-runs on."""
+    Transformer-like: the last K steps' inputs it re-runs on (R, s, a and the timestep t)."""
     if mode == "transformer":
-        return cfg.K * (cfg.state_dim + cfg.act_dim + 1) * dtype.itemsize
+        return cfg.K * (cfg.state_dim + cfg.act_dim + 2) * dtype.itemsize
     if mode != "rnn" or not cfg.recurrent:
         raise ValueError(f"no {mode!r} inference for arch {cfg.arch!r}")
     if cfg.arch == "dema":

@@ -39,6 +39,7 @@ from dema_lab.analysis.scoring import (
     t_interval,
 )
 from dema_lab.evaluation.defaults import default_modes
+from dema_lab.models.cost import carried_state_bytes
 from dema_lab.store.zarr_store import Run, RunStore
 
 
@@ -80,15 +81,6 @@ def _inference_cost(rs: RunStore, run) -> dict:
             cost[f"state_bytes_{mode}"] = carried_state_bytes(ck.config, mode)
         _COST[key] = cost
     return dict(_COST[key])
-
-
-def carried_state_bytes(cfg, mode: str) -> int:
-    """What inference keeps between env steps: RNN-like, each layer's conv and SSM state;
-    Transformer-like, the last K steps of (R, s, a, t)."""
-    if mode == "rnn":
-        d_inner = cfg.expand * cfg.d_model
-        return cfg.n_layer * d_inner * (cfg.d_conv + cfg.d_state) * 4
-    return cfg.K * (cfg.state_dim + cfg.act_dim + 2) * 4
 
 
 def sweep_names(store) -> list[str]:
@@ -624,6 +616,115 @@ def short_k_finding(main: pd.DataFrame, score: str = "score_transformer", scorin
     return claim, verdict, "; ".join(parts)
 
 
+# Which datasets need memory (fixed in advance, by name): the partially observed MuJoCo sets (velocities
+# removed), MiniGrid Memory and POPGym; of them, the long corridor, whose cue lies further back than a
+# K-20 window reaches. Every other dataset is fully observed (D4RL-style locomotion, Atari's frame stack).
+MEMORY_DATASET_MARKS = ("-pomdp", "minigrid-memory", "popgym-")
+LONG_CUE_DATASETS = ("minigrid-memory-s17",)
+MEMORY_K = 20  # the short window of the memory findings (the paper's 8-20), as the memory sweep trains it
+
+
+def needs_memory(dataset: str) -> bool:
+    """Whether a dataset (by name) is a partially observed task, where the past must be remembered."""
+    return any(mark in str(dataset) for mark in MEMORY_DATASET_MARKS)
+
+
+def _mode_pairs(runs: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """The runs that have both score columns a and b (two inference modes of the same weights)."""
+    if a not in runs or b not in runs:
+        return runs.iloc[0:0]
+    return runs.dropna(subset=[a, b])
+
+
+def memory_findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The findings of the memory study (`dema-lab sweep --preset memory`), by both scorings:
+
+    A short K fails where the cue lies beyond it: on the long corridor (LONG_CUE_DATASETS), the
+        DeMa trained on K 20 acting RNN-like (its state carries the whole episode) beats the same
+        weights acting Transformer-like on the last 20 steps; paired within each run.
+    On fully observed tasks the short window is still enough: there, the same DeMa acting
+        Transformer-like on 20 steps is at least as good as acting RNN-like; paired within each run.
+    RNN-like DeMa against LSTM and GRU: RNN-like DeMa at least as good as each, paired on dataset,
+        K and seed (every dataset: the memory sweep's are memory tasks); the evidence gives the latency per step and the state each
+        carries between steps (bytes).
+    Each verdict needs MIN_PAIRS pairs not all equal (paired_verdict), else it says what is missing."""
+    out = []
+    dema = df[(df.arch == "dema") & (df.layout == "B3LD") & (~df.timestep_embedding)]
+    k20 = dema[dema.K == MEMORY_K]
+    long_cue = k20[k20.dataset.isin(LONG_CUE_DATASETS)]
+    observed = k20[~k20.dataset.map(needs_memory)]
+    for prefix, scoring in SCORINGS:
+        t, r = prefix + "transformer", prefix + "rnn"
+        pairs = _mode_pairs(long_cue, r, t)
+        claim = f"A short K fails where the cue lies beyond it (K={MEMORY_K}, long corridor) · {scoring}"
+        if pairs.empty:
+            out.append(
+                (claim, "not measured", f"needs DeMa K={MEMORY_K} runs on {', '.join(LONG_CUE_DATASETS)} in both modes")
+            )
+        else:
+            verdict, evidence = paired_verdict(pairs[r] - pairs[t])
+            out.append(
+                (
+                    claim,
+                    verdict,
+                    f"RNN-like minus Transformer-like: {evidence}; RNN-like {pairs[r].mean():.1f} vs "
+                    f"Transformer-like {pairs[t].mean():.1f}",
+                )
+            )
+    for prefix, scoring in SCORINGS:
+        t, r = prefix + "transformer", prefix + "rnn"
+        pairs = _mode_pairs(observed, t, r)
+        claim = f"On fully observed tasks the short window (K={MEMORY_K}) is still enough · {scoring}"
+        if pairs.empty:
+            out.append(
+                (claim, "not measured", f"needs DeMa K={MEMORY_K} runs on fully observed datasets in both modes")
+            )
+        else:
+            verdict, evidence = paired_verdict(pairs[t] - pairs[r], at_least=True)
+            out.append(
+                (
+                    claim,
+                    verdict,
+                    f"Transformer-like minus RNN-like: {evidence}; Transformer-like {pairs[t].mean():.1f} vs "
+                    f"RNN-like {pairs[r].mean():.1f} on {', '.join(sorted(set(pairs.dataset)))}",
+                )
+            )
+    pair_key = ["dataset", "K", "seed"]
+    for arch in ("lstm", "gru"):
+        theirs = df[df.arch == arch]
+        name = ARCH_LABELS[arch]
+        for prefix, scoring in SCORINGS:
+            score = prefix + "rnn"
+            claim = f"RNN-like DeMa matches or beats {name} · {scoring}"
+            if score not in dema or score not in theirs:
+                out.append((claim, "not measured", f"needs RNN-like scores of DeMa runs and {name} runs"))
+                continue
+            cols = pair_key + [c for c in (score, "latency_ms_rnn", "state_bytes_rnn") if c in df]
+            joined = (
+                dema[cols]
+                .merge(theirs[cols], on=pair_key, suffixes=("_a", "_b"))
+                .dropna(subset=[score + "_a", score + "_b"])
+            )
+            if joined.empty:
+                out.append((claim, "not measured", f"needs DeMa and {name} runs on the same dataset, K and seed"))
+                continue
+            a, b = joined[score + "_a"], joined[score + "_b"]
+            verdict, evidence = paired_verdict(a - b, at_least=True)
+            evidence += f"; DeMa {a.mean():.1f} vs {name} {b.mean():.1f}"
+            if "latency_ms_rnn_a" in joined:
+                evidence += (
+                    f"; latency per step {joined.latency_ms_rnn_a.median():.2f} vs "
+                    f"{joined.latency_ms_rnn_b.median():.2f} ms"
+                )
+            if "state_bytes_rnn_a" in joined:
+                evidence += (
+                    f"; state carried between steps {joined.state_bytes_rnn_a.median():,.0f} vs "
+                    f"{joined.state_bytes_rnn_b.median():,.0f} bytes"
+                )
+            out.append((claim, verdict, evidence))
+    return out
+
+
 def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     """Each of the paper's findings with a verdict on this data and the numbers behind it.
     Comparisons are paired (within a run, or across runs of the same dataset, K and seed), on
@@ -751,4 +852,6 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
                 f"DeMa/DT parameters: {ratio:.2f}",
             )
         )
+    if df.dataset.map(needs_memory).any() or df.arch.isin(["lstm", "gru"]).any():
+        out += memory_findings(df)
     return out

@@ -158,7 +158,7 @@ def test_carried_state_bytes_are_the_allocated_state(arch):
     state = model.allocate_state(1)
     tensors = state.tensors() if arch != "dema" else [t for s in state for t in (s.conv, s.ssm)]
     assert sum(t.numel() * t.element_size() for t in tensors) == carried_state_bytes(model.cfg)
-    assert carried_state_bytes(model.cfg, "transformer") == 4 * 4 * (SD + AD + 1)
+    assert carried_state_bytes(model.cfg, "transformer") == 4 * 4 * (SD + AD + 2)  # K steps of R, s, a, t
 
 
 @pytest.mark.parametrize("arch", ["lstm", "gru", "mlp"])
