@@ -252,3 +252,30 @@ def test_burn_in_trains_on_the_later_steps_of_predictions_that_saw_the_first(bur
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     loss, _ = train_step(model, {**x, "mask": torch.ones(2, 6)}, opt, sched, grad_clip=1.0, burn_in=burn_in)
     assert loss == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru", "mlp"])
+def test_ablations_are_refused_in_one_line_and_none_offered(arch):
+    from dema_lab.evaluation.ablation import METHODS, evaluate_ablation, methods_for
+    from dema_lab.models import Checkpoint
+
+    model = build_model(small(arch))
+    assert methods_for(model) == ("none",)
+    ck = Checkpoint(model=model, config=model.cfg, meta={"env": "hopper"}, extra={})
+    for method in ("mixer-zeros", "alpha-random"):
+        assert method in METHODS
+        with pytest.raises(ValueError, match=f"a '{arch}' model has none \\(only DeMa has hidden attention"):
+            evaluate_ablation(ck, method)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru", "mlp"])
+def test_the_memory_estimate_counts_the_baselines_and_refuses_what_cannot_fit(arch):
+    from dema_lab.training.memory import check_memory, training_bytes
+
+    cfg = small(arch, K=20, d_model=64)
+    need = training_bytes(cfg, 32)
+    assert need > 4 * 4 * count_parameters(cfg)  # weights, gradients, two AdamW moments, activations
+    assert training_bytes(small(arch, K=40, d_model=64), 32) > need  # longer windows, more activations
+    assert check_memory(cfg, 32, torch.device("cpu"), available=need) == need
+    with pytest.raises(ValueError, match="lower --batch_size"):
+        check_memory(cfg, 32, torch.device("cpu"), available=need - 1)
