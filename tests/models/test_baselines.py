@@ -207,26 +207,31 @@ def test_no_attention_is_asked_for_and_none_recorded(arch):
             Policy(model, "rnn")
 
 
-@pytest.mark.parametrize("arch", ["lstm", "gru", "mlp"])
-def test_checkpoint_round_trip_in_a_new_process(arch, tmp_path):
+def test_checkpoint_round_trip_in_a_new_process(tmp_path):
+    """LSTM, GRU and MLP checkpoints reopen in a new process as the same arch with the same outputs."""
     torch.manual_seed(0)
-    model = build_model(small(arch)).eval()
-    path = save_checkpoint(tmp_path / "ck.safetensors", model, meta={"step": 3})
+    expected, paths = {}, {}
     x = window(b=1, T=4)
-    expected = model(**x).flatten().tolist()
+    for arch in ("lstm", "gru", "mlp"):
+        model = build_model(small(arch)).eval()
+        paths[arch] = str(save_checkpoint(tmp_path / f"{arch}.safetensors", model, meta={"step": 3}))
+        expected[arch] = model(**x).flatten().tolist()
+        assert load_checkpoint(paths[arch]).config == model.cfg
     code = f"""
 import json, torch
 from dema_lab.models import load_checkpoint
-ck = load_checkpoint({str(path)!r}, map_location='cpu')
-g = torch.Generator().manual_seed(0)
-x = dict(states=torch.randn(1, 4, {SD}, generator=g), actions=torch.rand(1, 4, {AD}, generator=g) * 2 - 1,
-         returns_to_go=torch.randn(1, 4, 1, generator=g), timesteps=torch.arange(4)[None])
-print(json.dumps([ck.config.arch, ck.model.eval()(**x).flatten().tolist()]))
+out = {{}}
+for arch, path in {paths!r}.items():
+    ck = load_checkpoint(path, map_location='cpu')
+    g = torch.Generator().manual_seed(0)
+    x = dict(states=torch.randn(1, 4, {SD}, generator=g), actions=torch.rand(1, 4, {AD}, generator=g) * 2 - 1,
+             returns_to_go=torch.randn(1, 4, 1, generator=g), timesteps=torch.arange(4)[None])
+    out[arch] = [ck.config.arch, ck.model.eval()(**x).flatten().tolist()]
+print(json.dumps(out))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    arch_back, values = json.loads(out)
-    assert arch_back == arch and values == pytest.approx(expected, abs=1e-7)
-    assert load_checkpoint(path).config == model.cfg
+    for arch, (arch_back, values) in json.loads(out).items():
+        assert arch_back == arch and values == pytest.approx(expected[arch], abs=1e-7)
 
 
 def test_burn_in_masks_exactly_the_first_steps():
@@ -279,3 +284,28 @@ def test_the_memory_estimate_counts_the_baselines_and_refuses_what_cannot_fit(ar
     assert check_memory(cfg, 32, torch.device("cpu"), available=need) == need
     with pytest.raises(ValueError, match="lower --batch_size"):
         check_memory(cfg, 32, torch.device("cpu"), available=need - 1)
+
+
+@pytest.mark.parametrize("arch,mode", [("gru", "rnn"), ("mlp", "transformer")])
+def test_a_baseline_run_trains_evaluates_and_records_without_attention(tiny_config, arch, mode):
+    """A tiny run trains, is evaluated in its default mode (GRU RNN-like, MLP Transformer-like),
+    records an episode without attention, and its store says what it is."""
+    from dema_lab.analysis.runs import run_summary_row
+    from dema_lab.models.cost import carried_state_bytes as state_bytes
+    from dema_lab.training import train
+
+    cfg = tiny_config.replace(arch=arch, run_id=f"tiny-{arch}", burn_in=1)
+    run = train(cfg, progress=False, log=lambda *_: None)
+    assert run.attrs["status"] == "finished"
+    assert list(run.evals().mode.values) == [mode]
+    names = run.rollouts()
+    assert len(names) == 2  # one recorded episode per target
+    for name in names:
+        episode = run.open("rollout", name)
+        assert episode.attrs["mode"] == mode and "attention" not in episode and episode.sizes["step"] > 0
+    assert not run.decay() and not run.paper_attention()
+    prov = run.attrs["provenance"]
+    model_cfg = ModelConfig.from_dict(prov["model_config"])
+    assert prov["carried_state_bytes"] == {mode: state_bytes(model_cfg, mode)}
+    row = run_summary_row(run)
+    assert row["family"] == f"{arch.upper()} B3LD" and row["score_mode"] == mode
