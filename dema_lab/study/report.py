@@ -629,11 +629,20 @@ def needs_memory(dataset: str) -> bool:
     return any(mark in str(dataset) for mark in MEMORY_DATASET_MARKS)
 
 
-def _mode_pairs(runs: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """The runs that have both score columns a and b (two inference modes of the same weights)."""
-    if a not in runs or b not in runs:
-        return runs.iloc[0:0]
-    return runs.dropna(subset=[a, b])
+def _modes_finding(runs: pd.DataFrame, a, b, claim: str, needs: str, at_least: bool = False) -> tuple:
+    """(claim, verdict, evidence) of "mode A beats (at_least: is at least as good as) mode B" from the
+    runs scored both ways, paired within each run. a, b: (score column, label)."""
+    (col_a, label_a), (col_b, label_b) = a, b
+    pairs = runs.dropna(subset=[col_a, col_b]) if col_a in runs and col_b in runs else runs.iloc[0:0]
+    if pairs.empty:
+        return claim, "not measured", f"needs {needs} in both modes"
+    verdict, evidence = paired_verdict(pairs[col_a] - pairs[col_b], at_least=at_least)
+    return (
+        claim,
+        verdict,
+        f"{label_a} minus {label_b}: {evidence}; {label_a} {pairs[col_a].mean():.1f} vs {label_b} "
+        f"{pairs[col_b].mean():.1f} on {', '.join(sorted(set(pairs.dataset)))}",
+    )
 
 
 def memory_findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -645,50 +654,25 @@ def memory_findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     On fully observed tasks the short window is still enough: there, the same DeMa acting
         Transformer-like on 20 steps is at least as good as acting RNN-like; paired within each run.
     RNN-like DeMa against LSTM and GRU: RNN-like DeMa at least as good as each, paired on dataset,
-        K and seed (every dataset: the memory sweep's are memory tasks); the evidence gives the latency per step and the state each
-        carries between steps (bytes).
+        K and seed (on every dataset: the memory sweep's are memory tasks); the evidence gives the
+        latency per step and the state each carries between steps (bytes).
     Each verdict needs MIN_PAIRS pairs not all equal (paired_verdict), else it says what is missing."""
     out = []
     dema = df[(df.arch == "dema") & (df.layout == "B3LD") & (~df.timestep_embedding)]
     k20 = dema[dema.K == MEMORY_K]
     long_cue = k20[k20.dataset.isin(LONG_CUE_DATASETS)]
     observed = k20[~k20.dataset.map(needs_memory)]
-    for prefix, scoring in SCORINGS:
-        t, r = prefix + "transformer", prefix + "rnn"
-        pairs = _mode_pairs(long_cue, r, t)
-        claim = f"A short K fails where the cue lies beyond it (K={MEMORY_K}, long corridor) · {scoring}"
-        if pairs.empty:
-            out.append(
-                (claim, "not measured", f"needs DeMa K={MEMORY_K} runs on {', '.join(LONG_CUE_DATASETS)} in both modes")
-            )
-        else:
-            verdict, evidence = paired_verdict(pairs[r] - pairs[t])
-            out.append(
-                (
-                    claim,
-                    verdict,
-                    f"RNN-like minus Transformer-like: {evidence}; RNN-like {pairs[r].mean():.1f} vs "
-                    f"Transformer-like {pairs[t].mean():.1f}",
-                )
-            )
-    for prefix, scoring in SCORINGS:
-        t, r = prefix + "transformer", prefix + "rnn"
-        pairs = _mode_pairs(observed, t, r)
-        claim = f"On fully observed tasks the short window (K={MEMORY_K}) is still enough · {scoring}"
-        if pairs.empty:
-            out.append(
-                (claim, "not measured", f"needs DeMa K={MEMORY_K} runs on fully observed datasets in both modes")
-            )
-        else:
-            verdict, evidence = paired_verdict(pairs[t] - pairs[r], at_least=True)
-            out.append(
-                (
-                    claim,
-                    verdict,
-                    f"Transformer-like minus RNN-like: {evidence}; Transformer-like {pairs[t].mean():.1f} vs "
-                    f"RNN-like {pairs[r].mean():.1f} on {', '.join(sorted(set(pairs.dataset)))}",
-                )
-            )
+    questions = (  # (runs, mode A, mode B, claim, the runs it needs, A only "at least as good")
+        (long_cue, "rnn", "transformer", "A short K fails where the cue lies beyond it (K={K}, long corridor)",
+         f"DeMa K={MEMORY_K} runs on {', '.join(LONG_CUE_DATASETS)}", False),
+        (observed, "transformer", "rnn", "On fully observed tasks the short window (K={K}) is still enough",
+         f"DeMa K={MEMORY_K} runs on fully observed datasets", True),
+    )  # fmt: skip
+    labels = {"rnn": "RNN-like", "transformer": "Transformer-like"}
+    for runs, mode_a, mode_b, claim, needs, at_least in questions:
+        for prefix, scoring in SCORINGS:
+            a, b = (prefix + mode_a, labels[mode_a]), (prefix + mode_b, labels[mode_b])
+            out.append(_modes_finding(runs, a, b, f"{claim.format(K=MEMORY_K)} · {scoring}", needs, at_least))
     pair_key = ["dataset", "K", "seed"]
     for arch in ("lstm", "gru"):
         theirs = df[df.arch == arch]
