@@ -309,3 +309,37 @@ def test_a_baseline_run_trains_evaluates_and_records_without_attention(tiny_conf
     assert prov["carried_state_bytes"] == {mode: state_bytes(model_cfg, mode)}
     row = run_summary_row(run)
     assert row["family"] == f"{arch.upper()} B3LD" and row["score_mode"] == mode
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru", "mlp"])
+def test_discrete_atari_baselines_step_as_their_sequence(arch):
+    """On the Atari path (Nature CNN, action indices, logits, tokens (a, R, s)): the recurrent
+    baselines' steps give the sequence's logits, and every baseline's policy picks valid indices."""
+    torch.manual_seed(0)
+    obs = (4, 84, 84)
+    cfg = ModelConfig(
+        arch=arch, state_dim=4 * 84 * 84, act_dim=1, obs_shape=obs, n_actions=4, K=3, d_model=16, n_layer=1,
+        token_order="ARS", embed_norm="none", dropout=0.0,
+    )  # fmt: skip
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    x = dict(
+        states=torch.randint(0, 256, (1, 3, *obs), generator=g, dtype=torch.uint8),
+        actions=torch.randint(0, 4, (1, 3, 1), generator=g).float(),
+        returns_to_go=torch.rand(1, 3, 1, generator=g) * 50,
+        timesteps=torch.arange(3)[None],
+    )
+    seq = model(**x)  # (1, 3, n_actions) logits
+    assert seq.shape == (1, 3, 4)
+    if cfg.recurrent:
+        state = model.allocate_state(1)
+        for t in range(3):
+            prev = x["actions"][:, t - 1] if t else torch.zeros(1, 1)
+            s, r, ts = x["states"][:, t], x["returns_to_go"][:, t], x["timesteps"][:, t]
+            tok = model.embed.step_tokens(s, prev, r, ts, first=t == 0)
+            torch.testing.assert_close(model.predict_action(model.step(tok, state)), seq[:, t], atol=2e-5, rtol=1e-4)
+    policy = Policy(model, "rnn" if cfg.recurrent else "transformer")
+    for t in range(3):
+        a = policy.act(x["states"][0, t].numpy())
+        assert a.shape == (1,) and a[0] in (0, 1, 2, 3)
+        policy.observe(1.0)
