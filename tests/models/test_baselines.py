@@ -343,3 +343,25 @@ def test_discrete_atari_baselines_step_as_their_sequence(arch):
         a = policy.act(x["states"][0, t].numpy())
         assert a.shape == (1,) and a[0] in (0, 1, 2, 3)
         policy.observe(1.0)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "mlp"])
+def test_relevance_of_a_baseline_by_the_methods_without_attention(arch):
+    """Gradient x input and occlusion explain a baseline's decision; the attention methods are
+    refused in one line naming those it takes."""
+    from dema_lab.analysis.explain import relevance
+
+    torch.manual_seed(0)
+    model = build_model(small(arch, dropout=0.0))
+    win = window(b=1, T=4)
+    for method in ("gradient", "occlusion"):
+        ds = relevance(model, win, method)
+        values = ds["relevance"].values[0]
+        assert np.isfinite(values).all() and np.abs(values).max() > 0
+        if arch == "mlp":  # memoryless: only the current return and state tokens matter (occlusion's
+            # batched forward differs from batch 1 by float rounding, ~1e-8: not a dependence)
+            moving = set(ds.token_label.values[np.abs(values) > 1e-5 * np.abs(values).max()])
+            assert moving == {"R0", "s0"}, moving
+    for method in ("alpha", "unified", "rollout"):
+        with pytest.raises(ValueError, match=f"a '{arch}' model has no hidden attention; use one of gradient"):
+            relevance(model, win, method)
