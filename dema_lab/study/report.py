@@ -474,6 +474,7 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
             "RNN-like against Transformer-like: score (last checkpoint), latency per step (ms), state carried "
             "between steps"
         ] = pd.concat(cols, axis=1)
+    rep.tables.update(recurrent_tables(df))
     decay_cols = sorted(c for c in main if c.startswith(("r2_layer", "half_life_steps_layer")))
     if decay_cols:
         decay = pd.concat(
@@ -514,6 +515,30 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
     ] = random_table(df)
     rep.findings = findings(df)
     return rep
+
+
+def recurrent_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """RNN-like DeMa (B3LD, no timestep embedding) beside the LSTM and GRU baselines, by dataset and
+    K: the RNN-like score at the last and the best checkpoint, the latency per step and the state
+    each carries between steps. Empty without an LSTM or GRU run."""
+    dema = (df.arch == "dema") & (df.layout == "B3LD") & ~df.timestep_embedding.astype(bool)
+    rec = df[dema | df.arch.isin(["lstm", "gru"])]
+    if not rec.arch.isin(["lstm", "gru"]).any() or "score_rnn" not in rec:
+        return {}
+    rec = rec.assign(model=rec.arch.map(ARCH_LABELS))
+    key = ["dataset", "K"]
+    out = {
+        "RNN-like DeMa against LSTM and GRU: score (RNN-like; last and best checkpoint)": _last_best(
+            rec, key, ["model"], mode="rnn"
+        )
+    }
+    for col, what, fmt in (
+        ("latency_ms_rnn", "latency per step (ms)", lambda v: f"{np.nanmean(v):.2f}"),
+        ("state_bytes_rnn", "state carried between steps", lambda v: f"{np.nanmean(v) / 1024:.1f} KiB"),
+    ):
+        if col in rec:
+            out[f"RNN-like DeMa against LSTM and GRU: {what}"] = _table(rec, key, ["model"], col, fmt=fmt)
+    return out
 
 
 def random_table(df: pd.DataFrame) -> pd.DataFrame:

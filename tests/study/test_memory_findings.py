@@ -87,3 +87,26 @@ def test_reports_without_memory_tasks_or_baselines_have_no_memory_findings():
 )
 def test_which_datasets_need_memory(name, memory):
     assert needs_memory(name) is memory
+
+
+def test_recurrent_tables_set_dema_beside_lstm_and_gru():
+    from dema_lab.study.report import recurrent_tables
+
+    rows = [
+        row(LONG, arch, s, score_rnn=score + s, latency_ms_rnn=lat, state_bytes_rnn=state, **extra)
+        for s in range(2)
+        for arch, score, lat, state, extra in (
+            ("dema", 80.0, 0.5, 12288, {"score_transformer": 30.0}),
+            ("lstm", 60.0, 0.2, 1536, {}),
+            ("gru", 90.0, 0.1, 768, {}),
+            ("dt", 0.0, 9.0, 99, {}),  # not a recurrent model: left out
+        )
+    ]
+    tables = recurrent_tables(pd.DataFrame(rows))
+    scores = tables["RNN-like DeMa against LSTM and GRU: score (RNN-like; last and best checkpoint)"]
+    assert scores.loc[(LONG, 20), ("LSTM", "last")] == "60.5 ± 0.7"
+    assert {c[0] for c in scores.columns} == {"DeMa", "GRU", "LSTM"}
+    state = tables["RNN-like DeMa against LSTM and GRU: state carried between steps"]
+    assert state.loc[(LONG, 20)].to_dict() == {"DeMa": "12.0 KiB", "GRU": "0.8 KiB", "LSTM": "1.5 KiB"}
+    assert tables["RNN-like DeMa against LSTM and GRU: latency per step (ms)"].loc[(LONG, 20), "GRU"] == "0.10"
+    assert recurrent_tables(pd.DataFrame([r for r in rows if r["arch"] == "dema"])) == {}
