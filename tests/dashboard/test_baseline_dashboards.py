@@ -102,6 +102,24 @@ def test_browser_compare_and_study_pages_render_lstm_mlp_and_dema(baseline_serve
     p.shot("baseline-compare")
     p.check_clean()
     page.close()
+    # the baselines alone: the attention plots say why they are empty
+    p = Page(browser, baseline_server.url("compare") + "?runs=tiny-lstm%2Ctiny-mlp")
+    page = p.page
+    page.get_by_text("tiny-lstm").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    page_figures(
+        page,
+        [
+            r"Normalized score vs K .*",
+            "Half-life of attention vs K: " + NO_ATTENTION.replace("this model has", "these models have"),
+            r"Decay curves \(these models have no hidden attention\)",
+            r"Parameters vs K",
+            r"MACs per step vs K .*",
+            r"Training time",
+        ],
+    )
+    p.check_clean()
+    page.close()
     p = Page(browser, baseline_server.url("study"))
     page = p.page
     page.get_by_text("3 finished runs").first.wait_for(timeout=90_000)
