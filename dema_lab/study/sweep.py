@@ -107,14 +107,17 @@ class SweepConfig:
 
 # Named sweeps: the grid's fields and every run's TrainConfig fields ("base").
 #
-# memory: 7 models x 3 datasets = 21 runs. Sizes and steps are set so that the whole sweep trains
-# and evaluates on 2 cores in under 2 hours. Measured on this 2-core machine (shared, one thread per
-# run, d_model 64, 3 layers, batch 32, hopper's 11-dim states): training steps/s of DeMa K 5 / 20 / 60
-# 8.8 / 3.0 / 1.1, LSTM K 20 11.7, GRU K 20 4.1, DT K 20 4.6, MLP 9.6, so the seven models of one
-# dataset take 2.0 s per training step together: 1500 steps x 3 datasets = 9000 s of training,
-# plus about 2 min of evaluation per run (1000-step MuJoCo episodes, 5 per mode and target; MiniGrid
-# episodes are far shorter) = 2500 s: 11,500 worker-seconds, ~96 min on 2 workers. No ablations:
-# the question here is memory, not the hidden attention's removal (add them with --ablations).
+# memory: 7 models x 3 datasets = 21 runs, sized to train and evaluate on 2 cores in under 2 hours.
+# Measured on this 2-core machine at 16:16 UTC (load 2.6 from other jobs; one thread per run,
+# d_model 64, 3 layers, batch 32, 11-dim states), training steps/s: DeMa K 5 / 20 / 60 18.1 / 8.5 /
+# 3.2, LSTM 39.1, GRU 18.4, DT 15.1, MLP 31.6: the seven models of one dataset take 0.66 s per step
+# together, so 2000 steps x 3 datasets = 4000 s of training. Evaluation, per env step: recorded
+# episodes (frames and hidden attention at every step) DeMa K 60 ~330 ms, K 20 32 ms, the others
+# under 3 ms; the unrecorded ones run batched (DeMa K 60 18 ms for 5 episodes). At worst (every
+# episode 1000 steps long; 2 targets on MuJoCo, 1 on MiniGrid) that is ~3800 s, most of it DeMa
+# K 60's recordings. ~7800 worker-seconds: ~65 min on 2 workers. At 15:45, under heavy load from
+# other jobs, training ran 2-3x slower (DeMa K 60 1.1 steps/s): ~2 h then. No ablations: the
+# question here is memory, not the hidden attention's removal (--ablations adds them).
 SWEEP_PRESETS = {
     "memory": {
         "grid": {
@@ -135,7 +138,7 @@ SWEEP_PRESETS = {
             "d_model": 64,
             "n_layer": 3,
             "d_state": 16,
-            "steps": 1500,
+            "steps": 2000,
             "batch_size": 32,
             "lr": 6e-4,
             "warmup_steps": 100,

@@ -28,7 +28,7 @@ def test_memory_preset_expands_to_every_model_on_every_dataset():
         assert got == MEMORY_MODELS
     for c in configs:
         assert c.run.sweep == "memory" and c.run.run_id.startswith("memory-")
-        assert (c.model.d_model, c.model.n_layer, c.optim.steps, c.optim.batch_size) == (64, 3, 1500, 32)
+        assert (c.model.d_model, c.model.n_layer, c.optim.steps, c.optim.batch_size) == (64, 3, 2000, 32)
         assert c.model.timestep_embedding == (c.model.arch == "dt")  # DT as its papers ran it
     assert not sweep_preset("memory").ablations
 
