@@ -35,6 +35,7 @@ class RecurrentState:
     c: torch.Tensor | None = None
 
     def tensors(self) -> list[torch.Tensor]:
+        """The carried tensors: [h] or [h, c]."""
         return [self.h] if self.c is None else [self.h, self.c]
 
 
