@@ -26,6 +26,7 @@ import xarray as xr
 
 from dema_lab.analysis.decay import fit_decay
 from dema_lab.analysis.tokens import current_token, token_labels
+from dema_lab.models.config import ATTENTION_ARCHS
 from dema_lab.ssm import AGGREGATIONS, Mamba, aggregate_channels, hidden_attention
 
 METHODS = ("alpha", "unified", "rollout", "gradient", "occlusion", "recency", "random")
@@ -110,6 +111,11 @@ def unified_attention(
 def _check_options(method: str, arch: str, n_layer: int, options: dict) -> dict:
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
+    if arch not in ATTENTION_ARCHS and method not in DT_METHODS[1:]:
+        raise ValueError(
+            f"method {method!r} reads attention, and a {arch!r} model has no hidden attention; "
+            f"use one of {', '.join(DT_METHODS[1:])} (recency with rate= or mass=)"
+        )
     if arch == "dt" and method not in DT_METHODS:
         raise ValueError(
             f"method {method!r} is defined for Decision Mamba's mixer only; for a Decision Transformer "
@@ -285,6 +291,8 @@ def relevance(model, window: dict, method: str, **options) -> xr.Dataset:
                  lag 0 first) or to this window's own attention row (analysis.decay.fit_decay).
       random     uniform [0, 1) from numpy's generator seeded with `seed`.
     A Decision Transformer has no mixer: alpha and unified raise; rollout rolls out its heads.
+    The LSTM, GRU and MLP baselines have no attention: gradient, occlusion, random and recency
+    (with rate or mass) only.
     """
     cfg = model.cfg
     opts = _check_options(method, cfg.arch, cfg.n_layer, options)

@@ -11,7 +11,7 @@ from dema_lab.analysis.scoring import METHOD_TEXT, METHODS, SCORE_TEXT, headline
 from dema_lab.common.values import truthy
 from dema_lab.store.zarr_store import Run, RunStore
 
-ARCH_LABELS = {"dema": "DeMa", "dt": "DT"}
+ARCH_LABELS = {"dema": "DeMa", "dt": "DT", "lstm": "LSTM", "gru": "GRU", "mlp": "MLP"}
 
 
 def family_label(arch: str, layout: str = "", timestep_embedding=False) -> str:

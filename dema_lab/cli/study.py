@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -18,8 +18,11 @@ from dema_lab.cli.flags import (
 )
 from dema_lab.models import ARCHS, LAYOUTS, MODES
 from dema_lab.store.zarr_store import DEFAULT_STORE
-from dema_lab.study.sweep import SweepConfig
+from dema_lab.study.sweep import SWEEP_PRESETS, SweepConfig
 from dema_lab.training.config import TrainConfig, parse_flat
+
+# --preset: a training preset (training/presets) or a named sweep (study.sweep.SWEEP_PRESETS)
+SweepPresetName = Literal[tuple(sorted({*PresetName.__args__, *SWEEP_PRESETS}))]
 
 
 @dataclasses.dataclass
@@ -30,9 +33,10 @@ class SweepFlags:
 
     grid: SweepConfig = dataclasses.field(default_factory=SweepConfig)
     store: str = DEFAULT_STORE  # the store every run of the sweep goes into
-    #: every run starts from this preset (DT points with DT's own tokens); --base-config and --set
-    #: override it
-    preset: PresetName | None = None
+    #: a training preset every run starts from (DT points with DT's own tokens), or a named sweep
+    #: that fixes the grid too (memory: DeMa at K 5/20/60 both ways, LSTM, GRU, DT, MLP on the memory
+    #: tasks); the grid's flags, --base-config and --set override it
+    preset: SweepPresetName | None = None
     #: a JSON or TOML file of TrainConfig fields for everything the grid does not set
     base_config: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
     #: TrainConfig fields of every run, e.g. steps=3000 d_model=64
@@ -41,7 +45,7 @@ class SweepFlags:
 
 
 SWEEP_DESCRIPTION = (
-    "The paper's study: a grid of runs (K, layout, timestep embedding, DeMa/DT, seeds), resumable, "
+    "The paper's study: a grid of runs (K, layout, timestep embedding, DeMa/DT/LSTM/GRU/MLP, seeds), resumable, "
     "in parallel processes or on a Ray cluster. The grid's flags are SweepConfig's fields; --preset, "
     "--base-config and --set give every run's other TrainConfig fields."
 )
@@ -86,7 +90,9 @@ def _sweep_args(ns, argv) -> argparse.Namespace:
     )
     types = {name: hint for name, hint in field_types(SweepConfig).items() if name != "base"}
     typed = typed_fields(flags.grid, types)
-    fields = {name: typed.get(name, flags.grid[name]) for name in types}
+    preset = parse_value(SweepPresetName | None, flags.preset, "preset")
+    named = SWEEP_PRESETS[preset]["grid"] if preset in SWEEP_PRESETS else {}
+    fields = {name: typed.get(name, named.get(name, flags.grid[name])) for name in types}
     for name, allowed in SWEEP_CHOICES.items():
         bad = [v for v in fields[name] if v not in allowed]
         if bad:
@@ -94,7 +100,7 @@ def _sweep_args(ns, argv) -> argparse.Namespace:
     ns.sweep_fields = fields
     ns.name = fields["name"]
     ns.store = str(flags.store)
-    ns.preset = parse_value(PresetName | None, flags.preset, "preset")
+    ns.preset = preset
     ns.base_config = None if flags.base_config is None else str(flags.base_config)
     ns.set = None if flags.set is None else [str(v) for v in flags.set]
     ns.storage_option = [str(v) for v in flags.storage_option]
@@ -105,7 +111,10 @@ def _sweep(args) -> int:
     from dema_lab.study.sweep import run_sweep
     from dema_lab.training.presets import preset_fields
 
-    given = preset_fields(args.preset) if args.preset else {}
+    if args.preset in SWEEP_PRESETS:  # a named sweep: its runs' settings
+        given = dict(SWEEP_PRESETS[args.preset]["base"])
+    else:
+        given = preset_fields(args.preset) if args.preset else {}
     given.update(TrainConfig.read_file(args.base_config) if args.base_config else {})
     base = TrainConfig.from_flat({**given, **parse_set(args.set), "store": args.store})
     results = run_sweep(SweepConfig(**args.sweep_fields, base=base))

@@ -124,6 +124,11 @@ def _check(model, method: str, layers, modes=("transformer",)) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown ablation method {method!r}; choose one of {', '.join(METHODS)}")
     arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
+    if method in LAYERED and not getattr(getattr(model, "cfg", None), "has_attention", True):
+        raise ValueError(
+            f"ablation {method!r} removes hidden attention, and a {arch!r} model has none "
+            f"(only DeMa has hidden attention to ablate); this model takes: {', '.join(methods_for(model))}"
+        )
     if method in LAYERED and not mixers(model):
         raise ValueError(
             f"ablation {method!r} needs a DeMa model (Mamba mixers); this is a {arch!r} model, "

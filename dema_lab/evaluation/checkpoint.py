@@ -49,7 +49,8 @@ def evaluate_checkpoint(
     """Evaluate a model as the run's checkpoint `step` and publish what the trainer publishes at each
     evaluation: eval/ (returns and normalized scores by mode, target, episode), rollout/ (the
     recorded episodes), decay/ (dema-lab's decay statistics on `sampler`'s dataset windows) and
-    paper_attention/ (the paper's display, from a recorded Transformer-like episode of 20+ steps).
+    paper_attention/ (the paper's display, from a recorded Transformer-like episode of 20+ steps);
+    the last two only for models with attention (not the LSTM, GRU or MLP baselines).
 
     `evaluation` holds the settings (a TrainConfig's evaluation section: eval_episodes,
     record_episodes, render_size, attention, eval_max_steps, decay_windows). Returns the eval Dataset."""
@@ -76,7 +77,9 @@ def evaluate_checkpoint(
         run.write("rollout", rollout_name(step, mode, target_index, episode), ds, encoding=rollout_encoding(ds))
     results.attrs.update(seconds=round(time.perf_counter() - start, 2), **(attrs or {}))
     run.write("eval", name, results.expand_dims(checkpoint=[step]))
-    if evaluation.decay_windows:
+    if not model.cfg.has_attention:  # LSTM, GRU, MLP: no attention to measure or display
+        log(f"{run.run_id}: a {model.cfg.arch!r} model has no hidden attention: no decay statistics or paper display")
+    elif evaluation.decay_windows:
         try:
             batch = full_windows(sampler, evaluation.decay_windows, seed)
         except ValueError as e:  # no episode as long as K: no windows to measure on
@@ -84,9 +87,10 @@ def evaluate_checkpoint(
         else:
             batch = {k: v.to(device) if device is not None else v for k, v in batch.items()}
             run.write("decay", name, decay_statistics(model, batch, checkpoint=step))
-    publish_paper_attention(
-        run, step, model, sampler.state_mean, sampler.state_std, rtg_scale, if_short="skip", log=log
-    )
+    if model.cfg.has_attention:
+        publish_paper_attention(
+            run, step, model, sampler.state_mean, sampler.state_std, rtg_scale, if_short="skip", log=log
+        )
     score = results["normalized_score"].mean("episode")
     summary = ", ".join(
         f"{m}@{t:g}: {float(score.sel(mode=m, target=t)):.1f}"

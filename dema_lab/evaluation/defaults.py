@@ -36,5 +36,10 @@ def default_targets(env: str, dataset=None) -> list[float]:
 
 
 def default_modes(arch: str) -> list[str]:
-    """DeMa is evaluated Transformer-like and RNN-like; DT has only the Transformer-like mode."""
-    return ["transformer", "rnn"] if arch == "dema" else ["transformer"]
+    """DeMa is evaluated Transformer-like and RNN-like (the paper's question); the LSTM and GRU
+    RNN-like, as they are meant to act (carrying their state over the whole episode; they can
+    also be asked for "transformer", a fresh state on the last K steps at every step); DT and
+    the memoryless MLP have only the Transformer-like mode (the MLP's window changes nothing)."""
+    if arch == "dema":
+        return ["transformer", "rnn"]
+    return ["rnn"] if arch in ("lstm", "gru") else ["transformer"]

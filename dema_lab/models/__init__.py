@@ -1,4 +1,4 @@
-"""Decision Mamba and the Decision Transformer baseline, with one data interface: configs, the
+"""Decision Mamba and its baselines (the Decision Transformer, LSTM, GRU, a memoryless MLP), with one data interface: configs, the
 models, the policies that act with them, their cost, and checkpoint files (official/ reads the
 official code's). May import common and ssm only: data and envs come in as arguments."""
 
@@ -14,6 +14,7 @@ from dema_lab.models.checkpoint import (
 )
 from dema_lab.models.config import ARCHS, LAYOUTS, ModelConfig
 from dema_lab.models.cost import (
+    carried_state_bytes,
     cost_summary,
     count_parameters,
     forward_macs,
@@ -25,8 +26,10 @@ from dema_lab.models.cost import (
 from dema_lab.models.dema import DecisionMamba
 from dema_lab.models.dt import DecisionTransformer
 from dema_lab.models.init import official_init
+from dema_lab.models.mlp import MemorylessMLP
 from dema_lab.models.official.unpickler import OfficialCheckpointError, UnsafeCheckpointError
-from dema_lab.models.policy import MODES, BatchPolicy, Policy
+from dema_lab.models.policy import MODES, BatchPolicy, Policy, inference_modes
+from dema_lab.models.rnn import RecurrentBaseline, RecurrentState
 
 __all__ = [
     "ARCHS",
@@ -37,6 +40,9 @@ __all__ = [
     "CheckpointError",
     "DecisionMamba",
     "DecisionTransformer",
+    "MemorylessMLP",
+    "RecurrentBaseline",
+    "RecurrentState",
     "ModelConfig",
     "OfficialCheckpointError",
     "UnsafeCheckpointError",
@@ -44,6 +50,8 @@ __all__ = [
     "Policy",
     "TrajectoryModel",
     "build_model",
+    "carried_state_bytes",
+    "inference_modes",
     "official_init",
     "cost_summary",
     "count_parameters",

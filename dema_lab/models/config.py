@@ -1,4 +1,14 @@
-"""ModelConfig: everything needed to rebuild a DecisionMamba or a DecisionTransformer.
+"""ModelConfig: everything needed to rebuild a DecisionMamba, a DecisionTransformer or a baseline.
+
+Architectures (`arch`), all on the same trajectory tokens, embeddings and action head:
+    dema  Decision Mamba (models/dema.py): acts Transformer-like or RNN-like
+    dt    Decision Transformer (models/dt.py): Transformer-like only
+    lstm, gru  a torch nn.LSTM / nn.GRU over the tokens (models/rnn.py): hidden size d_model,
+          n_layer layers; trained on K-step windows, acting RNN-like (or Transformer-like)
+    mlp   memoryless behaviour cloning (models/mlp.py): the action at s_t from the R_t and s_t
+          tokens only; Transformer-like (the window changes nothing)
+Only DeMa and DT have attention maps (`has_attention`); dema, lstm and gru carry a recurrent
+state (`recurrent`).
 
 Two DeMa flavours share one model class (see README, "Checkpoints from the official DeMa code"):
 
@@ -24,7 +34,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-ARCHS = ("dema", "dt")
+ARCHS = ("dema", "dt", "lstm", "gru", "mlp")
+RECURRENT_ARCHS = ("dema", "lstm", "gru")  # can act RNN-like, carrying a state
+ATTENTION_ARCHS = ("dema", "dt")  # have (hidden) attention maps
 LAYOUTS = ("B3LD", "BL3D")
 TOKEN_ORDERS = ("RSA", "RAS", "ARS")
 EMBED_NORMS = ("layernorm", "none")
@@ -58,7 +70,7 @@ class ModelConfig:
     """Everything that defines a DeMa or DT model: built by `build_model(cfg)`, saved in every
     checkpoint's header, validated on construction (a bad field fails here, by name)."""
 
-    arch: str = "dema"  # "dema" (Decision Mamba) or "dt" (Decision Transformer)
+    arch: str = "dema"  # "dema" (Decision Mamba), "dt" (Decision Transformer), "lstm", "gru", "mlp"
     state_dim: int = 11
     act_dim: int = 3
     K: int = 20  # context length in timesteps
@@ -97,7 +109,7 @@ class ModelConfig:
     def validate(self):
         problems = []
         if self.arch not in ARCHS:
-            problems.append(f"arch {self.arch!r} is unknown (choose {' or '.join(ARCHS)})")
+            problems.append(f"arch {self.arch!r} is unknown (choose {', '.join(ARCHS)})")
         for name, allowed in (
             ("layout", LAYOUTS),
             ("token_order", TOKEN_ORDERS),
@@ -156,6 +168,16 @@ class ModelConfig:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the model can act RNN-like, carrying a state through the episode (DeMa, LSTM, GRU)."""
+        return self.arch in RECURRENT_ARCHS
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether the model has attention maps to show (DeMa's hidden attention, DT's softmax)."""
+        return self.arch in ATTENTION_ARCHS
 
     @property
     def discrete(self) -> bool:

@@ -1,8 +1,9 @@
 """Parameters and multiply-accumulates (MACs) of a model config, counted analytically.
 
 Counted: every matrix product (embeddings, projections, attention scores and mixing, the
-action head), the depthwise conv, and the selective scan (3 MACs per channel and state per
-token: decay x state, input x B, C x state). Norms, activations and exp are not counted.
+action head, the LSTM's and GRU's gates), the depthwise conv, and the selective scan (3 MACs per
+channel and state per token: decay x state, input x B, C x state). Norms, activations, exp and the
+gates' elementwise products are not counted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from dema_lab.models.build import build_model
 from dema_lab.models.config import ModelConfig
+from dema_lab.models.mlp import return_lag
 
 
 def _cnn_macs(obs_shape, width: int) -> int:
@@ -65,6 +67,22 @@ def _transformer_layer_macs(cfg: ModelConfig, L: int) -> int:
     return dense + attn
 
 
+def _rnn_gates(cfg: ModelConfig) -> int:
+    """Gate blocks of an LSTM (4: input, forget, cell, output) or a GRU (3: reset, update, new) layer."""
+    return 4 if cfg.arch == "lstm" else 3
+
+
+def _rnn_token_macs(cfg: ModelConfig) -> int:
+    """One LSTM or GRU layer on one token: every gate's input and hidden d x d products."""
+    return _rnn_gates(cfg) * 2 * cfg.d_model * cfg.d_model
+
+
+def _mlp_token_macs(cfg: ModelConfig) -> int:
+    """The memoryless MLP on one token: its input projection and n_layer d -> 4d -> d MLPs."""
+    d = cfg.d_model
+    return (2 if return_lag(cfg) else 1) * d * d + cfg.n_layer * 8 * d * d
+
+
 def forward_macs(cfg: ModelConfig, steps: int | None = None) -> int:
     """MACs of one forward pass over a window of `steps` env steps (default K), batch 1."""
     T = cfg.K if steps is None else steps
@@ -72,6 +90,10 @@ def forward_macs(cfg: ModelConfig, steps: int | None = None) -> int:
     macs = T * _embed_macs(cfg) + T * cfg.d_model * _head_size(cfg)  # embeddings + head
     if cfg.arch == "dema":
         macs += cfg.n_layer * L * _mamba_token_macs(cfg)
+    elif cfg.arch in ("lstm", "gru"):
+        macs += cfg.n_layer * L * _rnn_token_macs(cfg)
+    elif cfg.arch == "mlp":
+        macs += L * _mlp_token_macs(cfg)
     else:
         macs += cfg.n_layer * _transformer_layer_macs(cfg, L)
     return macs
@@ -81,9 +103,25 @@ def step_macs(cfg: ModelConfig, mode: str = "transformer") -> int:
     """MACs to choose one action in steady state (t >= K), batch 1."""
     if mode == "transformer":
         return forward_macs(cfg)
-    if mode != "rnn" or cfg.arch != "dema":
+    if mode != "rnn" or not cfg.recurrent:
         raise ValueError(f"no {mode!r} inference for arch {cfg.arch!r}")
-    return _embed_macs(cfg) + cfg.d_model * _head_size(cfg) + cfg.n_layer * cfg.tokens_per_step * _mamba_token_macs(cfg)
+    layer = _mamba_token_macs(cfg) if cfg.arch == "dema" else _rnn_token_macs(cfg)
+    return _embed_macs(cfg) + cfg.d_model * _head_size(cfg) + cfg.n_layer * cfg.tokens_per_step * layer
+
+
+def carried_state_bytes(cfg: ModelConfig, mode: str = "rnn", dtype: torch.dtype = torch.float32) -> int:
+    """Bytes a policy carries from one env step to the next, per episode, in `dtype`.
+    RNN-like: DeMa's conv inputs (d_inner x d_conv) and SSM state (d_inner x d_state, always
+    float32) per layer; the LSTM's h and c, the GRU's h (n_layer x d_model each).
+    Transformer-like: the last K steps' inputs it re-runs on (R, s, a and the timestep t)."""
+    if mode == "transformer":
+        return cfg.K * (cfg.state_dim + cfg.act_dim + 2) * dtype.itemsize
+    if mode != "rnn" or not cfg.recurrent:
+        raise ValueError(f"no {mode!r} inference for arch {cfg.arch!r}")
+    if cfg.arch == "dema":
+        di = cfg.expand * cfg.d_model
+        return cfg.n_layer * di * (cfg.d_conv * dtype.itemsize + cfg.d_state * torch.float32.itemsize)
+    return cfg.n_layer * cfg.d_model * (2 if cfg.arch == "lstm" else 1) * dtype.itemsize
 
 
 def count_parameters(cfg_or_model) -> int:
@@ -122,6 +160,11 @@ def parameter_count(cfg: ModelConfig) -> int:
         di, r, ds = cfg.expand * d, math.ceil(d / 16), cfg.d_state
         mixer = d * 2 * di + di * cfg.d_conv + di + di * (r + 2 * ds) + r * di + di + di * ds + di + di * d
         n += cfg.n_layer * (d + mixer) + d  # RMSNorm per block, the final RMSNorm
+    elif cfg.arch in ("lstm", "gru"):  # torch's weight_ih, weight_hh and both biases per gate
+        n += cfg.n_layer * _rnn_gates(cfg) * (2 * d * d + 2 * d) + d  # the final RMSNorm
+    elif cfg.arch == "mlp":
+        block = _norm_params(cfg) + (4 * d * d + 4 * d) + (4 * d * d + d)
+        n += (2 if return_lag(cfg) else 1) * d * d + d + cfg.n_layer * block + _norm_params(cfg)
     else:
         block = 2 * _norm_params(cfg) + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
         n += cfg.n_layer * block + _norm_params(cfg)
@@ -190,6 +233,6 @@ def cost_summary(cfg: ModelConfig) -> dict:
         "forward_macs": forward_macs(cfg),
         "step_macs_transformer": step_macs(cfg, "transformer"),
     }
-    if cfg.arch == "dema":
+    if cfg.recurrent:
         out["step_macs_rnn"] = step_macs(cfg, "rnn")
     return out

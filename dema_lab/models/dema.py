@@ -66,6 +66,13 @@ class DecisionMamba(TrajectoryModel):
     def allocate_state(self, batch_size: int, device=None) -> list[MambaState]:
         return [block.mixer.allocate_state(batch_size, device=device) for block in self.layers]
 
+    @staticmethod
+    def keep_state_rows(state: list[MambaState], rows) -> list[MambaState]:
+        """Keep the episodes (batch rows) `rows` (bool (b,)) of every layer's state, in place."""
+        for s in state:
+            s.conv, s.ssm = s.conv[rows], s.ssm[rows]
+        return state
+
     @torch.no_grad()
     def step(self, tokens, state: list[MambaState], record: list[list] | None = None):
         """Feed tokens (b, n, d) one at a time; returns the hidden output of the last, (b, d).

@@ -9,8 +9,11 @@
         through the model.
         window_actions "previous" (the DeMa repository's DT evaluation, `evaluate_episode_rtg`):
         step t's action slot holds a_{t-1} instead of a_t, one step off from how DT was trained.
-    RNN-like ("rnn", DeMa only): feed the step's new tokens once, carrying each layer's conv
-        and SSM state through the whole episode; constant cost per step (the official `get_action`).
+    RNN-like ("rnn", DeMa, LSTM and GRU): feed the step's new tokens once, carrying each layer's
+        conv and SSM state (DeMa; the official `get_action`) or the LSTM's (h, c), the GRU's h,
+        through the whole episode; constant cost per step.
+Models without attention maps (LSTM, GRU, MLP: `cfg.has_attention` False) record none: a
+Policy made with an `attention` method for one keeps `attention` None.
 BatchPolicy: N episodes in lockstep, one model call per env step (batched evaluation, both modes);
     row for row Policy's inputs, without attention.
 """
@@ -21,9 +24,16 @@ import numpy as np
 import torch
 
 from dema_lab.models.base import TrajectoryModel
+from dema_lab.models.config import RECURRENT_ARCHS
 from dema_lab.ssm import aggregate_channels
 
 MODES = ("transformer", "rnn")
+
+
+def inference_modes(arch: str) -> tuple[str, ...]:
+    """The modes a model of `arch` can act in: both for the recurrent ones (DeMa, LSTM, GRU),
+    Transformer-like only for DT and the MLP."""
+    return MODES if arch in RECURRENT_ARCHS else ("transformer",)
 
 
 class Policy:
@@ -44,10 +54,10 @@ class Policy:
         tokens of the current window that end with the current state token."""
         if mode not in MODES:
             raise ValueError(f"inference mode {mode!r} is unknown; choose 'transformer' or 'rnn'")
-        if mode == "rnn" and model.cfg.arch != "dema":
+        if mode not in inference_modes(model.cfg.arch):
             raise ValueError(
-                "RNN-like inference needs a recurrent model (DeMa); "
-                "a Decision Transformer can only run Transformer-like"
+                f"RNN-like inference needs a recurrent model (DeMa, LSTM or GRU); "
+                f"a {model.cfg.arch!r} model can only run Transformer-like"
             )
         self.model = model.eval()
         self.cfg = model.cfg
@@ -58,7 +68,7 @@ class Policy:
         self.state_mean = np.zeros(sd, np.float32) if state_mean is None else np.asarray(state_mean, np.float32)
         self.state_std = np.ones(sd, np.float32) if state_std is None else np.asarray(state_std, np.float32)
         self.rtg_scale = float(rtg_scale)
-        self.attention_method = attention
+        self.attention_method = attention if model.cfg.has_attention else None
         # Transformer-like: the layers whose attention act() computes (None: all); the others are
         # NaN in `attention`. RNN-like acting rebuilds every layer's from its record.
         self.attention_layers: tuple[int, ...] | None = None
@@ -210,6 +220,8 @@ class Policy:
         n tokens of the window the policy last acted on (ending with the current state token).
         Needs a policy made with an `attention` method when RNN-like (it records the scan)."""
         cfg = self.cfg
+        if not cfg.has_attention:
+            raise ValueError(f"a {cfg.arch!r} model has no hidden attention: there is none to show")
         if not self.actions:
             raise ValueError("the policy has not acted yet: call act() or replay_to() first")
         if self.mode == "transformer":
@@ -335,6 +347,4 @@ class BatchPolicy:
         self.rtgs = [x[mask] for x in self.rtgs]
         self.rtg, self.n = self.rtg[mask], int(mask.sum())
         if self.rnn_state is not None:
-            rows = torch.as_tensor(mask, device=self.device)
-            for s in self.rnn_state:
-                s.conv, s.ssm = s.conv[rows], s.ssm[rows]
+            self.model.keep_state_rows(self.rnn_state, torch.as_tensor(mask, device=self.device))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from dema_lab import __version__
-from dema_lab.models import count_parameters, forward_macs, step_macs
+from dema_lab.models import carried_state_bytes, count_parameters, forward_macs, step_macs
 from dema_lab.ssm import backend_for
 
 
@@ -44,7 +44,9 @@ def provenance(dataset, env: str, model, modes, targets, device="cpu", **extra) 
         "code_version": __version__,
         "git_commit": git_commit(),
         "device": str(device),
-        "backend": backend_for(torch.device(device)) if cfg.arch == "dema" else "attention",
+        "backend": backend_for(torch.device(device))
+        if cfg.arch == "dema"
+        else {"dt": "attention"}.get(cfg.arch, f"torch {cfg.arch}"),
         "torch": torch.__version__,
         "host": socket.gethostname(),
         "python": platform.python_version(),
@@ -53,6 +55,7 @@ def provenance(dataset, env: str, model, modes, targets, device="cpu", **extra) 
         "parameters": count_parameters(model),
         "forward_macs": forward_macs(cfg),
         "step_macs": {m: step_macs(cfg, m) for m in modes},
+        "carried_state_bytes": {m: carried_state_bytes(cfg, m) for m in modes},
         "eval_targets": [float(t) for t in targets],
         "eval_modes": list(modes),
     }

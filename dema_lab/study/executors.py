@@ -122,6 +122,8 @@ def run_point(cfg, ablations: bool, ablation_episodes: int, ablation_layers=("al
         )
         if kinds and what == "skipped":
             what = f"ablations added ({', '.join(kinds)})"
+        if not cfg.model.has_attention:
+            what += f"; no hidden-attention ablations (a {cfg.model.arch!r} model has no hidden attention)"
     return {"run_id": cfg.run.run_id, "what": what, "seconds": time.perf_counter() - start}
 
 

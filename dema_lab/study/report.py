@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from dema_lab.analysis.runs import family_label
+from dema_lab.analysis.runs import ARCH_LABELS, family_label
 from dema_lab.analysis.scoring import (
     METHOD_TEXT,
     METHODS,
@@ -39,6 +39,7 @@ from dema_lab.analysis.scoring import (
     t_interval,
 )
 from dema_lab.evaluation.defaults import default_modes
+from dema_lab.models.cost import carried_state_bytes
 from dema_lab.store.zarr_store import Run, RunStore
 
 
@@ -80,15 +81,6 @@ def _inference_cost(rs: RunStore, run) -> dict:
             cost[f"state_bytes_{mode}"] = carried_state_bytes(ck.config, mode)
         _COST[key] = cost
     return dict(_COST[key])
-
-
-def carried_state_bytes(cfg, mode: str) -> int:
-    """What inference keeps between env steps: RNN-like, each layer's conv and SSM state;
-    Transformer-like, the last K steps of (R, s, a, t)."""
-    if mode == "rnn":
-        d_inner = cfg.expand * cfg.d_model
-        return cfg.n_layer * d_inner * (cfg.d_conv + cfg.d_state) * 4
-    return cfg.K * (cfg.state_dim + cfg.act_dim + 2) * 4
 
 
 def sweep_names(store) -> list[str]:
@@ -311,7 +303,7 @@ def aggregate_table(df: pd.DataFrame, mode: str = "transformer", confidence: flo
     cols = {m: f"score_{mode}" if m == "last" else f"best_score_{mode}" for m in METHODS}
     if df.empty or cols["last"] not in df:
         return pd.DataFrame()
-    model = df.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(df.arch)
+    model = df.arch.map(ARCH_LABELS).fillna(df.arch)
     rows = []
     for (name, k), part in df.assign(model=model).groupby(["model", "K"]):
         row = {"model": name, "K": k}
@@ -466,9 +458,7 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
             "runs of every K and seed; drop = ablated − unablated, paired within each run)"
         ] = methods
     if "ablation_no_timestep" in df:
-        with_te = df[df.ablation_no_timestep.notna()].assign(
-            model=lambda d: d.arch.map({"dema": "DeMa", "dt": "DT"}).fillna(d.arch)
-        )
+        with_te = df[df.ablation_no_timestep.notna()].assign(model=lambda d: d.arch.map(ARCH_LABELS).fillna(d.arch))
         rep.tables["Timestep embedding removed at evaluation (models trained with one; normalized score)"] = pd.concat(
             [_table(with_te, key + ["model", "K"], [], c) for c in ("ablation_none", "ablation_no_timestep")], axis=1
         )
@@ -484,6 +474,7 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
             "RNN-like against Transformer-like: score (last checkpoint), latency per step (ms), state carried "
             "between steps"
         ] = pd.concat(cols, axis=1)
+    rep.tables.update(recurrent_tables(df))
     decay_cols = sorted(c for c in main if c.startswith(("r2_layer", "half_life_steps_layer")))
     if decay_cols:
         decay = pd.concat(
@@ -524,6 +515,30 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
     ] = random_table(df)
     rep.findings = findings(df)
     return rep
+
+
+def recurrent_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """RNN-like DeMa (B3LD, no timestep embedding) beside the LSTM and GRU baselines, by dataset and
+    K: the RNN-like score at the last and the best checkpoint, the latency per step and the state
+    each carries between steps. Empty without an LSTM or GRU run."""
+    dema = (df.arch == "dema") & (df.layout == "B3LD") & ~df.timestep_embedding.astype(bool)
+    rec = df[dema | df.arch.isin(["lstm", "gru"])]
+    if not rec.arch.isin(["lstm", "gru"]).any() or "score_rnn" not in rec:
+        return {}
+    rec = rec.assign(model=rec.arch.map(ARCH_LABELS))
+    key = ["dataset", "K"]
+    out = {
+        "RNN-like DeMa against LSTM and GRU: score (RNN-like; last and best checkpoint)": _last_best(
+            rec, key, ["model"], mode="rnn"
+        )
+    }
+    for col, what, fmt in (
+        ("latency_ms_rnn", "latency per step (ms)", lambda v: f"{np.nanmean(v):.2f}"),
+        ("state_bytes_rnn", "state carried between steps", lambda v: f"{np.nanmean(v) / 1024:.1f} KiB"),
+    ):
+        if col in rec:
+            out[f"RNN-like DeMa against LSTM and GRU: {what}"] = _table(rec, key, ["model"], col, fmt=fmt)
+    return out
 
 
 def random_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -624,6 +639,99 @@ def short_k_finding(main: pd.DataFrame, score: str = "score_transformer", scorin
     if verdict == "not measured":
         parts[0] += "; run K=20 and K=40 on the same datasets and seeds"
     return claim, verdict, "; ".join(parts)
+
+
+# Which datasets need memory (fixed in advance, by name): the partially observed MuJoCo sets (velocities
+# removed), MiniGrid Memory and POPGym; of them, the long corridor, whose cue lies further back than a
+# K-20 window reaches. Every other dataset is fully observed (D4RL-style locomotion, Atari's frame stack).
+MEMORY_DATASET_MARKS = ("-pomdp", "minigrid-memory", "popgym-")
+LONG_CUE_DATASETS = ("minigrid-memory-s17",)
+MEMORY_K = 20  # the short window of the memory findings (the paper's 8-20), as the memory sweep trains it
+
+
+def needs_memory(dataset: str) -> bool:
+    """Whether a dataset (by name) is a partially observed task, where the past must be remembered."""
+    return any(mark in str(dataset) for mark in MEMORY_DATASET_MARKS)
+
+
+def _modes_finding(runs: pd.DataFrame, a, b, claim: str, needs: str, at_least: bool = False) -> tuple:
+    """(claim, verdict, evidence) of "mode A beats (at_least: is at least as good as) mode B" from the
+    runs scored both ways, paired within each run. a, b: (score column, label)."""
+    (col_a, label_a), (col_b, label_b) = a, b
+    pairs = runs.dropna(subset=[col_a, col_b]) if col_a in runs and col_b in runs else runs.iloc[0:0]
+    if pairs.empty:
+        return claim, "not measured", f"needs {needs} in both modes"
+    verdict, evidence = paired_verdict(pairs[col_a] - pairs[col_b], at_least=at_least)
+    return (
+        claim,
+        verdict,
+        f"{label_a} minus {label_b}: {evidence}; {label_a} {pairs[col_a].mean():.1f} vs {label_b} "
+        f"{pairs[col_b].mean():.1f} on {', '.join(sorted(set(pairs.dataset)))}",
+    )
+
+
+def memory_findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The findings of the memory study (`dema-lab sweep --preset memory`), by both scorings:
+
+    A short K fails where the cue lies beyond it: on the long corridor (LONG_CUE_DATASETS), the
+        DeMa trained on K 20 acting RNN-like (its state carries the whole episode) beats the same
+        weights acting Transformer-like on the last 20 steps; paired within each run.
+    On fully observed tasks the short window is still enough: there, the same DeMa acting
+        Transformer-like on 20 steps is at least as good as acting RNN-like; paired within each run.
+    RNN-like DeMa against LSTM and GRU: RNN-like DeMa at least as good as each, paired on dataset,
+        K and seed (on every dataset: the memory sweep's are memory tasks); the evidence gives the
+        latency per step and the state each carries between steps (bytes).
+    Each verdict needs MIN_PAIRS pairs not all equal (paired_verdict), else it says what is missing."""
+    out = []
+    dema = df[(df.arch == "dema") & (df.layout == "B3LD") & (~df.timestep_embedding)]
+    k20 = dema[dema.K == MEMORY_K]
+    long_cue = k20[k20.dataset.isin(LONG_CUE_DATASETS)]
+    observed = k20[~k20.dataset.map(needs_memory)]
+    questions = (  # (runs, mode A, mode B, claim, the runs it needs, A only "at least as good")
+        (long_cue, "rnn", "transformer", "A short K fails where the cue lies beyond it (K={K}, long corridor)",
+         f"DeMa K={MEMORY_K} runs on {', '.join(LONG_CUE_DATASETS)}", False),
+        (observed, "transformer", "rnn", "On fully observed tasks the short window (K={K}) is still enough",
+         f"DeMa K={MEMORY_K} runs on fully observed datasets", True),
+    )  # fmt: skip
+    labels = {"rnn": "RNN-like", "transformer": "Transformer-like"}
+    for runs, mode_a, mode_b, claim, needs, at_least in questions:
+        for prefix, scoring in SCORINGS:
+            a, b = (prefix + mode_a, labels[mode_a]), (prefix + mode_b, labels[mode_b])
+            out.append(_modes_finding(runs, a, b, f"{claim.format(K=MEMORY_K)} · {scoring}", needs, at_least))
+    pair_key = ["dataset", "K", "seed"]
+    for arch in ("lstm", "gru"):
+        theirs = df[df.arch == arch]
+        name = ARCH_LABELS[arch]
+        for prefix, scoring in SCORINGS:
+            score = prefix + "rnn"
+            claim = f"RNN-like DeMa matches or beats {name} · {scoring}"
+            if score not in dema or score not in theirs:
+                out.append((claim, "not measured", f"needs RNN-like scores of DeMa runs and {name} runs"))
+                continue
+            cols = pair_key + [c for c in (score, "latency_ms_rnn", "state_bytes_rnn") if c in df]
+            joined = (
+                dema[cols]
+                .merge(theirs[cols], on=pair_key, suffixes=("_a", "_b"))
+                .dropna(subset=[score + "_a", score + "_b"])
+            )
+            if joined.empty:
+                out.append((claim, "not measured", f"needs DeMa and {name} runs on the same dataset, K and seed"))
+                continue
+            a, b = joined[score + "_a"], joined[score + "_b"]
+            verdict, evidence = paired_verdict(a - b, at_least=True)
+            evidence += f"; DeMa {a.mean():.1f} vs {name} {b.mean():.1f}"
+            if "latency_ms_rnn_a" in joined:
+                evidence += (
+                    f"; latency per step {joined.latency_ms_rnn_a.median():.2f} vs "
+                    f"{joined.latency_ms_rnn_b.median():.2f} ms"
+                )
+            if "state_bytes_rnn_a" in joined:
+                evidence += (
+                    f"; state carried between steps {joined.state_bytes_rnn_a.median():,.0f} vs "
+                    f"{joined.state_bytes_rnn_b.median():,.0f} bytes"
+                )
+            out.append((claim, verdict, evidence))
+    return out
 
 
 def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -753,4 +861,6 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
                 f"DeMa/DT parameters: {ratio:.2f}",
             )
         )
+    if df.dataset.map(needs_memory).any() or df.arch.isin(["lstm", "gru"]).any():
+        out += memory_findings(df)
     return out

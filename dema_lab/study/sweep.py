@@ -1,6 +1,7 @@
 """`dema-lab sweep`: the paper's study as one command.
 
-A grid over datasets x K x token layout x timestep embedding x model x seed; every grid point
+A grid over datasets x K x token layout x timestep embedding x model x seed (or, with `points`,
+datasets x the listed (model, K, inference modes) x layout x timestep embedding x seed); every grid point
 is one run in the store, with a run id derived from the point, so a rerun finds it again:
 finished runs are skipped, interrupted ones resumed from their last checkpoint. The inference
 modes (Transformer-like, RNN-like) are evaluated inside each DeMa run. After training, each
@@ -8,6 +9,15 @@ DeMa run's last checkpoint is evaluated with its hidden attention ablated by the
 (mixer parameters set to zeros or U[0,1)) and by dema-lab's (alpha set to zeros or random), all
 layers at once (each layer on its own too with ablation_layers=["all", "each"]); a model trained
 with a timestep embedding also without it (see dema_lab.evaluation.ablation).
+
+Models without hidden attention (LSTM, GRU, MLP) are trained and evaluated like the others and
+skip the ablations, saying so in one line.
+
+Named sweeps (SWEEP_PRESETS, `dema-lab sweep --preset NAME`) fix the grid and every run's settings:
+    memory  where memory matters: Transformer-like DeMa at K 5, 20, 60; RNN-like DeMa trained on K 20
+            and 60 (the same K 20 and 60 runs, evaluated in both modes); LSTM and GRU on K 20
+            (RNN-like); DT at K 20; the memoryless MLP as the floor; on a partially observed MuJoCo
+            task and MiniGrid Memory with a corridor shorter and one longer than K 20 reaches.
 
 Runs execute in parallel worker processes, one per core by default, each with one thread.
 """
@@ -18,8 +28,31 @@ import itertools
 import os
 from dataclasses import dataclass, field
 
+from dema_lab.models import ARCHS
+from dema_lab.models.policy import inference_modes
 from dema_lab.study.executors import run_local, run_ray
 from dema_lab.training import DT_PAPER, TrainConfig
+
+
+def parse_point(text: str) -> tuple[str, int, list[str]]:
+    """'ARCH:K:MODE[+MODE]' (e.g. 'dema:20:transformer+rnn', 'lstm:20:rnn') -> (arch, K, modes);
+    ValueError naming what is wrong."""
+    parts = str(text).split(":")
+    usage = "write a point as ARCH:K:MODES, e.g. dema:20:transformer+rnn or lstm:20:rnn"
+    if len(parts) != 3:
+        raise ValueError(f"sweep point {text!r}: {usage}")
+    arch, k, modes = parts[0], parts[1], [m for m in parts[2].split("+") if m]
+    if arch not in ARCHS:
+        raise ValueError(f"sweep point {text!r}: arch {arch!r} is unknown (choose {', '.join(ARCHS)})")
+    if not k.isdigit() or int(k) < 1:
+        raise ValueError(f"sweep point {text!r}: K must be a positive integer; {usage}")
+    bad = [m for m in modes if m not in inference_modes(arch)]
+    if not modes or bad:
+        raise ValueError(
+            f"sweep point {text!r}: a {arch!r} model acts in {' or '.join(inference_modes(arch))} "
+            f"(modes joined by '+'), not {'+'.join(bad) or 'none'}"
+        )
+    return arch, int(k), modes
 
 
 @dataclass
@@ -34,9 +67,12 @@ class SweepConfig:
     layouts: list[str] = field(default_factory=lambda: ["B3LD"])  # B3LD and/or BL3D
     #: DeMa without (off) and/or with (on) a timestep embedding (DT always has its own)
     timestep_embedding: list[bool] = field(default_factory=lambda: [False])
-    archs: list[str] = field(default_factory=lambda: ["dema"])  # dema and/or dt
+    archs: list[str] = field(default_factory=lambda: ["dema"])  # dema, dt, lstm, gru, mlp
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds
     eval_modes: list[str] = field(default_factory=lambda: ["transformer", "rnn"])  # transformer and/or rnn
+    #: instead of K x archs x eval_modes: the (model, K, inference modes) to run, each ARCH:K:MODES,
+    #: e.g. dema:20:transformer+rnn lstm:20:rnn
+    points: list[str] = field(default_factory=list)
     ablations: bool = True  # hidden attention ablated (DeMa), timestep embedding removed (if trained with one)
     ablation_episodes: int = 5  # episodes per ablation and target
     #: hidden-attention ablations of all layers at once (all), of every layer on its own (each), or of
@@ -55,6 +91,8 @@ class SweepConfig:
             if not getattr(self, name):
                 raise ValueError(f"sweep dimension {name} is empty; give at least one value")
         self.ablation_layers = [str(v).lower() for v in self.ablation_layers] or ["all"]
+        for point in self.points:
+            parse_point(point)
         if self.executor not in ("local", "ray"):
             raise ValueError(f"executor {self.executor!r}: use 'local' (processes here) or 'ray' (a Ray cluster)")
         if self.num_cpus <= 0 or self.num_gpus < 0 or self.max_retries < 0:
@@ -67,13 +105,87 @@ class SweepConfig:
             raise ValueError(f"ablation layers {', '.join(bad)}: use 'all', 'each' or a layer index")
 
 
+# Named sweeps: the grid's fields and every run's TrainConfig fields ("base").
+#
+# memory: 7 models x 3 datasets = 21 runs, sized to train and evaluate on 2 cores in under 2 hours.
+# Measured on this 2-core machine at 16:16 UTC (load 2.6 from other jobs; one thread per run,
+# d_model 64, 3 layers, batch 32, 11-dim states), training steps/s: DeMa K 5 / 20 / 60 18.1 / 8.5 /
+# 3.2, LSTM 39.1, GRU 18.4, DT 15.1, MLP 31.6: the seven models of one dataset take 0.66 s per step
+# together, so 2000 steps x 3 datasets = 4000 s of training. Evaluation, per env step: recorded
+# episodes (frames and hidden attention at every step) DeMa K 60 ~330 ms, K 20 32 ms, the others
+# under 3 ms; the unrecorded ones run batched (DeMa K 60 18 ms for 5 episodes). At worst (every
+# episode 1000 steps long; 2 targets on MuJoCo, 1 on MiniGrid) that is ~3800 s, most of it DeMa
+# K 60's recordings. ~7800 worker-seconds: ~65 min on 2 workers. At 15:45, under heavy load from
+# other jobs, training ran 2-3x slower (DeMa K 60 1.1 steps/s): ~2 h then. No ablations: the
+# question here is memory, not the hidden attention's removal (--ablations adds them).
+SWEEP_PRESETS = {
+    "memory": {
+        "grid": {
+            "name": "memory",
+            "datasets": ["hopper-medium-pomdp", "minigrid-memory-s7", "minigrid-memory-s17"],
+            "points": [
+                "dema:5:transformer",
+                "dema:20:transformer+rnn",
+                "dema:60:transformer+rnn",
+                "lstm:20:rnn",
+                "gru:20:rnn",
+                "dt:20:transformer",
+                "mlp:20:transformer",
+            ],
+            "ablations": False,
+        },
+        "base": {
+            "d_model": 64,
+            "n_layer": 3,
+            "d_state": 16,
+            "steps": 2000,
+            "batch_size": 32,
+            "lr": 6e-4,
+            "warmup_steps": 100,
+            "eval_every": 0,
+            "eval_episodes": 5,
+            "eval_max_steps": 1000,
+            "record_episodes": 1,
+            "render_size": 64,
+            "decay_windows": 32,
+            "log_every": 50,
+            "checkpoint_every": 500,
+        },
+    }
+}
+
+
+def sweep_preset(name: str, **grid) -> SweepConfig:
+    """The SweepConfig of named sweep `name` (SWEEP_PRESETS), with `grid` fields on top (base: a
+    TrainConfig or flat fields over the preset's)."""
+    if name not in SWEEP_PRESETS:
+        raise ValueError(f"unknown sweep preset {name!r}; sweep presets: {', '.join(SWEEP_PRESETS)}")
+    preset = SWEEP_PRESETS[name]
+    base = grid.pop("base", None)
+    if not isinstance(base, TrainConfig):
+        base = TrainConfig.from_flat({**preset["base"], **(base or {})})
+    return SweepConfig(**{**preset["grid"], **grid}, base=base)
+
+
+def _points(sweep: SweepConfig) -> list[tuple[str, int, list[str] | None]]:
+    """(arch, K, modes) of every model the sweep trains per dataset, layout, embedding and seed."""
+    if sweep.points:
+        return [parse_point(p) for p in sweep.points]
+    out = []
+    for K, arch in itertools.product(sweep.K, sweep.archs):
+        modes = [m for m in sweep.eval_modes if m in inference_modes(arch)]
+        out.append((arch, K, modes or None))  # None: the model's default modes
+    return out
+
+
 def grid(sweep: SweepConfig) -> list[TrainConfig]:
     """One TrainConfig per grid point, with a stable run id. The timestep-embedding dimension is
     DeMa's: DT is always the papers' DT (train.DT_PAPER: its timestep embedding, tokens (R, s, a)),
-    one DT run per other point."""
+    one DT run per other point. Each run is evaluated in the sweep's modes that its model has
+    (an LSTM or GRU asked only for "transformer" gets it; DT and the MLP only ever "transformer")."""
     configs, seen = [], set()
-    for dataset, K, layout, ts, arch, seed in itertools.product(
-        sweep.datasets, sweep.K, sweep.layouts, sweep.timestep_embedding, sweep.archs, sweep.seeds
+    for dataset, (arch, K, modes), layout, ts, seed in itertools.product(
+        sweep.datasets, _points(sweep), sweep.layouts, sweep.timestep_embedding, sweep.seeds
     ):
         ts = DT_PAPER["timestep_embedding"] if arch == "dt" else ts
         if (dataset, K, layout, ts, arch, seed) in seen:
@@ -81,7 +193,6 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
         seen.add((dataset, K, layout, ts, arch, seed))
         short = os.path.splitext(os.path.basename(dataset))[0].replace(":", "-")
         run_id = f"{sweep.name}-{short}-{arch}-{layout}-ts{int(ts)}-K{K}-s{seed}"
-        modes = [m for m in sweep.eval_modes if arch == "dema" or m == "transformer"]
         configs.append(
             sweep.base.replace(
                 **{k: v for k, v in DT_PAPER.items() if arch == "dt" and k != "timestep_embedding"},

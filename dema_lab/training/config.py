@@ -67,9 +67,12 @@ class DataConfig(_Section):
     rtg_form: Literal["current", "previous"] = "current"
     #: short training windows: right-padded, or left (the official trainer's)
     train_padding: Literal["right", "left"] = "right"
+    #: the first burn_in steps of every training window only warm the model's state up: no loss
+    #: on their predictions (recurrent models then learn from a state that has seen some past)
+    burn_in: int = 0
 
     def problems(self):
-        return _check(self, positive=("rtg_scale",))
+        return _check(self, positive=("rtg_scale",), at_least_zero=("burn_in",))
 
 
 @dataclass
@@ -223,6 +226,8 @@ class TrainConfig:
                 "train_padding 'left' with token_order RAS is the official trainer's and needs its "
                 "rtg_form 'previous' (with 'current', the first real step would see a pad action)"
             )
+        if d.burn_in >= m.K:
+            out.append(f"burn_in={d.burn_in} leaves no step of a K={m.K} window to train on; use burn_in < K")
         if m.K > m.max_ep_len:
             out.append(
                 f"K={m.K} is longer than max_ep_len={m.max_ep_len}, the longest episode the "

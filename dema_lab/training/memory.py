@@ -23,6 +23,8 @@ def training_bytes(model_cfg, batch_size: int, parameters: int | None = None) ->
     if model_cfg.arch == "dema":
         inner = model_cfg.expand * d
         per_layer = tokens * (4 * d + 6 * inner + inner * model_cfg.d_state)
+    elif model_cfg.arch in ("lstm", "gru", "mlp"):
+        per_layer = tokens * 12 * d
     else:
         per_layer = tokens * 12 * d + 2 * batch_size * model_cfg.n_head * L * L
     steps = batch_size * model_cfg.K

@@ -1,7 +1,8 @@
 """The training objective: the action losses (each with its name), the training form of a batch,
 AdamW with its lr schedule, and one optimisation step.
 
-    sample K-step windows -> training_form -> predict actions -> the model's loss -> AdamW step
+    sample K-step windows -> training_form -> burn-in mask -> predict actions -> the model's loss
+    -> AdamW step
 """
 
 from __future__ import annotations
@@ -102,10 +103,24 @@ def training_form(batch: dict, rtg_form: str = "current") -> dict:
     }
 
 
-def train_step(model, batch, opt, sched, grad_clip: float, rtg_form: str = "current") -> tuple[float, float]:
-    """One optimisation step on a batch of windows with the model's loss; returns (loss, grad norm)."""
+def burn_in_mask(mask, burn_in: int):
+    """The loss mask (b, T) with the first `burn_in` steps of every window off: those steps still go
+    through the model (they warm its state up), but their predictions are not trained on."""
+    if burn_in <= 0:
+        return mask
+    out = mask.clone()
+    out[:, :burn_in] = 0
+    return out
+
+
+def train_step(
+    model, batch, opt, sched, grad_clip: float, rtg_form: str = "current", burn_in: int = 0
+) -> tuple[float, float]:
+    """One optimisation step on a batch of windows with the model's loss (no loss on the first
+    `burn_in` steps of each window, as they are given to the model); returns (loss, grad norm)."""
     model.train()
     batch = training_form(batch, rtg_form)
+    batch = {**batch, "mask": burn_in_mask(batch["mask"], burn_in)}
     pred = model(
         batch["states"],
         batch["actions"],

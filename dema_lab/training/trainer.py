@@ -370,7 +370,7 @@ class Trainer:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 t0 = time.perf_counter()
                 loss, gnorm = train_step(
-                    self.model, batch, self.opt, self.sched, cfg.optim.grad_clip, cfg.data.rtg_form
+                    self.model, batch, self.opt, self.sched, cfg.optim.grad_clip, cfg.data.rtg_form, cfg.data.burn_in
                 )
                 self.wall += time.perf_counter() - t0
                 self.step += 1

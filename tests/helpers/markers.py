@@ -12,6 +12,8 @@ SLOW = frozenset(
         "tests/analysis/test_paper_attention.py::test_surface_is_the_current_tokens_mean_abs_row_at_every_step_from_20",
         "tests/training/test_train_store.py::test_a_live_rollout_is_saved_only_into_a_run_that_no_trainer_writes",
         "tests/models/test_models.py::test_models_learn_a_simple_mapping",
+        "tests/models/test_baselines.py::test_checkpoint_round_trip_in_a_new_process",
+        "tests/models/test_baselines.py::test_a_baseline_run_trains_evaluates_and_records_without_attention",
         "tests/dashboard/test_dashboards.py::test_the_demo_child_dies_with_the_server_however_it_dies",
         "tests/study/test_cluster.py::test_local_pool_gives_each_worker_its_gpu",
         "tests/dashboard/test_live_security.py::test_serve_port_in_use_in_a_process_prints_one_line",

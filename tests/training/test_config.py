@@ -63,12 +63,15 @@ def test_the_model_is_a_model_config_not_a_copy_of_its_fields():
 def test_old_flat_configs_load_and_round_trip(tmp_path):
     cfg = TrainConfig.from_flat(OLD_FLAT)
     flat = cfg.to_flat()
-    assert set(flat) == set(OLD_FLAT)  # the stored form keeps the previous release's keys
+    assert set(flat) == set(OLD_FLAT) | {"burn_in"}  # the previous release's keys, and the burn-in
+    assert flat.pop("burn_in") == 0  # an old config trains on every step of its windows
     assert {k: v for k, v in flat.items() if k != "timestep_embedding"} == {
         k: v for k, v in OLD_FLAT.items() if k != "timestep_embedding"
     }
     assert flat["timestep_embedding"] is False  # None: off for DeMa
     assert TrainConfig.from_flat(flat) == cfg
+    with pytest.raises(ConfigError, match="burn_in=4 leaves no step of a K=4 window"):
+        TrainConfig.from_flat(K=4, burn_in=4)
     # a config file written by the previous release (flat keys) loads through --config
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"K": 20, "d_model": 64, "steps": 30, "eval_modes": ["transformer"]}))
@@ -84,7 +87,8 @@ def test_resume_fixed_is_derived_from_the_sections():
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(FROM_DATA)
     assert model_fields <= set(RESUME_FIXED)  # every model field, with no list to keep in step
     assert set(OLD_RESUME_FIXED) <= set(RESUME_FIXED)  # what the hand-written list held
-    assert set(RESUME_FIXED) - set(OLD_RESUME_FIXED) == {"init"}  # the initial weights are the run's too
+    # the initial weights and the burn-in are what the run is too
+    assert set(RESUME_FIXED) - set(OLD_RESUME_FIXED) == {"init", "burn_in"}
     for free in ("steps", "eval_episodes", "eval_every", "store", "log_every", "device"):
         assert free not in RESUME_FIXED
 

@@ -21,6 +21,7 @@ from dema_lab.analysis.scoring import METHODS, headline
 from dema_lab.dashboard.common.data import StoreIndex, friendly_error
 from dema_lab.dashboard.common.text import alert, join_markdown, md
 from dema_lab.dashboard.common.views import PALETTE
+from dema_lab.models.config import ATTENTION_ARCHS
 
 
 def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFrame, dict[str, str]]:
@@ -293,7 +294,8 @@ class SequenceComparison(pn.viewable.Viewer):
             except Exception as e:  # noqa: BLE001
                 self.bad[r] = friendly_error(e)
         if not layers:
-            return hv.Curve([], "lag_steps", "mass").opts(title="Decay curves (none logged yet)", width=w, height=h)
+            none = "these models have no hidden attention" if self.no_attention else "none logged yet"
+            return hv.Curve([], "lag_steps", "mass").opts(title=f"Decay curves ({none})", width=w, height=h)
         return hv.Overlay(layers).opts(
             title=f"Attention by lag ({self.query_kind}, layer {self.layer})",
             logy=True,
@@ -304,12 +306,21 @@ class SequenceComparison(pn.viewable.Viewer):
             toolbar="above",
         )
 
+    @property
+    def no_attention(self) -> bool:
+        """Whether every chosen run's model lacks hidden attention (LSTM, GRU, MLP baselines)."""
+        df = self.table
+        return not df.empty and not df["arch"].isin(ATTENTION_ARCHS).any()
+
     @param.depends("runs")
     def half_life_plot(self):
         w, h = self._size()
-        return _by_family(
-            self.table, "half_life_steps", "half-life (env steps)", "Half-life of attention vs K", width=w, height=h
-        )
+        title = "Half-life of attention vs K"
+        if self.no_attention:  # nothing to wait for: say why the plot is empty
+            return hv.Curve([], "K", "half_life_steps").opts(
+                title=f"{title}: these models have no hidden attention", width=w, height=h
+            )
+        return _by_family(self.table, "half_life_steps", "half-life (env steps)", title, width=w, height=h)
 
     @param.depends("runs", "mode")
     def table_view(self):

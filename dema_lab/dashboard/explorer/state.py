@@ -28,6 +28,7 @@ from dema_lab.dashboard.common.data import (
     lag_profile_of,
 )
 from dema_lab.dashboard.common.text import Markdown, join_markdown, md
+from dema_lab.models.config import ATTENTION_ARCHS
 from dema_lab.store.errors import StoreError
 
 AGGREGATION_LABELS = {
@@ -276,6 +277,17 @@ class ExplorerState(param.Parameterized):
         """The query token's attention by lag (entry l: the key l tokens back), not normalised."""
         m, q = self.matrix(), self.query_index
         return None if m is None or q is None else lag_profile_of(m, q)
+
+    @property
+    def model_has_attention(self) -> bool:
+        """Whether the run's model has attention maps (not an LSTM, GRU or MLP baseline)."""
+        arch = self._info.config.get("arch") if self._info is not None else None
+        return not arch or arch in ATTENTION_ARCHS
+
+    @property
+    def attention_note(self) -> str:
+        """Why no attention is shown: the run's model has none (LSTM, GRU, MLP), or none was recorded."""
+        return "no attention recorded" if self.model_has_attention else "this model has no hidden attention"
 
     @property
     def stored_aggregation(self) -> str:

@@ -105,7 +105,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         s = self.state
         ep, m = s.episode_data, s.matrix()
         if ep is None or m is None:
-            return attention_view(None, [], [], title="no attention recorded")
+            return attention_view(None, [], [], title=s.attention_note)
         agg = s.aggregation if s.aggregation != "channel" else f"channel {s.channel}"
         layer = "mean of layers" if s.layer == MEAN_LAYERS else f"layer {s.layer}"
         return attention_view(
@@ -123,7 +123,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         ep, m = s.episode_data, s.matrix()
         w, h = self._size("lag")
         if ep is None or m is None:
-            return lag_view(np.full(3, np.nan), 1, title="no attention recorded", width=w, height=h)
+            return lag_view(np.full(3, np.nan), 1, title=s.attention_note, width=w, height=h)
         q = s.query_index
         return lag_view(
             lag_profile_of(m, q),
@@ -140,13 +140,19 @@ class AttentionExplorer(pn.viewable.Viewer):
         layer = "mean of layers" if layer in (None, MEAN_LAYERS) else f"layer {layer}"
         return f"Paper's method · {what} · {layer}" if what else f"Paper's method · {layer}"
 
+    def _paper_missing(self, what: str) -> str:
+        """The title of the paper's plot `what` with nothing to show, and why."""
+        if not self.state.model_has_attention:
+            return f"{what}: {self.state.attention_note}"
+        return "Paper's method: none for this checkpoint"
+
     @param.depends("state.revision", "state.layer")
     def paper_surface(self):
         """The paper's surface: decision step x lag of the current token's mean |α| (not normalised)."""
         d = self.state.paper_data()
         w, h = self._size("paper")
         if d is None:
-            return paper_surface_view(None, [], title="Paper's method: none for this checkpoint", width=w, height=h)
+            return paper_surface_view(None, [], title=self._paper_missing("Paper's method"), width=w, height=h)
         return paper_surface_view(
             d["surface"], d["decision_steps"], d["lag_labels"], title=self._paper_title(""), width=w, height=h
         )
@@ -157,7 +163,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         d = self.state.paper_data()
         w, h = self._size("paper")
         if d is None:
-            return paper_curve_view(None, {}, 1, title="Paper's method: none for this checkpoint", width=w, height=h)
+            return paper_curve_view(None, {}, 1, title=self._paper_missing("Paper's curve"), width=w, height=h)
         return paper_curve_view(d["curve"], d["fit"], d["tokens_per_step"], title="Paper's curve", width=w, height=h)
 
     @param.depends("state.revision", "state.layer")
@@ -166,7 +172,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         d = self.state.paper_data()
         w, h = self._size("paper")
         if d is None:
-            return kind_lag_view({}, {}, title="Paper's method: none for this checkpoint", width=w, height=h)
+            return kind_lag_view({}, {}, title=self._paper_missing("By key kind"), width=w, height=h)
         return kind_lag_view(d["by_kind"], d["kind_fits"], title="By key kind (lags in env steps)", width=w, height=h)
 
     def _paper_note(self) -> str:
@@ -174,6 +180,8 @@ class AttentionExplorer(pn.viewable.Viewer):
         missing = (
             ""
             if self.state.paper_data() is not None
+            else " *This model has no hidden attention (an LSTM, GRU or MLP baseline): there is none to display.*"
+            if not self.state.model_has_attention
             else (
                 " *This checkpoint has none: its Transformer-like episodes end before step 20, or the store predates "
                 "it (`dema_lab.evaluation.publish_paper_attention(run, checkpoint)` adds it).*"

@@ -25,7 +25,9 @@ import param
 from dema_lab.analysis.runs import featured_run
 from dema_lab.dashboard.common.data import StoreIndex, friendly_error
 from dema_lab.envs.spec import known_envs
+from dema_lab.evaluation.defaults import default_modes
 from dema_lab.models.checkpoint_files import DEFAULT_MAX_BYTES, allowed_roots, load_checkpoint_file
+from dema_lab.models.policy import inference_modes
 
 # Checkpoints are read and built here, off the server's event loop (every visitor's page), two at a
 # time at most in the process: many visitors starting at once queue instead of multiplying memory.
@@ -258,8 +260,9 @@ class LiveState(param.Parameterized):
             targets = info.provenance.get("eval_targets") or []
             if targets:
                 self.target = float(targets[0])
-            if info.config.get("arch") == "dt":
-                self.mode = "transformer"
+            modes = default_modes(info.config.get("arch", "dema"))
+            if self.mode not in modes:  # DT and the MLP act Transformer-like only, LSTM and GRU RNN-like
+                self.mode = modes[0]
         except Exception:  # noqa: BLE001 - the choice stays as it was
             pass
 
@@ -278,8 +281,11 @@ class LiveState(param.Parameterized):
             # a fresh model per rollout: sessions never share a model's buffers across threads
             ck = load_checkpoint(self.index.run(run_id).checkpoint_bytes(step), map_location="cpu")
         ck.state_normalization()  # acting needs it: say so now, not in the worker
-        if self.mode == "rnn" and ck.config.arch != "dema":
-            raise ValueError("RNN-like inference needs a DeMa checkpoint; a DT runs Transformer-like only")
+        if self.mode not in inference_modes(ck.config.arch):
+            raise ValueError(
+                f"RNN-like inference needs a recurrent checkpoint (DeMa, LSTM, GRU); "
+                f"a {ck.config.arch!r} model runs Transformer-like only"
+            )
         return ck, run_id, step
 
     def policy_zip(self):

@@ -198,7 +198,9 @@ class LiveRollout(pn.viewable.Viewer):
                     np.full((L, L), np.nan),
                     labels,
                     labels,
-                    title=f"Hidden attention · layer {s.layer} · {s.aggregation}",
+                    title=f"Hidden attention · layer {s.layer} · {s.aggregation}"
+                    if s.config.has_attention
+                    else "this model has no hidden attention",
                     size=size,
                 )
             )

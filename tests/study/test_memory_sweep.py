@@ -1,0 +1,85 @@
+"""The `memory` sweep preset and sweep points: the grid expands to the runs the preset names, each
+with its K and inference modes; `dema-lab sweep --preset memory` passes that grid on; bad points
+get one line."""
+
+import pytest
+
+from dema_lab.study.sweep import SWEEP_PRESETS, SweepConfig, grid, parse_point, sweep_preset
+
+MEMORY_DATASETS = ["hopper-medium-pomdp", "minigrid-memory-s7", "minigrid-memory-s17"]
+# (arch, K, eval modes) per dataset, written out independently of the preset
+MEMORY_MODELS = {
+    ("dema", 5, ("transformer",)),
+    ("dema", 20, ("transformer", "rnn")),
+    ("dema", 60, ("transformer", "rnn")),
+    ("lstm", 20, ("rnn",)),
+    ("gru", 20, ("rnn",)),
+    ("dt", 20, ("transformer",)),
+    ("mlp", 20, ("transformer",)),
+}
+
+
+def test_memory_preset_expands_to_every_model_on_every_dataset():
+    configs = grid(sweep_preset("memory"))
+    assert len(configs) == len(MEMORY_DATASETS) * len(MEMORY_MODELS) == 21
+    assert len({c.run.run_id for c in configs}) == 21
+    for dataset in MEMORY_DATASETS:
+        got = {(c.model.arch, c.model.K, tuple(c.evaluation.eval_modes)) for c in configs if c.data.dataset == dataset}
+        assert got == MEMORY_MODELS
+    for c in configs:
+        assert c.run.sweep == "memory" and c.run.run_id.startswith("memory-")
+        assert (c.model.d_model, c.model.n_layer, c.optim.steps, c.optim.batch_size) == (64, 3, 2000, 32)
+        assert c.model.timestep_embedding == (c.model.arch == "dt")  # DT as its papers ran it
+    assert not sweep_preset("memory").ablations
+
+
+def test_grid_fields_and_base_override_the_preset():
+    sweep = sweep_preset("memory", datasets=["hopper-medium"], seeds=[0, 1], base={"steps": 7})
+    configs = grid(sweep)
+    assert len(configs) == 2 * len(MEMORY_MODELS) and {c.optim.steps for c in configs} == {7}
+    with pytest.raises(ValueError, match="unknown sweep preset 'nope'; sweep presets: memory"):
+        sweep_preset("nope")
+
+
+def test_without_points_the_archs_product_takes_each_models_own_modes():
+    configs = grid(SweepConfig(K=[10], archs=["dema", "dt", "lstm", "mlp"], eval_modes=["transformer", "rnn"]))
+    assert {c.model.arch: c.evaluation.eval_modes for c in configs} == {
+        "dema": ["transformer", "rnn"],
+        "dt": ["transformer"],
+        "lstm": ["transformer", "rnn"],
+        "mlp": ["transformer"],
+    }
+    rnn_only = grid(SweepConfig(K=[10], archs=["dt", "gru"], eval_modes=["rnn"]))
+    assert [c.evaluation.eval_modes for c in rnn_only] == [None, ["rnn"]]  # DT: its default (Transformer-like)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("dema:20", "write a point as ARCH:K:MODES"),
+        ("rnn:20:rnn", "arch 'rnn' is unknown"),
+        ("dema:0:rnn", "K must be a positive integer"),
+        ("dt:20:rnn", "a 'dt' model acts in transformer"),
+        ("mlp:20:", "not none"),
+    ],
+)
+def test_bad_points_are_named(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_point(text)
+    with pytest.raises(ValueError, match=message):
+        SweepConfig(points=[text])
+
+
+def test_sweep_command_with_the_memory_preset(monkeypatch):
+    from dema_lab.cli.main import main
+    from dema_lab.study import sweep
+
+    seen = {}
+    monkeypatch.setattr(sweep, "run_sweep", lambda cfg: seen.setdefault("cfg", cfg) and [])
+    assert (
+        main(["sweep", "--preset", "memory", "--store", "/tmp/nowhere", "--seeds", "0", "1", "--set", "steps=9"]) == 0
+    )
+    cfg = seen["cfg"]
+    assert cfg.name == "memory" and cfg.points == SWEEP_PRESETS["memory"]["grid"]["points"]
+    assert cfg.seeds == [0, 1] and cfg.base.optim.steps == 9 and cfg.base.model.d_model == 64
+    assert len(grid(cfg)) == 2 * 21
