@@ -645,7 +645,7 @@ def short_k_finding(main: pd.DataFrame, score: str = "score_transformer", scorin
 # removed), MiniGrid Memory and POPGym; of them, the long corridor, whose cue lies further back than a
 # K-20 window reaches. Every other dataset is fully observed (D4RL-style locomotion, Atari's frame stack).
 MEMORY_DATASET_MARKS = ("-pomdp", "minigrid-memory", "popgym-")
-LONG_CUE_DATASETS = ("minigrid-memory-s17",)
+LONG_CUE_DATASETS = ("minigrid-memory-s31", "popgym-repeatprevious-medium")
 MEMORY_K = 20  # the short window of the memory findings (the paper's 8-20), as the memory sweep trains it
 
 

@@ -17,7 +17,7 @@ def verdicts(rows) -> dict:
     return {f.split(" · ")[0]: (v, e) for f, v, e in memory_findings(pd.DataFrame(rows)) if "last checkpoint" in f}
 
 
-LONG = "minigrid-memory-s17"
+LONG = "minigrid-memory-s31"
 
 
 def test_each_memory_finding_follows_its_pairs():

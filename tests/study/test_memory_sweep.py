@@ -6,7 +6,7 @@ import pytest
 
 from dema_lab.study.sweep import SWEEP_PRESETS, SweepConfig, grid, parse_point, sweep_preset
 
-MEMORY_DATASETS = ["hopper-medium-pomdp", "minigrid-memory-s7", "minigrid-memory-s17"]
+MEMORY_DATASETS = ["hopper-medium-pomdp", "minigrid-memory-s13", "minigrid-memory-s31"]
 # (arch, K, eval modes) per dataset, written out independently of the preset
 MEMORY_MODELS = {
     ("dema", 5, ("transformer",)),
@@ -83,3 +83,31 @@ def test_sweep_command_with_the_memory_preset(monkeypatch):
     assert cfg.name == "memory" and cfg.points == SWEEP_PRESETS["memory"]["grid"]["points"]
     assert cfg.seeds == [0, 1] and cfg.base.optim.steps == 9 and cfg.base.model.d_model == 64
     assert len(grid(cfg)) == 2 * 21
+
+
+def test_returns_to_go_are_unscaled_on_the_memory_tasks_only():
+    configs = grid(sweep_preset("memory"))
+    scales = {c.data.dataset: c.data.rtg_scale for c in configs}
+    assert scales == {"hopper-medium-pomdp": 1000.0, "minigrid-memory-s13": 1.0, "minigrid-memory-s31": 1.0}
+    given = grid(sweep_preset("memory", base={"rtg_scale": 10.0}))  # a scale given is kept everywhere
+    assert {c.data.rtg_scale for c in given} == {10.0}
+
+
+def test_a_k_no_episode_holds_is_said_and_not_trained(hopper_small, tiny_run, tmp_path):
+    from dema_lab.data import load_dataset
+    from dema_lab.store.zarr_store import RunStore
+    from dema_lab.study.sweep import run_sweep
+    from dema_lab.training import TrainConfig
+
+    longest = int(max(load_dataset(str(hopper_small)).lengths))
+    base = TrainConfig.from_flat(dataset=str(hopper_small), store=str(tmp_path / "store"), steps=5, **tiny_run)
+    sweep = SweepConfig(
+        name="k", datasets=[str(hopper_small)], K=[3, longest + 1], ablations=False, workers=1, base=base
+    )
+    lines = []
+    results = {r["run_id"]: r["what"] for r in run_sweep(sweep, log=lines.append)}
+    short, too_long = (c.run.run_id for c in grid(sweep))
+    assert results[short] == "trained"
+    assert results[too_long].startswith(f"not run: K={longest + 1} is too long for dataset")
+    assert any(line.startswith(f"{too_long}: not run") for line in lines), lines
+    assert RunStore(str(tmp_path / "store")).run_ids() == [short]
