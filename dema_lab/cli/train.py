@@ -28,7 +28,7 @@ class TrainFlags:
     field's comment is the help), and these. tyro collects the config's flags as they were typed
     (values_rule); config_from_args builds and checks the TrainConfig from them."""
 
-    training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    training: Annotated[TrainConfig, tyro.conf.arg(name="")] = dataclasses.field(default_factory=TrainConfig)
     #: start from a named preset ('official': the official DeMa's MuJoCo model and training,
     #: AndssY/dema); --config and the flags override it
     preset: PresetName | None = None

@@ -81,23 +81,23 @@ class ModelConfig:
     embed_dim: int = 0  # 0: embeddings are d_model wide; N: N wide, projected to d_model
     embed_norm: str = "layernorm"  # LayerNorm on the tokens (DT, dema-lab) or "none" (official DeMa)
     window_padding: str = "none"  # Transformer-like inference: "none" or "left" (zeros to K steps)
-    window_actions: str = "own"  # RSA windows at inference: step t's action slot holds a_t ("own", as
-    # trained) or a_{t-1} ("previous": the DeMa repository's DT evaluation)
+    #: RSA windows at inference: step t's action slot holds a_t ("own", as trained) or a_{t-1}
+    #: ("previous": the DeMa repository's DT evaluation)
+    window_actions: str = "own"
     timestep_embedding: bool | None = None  # None: off for DeMa, on for DT (as in the papers)
     max_ep_len: int = 1000  # size of the timestep embedding table
-    # Mamba mixer
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    # Transformer
-    n_head: int = 1
-    dropout: float = 0.1
+    d_state: int = 16  # the Mamba mixer's SSM state size N, per channel
+    d_conv: int = 4  # the Mamba mixer's causal conv1d width
+    expand: int = 2  # the Mamba mixer's inner width, as a multiple of d_model
+    n_head: int = 1  # the Transformer's attention heads
+    dropout: float = 0.1  # the Transformer's dropout
     activation: str = "gelu"  # DT's MLP: gelu (nanoGPT) or relu (the DT and DeMa repositories)
     # Atari
     obs_shape: tuple = ()  # image states, e.g. (4, 84, 84): the Nature CNN encodes them; () = vectors
     n_actions: int = 0  # discrete actions: logits over n_actions, cross-entropy; 0 = continuous
-    frame_norm: str = "scale"  # the CNN's input: "scale" x / 255 (official), "center" (x - the data's
-    # mean frame) / its pixel std (dema-lab's; models/cnn.py)
+    #: the CNN's input: "scale" x / 255 (official), "center" (x - the data's mean frame) / its pixel std
+    #: (dema-lab's; models/cnn.py)
+    frame_norm: str = "scale"
 
     def __post_init__(self):
         if self.timestep_embedding is None:

@@ -34,6 +34,14 @@ def test_train_help_is_the_field_comments():
     assert "--rtg_form {current,previous} training tokens: current (R_t, as at evaluation)" in text
     assert "`del_r`; RAS only) (default: current)" in text
     assert "--attention {minmax,abs,mean}" in text
+    # every field has its own help (none inherits a section comment written above it), and the
+    # groups are the config's sections by name
+    assert "--d_state INT the Mamba mixer's SSM state size N, per channel (default: 16)" in text
+    assert "--n_head INT the Transformer's attention heads (default: 1)" in text
+    assert "--window_actions STR RSA windows at inference" in text
+    for section in ("model", "data", "optim", "evaluation", "run"):
+        assert f"─ {section} options ─" in text, section
+    assert "training." not in text
     for flag in (
         "--preset",
         "--config",
