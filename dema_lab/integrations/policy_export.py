@@ -36,8 +36,11 @@ the window's earlier steps do not change the action, and the runner needs no sec
 Inputs a model does not use (timesteps without a timestep embedding, prev_action with RSA) are
 not in an ONNX graph: feed the session's inputs (the JSON lists them).
 
-The selective scan goes through the reference backend (a per-token loop, unrolled at export), so
-the graph holds only standard ONNX ops. ONNX files come from torch.onnx.export's TorchScript-based
+The window graph's selective scan goes through the "chunked" backend (ssm.scan.selective_scan_chunked:
+the window's L tokens as about sqrt(L) chunks, two short loops of whole-tensor ops unrolled at
+export, exact to float rounding), not a per-token loop: its big ops work on whole blocks of the
+window, where the loop made 3K x n_layer steps of small ones (benchmarks/RESULTS.md has the
+speeds). The graphs hold only standard ONNX ops. ONNX files come from torch.onnx.export's TorchScript-based
 exporter (dynamo=False: no onnxscript needed), nn.RMSNorm written out (ExplicitRMSNorm), and pass
 onnx.checker; TorchScript files are torch.jit.trace of the same graphs.
 """
@@ -249,9 +252,12 @@ def check_exportable(model, mode: str, fmt: str, opset: int = DEFAULT_OPSET) -> 
 
 
 # ------------------------------------------------------------------------------------------ export
-def export_model(model, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> Path:
+def export_model(
+    model, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, metadata: dict | None = None, scan: str = "chunked"
+) -> Path:
     """Write `model` (float32, CPU) as the graph of `mode` to `out` in `fmt`; ONNX files carry
-    `metadata` (string values) as metadata_props. Returns the path."""
+    `metadata` (string values) as metadata_props. `scan`: the selective-scan backend the window
+    graph is traced with ("chunked"; "reference", the per-token loop, only to compare). Returns the path."""
     check_exportable(model, mode, fmt, opset)
     model = onnx_ready(model) if fmt == "onnx" else copy.deepcopy(model).float().cpu().eval()
     model.requires_grad_(False)  # a deployed graph computes no gradient
@@ -259,7 +265,7 @@ def export_model(model, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, me
     inputs = example_inputs(model.cfg, mode)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), use_backend("reference"), warnings.catch_warnings():
+    with torch.no_grad(), use_backend(scan), warnings.catch_warnings():
         # the input checks' Python conditions on shapes are constants of the fixed-shape graph
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # nn.LSTM/GRU without h0 (the window graph): ONNX's RNN ops start from zeros of any batch
@@ -373,18 +379,18 @@ def sidecar(path) -> Path:
 
 
 def export_policy(
-    checkpoint: Checkpoint, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, provenance=None
+    checkpoint: Checkpoint, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, provenance=None, scan: str = "chunked"
 ) -> tuple[Path, Path]:
     """Export a loaded checkpoint as the `mode` graph in `fmt` to `out`, with its JSON beside it
     (also inside the file: ONNX metadata_props "dema_lab_policy", a TorchScript extra file
-    "dema_lab_policy.json"). Returns (file, json)."""
+    "dema_lab_policy.json"). `scan`: as export_model's. Returns (file, json)."""
     check_exportable(checkpoint.model, mode, fmt, opset)
     checkpoint.state_normalization()  # fails by name before anything is written
     out = Path(out)
     inputs = example_inputs(checkpoint.config, mode)
     info = deploy_info(checkpoint, mode, fmt, opset, list(inputs), provenance)
     text = json.dumps(info, indent=1)
-    path = export_model(checkpoint.model, mode, fmt, out, opset, metadata={"dema_lab_policy": text})
+    path = export_model(checkpoint.model, mode, fmt, out, opset, metadata={"dema_lab_policy": text}, scan=scan)
     if fmt == "onnx":  # inputs the model does not use (timesteps without a timestep embedding, ...) are left out
         import onnx
 
