@@ -36,13 +36,14 @@ the window's earlier steps do not change the action, and the runner needs no sec
 Inputs a model does not use (timesteps without a timestep embedding, prev_action with RSA) are
 not in an ONNX graph: feed the session's inputs (the JSON lists them).
 
-The window graph's selective scan goes through the "chunked" backend (ssm.scan.selective_scan_chunked:
-the window's L tokens as about sqrt(L) chunks, two short loops of whole-tensor ops unrolled at
-export, exact to float rounding), not a per-token loop: its big ops work on whole blocks of the
-window, where the loop made 3K x n_layer steps of small ones (benchmarks/RESULTS.md has the
-speeds). The graphs hold only standard ONNX ops. ONNX files come from torch.onnx.export's TorchScript-based
-exporter (dynamo=False: no onnxscript needed), nn.RMSNorm written out (ExplicitRMSNorm), and pass
-onnx.checker; TorchScript files are torch.jit.trace of the same graphs.
+The window graph's selective scan goes through the "chunked" backend
+(ssm.scan.selective_scan_chunked: the window's L tokens as about sqrt(L) chunks, two short loops
+of whole-tensor ops unrolled at export, exact to float rounding), not a per-token loop: its big
+ops work on whole blocks of the window, where the loop made 3K x n_layer steps of small ones
+(benchmarks/RESULTS.md has the speeds). The graphs hold only standard ONNX ops. ONNX files come
+from torch.onnx.export's TorchScript-based exporter (dynamo=False: no onnxscript needed),
+nn.RMSNorm written out (ExplicitRMSNorm), and pass onnx.checker; TorchScript files are
+torch.jit.trace of the same graphs.
 """
 
 from __future__ import annotations
