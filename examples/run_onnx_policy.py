@@ -5,7 +5,9 @@ return; numpy, onnxruntime and gymnasium only (ale_py for Atari), no dema-lab.
 
 policy.onnx.json (beside the file) says how to act: normalise s = (obs - state_mean) / state_std, condition
 on return-to-go / rtg_scale, and (mode "transformer") build the K-step window exactly as dema-lab's
-Policy.window() does, or (mode "rnn") carry the conv and SSM states (zeros at the start).
+Policy.window() does, or (mode "rnn") carry the recurrent state the JSON's "recurrent_state" lists
+(DeMa's conv and SSM states, an LSTM's h and c, a GRU's h): zeros at the start, each output new_X
+fed back as input X.
 Atari: dema-lab's games are gymnasium's ALE envs with frameskip=1 and repeat_action_probability=0,
 wrapped in AtariPreprocessing(noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True,
 terminal_on_life_loss=False) (the DQN preprocessing: max over the last 2 frames, 84x84 grey) and
@@ -40,7 +42,7 @@ class OnnxPolicy:
         zeros = lambda name: np.zeros(
             [1 if d == "batch" else d for d in self.info["inputs"][name]["shape"]], np.float32
         )
-        self.memory = {k: zeros(k) for k in ("conv_state", "ssm_state")} if self.info["mode"] == "rnn" else {}
+        self.memory = {k: zeros(k) for k in (self.info["recurrent_state"] or {}).get("inputs", [])}
 
     def act(self, obs):
         obs = np.asarray(obs, np.float32)

@@ -17,22 +17,33 @@ Transformer-like graph ("transformer"), the window Policy.window() builds, fixed
   -> action (b, act_dim) for the last real step; Atari: logits (b, n_actions) and action (b, 1)
      int64, the argmax (Policy samples from softmax(logits)).
 
-RNN-like graph ("rnn", DeMa only), one env step:
+RNN-like graph ("rnn": DeMa, LSTM, GRU), one env step:
     state (b, state_dim) [Atari (b, 4, 84, 84)], prev_action (b, act_dim) (zeros at t = 0),
-    return_to_go (b, 1), timestep (b,) int64,
-    conv_state (n_layer, b, d_inner, d_conv): each layer's last d_conv conv inputs, oldest first
-    ssm_state  (n_layer, b, d_inner, d_state): each layer's SSM state h
-  -> action (Atari: logits and action), new_conv_state, new_ssm_state. Zeros start an episode; feed the
-     new states back at the next step. timestep 0 marks the episode's first step (token order RSA
-     then feeds no a_{t-1} token).
+    return_to_go (b, 1), timestep (b,) int64, and the carried state (batch axis 1):
+      DeMa: conv_state (n_layer, b, d_inner, d_conv): each layer's last d_conv conv inputs, oldest first
+            ssm_state  (n_layer, b, d_inner, d_state): each layer's SSM state h
+      LSTM: hidden_state, cell_state (n_layer, b, d_model): torch.nn.LSTM's (h, c)
+      GRU:  hidden_state (n_layer, b, d_model): torch.nn.GRU's h
+  -> action (Atari: logits and action), then new_X for every carried input X. Zeros start an
+     episode; feed each new_X back as X at the next step (the JSON's "recurrent_state" lists them
+     with their axes and sizes). timestep 0 marks the episode's first step (token order RSA then
+     feeds no a_{t-1} token).
+
+The MLP baseline is memoryless (its action at step t reads only step t's tokens) and acts
+Transformer-like in dema-lab, so it exports as the window graph above, the one its Policy runs:
+the window's earlier steps do not change the action, and the runner needs no second code path.
 
 Inputs a model does not use (timesteps without a timestep embedding, prev_action with RSA) are
 not in an ONNX graph: feed the session's inputs (the JSON lists them).
 
-The selective scan goes through the reference backend (a per-token loop, unrolled at export), so
-the graph holds only standard ONNX ops. ONNX files come from torch.onnx.export's TorchScript-based
-exporter (dynamo=False: no onnxscript needed), nn.RMSNorm written out (ExplicitRMSNorm), and pass
-onnx.checker; TorchScript files are torch.jit.trace of the same graphs.
+The window graph's selective scan goes through the "chunked" backend
+(ssm.scan.selective_scan_chunked: the window's L tokens as about sqrt(L) chunks, two short loops
+of whole-tensor ops unrolled at export, exact to float rounding), not a per-token loop: its big
+ops work on whole blocks of the window, where the loop made 3K x n_layer steps of small ones
+(benchmarks/RESULTS.md has the speeds). The graphs hold only standard ONNX ops. ONNX files come
+from torch.onnx.export's TorchScript-based exporter (dynamo=False: no onnxscript needed),
+nn.RMSNorm written out (ExplicitRMSNorm), and pass onnx.checker; TorchScript files are
+torch.jit.trace of the same graphs.
 """
 
 from __future__ import annotations
@@ -48,12 +59,13 @@ import torch.nn as nn
 
 from dema_lab.envs.spec import env_spec
 from dema_lab.models.checkpoint import Checkpoint, load_checkpoint
-from dema_lab.models.policy import MODES
+from dema_lab.models.policy import MODES, inference_modes
+from dema_lab.models.rnn import RecurrentState
 from dema_lab.ssm import MambaState, use_backend
 from dema_lab.store.zarr_store import Run
 
 FORMATS = ("onnx", "torchscript")
-EXPORTABLE_ARCHS = ("dema", "dt")
+EXPORTABLE_ARCHS = ("dema", "dt", "lstm", "gru", "mlp")
 MIN_OPSET, DEFAULT_OPSET = 17, 17  # LayerNormalization is an ONNX op from opset 17
 DEPLOY_FORMAT = 1  # the version of the JSON's layout
 
@@ -81,33 +93,69 @@ class WindowGraph(nn.Module):
 
 
 class StepGraph(nn.Module):
-    """The RNN-like step as a graph: one env step's tokens through every layer's state, functional
-    (the states come in and go out as tensors; Block.step updates copies of them)."""
+    """The RNN-like step as a graph: one env step's tokens through the model's carried state,
+    functional (the carried tensors come in and go out; model.step updates copies of them)."""
 
     def __init__(self, model):
         super().__init__()
         self.model, self.cfg = model, model.cfg
 
-    def forward(self, state, prev_action, return_to_go, timestep, conv_state, ssm_state):
+    def forward(self, state, prev_action, return_to_go, timestep, *carried):
         cfg, model = self.cfg, self.model
-        first = (timestep == 0).reshape(-1, 1, 1)  # (b, 1, 1)
-        prev_action = torch.where(first[:, :, 0], torch.zeros_like(prev_action), prev_action)
+        first = timestep == 0  # (b,)
+        prev_action = torch.where(first[:, None], torch.zeros_like(prev_action), prev_action)
         # first=False always: token order RSA then leads with a_{t-1}, whose update is undone at t = 0
         tokens = model.embed.step_tokens(state, prev_action, return_to_go, timestep, first=False)  # (b, n, d)
-        states = [MambaState(conv_state[i].clone(), ssm_state[i].clone()) for i in range(cfg.n_layer)]
-        skip_first = cfg.layout == "B3LD" and cfg.token_order == "RSA"
-        for i in range(tokens.shape[1]):
-            before = [(s.conv.clone(), s.ssm.clone()) for s in states] if skip_first and i == 0 else None
-            x = tokens[:, i : i + 1]
-            for block, s in zip(model.layers, states):
-                x = block.step(x, s)
-            if before is not None:
-                for s, (conv, ssm) in zip(states, before):
-                    s.conv, s.ssm = torch.where(first, conv, s.conv), torch.where(first, ssm, s.ssm)
-        pred = model.predict_action(model.norm_f(x)[:, 0])  # (b, act) or logits
-        conv = torch.stack([s.conv for s in states])
-        ssm = torch.stack([s.ssm for s in states])
-        return (*head_outputs(cfg, pred), conv, ssm)
+        memory = model_state(model, carried)
+        if cfg.layout == "B3LD" and cfg.token_order == "RSA":
+            model.step(tokens[:, :1], memory)
+            kept = [
+                torch.where(first.reshape(1, -1, *[1] * (old.dim() - 2)), old, new)  # the batch axis is 1
+                for old, new in zip(carried, state_tensors(memory))
+            ]
+            memory, tokens = model_state(model, kept), tokens[:, 1:]
+        pred = model.predict_action(model.step(tokens, memory))  # (b, act) or logits
+        return (*head_outputs(cfg, pred), *state_tensors(memory))
+
+
+def model_state(model, carried):
+    """The model's own recurrent state from the graph's carried tensors (copies: model.step may
+    update in place). DeMa: one MambaState per layer; LSTM/GRU: a RecurrentState."""
+    if model.cfg.arch == "dema":
+        conv, ssm = carried  # (n_layer, b, d_inner, d_conv), (n_layer, b, d_inner, d_state)
+        return [MambaState(conv[i].clone(), ssm[i].clone()) for i in range(model.cfg.n_layer)]
+    return RecurrentState(*(t.clone() for t in carried))  # h [, c], (n_layer, b, d_model) each
+
+
+def state_tensors(memory) -> list:
+    """The graph's carried tensors from the model's state (model_state's inverse)."""
+    if isinstance(memory, RecurrentState):
+        return memory.tensors()
+    return [torch.stack([s.conv for s in memory]), torch.stack([s.ssm for s in memory])]
+
+
+def state_layout(cfg) -> dict[str, list[str]]:
+    """The carried state of the RNN-like graph: input name -> its axes (each comes back as output
+    "new_" + name). The batch axis is 1 in all of them."""
+    if cfg.arch == "dema":  # per layer: the last d_conv conv inputs (oldest first) and the SSM state h
+        return {
+            "conv_state": ["n_layer", "batch", "d_inner", "d_conv"],
+            "ssm_state": ["n_layer", "batch", "d_inner", "d_state"],
+        }
+    names = ["hidden_state", "cell_state"] if cfg.arch == "lstm" else ["hidden_state"]  # torch's (h, c) / h
+    return {name: ["n_layer", "batch", "d_model"] for name in names}
+
+
+def state_sizes(cfg) -> dict[str, int]:
+    """The sizes of state_layout's named axes."""
+    if cfg.arch == "dema":
+        return {
+            "n_layer": cfg.n_layer,
+            "d_inner": cfg.expand * cfg.d_model,
+            "d_conv": cfg.d_conv,
+            "d_state": cfg.d_state,
+        }
+    return {"n_layer": cfg.n_layer, "d_model": cfg.d_model}
 
 
 def head_outputs(cfg, pred) -> tuple:
@@ -142,7 +190,7 @@ def onnx_ready(model):
 # ------------------------------------------------------------------------------------------ names
 def output_names(cfg, mode: str) -> list[str]:
     heads = ["logits", "action"] if cfg.discrete else ["action"]
-    return heads + (["new_conv_state", "new_ssm_state"] if mode == "rnn" else [])
+    return heads + (["new_" + name for name in state_layout(cfg)] if mode == "rnn" else [])
 
 
 def batch_dim(name: str) -> int:
@@ -154,15 +202,13 @@ def example_inputs(cfg, mode: str, batch: int = 1, dtype=torch.float32) -> dict:
     """Zero inputs of the graph of `mode` (what tracing and the JSON's shapes come from)."""
     obs = tuple(cfg.obs_shape) if cfg.obs_shape else (cfg.state_dim,)
     if mode == "rnn":
-        d_inner = cfg.expand * cfg.d_model
+        sizes = state_sizes(cfg) | {"batch": batch}
         return {
             "state": torch.zeros(batch, *obs, dtype=dtype),
             "prev_action": torch.zeros(batch, cfg.act_dim, dtype=dtype),
             "return_to_go": torch.zeros(batch, 1, dtype=dtype),
             "timestep": torch.zeros(batch, dtype=torch.long),
-            "conv_state": torch.zeros(cfg.n_layer, batch, d_inner, cfg.d_conv, dtype=dtype),
-            "ssm_state": torch.zeros(cfg.n_layer, batch, d_inner, cfg.d_state, dtype=dtype),
-        }
+        } | {name: torch.zeros([sizes[a] for a in axes], dtype=dtype) for name, axes in state_layout(cfg).items()}
     K = cfg.K
     inputs = {
         "states": torch.zeros(batch, K, *obs, dtype=dtype),
@@ -188,8 +234,8 @@ def check_exportable(model, mode: str, fmt: str, opset: int = DEFAULT_OPSET) -> 
         raise ExportError(
             f"arch {cfg.arch!r} cannot be exported yet (export-policy knows {', '.join(EXPORTABLE_ARCHS)})"
         )
-    if mode == "rnn" and cfg.arch != "dema":
-        raise ExportError(f"a {cfg.arch.upper()} acts Transformer-like only; export it with --mode transformer")
+    if mode not in inference_modes(cfg.arch):
+        raise ExportError(f"{cfg.arch.upper()} policies act Transformer-like only; export them with --mode transformer")
     if fmt == "onnx" and int(opset) < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old for LayerNormalization; use --opset {MIN_OPSET} or newer")
     ablation = getattr(model, "ablation", None)  # set on evaluation.ablation.ablate's copies
@@ -207,9 +253,12 @@ def check_exportable(model, mode: str, fmt: str, opset: int = DEFAULT_OPSET) -> 
 
 
 # ------------------------------------------------------------------------------------------ export
-def export_model(model, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> Path:
+def export_model(
+    model, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, metadata: dict | None = None, scan: str = "chunked"
+) -> Path:
     """Write `model` (float32, CPU) as the graph of `mode` to `out` in `fmt`; ONNX files carry
-    `metadata` (string values) as metadata_props. Returns the path."""
+    `metadata` (string values) as metadata_props. `scan`: the selective-scan backend the window
+    graph is traced with ("chunked"; "reference", the per-token loop, only to compare). Returns the path."""
     check_exportable(model, mode, fmt, opset)
     model = onnx_ready(model) if fmt == "onnx" else copy.deepcopy(model).float().cpu().eval()
     model.requires_grad_(False)  # a deployed graph computes no gradient
@@ -217,9 +266,11 @@ def export_model(model, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, me
     inputs = example_inputs(model.cfg, mode)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), use_backend("reference"), warnings.catch_warnings():
+    with torch.no_grad(), use_backend(scan), warnings.catch_warnings():
         # the input checks' Python conditions on shapes are constants of the fixed-shape graph
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # nn.LSTM/GRU without h0 (the window graph): ONNX's RNN ops start from zeros of any batch
+        warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
         if fmt == "torchscript":
             traced = torch.jit.trace(graph, tuple(inputs.values()), check_trace=False)
             torch.jit.save(traced, str(out))
@@ -270,7 +321,6 @@ def deploy_info(checkpoint: Checkpoint, mode: str, fmt: str, opset: int, graph_i
     example = example_inputs(cfg, mode)
     env = meta.get("env", provenance.get("env", ""))
     spec = env_spec(env) if env else None
-    d_inner = cfg.expand * cfg.d_model
     return {
         "dema_lab_policy": DEPLOY_FORMAT,
         "format": fmt,
@@ -307,10 +357,11 @@ def deploy_info(checkpoint: Checkpoint, mode: str, fmt: str, opset: int, graph_i
         "outputs": output_names(cfg, mode),
         "recurrent_state": (
             {
-                "conv_state": ["n_layer", "batch", "d_inner", "d_conv"],
-                "ssm_state": ["n_layer", "batch", "d_inner", "d_state"],
-                "sizes": {"n_layer": cfg.n_layer, "d_inner": d_inner, "d_conv": cfg.d_conv, "d_state": cfg.d_state},
-                "start": "zeros; feed new_conv_state and new_ssm_state back at the next step",
+                "inputs": list(state_layout(cfg)),
+                "outputs": ["new_" + name for name in state_layout(cfg)],
+                "axes": state_layout(cfg),
+                "sizes": state_sizes(cfg),
+                "start": "zeros of each input's shape; feed output new_X back as input X at the next step",
             }
             if mode == "rnn"
             else None
@@ -329,18 +380,18 @@ def sidecar(path) -> Path:
 
 
 def export_policy(
-    checkpoint: Checkpoint, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, provenance=None
+    checkpoint: Checkpoint, mode: str, fmt: str, out, opset: int = DEFAULT_OPSET, provenance=None, scan: str = "chunked"
 ) -> tuple[Path, Path]:
     """Export a loaded checkpoint as the `mode` graph in `fmt` to `out`, with its JSON beside it
     (also inside the file: ONNX metadata_props "dema_lab_policy", a TorchScript extra file
-    "dema_lab_policy.json"). Returns (file, json)."""
+    "dema_lab_policy.json"). `scan`: as export_model's. Returns (file, json)."""
     check_exportable(checkpoint.model, mode, fmt, opset)
     checkpoint.state_normalization()  # fails by name before anything is written
     out = Path(out)
     inputs = example_inputs(checkpoint.config, mode)
     info = deploy_info(checkpoint, mode, fmt, opset, list(inputs), provenance)
     text = json.dumps(info, indent=1)
-    path = export_model(checkpoint.model, mode, fmt, out, opset, metadata={"dema_lab_policy": text})
+    path = export_model(checkpoint.model, mode, fmt, out, opset, metadata={"dema_lab_policy": text}, scan=scan)
     if fmt == "onnx":  # inputs the model does not use (timesteps without a timestep embedding, ...) are left out
         import onnx
 

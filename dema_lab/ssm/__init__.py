@@ -15,6 +15,7 @@ from dema_lab.ssm.scan import (
     backend_for,
     mamba_ssm_available,
     selective_scan,
+    selective_scan_chunked,
     selective_scan_ref,
     use_backend,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "mamba_ssm_available",
     "segsum",
     "selective_scan",
+    "selective_scan_chunked",
     "selective_scan_ref",
     "use_backend",
 ]

@@ -15,6 +15,8 @@ Backends (see `backend_for` / `use_backend`):
     "torch"     a PyTorch autograd Function with a hand-written reverse-time backward;
                 runs on any device, the fallback on CUDA without mamba_ssm
     "reference" plain autograd through a per-step loop; the float64 reference for tests
+    "chunked"   two loops of about sqrt(L) whole-tensor steps (selective_scan_chunked) instead of
+                L small ones: what an exported (traced) graph uses; any device, only when forced
 
 The numba kernels fuse the whole op (softplus of delta + bias, the recurrence, the D skip
 and the silu gate), forward and backward. In the "torch" backend only the recurrence
@@ -24,13 +26,14 @@ and the silu gate), forward and backward. In the "torch" backend only the recurr
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("cuda", "numba", "torch", "reference")
+BACKENDS = ("cuda", "numba", "torch", "reference", "chunked")
 _ENV_VAR = "DEMA_LAB_SCAN_BACKEND"
 _forced = threading.local()
 last_backend: str | None = None  # the backend the most recent call used (visible for logs)
@@ -118,6 +121,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return _mamba_ssm_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "reference":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "chunked":
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
@@ -168,6 +173,59 @@ def selective_scan_ref(
     y = torch.stack(ys, dim=2)  # (b, d, L)
     out = skip_and_gate(y, u, D, z).to(dtype_in)
     return (out, h) if return_last_state else out
+
+
+def selective_scan_chunked(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, chunk=None
+):
+    """The scan as two short loops instead of one long one: a traced graph has O(sqrt L) steps of
+    whole-tensor ops, not L steps of small ones (the exported Transformer-like graph's scan).
+
+    The L tokens are cut into k chunks of c (default c = ceil(sqrt L); the last chunk is padded
+    with delta = 0, no decay, and u = 0, no input). With a_t = exp(delta_t A), b_t = delta_t B_t u_t:
+      1. every chunk at once, over its c positions: h_loc_i = a_i h_loc_{i-1} + b_i from a zero
+         state, and P_i = a_i P_{i-1}, the decay since the chunk's start;
+      2. over the k chunks: start_{m+1} = P_last[m] start_m + h_loc_last[m], the state entering each;
+      3. h_i = h_loc_i + P_i start, y_i = sum_n C_i[n] h_i[n].
+    Only products of the a_t (each <= 1 for A < 0) are formed, never a ratio of cumulative
+    products, so it is as stable as the per-token loop. Same arguments and results as
+    selective_scan, exact up to float rounding.
+    """
+    dtype_in = u.dtype
+    compute = torch.float64 if dtype_in == torch.float64 else torch.float32
+    u, delta = u.to(compute), effective_delta(delta, delta_bias, delta_softplus, compute)
+    Bg, Cg = as_grouped(B, u).to(compute), as_grouped(C, u).to(compute)  # (b, g, n, L)
+    batch, dim, L = u.shape
+    if Bg.shape[1] > 1:  # else one group, broadcast over the channels
+        Bg, Cg = (M.repeat_interleave(dim // M.shape[1], dim=1) for M in (Bg, Cg))  # (b, d, n, L)
+    c = int(chunk) if chunk else math.ceil(math.sqrt(L))
+    k = (L + c - 1) // c  # chunks
+    pad = k * c - L
+    x = delta * u  # (b, d, L)
+    if pad:
+        delta, x, Bg, Cg = (F.pad(t, (0, pad)) for t in (delta, x, Bg, Cg))
+    # time-major, the position within the chunk first, the state last: each step of either loop
+    # reads one contiguous block, and a and bx are built in that layout (no large transpose)
+    by_position = lambda t: t.reshape(*t.shape[:-1], k, c).permute(t.dim(), t.dim() - 1, *range(t.dim() - 1))  # noqa: E731
+    dl, xl = (by_position(t)[..., None] for t in (delta, x))  # (c, k, b, d, 1)
+    Bl, Cl = (by_position(t) for t in (Bg, Cg))  # (c, k, b, d|g, n)
+    a = torch.exp(dl * A.to(compute))  # (c, k, b, d, n)
+    bx = Bl * xl  # (c, k, b, d, n)
+    h, P = bx[0], a[0]  # (k, b, d, n)
+    hs, Ps = [h], [P]
+    for i in range(1, c):
+        h, P = a[i] * h + bx[i], a[i] * P
+        hs.append(h), Ps.append(P)
+    state = torch.zeros_like(h[0])  # (b, d, n)
+    starts = []
+    for m in range(k):  # h[m], P[m]: chunk m's end state from zero, its decay
+        starts.append(state)
+        state = P[m] * state + h[m]  # the state at chunk m's end
+    start = torch.stack(starts)  # (k, b, d, n)
+    y = torch.stack([((hs[i] + Ps[i] * start) * Cl[i]).sum(-1) for i in range(c)])  # (c, k, b, d)
+    y = y.permute(2, 3, 1, 0).reshape(batch, dim, k * c)[..., :L]  # (b, d, L)
+    out = skip_and_gate(y, u, D, z).to(dtype_in)
+    return (out, state) if return_last_state else out
 
 
 # ----------------------------------------------------------------------------- helpers

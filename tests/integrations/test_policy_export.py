@@ -21,7 +21,7 @@ from dema_lab.evaluation.rollout import single_threaded
 from dema_lab.integrations.policy_export import ExportError, export_policy, export_run_policy
 from dema_lab.models import ModelConfig, build_model
 from dema_lab.models.checkpoint import checkpoint_bytes, load_checkpoint
-from dema_lab.models.policy import Policy
+from dema_lab.models.policy import Policy, inference_modes
 from dema_lab.store.schema import checkpoint_name
 from dema_lab.store.zarr_store import RunStore
 
@@ -62,11 +62,26 @@ CASES = {
     "dt": dict(arch="dt", n_head=2),
     "dt-previous": dict(arch="dt", window_actions="previous", window_padding="left"),
     "official": None,
+    "lstm-B3LD-RSA": dict(arch="lstm"),
+    "lstm-BL3D-RAS": dict(arch="lstm", layout="BL3D", token_order="RAS", window_padding="left"),
+    "gru-B3LD-RAS": dict(arch="gru", token_order="RAS"),
+    "gru-B3LD-RSA-left": dict(arch="gru", window_padding="left"),
+    "mlp-RAS": dict(arch="mlp", token_order="RAS"),
+    "mlp-BL3D-left": dict(arch="mlp", layout="BL3D", window_padding="left"),
     "atari": dict(arch="dema", obs_shape=(4, 84, 84), state_dim=4 * 84 * 84, act_dim=1, n_actions=4, token_order="ARS"),
 }
 
 
-TORCHSCRIPT_CASES = ["dema-B3LD-RSA", "dema-BL3D-RAS", "official", "dt", "atari"]
+TORCHSCRIPT_CASES = [
+    "dema-B3LD-RSA",
+    "dema-BL3D-RAS",
+    "official",
+    "dt",
+    "atari",
+    "lstm-B3LD-RSA",
+    "gru-B3LD-RAS",
+    "mlp-RAS",
+]
 
 
 def make_checkpoint(name, path):
@@ -97,7 +112,7 @@ def exports(tmp_path_factory):
 
 def export_case(name, root):
     ck = make_checkpoint(name, root / f"{name}.safetensors")
-    modes = ("transformer", "rnn") if ck.config.arch == "dema" else ("transformer",)
+    modes = inference_modes(ck.config.arch)
     files = {}
     formats = (("onnx", "onnx"), ("torchscript", "pt")) if name in TORCHSCRIPT_CASES else (("onnx", "onnx"),)
     for fmt, ext in formats:
@@ -134,7 +149,7 @@ def reference_episode(ck, mode, obs, rewards, target):
 def test_onnx_runtime_acts_as_policy_act_over_200_steps(exports, name, mode):
     ck, files = exports[name]
     if ("onnx", mode) not in files:
-        pytest.skip("a DT acts Transformer-like only")
+        pytest.skip("a DT or an MLP acts Transformer-like only")
     onnx.checker.check_model(onnx.load(str(files["onnx", mode])))
     obs, rewards = observations(ck.config)
     target = 5.0 if ck.config.discrete else 3600.0
@@ -163,7 +178,7 @@ def test_torchscript_file_gives_the_onnx_outputs(exports, name, mode):
 
     ck, files = exports[name]
     if ("onnx", mode) not in files:
-        pytest.skip("a DT acts Transformer-like only")
+        pytest.skip("a DT or an MLP acts Transformer-like only")
     sess = ort.InferenceSession(str(files["onnx", mode]))
     extra = {"dema_lab_policy.json": ""}
     script = torch.jit.load(str(files["torchscript", mode]), _extra_files=extra)
@@ -206,6 +221,27 @@ def test_json_and_metadata_hold_what_acting_needs(exports):
     assert set(info["inputs"]) == {i.name for i in onnx.load(str(path)).graph.input}
 
 
+@pytest.mark.parametrize("name", ["lstm-B3LD-RSA", "gru-B3LD-RAS"])
+def test_json_lists_the_carried_state_of_an_lstm_and_a_gru(exports, name):
+    """The runner needs no per-arch code: the JSON names every carried input, its axes and sizes,
+    and each comes back as new_<name> with the input's shape."""
+    import onnxruntime as ort
+
+    ck, files = exports[name]
+    path = files["onnx", "rnn"]
+    info = json.loads(Path(f"{path}.json").read_text())
+    names = ["hidden_state", "cell_state"] if ck.config.arch == "lstm" else ["hidden_state"]
+    layout = info["recurrent_state"]
+    assert layout["inputs"] == names and layout["outputs"] == ["new_" + n for n in names]
+    assert layout["axes"] == {n: ["n_layer", "batch", "d_model"] for n in names}
+    assert layout["sizes"] == {"n_layer": 2, "d_model": 16}
+    assert all(info["inputs"][n]["shape"] == [2, "batch", 16] for n in names)
+    sess = ort.InferenceSession(str(path))
+    shapes = {o.name: o.shape for o in sess.get_outputs()}
+    assert info["outputs"] == [o.name for o in sess.get_outputs()] == ["action", *layout["outputs"]]
+    assert all(shapes["new_" + n][0] == 2 and shapes["new_" + n][2] == 16 for n in names)
+
+
 def one_line_error(fn) -> str:
     with pytest.raises(ExportError) as e:
         fn()
@@ -217,6 +253,10 @@ def test_refusals_are_one_line(exports, tmp_path):
     ck, _ = exports["dema-B3LD-RSA"]
     dt, _ = exports["dt"]
     assert "Transformer-like only" in one_line_error(lambda: export_policy(dt, "rnn", "onnx", tmp_path / "a.onnx"))
+    mlp, _ = exports["mlp-RAS"]
+    assert "MLP policies act Transformer-like only" in one_line_error(
+        lambda: export_policy(mlp, "rnn", "onnx", tmp_path / "a.onnx")
+    )
     assert "opset 13 is too old" in one_line_error(
         lambda: export_policy(ck, "transformer", "onnx", tmp_path / "a.onnx", opset=13)
     )
@@ -234,8 +274,8 @@ def test_refusals_are_one_line(exports, tmp_path):
     other = type(ck)(ck.model, ck.config, ck.meta, ck.extra)
     other.model = torch.nn.Module()
     other.model.cfg = ModelConfig(arch="dema")
-    object.__setattr__(other.model.cfg, "arch", "lstm")  # an arch export-policy does not know yet
-    assert "arch 'lstm' cannot be exported" in one_line_error(
+    object.__setattr__(other.model.cfg, "arch", "s4")  # an arch export-policy does not know
+    assert "arch 's4' cannot be exported" in one_line_error(
         lambda: export_policy(other, "transformer", "onnx", tmp_path / "a.onnx")
     )
     assert not list(tmp_path.iterdir())
@@ -273,13 +313,16 @@ def test_run_refusals_and_the_cli(exports, tmp_path):
     onnx.checker.check_model(onnx.load(str(tmp_path / "p.onnx")))
 
 
+@pytest.mark.parametrize("name", ["dema-B3LD-RSA", "lstm-B3LD-RSA", "gru-B3LD-RAS", "mlp-RAS"])
 @pytest.mark.parametrize("mode", ["transformer", "rnn"])
-def test_example_plays_hopper_with_dema_labs_return(exports, mode):
+def test_example_plays_hopper_with_dema_labs_return(exports, name, mode):
     """The example, in a process of its own, gets the return dema-lab's rollout gets for the seed."""
     from dema_lab.envs import make_env
     from dema_lab.evaluation.rollout import rollout_steps
 
-    ck, files = exports["dema-B3LD-RSA"]
+    ck, files = exports[name]
+    if ("onnx", mode) not in files:
+        pytest.skip("an MLP acts Transformer-like only")
     policy = Policy(ck.model, mode, *ck.state_normalization(), rtg_scale=1000.0)
     env = make_env("hopper")
     want = sum(s.reward for s in rollout_steps(policy, env, 3600.0, seed=5))
