@@ -182,7 +182,12 @@ def rollout(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, -3)
 
 
-def _decision(model, tokens: torch.Tensor, T: int):
+def embed_window(model, window: dict) -> torch.Tensor:
+    """The window's token embeddings (b, n, d): what the backbone takes."""
+    return model.embed(**_inputs(window))
+
+
+def decision(model, tokens: torch.Tensor, T: int):
     """The current decision from token embeddings (b, n, d): continuous actions -> the action
     (b, act_dim); discrete -> the logits (b, n_actions). The same path as model.forward."""
     hidden = model.backbone(tokens)
@@ -200,8 +205,8 @@ def decision_output(model, pred: torch.Tensor) -> torch.Tensor:
 def _gradient(model, window: dict, T: int, q: int, absolute: bool) -> torch.Tensor:
     """Gradient x input of decision_output per token, summed over the embedding."""
     with torch.enable_grad():
-        tokens = model.embed(**_inputs(window)).detach().requires_grad_(True)
-        out = decision_output(model, _decision(model, tokens, T))
+        tokens = embed_window(model, window).detach().requires_grad_(True)
+        out = decision_output(model, decision(model, tokens, T))
         (grad,) = torch.autograd.grad(out.sum(), tokens)
     rel = (grad * tokens).sum(-1)[:, : q + 1].detach()
     return rel.abs() if absolute else rel
@@ -236,7 +241,7 @@ def attention_gradients(model, window: dict, of: str = "alpha") -> tuple[list[to
     T = window["states"].shape[1]
     maps, hooks = [], []
     with torch.enable_grad():
-        tokens = model.embed(**_inputs(window)).detach()
+        tokens = embed_window(model, window).detach()
         if model.cfg.arch == "dt":
             hidden, maps = model.backbone(tokens, return_attention=True)
         else:
@@ -263,7 +268,7 @@ def attribution_maps(maps: list[torch.Tensor], grads: list[torch.Tensor]) -> tor
     return torch.stack(cams, 1)
 
 
-def change_of_decision(model, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+def change_ofdecision(model, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """How far a decision moved: the L2 distance of the actions (continuous, (..., act_dim)), the
     KL divergence KL(p_before || p_after) of the action distributions (discrete, logits)."""
     if not model.cfg.discrete:
@@ -336,7 +341,7 @@ def baseline_tokens(model, window: dict, means: dict) -> torch.Tensor:
 def occlusion_baseline(model, window: dict, baseline="zero", means: dict | None = None) -> torch.Tensor:
     """The baseline token embeddings (b, n, d) that replace occluded tokens: "zero" (embedding 0),
     "mean" (baseline_tokens of `means`), or a tensor of embeddings, (d_model,) or (n, d_model)."""
-    tokens = model.embed(**_inputs(window))  # (b, n, d)
+    tokens = embed_window(model, window)  # (b, n, d)
     b, n, d = tokens.shape
     if isinstance(baseline, str):
         if baseline not in OCCLUSION_BASELINES:
@@ -360,15 +365,15 @@ def occlusion_baseline(model, window: dict, baseline="zero", means: dict | None 
 def _occlusion(model, window: dict, T: int, q: int, baseline, means) -> torch.Tensor:
     """The change of the decision when token j's embedding is replaced by the baseline's, for
     each j <= q, all in one batch through the backbone."""
-    tokens = model.embed(**_inputs(window))  # (b, n, d)
+    tokens = embed_window(model, window)  # (b, n, d)
     b, n, d = tokens.shape
     base = occlusion_baseline(model, window, baseline, means)  # (b, n, d)
     occluded = tokens[:, None].repeat(1, q + 1, 1, 1)  # (b, q+1, n, d)
     j = torch.arange(q + 1, device=tokens.device)
     occluded[:, j, j] = base[:, j]
-    pred = _decision(model, tokens, T)  # (b, out)
-    moved = _decision(model, occluded.reshape(b * (q + 1), n, d), T).reshape(b, q + 1, -1)
-    return change_of_decision(model, pred[:, None], moved)
+    pred = decision(model, tokens, T)  # (b, out)
+    moved = decision(model, occluded.reshape(b * (q + 1), n, d), T).reshape(b, q + 1, -1)
+    return change_ofdecision(model, pred[:, None], moved)
 
 
 def _recency(model, window: dict, q: int, b: int, rate, mass) -> tuple[torch.Tensor, float]:
