@@ -26,7 +26,7 @@ import xarray as xr
 
 from dema_lab.analysis.decay import fit_decay
 from dema_lab.analysis.tokens import current_token, token_labels
-from dema_lab.ssm import AGGREGATIONS, Mamba, aggregate_channels, apply_attention, hidden_attention
+from dema_lab.ssm import AGGREGATIONS, Mamba, aggregate_channels, hidden_attention
 
 METHODS = ("alpha", "unified", "rollout", "attribution", "gradient", "occlusion", "recency", "random")
 DT_METHODS = ("rollout", "attribution", "gradient", "occlusion", "recency", "random")
@@ -212,52 +212,50 @@ def _gradient(model, window: dict, T: int, q: int, absolute: bool) -> torch.Tens
     return rel.abs() if absolute else rel
 
 
-def _in_graph_mixer(of: str, maps: list):
-    """A forward hook for a Mamba mixer: its output recomputed, inside the autograd graph, from its
-    α (of "alpha": out_proj(silu(z) (α u + D u))) or its Ω (of "unified": out_proj(Ω x + β));
-    the same value as the mixer's own output. The map is appended to `maps`."""
-
-    def hook(mixer, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]  # (b, L, d_model)
-        if of == "alpha":
-            a = mixer.scan_arguments(hidden)
-            m = hidden_attention(a["delta"], a["A"], a["B"], a["C"], delta_bias=a["delta_bias"], delta_softplus=True)
-            y = apply_attention(m, a["u"], a["D"], a["z"])  # (b, d_inner, L)
-        else:
-            m, beta = unified_attention(mixer, hidden)
-            x = mixer.in_proj(hidden).chunk(2, dim=-1)[0].transpose(1, 2).to(m.dtype)  # the conv input
-            y = torch.einsum("bdij,bdj->bdi", m, x) + beta
-        maps.append(m)
-        return mixer.out_proj(y.to(hidden.dtype).transpose(1, 2))
-
-    return hook
-
-
 def attention_gradients(model, window: dict, of: str = "alpha") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Every layer's attention map as the decision's forward pass uses it, (b, channels, n, n),
     and the gradient of decision_output with respect to it (the total derivative, through the
-    later layers): DeMa's α or Ω (of "alpha" / "unified"; the mixer is run in its attention form,
-    which equals the scan), DT's attention probabilities (channels = heads). Returns (maps, grads)."""
+    later layers): DeMa's α or Ω (of "alpha" / "unified"), DT's attention probabilities
+    (channels = heads). Returns (maps, grads).
+
+    DeMa's gradient is an outer product, so no (L, L) map enters the graph: the mixer's gate
+    output is g = silu(z) (α u + D u) = Ω x + β per channel, hence
+        dout/dα[c, i, j] = dout/dg[c, i] silu(z)[c, i] u[c, j],   dout/dΩ[c, i, j] = dout/dg[c, i] x[c, j],
+    with dout/dg taken at out_proj's input in one backward pass of the model's own forward."""
     T = window["states"].shape[1]
-    maps, hooks = [], []
     with torch.enable_grad():
         tokens = embed_window(model, window).detach()
         if model.cfg.arch == "dt":
             hidden, maps = model.backbone(tokens, return_attention=True)
-        else:
-            hooks = [
-                m.register_forward_hook(_in_graph_mixer(of, maps), with_kwargs=True)
-                for m in model.modules()
-                if isinstance(m, Mamba)
-            ]
-            try:
-                hidden = model.backbone(tokens)
-            finally:
-                for h in hooks:
-                    h.remove()
+            pred = model.predict_action(hidden[:, model.embed.action_positions(T)])[:, -1]
+            grads = torch.autograd.grad(decision_output(model, pred).sum(), maps)  # no parameter's .grad is touched
+            return [m.detach() for m in maps], [g.detach() for g in grads]
+        mixers = [m for m in model.modules() if isinstance(m, Mamba)]
+        inputs, gated = [], []
+        hooks = [m.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for m in mixers]
+        hooks += [m.out_proj.register_forward_pre_hook(lambda _m, args: gated.append(args[0])) for m in mixers]
+        try:
+            hidden = model.backbone(tokens)
+        finally:
+            for h in hooks:
+                h.remove()
         pred = model.predict_action(hidden[:, model.embed.action_positions(T)])[:, -1]
-        grads = torch.autograd.grad(decision_output(model, pred).sum(), maps)  # no parameter's .grad is touched
-    return [m.detach() for m in maps], [g.detach() for g in grads]
+        d_gate = torch.autograd.grad(decision_output(model, pred).sum(), gated)  # each (b, L, d_inner)
+    maps, grads = [], []
+    with torch.no_grad():
+        for mixer, h, dg in zip(mixers, inputs, d_gate):
+            dg = dg.transpose(1, 2)  # (b, d_inner, L)
+            if of == "alpha":
+                a = mixer.attention_inputs(h.detach())
+                m = a["alpha"]
+                dg = dg.to(m.dtype) * F.silu(a["z"].to(m.dtype))  # dout/dy, y = α u + D u
+                source = a["u"]
+            else:
+                m = unified_attention(mixer, h.detach())[0]
+                source = mixer.scan_arguments(h.detach())["conv_input"]
+            maps.append(m)
+            grads.append(dg.to(m.dtype)[..., :, None] * source.to(m.dtype)[..., None, :])
+    return maps, grads
 
 
 def attribution_maps(maps: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:

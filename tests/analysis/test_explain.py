@@ -423,18 +423,31 @@ def test_attention_gradients_match_a_leaf_oracle_and_finite_differences(arch, n_
         assert (out(eps) - out(-eps)) / (2 * eps) == pytest.approx((grad * V).sum().item(), rel=1e-5)
 
 
-def test_unified_attention_gradients_run_through_the_same_decision():
+def test_unified_attention_gradients_match_a_leaf_oracle():
     model = tiny()
     win = window(model)
     maps, grads = attention_gradients(model, win, of="unified")
-    mixer, h, _ = mixer_calls(model, win)[0]
-    with torch.no_grad():
-        assert (maps[0] - unified_attention(mixer, h)[0]).abs().max() < 1e-12
-    # Ω's gradient: the chain rule from the mixer's output, which Ω maps from the conv input x
-    # (d gate_output[c, i] / d Ω[c, i, j] = x[c, j]); α's gradient is another tensor
-    assert grads[0].shape == maps[0].shape and grads[0].abs().max() > 1e-6
+    for layer, (mixer, h, _) in enumerate(mixer_calls(model, win)):
+        holder = {}
+
+        def hook(mod, args, output, holder=holder):  # the mixer's output from a leaf Ω: out_proj(Ω x + β)
+            omega, beta = unified_attention(mod, args[0])
+            leaf = omega.detach().requires_grad_(True)
+            holder["leaf"] = leaf
+            y = torch.einsum("bdij,bdj->bdi", leaf, conv_input_of(mod, args[0])) + beta
+            return mod.out_proj(y.transpose(1, 2))
+
+        handle = mixer.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                (expect,) = torch.autograd.grad(model(**win)[:, -1].norm(dim=-1).sum(), holder["leaf"])
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            assert (maps[layer] - unified_attention(mixer, h)[0]).abs().max() < 1e-12
+        assert (grads[layer] - expect).abs().max() < 1e-9 * max(1.0, expect.abs().max().item())
     _, a_grads = attention_gradients(model, win, of="alpha")
-    assert not torch.allclose(a_grads[0], grads[0])
+    assert not torch.allclose(a_grads[0], grads[0])  # α's gradient is another tensor
 
 
 @pytest.mark.parametrize("arch,n_actions", [("dema", 0), ("dt", 4)])
