@@ -98,7 +98,9 @@ def section(res: dict) -> str:
             f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; load average "
             f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}. Demo size: d_model 64, 3 layers, K 10 (30 tokens), "
             "hopper; the faithfulness figure excludes playing the episodes (evaluation.faithfulness "
-            "does that once per run), relevance is per method at batch 1, medians of 5. Two torch threads on this shared, loaded machine are many times slower than one (oversubscription: one forward pass 74-93 ms against 7-10 ms); the one-thread rows are the figures to judge by.",
+            "does that once per run), relevance is per method at batch 1, medians of 5. Two torch threads on a "
+            "shared, loaded machine can be many times slower than one (oversubscription): compare each row "
+            "with its own forward pass.",
             "",
             "| model | figure | time | x forward | target |",
             "|---|---|---|---|---|",
