@@ -168,7 +168,16 @@ def faithfulness(
     options.setdefault("random", {}).setdefault("seed", seed)
     rel, attrs = {}, {}
     for m in methods:
-        ds = relevance(model, window, m, **options.get(m, {}))
+        try:
+            ds = relevance(model, window, m, **options.get(m, {}))
+        except ValueError:
+            if m != "recency" or "rate" in options.get(m, {}):
+                raise
+            # the attention does not fall with lag: no rate to fit, but every positive rate ranks the
+            # tokens the same (by lag), and only the ranking enters the perturbations
+            ds = relevance(model, window, m, rate=1.0).assign_attrs(
+                rate_note="not fitted: attention does not fall with lag"
+            )
         rel[m] = ds["relevance"].values  # (b, q + 1)
         attrs[m] = {k: v for k, v in ds.attrs.items() if isinstance(v, int | float | str)}
         coords = {c: ds[c] for c in ds["relevance"].coords if c != "window"}

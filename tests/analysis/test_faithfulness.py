@@ -132,3 +132,22 @@ def test_causal_horizon_is_the_first_k_inside_the_full_windows_interval():
     assert h["horizon"] == 3 and h["full_low"] == pytest.approx(52 - 4.302653 * 2 / np.sqrt(3), rel=1e-5)
     assert np.isnan(causal_horizon(scores[:2], [1, 2], full)["horizon"])
     assert causal_horizon(scores, [1, 2, 3, 4], [41.0])["horizon"] == 3  # one episode: reach its score
+
+
+def test_recency_ranks_by_lag_when_no_decay_rate_can_be_fitted(monkeypatch):
+    import dema_lab.analysis.faithfulness as faith_module
+
+    model = tiny()
+    win = window(model, b=3)
+    real = faith_module.relevance
+
+    def no_fit(model, window, method, **options):  # as on a model whose attention does not fall with lag
+        if method == "recency" and "rate" not in options:
+            raise ValueError("recency: the attention mass does not fall with lag")
+        return real(model, window, method, **options)
+
+    monkeypatch.setattr(faith_module, "relevance", no_fit)
+    ds = faithfulness(model, win, methods=["gradient"], fractions=(0.5,))
+    rec = ds["relevance"].sel(explanation="recency").values
+    assert np.all(np.diff(rec, axis=-1) > 0)  # the latest token first
+    assert "not fitted" in ds.attrs["options_recency"]
