@@ -462,7 +462,13 @@ class Report:
             f"episodes, needs the same: {MIN_PAIRS} episodes, not all scoring the same. The hidden-attention "
             "ablations name "
             "their method: the paper's parameter-level ones (merge_exp.py) and dema-lab's α-level ones; the "
-            "decay finding is judged on the paper's attention display and on dema-lab's decay statistics."
+            "decay finding is judged on the paper's attention display and on dema-lab's decay statistics. "
+            "An explanation method is faithful when, on decisions of recorded Transformer-like episodes, "
+            "replacing the earlier tokens it ranks highest moves the decision more than replacing those the "
+            "recency baseline ranks highest: the paired positive-perturbation AUC difference, with its 95% "
+            "percentile-bootstrap interval over decisions, lies above 0 in every run (below 0 in every run: "
+            "does not hold; else inconclusive). The causal horizon is the smallest number of steps of context "
+            "whose score reaches the full window's 95% interval."
         )
 
     def findings_table(self) -> pd.DataFrame:
