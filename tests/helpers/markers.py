@@ -30,6 +30,7 @@ SLOW = frozenset(
         "tests/data/test_data_build.py::test_other_envs_rise_from_random_to_medium_to_expert",
         "tests/evaluation/test_ablation.py::test_evaluate_ablation_cli_and_completion",
         "tests/evaluation/test_explain_runs.py",
+        "tests/dashboard/test_explain_dashboard.py",
         "tests/integrations/test_export.py::test_train_logs_live_to_tensorboard",
         "tests/models/test_model_options.py::test_train_with_the_official_preset_from_the_cli",
         "tests/store/test_integrity.py::test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over",
