@@ -151,3 +151,35 @@ def test_recency_ranks_by_lag_when_no_decay_rate_can_be_fitted(monkeypatch):
     rec = ds["relevance"].sel(explanation="recency").values
     assert np.all(np.diff(rec, axis=-1) > 0)  # the latest token first
     assert "not fitted" in ds.attrs["options_recency"]
+
+
+@pytest.mark.parametrize("arch", ["dema", "dt"])
+def test_an_atari_model_is_explained_and_perturbed_with_the_mean_baseline(arch):
+    """Frames (uint8 (4, 84, 84)), discrete actions, token order ARS: every method runs, the mean
+    baseline embeds the mean frame and the action frequencies, the curves are probability drops."""
+    from dema_lab.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    obs = (4, 84, 84)
+    cfg = ModelConfig(
+        arch=arch, state_dim=4 * 84 * 84, act_dim=1, obs_shape=obs, n_actions=4, K=3, d_model=16, d_state=4,
+        n_layer=2, token_order="ARS" if arch == "dema" else "RSA", embed_norm="none",
+    )  # fmt: skip
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    win = {
+        "states": torch.randint(0, 256, (3, 3, *obs), generator=g, dtype=torch.uint8),
+        "actions": torch.randint(0, 4, (3, 3, 1), generator=g).float(),
+        "returns_to_go": torch.rand(3, 3, 1, generator=g),
+        "timesteps": torch.arange(3)[None].repeat(3, 1),
+        "prev_action": torch.zeros(3, 1),
+    }
+    means = {
+        "state": np.full(obs, 90.0),
+        "action": np.array([0.1, 0.2, 0.3, 0.4]),
+        "return_to_go": np.array([0.5]),
+    }
+    ds = faithfulness(model, win, fractions=(0.5, 1.0), baseline="mean", means=means)
+    assert np.isfinite(ds["auc"].values).all() and "kl" in ds
+    assert ds.attrs["measure"] == "drop in the chosen action's probability"
+    assert (ds["kl"].values >= -1e-12).all()
