@@ -29,10 +29,10 @@ from dema_lab.analysis.tokens import current_token, token_labels
 from dema_lab.models.config import ATTENTION_ARCHS
 from dema_lab.ssm import AGGREGATIONS, Mamba, aggregate_channels, hidden_attention
 
-METHODS = ("alpha", "unified", "rollout", "gradient", "occlusion", "recency", "random")
-DT_METHODS = ("rollout", "gradient", "occlusion", "recency", "random")
+METHODS = ("alpha", "unified", "rollout", "attribution", "gradient", "occlusion", "recency", "random")
+DT_METHODS = ("rollout", "attribution", "gradient", "occlusion", "recency", "random")
 ROLLOUT_SOURCES = ("alpha", "unified")
-OCCLUSION_BASELINES = ("zero",)
+OCCLUSION_BASELINES = ("zero", "mean")
 
 # the options each method takes, with their defaults
 UNIFIED_OPTIONS = {"conv": True, "silu": True, "gate": True}
@@ -40,8 +40,9 @@ OPTIONS = {
     "alpha": {"aggregation": "abs", "layer": None},
     "unified": {"aggregation": "abs", "layer": None, **UNIFIED_OPTIONS},
     "rollout": {"of": "alpha", "aggregation": "abs", **UNIFIED_OPTIONS},
+    "attribution": {"of": "alpha"},
     "gradient": {"absolute": True},
-    "occlusion": {"baseline": "zero"},
+    "occlusion": {"baseline": "zero", "means": None},
     "recency": {"rate": None, "mass": None},
     "random": {"seed": 0},
 }
@@ -133,7 +134,7 @@ def _check_options(method: str, arch: str, n_layer: int, options: dict) -> dict:
         )
     if opts.get("layer") is not None and not -n_layer <= opts["layer"] < n_layer:
         raise ValueError(f"layer {opts['layer']} is not in the model (layers 0..{n_layer - 1}, or None for their mean)")
-    if method == "rollout" and arch == "dema" and opts["of"] not in ROLLOUT_SOURCES:
+    if method in ("rollout", "attribution") and arch == "dema" and opts["of"] not in ROLLOUT_SOURCES:
         raise ValueError(f"rollout of {opts['of']!r} is unknown; roll out one of {', '.join(ROLLOUT_SOURCES)}")
     return opts
 
@@ -187,29 +188,91 @@ def rollout(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, -3)
 
 
-def _decision(model, tokens: torch.Tensor, T: int):
+def embed_window(model, window: dict) -> torch.Tensor:
+    """The window's token embeddings (b, n, d): what the backbone takes."""
+    return model.embed(**_inputs(window))
+
+
+def decision(model, tokens: torch.Tensor, T: int):
     """The current decision from token embeddings (b, n, d): continuous actions -> the action
     (b, act_dim); discrete -> the logits (b, n_actions). The same path as model.forward."""
     hidden = model.backbone(tokens)
     return model.predict_action(hidden[:, model.embed.action_positions(T)])[:, -1]
 
 
+def decision_output(model, pred: torch.Tensor) -> torch.Tensor:
+    """The scalar a gradient explains, per window (b,): the L2 norm of the action (continuous,
+    pred (b, act_dim)), the chosen (argmax) action's logit (discrete, pred the logits)."""
+    if model.cfg.discrete:
+        return pred.gather(-1, pred.argmax(-1, keepdim=True))[:, 0]
+    return pred.norm(dim=-1)
+
+
 def _gradient(model, window: dict, T: int, q: int, absolute: bool) -> torch.Tensor:
-    """Gradient x input of the decision's output per token, summed over the embedding: the L2 norm
-    of the action (continuous), the chosen (argmax) action's logit (discrete)."""
+    """Gradient x input of decision_output per token, summed over the embedding."""
     with torch.enable_grad():
-        tokens = model.embed(**_inputs(window)).detach().requires_grad_(True)
-        pred = _decision(model, tokens, T)
-        if model.cfg.discrete:
-            out = pred.gather(-1, pred.argmax(-1, keepdim=True))[:, 0]
-        else:
-            out = pred.norm(dim=-1)
+        tokens = embed_window(model, window).detach().requires_grad_(True)
+        out = decision_output(model, decision(model, tokens, T))
         (grad,) = torch.autograd.grad(out.sum(), tokens)
     rel = (grad * tokens).sum(-1)[:, : q + 1].detach()
     return rel.abs() if absolute else rel
 
 
-def change_of_decision(model, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+def attention_gradients(model, window: dict, of: str = "alpha") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every layer's attention map as the decision's forward pass uses it, (b, channels, n, n),
+    and the gradient of decision_output with respect to it (the total derivative, through the
+    later layers): DeMa's α or Ω (of "alpha" / "unified"), DT's attention probabilities
+    (channels = heads). Returns (maps, grads).
+
+    DeMa's gradient is an outer product, so no (L, L) map enters the graph: the mixer's gate
+    output is g = silu(z) (α u + D u) = Ω x + β per channel, hence
+        dout/dα[c, i, j] = dout/dg[c, i] silu(z)[c, i] u[c, j],   dout/dΩ[c, i, j] = dout/dg[c, i] x[c, j],
+    with dout/dg taken at out_proj's input in one backward pass of the model's own forward."""
+    T = window["states"].shape[1]
+    with torch.enable_grad():
+        tokens = embed_window(model, window).detach()
+        if model.cfg.arch == "dt":
+            hidden, maps = model.backbone(tokens, return_attention=True)
+            pred = model.predict_action(hidden[:, model.embed.action_positions(T)])[:, -1]
+            grads = torch.autograd.grad(decision_output(model, pred).sum(), maps)  # no parameter's .grad is touched
+            return [m.detach() for m in maps], [g.detach() for g in grads]
+        mixers = [m for m in model.modules() if isinstance(m, Mamba)]
+        inputs, gated = [], []
+        hooks = [m.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for m in mixers]
+        hooks += [m.out_proj.register_forward_pre_hook(lambda _m, args: gated.append(args[0])) for m in mixers]
+        try:
+            hidden = model.backbone(tokens)
+        finally:
+            for h in hooks:
+                h.remove()
+        pred = model.predict_action(hidden[:, model.embed.action_positions(T)])[:, -1]
+        d_gate = torch.autograd.grad(decision_output(model, pred).sum(), gated)  # each (b, L, d_inner)
+    maps, grads = [], []
+    with torch.no_grad():
+        for mixer, h, dg in zip(mixers, inputs, d_gate):
+            dg = dg.transpose(1, 2)  # (b, d_inner, L)
+            if of == "alpha":
+                a = mixer.attention_inputs(h.detach())
+                m = a["alpha"]
+                dg = dg.to(m.dtype) * F.silu(a["z"].to(m.dtype))  # dout/dy, y = α u + D u
+                source = a["u"]
+            else:
+                m = unified_attention(mixer, h.detach())[0]
+                source = mixer.scan_arguments(h.detach())["conv_input"]
+            maps.append(m)
+            grads.append(dg.to(m.dtype)[..., :, None] * source.to(m.dtype)[..., None, :])
+    return maps, grads
+
+
+def attribution_maps(maps: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """Attention x the positive part of its gradient, averaged over channels (heads), kept
+    non-negative: (b, n_layer, n, n), what `rollout` then rolls out (the HiddenMambaAttn /
+    Chefer et al. attribution)."""
+    cams = [(m.double() * g.double().clamp(min=0)).mean(1).clamp(min=0) for m, g in zip(maps, grads)]
+    return torch.stack(cams, 1)
+
+
+def change_ofdecision(model, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """How far a decision moved: the L2 distance of the actions (continuous, (..., act_dim)), the
     KL divergence KL(p_before || p_after) of the action distributions (discrete, logits)."""
     if not model.cfg.discrete:
@@ -218,10 +281,71 @@ def change_of_decision(model, before: torch.Tensor, after: torch.Tensor) -> torc
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-def _occlusion(model, window: dict, T: int, q: int, baseline) -> torch.Tensor:
-    """The change of the decision when token j's embedding is replaced by the baseline's, for
-    each j <= q, all in one batch through the backbone."""
-    tokens = model.embed(**_inputs(window))  # (b, n, d)
+def mean_inputs(dataset, state_mean=None, state_std=None, rtg_scale: float = 1000.0, max_steps: int = 20_000) -> dict:
+    """The dataset's mean state, action and return-to-go in the model's input units, the `means`
+    of the occlusion baseline "mean": state (obs_dim,) normalised by (state_mean, state_std)
+    (the training normalisation; 0 when it is the dataset's own), or the mean stacked frame
+    (frames, H, W) for images; action (act_dim,), or for discrete actions each action's
+    frequency (n_actions,); return_to_go (1,) divided by rtg_scale. Every n-th step, at most
+    max_steps of them."""
+    every = max(1, -(-dataset.num_transitions // max_steps))
+    obs = np.concatenate([t.observations for t in dataset.trajectories])[::every].astype(np.float64)
+    act = np.concatenate([t.actions for t in dataset.trajectories])[::every].astype(np.float64)
+    rtg = np.concatenate([t.returns_to_go() for t in dataset.trajectories])[::every].astype(np.float64)
+    state = obs.mean(0)
+    if not dataset.is_image:
+        mean = np.zeros_like(state) if state_mean is None else np.asarray(state_mean, np.float64)
+        std = np.ones_like(state) if state_std is None else np.asarray(state_std, np.float64)
+        state = (state - mean) / std
+    if dataset.n_actions:
+        action = np.bincount(act.reshape(-1).round().astype(int), minlength=dataset.n_actions) / act.shape[0]
+    else:
+        action = act.reshape(len(act), -1).mean(0)
+    return {"state": state, "action": action, "return_to_go": np.array([rtg.mean() / rtg_scale])}
+
+
+def baseline_tokens(model, window: dict, means: dict) -> torch.Tensor:
+    """The embeddings (b, n, d) of the window with every state, action (prev_action too) and
+    return-to-go replaced by `means` (mean_inputs), at the tokens' own timesteps and positions.
+    Discrete actions: the frequency-weighted mean of the tokens with every action set to each
+    action in turn (the embedding of the mean action, as far as a lookup table has one)."""
+    inp = _inputs(window)
+    states, actions = inp["states"], inp["actions"]
+    like = {"dtype": states.dtype, "device": states.device}
+    missing = sorted({"state", "action", "return_to_go"} - set(means))
+    if missing:
+        raise ValueError(
+            f"the occlusion baseline's means lack {', '.join(missing)}: build them with mean_inputs(dataset)"
+        )
+    state = torch.as_tensor(np.asarray(means["state"]), **like)
+    if state.shape != states.shape[2:]:
+        raise ValueError(
+            f"the mean state is {tuple(state.shape)} but the window's states are {tuple(states.shape[2:])}"
+        )
+    base = {**inp, "states": state.expand_as(states).clone()}
+    base["returns_to_go"] = torch.full_like(inp["returns_to_go"], float(np.asarray(means["return_to_go"]).ravel()[0]))
+    act = torch.as_tensor(np.asarray(means["action"]), dtype=actions.dtype, device=actions.device)
+    if not model.cfg.discrete:
+        base["actions"] = act.expand_as(actions).clone()
+        if "prev_action" in base:
+            base["prev_action"] = act.expand_as(base["prev_action"]).clone()
+        return model.embed(**base)
+    if act.shape != (model.cfg.n_actions,):
+        raise ValueError(f"the mean action of a discrete model is each action's frequency, ({model.cfg.n_actions},)")
+    out = 0.0
+    for a, p in enumerate(act.tolist()):
+        if p > 0:
+            one = {**base, "actions": torch.full_like(actions, float(a))}
+            if "prev_action" in one:
+                one["prev_action"] = torch.full_like(one["prev_action"], float(a))
+            out = out + p * model.embed(**one)
+    return out
+
+
+def occlusion_baseline(model, window: dict, baseline="zero", means: dict | None = None) -> torch.Tensor:
+    """The baseline token embeddings (b, n, d) that replace occluded tokens: "zero" (embedding 0),
+    "mean" (baseline_tokens of `means`), or a tensor of embeddings, (d_model,) or (n, d_model)."""
+    tokens = embed_window(model, window)  # (b, n, d)
     b, n, d = tokens.shape
     if isinstance(baseline, str):
         if baseline not in OCCLUSION_BASELINES:
@@ -229,18 +353,31 @@ def _occlusion(model, window: dict, T: int, q: int, baseline) -> torch.Tensor:
                 f"unknown occlusion baseline {baseline!r}; choose one of {', '.join(OCCLUSION_BASELINES)} "
                 f"or pass the baseline token embeddings as a tensor (d_model,) or (n_tokens, d_model)"
             )
-        base = tokens.new_zeros(n, d)
-    else:
-        base = torch.as_tensor(baseline, dtype=tokens.dtype, device=tokens.device)
-        if base.shape not in ((d,), (n, d)):
-            raise ValueError(f"an occlusion baseline tensor must be ({d},) or ({n}, {d}), got {tuple(base.shape)}")
-        base = base.expand(n, d)
+        if baseline == "zero":
+            return tokens.new_zeros(b, n, d)
+        if means is None:
+            raise ValueError(
+                "the occlusion baseline 'mean' needs means=mean_inputs(dataset, state_mean, state_std, rtg_scale)"
+            )
+        return baseline_tokens(model, window, means).to(tokens.dtype)
+    base = torch.as_tensor(baseline, dtype=tokens.dtype, device=tokens.device)
+    if base.shape not in ((d,), (n, d)):
+        raise ValueError(f"an occlusion baseline tensor must be ({d},) or ({n}, {d}), got {tuple(base.shape)}")
+    return base.expand(b, n, d)
+
+
+def _occlusion(model, window: dict, T: int, q: int, baseline, means) -> torch.Tensor:
+    """The change of the decision when token j's embedding is replaced by the baseline's, for
+    each j <= q, all in one batch through the backbone."""
+    tokens = embed_window(model, window)  # (b, n, d)
+    b, n, d = tokens.shape
+    base = occlusion_baseline(model, window, baseline, means)  # (b, n, d)
     occluded = tokens[:, None].repeat(1, q + 1, 1, 1)  # (b, q+1, n, d)
     j = torch.arange(q + 1, device=tokens.device)
-    occluded[:, j, j] = base[j]
-    pred = _decision(model, tokens, T)  # (b, out)
-    moved = _decision(model, occluded.reshape(b * (q + 1), n, d), T).reshape(b, q + 1, -1)
-    return change_of_decision(model, pred[:, None], moved)
+    occluded[:, j, j] = base[:, j]
+    pred = decision(model, tokens, T)  # (b, out)
+    moved = decision(model, occluded.reshape(b * (q + 1), n, d), T).reshape(b, q + 1, -1)
+    return change_ofdecision(model, pred[:, None], moved)
 
 
 def _recency(model, window: dict, q: int, b: int, rate, mass) -> tuple[torch.Tensor, float]:
@@ -281,12 +418,17 @@ def relevance(model, window: dict, method: str, **options) -> xr.Dataset:
       unified    the mixer's whole attention Ω (unified_attention; conv, silu, gate), likewise.
       rollout    attention rollout (identity added, rows normalised, multiplied over layers) of
                  α or Ω (of "alpha" / "unified"; DT: its heads' mean), the current token's row.
+      attribution  attention x the positive part of the gradient of the decision's output with
+                 respect to it (attention_gradients; α or Ω: of "alpha" / "unified"; DT: its
+                 heads), averaged over channels, then rolled out (attribution_maps, rollout).
       gradient   gradient x input, summed over the embedding, of the decision's output: the L2
                  norm of the action (continuous), the chosen (argmax) action's logit (discrete);
                  absolute (default True) takes |.|.
       occlusion  the change of the decision when one token's embedding is replaced by the
-                 baseline: "zero" (a zero embedding) or a tensor of embeddings, (d_model,) or
-                 (n_tokens, d_model); L2 of the action change (continuous), KL(p || p') (discrete).
+                 baseline: "zero" (a zero embedding), "mean" (the embedding of the dataset's mean
+                 state, action and return-to-go at the token's own position: means=mean_inputs(..))
+                 or a tensor of embeddings, (d_model,) or (n_tokens, d_model); L2 of the action
+                 change (continuous), KL(p || p') (discrete).
       recency    exp(-rate * lag): `rate` per token, or fitted to `mass` (attention mass by lag,
                  lag 0 first) or to this window's own attention row (analysis.decay.fit_decay).
       random     uniform [0, 1) from numpy's generator seeded with `seed`.
@@ -316,10 +458,17 @@ def relevance(model, window: dict, method: str, **options) -> xr.Dataset:
         rel = rolled[:, -1, q]
         data["map"] = (("window", "layer", "query", "token"), rolled.cpu().numpy())
         attrs["of"] = source
+    elif method == "attribution":
+        source = opts["of"] if cfg.arch == "dema" else "heads"
+        cams = attribution_maps(*attention_gradients(model, window, opts["of"]))[..., : q + 1, : q + 1]
+        rolled = rollout(cams)
+        rel = rolled[:, -1, q]
+        data["map"] = (("window", "layer", "query", "token"), rolled.cpu().numpy())
+        attrs["of"] = source
     elif method == "gradient":
         rel = _gradient(model, window, T, q, opts["absolute"])
     elif method == "occlusion":
-        rel = _occlusion(model, window, T, q, opts["baseline"])
+        rel = _occlusion(model, window, T, q, opts["baseline"], opts["means"])
         if isinstance(opts["baseline"], str):
             attrs["baseline"] = opts["baseline"]
     elif method == "recency":

@@ -167,14 +167,20 @@ def iqm(x) -> float:
     return float(trim_mean(x, 0.25)) if len(x) else np.nan
 
 
-def iqm_interval(x, confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
-    """(IQM, low, high): the IQM of the finite values with its percentile-bootstrap confidence
-    interval (scipy.stats.bootstrap, resampling the values with replacement, as rliable does
-    within a task). Fewer than two values: no interval (NaN bounds)."""
-    from scipy.stats import bootstrap, trim_mean
+def bootstrap_interval(
+    x, statistic=None, confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(statistic, low, high) of the finite values with the statistic's percentile-bootstrap
+    confidence interval (scipy.stats.bootstrap, resampling the values with replacement).
+    statistic(sample, axis) defaults to the mean. Fewer than two values: no interval (NaN
+    bounds); none: NaN throughout."""
+    from scipy.stats import bootstrap
 
+    stat = statistic or (lambda s, axis=-1: np.mean(s, axis=axis))
     x = _finite(x)
-    centre = iqm(x)
+    if not len(x):
+        return np.nan, np.nan, np.nan
+    centre = float(stat(x, axis=-1))
     if len(x) < 2:
         return centre, np.nan, np.nan
     if np.ptp(x) == 0:  # every resample is the same value
@@ -183,7 +189,7 @@ def iqm_interval(x, confidence: float = 0.95, n_resamples: int = 10000, seed: in
         warnings.simplefilter("ignore")
         res = bootstrap(
             (x,),
-            lambda s, axis=-1: trim_mean(s, 0.25, axis=axis),
+            stat,
             n_resamples=n_resamples,
             confidence_level=confidence,
             method="percentile",
@@ -191,6 +197,18 @@ def iqm_interval(x, confidence: float = 0.95, n_resamples: int = 10000, seed: in
             rng=np.random.default_rng(seed),
         )
     return centre, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def iqm_interval(x, confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """(IQM, low, high): the IQM of the finite values with its percentile-bootstrap confidence
+    interval (bootstrap_interval of trim_mean(x, 0.25), as rliable does within a task). Fewer
+    than two values: no interval (NaN bounds)."""
+    from scipy.stats import trim_mean
+
+    x = _finite(x)
+    if not len(x):
+        return iqm(x), np.nan, np.nan
+    return bootstrap_interval(x, lambda s, axis=-1: trim_mean(s, 0.25, axis=axis), confidence, n_resamples, seed)
 
 
 def t_interval(diffs, confidence: float = 0.95) -> tuple[float, float, float, int]:

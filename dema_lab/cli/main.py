@@ -15,6 +15,7 @@ import sys
 
 from dema_lab import __version__
 from dema_lab.cli.data import register as data
+from dema_lab.cli.explain import register as explain
 from dema_lab.cli.export import register as export
 from dema_lab.cli.export_policy import register as export_policy
 from dema_lab.cli.flags import CommandLine, UsageError, error_line
@@ -76,7 +77,7 @@ def _store_of(args):
 
 def _registrars():
     """The subcommands, one module each."""
-    return [data, train, runs, serve, study, import_official, export, export_policy]
+    return [data, train, runs, serve, study, import_official, export, export_policy, explain]
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
 """Evaluation: rollouts of a policy in its env, recorded episodes, the ablations, the paper's
-attention display on recorded episodes, and the defaults of what a run is evaluated on.
+attention display on recorded episodes, a run's explanations and their faithfulness on its own
+episodes (faithfulness), and the defaults of what a run is evaluated on.
 
 May import common, ssm, models, envs, data, store and analysis (not training: the trainer calls it).
 """

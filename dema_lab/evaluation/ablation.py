@@ -379,7 +379,8 @@ def publish_ablation(run, ds: xr.Dataset) -> str:
     return name
 
 
-def _load(run, checkpoint: int | None):
+def load_run_checkpoint(run, checkpoint: int | None):
+    """A run's checkpoint at step `checkpoint` (default: the last), loaded, with meta step, run_id and env."""
     from dema_lab.models import load_checkpoint
     from dema_lab.store.errors import StoreError
 
@@ -415,10 +416,10 @@ def evaluate_ablations(
     Transformer-like, on the run's evaluation targets. swap_from: a Checkpoint, or a Run (its last
     checkpoint). Each (method, layers) is published as its own group when `publish`. Returns the
     results in ablation_table's form."""
-    ck = _load(run, checkpoint)
+    ck = load_run_checkpoint(run, checkpoint)
     methods = methods_for(ck.model) if methods is None else tuple(methods)
     if hasattr(swap_from, "checkpoints"):  # a Run
-        swap_from = _load(swap_from, None)
+        swap_from = load_run_checkpoint(swap_from, None)
     for method in methods:  # every error before the first evaluation
         _check(ck.model, method, layers if method in LAYERED else "all")
     targets = targets or run.attrs.get("provenance", {}).get("eval_targets")
@@ -457,7 +458,7 @@ def complete_ablations(
     missing ones are evaluated, with as many episodes as those already published. Returns the
     run's ablation_table (None for a model with no ablation) and labels of what was evaluated now
     ("mixer-zeros", "alpha-random layer 1")."""
-    ck = _load(run, checkpoint)
+    ck = load_run_checkpoint(run, checkpoint)
     step = int(ck.meta["step"])
     possible = methods_for(ck.model)
     if possible == ("none",):
@@ -605,6 +606,7 @@ __all__ = [
     "evaluate_ablation",
     "evaluate_ablations",
     "layers_label",
+    "load_run_checkpoint",
     "methods_for",
     "mixers",
     "publish_ablation",

@@ -5,6 +5,8 @@
     rollout:                                rollout_name(step, mode, target, episode[, suffix])
                                             step_00002000-transformer-t0-e0
     ablation:                               ablation names start with checkpoint_name(step) too
+    explain, faithfulness:                  checkpoint_name(step): one decision's relevance by
+                                            method, and its faithfulness (evaluation.faithfulness)
 
 Each name has its parser here (step_of, parse_rollout_name), so no reader splits names itself.
 """
@@ -18,7 +20,18 @@ from dataclasses import dataclass
 STORE_VERSION = 1
 
 
-KINDS = ("train", "eval", "rollout", "decay", "paper_attention", "ablation", "checkpoint", "resume")
+KINDS = (
+    "train",
+    "eval",
+    "rollout",
+    "decay",
+    "paper_attention",
+    "ablation",
+    "checkpoint",
+    "resume",
+    "explain",
+    "faithfulness",
+)
 
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched with fullmatch: no trailing newline

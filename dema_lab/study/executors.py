@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 
-def _task(cfg, ablations: bool, ablation_episodes: int, ablation_layers, busy_wait: float) -> dict:
+def _task(cfg, ablations: bool, ablation_episodes: int, ablation_layers, busy_wait: float, explain=None) -> dict:
     """One grid point on a Ray worker: run_point, waiting out the lease of a writer that died on
     another node (a retried task can start before the dead writer's lease expires)."""
     from dema_lab.store.lock import RunBusyError
@@ -31,7 +31,7 @@ def _task(cfg, ablations: bool, ablation_episodes: int, ablation_layers, busy_wa
     deadline = time.monotonic() + busy_wait
     while True:
         try:
-            return run_point(cfg, ablations, ablation_episodes, ablation_layers)
+            return run_point(cfg, ablations, ablation_episodes, ablation_layers, explain)
         except RunBusyError:
             if time.monotonic() > deadline:
                 raise
@@ -79,7 +79,14 @@ def run_ray(sweep, configs, log=print) -> list[dict]:
         **({"runtime_env": {"env_vars": env}} if env else {}),
     )
     pending = {
-        remote.remote(cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers, LEASE_SECONDS * 1.5): cfg
+        remote.remote(
+            cfg,
+            sweep.ablations,
+            sweep.ablation_episodes,
+            sweep.ablation_layers,
+            LEASE_SECONDS * 1.5,
+            explain_options(sweep),
+        ): cfg
         for cfg in configs
     }
     results = []
@@ -102,8 +109,29 @@ def run_ray(sweep, configs, log=print) -> list[dict]:
     return results
 
 
-def run_point(cfg, ablations: bool, ablation_episodes: int, ablation_layers=("all",)) -> dict:
-    """One grid point, in a worker process: train (or resume, or skip), then the ablations."""
+def explain_options(sweep) -> dict | None:
+    """What run_point explains after training (evaluation.faithfulness.evaluate's episodes, steps
+    and horizon), None when the sweep does not explain."""
+    if not sweep.explain:
+        return None
+    return {"episodes": sweep.explain_episodes, "steps": sweep.explain_steps, "horizon": sweep.explain_horizon}
+
+
+def _explain_missing(run, explain: dict) -> bool:
+    """Whether the run's last checkpoint lacks a faithfulness group (or its causal horizon, when asked)."""
+    from dema_lab.evaluation.faithfulness import faithfulness_table
+    from dema_lab.store.schema import checkpoint_name
+
+    last = run.checkpoints()[-1]
+    if checkpoint_name(last) not in run.published("faithfulness"):
+        return True
+    return bool(explain.get("horizon")) and "horizon_cut" not in faithfulness_table(run, last)
+
+
+def run_point(cfg, ablations: bool, ablation_episodes: int, ablation_layers=("all",), explain=None) -> dict:
+    """One grid point, in a worker process: train (or resume, or skip), then the ablations, then
+    (explain: evaluation.faithfulness.evaluate's options) the explanations' faithfulness of the
+    last checkpoint, when not published yet."""
     import torch
 
     from dema_lab.evaluation.ablation import complete_ablations
@@ -124,6 +152,16 @@ def run_point(cfg, ablations: bool, ablation_episodes: int, ablation_layers=("al
             what = f"ablations added ({', '.join(kinds)})"
         if not cfg.model.has_attention:
             what += f"; no hidden-attention ablations (a {cfg.model.arch!r} model has no hidden attention)"
+    if explain and run.checkpoints() and _explain_missing(run, explain):
+        from dema_lab.evaluation.faithfulness import evaluate as explain_run
+
+        try:
+            explain_run(run, max_steps=cfg.evaluation.eval_max_steps, seed=cfg.optim.seed, **explain)
+        except ValueError as e:  # e.g. no episode as long as K: the run stays without explanations
+            what = f"{what}; not explained: {e}"
+        else:
+            if what == "skipped":
+                what = "explanations added"
     return {"run_id": cfg.run.run_id, "what": what, "seconds": time.perf_counter() - start}
 
 
@@ -185,7 +223,9 @@ def run_local(sweep, configs, log=print) -> list[dict]:
     results = []
     if workers == 1:
         for cfg in configs:
-            results.append(run_point(cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers))
+            results.append(
+                run_point(cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers, explain_options(sweep))
+            )
             log(result_line(results[-1], len(results), len(configs)))
         return results
     devices = worker_devices(workers, sweep.base.run.device)
@@ -193,7 +233,9 @@ def run_local(sweep, configs, log=print) -> list[dict]:
         log(f"GPUs, round robin over the workers: CUDA_VISIBLE_DEVICES={', '.join(dict.fromkeys(devices))}")
     with local_pool(workers, devices) as pool:
         futures = {
-            pool.submit(run_point, cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers): cfg
+            pool.submit(
+                run_point, cfg, sweep.ablations, sweep.ablation_episodes, sweep.ablation_layers, explain_options(sweep)
+            ): cfg
             for cfg in configs
         }
         for fut in as_completed(futures):

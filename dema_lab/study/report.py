@@ -5,7 +5,8 @@
     run_table(store, sweep)   one row per run (xarray Dataset, dim `run`): what it is, its cost,
                               its scores per inference mode at the last and the best checkpoint
                               (dema_lab.analysis.scoring), per-step latency, the state it carries between
-                              steps, decay fits per layer, ablation scores
+                              steps, decay fits per layer, ablation scores, the explanations'
+                              faithfulness against recency and the causal horizon
     build_report(...)         the tables (pandas DataFrames, cells "mean ± std" over seeds; the
                               aggregate over datasets "IQM [95% bootstrap CI]") and the findings,
                               as plain statements with their numbers (paired t intervals)
@@ -125,6 +126,7 @@ def run_table(store, sweep: str | None = None, latency: bool = True) -> xr.Datas
 def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None:
     """The report's row for one run; None for a run outside `sweep` or not finished."""
     from dema_lab.evaluation.ablation import ablation_table
+    from dema_lab.evaluation.faithfulness import faithfulness_table
 
     attrs = run.attrs
     cfg = attrs.get("config", {})
@@ -177,9 +179,75 @@ def _run_row(rs: RunStore, run, sweep: str | None, latency: bool) -> dict | None
     abl = ablation_table(run)
     if "normalized_score" in abl:
         row.update(ablation_scores(abl))
+    faith = faithfulness_table(run)
+    if faith is not None:
+        row.update(faithfulness_scores(faith))
     if latency and run.checkpoints():
         row.update(_inference_cost(rs, run))
     return row
+
+
+# the explanation methods judged against the recency baseline (recency and random are the baselines)
+EXPLANATION_FINDINGS = ("alpha", "unified", "rollout", "attribution", "gradient", "occlusion")
+
+
+def faithfulness_scores(faith: xr.Dataset) -> dict:
+    """A run's faithfulness for its row (a faithfulness/<checkpoint> group in): per method, the
+    mean paired positive-AUC difference against recency over the decisions with its 95% bootstrap
+    interval (faith_<method>, _low, _high), its AUC against random's (faith_<method>_random), the
+    median Spearman agreement with occlusion; the causal horizon (window cut, α truncated) and
+    the attention half-life it is compared with."""
+    row = {}
+    for m in faith.explanation.values:
+        m = str(m)
+        if m in ("recency", "random"):
+            continue
+        rec = faith.sel(explanation=m, baseline="recency")
+        row[f"faith_{m}"] = float(rec["versus_mean"])
+        row[f"faith_{m}_low"], row[f"faith_{m}_high"] = float(rec["versus_low"]), float(rec["versus_high"])
+        row[f"faith_{m}_random"] = float(faith["versus_mean"].sel(explanation=m, baseline="random"))
+        row[f"faith_{m}_spearman"] = float(faith["spearman_median"].sel(explanation=m))
+    for key in ("horizon_cut", "horizon_alpha"):
+        if key in faith:
+            row[key] = float(faith[key])
+    row["explain_half_life_steps"] = float(faith.attrs.get("half_life_steps", np.nan))
+    return row
+
+
+def faithfulness_verdict(df: pd.DataFrame, method: str) -> tuple[str, str]:
+    """Whether `method` beats recency on positive-perturbation AUC, from each run's paired
+    difference and its 95% bootstrap interval over decisions: holds when every run's interval lies
+    above 0, does not hold when every one lies below, else inconclusive. Returns (verdict, evidence)."""
+    col = f"faith_{method}"
+    if col not in df or df[col].notna().sum() == 0:
+        return "not measured", f"no run explained by {method} (dema-lab explain RUN)"
+    rows = df[df[col].notna()]
+    above, below = int((rows[col + "_low"] > 0).sum()), int((rows[col + "_high"] < 0).sum())
+    n = len(rows)
+    verdict = "holds" if above == n else "does not hold" if below == n else "inconclusive"
+    per_run = "; ".join(
+        f"{r['run']}: {r[col]:+.3g} [{r[col + '_low']:+.3g}, {r[col + '_high']:+.3g}]" for _, r in rows.iterrows()
+    )
+    return verdict, (
+        f"beats recency in {above} of {n} run(s), worse in {below} (positive-perturbation AUC minus recency's, "
+        f"mean over decisions, 95% bootstrap interval): {per_run}"
+    )
+
+
+def horizon_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The causal horizon against K (median over runs): by window cut and by α truncated, beside
+    the attention half-life (decay statistics, state tokens) and K itself."""
+    cols = [c for c in ("horizon_cut", "horizon_alpha", "explain_half_life_steps") if c in df]
+    if not cols or df[cols[0]].notna().sum() == 0:
+        return pd.DataFrame()
+    t = df[df[cols[0]].notna()].groupby(["dataset", "K"])[cols].median()
+    return t.rename(
+        columns={
+            "horizon_cut": "causal horizon, window cut (steps)",
+            "horizon_alpha": "causal horizon, α truncated (steps)",
+            "explain_half_life_steps": "attention half-life (steps)",
+        }
+    ).map(lambda v: f"{v:.1f}" if np.isfinite(v) else "–")
 
 
 def ablation_column(method: str, layers: str = "all") -> str:
@@ -386,7 +454,13 @@ class Report:
             f"episodes, needs the same: {MIN_PAIRS} episodes, not all scoring the same. The hidden-attention "
             "ablations name "
             "their method: the paper's parameter-level ones (merge_exp.py) and dema-lab's α-level ones; the "
-            "decay finding is judged on the paper's attention display and on dema-lab's decay statistics."
+            "decay finding is judged on the paper's attention display and on dema-lab's decay statistics. "
+            "An explanation method is faithful when, on decisions of recorded Transformer-like episodes, "
+            "replacing the earlier tokens it ranks highest moves the decision more than replacing those the "
+            "recency baseline ranks highest: the paired positive-perturbation AUC difference, with its 95% "
+            "percentile-bootstrap interval over decisions, lies above 0 in every run (below 0 in every run: "
+            "does not hold; else inconclusive). The causal horizon is the smallest number of steps of context "
+            "whose score reaches the full window's 95% interval."
         )
 
     def findings_table(self) -> pd.DataFrame:
@@ -509,6 +583,25 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
             "Attention decay by the paper's display (last checkpoint: the current token's |α| row, mean over "
             "channels, decision steps ≥ 20 and layers, not normalised), exponential fits"
         ] = table
+    faith_cols = [f"faith_{m}" for m in EXPLANATION_FINDINGS if f"faith_{m}" in df]
+    if faith_cols:
+        explained = df[df[faith_cols].notna().any(axis=1)]
+        rep.tables[
+            "Faithfulness of explanations: positive-perturbation AUC minus recency's, mean over decisions "
+            "[95% bootstrap interval], last checkpoint"
+        ] = (
+            explained.set_index("run")[faith_cols]
+            .apply(
+                lambda col: [
+                    f"{v:+.3g} [{lo:+.3g}, {hi:+.3g}]" if np.isfinite(v) else "–"
+                    for v, lo, hi in zip(col, explained[col.name + "_low"], explained[col.name + "_high"])
+                ]
+            )
+            .rename(columns=lambda c: c.removeprefix("faith_"))
+        )
+    horizon = horizon_table(main)
+    if not horizon.empty:
+        rep.tables["Causal horizon against K and the attention half-life (DeMa, B3LD, median over runs)"] = horizon
     rep.tables[
         "Against the random policy (normalized score 0): last checkpoint, every (target, episode), "
         "95% Student-t interval"
@@ -847,6 +940,24 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
                 f"normalised, per layer)",
                 "holds" if med >= 0.8 else "does not hold",
                 evidence,
+            )
+        )
+    for method in EXPLANATION_FINDINGS:
+        if f"faith_{method}" in df:
+            verdict, evidence = faithfulness_verdict(df, method)
+            out.append((f"Hidden attention is a faithful explanation: {method} beats recency", verdict, evidence))
+    if "horizon_cut" in main and main.horizon_cut.notna().any():
+        h = main[main.horizon_cut.notna()]
+        shorter = int((h.horizon_cut < h.K).sum())
+        by_k = h.groupby("K")[["horizon_cut", "explain_half_life_steps"]].median()
+        out.append(
+            (
+                "A short window is enough, causally: the causal horizon is shorter than K",
+                "holds" if shorter == len(h) else "does not hold" if shorter == 0 else "inconclusive",
+                f"{shorter} of {len(h)} run(s); median horizon (window cut) against half-life by K: "
+                + ", ".join(
+                    f"K={k}: {r.horizon_cut:.0f} vs {r.explain_half_life_steps:.1f} steps" for k, r in by_k.iterrows()
+                ),
             )
         )
     dt = df[(df.arch == "dt") & (df.layout == "B3LD")]

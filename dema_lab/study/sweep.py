@@ -8,7 +8,10 @@ modes (Transformer-like, RNN-like) are evaluated inside each DeMa run. After tra
 DeMa run's last checkpoint is evaluated with its hidden attention ablated by the paper's method
 (mixer parameters set to zeros or U[0,1)) and by dema-lab's (alpha set to zeros or random), all
 layers at once (each layer on its own too with ablation_layers=["all", "each"]); a model trained
-with a timestep embedding also without it (see dema_lab.evaluation.ablation).
+with a timestep embedding also without it (see dema_lab.evaluation.ablation). Then (explain, on
+by default) decisions of each run's last checkpoint are explained by every method and the
+explanations' faithfulness measured (dema_lab.evaluation.faithfulness; the causal horizon too with
+explain_horizon).
 
 Models without hidden attention (LSTM, GRU, MLP) are trained and evaluated like the others and
 skip the ablations, saying so in one line.
@@ -80,6 +83,12 @@ class SweepConfig:
     #: hidden-attention ablations of all layers at once (all), of every layer on its own (each), or of
     #: layer N
     ablation_layers: list[str] = field(default_factory=lambda: ["all"])
+    #: explain decisions of each run's last checkpoint by every method and measure their faithfulness
+    #: (dema_lab.evaluation.faithfulness; about as costly as one ablation: on)
+    explain: bool = True
+    explain_episodes: int = 3  # episodes to take the decisions from
+    explain_steps: int = 10  # decisions per episode
+    explain_horizon: bool = False  # also the causal horizon: 2K evaluations per run (slow: off)
     workers: int = 0  # 0: one per core
     executor: str = "local"  # local (processes on this machine) | ray (dema_lab.study.executors)
     address: str = ""  # ray: the cluster's HOST:PORT ('': RAY_ADDRESS, else a local one)

@@ -7,55 +7,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.explain import tiny, window
 
 from dema_lab.analysis import token_labels
-from dema_lab.analysis.explain import DT_METHODS, METHODS, relevance, unified_attention
-from dema_lab.models import ModelConfig, build_model
-from dema_lab.ssm import Mamba, aggregate_channels, selective_scan
-
-
-def tiny(arch="dema", layout="B3LD", order="RSA", d_conv=4, n_actions=0, seed=0):
-    """A float64 model (d_model 16, d_state 4, 2 layers, K 5) with a nonzero conv bias and D
-    different in every channel, in eval mode."""
-    cfg = ModelConfig(
-        arch=arch,
-        state_dim=3,
-        act_dim=1 if n_actions else 2,
-        n_actions=n_actions,
-        K=5,
-        d_model=16,
-        d_state=4,
-        d_conv=d_conv,
-        n_layer=2,
-        n_head=2,
-        layout=layout,
-        token_order=order,
-    )
-    torch.manual_seed(seed)
-    model = build_model(cfg).double().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, Mamba):
-                m.conv1d.bias.normal_(0.0, 0.5)
-                m.D.uniform_(0.3, 1.7)
-    return model
-
-
-def window(model, T=5, b=2, seed=1):
-    cfg = model.cfg
-    g = torch.Generator().manual_seed(seed)
-    if cfg.discrete:
-        actions = torch.randint(0, cfg.n_actions, (b, T, 1), generator=g).double()
-    else:
-        actions = torch.rand(b, T, cfg.act_dim, generator=g, dtype=torch.float64) * 2 - 1
-    actions[:, -1] = 0  # the current step's action slot is empty, as Policy.window() leaves it
-    return {
-        "states": torch.randn(b, T, cfg.state_dim, generator=g, dtype=torch.float64),
-        "actions": actions,
-        "returns_to_go": torch.rand(b, T, 1, generator=g, dtype=torch.float64) * 3,
-        "timesteps": torch.arange(T)[None].repeat(b, 1),
-        "prev_action": torch.zeros(b, cfg.act_dim, dtype=torch.float64),
-    }
+from dema_lab.analysis.explain import (
+    DT_METHODS,
+    METHODS,
+    attention_gradients,
+    mean_inputs,
+    relevance,
+    unified_attention,
+)
+from dema_lab.ssm import Mamba, aggregate_channels, apply_attention, selective_scan
 
 
 def mixer_calls(model, win):
@@ -372,7 +335,203 @@ def test_bad_methods_and_options_are_named():
         relevance(model, win, "lrp")
     with pytest.raises(ValueError, match="unknown option\\(s\\): sead"):
         relevance(model, win, "random", sead=1)
-    with pytest.raises(ValueError, match="unknown occlusion baseline 'mean'"):
+    with pytest.raises(ValueError, match="unknown occlusion baseline 'median'"):
+        relevance(model, win, "occlusion", baseline="median")
+    with pytest.raises(ValueError, match="'mean' needs means=mean_inputs"):
         relevance(model, win, "occlusion", baseline="mean")
     with pytest.raises(ValueError, match="layer 5 is not in the model"):
         relevance(model, win, "alpha", layer=5)
+
+
+# ----------------------------------------------------------------------------- attribution
+
+
+def leaf_gradient(model, win, layer):
+    """The oracle: layer `layer`'s attention map (b, channels, n, n) made a leaf of autograd by a
+    hook that recomputes only that layer from it (DeMa: out_proj of α u + D u gated; DT: the
+    heads' softmax times v), every other layer running its own forward (DeMa: the selective
+    scan); the gradient of the current decision's output (action norm / argmax logit)."""
+    holder = {}
+    if model.cfg.arch == "dt":
+        attn = model.layers[layer].attn
+
+        def hook(mod, args, output):
+            x = args[0]
+            b, L, d = x.shape
+            q, k, v = (t.view(b, L, mod.n_head, -1).transpose(1, 2) for t in mod.c_attn(x).split(d, dim=2))
+            att = (q @ k.transpose(-2, -1)) / k.shape[-1] ** 0.5
+            att = F.softmax(att.masked_fill(~torch.ones(L, L, dtype=torch.bool).tril(), float("-inf")), -1)
+            leaf = att.detach().requires_grad_(True)
+            holder["leaf"] = leaf
+            y = (leaf @ v).transpose(1, 2).reshape(b, L, d)
+            return mod.c_proj(y)
+
+        handle = attn.register_forward_hook(hook)
+    else:
+        mixer = model.layers[layer].mixer
+
+        def hook(mod, args, output):
+            inp = mod.attention_inputs(args[0])
+            leaf = inp["alpha"].detach().requires_grad_(True)
+            holder["leaf"] = leaf
+            return mod.out_proj(apply_attention(leaf, inp["u"], inp["D"], inp["z"]).transpose(1, 2))
+
+        handle = mixer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            pred = model(**win)[:, -1]
+            out = pred.gather(-1, pred.argmax(-1, keepdim=True))[:, 0] if model.cfg.discrete else pred.norm(dim=-1)
+            (grad,) = torch.autograd.grad(out.sum(), holder["leaf"])
+    finally:
+        handle.remove()
+    return holder["leaf"].detach(), grad
+
+
+@pytest.mark.parametrize("arch,n_actions", [("dema", 0), ("dema", 4), ("dt", 0)])
+def test_attention_gradients_match_a_leaf_oracle_and_finite_differences(arch, n_actions):
+    model = tiny(arch=arch, n_actions=n_actions)
+    win = window(model)
+    maps, grads = attention_gradients(model, win)
+    assert len(maps) == len(grads) == 2
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradient accumulated
+    for layer in range(2):
+        leaf, expect = leaf_gradient(model, win, layer)
+        assert (maps[layer] - leaf).abs().max() < 1e-10
+        assert (grads[layer] - expect).abs().max() < 1e-9 * max(1.0, expect.abs().max().item())
+        assert expect.abs().max() > 1e-6
+    # the oracle itself, by a central difference along a random causal direction in layer 0
+    if arch == "dema" and not n_actions:
+        leaf, grad = leaf_gradient(model, win, 0)
+        V = torch.randn(leaf.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).tril()
+        mixer = model.layers[0].mixer
+
+        def out(eps):
+            def hook(mod, args, output):
+                inp = mod.attention_inputs(args[0])
+                return mod.out_proj(
+                    apply_attention(inp["alpha"] + eps * V, inp["u"], inp["D"], inp["z"]).transpose(1, 2)
+                )
+
+            h = mixer.register_forward_hook(hook)
+            try:
+                with torch.no_grad():
+                    return model(**win)[:, -1].norm(dim=-1).sum().item()
+            finally:
+                h.remove()
+
+        eps = 1e-6
+        assert (out(eps) - out(-eps)) / (2 * eps) == pytest.approx((grad * V).sum().item(), rel=1e-5)
+
+
+def test_unified_attention_gradients_match_a_leaf_oracle():
+    model = tiny()
+    win = window(model)
+    maps, grads = attention_gradients(model, win, of="unified")
+    for layer, (mixer, h, _) in enumerate(mixer_calls(model, win)):
+        holder = {}
+
+        def hook(mod, args, output, holder=holder):  # the mixer's output from a leaf Ω: out_proj(Ω x + β)
+            omega, beta = unified_attention(mod, args[0])
+            leaf = omega.detach().requires_grad_(True)
+            holder["leaf"] = leaf
+            y = torch.einsum("bdij,bdj->bdi", leaf, conv_input_of(mod, args[0])) + beta
+            return mod.out_proj(y.transpose(1, 2))
+
+        handle = mixer.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                (expect,) = torch.autograd.grad(model(**win)[:, -1].norm(dim=-1).sum(), holder["leaf"])
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            assert (maps[layer] - unified_attention(mixer, h)[0]).abs().max() < 1e-12
+        assert (grads[layer] - expect).abs().max() < 1e-9 * max(1.0, expect.abs().max().item())
+    _, a_grads = attention_gradients(model, win, of="alpha")
+    assert not torch.allclose(a_grads[0], grads[0])  # α's gradient is another tensor
+
+
+@pytest.mark.parametrize("arch,n_actions", [("dema", 0), ("dt", 4)])
+def test_attribution_is_the_rollout_of_attention_times_positive_gradient(arch, n_actions):
+    model = tiny(arch=arch, n_actions=n_actions)
+    win = window(model)
+    q, labels = current(model)
+    cams = []
+    for layer in range(2):
+        leaf, grad = leaf_gradient(model, win, layer)
+        cams.append((leaf * grad.clamp(min=0)).mean(1).clamp(min=0)[:, : q + 1, : q + 1])
+    eye = torch.eye(q + 1, dtype=torch.float64)
+    hat = [(c + eye) / (c + eye).sum(-1, keepdim=True) for c in cams]
+    expect = (hat[1] @ hat[0])[:, q].numpy()
+    ds = relevance(model, win, "attribution")
+    assert np.allclose(ds["relevance"].values, expect, atol=1e-10)
+    assert list(ds["token_label"].values) == labels and ds["map"].shape == (2, 2, q + 1, q + 1)
+    assert not np.allclose(expect, relevance(model, win, "rollout")["relevance"].values)  # the gradient matters
+    if arch == "dema":
+        uni = relevance(model, win, "attribution", of="unified")
+        assert uni.attrs["of"] == "unified" and not np.allclose(uni["relevance"].values, expect)
+
+
+# ----------------------------------------------------------------------------- the mean baseline
+
+
+def hand_baseline(model, means, kind):
+    """The oracle's baseline token of one kind (R, s, a), built from the embedding's own layers
+    (B3LD, no timestep embedding): LayerNorm(layer(mean)); a discrete action's is the
+    frequency-weighted mean over actions of LayerNorm(tanh(E[a]))."""
+    e = model.embed
+    with torch.no_grad():
+        if kind == "s":
+            return e.embed_ln(e.embed_state(torch.as_tensor(means["state"])))
+        if kind == "R":
+            return e.embed_ln(e.embed_return(torch.as_tensor(means["return_to_go"])))
+        if model.cfg.discrete:
+            toks = e.embed_ln(torch.tanh(e.embed_action[0].weight))  # (n_actions, d)
+            return (torch.as_tensor(means["action"])[:, None] * toks).sum(0)
+        return e.embed_ln(e.embed_action(torch.as_tensor(means["action"])))
+
+
+@pytest.mark.parametrize("n_actions", [0, 3])
+def test_mean_occlusion_replaces_a_token_by_the_embedding_of_the_mean_inputs(n_actions):
+    model = tiny(n_actions=n_actions)
+    win = window(model)
+    q, labels = current(model)
+    cfg = model.cfg
+    means = {
+        "state": np.array([0.3, -0.2, 0.5]),
+        "action": np.array([0.2, 0.5, 0.3]) if n_actions else np.array([0.1, -0.4]),
+        "return_to_go": np.array([1.2]),
+    }
+    with torch.no_grad():
+        action = model(**win)[:, -1]
+    expect = []
+    for j in range(q + 1):
+        base = hand_baseline(model, means, labels[j][0])
+        hook = model.embed.register_forward_hook(lambda _m, _a, out, j=j, base=base: out.index_copy(
+            1, torch.tensor([j]), base.expand(out.shape[0], 1, -1).to(out.dtype)))  # fmt: skip
+        try:
+            with torch.no_grad():
+                moved = model(**win)[:, -1]
+        finally:
+            hook.remove()
+        if cfg.discrete:
+            p, pj = F.log_softmax(action, -1), F.log_softmax(moved, -1)
+            expect.append((p.exp() * (p - pj)).sum(-1).numpy())
+        else:
+            expect.append((moved - action).norm(dim=-1).numpy())
+    got = relevance(model, win, "occlusion", baseline="mean", means=means)
+    assert np.abs(got["relevance"].values - np.stack(expect, -1)).max() < 1e-10
+    assert not np.allclose(got["relevance"].values, relevance(model, win, "occlusion")["relevance"].values)
+
+
+def test_mean_inputs_are_the_datasets_means_in_the_models_units(hopper_small):
+    from dema_lab.data import load_dataset
+
+    ds = load_dataset(str(hopper_small), progress=False)
+    obs = np.concatenate([t.observations for t in ds.trajectories]).astype(np.float64)
+    act = np.concatenate([t.actions for t in ds.trajectories]).astype(np.float64)
+    rtg = np.concatenate([np.cumsum(t.rewards[::-1])[::-1] for t in ds.trajectories]).astype(np.float64)
+    m = mean_inputs(ds, ds.state_mean, ds.state_std, rtg_scale=1000.0)
+    assert np.abs(m["state"]).max() < 1e-4  # the dataset's own normalisation centres it
+    raw = mean_inputs(ds)
+    assert np.allclose(raw["state"], obs.mean(0)) and np.allclose(raw["action"], act.mean(0))
+    assert raw["return_to_go"][0] == pytest.approx(rtg.mean() / 1000.0)

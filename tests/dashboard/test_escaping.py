@@ -38,7 +38,7 @@ HOSTILE = [
 # every page's URL parameters (common.url.url_parameters of its state, and `save`, which a URL
 # must never set); test_every_url_parameter_is_tested checks the list is complete
 PAGES = {
-    "attention": ["run", "checkpoint", "episode", "layer", "aggregation", "channel", "query", "step"],
+    "attention": ["run", "checkpoint", "episode", "layer", "aggregation", "channel", "query", "step", "explanation"],
     "compare": ["runs", "mode", "layer", "query_kind"],
     "live": ["checkpoint", "env", "target", "mode", "aggregation", "layer", "seed", "fps", "save"],
     "study": ["sweep", "latency"],

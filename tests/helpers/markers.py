@@ -33,6 +33,8 @@ SLOW = frozenset(
         "tests/training/test_memory_train.py::test_train_a_pomdp_run_from_the_cli_and_reopen_it_in_a_new_process",
         "tests/data/test_data_build.py::test_other_envs_rise_from_random_to_medium_to_expert",
         "tests/evaluation/test_ablation.py::test_evaluate_ablation_cli_and_completion",
+        "tests/evaluation/test_explain_runs.py",
+        "tests/dashboard/test_explain_dashboard.py",
         "tests/integrations/test_export.py::test_train_logs_live_to_tensorboard",
         "tests/integrations/test_policy_export.py::test_run_refusals_and_the_cli",
         "tests/dashboard/test_live_export.py::test_browser_live_export_button_downloads_the_policy",

@@ -9,13 +9,14 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_five_notebooks_without_outputs():
+def test_there_are_six_notebooks_without_outputs():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_hidden_attention_decay.ipynb",
         "03_sequence_length.ipynb",
         "04_study_report.ipynb",
         "05_atari.ipynb",
+        "06_explain.ipynb",
     ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)

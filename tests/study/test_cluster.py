@@ -147,6 +147,7 @@ def tiny_sweep(tiny_run, name, dataset, store, steps=60, **kw):
         seeds=[0, 1],
         eval_modes=["transformer"],
         ablations=False,
+        explain=False,
         base=base,
         **kw,
     )

@@ -63,6 +63,9 @@ class ExplorerState(param.Parameterized):
     channel = param.Integer(default=0, bounds=(0, None), doc="channel shown when aggregation is 'channel'")
     query = param.Selector(objects=["s0"], default="s0", doc="query token whose attention by lag is shown")
     step = param.Integer(default=0, bounds=(0, 0), doc="env step of the episode")
+    explanation = param.Selector(
+        objects=[], doc="explanation method shown by the explanations block (the checkpoint's explain group)"
+    )
     message = param.String(default="", doc="what went wrong, if anything (shown above the views)")
     revision = param.Integer(default=0, precedence=-1, doc="bumped when the episode data is (re)loaded")
 
@@ -75,6 +78,7 @@ class ExplorerState(param.Parameterized):
         self._matrix_key = None
         self._matrix = None
         self._decay_cache: dict = {}
+        self._explained: dict = {}
         self.run_errors: dict[str, str] = {}
         self._first_episode = "step" not in params  # open mid-episode unless a step is asked for
         super().__init__(**params)
@@ -169,6 +173,32 @@ class ExplorerState(param.Parameterized):
             self._on_episode()
         else:
             self.episode = eps[0].name
+
+    @param.depends("run", "checkpoint", watch=True)
+    def _on_explained(self):
+        """The explanation methods of the checkpoint's explain group (none: an empty choice)."""
+        explain, _ = self.explanations()
+        methods = [] if explain is None else [str(m) for m in explain.explanation.values]
+        self.param.explanation.objects = methods
+        if self.explanation not in methods:
+            self.explanation = methods[0] if methods else None
+
+    def explanations(self):
+        """(explain, faithfulness) Datasets of the run's checkpoint (evaluation.faithfulness's
+        groups, `dema-lab explain`), (None, None) when it has none or they cannot be read."""
+        if self.run is None or self.checkpoint is None:
+            return None, None
+        key = (self.run, int(self.checkpoint))
+        if key not in self._explained:
+            from dema_lab.evaluation.faithfulness import explain_table, faithfulness_table
+
+            try:
+                run = self.index.run(self.run)
+                found = explain_table(run, key[1]), faithfulness_table(run, key[1])
+            except Exception:  # noqa: BLE001 - an unreadable group: the block is not shown
+                found = None, None
+            self._explained[key] = found
+        return self._explained[key]
 
     @param.depends("episode", watch=True)
     def _on_episode(self):

@@ -27,7 +27,7 @@ from bokeh.models import Div, Span
 
 from dema_lab.analysis import DEMA_LAB_METHOD, PAPER_METHOD
 from dema_lab.dashboard.common.data import lag_profile_of
-from dema_lab.dashboard.common.text import alert, html, markdown_pane, trusted_markdown
+from dema_lab.dashboard.common.text import alert, html, markdown_pane, md, trusted_markdown
 from dema_lab.dashboard.common.views import (
     attention_clim,
     attention_view,
@@ -428,6 +428,12 @@ class AttentionExplorer(pn.viewable.Viewer):
             ),
             channel,
             w.Select.from_param(s.param.query, name="Lag profile of token"),
+            w.Select.from_param(
+                s.param.explanation,
+                name="Explanation method",
+                visible=s.param.explanation.rx().rx.pipe(lambda v: v is not None),
+                css_classes=["dema-explanation-select"],
+            ),
             slider,
             player,
             refresh,
@@ -454,7 +460,54 @@ class AttentionExplorer(pn.viewable.Viewer):
             p["paper_note"],
             pn.Row(p["paper_surface"], p["paper_curve"], p["paper_kinds"], sizing_mode="stretch_width"),
         ]
-        return pn.Column(message, self._info_pane, *plots, *paper, sizing_mode="stretch_width")
+        explained = pn.panel(self.explanations, sizing_mode="stretch_width")
+        return pn.Column(message, self._info_pane, *plots, *paper, explained, sizing_mode="stretch_width")
+
+    # ------------------------------------------------------------------ explanations
+    @param.depends("state.explanation", "state.checkpoint", "state.run")
+    def explanations(self):
+        """The checkpoint's explanations (dema-lab explain), when it has them: the chosen
+        method's relevance heatmap and lag profile, Ω against α, the perturbation curves, the AUC
+        table and the causal-horizon curve with the half-life marked."""
+        from dema_lab.dashboard.common import explain_views as ev
+
+        def render(element):
+            return pn.pane.Bokeh(hv.render(element, backend="bokeh"))
+
+        explain, faith = self.state.explanations()
+        method = self.state.explanation
+        if explain is None or method is None:
+            return pn.Column(css_classes=["dema-explanations"])
+        rows = [
+            pn.Row(
+                render(ev.relevance_view(explain, method)),
+                render(ev.relevance_lag_view(explain, method)),
+                render(ev.omega_alpha_view(explain)),
+                sizing_mode="stretch_width",
+            )
+        ]
+        if faith is not None:
+            table = "\n".join(
+                [
+                    "| " + " | ".join(ev.auc_rows(faith)[0]) + " |",
+                    "|" + "---|" * len(ev.auc_rows(faith)[0]),
+                    *("| " + " | ".join(md("{}", v) for v in row.values()) + " |" for row in ev.auc_rows(faith)),
+                ]
+            )
+            rows += [
+                pn.Row(
+                    render(ev.perturbation_view(faith, "positive")),
+                    render(ev.perturbation_view(faith, "negative")),
+                    render(ev.horizon_view(faith)),
+                    sizing_mode="stretch_width",
+                ),
+                markdown_pane(trusted_markdown(table), sizing_mode="stretch_width"),
+                markdown_pane(md("{}", faith.attrs.get("verdict", "")), sizing_mode="stretch_width"),
+            ]
+        head = markdown_pane(
+            md("### Explanations of checkpoint {} ({} decisions)", self.state.checkpoint, explain.sizes["decision"])
+        )
+        return pn.Column(head, *rows, css_classes=["dema-explanations"], sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")
