@@ -50,15 +50,17 @@ def token_shares(attention) -> np.ndarray:
         return np.where(total > 0, row / total, np.nan)
 
 
-def cue_attention(rollouts: dict) -> xr.Dataset:
+def cue_attention(rollouts: dict, max_steps: int | None = None) -> xr.Dataset:
     """One row per decision (dim `decision`: the last step of each episode in `rollouts`, name ->
     recorded episode with `attention` and `cue_visible`): `cue_share` (the decision's attention share
     on its cue tokens, %), `baseline_share` (the lag-matched average of the same key positions over
     every recorded step of these episodes, %), `cue_tokens` (how many cue tokens the window holds),
     `cue_back_steps` (steps from the decision back to the latest earlier cue step; -1 when the cue
-    was never seen before it) and `in_window`. Cue tokens are those of earlier steps: the decision's
+    was never seen before it) and `in_window`. An episode that reached `max_steps` (the evaluation's
+    step limit) was cut before any choice: it is left out and counted in attrs["cut_episodes"]. Cue tokens are those of earlier steps: the decision's
     own state token is left out (its attention to itself is not memory). Episodes without attention or cue_visible are left out."""
     usable = {n: ds for n, ds in rollouts.items() if "attention" in ds and "cue_visible" in ds and ds.sizes["step"]}
+    cut = [n for n, ds in usable.items() if max_steps and ds.sizes["step"] >= max_steps]
     shares = {n: token_shares(ds["attention"].values) for n, ds in usable.items()}  # name -> (T, L)
     if shares:
         every = np.concatenate(list(shares.values()))  # (all steps, L)
@@ -66,6 +68,8 @@ def cue_attention(rollouts: dict) -> xr.Dataset:
         lag_mean = np.where(seen > 0, np.nansum(every, 0) / np.maximum(seen, 1), np.nan)  # (L,)
     rows = []
     for name, ds in usable.items():
+        if name in cut:
+            continue
         cue = ds["cue_visible"].values.astype(bool)
         d = ds.sizes["step"] - 1  # the decision: the episode's last step
         keys = cue_keys(cue, d, ds["key_step"].values, ds["key_kind"].values)
@@ -90,11 +94,12 @@ def cue_attention(rollouts: dict) -> xr.Dataset:
         out["cue_share"].attrs = {"long_name": "attention share on the cue tokens at the decision", "units": "%"}
         out["baseline_share"].attrs = {"long_name": "lag-matched average share at the same keys", "units": "%"}
     out.attrs = {
+        "cut_episodes": len(cut),
         "method": (
             "the current state token's row of the recorded (channel-aggregated) attention, mean over "
             "layers, |values| normalised to sum 1; cue tokens: the state tokens of steps whose "
             "observation shows the cue; lag-matched average: the mean share at the same window "
             "positions over every recorded step"
-        )
+        ),
     }
     return out

@@ -882,12 +882,13 @@ CUE_DATASET_PREFIX = "minigrid-memory"  # the memory tasks whose episodes say wh
 def cue_decisions(store, sweep: str | None = None) -> xr.Dataset:
     """The decisions of the finished MiniGrid Memory runs of `sweep` (all when None) whose recorded
     episodes have hidden attention and the cue flag: dema_lab.analysis.cue.cue_attention over the
-    episodes of each run's last checkpoint with any, concatenated on `decision` with the run, its
+    episodes of each run's last checkpoint with any (those cut at the run's eval_max_steps before a
+    choice left out, their count in attrs["cut_episodes"]), concatenated on `decision` with the run, its
     dataset, K and inference mode beside each. Runs without such episodes add nothing."""
     from dema_lab.store.schema import parse_rollout_name
 
     rs = RunStore(store, mode="r")
-    parts = []
+    parts, cut = [], 0
     for run_id in rs.run_ids():
         try:
             run = Run(rs, run_id)
@@ -902,7 +903,8 @@ def cue_decisions(store, sweep: str | None = None) -> xr.Dataset:
                 mine = [n for n in names if n.mode == mode]
                 last = max(n.step for n in mine)
                 eps = {n.name: run.open("rollout", n.name) for n in mine if n.step == last}
-                part = cue_attention(eps)
+                part = cue_attention(eps, cfg.get("eval_max_steps"))
+                cut += part.attrs["cut_episodes"]
                 if part.sizes["decision"]:
                     parts.append(
                         part.assign_coords(
@@ -915,8 +917,9 @@ def cue_decisions(store, sweep: str | None = None) -> xr.Dataset:
         except Exception:  # noqa: BLE001 - run_table names the unreadable runs; this finding skips them
             continue
     if not parts:
-        return xr.Dataset(coords={"decision": np.arange(0)})
+        return xr.Dataset(coords={"decision": np.arange(0)}, attrs={"cut_episodes": cut})
     out = xr.concat(parts, "decision")
+    out.attrs["cut_episodes"] = cut
     return out.assign_coords(decision=np.arange(out.sizes["decision"]))
 
 
@@ -932,15 +935,11 @@ def cue_finding(decisions: xr.Dataset, confidence: float = 0.95) -> tuple[str, s
     (paired_verdict); not measured without decisions. The evidence adds the IQM of the
     differences with its bootstrap interval, the decisions whose cue lay beyond the window, and
     the means by dataset."""
+    cut = int(decisions.attrs.get("cut_episodes", 0))
+    cut_text = f"{cut} episode(s) cut at the step limit before a choice left out"
     if not decisions.sizes.get("decision") or "cue_share" not in decisions:
-        return (
-            CUE_CLAIM,
-            "not measured",
-            (
-                "needs finished MiniGrid Memory runs with recorded Transformer-like episodes (hidden attention "
-                "and the cue flag)"
-            ),
-        )
+        need = "needs finished MiniGrid Memory runs with recorded episodes that end in a choice"
+        return CUE_CLAIM, "not measured", f"{need} (hidden attention and the cue flag); {cut_text}"
     inside = decisions.isel(decision=np.flatnonzero(decisions.in_window.values.astype(bool)))
     beyond = int((~decisions.in_window.astype(bool)).sum())
     runs = len(set(decisions.run.values)) if "run" in decisions.coords else 1
@@ -954,7 +953,7 @@ def cue_finding(decisions: xr.Dataset, confidence: float = 0.95) -> tuple[str, s
         f"share on the cue (%) minus its lag-matched average: {evidence}",
         f"IQM {centre:+.1f} {format_interval(low, high, signed=True)} (bootstrap)",
         f"cue {np.mean(inside.cue_share.values):.1f}% vs lag-matched {np.mean(inside.baseline_share.values):.1f}%",
-        f"{outside}; {runs} run(s)",
+        f"{outside}; {cut_text}; {runs} run(s)",
     ]
     if "dataset" in inside.coords and "mode" in inside.coords:
         groups = sorted(set(zip(inside.dataset.values.tolist(), inside["mode"].values.tolist())))

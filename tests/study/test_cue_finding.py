@@ -76,14 +76,16 @@ def test_a_tiny_minigrid_run_measures_every_recorded_decision(tmp_path, tiny_run
     from dema_lab.training import TrainConfig, train
 
     data = build_dataset("minigrid-memory-s7", "mixed", tmp_path / "m7.hdf5", transitions=600, progress=False)
-    run_cfg = {**tiny_run, "K": 12, "steps": 10, "eval_max_steps": 40, "rtg_scale": 1.0}
+    run_cfg = {**tiny_run, "K": 12, "steps": 10, "eval_max_steps": 60, "rtg_scale": 1.0}
     run_cfg.update(eval_episodes=3, record_episodes=3, decay_windows=0)
     cfg = TrainConfig.from_flat(dataset=str(data), store=str(tmp_path / "store"), run_id="m", **run_cfg)
     train(cfg, progress=False, log=lambda *_: None)
     d = cue_decisions(tmp_path / "store")
     run = RunStore(tmp_path / "store", mode="r").run("m")
     names = [n for n in run.rollouts() if n.startswith(f"step_{10:08d}")]  # both modes' episodes
-    assert sorted(d.episode.values) == sorted(names) and len(names) == 6
+    chose = [n for n in names if run.open("rollout", n).sizes["step"] < 60]  # not cut at the step limit
+    assert len(names) == 6 and d.attrs["cut_episodes"] == 6 - len(chose) and chose
+    assert sorted(d.episode.values) == sorted(chose)
     for i in range(d.sizes["decision"]):
         row = d.isel(decision=i)
         ep = run.open("rollout", str(row.episode.values)).load()
@@ -113,3 +115,11 @@ def test_cue_plot_draws_one_point_per_decision_with_the_cue_in_view():
     np.testing.assert_allclose(points[0].data["cue_share"], d.cue_share.values[:3])
     hv.render(plot, backend="bokeh")
     assert "no decision" in cue_plot(d.isel(decision=[3, 4])).opts.get().kwargs["title"]
+
+
+def test_an_episode_cut_at_the_step_limit_is_no_decision():
+    rng = np.random.default_rng(3)
+    eps = {"chose": episode(4, [0], 6.0, rng), "cut": episode(5, [0, 1], 6.0, rng)}
+    d = cue_attention(eps, max_steps=5)
+    assert list(d.episode.values) == ["chose"] and d.attrs["cut_episodes"] == 1
+    assert "1 episode(s) cut at the step limit" in cue_finding(d.assign_coords(run=("decision", ["r"])))[2]
