@@ -941,9 +941,13 @@ def cue_finding(decisions: xr.Dataset, confidence: float = 0.95) -> tuple[str, s
         need = "needs finished MiniGrid Memory runs with recorded episodes that end in a choice"
         return CUE_CLAIM, "not measured", f"{need} (hidden attention and the cue flag); {cut_text}"
     inside = decisions.isel(decision=np.flatnonzero(decisions.in_window.values.astype(bool)))
-    beyond = int((~decisions.in_window.astype(bool)).sum())
+    unseen = int((decisions.cue_back_steps < 0).sum())
+    beyond = int((~decisions.in_window.astype(bool)).sum()) - unseen
     runs = len(set(decisions.run.values)) if "run" in decisions.coords else 1
-    outside = f"{beyond} of {decisions.sizes['decision']} decisions had the cue beyond the window (or never saw it)"
+    outside = (
+        f"of {decisions.sizes['decision']} decisions, {beyond} had the cue beyond the window and {unseen} never "
+        "saw it before the choice"
+    )
     if not inside.sizes.get("decision"):
         return CUE_CLAIM, "not measured", f"{outside}, over {runs} run(s): no decision to measure"
     diffs = inside.cue_share.values - inside.baseline_share.values

@@ -65,7 +65,7 @@ def test_too_few_decisions_or_a_cue_beyond_the_window_say_so():
     far = cue_attention({f"e{i}": episode(12, [0], 6.0, rng) for i in range(3)})  # cue 11 steps back, K 4
     assert not far.in_window.any() and (far.cue_back_steps == 11).all()
     v, evidence = cue_finding(far.assign_coords(run=("decision", ["r"] * 3)))[1:]
-    assert v == "not measured" and "3 of 3 decisions had the cue beyond the window" in evidence
+    assert v == "not measured" and "of 3 decisions, 3 had the cue beyond the window and 0 never saw it" in evidence
     assert cue_finding(xr.Dataset(coords={"decision": []}))[1] == "not measured"
 
 
