@@ -111,6 +111,18 @@ def test_browser_explorer_shows_the_grid_and_marks_the_cue(memory_store, memory_
     assert sorted(marks["dema-cue-heatmap"]) == [float(k) for k in s.cue_keys]
     assert sorted(marks["dema-cue-lag"]) == sorted(float(lag) for lag in s.cue_lags) and max(s.cue_lags) > 0
     p.shot("memory-explorer")
+    # one step on with the slider (the scrub fast path): the marks follow the step
+    page.locator(".dema-step-slider .noUi-handle").focus()
+    page.keyboard.press("ArrowRight")
+    wait_probe(page, lambda x: x["step"] == str(t + 1), timeout=30)
+    s.step = t + 1
+    want = ([float(k) for k in s.cue_keys], sorted(float(lag) for lag in s.cue_lags))
+    for _ in range(50):  # the marks' data arrives beside the probe's, not necessarily with it
+        marks = page.evaluate(CUE_JS)
+        if (sorted(marks["dema-cue-heatmap"]), sorted(marks["dema-cue-lag"])) == want:
+            break
+        page.wait_for_timeout(100)
+    assert (sorted(marks["dema-cue-heatmap"]), sorted(marks["dema-cue-lag"])) == want
     p.check_clean()
     page.close()
 

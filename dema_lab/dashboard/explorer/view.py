@@ -307,7 +307,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         ep = s.episode_data
         with hold():
             self._info_div.text = self._info_text()
-            self._mark_cue()
+            self._mark_cue(figures=False)
             self._spans[id(self._panes["traces"].object)].location = float(s.step)
             if ep is None:
                 return
@@ -477,11 +477,20 @@ class AttentionExplorer(pn.viewable.Viewer):
         self._cue_pane = pn.pane.Bokeh(self._cue_div, sizing_mode="stretch_width", margin=(0, 10))
         self._mark_cue()
 
-    def _mark_cue(self):
+    def _mark_cue(self, figures: bool = True):
         """The cue marks of this step: a dashed box over each cue token's heatmap column, a band at
-        each cue lag on the lag plot (glyphs added to a newly rendered figure), and the legend."""
+        each cue lag on the lag plot, and the legend; sent to the browser only when they change.
+        With `figures`, the glyphs are first added to a newly rendered figure that lacks them."""
         s = self.state
-        keys = s.cue_keys
+        keys, lags, note = s.cue_keys, s.cue_lags, s.cue_note
+        if figures:
+            for view, add in (("heatmap", self._add_cue_boxes), ("lag", self._add_cue_bands)):
+                fig = self._panes[view].object
+                if fig.select_one({"name": f"dema-cue-{view}"}) is None:
+                    add(fig)
+        if (keys, lags, note) == getattr(self, "_cue_shown", None):
+            return
+        self._cue_shown = (keys, lags, note)
         L = len(s.window_labels)
         self._cue_sources["heatmap"].data = {
             "left": [float(k) for k in keys],
@@ -489,13 +498,9 @@ class AttentionExplorer(pn.viewable.Viewer):
             "bottom": [0.0] * len(keys),
             "top": [float(L)] * len(keys),
         }
-        self._cue_sources["lag"].data = {"lag": [float(lag) for lag in s.cue_lags]}
-        for view, add in (("heatmap", self._add_cue_boxes), ("lag", self._add_cue_bands)):
-            fig = self._panes[view].object
-            if fig.select_one({"name": f"dema-cue-{view}"}) is None:
-                add(fig)
-        self._cue_div.text = html("<i>{}</i>", s.cue_note) if s.cue_note else ""
-        self._cue_pane.visible = bool(s.cue_note)
+        self._cue_sources["lag"].data = {"lag": [float(lag) for lag in lags]}
+        self._cue_div.text = html("<i>{}</i>", note) if note else ""
+        self._cue_pane.visible = bool(note)
 
     def _add_cue_boxes(self, fig):
         fig.quad(
