@@ -1,9 +1,10 @@
 """Analysis of hidden attention and of scores: pure functions of arrays, models and xarray data.
 
 tokens: which token is which (labels, right alignment); decay: attention by lag and its
-exponential fit (dema-lab's method); paper: the paper's attention display; explain: one
-decision's relevance by method and the Mamba mixer's whole implicit attention; faithfulness:
-perturbation tests of those explanations against recency and random, and the causal horizon; scoring: last/best
+exponential fit (dema-lab's method); paper: the paper's attention display; cue: where a memory
+task's cue sits in the window and the decision's attention on it; explain: one decision's relevance
+by method and the Mamba mixer's whole implicit attention; faithfulness: perturbation tests of those
+explanations against recency and random, and the causal horizon; scoring: last/best
 scores and the statistics behind verdicts; runs: the runs of a store as one table (open_store).
 May import common, ssm, models, envs, data and store; it writes nothing (evaluation/ and
 training/ store what it computes).

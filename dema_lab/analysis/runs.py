@@ -22,6 +22,21 @@ def family_label(arch: str, layout: str = "", timestep_embedding=False) -> str:
     return f"{name} {layout}".strip() + (" +t-emb" if te else "")
 
 
+MODE_LABELS = {"transformer": "Transformer-like", "rnn": "RNN-like"}
+
+
+def model_family(arch: str, mode: str, layout: str = "B3LD", timestep_embedding=False) -> str:
+    """A model as the memory study compares them, one family per way of acting: DeMa by its inference
+    mode (`DeMa Transformer-like`, `DeMa RNN-like`), every other architecture by its name (`DT`,
+    `LSTM`, `GRU`, `MLP`); a DeMa's layout when it is not B3LD and its timestep embedding when on."""
+    name = ARCH_LABELS.get(arch, arch or "?")
+    if arch == "dema":
+        name += " " + MODE_LABELS.get(mode, str(mode))
+        name += f" {layout}" if layout and layout != "B3LD" else ""
+        name += " +t-emb" if truthy(timestep_embedding) else ""
+    return name
+
+
 def run_summary_row(run: Run) -> dict:
     """What the run is and how far it got; its headline scores (dema_lab.analysis.scoring.headline):
     last_score and best_score in score_mode, NaN before the first evaluation."""

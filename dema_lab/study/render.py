@@ -5,6 +5,8 @@ from dema_lab.study.report; nothing here computes a statistic.
     to_markdown(report)       the whole report as Markdown
     markdown_table(df)        one table as a Markdown table (its index as columns)
     score_plot(report)        normalized score against K, one line per dataset and family
+    cue_plot(decisions)       per decision, the attention share on the cue against its lag-matched
+                              average (report.cue_decisions), the diagonal where they are equal
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dema_lab.analysis.runs import family_label
 from dema_lab.analysis.scoring import METHODS
 from dema_lab.study.report import Report
 
-__all__ = ["markdown_table", "score_plot", "to_markdown"]
+__all__ = ["cue_plot", "markdown_table", "score_plot", "to_markdown"]
 
 
 def to_markdown(report: Report) -> str:
@@ -87,4 +89,31 @@ def score_plot(report: Report, mode: str = "transformer", width: int = 520, heig
         show_grid=True,
         legend_position="right",
         toolbar="above",
+    )
+
+
+def cue_plot(decisions, width: int = 420, height: int = 360):
+    """One point per decision whose window held the cue (dema_lab.study.report.cue_decisions): the
+    lag-matched average share (x) against the share on the cue (y), in %, a colour per dataset and
+    inference mode; above the dashed diagonal, the decision looked at the cue more than usual."""
+    import holoviews as hv
+    import holoviews.plotting.bokeh  # noqa: F401 - registers the renderer: the options below need one
+    import numpy as np
+
+    title = "attention on the cue at the decision"
+    kd, vd = ("baseline_share", "lag-matched average (%)"), ("cue_share", "share on the cue (%)")
+    inside = (
+        decisions.isel(decision=np.flatnonzero(decisions["in_window"].values)) if "in_window" in decisions else None
+    )
+    if inside is None or not inside.sizes.get("decision"):
+        return hv.Scatter([], kd, vd).opts(title=f"{title}: no decision had the cue in its window", width=width,
+                                           height=height)  # fmt: skip
+    df = inside.reset_coords().to_dataframe()
+    df["group"] = [f"{d} · {m}-like" for d, m in zip(df["dataset"], df["mode"])] if "mode" in df else "decisions"
+    top = float(max(df.cue_share.max(), df.baseline_share.max(), 1.0)) * 1.05
+    layers = [hv.Curve([(0, 0), (top, top)], kd, vd).opts(color="#888888", line_dash="dashed")]
+    for group, part in df.groupby("group"):
+        layers.append(hv.Scatter(part, kd, [vd, "episode"], label=str(group)).opts(size=8, tools=["hover"]))
+    return hv.Overlay(layers).opts(
+        title=title, width=width, height=height, xlim=(0, top), ylim=(0, top), show_grid=True, legend_position="bottom"
     )

@@ -10,6 +10,9 @@
     build_report(...)         the tables (pandas DataFrames, cells "mean ± std" over seeds; the
                               aggregate over datasets "IQM [95% bootstrap CI]") and the findings,
                               as plain statements with their numbers (paired t intervals)
+    cue_decisions(store, ...) the MiniGrid runs' decisions: attention share on the cue step(s)
+                              against its lag-matched average (dema_lab.analysis.cue)
+    cue_finding(decisions)    "Does the hidden attention find the cue?" from those, paired
     paired_verdict(diffs)     a verdict from paired differences, with the evidence it needs
                               (at least MIN_PAIRS pairs, not all equal) or what it lacks
     Report.methods()          the method paragraph: how the scores, tables and verdicts are made
@@ -26,6 +29,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from dema_lab.analysis.cue import cue_attention
 from dema_lab.analysis.runs import ARCH_LABELS, family_label
 from dema_lab.analysis.scoring import (
     METHOD_TEXT,
@@ -607,6 +611,12 @@ def build_report(store, sweep: str | None = None, latency: bool = True) -> Repor
         "95% Student-t interval"
     ] = random_table(df)
     rep.findings = findings(df)
+    if df.dataset.astype(str).str.startswith(CUE_DATASET_PREFIX).any():
+        decisions = cue_decisions(store, sweep)
+        rep.findings.append(cue_finding(decisions))
+        rep.tables["Attention on the cue at the decision (MiniGrid Memory, last checkpoint's episodes)"] = cue_table(
+            decisions
+        )
     return rep
 
 
@@ -975,3 +985,123 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     if df.dataset.map(needs_memory).any() or df.arch.isin(["lstm", "gru"]).any():
         out += memory_findings(df)
     return out
+
+
+CUE_DATASET_PREFIX = "minigrid-memory"  # the memory tasks whose episodes say when the cue is in view
+
+
+def cue_decisions(store, sweep: str | None = None) -> xr.Dataset:
+    """The decisions of the finished MiniGrid Memory runs of `sweep` (all when None) whose recorded
+    episodes have hidden attention and the cue flag: dema_lab.analysis.cue.cue_attention over the
+    episodes of each run's last checkpoint with any (those cut at the run's eval_max_steps before a
+    choice left out, their count in attrs["cut_episodes"]), concatenated on `decision` with the run, its
+    dataset, K and inference mode beside each. Runs without such episodes add nothing."""
+    from dema_lab.store.schema import parse_rollout_name
+
+    rs = RunStore(store, mode="r")
+    parts, cut = [], 0
+    for run_id in rs.run_ids():
+        try:
+            run = Run(rs, run_id)
+            cfg = run.attrs.get("config", {})
+            dataset = str(run.attrs.get("provenance", {}).get("dataset", cfg.get("dataset", "")))
+            if (sweep and cfg.get("sweep") != sweep) or run.attrs.get("status") != "finished":
+                continue
+            if not dataset.startswith(CUE_DATASET_PREFIX):
+                continue
+            names = [parse_rollout_name(n) for n in run.rollouts()]
+            for mode in sorted({n.mode for n in names}):
+                mine = [n for n in names if n.mode == mode]
+                last = max(n.step for n in mine)
+                eps = {n.name: run.open("rollout", n.name) for n in mine if n.step == last}
+                part = cue_attention(eps, cfg.get("eval_max_steps"))
+                cut += part.attrs["cut_episodes"]
+                if part.sizes["decision"]:
+                    parts.append(
+                        part.assign_coords(
+                            run=("decision", [run_id] * part.sizes["decision"]),
+                            dataset=("decision", [dataset] * part.sizes["decision"]),
+                            K=("decision", [int(cfg.get("K", 0))] * part.sizes["decision"]),
+                            mode=("decision", [mode] * part.sizes["decision"]),
+                        )
+                    )
+        except Exception:  # noqa: BLE001 - run_table names the unreadable runs; this finding skips them
+            continue
+    if not parts:
+        return xr.Dataset(coords={"decision": np.arange(0)}, attrs={"cut_episodes": cut})
+    out = xr.concat(parts, "decision")
+    out.attrs["cut_episodes"] = cut
+    return out.assign_coords(decision=np.arange(out.sizes["decision"]))
+
+
+CUE_CLAIM = "Does the hidden attention find the cue? (MiniGrid Memory, at the decision)"
+
+
+def cue_finding(decisions: xr.Dataset, confidence: float = 0.95) -> tuple[str, str, str]:
+    """(claim, verdict, evidence): at each decision (an episode's last step, where the object is
+    chosen) whose window holds the cue's step(s), the current state token's attention share on
+    them minus its lag-matched average (dema_lab.analysis.cue), paired per decision across the
+    episodes and runs: holds when the Student-t interval on the mean difference lies above 0,
+    does not hold below, inconclusive when it contains 0 or the evidence is short
+    (paired_verdict); not measured without decisions. The evidence adds the IQM of the
+    differences with its bootstrap interval, the decisions whose cue lay beyond the window, and
+    the means by dataset."""
+    cut = int(decisions.attrs.get("cut_episodes", 0))
+    cut_text = f"{cut} episode(s) cut at the step limit before a choice left out"
+    if not decisions.sizes.get("decision") or "cue_share" not in decisions:
+        need = "needs finished MiniGrid Memory runs with recorded episodes that end in a choice"
+        return CUE_CLAIM, "not measured", f"{need} (hidden attention and the cue flag); {cut_text}"
+    inside = decisions.isel(decision=np.flatnonzero(decisions.in_window.values.astype(bool)))
+    unseen = int((decisions.cue_back_steps < 0).sum())
+    beyond = int((~decisions.in_window.astype(bool)).sum()) - unseen
+    runs = len(set(decisions.run.values)) if "run" in decisions.coords else 1
+    outside = (
+        f"of {decisions.sizes['decision']} decisions, {beyond} had the cue beyond the window and {unseen} never "
+        "saw it before the choice"
+    )
+    if not inside.sizes.get("decision"):
+        return CUE_CLAIM, "not measured", f"{outside}, over {runs} run(s): no decision to measure"
+    diffs = inside.cue_share.values - inside.baseline_share.values
+    verdict, evidence = paired_verdict(diffs, confidence)
+    centre, low, high = iqm_interval(diffs, confidence)
+    parts = [
+        f"share on the cue (%) minus its lag-matched average: {evidence}",
+        f"IQM {centre:+.1f} {format_interval(low, high, signed=True)} (bootstrap)",
+        f"cue {np.mean(inside.cue_share.values):.1f}% vs lag-matched {np.mean(inside.baseline_share.values):.1f}%",
+        f"{outside}; {cut_text}; {runs} run(s)",
+    ]
+    if "dataset" in inside.coords and "mode" in inside.coords:
+        groups = sorted(set(zip(inside.dataset.values.tolist(), inside["mode"].values.tolist())))
+        for name, mode in groups:
+            part = inside.isel(
+                decision=np.flatnonzero((inside.dataset.values == name) & (inside["mode"].values == mode))
+            )
+            parts.append(
+                f"{name} {mode}-like: {part.cue_share.mean().item():.1f}% vs {part.baseline_share.mean().item():.1f}% "
+                f"over {part.sizes['decision']} decision(s)"
+            )
+    return CUE_CLAIM, verdict, "; ".join(parts)
+
+
+def cue_table(decisions: xr.Dataset) -> pd.DataFrame:
+    """By dataset, K and inference mode: the decisions, how many had the cue in the window, and the
+    mean attention share on the cue against its lag-matched average (%), over those that had it."""
+    if not decisions.sizes.get("decision") or "cue_share" not in decisions:
+        return pd.DataFrame()
+    df = decisions.reset_coords().to_dataframe()
+    rows = []
+    for (dataset, k, mode), part in df.groupby(["dataset", "K", "mode"]):
+        inside = part[part.in_window.astype(bool)]
+        rows.append(
+            {
+                "dataset": dataset,
+                "K": int(k),
+                "inference": f"{mode}-like",
+                "decisions": len(part),
+                "cue in the window": len(inside),
+                "share on the cue (%)": _cell(inside.cue_share.values),
+                "lag-matched average (%)": _cell(inside.baseline_share.values),
+                "runs": part["run"].nunique(),
+            }
+        )
+    return pd.DataFrame(rows).set_index(["dataset", "K", "inference"])

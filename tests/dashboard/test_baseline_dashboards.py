@@ -111,6 +111,7 @@ def test_browser_compare_and_study_pages_render_lstm_mlp_and_dema(baseline_serve
         page,
         [
             r"Normalized score vs K .*",
+            r"Score vs K by model family .*",
             "Half-life of attention vs K: " + NO_ATTENTION.replace("this model has", "these models have"),
             r"Decay curves \(these models have no hidden attention\)",
             r"Parameters vs K",

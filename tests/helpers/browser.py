@@ -192,6 +192,7 @@ EXPLORER_PLOTS = [
 ]
 COMPARISON_PLOTS = [
     r"Normalized score vs K .*",
+    r"Score vs K by model family .*",
     r"Half-life of attention vs K",
     r"Attention by lag .*",
     r"Parameters vs K",

@@ -30,6 +30,8 @@ SLOW = frozenset(
         "tests/dashboard/test_dashboards.py::test_comparison_of_dema_dt_and_layouts",
         "tests/data/test_atari_data.py",
         "tests/training/test_memory_train.py::test_train_and_evaluate_on_a_memory_task",
+        "tests/study/test_cue_finding.py::test_a_tiny_minigrid_run_measures_every_recorded_decision",
+        "tests/dashboard/test_memory_dashboards.py",
         "tests/training/test_memory_train.py::test_train_a_pomdp_run_from_the_cli_and_reopen_it_in_a_new_process",
         "tests/data/test_data_build.py::test_other_envs_rise_from_random_to_medium_to_expert",
         "tests/evaluation/test_ablation.py::test_evaluate_ablation_cli_and_completion",

@@ -9,7 +9,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_six_notebooks_without_outputs():
+def test_the_notebooks_are_these_without_outputs():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_hidden_attention_decay.ipynb",
@@ -17,6 +17,7 @@ def test_there_are_six_notebooks_without_outputs():
         "04_study_report.ipynb",
         "05_atari.ipynb",
         "06_explain.ipynb",
+        "07_memory.ipynb",
     ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
@@ -26,7 +27,10 @@ def test_there_are_six_notebooks_without_outputs():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, request, tmp_path, monkeypatch):
     atari = "atari" in path.stem
-    if atari:  # builds its own tiny Breakout data (the `atari` extra: ale-py's ROMs, OpenCV)
+    if "memory" in path.stem:  # builds its own tiny MiniGrid Memory data
+        pytest.importorskip("minigrid")
+        dataset = str(tmp_path / "unused-mujoco-dataset.hdf5")
+    elif atari:  # builds its own tiny Breakout data (the `atari` extra: ale-py's ROMs, OpenCV)
         pytest.importorskip("ale_py")
         pytest.importorskip("cv2")
         dataset = str(tmp_path / "unused-mujoco-dataset.hdf5")

@@ -1,6 +1,8 @@
 """Sequence-length comparison: runs that differ in K (and layout, timestep embedding, DeMa vs DT).
 
 runs_table(index)            one row per readable run (pandas DataFrame) and the unreadable ones
+family_scores(index, runs)   one row per (run, model family): DeMa once per inference mode, DT,
+                             LSTM, GRU and MLP once (analysis.runs.model_family)
 SequenceComparison(store)    score (last and best checkpoint, dema_lab.analysis.scoring), parameters /
                              MACs, training time, decay curves and half-life against K, one
                              line per family of runs
@@ -16,8 +18,8 @@ import param
 from bokeh.models import NumeralTickFormatter
 from bokeh.models.widgets.tables import NumberFormatter
 
-from dema_lab.analysis.runs import family_label
-from dema_lab.analysis.scoring import METHODS, headline
+from dema_lab.analysis.runs import family_label, model_family
+from dema_lab.analysis.scoring import METHODS, headline, headline_mode, run_scores
 from dema_lab.dashboard.common.data import StoreIndex, friendly_error
 from dema_lab.dashboard.common.text import alert, join_markdown, md
 from dema_lab.dashboard.common.views import PALETTE
@@ -92,6 +94,39 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
         "half_life_steps",
     ]
     return pd.DataFrame(rows, columns=cols).sort_values(["family", "K"]).reset_index(drop=True), bad
+
+
+def family_scores(index: StoreIndex, runs) -> pd.DataFrame:
+    """One row per (run, model family) of the runs given: DeMa once per evaluated inference mode (its
+    Transformer-like and RNN-like acting are two families), the other architectures once, in their
+    headline mode; with the dataset, K and the last and best scores (dema_lab.analysis.scoring).
+    Runs not yet evaluated, or unreadable, give no row."""
+    rows = []
+    for run_id in runs:
+        try:
+            info = index.info(run_id)
+            evals = index.run(run_id).evals()
+            if "normalized_score" not in evals or not evals.sizes.get("checkpoint"):
+                continue
+            scores = run_scores(evals)
+        except Exception:  # noqa: BLE001 - runs_table names the unreadable runs
+            continue
+        cfg, prov = info.config, info.provenance
+        arch = cfg.get("arch", "")
+        modes = [str(m) for m in scores["mode"].values]
+        for mode in modes if arch == "dema" else [headline_mode(modes)]:
+            te = prov.get("timestep_embedding", cfg.get("timestep_embedding"))
+            rows.append(
+                {
+                    "run": run_id,
+                    "model": model_family(arch, mode, cfg.get("layout", ""), te),
+                    "dataset": str(prov.get("dataset", cfg.get("dataset", ""))),
+                    "K": int(cfg.get("K", 0)),
+                    "last_score": float(scores["last"].sel(mode=mode)),
+                    "best_score": float(scores["best"].sel(mode=mode)),
+                }
+            )
+    return pd.DataFrame(rows, columns=["run", "model", "dataset", "K", "last_score", "best_score"])
 
 
 def short_labels(df: pd.DataFrame) -> list[str]:
@@ -228,6 +263,32 @@ class SequenceComparison(pn.viewable.Viewer):
         )
 
     @param.depends("runs")
+    def family_plot(self):
+        """Last-checkpoint score against K, a line per model family (DeMa Transformer-like, DeMa
+        RNN-like, DT, LSTM, GRU, MLP; and per dataset when the runs cover several), each point the
+        mean over the runs (seeds) at that K."""
+        w, h = self._size()
+        title = "Score vs K by model family (last checkpoint)"
+        df = family_scores(self.index, self.runs).dropna(subset=["last_score"])
+        if df.empty:
+            return hv.Curve([], "K", "last_score").opts(title=f"{title} (no data yet)", width=w, height=h)
+        several = df["dataset"].nunique() > 1
+        df["group"] = [f"{m} · {d}" if several else m for m, d in zip(df["model"], df["dataset"])]
+        stats = df.groupby(["group", "K"]).agg(score=("last_score", "mean"), runs=("run", "count")).reset_index()
+        layers = []
+        for i, (group, part) in enumerate(stats.groupby("group", sort=True)):
+            c = PALETTE[i % len(PALETTE)]
+            layers.append(hv.Curve(part, "K", ("score", "normalized score"), label=group).opts(color=c))
+            layers.append(
+                hv.Scatter(part, "K", [("score", "normalized score"), "runs"], label=group).opts(
+                    color=c, size=8, tools=["hover"]
+                )
+            )
+        return hv.Overlay(layers).opts(
+            title=title, width=w, height=h, show_grid=True, legend_position="top_left", toolbar="above"
+        )
+
+    @param.depends("runs")
     def parameters_plot(self):
         w, h = self._size()
         return _by_family(self.table, "parameters", "parameters", "Parameters vs K", width=w, height=h)
@@ -359,13 +420,14 @@ class SequenceComparison(pn.viewable.Viewer):
         )
 
     def views(self):
-        """Six plots, three to a row (two in presentation mode: larger), then the runs table. Plain
+        """Seven plots, three to a row (two in presentation mode: larger), then the runs table. Plain
         Rows: a pn.FlexBox leaves Bokeh figures unrendered."""
         message = alert(self.param.message, "warning", sizing_mode="stretch_width")
         plots = [
             pn.pane.HoloViews(p)
             for p in (
                 self.score_plot,
+                self.family_plot,
                 self.half_life_plot,
                 self.decay_plot,
                 self.parameters_plot,

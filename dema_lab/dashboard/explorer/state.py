@@ -4,6 +4,8 @@
     state.step = 40
     state.attention                             # (L, L) hidden attention now (layer, aggregation applied)
     state.window_labels, state.frame            # the window's token labels, the env frame (or None)
+    state.cue_keys, state.cue_lags              # memory tasks: the window's tokens of the steps with
+                                                # the cue in view, and their lags from the query token
 
 Parameters only, and the data they select, read through dema_lab.dashboard.common.data; the rules of
 what to open on are the library's (dema_lab.analysis.runs.featured_run, dema_lab.analysis.opening_step).
@@ -18,6 +20,7 @@ import numpy as np
 import param
 
 from dema_lab.analysis import opening_step, paper_selection, right_align
+from dema_lab.analysis.cue import cue_keys
 from dema_lab.analysis.runs import featured_run
 from dema_lab.dashboard.common.data import (
     AttentionReplayer,
@@ -47,7 +50,53 @@ def crc(a) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(a).view(np.uint8).ravel()):08x}"
 
 
-class ExplorerState(param.Parameterized):
+class CueMarks:
+    """What an ExplorerState shows of a memory task's cue (MiniGrid Memory episodes record whether the
+    cue object is in view at each step): the window's tokens of those steps, their lags from the
+    query token, and the legend. Empty for an episode without the cue flag or without attention."""
+
+    def _episode_cue(self):
+        """(cue_visible (T,), key_step (L,), key_kind (L,)) of the selected episode, read once per
+        episode; None when it has no attention or does not record the cue."""
+        ep = self.episode_data
+        ds = None if ep is None else ep.dataset
+        if ds is None or ep.attention is None or "cue_visible" not in ds or "key_step" not in ds.coords:
+            return None
+        cached = getattr(self, "_cue_cache", None)
+        if cached is None or cached[0] != (ep.run_id, ep.name):
+            arrays = (ds["cue_visible"].values.astype(bool), ds["key_step"].values, ds["key_kind"].values)
+            cached = self._cue_cache = ((ep.run_id, ep.name), arrays)
+        return cached[1]
+
+    @property
+    def cue_keys(self) -> list[int]:
+        """Window positions (keys, oldest first) of the tokens of the steps, up to this one, whose
+        observation showed the cue (dema_lab.analysis.cue.cue_keys); [] without a cue."""
+        cue = self._episode_cue()
+        return [] if cue is None else cue_keys(cue[0], self.t, cue[1], cue[2]).tolist()
+
+    @property
+    def cue_lags(self) -> list[int]:
+        """The cue keys' lags (tokens back from the query token), those at or before it."""
+        q = self.query_index
+        return [] if q is None else [q - k for k in self.cue_keys if k <= q]
+
+    @property
+    def cue_note(self) -> str:
+        """The legend of the cue marks (plain text, no store strings); "" without the cue flag."""
+        cue = self._episode_cue()
+        if cue is None:
+            return ""
+        seen = np.flatnonzero(cue[0][: self.t + 1])
+        when = f"last seen at step {seen[-1]}" if len(seen) else "not seen yet in this episode"
+        return (
+            "Memory cue: the dashed red boxes on the heatmap and the red bands on the lag plot mark the "
+            f"state tokens of the steps whose observation showed the cue object ({len(self.cue_keys)} in "
+            f"this window; {when})."
+        )
+
+
+class ExplorerState(CueMarks, param.Parameterized):
     """A run, checkpoint, episode, layer and aggregation of a store, and a step of the episode;
     every choice list follows the one before it (run -> checkpoint -> episode -> layer, query)."""
 

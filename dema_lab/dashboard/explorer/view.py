@@ -12,7 +12,9 @@ attention by lag with its fitted exponential and half-life, and the reward / ret
 with a cursor; below them the checkpoint's paper's attention display (analysis.paper_attention:
 the surface of decision step x lag, its curve with the exponential fit, and the fit per key kind).
 Clicking the traces moves the step; clicking a heatmap row picks the query token whose lag
-profile is shown.
+profile is shown. On a memory task's episode (MiniGrid Memory records when the cue is in view),
+dashed boxes on the heatmap and bands on the lag plot mark the tokens of the steps that showed
+the cue, with a legend line below the plots.
 """
 
 from __future__ import annotations
@@ -276,6 +278,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         )
         self.state.param.watch(self._on_step, ["step"])
         self.state.param.watch(self._on_view_change, ["revision", "layer", "aggregation", "channel", "query"])
+        self._build_cue_marks()
 
     def _on_view_change(self, *events):
         names = {e.name for e in events}
@@ -296,6 +299,7 @@ class AttentionExplorer(pn.viewable.Viewer):
                 for view in ("paper_surface", "paper_curve", "paper_kinds"):
                     self._panes[view].object = self._render(getattr(self, view)(), width=self._size("paper_width"))
                 self._panes["paper_note"].object = self._paper_note()
+            self._mark_cue()
 
     def _on_step(self, *_):
         """The scrub fast path: new data into the existing figures."""
@@ -303,6 +307,7 @@ class AttentionExplorer(pn.viewable.Viewer):
         ep = s.episode_data
         with hold():
             self._info_div.text = self._info_text()
+            self._mark_cue(figures=False)
             self._spans[id(self._panes["traces"].object)].location = float(s.step)
             if ep is None:
                 return
@@ -461,7 +466,9 @@ class AttentionExplorer(pn.viewable.Viewer):
             pn.Row(p["paper_surface"], p["paper_curve"], p["paper_kinds"], sizing_mode="stretch_width"),
         ]
         explained = pn.panel(self.explanations, sizing_mode="stretch_width")
-        return pn.Column(message, self._info_pane, *plots, *paper, explained, sizing_mode="stretch_width")
+        return pn.Column(
+            message, self._info_pane, *plots, self._cue_pane, *paper, explained, sizing_mode="stretch_width"
+        )
 
     # ------------------------------------------------------------------ explanations
     @param.depends("state.explanation", "state.checkpoint", "state.run")
@@ -508,6 +515,67 @@ class AttentionExplorer(pn.viewable.Viewer):
             md("### Explanations of checkpoint {} ({} decisions)", self.state.checkpoint, explain.sizes["decision"])
         )
         return pn.Column(head, *rows, css_classes=["dema-explanations"], sizing_mode="stretch_width")
+
+    # ------------------------------------------------------------------ a memory task's cue
+    # Drawn as Bokeh glyphs added to the served heatmap and lag figures, with their own data sources:
+    # the cue's tokens move with every step, and the scrub fast path patches these sources too.
+    CUE_COLOR = "#d62728"
+
+    def _build_cue_marks(self):
+        from bokeh.models import ColumnDataSource
+
+        self._cue_sources = {
+            "heatmap": ColumnDataSource({"left": [], "right": [], "bottom": [], "top": []}),
+            "lag": ColumnDataSource({"lag": []}),
+        }
+        self._cue_div = Div(text="", css_classes=["dema-cue-note"], sizing_mode="stretch_width")
+        self._cue_pane = pn.pane.Bokeh(self._cue_div, sizing_mode="stretch_width", margin=(0, 10))
+        self._mark_cue()
+
+    def _mark_cue(self, figures: bool = True):
+        """The cue marks of this step: a dashed box over each cue token's heatmap column, a band at
+        each cue lag on the lag plot, and the legend; sent to the browser only when they change.
+        With `figures`, the glyphs are first added to a newly rendered figure that lacks them."""
+        s = self.state
+        keys, lags, note = s.cue_keys, s.cue_lags, s.cue_note
+        if figures:
+            for view, add in (("heatmap", self._add_cue_boxes), ("lag", self._add_cue_bands)):
+                fig = self._panes[view].object
+                if fig.select_one({"name": f"dema-cue-{view}"}) is None:
+                    add(fig)
+        if (keys, lags, note) == getattr(self, "_cue_shown", None):
+            return
+        self._cue_shown = (keys, lags, note)
+        L = len(s.window_labels)
+        self._cue_sources["heatmap"].data = {
+            "left": [float(k) for k in keys],
+            "right": [float(k + 1) for k in keys],
+            "bottom": [0.0] * len(keys),
+            "top": [float(L)] * len(keys),
+        }
+        self._cue_sources["lag"].data = {"lag": [float(lag) for lag in lags]}
+        self._cue_div.text = html("<i>{}</i>", note) if note else ""
+        self._cue_pane.visible = bool(note)
+
+    def _add_cue_boxes(self, fig):
+        fig.quad(
+            source=self._cue_sources["heatmap"],
+            fill_alpha=0.0,
+            line_color=self.CUE_COLOR,
+            line_width=2,
+            line_dash="dashed",
+            name="dema-cue-heatmap",
+        )
+
+    def _add_cue_bands(self, fig):
+        fig.vspan(
+            x="lag",
+            source=self._cue_sources["lag"],
+            line_color=self.CUE_COLOR,
+            line_width=6,
+            line_alpha=0.35,
+            name="dema-cue-lag",
+        )
 
     def __panel__(self):
         return pn.Row(pn.Column(self.controls(), width=300), self.views(), sizing_mode="stretch_width")
