@@ -31,6 +31,8 @@ from dema_lab.ssm import AGGREGATIONS, Mamba, aggregate_channels, hidden_attenti
 
 METHODS = ("alpha", "unified", "rollout", "attribution", "gradient", "occlusion", "recency", "random")
 DT_METHODS = ("rollout", "attribution", "gradient", "occlusion", "recency", "random")
+# the methods that read no attention map: all a model without attention (LSTM, GRU, MLP) can take
+ATTENTION_FREE_METHODS = ("gradient", "occlusion", "recency", "random")
 ROLLOUT_SOURCES = ("alpha", "unified")
 OCCLUSION_BASELINES = ("zero", "mean")
 
@@ -112,10 +114,10 @@ def unified_attention(
 def _check_options(method: str, arch: str, n_layer: int, options: dict) -> dict:
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
-    if arch not in ATTENTION_ARCHS and method not in DT_METHODS[1:]:
+    if arch not in ATTENTION_ARCHS and method not in ATTENTION_FREE_METHODS:
         raise ValueError(
             f"method {method!r} reads attention, and a {arch!r} model has no hidden attention; "
-            f"use one of {', '.join(DT_METHODS[1:])} (recency with rate= or mass=)"
+            f"use one of {', '.join(ATTENTION_FREE_METHODS)} (recency with rate= or mass=)"
         )
     if arch == "dt" and method not in DT_METHODS:
         raise ValueError(

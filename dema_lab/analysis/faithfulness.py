@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import xarray as xr
 
 from dema_lab.analysis.explain import (
+    ATTENTION_FREE_METHODS,
     DT_METHODS,
     METHODS,
     decision,
@@ -37,6 +38,7 @@ from dema_lab.analysis.explain import (
     relevance,
 )
 from dema_lab.analysis.scoring import bootstrap_interval, t_interval
+from dema_lab.models.config import ATTENTION_ARCHS
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 BASELINES = ("recency", "random")
@@ -45,8 +47,10 @@ CHUNK = 512  # perturbed windows per backbone call
 
 
 def methods_for(model) -> tuple[str, ...]:
-    """Every explanation method that applies to the model (DeMa: 8, DT: 6)."""
-    return DT_METHODS if model.cfg.arch == "dt" else METHODS
+    """Every explanation method that applies to the model (DeMa: 8, DT: 6; those that read no
+    attention for a model without it: LSTM, GRU, MLP)."""
+    arch = model.cfg.arch
+    return METHODS if arch == "dema" else DT_METHODS if arch == "dt" else ATTENTION_FREE_METHODS
 
 
 def stack_windows(windows: list[dict]) -> dict:
@@ -168,6 +172,9 @@ def faithfulness(
     options.setdefault("random", {}).setdefault("seed", seed)
     rel, attrs = {}, {}
     for m in methods:
+        if m == "recency" and model.cfg.arch not in ATTENTION_ARCHS and not options.get(m):
+            # no attention to fit a rate from: by lag, as below (only the ranking matters)
+            options[m] = {"rate": 1.0}
         try:
             ds = relevance(model, window, m, **options.get(m, {}))
         except ValueError:

@@ -183,3 +183,16 @@ def test_an_atari_model_is_explained_and_perturbed_with_the_mean_baseline(arch):
     assert np.isfinite(ds["auc"].values).all() and "kl" in ds
     assert ds.attrs["measure"] == "drop in the chosen action's probability"
     assert (ds["kl"].values >= -1e-12).all()
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru", "mlp"])
+def test_a_model_without_attention_is_judged_by_the_methods_that_read_none(arch):
+    from dema_lab.analysis.faithfulness import methods_for
+
+    model = tiny(arch=arch)
+    assert methods_for(model) == ("gradient", "occlusion", "recency", "random")
+    ds = faithfulness(model, window(model), fractions=(0.5, 1.0))
+    assert list(ds.explanation.values) == ["gradient", "occlusion", "recency", "random"]
+    assert np.isfinite(ds["auc"].values).all() and list(ds.direction.values) == ["positive", "negative"]
+    with pytest.raises(ValueError, match="do not apply to this model"):
+        faithfulness(model, window(model), methods=["attribution"])

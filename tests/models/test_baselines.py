@@ -362,6 +362,6 @@ def test_relevance_of_a_baseline_by_the_methods_without_attention(arch):
             # batched forward differs from batch 1 by float rounding, ~1e-8: not a dependence)
             moving = set(ds.token_label.values[np.abs(values) > 1e-5 * np.abs(values).max()])
             assert moving == {"R0", "s0"}, moving
-    for method in ("alpha", "unified", "rollout"):
+    for method in ("alpha", "unified", "rollout", "attribution"):
         with pytest.raises(ValueError, match=f"a '{arch}' model has no hidden attention; use one of gradient"):
             relevance(model, win, method)
