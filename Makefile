@@ -6,9 +6,10 @@ PIP    := $(PY) -m pip install -c constraints.txt
 STAMP  := $(VENV)/.installed
 # Debian packages: EGL/OSMesa for headless MuJoCo rendering, Chromium for the browser tests.
 APT_PKGS := libegl1 libgl1-mesa-dri libosmesa6 chromium fonts-dejavu-core
-# The tests run in one pytest-xdist worker per core, each test file handed out whole (module
-# fixtures such as a served dashboard are built once per file); XDIST= runs them in one process.
-XDIST ?= -n auto --dist loadfile
+# The tests run in pytest-xdist workers, one more than there are cores (a test that waits on a
+# browser, a server or a child process leaves its core to another), an idle worker taking tests from
+# a busy one's share (worksteal); XDIST= runs them in one process.
+XDIST ?= -n $(shell echo $$(( $$(nproc) + 1 ))) --dist worksteal
 
 .PHONY: test test-fast demo bench study screenshots venv apt clean-venv
 
@@ -29,7 +30,7 @@ apt:
 test: apt $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	DEMA_LAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q $(XDIST)
+	DEMA_LAB_REQUIRE_BROWSER=1 $(PY) -m pytest -q $(XDIST) --durations=25
 
 # The inner loop (under 3 minutes on 2 cores): all but the tests marked browser, notebook and slow
 # (pyproject.toml declares the markers; tests/helpers/markers.py lists the slow tests).
