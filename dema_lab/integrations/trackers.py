@@ -299,6 +299,10 @@ def to_wandb(run: Run, folder=".", project: str = "dema-lab", fps: float = 30.0)
         out = Path(wb.settings.sync_dir)
     finally:
         wb.finish()
+        if wandb.run is None:
+            # the W&B service process writes the run file: shut it down, so that the file is whole
+            # and closed when this returns (finish() can return before the service has flushed)
+            wandb.teardown()
     return out
 
 

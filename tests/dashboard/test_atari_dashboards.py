@@ -27,6 +27,7 @@ from helpers.browser import (  # noqa: E402
     assert_drawn,
     page_figures,
     read_probe,
+    stop_live,
     wait_probe,
 )
 
@@ -154,8 +155,7 @@ def test_browser_live_plays_an_atari_checkpoint(atari_server, browser):  # noqa:
         f"the Actions axis {acts['start']}..{acts['end']} clips indices 0..3"
     )
     p.shot("atari-live")
-    page.locator(".dema-live-stop button").click()
-    page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
+    stop_live(page)
     p.check_clean()
     page.close()
 

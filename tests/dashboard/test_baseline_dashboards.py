@@ -16,6 +16,7 @@ from helpers.browser import (
     Server,
     assert_drawn,
     page_figures,
+    stop_live,
     wait_probe,
 )
 
@@ -86,8 +87,7 @@ def test_browser_live_plays_an_lstm_checkpoint_rnn_like(baseline_server, browser
     wait_probe(page, lambda s: int(s["step"]) >= int(a["step"]) + 3, css=css)
     page_figures(page, [r"step \d+", NO_ATTENTION, r"Return", r"Actions"])
     p.shot("baseline-live")
-    page.locator(".dema-live-stop button").click()
-    page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
+    stop_live(page)
     p.check_clean()
     page.close()
 

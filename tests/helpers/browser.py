@@ -159,6 +159,23 @@ def wait_probe(page, predicate, css=".dema-probe span", timeout=30.0) -> dict:
         page.wait_for_timeout(100)
 
 
+def stop_live(page, timeout: float = 60.0) -> str:
+    """Stop the /live page's rollout with its buttons and return the final status. Pause comes
+    first: a paused rollout cannot end on its own, so Stop must then say "stopped". An untrained
+    model's hopper may fall before the test gets here: the status then says "finished", which the
+    Pause leaves as it is (and Stop has nothing left to stop)."""
+    status = page.locator(".dema-live-status")
+    page.locator(".dema-live-pause button").click()
+    shown = status.get_by_text(re.compile(r"paused|finished after"))
+    shown.first.wait_for(timeout=timeout * 1000)
+    if "finished after" in shown.first.inner_text():
+        return shown.first.inner_text()
+    page.locator(".dema-live-stop button").click()
+    stopped = status.get_by_text(re.compile(r"stopped after \d+ steps"))
+    stopped.first.wait_for(timeout=timeout * 1000)
+    return stopped.first.inner_text()
+
+
 # Every Bokeh figure shown: its box on the page and its plot area (the frame inside the axes, as
 # BokehJS laid it out; 0x0 when a figure is never laid out, although its box may look right).
 FIGURES_JS = """() => {

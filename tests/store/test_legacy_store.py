@@ -248,7 +248,7 @@ def test_browser_compare_lays_out_every_plot_for_the_legacy_runs(legacy_server, 
 
 
 def test_browser_live_plays_a_legacy_checkpoint(legacy_server, browser):
-    from helpers.browser import Page, wait_probe
+    from helpers.browser import Page, stop_live, wait_probe
 
     page = Page(browser, legacy_server.url("live") + "?fps=8")
     page.page.locator(".dema-live-start button").click(timeout=90_000)
@@ -256,8 +256,7 @@ def test_browser_live_plays_a_legacy_checkpoint(legacy_server, browser):
     first = wait_probe(page.page, lambda s: s["step"] is not None and int(s["step"]) >= 1, css=css, timeout=60)
     later = wait_probe(page.page, lambda s: int(s["step"]) >= int(first["step"]) + 2, css=css, timeout=60)
     assert later["frame"] != first["frame"]
-    page.page.locator(".dema-live-stop button").click()
-    page.page.locator(".dema-live-status").get_by_text("stopped").wait_for(timeout=20_000)
+    stop_live(page.page)
     _clean(page, legacy_server)
 
 
