@@ -23,11 +23,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from dema_lab.data.generate import builder
 from dema_lab.data.generate.builder import BUILDER_VERSION, QUALITIES, build_dataset
 from dema_lab.data.generate.policy import policy_path
 from dema_lab.data.generate.pomdp import mask_dataset, pomdp_name
-from dema_lab.data.sources.d4rl import load_d4rl
+from dema_lab.data.sources.d4rl import load_d4rl, read_episode_lengths
 from dema_lab.data.trajectory import DatasetError, TrajectoryDataset
 from dema_lab.envs.spec import ENV_SPECS
 
@@ -42,6 +44,7 @@ __all__ = [
     "embedded_path",
     "ensure_embedded",
     "load_dataset",
+    "episode_lengths",
     "list_datasets",
     "UnknownDatasetError",
 ]
@@ -201,16 +204,32 @@ def load_dataset(spec, env: str | None = None, progress: bool = True) -> Traject
         from dema_lab.data.sources.dqn_replay import load_dqn_replay
 
         return load_dqn_replay(spec[len("dqn-replay:") :], env=env)
-    parsed = parse_embedded(spec)
-    if parsed is not None and not Path(spec).exists():
-        ds = load_d4rl(ensure_embedded(spec, progress=progress), env=env)
-        return ds
+    return load_d4rl(_hdf5_path(spec, progress), env=env)
+
+
+def _hdf5_path(spec: str, progress: bool) -> Path:
+    """The D4RL-layout file a name or path stands for (an embedded dataset built first if need be)."""
+    if parse_embedded(spec) is not None and not Path(spec).exists():
+        return ensure_embedded(spec, progress=progress)
     path = Path(spec).expanduser()
     if path.exists() or path.suffix.lower() in (".hdf5", ".h5", ".he5"):
-        return load_d4rl(path, env=env)
+        return path
     raise UnknownDatasetError(
         f"unknown dataset {spec!r}: not a file, not minari:<id>, not an embedded name ({', '.join(embedded_names())})"
     )
+
+
+def episode_lengths(spec, progress: bool = True) -> np.ndarray:
+    """(E,) the episode lengths of a dataset, as load_dataset splits it. A D4RL-layout file (an
+    embedded name included) is read for its episode boundaries alone, so that checking K against a
+    dataset costs no observations; minari: and dqn-replay: datasets are loaded whole."""
+    if isinstance(spec, TrajectoryDataset):
+        return np.asarray(spec.lengths)
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if isinstance(spec, str) and spec and not spec.startswith(("minari:", "dqn-replay:")):
+        return read_episode_lengths(_hdf5_path(spec, progress))
+    return np.asarray(load_dataset(spec, progress=progress).lengths)
 
 
 def list_datasets() -> list[dict]:

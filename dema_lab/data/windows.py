@@ -61,16 +61,19 @@ def flat_returns_to_go(rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray
     return rev - np.repeat(tail, lengths)
 
 
-def check_context_length(dataset: TrajectoryDataset, K: int, min_share: float = MIN_FULL_EPISODES) -> None:
-    """DatasetError, saying which K fits, unless enough episodes of `dataset` (a `min_share` of
-    them, and at least one) are at least K steps long: with fewer, the model would hardly ever
-    train on a whole window, and the decay statistics have no window to measure on."""
-    lengths = np.sort(np.asarray(dataset.lengths))[::-1]  # (E,) longest first
+def check_context_length(lengths, K: int, name: str = "", min_share: float = MIN_FULL_EPISODES) -> None:
+    """DatasetError, saying which K fits, unless enough episodes (their `lengths`, or a dataset's)
+    are at least K steps long: a `min_share` of them, and at least one. With fewer, the model would
+    hardly ever train on a whole window, and the decay statistics have no window to measure on."""
+    if isinstance(lengths, TrajectoryDataset):
+        name = name or lengths.name or ""
+        lengths = lengths.lengths
+    lengths = np.sort(np.asarray(lengths))[::-1]  # (E,) longest first
     need = max(1, int(np.ceil(min_share * len(lengths))))
     have = int((lengths >= K).sum())
     if have >= need:
         return
-    name = getattr(dataset, "name", "") or "the dataset"
+    name = name or "the dataset"
     raise DatasetError(
         f"K={K} is too long for dataset {name}: {have} of its {len(lengths)} episodes are at least {K} steps "
         f"long (the longest has {int(lengths[0])}), and training needs {need} (at least {min_share:.0%} of them) "

@@ -231,7 +231,7 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
 
 def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     """Run every grid point (in parallel processes) and return what happened to each."""
-    from dema_lab.data import embedded_names, ensure_embedded, load_dataset
+    from dema_lab.data import embedded_names, ensure_embedded, episode_lengths
     from dema_lab.data.trajectory import DatasetError
     from dema_lab.data.windows import check_context_length
     from dema_lab.store.zarr_store import RunStore, check_store
@@ -243,11 +243,12 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     for name in dict.fromkeys(sweep.datasets):
         if name in embedded:
             ensure_embedded(name, progress=False)  # build shared datasets once, not in each worker
-        dataset = load_dataset(name, progress=False)  # a missing or malformed file fails here, not in every run
+        # only the episode boundaries are read (a missing or unreadable file fails here, not in every run)
+        lengths = episode_lengths(name, progress=False)
         for cfg in configs:
             if cfg.data.dataset == name:
                 try:
-                    check_context_length(dataset, cfg.model.K)
+                    check_context_length(lengths, cfg.model.K, name=name)
                 except DatasetError as e:
                     too_long.append({"run_id": cfg.run.run_id, "what": f"not run: {e}", "seconds": 0.0})
     if too_long:

@@ -100,6 +100,42 @@ def test_n_by_1_rewards_are_accepted(tmp_path):
     assert ds[0].rewards.shape == (6,)
 
 
+@pytest.mark.parametrize("layout", ["timeouts", "no-timeouts", "n-by-1", "long"])
+def test_episode_lengths_read_from_the_flags_alone_match_the_loaded_dataset(tmp_path, layout):
+    """episode_lengths reads only terminals/timeouts; the oracle is the dataset load_dataset splits."""
+    from dema_lab.data import episode_lengths
+
+    a = _arrays(n=2600 if layout == "long" else 25)
+    if layout == "no-timeouts":
+        del a["timeouts"]
+    if layout == "n-by-1":
+        a["terminals"] = a["terminals"][:, None].astype(np.float32)
+    if layout == "long":  # no flag after step 15: chopped at the 1000-step time limit, as when loading
+        del a["timeouts"]
+    path = _write_raw(tmp_path / "x.hdf5", a)
+    want = [len(t) for t in load_dataset(str(path))]
+    assert list(episode_lengths(str(path))) == want
+    assert list(episode_lengths(path)) == want  # a PathLike too
+    if layout == "long":
+        assert want == [6, 1000, 1000, 594]
+
+
+def test_episode_lengths_name_a_malformed_file(tmp_path):
+    from dema_lab.data import episode_lengths
+
+    a = _arrays()
+    del a["terminals"]
+    with pytest.raises(DatasetError, match=r"missing key 'terminals'"):
+        episode_lengths(str(_write_raw(tmp_path / "a.hdf5", a)))
+    a = _arrays()
+    a["timeouts"] = a["timeouts"][:-1]
+    with pytest.raises(DatasetError, match=r"mismatched lengths: key 'timeouts' has 24 rows but 'terminals' has 25"):
+        episode_lengths(str(_write_raw(tmp_path / "b.hdf5", a)))
+    (tmp_path / "c.hdf5").write_bytes(b"not hdf5")
+    with pytest.raises(DatasetError, match=r"not an HDF5 file"):
+        episode_lengths(str(tmp_path / "c.hdf5"))
+
+
 # ---- malformed files: each fails with its own message ------------------------------
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from dema_lab.data.trajectory import DatasetError, Trajectory, TrajectoryDataset
 
-__all__ = ["load_d4rl", "read_d4rl_arrays", "write_d4rl", "split_episodes", "REQUIRED_KEYS"]
+__all__ = ["load_d4rl", "read_d4rl_arrays", "read_episode_lengths", "write_d4rl", "split_episodes", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 _FLAG_KEYS = ("terminals", "timeouts")
@@ -43,13 +43,8 @@ def _attr_value(v):
     return v
 
 
-def read_d4rl_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """Open and validate a D4RL-layout file; return (arrays, attrs).
-
-    arrays has the four required keys plus ``timeouts``/``next_observations``
-    when present, with rewards/flags as (N,) and float arrays as float32.
-    Raises :class:`DatasetError` naming the file, the key and the problem.
-    """
+def _checked_hdf5_file(path: str | Path) -> Path:
+    """`path`, once it is known to be a non-empty regular HDF5 file; DatasetError otherwise."""
     import h5py
 
     path = Path(path)
@@ -78,6 +73,19 @@ def read_d4rl_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise DatasetError(
             f"{path}: not an HDF5 file; expected a D4RL-layout .hdf5 (build one with `dema-lab data build ENV QUALITY`)"
         )
+    return path
+
+
+def read_d4rl_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Open and validate a D4RL-layout file; return (arrays, attrs).
+
+    arrays has the four required keys plus ``timeouts``/``next_observations``
+    when present, with rewards/flags as (N,) and float arrays as float32.
+    Raises :class:`DatasetError` naming the file, the key and the problem.
+    """
+    import h5py
+
+    path = _checked_hdf5_file(path)
     with h5py.File(path, "r") as f:
         present = [k for k in f.keys()]
         if not present:
@@ -99,6 +107,40 @@ def read_d4rl_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
     _validate(path, arrays)
     return arrays, attrs
+
+
+def read_episode_lengths(path: str | Path, max_episode_steps: int | None = 1000) -> np.ndarray:
+    """(E,) the episode lengths of a D4RL-layout file, as load_d4rl splits it, read from its
+    `terminals` (and `timeouts`) alone: checking a K against a dataset needs no observations (an
+    Atari dataset's frames are gigabytes). The other keys are checked when the dataset is loaded."""
+    import h5py
+
+    path = _checked_hdf5_file(path)
+    flags: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        for key in _FLAG_KEYS:
+            if key not in f:
+                if key == "terminals":
+                    raise DatasetError(f"{path}: missing key 'terminals'; a D4RL file needs {', '.join(REQUIRED_KEYS)}")
+                continue
+            if not isinstance(f[key], h5py.Dataset):
+                raise DatasetError(f"{path}: key '{key}' is a group, expected an array")
+            flags[key] = np.asarray(f[key][()])
+    for key, arr in flags.items():
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1 or arr.dtype.kind not in "fiub":
+            raise DatasetError(f"{path}: key '{key}' has shape {arr.shape} and dtype {arr.dtype}, expected (N,) numbers")
+        flags[key] = arr != 0
+    if "timeouts" in flags and len(flags["timeouts"]) != len(flags["terminals"]):
+        raise DatasetError(
+            f"{path}: mismatched lengths: key 'timeouts' has {len(flags['timeouts'])} rows but "
+            f"'terminals' has {len(flags['terminals'])}"
+        )
+    if not len(flags["terminals"]):
+        raise DatasetError(f"{path}: key 'terminals' has 0 rows; the file holds no transitions")
+    starts, ends, _ = split_episodes(flags["terminals"], flags.get("timeouts"), max_episode_steps)
+    return ends - starts
 
 
 def _validate(path: Path, a: dict[str, np.ndarray]) -> None:
