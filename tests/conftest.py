@@ -8,8 +8,13 @@ from helpers.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from helpers.markers import is_slow
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-# the cores shared out between pytest-xdist's workers (`make test` runs one per core)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+# the cores shared out between pytest-xdist's workers (`make test` runs more workers than cores):
+# this process's torch threads, and those of the processes a test starts (CLI runs, servers,
+# notebook kernels), which read OMP_NUM_THREADS; more threads than cores would spin at OpenMP's
+# barriers against the other workers
+THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 BROWSER_FIXTURES = {"browser", "page"}
