@@ -130,7 +130,9 @@ def read_episode_lengths(path: str | Path, max_episode_steps: int | None = 1000)
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
         if arr.ndim != 1 or arr.dtype.kind not in "fiub":
-            raise DatasetError(f"{path}: key '{key}' has shape {arr.shape} and dtype {arr.dtype}, expected (N,) numbers")
+            raise DatasetError(
+                f"{path}: key '{key}' has shape {arr.shape} and dtype {arr.dtype}, expected (N,) numbers"
+            )
         flags[key] = arr != 0
     if "timeouts" in flags and len(flags["timeouts"]) != len(flags["terminals"]):
         raise DatasetError(
