@@ -20,6 +20,17 @@ os.environ["OMP_NUM_THREADS"] = str(THREADS)
 BROWSER_FIXTURES = {"browser", "page"}
 
 
+def pytest_configure(config):
+    """Before any test (and before pytest-xdist's workers start): the CPU kernels compiled into
+    numba's disk cache, once, one process per dtype. Otherwise every worker, and every process a
+    test starts, would compile the same kernels on a fresh clone."""
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller did it
+        return
+    from dema_lab.ssm.kernels.warm import warm_up_in_processes
+
+    warm_up_in_processes()
+
+
 def pytest_collection_modifyitems(config, items):
     """Markers by what a test uses: a browser fixture makes it `browser`, tests/notebooks/ `notebook`;
     the tests helpers.markers.SLOW lists are `slow`."""

@@ -257,10 +257,10 @@ def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
         for r in too_long:
             log(f"{r['run_id']}: {r['what']}")
     RunStore(sweep.base.run.store, mode="a")  # create the store once, before the workers
-    if "dema" in sweep.archs:
-        from dema_lab.ssm.kernels import scan_cpu as cpu_kernel
+    if "dema" in sweep.archs or any(parse_point(p)[0] == "dema" for p in sweep.points):
+        from dema_lab.ssm.kernels.warm import warm_up_in_processes
 
-        cpu_kernel.warm_up()  # compile the scan into numba's cache once, too
+        warm_up_in_processes()  # compile the scan and attention kernels into numba's cache once, too
     if sweep.executor == "ray":
         configs = [c.replace(threads=max(1, int(sweep.num_cpus))) for c in configs]
         log(f"sweep {sweep.name}: {len(configs)} runs on Ray, store {sweep.base.run.store}")

@@ -45,6 +45,27 @@ def test_second_process_loads_the_kernels_from_the_cache(tmp_path):
     assert err1.count(COMPILE_MESSAGE) == 1, err1  # said once, though two kernels compiled
     assert any(p.suffix == ".nbi" for p in tmp_path.rglob("*")), "no numba cache index written"
 
+    # the warm module compiles what the cache still lacks (float32's attention kernel), no more
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("DEMA_LAB_WARM_KERNELS", None)
+    ask = "from dema_lab.ssm.kernels.warm import missing; print(missing())"
+    before = subprocess.run([sys.executable, "-c", ask], env=env, capture_output=True, text=True, timeout=600)
+    assert before.stdout.strip() == "['float32', 'float64']", before.stdout + before.stderr
+    warm = subprocess.run(
+        [sys.executable, "-m", "dema_lab.ssm.kernels.warm", "float32"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    after = subprocess.run([sys.executable, "-c", ask], env=env, capture_output=True, text=True, timeout=600)
+    assert after.stdout.strip() == "['float64']", after.stdout + after.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "dema_lab.ssm.kernels.warm", "float16"], env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown dtype float16: give float32 and/or float64" in bad.stderr, bad.stderr
+
     second, err2 = _run(tmp_path)
     assert second["misses"] == {"forward": 0, "backward": 0}, second
     assert second["hits"] == {"forward": 1, "backward": 1}, second

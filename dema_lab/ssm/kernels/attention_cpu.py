@@ -66,3 +66,24 @@ def alpha(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
             tell_compiling()
         _alpha(*args)
     return out
+
+
+def _typeof_args(dtype) -> tuple:
+    """The signature `alpha` compiles _alpha for: C-contiguous arrays of one dtype."""
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    return tuple(numba.typeof(np.zeros((1,) * nd, np_dtype)) for nd in (3, 2, 4, 4, 4))
+
+
+def is_cached(dtype) -> bool:
+    """Whether numba's on-disk cache holds the attention kernel compiled for dtype."""
+    return in_disk_cache(_alpha, _typeof_args(dtype))
+
+
+def warm_up(dtypes=(torch.float32, torch.float64)):
+    """Compile (or load from numba's cache) the attention kernel of each dtype."""
+    for dtype in dtypes:
+        alpha(
+            torch.ones(1, 1, 2, dtype=dtype),
+            -torch.ones(1, 1, dtype=dtype),
+            *2 * (torch.zeros(1, 1, 1, 2, dtype=dtype),),
+        )

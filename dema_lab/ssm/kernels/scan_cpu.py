@@ -839,9 +839,18 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast=No
     return du, ddelta, dA_p.sum(0), dB, dC, dD_p.sum(0), dz, ddb_p.sum(0)
 
 
-def warm_up():
-    """Compile (or load from numba's cache) the float32 and float64 kernels, e.g. before timing."""
-    for dtype in (torch.float32, torch.float64):
+def is_cached(dtype) -> bool:
+    """Whether numba's on-disk cache holds both scan kernels compiled for dtype (torch's or numpy's)."""
+    if isinstance(dtype, torch.dtype):
+        dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    return all(
+        in_disk_cache(_forward if k == "forward" else _backward, _sig(k, dtype)) for k in ("forward", "backward")
+    )
+
+
+def warm_up(dtypes=(torch.float32, torch.float64)):
+    """Compile (or load from numba's cache) the kernels of each dtype, e.g. before timing."""
+    for dtype in dtypes:
         x = torch.zeros(1, 1, 2, dtype=dtype)
         A = -torch.ones(1, 1, dtype=dtype)
         Bm = torch.zeros(1, 1, 2, 1, dtype=dtype)
