@@ -137,7 +137,7 @@ def tiny_sweep(tiny_run, name, dataset, store, steps=60, **kw):
     from dema_lab.training import TrainConfig
 
     base = TrainConfig.from_flat(
-        dataset=str(dataset), store=str(store), steps=steps, **{**tiny_run, "checkpoint_every": 5}
+        dataset=str(dataset), store=str(store), steps=steps, **{**tiny_run, "checkpoint_every": 15}
     )
     return SweepConfig(
         name=name,
