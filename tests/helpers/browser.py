@@ -159,21 +159,29 @@ def wait_probe(page, predicate, css=".dema-probe span", timeout=30.0) -> dict:
         page.wait_for_timeout(100)
 
 
+def live_status(page) -> str:
+    """The /live page's status line as shown ("Status: paused"), or "" while it is not drawn. Read
+    at once, without waiting: the pane is redrawn whenever the status changes."""
+    shown = page.locator(".dema-live-status").get_by_text(re.compile(r"Status:\s*\S"))
+    return " ".join(t.strip() for t in shown.all_inner_texts())
+
+
 def stop_live(page, timeout: float = 60.0) -> str:
     """Stop the /live page's rollout with its buttons and return the final status. Pause comes
     first: a paused rollout cannot end on its own, so Stop must then say "stopped". An untrained
     model's hopper may fall before the test gets here: the status then says "finished", which the
     Pause leaves as it is (and Stop has nothing left to stop)."""
-    status = page.locator(".dema-live-status")
     page.locator(".dema-live-pause button").click()
-    shown = status.get_by_text(re.compile(r"paused|finished after"))
-    shown.first.wait_for(timeout=timeout * 1000)
-    if "finished after" in shown.first.inner_text():
-        return shown.first.inner_text()
+    wait_until(
+        lambda: re.search(r"paused|finished after", live_status(page)), timeout, "the rollout to pause", interval=0.2
+    )
+    if "finished after" in live_status(page):
+        return live_status(page)
     page.locator(".dema-live-stop button").click()
-    stopped = status.get_by_text(re.compile(r"stopped after \d+ steps"))
-    stopped.first.wait_for(timeout=timeout * 1000)
-    return stopped.first.inner_text()
+    wait_until(
+        lambda: re.search(r"stopped after \d+ steps", live_status(page)), timeout, "the rollout to stop", interval=0.2
+    )
+    return live_status(page)
 
 
 # Every Bokeh figure shown: its box on the page and its plot area (the frame inside the axes, as
