@@ -165,7 +165,7 @@ def test_publish_after_write_holds_on_s3(s3, hopper_small, tiny_run):
                 _check_published(run, seen)
                 states.add(len(seen))
             polls += 1
-            time.sleep(0.25)  # a reader polls now and then: a tight loop would starve the writer and moto
+            time.sleep(1.0)  # a reader polls now and then: a tight loop would starve the writer and moto
     finally:
         out = writer.communicate(timeout=300)[0]
     assert writer.returncode == 0, out
