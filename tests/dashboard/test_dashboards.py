@@ -650,7 +650,7 @@ def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
         assert len(trainer) == 1, trainer  # the training runs in a child process
         # the explorer replaces the page as soon as the first run is in the store
         page.get_by_text("This store has no runs yet").wait_for(state="detached", timeout=240_000)
-        page.locator("option", has_text="demo-dema-K10").first.wait_for(state="attached", timeout=60_000)
+        page.locator("option", has_text="demo-dema-K10").first.wait_for(state="attached", timeout=180_000)
         # and shows the training's progress above its tabs while the demo goes on
         page.get_by_text(re.compile(r"demo-dema-K10: \d+/2000 steps \(running\)")).first.wait_for(timeout=60_000)
         p.shot("demo-explorer-while-training")
