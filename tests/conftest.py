@@ -21,11 +21,11 @@ BROWSER_FIXTURES = {"browser", "page"}
 
 
 def pytest_configure(config):
-    """Before any test (and before pytest-xdist's workers start): the CPU kernels compiled into
+    """Before pytest-xdist's workers start: the CPU kernels compiled into
     numba's disk cache, once, one process per dtype. Otherwise every worker, and every process a
     test starts, would compile the same kernels on a fresh clone."""
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller did it
-        return
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return  # an xdist worker (its controller did it), or one process that compiles only what it uses
     from dema_lab.ssm.kernels.warm import warm_up_in_processes
 
     warm_up_in_processes()

@@ -235,19 +235,17 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
 
 def run_sweep(sweep: SweepConfig, log=print) -> list[dict]:
     """Run every grid point (in parallel processes) and return what happened to each."""
-    from dema_lab.data import embedded_names, ensure_embedded, episode_lengths
+    from dema_lab.data import episode_lengths
     from dema_lab.data.trajectory import DatasetError
     from dema_lab.data.windows import check_context_length
     from dema_lab.store.zarr_store import RunStore, check_store
 
     configs = grid(sweep)
     check_store(sweep.base.run.store)  # a path that is not a store fails first
-    embedded = set(embedded_names())
     too_long = []  # grid points whose K no whole window of their dataset holds: said, not trained
     for name in dict.fromkeys(sweep.datasets):
-        if name in embedded:
-            ensure_embedded(name, progress=False)  # build shared datasets once, not in each worker
-        # only the episode boundaries are read (a missing or unreadable file fails here, not in every run)
+        # an embedded dataset is built here once, not in each worker; then only its episode
+        # boundaries are read (a missing or unreadable file fails here, not in every run)
         lengths = episode_lengths(name, progress=False)
         for cfg in configs:
             if cfg.data.dataset == name:

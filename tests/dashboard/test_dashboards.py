@@ -580,7 +580,7 @@ def test_browser_live_sessions_run_side_by_side_and_a_closed_one_stops(server, b
     before = server.log_text().count(stopped)
     pages[0].page.close()
     # the server destroys the closed session: its rollout stops and its env is closed ...
-    wait_until(lambda: server.log_text().count(stopped) > before, 60, "the closed tab's rollout to stop", interval=0.3)
+    wait_until(lambda: server.log_text().count(stopped) > before, 150, "the closed tab's rollout to stop", interval=0.3)
     line = [ln for ln in server.log_text().splitlines() if stopped in ln][-1]
     assert line.endswith("env closed: True"), line
     # ... while the other session's rollout goes on
