@@ -15,12 +15,15 @@ XDIST ?= -n $(shell echo $$(( $$(nproc) + 1 ))) --dist worksteal
 
 venv: $(STAMP)
 
-# (Re)install when the dependency declarations change. torch==2.13.0 comes from constraints.txt.
+# (Re)install when the dependency declarations change. pip installs torch==2.13.0 (the CPU build,
+# which pip finds on this machine's disk) and uv; uv installs the rest, under the same
+# constraints.txt, in about a third of pip's time (40 s against 127 s here); with torch already
+# installed and pinned, uv never looks for another torch build.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --quiet --upgrade pip setuptools wheel
-	$(PIP) --quiet torch==2.13.0
-	$(PIP) --quiet -e '.[dev,minari,cluster,atari,memory,deploy]'
+	$(PIP) --quiet --upgrade pip
+	$(PIP) --quiet torch==2.13.0 uv
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -c constraints.txt -e '.[dev,minari,cluster,atari,memory,deploy]'
 	touch $(STAMP)
 
 apt:
