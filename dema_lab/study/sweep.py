@@ -39,12 +39,13 @@ from dema_lab.training import DT_PAPER, TrainConfig
 from dema_lab.training.config import DataConfig
 
 
-def parse_point(text: str) -> tuple[str, int, list[str]]:
-    """'ARCH:K:MODE[+MODE]' (e.g. 'dema:20:transformer+rnn', 'lstm:20:rnn') -> (arch, K, modes);
+def parse_point(text: str) -> tuple[str, int, list[str], list[int] | None]:
+    """'ARCH:K:MODE[+MODE][:SEED[+SEED]]' (e.g. 'dema:20:transformer+rnn', 'lstm:20:rnn',
+    'dema:20:transformer+rnn:0+1+2') -> (arch, K, modes, seeds); seeds None: the sweep's own.
     ValueError naming what is wrong."""
     parts = str(text).split(":")
-    usage = "write a point as ARCH:K:MODES, e.g. dema:20:transformer+rnn or lstm:20:rnn"
-    if len(parts) != 3:
+    usage = "write a point as ARCH:K:MODES[:SEEDS], e.g. dema:20:transformer+rnn, lstm:20:rnn or dema:20:rnn:0+1+2"
+    if len(parts) not in (3, 4):
         raise ValueError(f"sweep point {text!r}: {usage}")
     arch, k, modes = parts[0], parts[1], [m for m in parts[2].split("+") if m]
     if arch not in ARCHS:
@@ -57,7 +58,13 @@ def parse_point(text: str) -> tuple[str, int, list[str]]:
             f"sweep point {text!r}: a {arch!r} model acts in {' or '.join(inference_modes(arch))} "
             f"(modes joined by '+'), not {'+'.join(bad) or 'none'}"
         )
-    return arch, int(k), modes
+    seeds = None
+    if len(parts) == 4:
+        given = parts[3].split("+")
+        if not all(v.isdigit() for v in given) or len(set(given)) != len(given):
+            raise ValueError(f"sweep point {text!r}: seeds are distinct integers >= 0 joined by '+'; {usage}")
+        seeds = [int(v) for v in given]
+    return arch, int(k), modes, seeds
 
 
 @dataclass
@@ -75,8 +82,8 @@ class SweepConfig:
     archs: list[str] = field(default_factory=lambda: ["dema"])  # dema, dt, lstm, gru, mlp
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds
     eval_modes: list[str] = field(default_factory=lambda: ["transformer", "rnn"])  # transformer and/or rnn
-    #: instead of K x archs x eval_modes: the (model, K, inference modes) to run, each ARCH:K:MODES,
-    #: e.g. dema:20:transformer+rnn lstm:20:rnn
+    #: instead of K x archs x eval_modes: the (model, K, inference modes[, seeds]) to run, each
+    #: ARCH:K:MODES[:SEEDS], e.g. dema:20:transformer+rnn lstm:20:rnn dema:20:rnn:0+1+2 (no SEEDS: --seeds)
     points: list[str] = field(default_factory=list)
     ablations: bool = True  # hidden attention ablated (DeMa), timestep embedding removed (if trained with one)
     ablation_episodes: int = 5  # episodes per ablation and target
@@ -141,7 +148,7 @@ SWEEP_PRESETS = {
             "datasets": ["hopper-medium-pomdp", "minigrid-memory-s13", "minigrid-memory-s31"],
             "points": [
                 "dema:5:transformer",
-                "dema:20:transformer+rnn",
+                "dema:20:transformer+rnn:0+1+2",
                 "dema:60:transformer+rnn",
                 "lstm:20:rnn",
                 "gru:20:rnn",
@@ -183,14 +190,14 @@ def sweep_preset(name: str, **grid) -> SweepConfig:
     return SweepConfig(**{**preset["grid"], **grid}, base=base)
 
 
-def _points(sweep: SweepConfig) -> list[tuple[str, int, list[str] | None]]:
-    """(arch, K, modes) of every model the sweep trains per dataset, layout, embedding and seed."""
+def _points(sweep: SweepConfig) -> list[tuple[str, int, list[str] | None, list[int]]]:
+    """(arch, K, modes, seeds) of every model the sweep trains per dataset, layout and embedding."""
     if sweep.points:
-        return [parse_point(p) for p in sweep.points]
+        return [(a, k, m, sweep.seeds if s is None else s) for a, k, m, s in map(parse_point, sweep.points)]
     out = []
     for K, arch in itertools.product(sweep.K, sweep.archs):
         modes = [m for m in sweep.eval_modes if m in inference_modes(arch)]
-        out.append((arch, K, modes or None))  # None: the model's default modes
+        out.append((arch, K, modes or None, sweep.seeds))  # None: the model's default modes
     return out
 
 
@@ -200,8 +207,9 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
     one DT run per other point. Each run is evaluated in the sweep's modes that its model has
     (an LSTM or GRU asked only for "transformer" gets it; DT and the MLP only ever "transformer")."""
     configs, seen = [], set()
-    for dataset, (arch, K, modes), layout, ts, seed in itertools.product(
-        sweep.datasets, _points(sweep), sweep.layouts, sweep.timestep_embedding, sweep.seeds
+    every = itertools.product(sweep.datasets, _points(sweep), sweep.layouts, sweep.timestep_embedding)
+    for dataset, (arch, K, modes, _seeds), layout, ts, seed in (
+        (d, p, lay, t, seed) for d, p, lay, t in every for seed in p[3]
     ):
         ts = DT_PAPER["timestep_embedding"] if arch == "dt" else ts
         if (dataset, K, layout, ts, arch, seed) in seen:

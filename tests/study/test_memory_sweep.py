@@ -7,24 +7,29 @@ import pytest
 from dema_lab.study.sweep import SWEEP_PRESETS, SweepConfig, grid, parse_point, sweep_preset
 
 MEMORY_DATASETS = ["hopper-medium-pomdp", "minigrid-memory-s13", "minigrid-memory-s31"]
-# (arch, K, eval modes) per dataset, written out independently of the preset
+# (arch, K, eval modes, seed) per dataset, written out independently of the preset: DeMa K 20, whose
+# two modes the memory findings pair within each run, with three seeds (three pairs per dataset)
 MEMORY_MODELS = {
-    ("dema", 5, ("transformer",)),
-    ("dema", 20, ("transformer", "rnn")),
-    ("dema", 60, ("transformer", "rnn")),
-    ("lstm", 20, ("rnn",)),
-    ("gru", 20, ("rnn",)),
-    ("dt", 20, ("transformer",)),
-    ("mlp", 20, ("transformer",)),
+    ("dema", 5, ("transformer",), 0),
+    *(("dema", 20, ("transformer", "rnn"), seed) for seed in (0, 1, 2)),
+    ("dema", 60, ("transformer", "rnn"), 0),
+    ("lstm", 20, ("rnn",), 0),
+    ("gru", 20, ("rnn",), 0),
+    ("dt", 20, ("transformer",), 0),
+    ("mlp", 20, ("transformer",), 0),
 }
 
 
 def test_memory_preset_expands_to_every_model_on_every_dataset():
     configs = grid(sweep_preset("memory"))
-    assert len(configs) == len(MEMORY_DATASETS) * len(MEMORY_MODELS) == 21
-    assert len({c.run.run_id for c in configs}) == 21
+    assert len(configs) == len(MEMORY_DATASETS) * len(MEMORY_MODELS) == 27
+    assert len({c.run.run_id for c in configs}) == 27
     for dataset in MEMORY_DATASETS:
-        got = {(c.model.arch, c.model.K, tuple(c.evaluation.eval_modes)) for c in configs if c.data.dataset == dataset}
+        got = {
+            (c.model.arch, c.model.K, tuple(c.evaluation.eval_modes), c.optim.seed)
+            for c in configs
+            if c.data.dataset == dataset
+        }
         assert got == MEMORY_MODELS
     for c in configs:
         assert c.run.sweep == "memory" and c.run.run_id.startswith("memory-")
@@ -36,7 +41,8 @@ def test_memory_preset_expands_to_every_model_on_every_dataset():
 def test_grid_fields_and_base_override_the_preset():
     sweep = sweep_preset("memory", datasets=["hopper-medium"], seeds=[0, 1], base={"steps": 7})
     configs = grid(sweep)
-    assert len(configs) == 2 * len(MEMORY_MODELS) and {c.optim.steps for c in configs} == {7}
+    # --seeds applies to the points without seeds of their own: 6 x 2, and DeMa K 20's three
+    assert len(configs) == 6 * 2 + 3 and {c.optim.steps for c in configs} == {7}
     with pytest.raises(ValueError, match="unknown sweep preset 'nope'; sweep presets: memory"):
         sweep_preset("nope")
 
@@ -57,6 +63,9 @@ def test_without_points_the_archs_product_takes_each_models_own_modes():
     "text,message",
     [
         ("dema:20", "write a point as ARCH:K:MODES"),
+        ("dema:20:rnn:0+x", "seeds are distinct integers"),
+        ("dema:20:rnn:1+1", "seeds are distinct integers"),
+        ("dema:20:rnn:1:2", "write a point as ARCH:K:MODES"),
         ("rnn:20:rnn", "arch 'rnn' is unknown"),
         ("dema:0:rnn", "K must be a positive integer"),
         ("dt:20:rnn", "a 'dt' model acts in transformer"),
@@ -82,7 +91,7 @@ def test_sweep_command_with_the_memory_preset(monkeypatch):
     cfg = seen["cfg"]
     assert cfg.name == "memory" and cfg.points == SWEEP_PRESETS["memory"]["grid"]["points"]
     assert cfg.seeds == [0, 1] and cfg.base.optim.steps == 9 and cfg.base.model.d_model == 64
-    assert len(grid(cfg)) == 2 * 21
+    assert len(grid(cfg)) == 3 * (6 * 2 + 3)  # --seeds on every point but DeMa K 20's own three
 
 
 def test_returns_to_go_are_unscaled_on_the_memory_tasks_only():
@@ -111,3 +120,14 @@ def test_a_k_no_episode_holds_is_said_and_not_trained(hopper_small, tiny_run, tm
     assert results[too_long].startswith(f"not run: K={longest + 1} is too long for dataset")
     assert any(line.startswith(f"{too_long}: not run") for line in lines), lines
     assert RunStore(str(tmp_path / "store")).run_ids() == [short]
+
+
+def test_a_point_with_its_own_seeds_runs_those_and_the_others_the_sweeps():
+    assert parse_point("dema:20:transformer+rnn:0+1+2") == ("dema", 20, ["transformer", "rnn"], [0, 1, 2])
+    assert parse_point("lstm:20:rnn") == ("lstm", 20, ["rnn"], None)
+    configs = grid(SweepConfig(datasets=["hopper-medium"], seeds=[5], points=["dema:20:rnn:0+2", "lstm:10:rnn"]))
+    assert [(c.model.arch, c.model.K, c.optim.seed, c.run.run_id) for c in configs] == [
+        ("dema", 20, 0, "sweep-hopper-medium-dema-B3LD-ts0-K20-s0"),
+        ("dema", 20, 2, "sweep-hopper-medium-dema-B3LD-ts0-K20-s2"),
+        ("lstm", 10, 5, "sweep-hopper-medium-lstm-B3LD-ts0-K10-s5"),
+    ]
