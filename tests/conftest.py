@@ -34,6 +34,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Markers by what a test uses: a browser fixture makes it `browser`, tests/notebooks/ `notebook`;
     the tests helpers.markers.SLOW lists are `slow`."""
+    weight: dict = {}  # module -> its heavy (browser, notebook, slow) tests
     for item in items:
         if BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.browser)
@@ -41,6 +42,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.notebook)
         if is_slow(item.nodeid):
             item.add_marker(pytest.mark.slow)
+        if any(item.get_closest_marker(m) for m in ("browser", "notebook", "slow")):
+            weight[item.path] = weight.get(item.path, 0) + 1
+    # The modules with the most heavy tests first, each module's tests in their own order (its
+    # module-scoped browser and server made once): under pytest-xdist the long tests start early,
+    # and the run ends on short ones instead of waiting on one long test started last.
+    items.sort(key=lambda item: -weight.get(item.path, 0))
 
 
 @pytest.fixture

@@ -435,8 +435,12 @@ def test_browser_every_view_round_trips_through_its_url(server, browser):
     p = Page(browser, server.url("attention") + "?presentation=1&run=tiny-K3&step=5&layer=0")
     page = p.page
     wait_probe(page, lambda s: s["step"] == "5" and s["heatmap"] not in (None, "none"), timeout=60)
-    q = _wait_url(page, run="tiny-K3", step=5, presentation=1)
-    assert {"checkpoint", "episode", "layer", "aggregation", "query"} <= set(q), q
+    # the view writes the rest of its state into the URL after it has drawn (later on a loaded machine)
+    every = {"checkpoint", "episode", "layer", "aggregation", "query"}
+    deadline = time.time() + 30
+    while not every <= set(q := _wait_url(page, run="tiny-K3", step=5, presentation=1)) and time.time() < deadline:
+        page.wait_for_timeout(200)
+    assert every <= set(q), q
     _scrub_to(page, 8)
     q = _wait_url(page, step=8, presentation=1)
     bookmark = page.url
