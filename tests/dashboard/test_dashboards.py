@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -649,10 +650,16 @@ def _demo_children(server: int) -> list[int]:
     return pids
 
 
-def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path):
+def test_browser_empty_store_page_and_its_demo_button(browser, tmp_path, hopper_small):
     empty = tmp_path / "no-store-yet"  # a path that does not exist yet (`dema-lab serve` on
     assert not empty.exists()  # a fresh clone): the same page as an empty directory
-    s = Server(str(empty), tmp_path / "server.log")
+    # The demo's dataset cache, in which the small hopper-medium (the same builder and policy, so
+    # current) stands for the default dataset: the demo finds it built, and the user's cache is
+    # neither read nor written.
+    cache = tmp_path / "datasets"
+    cache.mkdir()
+    shutil.copy(hopper_small, cache / "hopper-medium.hdf5")
+    s = Server(str(empty), tmp_path / "server.log", env={"DEMA_LAB_DATA": str(cache)})
     try:
         p = Page(browser, s.url("attention"))
         page = p.page

@@ -47,7 +47,7 @@ def free_port() -> int:
 class Server:
     """`panel serve` of the three dashboards in a subprocess on 127.0.0.1."""
 
-    def __init__(self, store: str, log: Path, args: tuple = ()):
+    def __init__(self, store: str, log: Path, args: tuple = (), env: dict | None = None):
         self.port = free_port()
         self.log_path = log
         self.log = open(log, "w")
@@ -81,7 +81,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**os.environ, "MUJOCO_GL": "egl"},
+            env={**os.environ, "MUJOCO_GL": "egl", **(env or {})},
         )
         wait_until(self._answers, 90, "panel serve to answer /liveness", interval=0.2)
 
