@@ -5,7 +5,8 @@ parametrisation is slow) or a file (every test in it is)."""
 
 SLOW = frozenset(
     {
-        "tests/training/test_warm_start.py::test_second_process_loads_the_kernels_from_the_cache",
+        "tests/training/test_warm_start.py::test_a_kernel_compiled_once_is_loaded_by_the_next_process",
+        "tests/training/test_warm_start.py::test_the_scan_kernels_load_from_the_cache_in_a_new_process",
         "tests/ssm/test_perf_paths.py::test_fused_kernel_matches_reference_float64",
         "tests/training/test_train_store.py::test_bad_input_gets_clear_errors",
         "tests/training/test_train_store.py::test_config_file_flags_and_resume_overrides",
