@@ -148,7 +148,7 @@ SWEEP_PRESETS = {
             "datasets": ["hopper-medium-pomdp", "minigrid-memory-s13", "minigrid-memory-s31"],
             "points": [
                 "dema:5:transformer",
-                "dema:20:transformer+rnn:0+1+2",
+                "dema:20:transformer+rnn",
                 "dema:60:transformer+rnn",
                 "lstm:20:rnn",
                 "gru:20:rnn",
