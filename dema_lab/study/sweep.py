@@ -125,22 +125,16 @@ class SweepConfig:
 
 # Named sweeps: the grid's fields and every run's TrainConfig fields ("base").
 #
-# memory: 7 models x 3 datasets, sized to train and evaluate on 2 cores in under 2 hours; K 60 is
-# longer than every minigrid-memory-s13 episode, so run_sweep says so and trains the other 20.
-# Measured on this 2-core machine at 16:16 UTC (load 2.6 from other jobs; one thread per run,
-# d_model 64, 3 layers, batch 32, 11-dim states), training steps/s: DeMa K 5 / 20 / 60 18.1 / 8.5 /
-# 3.2, LSTM 39.1, GRU 18.4, DT 15.1, MLP 31.6: the seven models of one dataset take 0.66 s per step
-# together, so 2000 steps x 3 datasets = 4000 s of training. Evaluation, per env step: recorded
-# episodes (frames and hidden attention at every step) DeMa K 60 ~330 ms, K 20 32 ms, the others
-# under 3 ms; the unrecorded ones run batched (DeMa K 60 18 ms for 5 episodes). At worst (every
-# episode 1000 steps long; 2 targets on MuJoCo, 1 on MiniGrid) that is ~3800 s, most of it DeMa
-# K 60's recordings. ~7800 worker-seconds: ~65 min on 2 workers. At 15:45, under heavy load from
-# other jobs, training ran 2-3x slower (DeMa K 60 1.1 steps/s): ~2 h then. No ablations: the
-# question here is memory, not the hidden attention's removal (--ablations adds them).
-# Measured since (2026-12-07, runs sharing the 2 cores with other jobs, wall seconds per run with
-# its evaluation): hopper-medium-pomdp DeMa K 5 405, K 20 1000, K 60 1717 for training alone, LSTM
-# 116, GRU 382, DT 295: the hopper block alone exceeds 4000 worker-seconds, so the estimate above
-# is too low; the whole sweep has not yet been timed on a quiet machine.
+# memory: 7 models x 3 datasets; K 60 is longer than every minigrid-memory-s13 episode, so
+# run_sweep says so and trains the other 20. No ablations: the question here is memory, not the
+# hidden attention's removal (--ablations adds them).
+# Timed on this 2-core machine, 2026-12-07, `--workers 2` (one thread per run): 1 h 47 min wall from
+# start to end (21:31-23:18 UTC), 16 min of it paused (SIGSTOP) and most of the rest shared with two
+# full test-suite runs. The critical path is hopper-medium-pomdp DeMa K 60 (5819 s wall, pause
+# included: 2000 training steps at ~3 steps/s, then 2 modes x 2 targets of episodes up to 1000 steps,
+# each recorded one with frames and hidden attention at every step, ~330 ms a step at K 60); the
+# other worker ran the 19 others meanwhile (hopper: DeMa K 5 199 s, K 20 1134 s, LSTM 240, GRU 584,
+# DT 261, MLP 1089; MiniGrid runs 68-668 s, their episodes under 40 steps).
 SWEEP_PRESETS = {
     "memory": {
         "grid": {
