@@ -595,7 +595,13 @@ def test_browser_live_sessions_run_side_by_side_and_a_closed_one_stops(server, b
     )
     expected = "had ended" if "finished after" in shown else "stopped"
     closed = re.compile(r"closed: its live rollout (stopped|had ended) after (\d+) steps; env closed: (\w+)")
-    before = len(closed.findall(server.log_text()))
+
+    def quiet_count():  # the lines once 3 s pass without a new one (an earlier test's closed tabs)
+        n = len(closed.findall(server.log_text()))
+        time.sleep(3)
+        return len(closed.findall(server.log_text())) == n and [n]
+
+    (before,) = wait_until(quiet_count, 60, "the server log to settle")
     first.close()
     # the server destroys the closed session: its rollout stops and its env is closed ...
     found = wait_until(
