@@ -131,8 +131,9 @@ class SweepConfig:
 # Timed on this 2-core machine, 2026-12-07, `--workers 2` (one thread per run): 1 h 47 min wall from
 # start to end (21:31-23:18 UTC), 16 min of it paused (SIGSTOP) and most of the rest shared with two
 # full test-suite runs. The critical path is hopper-medium-pomdp DeMa K 60 (5819 s wall, pause
-# included: 2000 training steps at ~3 steps/s, then 2 modes x 2 targets of episodes up to 1000 steps,
-# each recorded one with frames and hidden attention at every step, ~330 ms a step at K 60); the
+# included: 2000 training steps, then 2 modes x 2 targets of episodes up to 1000 steps, each
+# recorded one with frames and hidden attention at every step; measured before this run, on a
+# loaded machine: ~3 training steps/s and ~330 ms a recorded step at K 60); the
 # other worker ran the 19 others meanwhile (hopper: DeMa K 5 199 s, K 20 1134 s, LSTM 240, GRU 584,
 # DT 261, MLP 1089; MiniGrid runs 68-668 s, their episodes under 40 steps).
 SWEEP_PRESETS = {
@@ -201,10 +202,14 @@ def grid(sweep: SweepConfig) -> list[TrainConfig]:
     one DT run per other point. Each run is evaluated in the sweep's modes that its model has
     (an LSTM or GRU asked only for "transformer" gets it; DT and the MLP only ever "transformer")."""
     configs, seen = [], set()
-    every = itertools.product(sweep.datasets, _points(sweep), sweep.layouts, sweep.timestep_embedding)
-    for dataset, (arch, K, modes, _seeds), layout, ts, seed in (
-        (d, p, lay, t, seed) for d, p, lay, t in every for seed in p[3]
-    ):
+    runs = [
+        (dataset, arch, K, modes, layout, ts, seed)
+        for dataset, (arch, K, modes, seeds), layout, ts in itertools.product(
+            sweep.datasets, _points(sweep), sweep.layouts, sweep.timestep_embedding
+        )
+        for seed in seeds
+    ]
+    for dataset, arch, K, modes, layout, ts, seed in runs:
         ts = DT_PAPER["timestep_embedding"] if arch == "dt" else ts
         if (dataset, K, layout, ts, arch, seed) in seen:
             continue
