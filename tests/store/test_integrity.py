@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from helpers import wait_until
+from helpers import FAST_EVAL, wait_until
 
 from dema_lab.cli.main import main as cli
 from dema_lab.models import CheckpointError, ModelConfig, build_model, checkpoint_bytes, load_checkpoint
@@ -24,7 +24,6 @@ from dema_lab.store.zarr_store import RunStore
 from dema_lab.training import train
 
 QUIET = dict(progress=False, log=lambda *_: None)
-FAST_EVAL = dict(eval_modes=["transformer"], eval_targets=[3600.0], render_size=0, decay_windows=0)
 
 
 def _fake_checkpoint(config: dict, tensors: dict) -> bytes:

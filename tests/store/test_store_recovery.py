@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FAST_EVAL
 import xarray as xr
 
 from dema_lab.cli.main import main
@@ -225,7 +226,7 @@ def test_training_on_a_full_disk_stops_with_advice_and_marks_the_run_interrupted
     store = tiny_config.run.store
     partial = _disk_filled_by_a_checkpoint(monkeypatch)
     with pytest.raises(StoreError) as caught:
-        train(tiny_config, progress=False, log=lambda *_: None)
+        train(tiny_config.replace(**FAST_EVAL), progress=False, log=lambda *_: None)
     assert store in str(caught.value) and "free space or choose another --store" in str(caught.value)
     assert partial and not partial[0].exists()
     run = RunStore(store, mode="r").run(tiny_config.run.run_id)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import FAST_EVAL
 
 
 # ---------------------------------------------------------------------------- devices
@@ -139,11 +140,9 @@ def tiny_sweep(tiny_run, name, dataset, store, steps=60, **kw):
     from dema_lab.study.sweep import SweepConfig
     from dema_lab.training import TrainConfig
 
-    # one evaluation mode and target, no frames: what this module checks is where runs go and that
-    # they finish and resume, not what an evaluation records
-    cheap_eval = {"eval_modes": ["transformer"], "eval_targets": [3600.0], "render_size": 0}
+    # what this module checks is where runs go and that they finish and resume
     base = TrainConfig.from_flat(
-        dataset=str(dataset), store=str(store), steps=steps, **{**tiny_run, "checkpoint_every": 15, **cheap_eval}
+        dataset=str(dataset), store=str(store), steps=steps, **{**tiny_run, "checkpoint_every": 15, **FAST_EVAL}
     )
     return SweepConfig(
         name=name,

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import wait_until
+from helpers import FAST_EVAL, wait_until
 
 from dema_lab import open_store
 from dema_lab.evaluation.rollout import replay_attention
@@ -264,6 +264,7 @@ def test_bad_input_gets_clear_errors(tiny_config, tmp_path):
     with pytest.raises(ValueError, match="unknown training config keys \\['kk'\\]"):
         TrainConfig.from_flat({"kk": 1})
     # a run whose checkpoint is corrupt cannot be resumed, and says which
+    tiny_config = tiny_config.replace(**FAST_EVAL)
     run = train(tiny_config, progress=False, log=lambda *_: None)
     run.write_bytes("checkpoint", "step_00000020", b"\x00" * 64)
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
@@ -313,6 +314,7 @@ def test_config_file_flags_and_resume_overrides(tiny_config, tmp_path):
         parse("--config", str(tmp_path / "typo.toml"))
 
     # a resume continues with the run's saved config; only what is given changes
+    tiny_config = tiny_config.replace(**FAST_EVAL)
     train(tiny_config, progress=False, log=lambda *_: None)
     cfg = parse("--store", tiny_config.run.store, "--resume", "tiny", "--steps", "30", "--eval_episodes", "2")
     assert (cfg.model.K, cfg.model.d_model, cfg.optim.steps, cfg.evaluation.eval_episodes) == (3, 16, 30, 2)
