@@ -9,5 +9,5 @@ import panel as pn
 
 from dema_lab.dashboard.app import attention_app
 
-pn.extension("tabulator", notifications=False)
+pn.extension(notifications=False)
 attention_app().servable(title="dema-lab · attention")

@@ -4,5 +4,5 @@ import panel as pn
 
 from dema_lab.dashboard.app import compare_app
 
-pn.extension("tabulator")
+pn.extension()
 compare_app().servable(title="dema-lab · sequence length")

@@ -166,11 +166,14 @@ def test_comparison_table_and_plots(dash_store):
     assert params.y_range.start == 0 and params.y_range.end == pytest.approx(1.15 * df["parameters"].max())
     assert hv.render(comp.half_life_plot()).y_range.start == 0
     assert type(hv.render(comp.macs_plot()).y_scale).__name__ == "LogScale"
-    # the table prints scores to 0.1 and counts with separators, through bokeh's formatters
-    table = comp.table_view()
-    fmt = {k: v.format for k, v in table.formatters.items()}
-    assert fmt["last_score"] == fmt["best_score"] == "0.0" and fmt["parameters"] == fmt["steps"] == "0,0"
-    assert "K" not in fmt and "run" not in fmt
+    # the table prints scores to 0.1 and counts with separators; K and the run id as they are
+    shown = comp.table_view().object
+    row = df.iloc[0]
+    cell = shown.iloc[0]
+    assert cell["last score (final checkpoint)"] == f"{row['last_score']:.1f}"
+    assert cell["parameters"] == f"{row['parameters']:,.0f}" and "," in cell["parameters"]
+    assert cell["steps"] == f"{row['steps']:,}" and cell["K"] == row["K"] and cell["run"] == row["run"]
+    assert cell["train_seconds"] == f"{row['train_seconds']:.2f}"
 
 
 def test_comparison_of_dema_dt_and_layouts(tiny_config):

@@ -16,7 +16,6 @@ import pandas as pd
 import panel as pn
 import param
 from bokeh.models import NumeralTickFormatter
-from bokeh.models.widgets.tables import NumberFormatter
 
 from dema_lab.analysis.runs import family_label, model_family
 from dema_lab.analysis.scoring import METHODS, headline, headline_mode, run_scores
@@ -168,20 +167,28 @@ def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = F
 
 
 def _number_formats(df: pd.DataFrame) -> dict:
-    """The runs table's number columns, readable: scores to 0.1, counts with thousands
-    separators, the other numbers (seconds, steps/s, half-lives) to 0.01; K as it is."""
+    """The runs table's number columns, readable: {column: format spec}, scores to 0.1, counts
+    with thousands separators, the other numbers (seconds, steps/s, half-lives) to 0.01; K as it is."""
     out = {}
     for col in df.columns:
         if not pd.api.types.is_numeric_dtype(df[col]) or col == "K":
             continue
         if col.endswith("_score"):
-            fmt = "0.0"
+            out[col] = ".1f"
         elif col in ("steps", "parameters", "forward_macs", "step_macs"):
-            fmt = "0,0"
+            out[col] = ",.0f"
         else:
-            fmt = "0.00"
-        out[col] = NumberFormatter(format=fmt)
+            out[col] = ".2f"
     return out
+
+
+def readable_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs table as it is shown: numbers formatted by _number_formats (a missing one blank),
+    the score columns titled by how they are made (dema_lab.analysis.scoring)."""
+    out = df.copy()
+    for col, spec in _number_formats(df).items():
+        out[col] = [format(v, spec) if pd.notna(v) else "" for v in df[col]]
+    return out.rename(columns=SCORE_TITLES)
 
 
 def _score_by_family(df: pd.DataFrame, title: str, width=430, height=300):
@@ -209,6 +216,13 @@ def _score_by_family(df: pd.DataFrame, title: str, width=430, height=300):
     return hv.Overlay(layers).opts(
         title=title, width=width, height=height, show_grid=True, legend_position="top_left", toolbar="above"
     )
+
+
+# the score columns' titles say how each score is made (dema_lab.analysis.scoring)
+SCORE_TITLES = {
+    "last_score": "last score (final checkpoint)",
+    "best_score": "best score (each target's best checkpoint)",
+}
 
 
 class SequenceComparison(pn.viewable.Viewer):
@@ -385,25 +399,19 @@ class SequenceComparison(pn.viewable.Viewer):
 
     @param.depends("runs", "mode")
     def table_view(self):
-        df = self.table.copy()
-        # the score columns say how they are made (dema_lab.analysis.scoring), in their titles
-        titles = {
-            "last_score": "last score (final checkpoint)",
-            "best_score": "best score (each target's best checkpoint)",
-        }
-        return (
-            pn.widgets.Tabulator(
-                df,
-                show_index=False,
-                disabled=True,
-                sizing_mode="stretch_width",
-                height=220,
-                formatters=_number_formats(df),
-                titles=titles,
-                layout="fit_data_table",
-            )
-            if not df.empty
-            else pn.pane.Markdown("No readable runs in this store yet.")
+        """The runs table, static HTML. Panel's Tabulator re-laid itself out about ten times a
+        second while scrolled out of view (below the plots, or on the explorer's hidden tab),
+        keeping a core of the browser a fifth busy for as long as the page was open."""
+        if self.table.empty:
+            return pn.pane.Markdown("No readable runs in this store yet.")
+        return pn.pane.DataFrame(
+            readable_table(self.table),
+            index=False,
+            justify="left",
+            css_classes=["dema-runs-table"],
+            sizing_mode="stretch_width",
+            max_height=260,
+            styles={"overflow": "auto"},
         )
 
     def controls(self):
