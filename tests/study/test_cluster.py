@@ -140,9 +140,11 @@ def tiny_sweep(tiny_run, name, dataset, store, steps=60, **kw):
     from dema_lab.study.sweep import SweepConfig
     from dema_lab.training import TrainConfig
 
-    # what this module checks is where runs go and that they finish and resume
+    # what this module checks is where runs go and that they finish and resume; the decay
+    # statistics stay, for a report with a row to compare
+    fast = {**FAST_EVAL, "decay_windows": tiny_run["decay_windows"]}
     base = TrainConfig.from_flat(
-        dataset=str(dataset), store=str(store), steps=steps, **{**tiny_run, "checkpoint_every": 15, **FAST_EVAL}
+        dataset=str(dataset), store=str(store), steps=steps, **{**tiny_run, "checkpoint_every": 15, **fast}
     )
     return SweepConfig(
         name=name,
