@@ -64,6 +64,38 @@ def test_store_index_of_a_missing_or_empty_store_is_empty_and_of_a_file_an_error
         StoreIndex(str(tmp_path / "a-file")).is_empty()
 
 
+def test_store_index_logs_are_the_stores_and_follow_new_publications(tmp_path):
+    """StoreIndex.log gives what RunStore reads, once per version: a new training-log segment, a
+    progress update or a rewritten group (its slot moves) is read again."""
+    import xarray as xr
+
+    from dema_lab.dashboard import StoreIndex
+    from dema_lab.store.zarr_store import RunStore
+
+    run = RunStore(str(tmp_path / "s"), mode="a").create_run("r", {"arch": "dema"}, {"env": "hopper"})
+
+    def segment(first, n, value):
+        steps = np.arange(first, first + n)
+        return xr.Dataset({"loss": ("step", np.full(n, value))}, coords={"step": steps})
+
+    run.write("train", "steps_00000001_00000005", segment(1, 5, 1.0))
+    index = StoreIndex(str(tmp_path / "s"))
+    first = index.log("r", "train")
+    xr.testing.assert_identical(first, run.train_metrics())
+    assert index.log("r", "train") is first  # cached
+    assert StoreIndex(str(tmp_path / "s")).log("r", "train") is first  # by every index of the process
+    run.write("train", "steps_00000006_00000010", segment(6, 5, 2.0))
+    grown = index.log("r", "train")
+    assert list(grown.step.values) == list(range(1, 11)) and grown.loss.values[-1] == 2.0
+    run.set_attrs(steps_done=10)
+    assert index.log("r", "train") is not grown  # progress: read again
+    again = index.log("r", "train")
+    run.write("train", "steps_00000006_00000010", segment(6, 5, 3.0))  # rewritten: a new slot
+    xr.testing.assert_identical(index.log("r", "train"), run.train_metrics())
+    assert index.log("r", "train").loss.values[-1] == 3.0 and again.loss.values[-1] == 2.0
+    assert index.log("r", "eval").sizes == run.evals().sizes and index.log("r", "decay").sizes == {}
+
+
 def test_explorer_scrub_changes_frame_heatmap_and_every_view(dash_store):
     import holoviews as hv
     import panel as pn

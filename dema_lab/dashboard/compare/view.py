@@ -36,10 +36,9 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
     for run_id in ids:
         try:
             info = index.info(run_id)
-            run = index.run(run_id)
             cfg, prov = info.config, info.provenance
-            scores = headline(run.evals(), mode)
-            decay = run.decay()
+            scores = headline(index.log(run_id, "eval"), mode)
+            decay = index.log(run_id, "decay")
             half = np.nan
             if "half_life_steps" in decay and decay.sizes.get("checkpoint"):
                 hl = decay["half_life_steps"].isel(checkpoint=-1)
@@ -47,7 +46,7 @@ def runs_table(index: StoreIndex, mode: str = "transformer") -> tuple[pd.DataFra
                 vals = hl.sel(query_kind=kind).values
                 vals = vals[np.isfinite(vals)]
                 half = float(np.median(vals)) if vals.size else np.nan
-            metrics = run.train_metrics()
+            metrics = index.log(run_id, "train")
             sps = float(np.nanmedian(metrics["steps_per_second"].values)) if "steps_per_second" in metrics else np.nan
             macs = prov.get("step_macs", {}) or {}
             rows.append(
@@ -104,7 +103,7 @@ def family_scores(index: StoreIndex, runs) -> pd.DataFrame:
     for run_id in runs:
         try:
             info = index.info(run_id)
-            evals = index.run(run_id).evals()
+            evals = index.log(run_id, "eval")
             if "normalized_score" not in evals or not evals.sizes.get("checkpoint"):
                 continue
             scores = run_scores(evals)
@@ -252,7 +251,7 @@ class SequenceComparison(pn.viewable.Viewer):
         layers = ["mean"]
         for r in ids:
             try:
-                d = self.index.run(r).decay()
+                d = self.index.log(r, "decay")
                 layers = ["mean"] + [int(x) for x in d["layer"].values] if "layer" in d.dims else layers
                 break
             except Exception:  # noqa: BLE001
@@ -348,7 +347,7 @@ class SequenceComparison(pn.viewable.Viewer):
         names = dict(zip(self.table["run"], short_labels(self.table))) if not self.table.empty else {}
         for i, r in enumerate(names):
             try:
-                d = self.index.run(r).decay()
+                d = self.index.log(r, "decay")
                 if "mass" not in d or not d.sizes.get("checkpoint"):
                     continue
                 m = d["mass"].isel(checkpoint=-1)
