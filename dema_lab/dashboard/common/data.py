@@ -7,6 +7,8 @@ Everything here is plain Python/numpy (no Panel), so it can be tested and reused
     StoreIndex.episode(...)      EpisodeData: one recorded episode in memory (numpy arrays)
     StoreIndex.checkpoint(...)   the model of a checkpoint, loaded once on the CPU
     StoreIndex.paper_attention   the paper's attention display of a checkpoint, if published
+    StoreIndex.log(run_id, kind) a run's evaluations, decay statistics or training log, read once
+                                 per version for every session of the process
     AttentionReplayer            the attention of a recorded step under another channel
                                  aggregation (or one channel), replayed incrementally
     lag_profile_of(att, query)   one token's row of a right-aligned attention, by lag
