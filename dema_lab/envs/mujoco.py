@@ -1,6 +1,6 @@
 """MuJoCo tasks, rendered headless: shadows, reflections and the skybox are switched off, which
 makes off-screen frames 3-4x cheaper, and frames under 128 px skip multisample anti-aliasing, which
-halves their cost again (12 -> 6 ms of CPU a 32 px frame); if EGL cannot create a context, the first ``render()`` falls
+cuts their cost again (12.3 -> 4.5 ms of CPU a 32 px frame); if EGL cannot create a context, the first ``render()`` falls
 back to OSMesa (the package's __init__ sets MUJOCO_GL before MuJoCo is imported). The ``-pomdp``
 tasks see the positions only (PositionsOnly)."""
 

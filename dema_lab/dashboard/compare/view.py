@@ -165,6 +165,13 @@ def _by_family(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = F
     )
 
 
+# the score columns' titles say how each score is made (dema_lab.analysis.scoring)
+SCORE_TITLES = {
+    "last_score": "last score (final checkpoint)",
+    "best_score": "best score (each target's best checkpoint)",
+}
+
+
 def _number_formats(df: pd.DataFrame) -> dict:
     """The runs table's number columns, readable: {column: format spec}, scores to 0.1, counts
     with thousands separators, the other numbers (seconds, steps/s, half-lives) to 0.01; K as it is."""
@@ -215,13 +222,6 @@ def _score_by_family(df: pd.DataFrame, title: str, width=430, height=300):
     return hv.Overlay(layers).opts(
         title=title, width=width, height=height, show_grid=True, legend_position="top_left", toolbar="above"
     )
-
-
-# the score columns' titles say how each score is made (dema_lab.analysis.scoring)
-SCORE_TITLES = {
-    "last_score": "last score (final checkpoint)",
-    "best_score": "best score (each target's best checkpoint)",
-}
 
 
 class SequenceComparison(pn.viewable.Viewer):
